@@ -1,0 +1,6 @@
+//! What every dfs daemon shares: logging setup, the Prometheus `/metrics`
+//! endpoint, and the SIGTERM/SIGINT shutdown signal.
+
+pub mod logging;
+pub mod metrics_http;
+pub mod shutdown;

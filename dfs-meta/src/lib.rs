@@ -1,0 +1,133 @@
+//! dfs-meta: the metadata server. The namespace, chunk map and node registry
+//! live in SQL (`store`); `service` is the thin gRPC adapter; `repair` plans
+//! re-replication of chunks that lost copies.
+
+pub mod convert;
+pub mod metrics;
+pub mod placement;
+pub mod repair;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfs_common::shutdown::Shutdown;
+use dfs_proto::pb::meta_server::MetaServer;
+use tokio::net::TcpListener;
+
+pub use store::{FormatOptions, Store};
+
+/// Everything `run` needs; the binary fills it from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store_url: String,
+    pub metrics_addr: Option<String>,
+    pub format: FormatOptions,
+    /// Fewest replicas a write may commit with when not enough nodes are up.
+    pub min_write_replicas: u32,
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is down: its replicas stop counting.
+    pub dead_after: Duration,
+    pub repair_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store_url: "sqlite://dfs-meta.db".into(),
+            metrics_addr: None,
+            format: FormatOptions::default(),
+            min_write_replicas: 2,
+            heartbeat_interval: Duration::from_secs(2),
+            dead_after: Duration::from_secs(10),
+            repair_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot open the metadata store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Metrics(#[from] dfs_common::metrics_http::MetricsError),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("cannot read the listener address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the metadata API on `listener` until `shutdown` fires, then stops the
+/// repair worker and closes the store.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let store = Store::open(&config.store_url, config.format).await?;
+    let metrics = Arc::new(metrics::MetaMetrics::new());
+    if let Some(addr) = &config.metrics_addr {
+        dfs_common::metrics_http::serve(addr, metrics.registry.clone(), shutdown.clone().wait())
+            .await?;
+    }
+    let repairer = Arc::new(repair::Repairer::new(
+        store.clone(),
+        config.clone(),
+        metrics.clone(),
+    ));
+    let worker = tokio::spawn(repair::run_worker(repairer.clone(), shutdown.clone()));
+    let service = service::MetaService::new(store.clone(), config.clone(), repairer, metrics);
+    let local = listener.local_addr()?;
+    tracing::info!(%local, store = %redact(&config.store_url), chunk_size = store.chunk_size(),
+        replication = store.replication(), "dfs-meta serving");
+    let incoming = tokio_stream_from(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            MetaServer::new(service)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.wait())
+        .await?;
+    let _ = worker.await;
+    store.close().await;
+    tracing::info!("dfs-meta stopped");
+    Ok(())
+}
+
+fn tokio_stream_from(listener: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+/// Hides a password in a store URL before it is logged.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_password() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

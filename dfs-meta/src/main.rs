@@ -1,0 +1,56 @@
+//! `dfs-meta`: parses the command line and hands over to `dfs_meta::run`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "dfs-meta", version, about = "dfs metadata server")]
+struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// Metadata store: sqlite://PATH (created if missing) or postgres://USER:PASS@HOST/DB.
+    #[arg(long, env = "DFS_META_STORE", default_value = "sqlite://dfs-meta.db")]
+    store: String,
+    /// Address for the Prometheus /metrics endpoint (off when not given).
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Chunk size in bytes for a NEW store (an existing store keeps its own).
+    #[arg(long, default_value_t = 4 << 20)]
+    chunk_size: u32,
+    /// Replicas per chunk for a NEW store.
+    #[arg(long, default_value_t = 3)]
+    replication: u32,
+    /// Fewest replicas a write may commit with while nodes are down.
+    #[arg(long, default_value_t = 2)]
+    min_write_replicas: u32,
+    /// Seconds without a heartbeat after which a node counts as down.
+    #[arg(long, default_value_t = 10)]
+    dead_after_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    dfs_common::logging::init();
+    let args = Args::parse();
+    let config = dfs_meta::Config {
+        store_url: args.store,
+        metrics_addr: args.metrics,
+        format: dfs_meta::FormatOptions {
+            chunk_size: args.chunk_size,
+            replication: args.replication,
+        },
+        min_write_replicas: args.min_write_replicas,
+        dead_after: Duration::from_secs(args.dead_after_secs.max(1)),
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (trigger, shutdown) = dfs_common::shutdown::channel();
+    tokio::spawn(dfs_common::shutdown::on_signals(trigger));
+    dfs_meta::run(config, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! dfs-meta's Prometheus metrics (names `dfs_meta_<what>_<unit>`).
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct MetaMetrics {
+    pub registry: Registry,
+    pub rpc_requests: IntCounterVec,
+    pub rpc_seconds: HistogramVec,
+    pub nodes: IntGaugeVec,
+    pub files: IntGauge,
+    pub chunks: IntGauge,
+    pub under_replicated: IntGauge,
+    pub lost: IntGauge,
+    pub repair_commands: IntCounter,
+    pub repairs_done: IntCounter,
+}
+
+impl MetaMetrics {
+    pub fn new() -> MetaMetrics {
+        let registry = Registry::new();
+        let m = MetaMetrics {
+            rpc_requests: IntCounterVec::new(
+                Opts::new(
+                    "dfs_meta_rpc_requests_total",
+                    "gRPC requests by method and result code",
+                ),
+                &["method", "code"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            rpc_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "dfs_meta_rpc_duration_seconds",
+                    "gRPC request latency by method",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 4.0, 10).unwrap_or_default()),
+                &["method"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            nodes: IntGaugeVec::new(
+                Opts::new("dfs_meta_nodes", "storage nodes by state"),
+                &["state"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            files: gauge("dfs_meta_files", "regular files in the namespace"),
+            chunks: gauge("dfs_meta_chunks", "chunks referenced by files"),
+            under_replicated: gauge(
+                "dfs_meta_under_replicated_chunks",
+                "chunks with fewer replicas on up nodes than the replication factor",
+            ),
+            lost: gauge(
+                "dfs_meta_lost_chunks",
+                "chunks with no replica on an up node",
+            ),
+            repair_commands: counter(
+                "dfs_meta_repair_commands_total",
+                "replication commands sent to nodes",
+            ),
+            repairs_done: counter(
+                "dfs_meta_repair_replicas_added_total",
+                "replicas added by repair",
+            ),
+            registry,
+        };
+        for c in [
+            Box::new(m.rpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.rpc_seconds.clone()),
+            Box::new(m.nodes.clone()),
+            Box::new(m.files.clone()),
+            Box::new(m.chunks.clone()),
+            Box::new(m.under_replicated.clone()),
+            Box::new(m.lost.clone()),
+            Box::new(m.repair_commands.clone()),
+            Box::new(m.repairs_done.clone()),
+        ] {
+            if let Err(e) = m.registry.register(c) {
+                tracing::warn!(error = %e, "metric registration failed");
+            }
+        }
+        m
+    }
+}
+
+impl Default for MetaMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}

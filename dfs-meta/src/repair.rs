@@ -1,0 +1,158 @@
+//! Re-replication. A worker scans for chunks with fewer up replicas than the
+//! replication factor, picks a live holder as the source and new targets by the
+//! usual placement, and queues a command that the source receives in its next
+//! heartbeat reply. The source copies the chunk and reports `ReplicaAdded`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dfs_common::shutdown::Shutdown;
+use dfs_proto::pb;
+
+use crate::convert::node_ref;
+use crate::metrics::MetaMetrics;
+use crate::store::{self, Store, StoreError};
+use crate::Config;
+
+/// How long a queued copy may take before the chunk is planned again.
+const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Chunks examined per scan; bounds the work and the repair traffic per round.
+const SCAN_LIMIT: usize = 256;
+/// Copies one source node is asked to make at once.
+const PER_NODE_LIMIT: usize = 32;
+
+#[derive(Default)]
+struct State {
+    queued: HashMap<u64, Vec<pb::ReplicateCommand>>,
+    in_flight: HashMap<u64, Instant>,
+}
+
+pub struct Repairer {
+    store: Store,
+    config: Config,
+    metrics: Arc<MetaMetrics>,
+    state: Mutex<State>,
+}
+
+impl Repairer {
+    pub fn new(store: Store, config: Config, metrics: Arc<MetaMetrics>) -> Repairer {
+        Repairer {
+            store,
+            config,
+            metrics,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain maps behind; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commands for `node_id`, handed over once (heartbeat reply).
+    pub fn take_commands(&self, node_id: u64) -> Vec<pb::ReplicateCommand> {
+        self.lock().queued.remove(&node_id).unwrap_or_default()
+    }
+
+    /// A copy finished: the chunk may be planned again if still short.
+    pub fn finished(&self, chunk_id: u64, replicas: usize) {
+        self.lock().in_flight.remove(&chunk_id);
+        self.metrics.repairs_done.inc_by(replicas as u64);
+    }
+
+    /// One planning round; returns how many copy commands it queued.
+    pub async fn scan(&self) -> Result<usize, StoreError> {
+        let cutoff = store::now_ms() - self.config.dead_after.as_millis() as i64;
+        let items = self.store.under_replicated(cutoff, SCAN_LIMIT).await?;
+        {
+            let now = Instant::now();
+            self.lock().in_flight.retain(|_, deadline| *deadline > now);
+        }
+        let replication = self.store.replication() as usize;
+        let mut queued = 0;
+        for item in items {
+            if item.live_holders.is_empty() || self.lock().in_flight.contains_key(&item.chunk_id) {
+                continue;
+            }
+            let source = &item.live_holders[(item.chunk_id as usize) % item.live_holders.len()];
+            if self.lock().queued.get(&source.0).map_or(0, Vec::len) >= PER_NODE_LIMIT {
+                continue;
+            }
+            let wanted = replication.saturating_sub(item.live_holders.len()) as u32;
+            let exclude: Vec<u64> = item
+                .live_holders
+                .iter()
+                .map(|h| h.0)
+                .chain(item.down_holders.iter().copied())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let placement = match self
+                .store
+                .place_chunk(item.chunk_id, wanted, &exclude, cutoff)
+                .await
+            {
+                Ok(p) => p,
+                Err(StoreError::NoSpace(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let command = pb::ReplicateCommand {
+                chunk_id: item.chunk_id,
+                targets: placement.targets.iter().map(node_ref).collect(),
+            };
+            let mut state = self.lock();
+            state
+                .in_flight
+                .insert(item.chunk_id, Instant::now() + IN_FLIGHT_TIMEOUT);
+            state.queued.entry(source.0).or_default().push(command);
+            queued += 1;
+        }
+        self.metrics.repair_commands.inc_by(queued as u64);
+        Ok(queued)
+    }
+
+    async fn refresh_gauges(&self) -> Result<(), StoreError> {
+        let cutoff = store::now_ms() - self.config.dead_after.as_millis() as i64;
+        let counts = self.store.cluster_counts(cutoff).await?;
+        let nodes = self.store.list_nodes().await?;
+        let up = nodes
+            .iter()
+            .filter(|n| n.record.last_heartbeat_ms >= cutoff)
+            .count();
+        self.metrics.nodes.with_label_values(&["up"]).set(up as i64);
+        self.metrics
+            .nodes
+            .with_label_values(&["down"])
+            .set((nodes.len() - up) as i64);
+        self.metrics.files.set(counts.files as i64);
+        self.metrics.chunks.set(counts.chunks as i64);
+        self.metrics
+            .under_replicated
+            .set(counts.under_replicated as i64);
+        self.metrics.lost.set(counts.lost as i64);
+        Ok(())
+    }
+}
+
+/// Runs repair rounds every `repair_interval` until shutdown.
+pub async fn run_worker(repairer: Arc<Repairer>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(repairer.config.repair_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = shutdown.clone().wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        match repairer.scan().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(commands = n, "repair: queued chunk copies"),
+            Err(e) => tracing::warn!(error = %e, "repair scan failed"),
+        }
+        if let Err(e) = repairer.refresh_gauges().await {
+            tracing::warn!(error = %e, "refreshing gauges failed");
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The gRPC adapter: decode and validate the request, call the store, encode the
+//! reply. Every store error reaches the client with its errno (see dfs-proto).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dfs_proto::pb::{self, meta_server::Meta};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{attr_reply, kind_from_pb, node_ref, ts_from_pb};
+use crate::metrics::MetaMetrics;
+use crate::repair::Repairer;
+use crate::store::{
+    self, CommitChunk, CreateArgs, HeartbeatInfo, RegisterArgs, SetAttrArgs, Store,
+};
+use crate::Config;
+
+pub struct MetaService {
+    store: Store,
+    config: Config,
+    repairer: Arc<Repairer>,
+    metrics: Arc<MetaMetrics>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+impl MetaService {
+    pub fn new(
+        store: Store,
+        config: Config,
+        repairer: Arc<Repairer>,
+        metrics: Arc<MetaMetrics>,
+    ) -> Self {
+        MetaService {
+            store,
+            config,
+            repairer,
+            metrics,
+        }
+    }
+
+    /// Heartbeats at or after this instant mean "up".
+    fn live_cutoff(&self) -> i64 {
+        store::now_ms() - self.config.dead_after.as_millis() as i64
+    }
+
+    /// Runs one RPC body, recording its latency and result code.
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        body: impl Future<Output = Result<T, Status>>,
+    ) -> Reply<T> {
+        let start = Instant::now();
+        let result = body.await;
+        let code = match &result {
+            Ok(_) => "Ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics
+            .rpc_requests
+            .with_label_values(&[method, &code])
+            .inc();
+        self.metrics
+            .rpc_seconds
+            .with_label_values(&[method])
+            .observe(start.elapsed().as_secs_f64());
+        result.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Meta for MetaService {
+    async fn lookup(&self, req: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
+        let r = req.into_inner();
+        self.observe("Lookup", async {
+            Ok(attr_reply(&self.store.lookup(r.parent, &r.name).await?))
+        })
+        .await
+    }
+
+    async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
+        let r = req.into_inner();
+        self.observe("GetAttr", async {
+            Ok(attr_reply(&self.store.getattr(r.ino).await?))
+        })
+        .await
+    }
+
+    async fn resolve_path(&self, req: Request<pb::ResolvePathRequest>) -> Reply<pb::AttrReply> {
+        let r = req.into_inner();
+        self.observe("ResolvePath", async {
+            Ok(attr_reply(&self.store.resolve_path(&r.path).await?))
+        })
+        .await
+    }
+
+    async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
+        let r = req.into_inner();
+        self.observe("SetAttr", async {
+            let now = store::Timespec::now();
+            let args = SetAttrArgs {
+                mode: r.mode,
+                uid: r.uid,
+                gid: r.gid,
+                size: r.size,
+                atime: if r.atime_now {
+                    Some(now)
+                } else {
+                    r.atime.as_ref().map(ts_from_pb).transpose()?
+                },
+                mtime: if r.mtime_now {
+                    Some(now)
+                } else {
+                    r.mtime.as_ref().map(ts_from_pb).transpose()?
+                },
+            };
+            Ok(attr_reply(&self.store.setattr(r.ino, args).await?))
+        })
+        .await
+    }
+
+    async fn create(&self, req: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
+        let r = req.into_inner();
+        self.observe("Create", async {
+            let args = CreateArgs {
+                parent: r.parent,
+                name: r.name,
+                kind: kind_from_pb(r.kind)?,
+                mode: r.mode,
+                uid: r.uid,
+                gid: r.gid,
+                rdev: r.rdev,
+                symlink_target: r.symlink_target,
+            };
+            Ok(attr_reply(&self.store.create(args).await?))
+        })
+        .await
+    }
+
+    async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("Unlink", async {
+            self.store.unlink(r.parent, &r.name).await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("Rmdir", async {
+            self.store.rmdir(r.parent, &r.name).await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("Rename", async {
+            self.store
+                .rename(r.parent, &r.name, r.new_parent, &r.new_name, r.flags)
+                .await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn link(&self, req: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
+        let r = req.into_inner();
+        self.observe("Link", async {
+            Ok(attr_reply(
+                &self.store.link(r.ino, r.new_parent, &r.new_name).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn read_link(&self, req: Request<pb::ReadLinkRequest>) -> Reply<pb::ReadLinkReply> {
+        let r = req.into_inner();
+        self.observe("ReadLink", async {
+            Ok(pb::ReadLinkReply {
+                target: self.store.readlink(r.ino).await?,
+            })
+        })
+        .await
+    }
+
+    async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirReply> {
+        let r = req.into_inner();
+        self.observe("ReadDir", async {
+            let (entries, more) = self.store.readdir(r.ino, &r.after, r.limit).await?;
+            Ok(pb::ReadDirReply {
+                entries: entries
+                    .iter()
+                    .map(|e| pb::DirEntry {
+                        name: e.name.clone(),
+                        attr: Some(crate::convert::attr(&e.attr)),
+                    })
+                    .collect(),
+                more,
+            })
+        })
+        .await
+    }
+
+    async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
+        let r = req.into_inner();
+        self.observe("GetXattr", async {
+            Ok(pb::GetXattrReply {
+                value: self.store.get_xattr(r.ino, &r.name).await?,
+            })
+        })
+        .await
+    }
+
+    async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("SetXattr", async {
+            self.store
+                .set_xattr(r.ino, &r.name, &r.value, r.flags)
+                .await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn list_xattr(&self, req: Request<pb::ListXattrRequest>) -> Reply<pb::ListXattrReply> {
+        let r = req.into_inner();
+        self.observe("ListXattr", async {
+            Ok(pb::ListXattrReply {
+                names: self.store.list_xattr(r.ino).await?,
+            })
+        })
+        .await
+    }
+
+    async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("RemoveXattr", async {
+            self.store.remove_xattr(r.ino, &r.name).await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn stat_fs(&self, _req: Request<pb::Empty>) -> Reply<pb::StatFsReply> {
+        self.observe("StatFs", async {
+            let cutoff = self.live_cutoff();
+            let nodes = self.store.list_nodes().await?;
+            let live = nodes
+                .iter()
+                .filter(|n| n.record.last_heartbeat_ms >= cutoff);
+            let (total, free) = live.fold((0u64, 0u64), |(t, f), n| {
+                (
+                    t + n.record.capacity,
+                    f + n.record.capacity.saturating_sub(n.record.used),
+                )
+            });
+            let replication = u64::from(self.store.replication());
+            let counts = self.store.cluster_counts(cutoff).await?;
+            Ok(pb::StatFsReply {
+                total_bytes: total / replication,
+                free_bytes: free / replication,
+                files: counts.files + counts.directories,
+                chunk_size: self.store.chunk_size(),
+            })
+        })
+        .await
+    }
+
+    async fn get_chunks(&self, req: Request<pb::GetChunksRequest>) -> Reply<pb::GetChunksReply> {
+        let r = req.into_inner();
+        self.observe("GetChunks", async {
+            let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
+            Ok(pb::GetChunksReply {
+                attr: Some(crate::convert::attr(&map.inode)),
+                chunk_size: map.chunk_size,
+                chunks: map
+                    .chunks
+                    .iter()
+                    .map(|c| pb::ChunkRef {
+                        index: c.index,
+                        chunk_id: c.chunk_id,
+                        stored_len: c.stored_len,
+                        crc32c: c.crc32c,
+                        valid_len: c.valid_len,
+                        replicas: c
+                            .replicas
+                            .iter()
+                            .map(|(id, addr, _)| pb::NodeRef {
+                                node_id: *id,
+                                addr: addr.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn place_chunk(&self, req: Request<pb::PlaceChunkRequest>) -> Reply<pb::PlaceChunkReply> {
+        let r = req.into_inner();
+        self.observe("PlaceChunk", async {
+            let count = if r.count == 0 {
+                self.store.replication()
+            } else {
+                r.count
+            };
+            let placement = self
+                .store
+                .place_chunk(r.chunk_id, count, &r.exclude_node_ids, self.live_cutoff())
+                .await?;
+            Ok(pb::PlaceChunkReply {
+                chunk_id: placement.chunk_id,
+                targets: placement.targets.iter().map(node_ref).collect(),
+                replication: self.store.replication(),
+                min_replicas: self
+                    .config
+                    .min_write_replicas
+                    .clamp(1, self.store.replication()),
+            })
+        })
+        .await
+    }
+
+    async fn commit_write(&self, req: Request<pb::CommitWriteRequest>) -> Reply<pb::AttrReply> {
+        let r = req.into_inner();
+        self.observe("CommitWrite", async {
+            let chunks: Vec<CommitChunk> = r
+                .chunks
+                .iter()
+                .map(|c| CommitChunk {
+                    index: c.index,
+                    chunk_id: c.chunk_id,
+                    stored_len: c.stored_len,
+                    crc32c: c.crc32c,
+                    valid_len: c.valid_len,
+                    node_ids: c.node_ids.clone(),
+                })
+                .collect();
+            let mtime = r.mtime.as_ref().map(ts_from_pb).transpose()?;
+            Ok(attr_reply(
+                &self
+                    .store
+                    .commit_write(r.ino, r.size, &chunks, mtime)
+                    .await?,
+            ))
+        })
+        .await
+    }
+
+    async fn register_node(
+        &self,
+        req: Request<pb::RegisterNodeRequest>,
+    ) -> Reply<pb::RegisterNodeReply> {
+        let r = req.into_inner();
+        self.observe("RegisterNode", async {
+            let addr = r.addr.clone();
+            let (node_id, delete) = self
+                .store
+                .register_node(RegisterArgs {
+                    uuid: r.uuid,
+                    addr: r.addr,
+                    zone: r.zone,
+                    capacity: r.capacity_bytes,
+                    used: r.used_bytes,
+                    chunk_ids: r.chunk_ids,
+                })
+                .await?;
+            tracing::info!(node_id, %addr, deletes = delete.len(), "node registered");
+            Ok(pb::RegisterNodeReply {
+                node_id,
+                delete_chunk_ids: delete,
+                heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            })
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatReply> {
+        let r = req.into_inner();
+        self.observe("Heartbeat", async {
+            let deletes = self
+                .store
+                .heartbeat(HeartbeatInfo {
+                    node_id: r.node_id,
+                    capacity: r.capacity_bytes,
+                    used: r.used_bytes,
+                    chunk_count: r.chunk_count,
+                })
+                .await?;
+            Ok(match deletes {
+                None => pb::HeartbeatReply {
+                    reregister: true,
+                    ..Default::default()
+                },
+                Some(delete_chunk_ids) => pb::HeartbeatReply {
+                    delete_chunk_ids,
+                    replicate: self.repairer.take_commands(r.node_id),
+                    reregister: false,
+                },
+            })
+        })
+        .await
+    }
+
+    async fn replica_added(&self, req: Request<pb::ReplicaAddedRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("ReplicaAdded", async {
+            self.store.replica_added(r.chunk_id, &r.node_ids).await?;
+            self.repairer.finished(r.chunk_id, r.node_ids.len());
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn report_bad_replica(&self, req: Request<pb::BadReplicaRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("ReportBadReplica", async {
+            tracing::warn!(chunk = r.chunk_id, node = r.node_id, "bad replica reported");
+            self.store.drop_replica(r.chunk_id, r.node_id).await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn cluster_status(&self, _req: Request<pb::Empty>) -> Reply<pb::ClusterStatusReply> {
+        self.observe("ClusterStatus", async {
+            let cutoff = self.live_cutoff();
+            let now = store::now_ms();
+            let nodes = self.store.list_nodes().await?;
+            let counts = self.store.cluster_counts(cutoff).await?;
+            Ok(pb::ClusterStatusReply {
+                nodes: nodes
+                    .iter()
+                    .map(|n| pb::NodeStatus {
+                        node_id: n.record.id,
+                        addr: n.record.addr.clone(),
+                        zone: n.record.zone.clone(),
+                        state: if n.record.last_heartbeat_ms >= cutoff {
+                            "up"
+                        } else {
+                            "down"
+                        }
+                        .into(),
+                        capacity_bytes: n.record.capacity,
+                        used_bytes: n.record.used,
+                        chunk_count: n.record.chunk_count,
+                        replicas: n.replicas,
+                        last_heartbeat_age_ms: now - n.record.last_heartbeat_ms,
+                    })
+                    .collect(),
+                files: counts.files,
+                directories: counts.directories,
+                chunks: counts.chunks,
+                under_replicated_chunks: counts.under_replicated,
+                lost_chunks: counts.lost,
+                logical_bytes: counts.logical_bytes,
+                replication: self.store.replication(),
+                chunk_size: self.store.chunk_size(),
+                gc_pending: counts.gc_pending,
+            })
+        })
+        .await
+    }
+}

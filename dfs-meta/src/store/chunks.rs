@@ -1,0 +1,309 @@
+//! The chunk map: which immutable chunks make up a file, and where they live.
+
+use std::collections::HashSet;
+
+use sqlx::{AnyConnection, Row};
+
+use super::namespace::{next_id, require_inode};
+use super::nodes::{live_nodes, NodeRecord};
+use super::rows::{to_i64, FileKind, Inode, Timespec};
+use super::{in_tx, now_ms, Result, Store, StoreError};
+use crate::placement::{self, Candidate};
+
+/// One chunk of a file as a reader needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkEntry {
+    pub index: u64,
+    pub chunk_id: u64,
+    pub stored_len: u64,
+    pub crc32c: u32,
+    pub valid_len: u64,
+    /// (node id, address, node currently up), up nodes first.
+    pub replicas: Vec<(u64, String, bool)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChunkMap {
+    pub inode: Inode,
+    pub chunk_size: u32,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+/// A chunk a client has written to nodes and now commits to a file.
+#[derive(Debug, Clone)]
+pub struct CommitChunk {
+    pub index: u64,
+    pub chunk_id: u64,
+    pub stored_len: u64,
+    pub crc32c: u32,
+    pub valid_len: u64,
+    pub node_ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub chunk_id: u64,
+    pub targets: Vec<NodeRecord>,
+}
+
+impl Store {
+    /// The file's attributes and chunk map in one consistent read.
+    pub async fn get_chunks(&self, ino: u64, live_cutoff_ms: i64) -> Result<ChunkMap> {
+        let mut conn = self.pool.acquire().await?;
+        let inode = require_inode(&mut conn, ino).await?;
+        if inode.kind == FileKind::Directory {
+            return Err(StoreError::IsDir);
+        }
+        let rows = sqlx::query(
+            "SELECT f.idx, f.chunk_id, c.stored_len, c.crc32c, f.valid_len, n.id, n.addr, n.last_heartbeat_ms
+             FROM file_chunks f JOIN chunks c ON c.id = f.chunk_id
+             LEFT JOIN replicas r ON r.chunk_id = f.chunk_id
+             LEFT JOIN nodes n ON n.id = r.node_id
+             WHERE f.ino = $1 ORDER BY f.idx, n.id",
+        )
+        .bind(to_i64(ino, "inode")?)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut chunks: Vec<ChunkEntry> = Vec::new();
+        for row in rows {
+            let index = row.try_get::<i64, _>(0)? as u64;
+            if chunks.last().map(|c| c.index) != Some(index) {
+                chunks.push(ChunkEntry {
+                    index,
+                    chunk_id: row.try_get::<i64, _>(1)? as u64,
+                    stored_len: row.try_get::<i64, _>(2)? as u64,
+                    crc32c: row.try_get::<i64, _>(3)? as u32,
+                    valid_len: row.try_get::<i64, _>(4)? as u64,
+                    replicas: Vec::new(),
+                });
+            }
+            let node: Option<i64> = row.try_get(5)?;
+            if let (Some(node), Some(entry)) = (node, chunks.last_mut()) {
+                let addr: String = row.try_get(6)?;
+                let beat: i64 = row.try_get(7)?;
+                entry
+                    .replicas
+                    .push((node as u64, addr, beat >= live_cutoff_ms));
+            }
+        }
+        for c in &mut chunks {
+            c.replicas.sort_by_key(|r| !r.2);
+        }
+        Ok(ChunkMap {
+            inode,
+            chunk_size: self.chunk_size,
+            chunks,
+        })
+    }
+
+    /// Chooses `count` target nodes for a chunk, allocating a fresh chunk id when
+    /// `chunk_id` is 0. Fails with NoSpace when no node qualifies.
+    pub async fn place_chunk(
+        &self,
+        chunk_id: u64,
+        count: u32,
+        exclude: &[u64],
+        live_cutoff_ms: i64,
+    ) -> Result<Placement> {
+        let count = count.clamp(1, 16) as usize;
+        let nodes = {
+            let mut conn = self.pool.acquire().await?;
+            live_nodes(&mut conn, live_cutoff_ms).await?
+        };
+        let candidates: Vec<Candidate> = nodes
+            .iter()
+            .map(|n| Candidate {
+                node_id: n.id,
+                zone: n.zone.clone(),
+                free_bytes: n.capacity.saturating_sub(n.used),
+            })
+            .collect();
+        let exclude: HashSet<u64> = exclude.iter().copied().collect();
+        let chosen = placement::choose(&candidates, count, &exclude, u64::from(self.chunk_size));
+        if chosen.is_empty() {
+            return Err(StoreError::NoSpace(format!(
+                "no storage node can take a chunk ({} up, {} excluded)",
+                nodes.len(),
+                exclude.len()
+            )));
+        }
+        let targets = chosen
+            .iter()
+            .filter_map(|id| nodes.iter().find(|n| n.id == *id).cloned())
+            .collect();
+        let chunk_id = if chunk_id == 0 {
+            in_tx!(self, |tx| {
+                let id = next_id(&mut tx, "chunk").await?;
+                sqlx::query("INSERT INTO chunk_allocations (id, allocated_ms) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(id as u64)
+            })?
+        } else {
+            chunk_id
+        };
+        Ok(Placement { chunk_id, targets })
+    }
+
+    /// Makes written chunks part of a file and sets its size, in one transaction.
+    /// Replaced chunks and chunks past the new size go to garbage collection.
+    pub async fn commit_write(
+        &self,
+        ino: u64,
+        size: u64,
+        chunks: &[CommitChunk],
+        mtime: Option<Timespec>,
+    ) -> Result<Inode> {
+        to_i64(size, "size")?;
+        let cs = u64::from(self.chunk_size);
+        for c in chunks {
+            let end = c
+                .index
+                .checked_mul(cs)
+                .and_then(|s| s.checked_add(c.valid_len));
+            if c.stored_len > cs || c.valid_len > c.stored_len || end.is_none_or(|e| e > size) {
+                return Err(StoreError::Invalid(format!(
+                    "chunk {} at index {} does not fit the file",
+                    c.chunk_id, c.index
+                )));
+            }
+            let unique: HashSet<_> = c.node_ids.iter().collect();
+            if c.node_ids.is_empty() || unique.len() != c.node_ids.len() {
+                return Err(StoreError::Invalid(format!(
+                    "chunk {} replica list",
+                    c.chunk_id
+                )));
+            }
+        }
+        in_tx!(self, |tx| {
+            let now = Timespec::now();
+            let mut inode = require_inode(&mut tx, ino).await?;
+            match inode.kind {
+                FileKind::Regular => {}
+                FileKind::Directory => return Err(StoreError::IsDir),
+                _ => return Err(StoreError::Invalid("write to a special file".into())),
+            }
+            for c in chunks {
+                commit_chunk_in(&mut tx, ino, c).await?;
+            }
+            truncate_map(&mut tx, ino, size, self.chunk_size).await?;
+            inode.size = size;
+            inode.version += 1;
+            inode.mtime = mtime.unwrap_or(now);
+            inode.ctime = now;
+            sqlx::query(
+                "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7 WHERE ino = $1",
+            )
+            .bind(to_i64(ino, "inode")?)
+            .bind(size as i64)
+            .bind(inode.version as i64)
+            .bind(inode.mtime.sec)
+            .bind(i64::from(inode.mtime.nsec))
+            .bind(now.sec)
+            .bind(i64::from(now.nsec))
+            .execute(&mut *tx)
+            .await?;
+            Ok(inode)
+        })
+    }
+}
+
+async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> Result<()> {
+    let id = to_i64(c.chunk_id, "chunk id")?;
+    let allocated = sqlx::query("DELETE FROM chunk_allocations WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if allocated == 0 {
+        return Err(StoreError::Invalid(format!(
+            "chunk {} was not allocated or is already committed",
+            c.chunk_id
+        )));
+    }
+    for node in &c.node_ids {
+        let known = sqlx::query("SELECT 1 FROM nodes WHERE id = $1")
+            .bind(to_i64(*node, "node id")?)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::Invalid(format!("unknown node {node}")));
+        }
+    }
+    sqlx::query("INSERT INTO chunks (id, stored_len, crc32c) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(c.stored_len as i64)
+        .bind(i64::from(c.crc32c))
+        .execute(&mut *tx)
+        .await?;
+    for node in &c.node_ids {
+        sqlx::query("INSERT INTO replicas (chunk_id, node_id) VALUES ($1, $2)")
+            .bind(id)
+            .bind(*node as i64)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let index = to_i64(c.index, "chunk index")?;
+    release_chunks(tx, ino, "idx = $2", index).await?;
+    sqlx::query("INSERT INTO file_chunks (ino, idx, chunk_id, valid_len) VALUES ($1, $2, $3, $4)")
+        .bind(ino as i64)
+        .bind(index)
+        .bind(id)
+        .bind(c.valid_len as i64)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Cuts a file's chunk map to `size`: chunks wholly past it are released, the
+/// chunk it ends in keeps only the bytes below it (the rest reads as zeros).
+pub(crate) async fn truncate_map(
+    tx: &mut AnyConnection,
+    ino: u64,
+    size: u64,
+    chunk_size: u32,
+) -> Result<()> {
+    let cs = u64::from(chunk_size);
+    let first_gone = size.div_ceil(cs);
+    release_chunks(tx, ino, "idx >= $2", to_i64(first_gone, "chunk index")?).await?;
+    if size % cs != 0 {
+        let last = size / cs;
+        sqlx::query(
+            "UPDATE file_chunks SET valid_len = $3 WHERE ino = $1 AND idx = $2 AND valid_len > $3",
+        )
+        .bind(to_i64(ino, "inode")?)
+        .bind(last as i64)
+        .bind((size - last * cs) as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Drops the file's chunks selected by `filter` (over `$1` = ino, `$2` = value)
+/// and queues their replicas for deletion on the nodes.
+async fn release_chunks(tx: &mut AnyConnection, ino: u64, filter: &str, value: i64) -> Result<()> {
+    let ino = to_i64(ino, "inode")?;
+    let selected = format!("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND {filter}");
+    sqlx::query(&format!(
+        "INSERT INTO gc_replicas (chunk_id, node_id) SELECT chunk_id, node_id FROM replicas WHERE chunk_id IN ({selected})"
+    ))
+    .bind(ino)
+    .bind(value)
+    .execute(&mut *tx)
+    .await?;
+    for table_filter in [
+        format!("DELETE FROM replicas WHERE chunk_id IN ({selected})"),
+        format!("DELETE FROM chunks WHERE id IN ({selected})"),
+        format!("DELETE FROM file_chunks WHERE ino = $1 AND {filter}"),
+    ] {
+        sqlx::query(&table_filter)
+            .bind(ino)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}

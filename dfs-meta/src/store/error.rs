@@ -1,0 +1,80 @@
+//! Store failures, each with the errno it means to a file system user.
+
+use dfs_proto::NameError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    Exists(String),
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(String),
+    #[error("no such attribute")]
+    NoXattr,
+    #[error("attribute value too large")]
+    XattrTooBig,
+    #[error("no space: {0}")]
+    NoSpace(String),
+    #[error("store URL must start with sqlite: or postgres://, got {0}")]
+    BadUrl(String),
+    #[error("migration {version} failed: {source}")]
+    Migration { version: i64, source: sqlx::Error },
+    #[error("store holds data this version cannot read: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// The POSIX errno an application should see for this failure.
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::NotFound(_) => libc::ENOENT,
+            StoreError::Exists(_) => libc::EEXIST,
+            StoreError::NotDir => libc::ENOTDIR,
+            StoreError::IsDir => libc::EISDIR,
+            StoreError::NotEmpty => libc::ENOTEMPTY,
+            StoreError::Name(e) => e.errno(),
+            StoreError::Invalid(_) => libc::EINVAL,
+            StoreError::NotPermitted(_) => libc::EPERM,
+            StoreError::NoXattr => libc::ENODATA,
+            StoreError::XattrTooBig => libc::E2BIG,
+            StoreError::NoSpace(_) => libc::ENOSPC,
+            StoreError::BadUrl(_)
+            | StoreError::Migration { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Db(_) => libc::EIO,
+        }
+    }
+
+    /// A serialization conflict or deadlock: the transaction may simply be run again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(db)) => matches!(
+                db.code().as_deref(),
+                Some("40001") | Some("40P01") | Some("5") | Some("517") | Some("6")
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> tonic::Status {
+        if e.errno() == libc::EIO {
+            tracing::error!(error = %e, "store failure");
+        }
+        dfs_proto::status_from_errno(e.errno(), e.to_string())
+    }
+}

@@ -1,0 +1,160 @@
+//! Schema migrations, embedded in the binary from `migrations/<backend>/`, applied
+//! in order at start-up and recorded in `schema_migrations`.
+
+use sqlx::{AnyPool, Executor, Row};
+
+use super::{Backend, FormatOptions, Result, StoreError};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+}];
+
+const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/postgres/0001_init.sql"),
+}];
+
+/// Applies every migration the store has not seen yet. On PostgreSQL an advisory
+/// lock keeps two starting meta servers from migrating at once.
+/// Then formats a new store (see `format_if_new`) and returns (chunk_size, replication).
+pub(super) async fn run(
+    pool: &AnyPool,
+    backend: Backend,
+    format: FormatOptions,
+) -> Result<(u32, u32)> {
+    let mut conn = pool.acquire().await?;
+    if backend == Backend::Postgres {
+        conn.execute("SELECT pg_advisory_lock(7468001)").await?;
+    }
+    let result = match apply(&mut conn, backend).await {
+        Ok(()) => format_if_new(&mut conn, format).await,
+        Err(e) => Err(e),
+    };
+    if backend == Backend::Postgres {
+        conn.execute("SELECT pg_advisory_unlock(7468001)").await?;
+    }
+    result
+}
+
+async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<()> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
+    )
+    .await?;
+    let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<_, _>>()?;
+    let list = match backend {
+        Backend::Sqlite => SQLITE,
+        Backend::Postgres => POSTGRES,
+    };
+    if let Some(newest) = applied.iter().max() {
+        if list.iter().all(|m| m.version < *newest) {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {newest} is newer than this dfs-meta knows"
+            )));
+        }
+    }
+    for m in list.iter().filter(|m| !applied.contains(&m.version)) {
+        tracing::info!(version = m.version, name = m.name, "applying migration");
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::raw_sql(m.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| StoreError::Migration {
+                version: m.version,
+                source,
+            })?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(super::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Writes the format settings and the root directory into a new store, or reads
+/// the settings an existing store was created with. Returns (chunk_size, replication).
+async fn format_if_new(
+    conn: &mut sqlx::AnyConnection,
+    format: FormatOptions,
+) -> Result<(u32, u32)> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let existing = sqlx::query("SELECT key, value FROM meta_config")
+        .fetch_all(&mut *tx)
+        .await?;
+    if !existing.is_empty() {
+        let mut chunk_size = None;
+        let mut replication = None;
+        for row in existing {
+            let key: String = row.try_get(0)?;
+            let value: String = row.try_get(1)?;
+            match key.as_str() {
+                "chunk_size" => chunk_size = value.parse().ok(),
+                "replication" => replication = value.parse().ok(),
+                _ => {}
+            }
+        }
+        tx.commit().await?;
+        return match (chunk_size, replication) {
+            (Some(c), Some(r)) => Ok((c, r)),
+            _ => Err(StoreError::Corrupt(
+                "meta_config lacks chunk_size or replication".into(),
+            )),
+        };
+    }
+    for (key, value) in [
+        ("chunk_size", format.chunk_size.to_string()),
+        ("replication", format.replication.to_string()),
+    ] {
+        sqlx::query("INSERT INTO meta_config (key, value) VALUES ($1, $2)")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for name in ["ino", "chunk", "node"] {
+        let start: i64 = if name == "ino" { 1 } else { 0 };
+        sqlx::query("INSERT INTO counters (name, value) VALUES ($1, $2)")
+            .bind(name)
+            .bind(start)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let now = super::rows::Timespec::now();
+    sqlx::query(
+        "INSERT INTO inodes (ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev)
+         VALUES ($1, $2, $3, 0, 0, 0, 2, $4, $5, $4, $5, $4, $5, 0, 0)",
+    )
+    .bind(dfs_proto::ROOT_INO as i64)
+    .bind(super::FileKind::Directory as i64)
+    .bind(0o755i64)
+    .bind(now.sec)
+    .bind(i64::from(now.nsec))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(
+        chunk_size = format.chunk_size,
+        replication = format.replication,
+        "formatted new store"
+    );
+    Ok((format.chunk_size, format.replication))
+}

@@ -1,0 +1,199 @@
+//! The metadata store: everything dfs-meta knows lives here, in SQL, so the
+//! server process itself is stateless and several can share one PostgreSQL.
+//!
+//! What is stored and why:
+//! - `inodes`, `dentries`, `xattrs`: the namespace. A directory entry is
+//!   (parent, name) -> inode, so hard links and atomic rename are plain SQL.
+//! - `chunks`, `file_chunks`, `replicas`: the chunk map. Chunks are immutable;
+//!   a file's map points (inode, index) -> chunk, a chunk lives on nodes.
+//! - `nodes`: the registry, with the last heartbeat that decides up or dead.
+//! - `chunk_allocations`, `gc_replicas`: writes in flight, and replicas
+//!   waiting to be deleted on their node.
+//!
+//! One implementation serves SQLite and PostgreSQL through sqlx's `Any` driver
+//! (all SQL uses `$n` parameters, which both accept). Every multi-row change is
+//! one transaction: SERIALIZABLE with retry on PostgreSQL; on SQLite one writer
+//! connection serialises them.
+
+mod chunks;
+mod error;
+mod migrate;
+mod namespace;
+mod nodes;
+mod rows;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
+use std::str::FromStr;
+
+pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement};
+pub use error::StoreError;
+pub use namespace::{CreateArgs, DirEntry, SetAttrArgs};
+pub use nodes::{ClusterCounts, HeartbeatInfo, NodeInfo, NodeRecord, RegisterArgs, RepairItem};
+pub use rows::{FileKind, Inode, Timespec};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which SQL engine a store URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Settings fixed when the store is first created (format time).
+#[derive(Debug, Clone, Copy)]
+pub struct FormatOptions {
+    pub chunk_size: u32,
+    pub replication: u32,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        FormatOptions {
+            chunk_size: 4 << 20,
+            replication: 3,
+        }
+    }
+}
+
+/// A connected, migrated metadata store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    chunk_size: u32,
+    replication: u32,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), creating the SQLite
+    /// file if missing, applies migrations, and formats a new store with `format`.
+    /// An existing store keeps the chunk size and replication it was created with.
+    pub async fn open(url: &str, format: FormatOptions) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        if format.chunk_size < 64 * 1024 || format.chunk_size > 256 << 20 {
+            return Err(StoreError::Invalid(format!(
+                "chunk size {} is outside 64 KiB..256 MiB",
+                format.chunk_size
+            )));
+        }
+        if format.replication == 0 || format.replication > 16 {
+            return Err(StoreError::Invalid("replication must be 1..16".into()));
+        }
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = match backend {
+            // One connection: SQLite has one writer anyway, and this keeps
+            // transactions from ever meeting SQLITE_BUSY.
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(1)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                }),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        }
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await?;
+        let (chunk_size, replication) = migrate::run(&pool, backend, format).await?;
+        Ok(Store {
+            pool,
+            backend,
+            chunk_size,
+            replication,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    pub fn replication(&self) -> u32 {
+        self.replication
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a write transaction with the isolation every namespace change needs.
+    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            tx.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// Checks the database answers (used by health checks).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+}
+
+/// Runs `$body` (which uses `&mut $tx`) in a transaction, committing on success
+/// and retrying the whole body when the database reports a serialization
+/// conflict. Every multi-row change goes through here.
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let mut attempt: u32 = 0;
+        loop {
+            let mut $tx = $store.begin().await?;
+            let result: $crate::store::Result<_> = async { $body }.await;
+            let result = match result {
+                Ok(value) => $tx
+                    .commit()
+                    .await
+                    .map(|()| value)
+                    .map_err($crate::store::StoreError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_retryable() && attempt < 10 => {
+                    attempt += 1;
+                    let jitter = u64::from(rand::random::<u8>() % 16);
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        (2u64 << attempt.min(6)) + jitter,
+                    ))
+                    .await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(crate) use in_tx;
+
+/// Milliseconds since the Unix epoch, the clock node heartbeats are kept in.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,706 @@
+//! The namespace: inodes, directory entries, hard links, symlinks, xattrs.
+//! Each public method is one transaction; the `*_in` helpers work inside one.
+
+use dfs_proto::{validate_name, ROOT_INO};
+use sqlx::{AnyConnection, Row};
+
+use super::rows::{inode_from_row, to_i64, FileKind, Inode, Timespec, INODE_COLUMNS};
+use super::{in_tx, Result, Store, StoreError};
+
+/// Largest xattr value (Linux XATTR_SIZE_MAX).
+pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+const XATTR_CREATE: u32 = 1;
+const XATTR_REPLACE: u32 = 2;
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_IXGRP: u32 = 0o010;
+
+#[derive(Debug, Clone)]
+pub struct CreateArgs {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub kind: FileKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub symlink_target: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SetAttrArgs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Timespec>,
+    pub mtime: Option<Timespec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub attr: Inode,
+}
+
+impl Store {
+    pub async fn getattr(&self, ino: u64) -> Result<Inode> {
+        let mut conn = self.pool.acquire().await?;
+        require_inode(&mut conn, ino).await
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+        validate_name(name)?;
+        let mut conn = self.pool.acquire().await?;
+        require_dir(&mut conn, parent).await?;
+        let ino = entry_ino(&mut conn, parent, name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        require_inode(&mut conn, ino).await
+    }
+
+    /// Walks an absolute path from the root ("/" and "" name the root).
+    pub async fn resolve_path(&self, path: &[u8]) -> Result<Inode> {
+        if path.len() > dfs_proto::MAX_PATH_LEN {
+            return Err(StoreError::Name(dfs_proto::NameError::TooLong(path.len())));
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut inode = require_inode(&mut conn, ROOT_INO).await?;
+        for part in path
+            .split(|&b| b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+        {
+            if inode.kind != FileKind::Directory {
+                return Err(StoreError::NotDir);
+            }
+            if part == b".." {
+                let parent = parent_of(&mut conn, inode.ino).await?;
+                inode = require_inode(&mut conn, parent).await?;
+                continue;
+            }
+            validate_name(part)?;
+            let ino = entry_ino(&mut conn, inode.ino, part)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(path).into_owned()))?;
+            inode = require_inode(&mut conn, ino).await?;
+        }
+        Ok(inode)
+    }
+
+    pub async fn create(&self, args: CreateArgs) -> Result<Inode> {
+        validate_name(&args.name)?;
+        if args.kind == FileKind::Symlink
+            && (args.symlink_target.is_empty()
+                || args.symlink_target.len() > dfs_proto::MAX_PATH_LEN)
+        {
+            return Err(StoreError::Invalid(
+                "symlink target must be 1..4095 bytes".into(),
+            ));
+        }
+        in_tx!(self, |tx| create_in(&mut tx, &args).await)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        validate_name(name)?;
+        in_tx!(self, |tx| {
+            let now = Timespec::now();
+            require_dir(&mut tx, parent).await?;
+            let ino = entry_ino(&mut tx, parent, name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+            let inode = require_inode(&mut tx, ino).await?;
+            if inode.kind == FileKind::Directory {
+                return Err(StoreError::IsDir);
+            }
+            delete_entry(&mut tx, parent, name).await?;
+            touch_dir(&mut tx, parent, 0, now).await?;
+            drop_link(&mut tx, &inode, now).await
+        })
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        validate_name(name)?;
+        in_tx!(self, |tx| {
+            let now = Timespec::now();
+            require_dir(&mut tx, parent).await?;
+            let ino = entry_ino(&mut tx, parent, name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+            let inode = require_inode(&mut tx, ino).await?;
+            if inode.kind != FileKind::Directory {
+                return Err(StoreError::NotDir);
+            }
+            if has_entries(&mut tx, ino).await? {
+                return Err(StoreError::NotEmpty);
+            }
+            delete_entry(&mut tx, parent, name).await?;
+            touch_dir(&mut tx, parent, -1, now).await?;
+            delete_inode(&mut tx, ino).await
+        })
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        validate_name(name)?;
+        validate_name(new_name)?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
+            return Err(StoreError::Invalid(format!("rename flags {flags:#x}")));
+        }
+        in_tx!(self, |tx| rename_in(
+            &mut tx, parent, name, new_parent, new_name, flags
+        )
+        .await)
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Inode> {
+        validate_name(new_name)?;
+        in_tx!(self, |tx| {
+            let now = Timespec::now();
+            let inode = require_inode(&mut tx, ino).await?;
+            if inode.kind == FileKind::Directory {
+                return Err(StoreError::NotPermitted("hard links to directories".into()));
+            }
+            require_dir(&mut tx, new_parent).await?;
+            if entry_ino(&mut tx, new_parent, new_name).await?.is_some() {
+                return Err(StoreError::Exists(
+                    String::from_utf8_lossy(new_name).into_owned(),
+                ));
+            }
+            insert_entry(&mut tx, new_parent, new_name, ino).await?;
+            touch_dir(&mut tx, new_parent, 0, now).await?;
+            sqlx::query(
+                "UPDATE inodes SET nlink = nlink + 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1",
+            )
+            .bind(to_i64(ino, "inode")?)
+            .bind(now.sec)
+            .bind(i64::from(now.nsec))
+            .execute(&mut *tx)
+            .await?;
+            require_inode(&mut tx, ino).await
+        })
+    }
+
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let mut conn = self.pool.acquire().await?;
+        let row = sqlx::query("SELECT kind, target FROM inodes WHERE ino = $1")
+            .bind(to_i64(ino, "inode")?)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("inode {ino}")))?;
+        let kind: i64 = row.try_get(0)?;
+        if kind != FileKind::Symlink as i64 {
+            return Err(StoreError::Invalid("not a symlink".into()));
+        }
+        let target: Option<Vec<u8>> = row.try_get(1)?;
+        target.ok_or_else(|| StoreError::Corrupt(format!("symlink {ino} has no target")))
+    }
+
+    /// One page of a directory, in byte order of names, starting after `after`.
+    /// Returns the entries and whether more follow.
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<DirEntry>, bool)> {
+        let limit = limit.clamp(1, 10_000);
+        let mut conn = self.pool.acquire().await?;
+        require_dir(&mut conn, ino).await?;
+        let cols = INODE_COLUMNS
+            .split(", ")
+            .map(|c| format!("i.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT d.name, {cols} FROM dentries d JOIN inodes i ON i.ino = d.ino
+             WHERE d.parent = $1 AND d.name > $2 ORDER BY d.name LIMIT $3"
+        ))
+        .bind(to_i64(ino, "inode")?)
+        .bind(after.to_vec())
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let entries = rows
+            .iter()
+            .take(limit as usize)
+            .map(|row| {
+                Ok(DirEntry {
+                    name: row.try_get(0)?,
+                    attr: inode_from_row(row)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((entries, more))
+    }
+
+    pub async fn setattr(&self, ino: u64, args: SetAttrArgs) -> Result<Inode> {
+        in_tx!(self, |tx| setattr_in(&mut tx, self.chunk_size, ino, &args)
+            .await)
+    }
+
+    pub async fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        let mut conn = self.pool.acquire().await?;
+        require_inode(&mut conn, ino).await?;
+        sqlx::query("SELECT value FROM xattrs WHERE ino = $1 AND name = $2")
+            .bind(to_i64(ino, "inode")?)
+            .bind(name.to_vec())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<Vec<u8>, _>(0))
+            .transpose()?
+            .ok_or(StoreError::NoXattr)
+    }
+
+    pub async fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(StoreError::Invalid(
+                "xattr name must be 1..255 bytes".into(),
+            ));
+        }
+        if value.len() > MAX_XATTR_VALUE {
+            return Err(StoreError::XattrTooBig);
+        }
+        in_tx!(self, |tx| {
+            let now = Timespec::now();
+            require_inode(&mut tx, ino).await?;
+            let key = to_i64(ino, "inode")?;
+            let exists = sqlx::query("SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2")
+                .bind(key)
+                .bind(name.to_vec())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if exists && flags & XATTR_CREATE != 0 {
+                return Err(StoreError::Exists("xattr".into()));
+            }
+            if !exists && flags & XATTR_REPLACE != 0 {
+                return Err(StoreError::NoXattr);
+            }
+            let sql = if exists {
+                "UPDATE xattrs SET value = $3 WHERE ino = $1 AND name = $2"
+            } else {
+                "INSERT INTO xattrs (ino, name, value) VALUES ($1, $2, $3)"
+            };
+            sqlx::query(sql)
+                .bind(key)
+                .bind(name.to_vec())
+                .bind(value.to_vec())
+                .execute(&mut *tx)
+                .await?;
+            set_ctime(&mut tx, ino, now).await
+        })
+    }
+
+    pub async fn list_xattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let mut conn = self.pool.acquire().await?;
+        require_inode(&mut conn, ino).await?;
+        sqlx::query("SELECT name FROM xattrs WHERE ino = $1 ORDER BY name")
+            .bind(to_i64(ino, "inode")?)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get::<Vec<u8>, _>(0)?))
+            .collect()
+    }
+
+    pub async fn remove_xattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        in_tx!(self, |tx| {
+            let now = Timespec::now();
+            require_inode(&mut tx, ino).await?;
+            let done = sqlx::query("DELETE FROM xattrs WHERE ino = $1 AND name = $2")
+                .bind(to_i64(ino, "inode")?)
+                .bind(name.to_vec())
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NoXattr);
+            }
+            set_ctime(&mut tx, ino, now).await
+        })
+    }
+}
+
+async fn create_in(tx: &mut AnyConnection, args: &CreateArgs) -> Result<Inode> {
+    let now = Timespec::now();
+    let parent = require_dir(tx, args.parent).await?;
+    if entry_ino(tx, args.parent, &args.name).await?.is_some() {
+        return Err(StoreError::Exists(
+            String::from_utf8_lossy(&args.name).into_owned(),
+        ));
+    }
+    let mut mode = args.mode & 0o7777;
+    let mut gid = args.gid;
+    // A setgid directory hands its group down, and its setgid bit to subdirectories.
+    if parent.mode & S_ISGID != 0 {
+        gid = parent.gid;
+        if args.kind == FileKind::Directory {
+            mode |= S_ISGID;
+        }
+    }
+    let ino = next_id(tx, "ino").await?;
+    let is_dir = args.kind == FileKind::Directory;
+    let size = if args.kind == FileKind::Symlink {
+        args.symlink_target.len() as i64
+    } else {
+        0
+    };
+    let target = (args.kind == FileKind::Symlink).then(|| args.symlink_target.clone());
+    sqlx::query(
+        "INSERT INTO inodes (ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev, target)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $9, $8, $9, 0, $10, $11)",
+    )
+    .bind(ino)
+    .bind(args.kind as i64)
+    .bind(i64::from(mode))
+    .bind(i64::from(args.uid))
+    .bind(i64::from(gid))
+    .bind(size)
+    .bind(if is_dir { 2i64 } else { 1 })
+    .bind(now.sec)
+    .bind(i64::from(now.nsec))
+    .bind(i64::from(args.rdev))
+    .bind(target)
+    .execute(&mut *tx)
+    .await?;
+    insert_entry(tx, args.parent, &args.name, ino as u64).await?;
+    touch_dir(tx, args.parent, if is_dir { 1 } else { 0 }, now).await?;
+    require_inode(tx, ino as u64).await
+}
+
+async fn rename_in(
+    tx: &mut AnyConnection,
+    parent: u64,
+    name: &[u8],
+    new_parent: u64,
+    new_name: &[u8],
+    flags: u32,
+) -> Result<()> {
+    let now = Timespec::now();
+    require_dir(tx, parent).await?;
+    require_dir(tx, new_parent).await?;
+    let src_ino = entry_ino(tx, parent, name)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+    let src = require_inode(tx, src_ino).await?;
+    let dst = match entry_ino(tx, new_parent, new_name).await? {
+        Some(ino) => Some(require_inode(tx, ino).await?),
+        None => None,
+    };
+    if src.kind == FileKind::Directory && is_within(tx, new_parent, src.ino).await? {
+        return Err(StoreError::Invalid(
+            "cannot move a directory into itself".into(),
+        ));
+    }
+    if flags & RENAME_EXCHANGE != 0 {
+        let dst = dst
+            .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(new_name).into_owned()))?;
+        if dst.kind == FileKind::Directory && is_within(tx, parent, dst.ino).await? {
+            return Err(StoreError::Invalid(
+                "cannot move a directory into itself".into(),
+            ));
+        }
+        set_entry(tx, parent, name, dst.ino).await?;
+        set_entry(tx, new_parent, new_name, src.ino).await?;
+        if parent != new_parent {
+            let src_dir = i64::from(src.kind == FileKind::Directory);
+            let dst_dir = i64::from(dst.kind == FileKind::Directory);
+            touch_dir(tx, parent, dst_dir - src_dir, now).await?;
+            touch_dir(tx, new_parent, src_dir - dst_dir, now).await?;
+        } else {
+            touch_dir(tx, parent, 0, now).await?;
+        }
+        set_ctime(tx, src.ino, now).await?;
+        return set_ctime(tx, dst.ino, now).await;
+    }
+    if let Some(dst) = &dst {
+        if flags & RENAME_NOREPLACE != 0 {
+            return Err(StoreError::Exists(
+                String::from_utf8_lossy(new_name).into_owned(),
+            ));
+        }
+        if dst.ino == src.ino {
+            // Two names of one inode: POSIX says do nothing.
+            return Ok(());
+        }
+        match (
+            src.kind == FileKind::Directory,
+            dst.kind == FileKind::Directory,
+        ) {
+            (true, false) => return Err(StoreError::NotDir),
+            (false, true) => return Err(StoreError::IsDir),
+            (true, true) if has_entries(tx, dst.ino).await? => return Err(StoreError::NotEmpty),
+            _ => {}
+        }
+        delete_entry(tx, new_parent, new_name).await?;
+        if dst.kind == FileKind::Directory {
+            touch_dir(tx, new_parent, -1, now).await?;
+            delete_inode(tx, dst.ino).await?;
+        } else {
+            drop_link(tx, dst, now).await?;
+        }
+    }
+    delete_entry(tx, parent, name).await?;
+    insert_entry(tx, new_parent, new_name, src.ino).await?;
+    let moved_dir = i64::from(src.kind == FileKind::Directory && parent != new_parent);
+    touch_dir(tx, parent, -moved_dir, now).await?;
+    if parent != new_parent {
+        touch_dir(tx, new_parent, moved_dir, now).await?;
+    }
+    set_ctime(tx, src.ino, now).await
+}
+
+async fn setattr_in(
+    tx: &mut AnyConnection,
+    chunk_size: u32,
+    ino: u64,
+    args: &SetAttrArgs,
+) -> Result<Inode> {
+    let now = Timespec::now();
+    let mut inode = require_inode(tx, ino).await?;
+    if let Some(size) = args.size {
+        match inode.kind {
+            FileKind::Regular => {}
+            FileKind::Directory => return Err(StoreError::IsDir),
+            _ => return Err(StoreError::Invalid("truncate of a special file".into())),
+        }
+        to_i64(size, "size")?;
+        if size != inode.size {
+            super::chunks::truncate_map(tx, ino, size, chunk_size).await?;
+            inode.size = size;
+            inode.version += 1;
+            inode.mtime = now;
+        }
+    }
+    if let Some(mode) = args.mode {
+        inode.mode = mode & 0o7777;
+    }
+    let owner_changed =
+        args.uid.is_some_and(|u| u != inode.uid) || args.gid.is_some_and(|g| g != inode.gid);
+    if let Some(uid) = args.uid {
+        inode.uid = uid;
+    }
+    if let Some(gid) = args.gid {
+        inode.gid = gid;
+    }
+    // chown clears setuid, and setgid when it means "setgid" (group-executable).
+    if owner_changed && inode.kind != FileKind::Directory && args.mode.is_none() {
+        inode.mode &= !S_ISUID;
+        if inode.mode & S_IXGRP != 0 {
+            inode.mode &= !S_ISGID;
+        }
+    }
+    if let Some(t) = args.atime {
+        inode.atime = t;
+    }
+    if let Some(t) = args.mtime {
+        inode.mtime = t;
+    }
+    inode.ctime = now;
+    sqlx::query(
+        "UPDATE inodes SET mode = $2, uid = $3, gid = $4, size = $5, atime_s = $6, atime_ns = $7,
+         mtime_s = $8, mtime_ns = $9, ctime_s = $10, ctime_ns = $11, version = $12 WHERE ino = $1",
+    )
+    .bind(to_i64(ino, "inode")?)
+    .bind(i64::from(inode.mode))
+    .bind(i64::from(inode.uid))
+    .bind(i64::from(inode.gid))
+    .bind(inode.size as i64)
+    .bind(inode.atime.sec)
+    .bind(i64::from(inode.atime.nsec))
+    .bind(inode.mtime.sec)
+    .bind(i64::from(inode.mtime.nsec))
+    .bind(inode.ctime.sec)
+    .bind(i64::from(inode.ctime.nsec))
+    .bind(inode.version as i64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(inode)
+}
+
+// ---- helpers used inside a transaction ----
+
+pub(crate) async fn get_inode(conn: &mut AnyConnection, ino: u64) -> Result<Option<Inode>> {
+    let Ok(key) = i64::try_from(ino) else {
+        return Ok(None);
+    };
+    sqlx::query(&format!(
+        "SELECT {INODE_COLUMNS} FROM inodes WHERE ino = $1"
+    ))
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|row| inode_from_row(&row))
+    .transpose()
+}
+
+pub(crate) async fn require_inode(conn: &mut AnyConnection, ino: u64) -> Result<Inode> {
+    get_inode(conn, ino)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("inode {ino}")))
+}
+
+async fn require_dir(conn: &mut AnyConnection, ino: u64) -> Result<Inode> {
+    let inode = require_inode(conn, ino).await?;
+    if inode.kind != FileKind::Directory {
+        return Err(StoreError::NotDir);
+    }
+    Ok(inode)
+}
+
+async fn entry_ino(conn: &mut AnyConnection, parent: u64, name: &[u8]) -> Result<Option<u64>> {
+    Ok(
+        sqlx::query("SELECT ino FROM dentries WHERE parent = $1 AND name = $2")
+            .bind(to_i64(parent, "inode")?)
+            .bind(name.to_vec())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .map(|v| v as u64),
+    )
+}
+
+/// The directory holding directory `ino` (the root is its own parent).
+async fn parent_of(conn: &mut AnyConnection, ino: u64) -> Result<u64> {
+    if ino == ROOT_INO {
+        return Ok(ROOT_INO);
+    }
+    let row = sqlx::query("SELECT parent FROM dentries WHERE ino = $1 LIMIT 1")
+        .bind(to_i64(ino, "inode")?)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("directory {ino} has no entry")))?;
+    Ok(row.try_get::<i64, _>(0)? as u64)
+}
+
+/// Whether directory `dir` is `ancestor` or lies below it.
+async fn is_within(conn: &mut AnyConnection, dir: u64, ancestor: u64) -> Result<bool> {
+    let mut cur = dir;
+    for _ in 0..100_000 {
+        if cur == ancestor {
+            return Ok(true);
+        }
+        if cur == ROOT_INO {
+            return Ok(false);
+        }
+        cur = parent_of(conn, cur).await?;
+    }
+    Err(StoreError::Corrupt("directory loop".into()))
+}
+
+async fn has_entries(conn: &mut AnyConnection, dir: u64) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 FROM dentries WHERE parent = $1 LIMIT 1")
+            .bind(to_i64(dir, "inode")?)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some(),
+    )
+}
+
+async fn insert_entry(conn: &mut AnyConnection, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+    sqlx::query("INSERT INTO dentries (parent, name, ino) VALUES ($1, $2, $3)")
+        .bind(to_i64(parent, "inode")?)
+        .bind(name.to_vec())
+        .bind(to_i64(ino, "inode")?)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn set_entry(conn: &mut AnyConnection, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+    sqlx::query("UPDATE dentries SET ino = $3 WHERE parent = $1 AND name = $2")
+        .bind(to_i64(parent, "inode")?)
+        .bind(name.to_vec())
+        .bind(to_i64(ino, "inode")?)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn delete_entry(conn: &mut AnyConnection, parent: u64, name: &[u8]) -> Result<()> {
+    sqlx::query("DELETE FROM dentries WHERE parent = $1 AND name = $2")
+        .bind(to_i64(parent, "inode")?)
+        .bind(name.to_vec())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A directory's contents changed: mtime and ctime move, nlink by `nlink_delta`.
+async fn touch_dir(
+    conn: &mut AnyConnection,
+    dir: u64,
+    nlink_delta: i64,
+    now: Timespec,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE inodes SET nlink = nlink + $2, mtime_s = $3, mtime_ns = $4, ctime_s = $3, ctime_ns = $4 WHERE ino = $1",
+    )
+    .bind(to_i64(dir, "inode")?)
+    .bind(nlink_delta)
+    .bind(now.sec)
+    .bind(i64::from(now.nsec))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn set_ctime(conn: &mut AnyConnection, ino: u64, now: Timespec) -> Result<()> {
+    sqlx::query("UPDATE inodes SET ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
+        .bind(to_i64(ino, "inode")?)
+        .bind(now.sec)
+        .bind(i64::from(now.nsec))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One name of a non-directory is gone: drop its link count, and the inode
+/// with its data once no name is left.
+async fn drop_link(conn: &mut AnyConnection, inode: &Inode, now: Timespec) -> Result<()> {
+    if inode.nlink <= 1 {
+        return delete_inode(conn, inode.ino).await;
+    }
+    sqlx::query("UPDATE inodes SET nlink = nlink - 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
+        .bind(to_i64(inode.ino, "inode")?)
+        .bind(now.sec)
+        .bind(i64::from(now.nsec))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn delete_inode(conn: &mut AnyConnection, ino: u64) -> Result<()> {
+    super::chunks::truncate_map(conn, ino, 0, 1).await?;
+    let key = to_i64(ino, "inode")?;
+    sqlx::query("DELETE FROM xattrs WHERE ino = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM inodes WHERE ino = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes the next value of a named counter (inode and chunk ids).
+pub(crate) async fn next_id(conn: &mut AnyConnection, counter: &str) -> Result<i64> {
+    let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")
+        .bind(counter)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get::<i64, _>(0)?)
+}

@@ -1,0 +1,409 @@
+//! The node registry, replica bookkeeping, and the reads repair and status need.
+
+use std::collections::HashSet;
+
+use sqlx::{AnyConnection, Row};
+
+use super::rows::to_i64;
+use super::{in_tx, now_ms, Result, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: u64,
+    pub uuid: String,
+    pub addr: String,
+    pub zone: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub chunk_count: u64,
+    pub last_heartbeat_ms: i64,
+}
+
+/// A node as `status` shows it: its record and how many replicas meta places on it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub record: NodeRecord,
+    pub replicas: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegisterArgs {
+    pub uuid: String,
+    pub addr: String,
+    pub zone: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub chunk_ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatInfo {
+    pub node_id: u64,
+    pub capacity: u64,
+    pub used: u64,
+    pub chunk_count: u64,
+}
+
+/// A chunk with fewer up replicas than wanted, and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairItem {
+    pub chunk_id: u64,
+    /// (node id, address) of replicas on up nodes.
+    pub live_holders: Vec<(u64, String)>,
+    /// Node ids of replicas on nodes that are down.
+    pub down_holders: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterCounts {
+    pub files: u64,
+    pub directories: u64,
+    pub chunks: u64,
+    pub logical_bytes: u64,
+    pub under_replicated: u64,
+    pub lost: u64,
+    pub gc_pending: u64,
+}
+
+/// Chunk allocations older than this are abandoned writes; their chunks are garbage.
+const ALLOCATION_TTL_MS: i64 = 3_600_000;
+
+impl Store {
+    /// Registers (or re-registers) a node and reconciles the chunks it reports
+    /// with the chunk map. Returns its id and the chunk ids it should delete.
+    pub async fn register_node(&self, args: RegisterArgs) -> Result<(u64, Vec<u64>)> {
+        if args.uuid.is_empty() || args.addr.is_empty() {
+            return Err(StoreError::Invalid(
+                "node uuid and address are required".into(),
+            ));
+        }
+        in_tx!(self, |tx| {
+            let now = now_ms();
+            let existing = sqlx::query("SELECT id FROM nodes WHERE uuid = $1")
+                .bind(&args.uuid)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let id = match existing {
+                Some(row) => row.try_get::<i64, _>(0)?,
+                None => {
+                    let id = super::namespace::next_id(&mut tx, "node").await?;
+                    sqlx::query(
+                        "INSERT INTO nodes (id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms)
+                         VALUES ($1, $2, '', '', 0, 0, 0, 0)",
+                    )
+                    .bind(id)
+                    .bind(&args.uuid)
+                    .execute(&mut *tx)
+                    .await?;
+                    id
+                }
+            };
+            sqlx::query(
+                "UPDATE nodes SET addr = $2, zone = $3, capacity = $4, used = $5, chunk_count = $6, last_heartbeat_ms = $7 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(&args.addr)
+            .bind(&args.zone)
+            .bind(to_i64(args.capacity, "capacity")?)
+            .bind(to_i64(args.used, "used")?)
+            .bind(args.chunk_ids.len() as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let delete = reconcile(&mut tx, id, &args.chunk_ids, now).await?;
+            Ok((id as u64, delete))
+        })
+    }
+
+    /// Records a heartbeat. Returns None for a node meta does not know (it must
+    /// register again), else the chunk ids it should delete.
+    pub async fn heartbeat(&self, hb: HeartbeatInfo) -> Result<Option<Vec<u64>>> {
+        in_tx!(self, |tx| {
+            let id = to_i64(hb.node_id, "node id")?;
+            let updated = sqlx::query(
+                "UPDATE nodes SET capacity = $2, used = $3, chunk_count = $4, last_heartbeat_ms = $5 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(to_i64(hb.capacity, "capacity")?)
+            .bind(to_i64(hb.used, "used")?)
+            .bind(to_i64(hb.chunk_count, "chunk count")?)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let ids: Vec<i64> = sqlx::query(
+                "SELECT chunk_id FROM gc_replicas WHERE node_id = $1 ORDER BY chunk_id LIMIT 1000",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+            for chunk in &ids {
+                sqlx::query("DELETE FROM gc_replicas WHERE node_id = $1 AND chunk_id = $2")
+                    .bind(id)
+                    .bind(*chunk)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(Some(ids.into_iter().map(|v| v as u64).collect()))
+        })
+    }
+
+    /// A node now holds `chunk_id` (repair copied it there). A chunk that was
+    /// deleted meanwhile is queued for deletion on that node instead.
+    pub async fn replica_added(&self, chunk_id: u64, node_ids: &[u64]) -> Result<()> {
+        in_tx!(self, |tx| {
+            let chunk = to_i64(chunk_id, "chunk id")?;
+            let exists = sqlx::query("SELECT 1 FROM chunks WHERE id = $1")
+                .bind(chunk)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            for node in node_ids {
+                let node = to_i64(*node, "node id")?;
+                let table = if exists { "replicas" } else { "gc_replicas" };
+                let present = sqlx::query(&format!(
+                    "SELECT 1 FROM {table} WHERE chunk_id = $1 AND node_id = $2"
+                ))
+                .bind(chunk)
+                .bind(node)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+                if !present {
+                    sqlx::query(&format!(
+                        "INSERT INTO {table} (chunk_id, node_id) VALUES ($1, $2)"
+                    ))
+                    .bind(chunk)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A replica failed its checksum or could not be read: forget it and have
+    /// the node delete it; repair then makes a new copy.
+    pub async fn drop_replica(&self, chunk_id: u64, node_id: u64) -> Result<()> {
+        in_tx!(self, |tx| {
+            let chunk = to_i64(chunk_id, "chunk id")?;
+            let node = to_i64(node_id, "node id")?;
+            let removed = sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
+                .bind(chunk)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if removed > 0 {
+                sqlx::query("INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2)")
+                    .bind(chunk)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT n.id, n.uuid, n.addr, n.zone, n.capacity, n.used, n.chunk_count, n.last_heartbeat_ms,
+                    (SELECT COUNT(*) FROM replicas r WHERE r.node_id = n.id) AS replicas
+             FROM nodes n ORDER BY n.id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NodeInfo {
+                    record: node_from_row(row)?,
+                    replicas: row.try_get::<i64, _>("replicas")? as u64,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn cluster_counts(&self, live_cutoff_ms: i64) -> Result<ClusterCounts> {
+        let mut conn = self.pool.acquire().await?;
+        let row = sqlx::query(
+            "SELECT
+               (SELECT COUNT(*) FROM inodes WHERE kind = 1),
+               (SELECT COUNT(*) FROM inodes WHERE kind = 2),
+               (SELECT COUNT(*) FROM chunks),
+               (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM inodes WHERE kind = 1),
+               (SELECT COUNT(*) FROM gc_replicas)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let live = live_replica_counts(&mut conn, live_cutoff_ms).await?;
+        let replication = u64::from(self.replication);
+        Ok(ClusterCounts {
+            files: row.try_get::<i64, _>(0)? as u64,
+            directories: row.try_get::<i64, _>(1)? as u64,
+            chunks: row.try_get::<i64, _>(2)? as u64,
+            logical_bytes: row.try_get::<i64, _>(3)? as u64,
+            gc_pending: row.try_get::<i64, _>(4)? as u64,
+            under_replicated: live.iter().filter(|(_, n)| *n < replication).count() as u64,
+            lost: live.iter().filter(|(_, n)| *n == 0).count() as u64,
+        })
+    }
+
+    /// Chunks with fewer than the wanted number of replicas on up nodes
+    /// (at most `limit`, lowest redundancy first).
+    pub async fn under_replicated(
+        &self,
+        live_cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RepairItem>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
+        counts.retain(|(_, n)| *n < u64::from(self.replication));
+        counts.sort_by_key(|(id, n)| (*n, *id));
+        counts.truncate(limit);
+        let mut items = Vec::with_capacity(counts.len());
+        for (chunk, _) in counts {
+            let rows = sqlx::query(
+                "SELECT n.id, n.addr, n.last_heartbeat_ms FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE r.chunk_id = $1",
+            )
+            .bind(chunk as i64)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut item = RepairItem {
+                chunk_id: chunk,
+                live_holders: Vec::new(),
+                down_holders: Vec::new(),
+            };
+            for row in rows {
+                let id = row.try_get::<i64, _>(0)? as u64;
+                if row.try_get::<i64, _>(2)? >= live_cutoff_ms {
+                    item.live_holders.push((id, row.try_get(1)?));
+                } else {
+                    item.down_holders.push(id);
+                }
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+/// Nodes whose last heartbeat is at or after `cutoff_ms`.
+pub(crate) async fn live_nodes(
+    conn: &mut AnyConnection,
+    cutoff_ms: i64,
+) -> Result<Vec<NodeRecord>> {
+    sqlx::query(
+        "SELECT id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms FROM nodes WHERE last_heartbeat_ms >= $1 ORDER BY id",
+    )
+    .bind(cutoff_ms)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(node_from_row)
+    .collect()
+}
+
+/// (chunk id, replicas on up nodes) for every chunk.
+async fn live_replica_counts(conn: &mut AnyConnection, cutoff_ms: i64) -> Result<Vec<(u64, u64)>> {
+    sqlx::query(
+        "SELECT c.id, (SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                       WHERE r.chunk_id = c.id AND n.last_heartbeat_ms >= $1)
+         FROM chunks c",
+    )
+    .bind(cutoff_ms)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get::<i64, _>(0)? as u64,
+            r.try_get::<i64, _>(1)? as u64,
+        ))
+    })
+    .collect()
+}
+
+fn node_from_row(row: &sqlx::any::AnyRow) -> Result<NodeRecord> {
+    Ok(NodeRecord {
+        id: row.try_get::<i64, _>("id")? as u64,
+        uuid: row.try_get("uuid")?,
+        addr: row.try_get("addr")?,
+        zone: row.try_get("zone")?,
+        capacity: row.try_get::<i64, _>("capacity")? as u64,
+        used: row.try_get::<i64, _>("used")? as u64,
+        chunk_count: row.try_get::<i64, _>("chunk_count")? as u64,
+        last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
+    })
+}
+
+/// Matches a node's chunk report against the map: reported chunks the map
+/// references become replicas again, unknown ones are garbage (unless a write
+/// still in flight allocated them), and replicas the node no longer has are forgotten.
+async fn reconcile(
+    tx: &mut AnyConnection,
+    node: i64,
+    reported: &[u64],
+    now: i64,
+) -> Result<Vec<u64>> {
+    sqlx::query("DELETE FROM chunk_allocations WHERE allocated_ms < $1")
+        .bind(now - ALLOCATION_TTL_MS)
+        .execute(&mut *tx)
+        .await?;
+    let known: HashSet<u64> = sqlx::query("SELECT chunk_id FROM replicas WHERE node_id = $1")
+        .bind(node)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0).map(|v| v as u64))
+        .collect::<Result<_, _>>()?;
+    let reported_set: HashSet<u64> = reported.iter().copied().collect();
+    let mut delete = Vec::new();
+    for &chunk in reported_set.difference(&known) {
+        let Ok(id) = i64::try_from(chunk) else {
+            delete.push(chunk);
+            continue;
+        };
+        let referenced = sqlx::query("SELECT 1 FROM chunks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if referenced {
+            sqlx::query("INSERT INTO replicas (chunk_id, node_id) VALUES ($1, $2)")
+                .bind(id)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+            continue;
+        }
+        let in_flight = sqlx::query("SELECT 1 FROM chunk_allocations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !in_flight {
+            delete.push(chunk);
+        }
+    }
+    for &chunk in known.difference(&reported_set) {
+        sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
+            .bind(chunk as i64)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // Deletions queued for this node are covered by this report.
+    sqlx::query("DELETE FROM gc_replicas WHERE node_id = $1")
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
+    delete.sort_unstable();
+    Ok(delete)
+}

@@ -1,0 +1,919 @@
+//! One conformance suite for the metadata store, run against every backend:
+//! SQLite (a temp file) and PostgreSQL (a fresh database on the server named by
+//! DFS_TEST_POSTGRES_URL; `make test` starts one). Each case is written once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use dfs_meta::store::{
+    CommitChunk, CreateArgs, FileKind, HeartbeatInfo, RegisterArgs, SetAttrArgs, Store, StoreError,
+    Timespec,
+};
+use dfs_meta::FormatOptions;
+use dfs_proto::ROOT_INO;
+
+const CS: u32 = 1 << 20;
+
+struct Handle {
+    store: Store,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Option<Handle> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/meta.db", dir.path().display());
+    let store = Store::open(&url, fmt()).await.unwrap();
+    Some(Handle {
+        store,
+        url,
+        _dir: Some(dir),
+    })
+}
+
+async fn postgres() -> Option<Handle> {
+    let Ok(admin) = std::env::var("DFS_TEST_POSTGRES_URL") else {
+        if std::env::var_os("CI").is_some() || std::env::var_os("DFS_REQUIRE_POSTGRES").is_some() {
+            panic!("DFS_TEST_POSTGRES_URL is not set: the PostgreSQL conformance run cannot be skipped here");
+        }
+        eprintln!("SKIP: DFS_TEST_POSTGRES_URL not set (make test sets it)");
+        return None;
+    };
+    let db = format!("dfs_t_{}", rand::random::<u64>());
+    let out = std::process::Command::new("psql")
+        .args([admin.as_str(), "-qc", &format!("CREATE DATABASE {db}")])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "create database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = admin.rsplit_once('/').unwrap().0;
+    let url = format!("{base}/{db}");
+    let store = Store::open(&url, fmt()).await.unwrap();
+    Some(Handle {
+        store,
+        url,
+        _dir: None,
+    })
+}
+
+fn fmt() -> FormatOptions {
+    FormatOptions {
+        chunk_size: CS,
+        replication: 3,
+    }
+}
+
+fn errno(e: StoreError) -> i32 {
+    e.errno()
+}
+
+fn file(parent: u64, name: &str) -> CreateArgs {
+    node(parent, name, FileKind::Regular)
+}
+
+fn node(parent: u64, name: &str, kind: FileKind) -> CreateArgs {
+    CreateArgs {
+        parent,
+        name: name.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        rdev: 0,
+        symlink_target: b"target".to_vec(),
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(#[tokio::test] async fn $case() { if let Some(h) = super::sqlite().await { super::$case(h).await } })*
+        }
+        mod postgres_backend {
+            $(#[tokio::test] async fn $case() { if let Some(h) = super::postgres().await { super::$case(h).await } })*
+        }
+    };
+}
+
+conformance!(
+    create_lookup_and_errors,
+    directories_nlink_and_rmdir,
+    rename_rules,
+    rename_flags,
+    hard_links,
+    symlinks_and_special_files,
+    readdir_pages_in_byte_order,
+    xattrs,
+    setattr_and_truncate,
+    chunk_commit_and_gc,
+    bad_commits_change_nothing,
+    node_reconcile,
+    under_replication_is_seen,
+    reopen_keeps_everything,
+    concurrent_creates_all_land,
+    resolve_path,
+);
+
+async fn create_lookup_and_errors(h: Handle) {
+    let s = &h.store;
+    let root = s.getattr(ROOT_INO).await.unwrap();
+    assert_eq!(root.kind, FileKind::Directory);
+    let f = s.create(file(ROOT_INO, "a.txt")).await.unwrap();
+    assert_eq!(f.nlink, 1);
+    assert_eq!(f.uid, 1000);
+    assert_eq!(s.lookup(ROOT_INO, b"a.txt").await.unwrap(), f);
+    assert_eq!(
+        errno(s.create(file(ROOT_INO, "a.txt")).await.unwrap_err()),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(s.lookup(ROOT_INO, b"nope").await.unwrap_err()),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(s.create(file(f.ino, "x")).await.unwrap_err()),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(
+            s.create(file(ROOT_INO, &"n".repeat(256)))
+                .await
+                .unwrap_err()
+        ),
+        libc::ENAMETOOLONG
+    );
+    assert!(s.create(file(ROOT_INO, &"n".repeat(255))).await.is_ok());
+    assert_eq!(
+        errno(s.create(file(ROOT_INO, "a/b")).await.unwrap_err()),
+        libc::EINVAL
+    );
+    assert_eq!(errno(s.getattr(999_999).await.unwrap_err()), libc::ENOENT);
+    assert_eq!(errno(s.getattr(u64::MAX).await.unwrap_err()), libc::ENOENT);
+}
+
+async fn directories_nlink_and_rmdir(h: Handle) {
+    let s = &h.store;
+    let before = s.getattr(ROOT_INO).await.unwrap().nlink;
+    let d = s
+        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .await
+        .unwrap();
+    assert_eq!(d.nlink, 2);
+    assert_eq!(s.getattr(ROOT_INO).await.unwrap().nlink, before + 1);
+    s.create(file(d.ino, "f")).await.unwrap();
+    assert_eq!(
+        errno(s.rmdir(ROOT_INO, b"d").await.unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno(s.unlink(ROOT_INO, b"d").await.unwrap_err()),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(s.rmdir(d.ino, b"f").await.unwrap_err()),
+        libc::ENOTDIR
+    );
+    s.unlink(d.ino, b"f").await.unwrap();
+    s.rmdir(ROOT_INO, b"d").await.unwrap();
+    assert_eq!(s.getattr(ROOT_INO).await.unwrap().nlink, before);
+    assert_eq!(errno(s.getattr(d.ino).await.unwrap_err()), libc::ENOENT);
+}
+
+async fn rename_rules(h: Handle) {
+    let s = &h.store;
+    let a = s.create(file(ROOT_INO, "a")).await.unwrap();
+    let b = s.create(file(ROOT_INO, "b")).await.unwrap();
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0).await.unwrap();
+    assert_eq!(s.lookup(ROOT_INO, b"b").await.unwrap().ino, a.ino);
+    assert_eq!(
+        errno(s.getattr(b.ino).await.unwrap_err()),
+        libc::ENOENT,
+        "replaced file is gone"
+    );
+    assert_eq!(
+        errno(s.lookup(ROOT_INO, b"a").await.unwrap_err()),
+        libc::ENOENT
+    );
+
+    let d1 = s
+        .create(node(ROOT_INO, "d1", FileKind::Directory))
+        .await
+        .unwrap();
+    let d2 = s
+        .create(node(ROOT_INO, "d2", FileKind::Directory))
+        .await
+        .unwrap();
+    let sub = s
+        .create(node(d1.ino, "sub", FileKind::Directory))
+        .await
+        .unwrap();
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"d1", sub.ino, b"x", 0)
+                .await
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"d1", d1.ino, b"x", 0)
+                .await
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"b", ROOT_INO, b"d2", 0)
+                .await
+                .unwrap_err()
+        ),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"d2", ROOT_INO, b"b", 0)
+                .await
+                .unwrap_err()
+        ),
+        libc::ENOTDIR
+    );
+    // Directory over a non-empty directory fails; over an empty one it replaces it.
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"d2", ROOT_INO, b"d1", 0)
+                .await
+                .unwrap_err()
+        ),
+        libc::ENOTEMPTY
+    );
+    let root_links = s.getattr(ROOT_INO).await.unwrap().nlink;
+    s.rename(ROOT_INO, b"d1", ROOT_INO, b"d2", 0).await.unwrap();
+    assert_eq!(s.lookup(ROOT_INO, b"d2").await.unwrap().ino, d1.ino);
+    assert_eq!(errno(s.getattr(d2.ino).await.unwrap_err()), libc::ENOENT);
+    assert_eq!(s.getattr(ROOT_INO).await.unwrap().nlink, root_links - 1);
+    // Moving a directory across parents moves a link count.
+    let other = s
+        .create(node(ROOT_INO, "other", FileKind::Directory))
+        .await
+        .unwrap();
+    s.rename(d1.ino, b"sub", other.ino, b"sub2", 0)
+        .await
+        .unwrap();
+    assert_eq!(s.getattr(d1.ino).await.unwrap().nlink, 2);
+    assert_eq!(s.getattr(other.ino).await.unwrap().nlink, 3);
+    assert_eq!(s.lookup(other.ino, b"sub2").await.unwrap().ino, sub.ino);
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"missing", ROOT_INO, b"z", 0)
+                .await
+                .unwrap_err()
+        ),
+        libc::ENOENT
+    );
+}
+
+async fn rename_flags(h: Handle) {
+    let s = &h.store;
+    let a = s.create(file(ROOT_INO, "a")).await.unwrap();
+    let d = s
+        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .await
+        .unwrap();
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 1)
+                .await
+                .unwrap_err()
+        ),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"none", 2)
+                .await
+                .unwrap_err()
+        ),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 3)
+                .await
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
+    let inner = s
+        .create(node(d.ino, "inner", FileKind::Directory))
+        .await
+        .unwrap();
+    // Exchange a file in the root with a directory inside d.
+    s.rename(ROOT_INO, b"a", d.ino, b"inner", 2).await.unwrap();
+    assert_eq!(s.lookup(ROOT_INO, b"a").await.unwrap().ino, inner.ino);
+    assert_eq!(s.lookup(d.ino, b"inner").await.unwrap().ino, a.ino);
+    assert_eq!(
+        s.getattr(d.ino).await.unwrap().nlink,
+        2,
+        "d lost its subdirectory"
+    );
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"fresh", 1)
+        .await
+        .unwrap();
+}
+
+async fn hard_links(h: Handle) {
+    let s = &h.store;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let d = s
+        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .await
+        .unwrap();
+    let l = s.link(f.ino, d.ino, b"g").await.unwrap();
+    assert_eq!(l.nlink, 2);
+    assert_eq!(
+        errno(s.link(f.ino, d.ino, b"g").await.unwrap_err()),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(s.link(d.ino, ROOT_INO, b"dl").await.unwrap_err()),
+        libc::EPERM
+    );
+    s.unlink(ROOT_INO, b"f").await.unwrap();
+    assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 1);
+    // Renaming one name onto another name of the same inode does nothing.
+    s.link(f.ino, d.ino, b"h").await.unwrap();
+    s.rename(d.ino, b"g", d.ino, b"h", 0).await.unwrap();
+    assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 2);
+    s.unlink(d.ino, b"g").await.unwrap();
+    s.unlink(d.ino, b"h").await.unwrap();
+    assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
+}
+
+async fn symlinks_and_special_files(h: Handle) {
+    let s = &h.store;
+    let l = s
+        .create(node(ROOT_INO, "l", FileKind::Symlink))
+        .await
+        .unwrap();
+    assert_eq!(l.size, 6);
+    assert_eq!(s.readlink(l.ino).await.unwrap(), b"target");
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    assert_eq!(errno(s.readlink(f.ino).await.unwrap_err()), libc::EINVAL);
+    let mut empty = node(ROOT_INO, "e", FileKind::Symlink);
+    empty.symlink_target.clear();
+    assert_eq!(errno(s.create(empty).await.unwrap_err()), libc::EINVAL);
+    let mut dev = node(ROOT_INO, "tty", FileKind::CharDevice);
+    dev.rdev = 0x0501;
+    assert_eq!(s.create(dev).await.unwrap().rdev, 0x0501);
+    let fifo = s.create(node(ROOT_INO, "p", FileKind::Fifo)).await.unwrap();
+    assert_eq!(fifo.kind, FileKind::Fifo);
+}
+
+async fn readdir_pages_in_byte_order(h: Handle) {
+    let s = &h.store;
+    let d = s
+        .create(node(ROOT_INO, "big", FileKind::Directory))
+        .await
+        .unwrap();
+    let mut names: Vec<Vec<u8>> = (0..250).map(|i| format!("f{i:04}").into_bytes()).collect();
+    names.push(vec![b'Z']);
+    names.push(vec![0xff, 0xfe]);
+    for n in &names {
+        s.create(CreateArgs {
+            name: n.clone(),
+            ..file(d.ino, "x")
+        })
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (entries, more) = s.readdir(d.ino, &after, 100).await.unwrap();
+        pages += 1;
+        for e in &entries {
+            assert_eq!(e.attr.kind, FileKind::Regular);
+            seen.push(e.name.clone());
+        }
+        after = entries.last().map(|e| e.name.clone()).unwrap_or_default();
+        if !more {
+            break;
+        }
+    }
+    names.sort();
+    assert_eq!(seen, names, "every entry once, in byte order");
+    assert_eq!(pages, 3);
+    let f = s.lookup(d.ino, b"Z").await.unwrap();
+    assert_eq!(
+        errno(s.readdir(f.ino, b"", 10).await.unwrap_err()),
+        libc::ENOTDIR
+    );
+}
+
+async fn xattrs(h: Handle) {
+    let s = &h.store;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    assert_eq!(
+        errno(s.get_xattr(f.ino, b"user.a").await.unwrap_err()),
+        libc::ENODATA
+    );
+    s.set_xattr(f.ino, b"user.a", b"1", 0).await.unwrap();
+    s.set_xattr(f.ino, b"user.b", &[0u8, 1, 2], 0)
+        .await
+        .unwrap();
+    assert_eq!(s.get_xattr(f.ino, b"user.b").await.unwrap(), vec![0, 1, 2]);
+    assert_eq!(
+        errno(s.set_xattr(f.ino, b"user.a", b"2", 1).await.unwrap_err()),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(s.set_xattr(f.ino, b"user.c", b"2", 2).await.unwrap_err()),
+        libc::ENODATA
+    );
+    s.set_xattr(f.ino, b"user.a", b"2", 2).await.unwrap();
+    assert_eq!(s.get_xattr(f.ino, b"user.a").await.unwrap(), b"2");
+    assert_eq!(
+        s.list_xattr(f.ino).await.unwrap(),
+        vec![b"user.a".to_vec(), b"user.b".to_vec()]
+    );
+    assert_eq!(
+        errno(
+            s.set_xattr(f.ino, b"user.big", &vec![0; 65537], 0)
+                .await
+                .unwrap_err()
+        ),
+        libc::E2BIG
+    );
+    s.remove_xattr(f.ino, b"user.a").await.unwrap();
+    assert_eq!(
+        errno(s.remove_xattr(f.ino, b"user.a").await.unwrap_err()),
+        libc::ENODATA
+    );
+    assert_eq!(s.list_xattr(f.ino).await.unwrap().len(), 1);
+}
+
+async fn setattr_and_truncate(h: Handle) {
+    let s = &h.store;
+    let f = s
+        .create(CreateArgs {
+            mode: 0o6755,
+            ..file(ROOT_INO, "f")
+        })
+        .await
+        .unwrap();
+    let t = Timespec {
+        sec: 5_000_000_000,
+        nsec: 123_456_789,
+    };
+    let a = s
+        .setattr(
+            f.ino,
+            SetAttrArgs {
+                uid: Some(7),
+                mtime: Some(t),
+                atime: Some(t),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.uid, 7);
+    assert_eq!(
+        a.mtime, t,
+        "64-bit seconds past 2106 and nanoseconds survive"
+    );
+    assert_eq!(
+        a.mode, 0o0755,
+        "chown cleared setuid and (group-exec) setgid"
+    );
+    assert!(a.ctime >= f.ctime);
+    let a = s
+        .setattr(
+            f.ino,
+            SetAttrArgs {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.mode, 0o600);
+    let a = s
+        .setattr(
+            f.ino,
+            SetAttrArgs {
+                size: Some(10 << 20),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.size, 10 << 20);
+    assert!(a.version > f.version);
+    let d = s
+        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .await
+        .unwrap();
+    assert_eq!(
+        errno(
+            s.setattr(
+                d.ino,
+                SetAttrArgs {
+                    size: Some(1),
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap_err()
+        ),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(
+            s.setattr(
+                f.ino,
+                SetAttrArgs {
+                    size: Some(u64::MAX),
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap_err()
+        ),
+        libc::EINVAL
+    );
+}
+
+async fn three_nodes(s: &Store) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (id, del) = s
+            .register_node(RegisterArgs {
+                uuid: format!("uuid-{i}"),
+                addr: format!("127.0.0.1:{}", 7001 + i),
+                zone: String::new(),
+                capacity: 1 << 40,
+                used: 0,
+                chunk_ids: vec![],
+            })
+            .await
+            .unwrap();
+        assert!(del.is_empty());
+        ids.push(id);
+    }
+    ids
+}
+
+async fn write_chunk(s: &Store, ino: u64, index: u64, len: u64, size: u64) -> (u64, Vec<u64>) {
+    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    let nodes: Vec<u64> = p.targets.iter().map(|n| n.id).collect();
+    s.commit_write(
+        ino,
+        size,
+        &[CommitChunk {
+            index,
+            chunk_id: p.chunk_id,
+            stored_len: len,
+            crc32c: 42,
+            valid_len: len,
+            node_ids: nodes.clone(),
+        }],
+        None,
+    )
+    .await
+    .unwrap();
+    (p.chunk_id, nodes)
+}
+
+async fn chunk_commit_and_gc(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    let mut targets: Vec<u64> = p.targets.iter().map(|n| n.id).collect();
+    targets.sort();
+    assert_eq!(targets, nodes, "three distinct nodes");
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let (c0, _) = write_chunk(s, f.ino, 0, u64::from(CS), u64::from(CS)).await;
+    let (c1, _) = write_chunk(s, f.ino, 1, 100, u64::from(CS) + 100).await;
+    let map = s.get_chunks(f.ino, 0).await.unwrap();
+    assert_eq!(map.inode.size, u64::from(CS) + 100);
+    assert_eq!(map.chunks.len(), 2);
+    assert_eq!(map.chunks[0].chunk_id, c0);
+    assert_eq!(map.chunks[1].valid_len, 100);
+    assert!(map.chunks.iter().all(|c| c.replicas.len() == 3));
+    // Overwriting chunk 0 queues the old one for deletion on its nodes.
+    let (c0b, _) = write_chunk(s, f.ino, 0, u64::from(CS), u64::from(CS) + 100).await;
+    assert_ne!(c0, c0b);
+    let del = s
+        .heartbeat(HeartbeatInfo {
+            node_id: nodes[0],
+            capacity: 1 << 40,
+            used: 0,
+            chunk_count: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(del, Some(vec![c0]));
+    // Truncating into chunk 0 drops chunk 1 and clamps chunk 0.
+    s.setattr(
+        f.ino,
+        SetAttrArgs {
+            size: Some(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let map = s.get_chunks(f.ino, 0).await.unwrap();
+    assert_eq!(map.chunks.len(), 1);
+    assert_eq!(map.chunks[0].valid_len, 10);
+    let del = s
+        .heartbeat(HeartbeatInfo {
+            node_id: nodes[1],
+            capacity: 1 << 40,
+            used: 0,
+            chunk_count: 0,
+        })
+        .await
+        .unwrap();
+    let mut del = del.unwrap();
+    del.sort();
+    assert_eq!(del, vec![c0, c1]);
+    s.unlink(ROOT_INO, b"f").await.unwrap();
+    let del = s
+        .heartbeat(HeartbeatInfo {
+            node_id: nodes[2],
+            capacity: 1 << 40,
+            used: 0,
+            chunk_count: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        del.unwrap().len(),
+        3,
+        "c0, c1 and c0b all deleted on node 3"
+    );
+    assert_eq!(s.cluster_counts(0).await.unwrap().chunks, 0);
+    assert_eq!(
+        s.heartbeat(HeartbeatInfo {
+            node_id: 999,
+            capacity: 0,
+            used: 0,
+            chunk_count: 0
+        })
+        .await
+        .unwrap(),
+        None
+    );
+}
+
+async fn bad_commits_change_nothing(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let commit = |chunk_id, index, valid_len, size, node_ids: Vec<u64>| {
+        let chunks = vec![CommitChunk {
+            index,
+            chunk_id,
+            stored_len: valid_len,
+            crc32c: 1,
+            valid_len,
+            node_ids,
+        }];
+        async move { s.commit_write(f.ino, size, &chunks, None).await }
+    };
+    assert_eq!(
+        errno(commit(12345, 0, 10, 10, nodes.clone()).await.unwrap_err()),
+        libc::EINVAL,
+        "unallocated id"
+    );
+    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    assert_eq!(
+        errno(
+            commit(p.chunk_id, 0, 10, 5, nodes.clone())
+                .await
+                .unwrap_err()
+        ),
+        libc::EINVAL,
+        "past size"
+    );
+    assert_eq!(
+        errno(commit(p.chunk_id, 0, 10, 10, vec![]).await.unwrap_err()),
+        libc::EINVAL,
+        "no replicas"
+    );
+    assert_eq!(
+        errno(
+            commit(p.chunk_id, 0, 10, 10, vec![nodes[0], 777])
+                .await
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(
+            commit(p.chunk_id, u64::MAX, 10, 10, nodes.clone())
+                .await
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        s.getattr(f.ino).await.unwrap().size,
+        0,
+        "failed commits left no trace"
+    );
+    assert_eq!(s.get_chunks(f.ino, 0).await.unwrap().chunks.len(), 0);
+    commit(p.chunk_id, 0, 10, 10, nodes.clone()).await.unwrap();
+    let g = s.create(file(ROOT_INO, "g")).await.unwrap();
+    let again = vec![CommitChunk {
+        index: 0,
+        chunk_id: p.chunk_id,
+        stored_len: 10,
+        crc32c: 1,
+        valid_len: 10,
+        node_ids: nodes,
+    }];
+    assert_eq!(
+        errno(s.commit_write(g.ino, 10, &again, None).await.unwrap_err()),
+        libc::EINVAL,
+        "chunk reuse"
+    );
+    let d = s
+        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .await
+        .unwrap();
+    assert_eq!(
+        errno(s.commit_write(d.ino, 0, &[], None).await.unwrap_err()),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(s.place_chunk(0, 3, &[1, 2, 3], 0).await.unwrap_err()),
+        libc::ENOSPC
+    );
+}
+
+async fn node_reconcile(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let (c, _) = write_chunk(s, f.ino, 0, 10, 10).await;
+    let pending = s.place_chunk(0, 3, &[], 0).await.unwrap().chunk_id;
+    // Node 1 comes back having lost chunk c, holding garbage 9999 and an in-flight chunk.
+    let (id, del) = s
+        .register_node(RegisterArgs {
+            uuid: "uuid-0".into(),
+            addr: "127.0.0.1:7001".into(),
+            zone: String::new(),
+            capacity: 1 << 40,
+            used: 0,
+            chunk_ids: vec![9999, pending],
+        })
+        .await
+        .unwrap();
+    assert_eq!(id, nodes[0], "same uuid, same node id");
+    assert_eq!(del, vec![9999]);
+    let map = s.get_chunks(f.ino, 0).await.unwrap();
+    assert_eq!(map.chunks[0].replicas.len(), 2);
+    // It finds chunk c again: the replica counts again.
+    let (_, del) = s
+        .register_node(RegisterArgs {
+            uuid: "uuid-0".into(),
+            addr: "127.0.0.1:7001".into(),
+            zone: String::new(),
+            capacity: 1 << 40,
+            used: 0,
+            chunk_ids: vec![c],
+        })
+        .await
+        .unwrap();
+    assert!(del.is_empty());
+    assert_eq!(
+        s.get_chunks(f.ino, 0).await.unwrap().chunks[0]
+            .replicas
+            .len(),
+        3
+    );
+}
+
+async fn under_replication_is_seen(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let (c, _) = write_chunk(s, f.ino, 0, 10, 10).await;
+    assert!(s.under_replicated(0, 100).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let cutoff = dfs_meta::store::now_ms();
+    for n in &nodes[..2] {
+        s.heartbeat(HeartbeatInfo {
+            node_id: *n,
+            capacity: 1 << 40,
+            used: 0,
+            chunk_count: 1,
+        })
+        .await
+        .unwrap();
+    }
+    let items = s.under_replicated(cutoff, 100).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].chunk_id, c);
+    assert_eq!(items[0].live_holders.len(), 2);
+    assert_eq!(items[0].down_holders, vec![nodes[2]]);
+    let counts = s.cluster_counts(cutoff).await.unwrap();
+    assert_eq!((counts.under_replicated, counts.lost), (1, 0));
+    // Placement for repair avoids every holder; with three nodes there is no room.
+    assert_eq!(
+        errno(s.place_chunk(c, 1, &nodes, cutoff).await.unwrap_err()),
+        libc::ENOSPC
+    );
+    s.replica_added(c, &[nodes[0]]).await.unwrap();
+    assert_eq!(
+        s.get_chunks(f.ino, 0).await.unwrap().chunks[0]
+            .replicas
+            .len(),
+        3,
+        "no duplicate replica"
+    );
+    s.drop_replica(c, nodes[1]).await.unwrap();
+    assert_eq!(
+        s.get_chunks(f.ino, 0).await.unwrap().chunks[0]
+            .replicas
+            .len(),
+        2
+    );
+}
+
+async fn reopen_keeps_everything(h: Handle) {
+    let d = h
+        .store
+        .create(node(ROOT_INO, "keep", FileKind::Directory))
+        .await
+        .unwrap();
+    h.store.create(file(d.ino, "f")).await.unwrap();
+    h.store.close().await;
+    let other = FormatOptions {
+        chunk_size: 8 << 20,
+        replication: 2,
+    };
+    let s = Store::open(&h.url, other).await.unwrap();
+    assert_eq!(s.chunk_size(), CS, "format settings are kept");
+    assert_eq!(s.replication(), 3);
+    assert_eq!(
+        s.resolve_path(b"/keep/f").await.unwrap().kind,
+        FileKind::Regular
+    );
+}
+
+async fn concurrent_creates_all_land(h: Handle) {
+    let s = h.store.clone();
+    let d = s
+        .create(node(ROOT_INO, "c", FileKind::Directory))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.create(file(d.ino, &format!("f{i}"))).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let (entries, more) = s.readdir(d.ino, b"", 100).await.unwrap();
+    assert_eq!(entries.len(), 24);
+    assert!(!more);
+    assert_eq!(s.getattr(d.ino).await.unwrap().nlink, 2);
+}
+
+async fn resolve_path(h: Handle) {
+    let s = &h.store;
+    let a = s
+        .create(node(ROOT_INO, "a", FileKind::Directory))
+        .await
+        .unwrap();
+    let b = s.create(file(a.ino, "b")).await.unwrap();
+    assert_eq!(s.resolve_path(b"/a/b").await.unwrap().ino, b.ino);
+    assert_eq!(s.resolve_path(b"a//./b").await.unwrap().ino, b.ino);
+    assert_eq!(s.resolve_path(b"/a/../a/b").await.unwrap().ino, b.ino);
+    assert_eq!(s.resolve_path(b"/").await.unwrap().ino, ROOT_INO);
+    assert_eq!(
+        errno(s.resolve_path(b"/a/b/c").await.unwrap_err()),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(s.resolve_path(b"/a/x").await.unwrap_err()),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(s.resolve_path(&vec![b'a'; 5000]).await.unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Starts (or reuses) a private PostgreSQL server for the test suite on
+# 127.0.0.1:${DFS_PG_PORT:-55432}, data under ${DFS_PG_DIR:-/tmp/dfs-test-pg}, and
+# prints the admin URL the tests use (DFS_TEST_POSTGRES_URL). Needs Debian's
+# postgresql package (installed by scripts/install-deps.sh).
+set -euo pipefail
+port=${DFS_PG_PORT:-55432}
+dir=${DFS_PG_DIR:-/tmp/dfs-test-pg}
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+  echo "PostgreSQL server binaries not found: run scripts/install-deps.sh" >&2
+  exit 1
+fi
+# PostgreSQL refuses to run as root: run it as the 'postgres' user then.
+if [ "$(id -u)" = 0 ]; then
+  run() { su postgres -s /bin/sh -c "$*"; }
+  owner=postgres
+else
+  run() { sh -c "$*"; }
+  owner=$(id -un)
+fi
+mkdir -p "$dir"
+chown "$owner" "$dir"
+if [ ! -f "$dir/data/PG_VERSION" ]; then
+  run "'$bin/initdb' -D '$dir/data' -U dfs --auth=trust -E UTF8 >'$dir/initdb.log' 2>&1"
+fi
+if ! run "'$bin/pg_ctl' -D '$dir/data' status" >/dev/null 2>&1; then
+  run "'$bin/pg_ctl' -D '$dir/data' -l '$dir/server.log' -w -t 60 \
+      -o \"-c listen_addresses=127.0.0.1 -p $port -k '$dir' -c fsync=off -c max_connections=300\" start" >/dev/null
+fi
+echo "postgres://dfs@127.0.0.1:$port/postgres"
