@@ -1,0 +1,51 @@
+//! One lazily connected gRPC channel per node address, shared by all requests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dfs_proto::pb::chunk_client::ChunkClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ClientError;
+
+/// Largest gRPC message either side accepts (chunk data travels in smaller pieces).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| ClientError::BadAddress(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20)))
+}
+
+#[derive(Clone, Default)]
+pub struct Channels {
+    by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn new() -> Channels {
+        Channels::default()
+    }
+
+    /// A chunk-service client for the node at `addr`.
+    pub fn chunk(&self, addr: &str) -> Result<ChunkClient<Channel>, ClientError> {
+        let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match map.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = endpoint(addr)?.connect_lazy();
+                map.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(ChunkClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+}

@@ -1,0 +1,254 @@
+//! Moving one chunk: writing it down a replication chain (retrying missing
+//! replicas on other nodes) and reading it back with its checksum verified.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use dfs_proto::pb::{
+    self, meta_client::MetaClient, write_chunk_request::Msg, NodeRef, WriteChunkRequest,
+    WriteHeader,
+};
+use prost::bytes::{Bytes, BytesMut};
+use tonic::transport::Channel;
+
+use crate::{Channels, ClientError};
+
+/// Size of the data messages a chunk travels in; small enough to pipeline down the chain.
+pub const PIECE: usize = 512 * 1024;
+/// Rounds of "place more targets, write again" before a write gives up.
+const MAX_WRITE_ROUNDS: usize = 6;
+
+/// Which nodes of a chain stored the chunk, and why the others did not.
+#[derive(Debug, Default)]
+pub struct ChainOutcome {
+    pub stored: Vec<u64>,
+    pub failed: Vec<(u64, String)>,
+}
+
+/// A chunk that is on enough nodes to be committed.
+#[derive(Debug, Clone)]
+pub struct UploadedChunk {
+    pub chunk_id: u64,
+    pub crc32c: u32,
+    pub stored_len: u64,
+    pub node_ids: Vec<u64>,
+    /// Replicas the cluster wants; more than `node_ids.len()` means under-replicated.
+    pub replication: u32,
+}
+
+fn deadline_for(len: usize) -> Duration {
+    // Generous: 30 s plus 1 s per 4 MiB, so a slow disk is not mistaken for a dead node.
+    Duration::from_secs(30 + (len as u64 >> 22))
+}
+
+/// Streams `data` to `targets[0]`, which stores it and forwards it to the rest.
+pub async fn write_chain(
+    channels: &Channels,
+    chunk_id: u64,
+    data: &Bytes,
+    crc32c: u32,
+    durable: bool,
+    targets: &[NodeRef],
+) -> ChainOutcome {
+    let Some(first) = targets.first() else {
+        return ChainOutcome::default();
+    };
+    let all_failed = |why: String| ChainOutcome {
+        stored: Vec::new(),
+        failed: targets.iter().map(|t| (t.node_id, why.clone())).collect(),
+    };
+    let mut client = match channels.chunk(&first.addr) {
+        Ok(c) => c,
+        Err(e) => return all_failed(e.to_string()),
+    };
+    let header = WriteChunkRequest {
+        msg: Some(Msg::Header(WriteHeader {
+            chunk_id,
+            length: data.len() as u64,
+            crc32c,
+            durable,
+            forward: targets[1..].to_vec(),
+        })),
+    };
+    let pieces = (0..data.len()).step_by(PIECE).map(|at| WriteChunkRequest {
+        msg: Some(Msg::Data(data.slice(at..(at + PIECE).min(data.len())))),
+    });
+    let messages: Vec<WriteChunkRequest> = std::iter::once(header).chain(pieces).collect();
+    let call = client.write_chunk(futures::stream::iter(messages));
+    match tokio::time::timeout(deadline_for(data.len()), call).await {
+        Ok(Ok(reply)) => {
+            let reply = reply.into_inner();
+            ChainOutcome {
+                stored: reply.stored,
+                failed: reply
+                    .failures
+                    .into_iter()
+                    .map(|f| (f.node_id, f.message))
+                    .collect(),
+            }
+        }
+        Ok(Err(status)) => all_failed(format!("{}: {}", first.addr, status.message())),
+        Err(_) => all_failed(format!("{}: timed out", first.addr)),
+    }
+}
+
+/// Writes one chunk to as many nodes as the cluster wants. Nodes that fail are
+/// replaced by others while any are left; the write succeeds when every wanted
+/// replica holds the data, or (with too few nodes up) at least the cluster's
+/// minimum does. Otherwise it fails and nothing refers to the chunk.
+pub async fn upload_chunk(
+    meta: &mut MetaClient<Channel>,
+    channels: &Channels,
+    data: Bytes,
+    durable: bool,
+) -> Result<UploadedChunk, ClientError> {
+    let crc32c = crc32c::crc32c(&data);
+    let placement = meta
+        .place_chunk(pb::PlaceChunkRequest {
+            chunk_id: 0,
+            count: 0,
+            exclude_node_ids: vec![],
+        })
+        .await?
+        .into_inner();
+    let chunk_id = placement.chunk_id;
+    let replication = placement.replication.max(1) as usize;
+    let min_replicas = placement.min_replicas.clamp(1, replication as u32) as usize;
+    let mut targets = placement.targets;
+    let mut stored: Vec<u64> = Vec::new();
+    let mut tried: HashSet<u64> = HashSet::new();
+    let mut errors: Vec<String> = Vec::new();
+    for _ in 0..MAX_WRITE_ROUNDS {
+        tried.extend(targets.iter().map(|t| t.node_id));
+        let outcome = write_chain(channels, chunk_id, &data, crc32c, durable, &targets).await;
+        for (node, why) in &outcome.failed {
+            tracing::warn!(chunk_id, node, error = %why, "replica write failed");
+            errors.push(format!("node {node}: {why}"));
+        }
+        stored.extend(
+            outcome
+                .stored
+                .iter()
+                .filter(|id| !stored.contains(id))
+                .collect::<Vec<_>>(),
+        );
+        if stored.len() >= replication {
+            break;
+        }
+        let more = meta
+            .place_chunk(pb::PlaceChunkRequest {
+                chunk_id,
+                count: (replication - stored.len()) as u32,
+                exclude_node_ids: tried.iter().copied().collect(),
+            })
+            .await;
+        match more {
+            Ok(p) if !p.get_ref().targets.is_empty() => targets = p.into_inner().targets,
+            Ok(_) => break,
+            Err(s) if dfs_proto::errno_of(&s) == libc::ENOSPC => break,
+            Err(s) => return Err(s.into()),
+        }
+    }
+    if stored.len() < min_replicas {
+        let detail = if errors.is_empty() {
+            "not enough storage nodes are up".to_string()
+        } else {
+            errors.join("; ")
+        };
+        return Err(ClientError::NoSpace(format!(
+            "chunk reached {} of {} replicas, at least {} needed: {}",
+            stored.len(),
+            replication,
+            min_replicas,
+            detail
+        )));
+    }
+    Ok(UploadedChunk {
+        chunk_id,
+        crc32c,
+        stored_len: data.len() as u64,
+        node_ids: stored,
+        replication: replication as u32,
+    })
+}
+
+/// Reads one replica's range of a chunk (the node checks its block checksums).
+pub async fn read_replica(
+    channels: &Channels,
+    addr: &str,
+    chunk_id: u64,
+    offset: u64,
+    length: u64,
+) -> Result<Bytes, ClientError> {
+    let mut client = channels.chunk(addr)?;
+    let call = async {
+        let mut stream = client
+            .read_chunk(pb::ReadChunkRequest {
+                chunk_id,
+                offset,
+                length,
+            })
+            .await?
+            .into_inner();
+        let mut buf = BytesMut::with_capacity(length as usize);
+        while let Some(msg) = stream.message().await? {
+            buf.extend_from_slice(&msg.data);
+        }
+        Ok::<_, ClientError>(buf.freeze())
+    };
+    tokio::time::timeout(deadline_for(length as usize), call)
+        .await
+        .map_err(|_| ClientError::Unreachable(format!("{addr}: read timed out")))?
+}
+
+/// Reads a whole chunk from the first replica that returns it intact (length
+/// and crc32c as committed). A replica with a bad checksum is reported to meta.
+pub async fn read_chunk(
+    meta: Option<&mut MetaClient<Channel>>,
+    channels: &Channels,
+    chunk: &pb::ChunkRef,
+) -> Result<Bytes, ClientError> {
+    let mut problems = Vec::new();
+    let mut bad = Vec::new();
+    for replica in &chunk.replicas {
+        match read_replica(channels, &replica.addr, chunk.chunk_id, 0, chunk.stored_len).await {
+            Ok(data)
+                if data.len() as u64 == chunk.stored_len
+                    && crc32c::crc32c(&data) == chunk.crc32c =>
+            {
+                if let Some(meta) = meta {
+                    for node_id in bad {
+                        let report = pb::BadReplicaRequest {
+                            chunk_id: chunk.chunk_id,
+                            node_id,
+                        };
+                        if let Err(e) = meta.report_bad_replica(report).await {
+                            tracing::warn!(error = %e, "could not report a bad replica");
+                        }
+                    }
+                }
+                return Ok(data);
+            }
+            Ok(data) => {
+                problems.push(format!(
+                    "{}: checksum or length mismatch ({} bytes)",
+                    replica.addr,
+                    data.len()
+                ));
+                bad.push(replica.node_id);
+            }
+            Err(ClientError::Remote { errno, message }) if errno == libc::EIO => {
+                problems.push(format!("{}: {message}", replica.addr));
+                bad.push(replica.node_id);
+            }
+            Err(e) => problems.push(format!("{}: {e}", replica.addr)),
+        }
+    }
+    if chunk.replicas.is_empty() {
+        problems.push("no replica is known".into());
+    }
+    Err(ClientError::ChunkUnreadable {
+        chunk_id: chunk.chunk_id,
+        detail: problems.join("; "),
+    })
+}

@@ -1,0 +1,219 @@
+//! The node's side of the conversation with meta: register with a full chunk
+//! report, heartbeat, and carry out what the replies ask (delete garbage
+//! chunks, copy chunks to other nodes for repair).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dfs_client::chunk_io::write_chain;
+use dfs_client::Channels;
+use dfs_common::shutdown::Shutdown;
+use dfs_proto::pb::{self, meta_client::MetaClient};
+use prost::bytes::Bytes;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+use crate::chunk_store::ChunkStore;
+use crate::metrics::NodeMetrics;
+use crate::{disk_space, NodeIdentity};
+
+/// How often a node sends its full chunk list again, so meta and node agree on
+/// what exists even when a delete or a report was lost.
+const FULL_REPORT_EVERY: Duration = Duration::from_secs(300);
+/// Repair copies one node makes at once.
+const PARALLEL_REPAIRS: usize = 4;
+
+pub struct MetaLink {
+    pub meta: MetaClient<Channel>,
+    pub store: Arc<ChunkStore>,
+    pub channels: Channels,
+    pub identity: Arc<NodeIdentity>,
+    pub metrics: Arc<NodeMetrics>,
+    pub capacity_override: Option<u64>,
+}
+
+impl MetaLink {
+    fn capacity(&self) -> (u64, u64) {
+        let used = self.store.used_bytes();
+        let capacity = match self.capacity_override {
+            Some(c) => c,
+            None => used + disk_space::available(self.store.root()).unwrap_or(0),
+        };
+        self.metrics.capacity_bytes.set(capacity as i64);
+        self.metrics.used_bytes.set(used as i64);
+        self.metrics.chunks.set(self.store.chunk_count() as i64);
+        (capacity, used)
+    }
+
+    async fn register(&mut self) -> Result<Duration, tonic::Status> {
+        let store = self.store.clone();
+        let chunk_ids = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .map_err(tonic::Status::from)?;
+        let (capacity, used) = self.capacity();
+        let reply = self
+            .meta
+            .register_node(pb::RegisterNodeRequest {
+                uuid: self.identity.uuid.clone(),
+                addr: self.identity.advertise.clone(),
+                zone: self.identity.zone.clone(),
+                capacity_bytes: capacity,
+                used_bytes: used,
+                chunk_ids,
+            })
+            .await?
+            .into_inner();
+        self.identity.set_node_id(reply.node_id);
+        tracing::info!(
+            node_id = reply.node_id,
+            garbage = reply.delete_chunk_ids.len(),
+            "registered with meta"
+        );
+        self.delete(reply.delete_chunk_ids).await;
+        Ok(Duration::from_millis(u64::from(
+            reply.heartbeat_interval_ms.clamp(100, 60_000),
+        )))
+    }
+
+    async fn delete(&self, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
+            Ok(Ok(n)) => tracing::debug!(deleted = n, "garbage chunks deleted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "deleting chunks failed"),
+            Err(e) => tracing::warn!(error = %e, "delete task failed"),
+        }
+    }
+
+    /// Registers, then heartbeats until shutdown; re-registers when meta asks or
+    /// when a full report is due. Survives meta being down.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let repairs = Arc::new(Semaphore::new(PARALLEL_REPAIRS));
+        'register: while !shutdown.is_requested() {
+            let interval = match self.register().await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "cannot register with meta; retrying");
+                    if sleep_or_stop(Duration::from_secs(1), &shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let registered_at = Instant::now();
+            loop {
+                if sleep_or_stop(interval, &shutdown).await {
+                    return;
+                }
+                if registered_at.elapsed() > FULL_REPORT_EVERY {
+                    continue 'register;
+                }
+                let (capacity, used) = self.capacity();
+                let beat = pb::HeartbeatRequest {
+                    node_id: self.identity.node_id(),
+                    capacity_bytes: capacity,
+                    used_bytes: used,
+                    chunk_count: self.store.chunk_count(),
+                };
+                let reply = match self.meta.heartbeat(beat).await {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => {
+                        tracing::warn!(error = %e.message(), "heartbeat failed");
+                        continue;
+                    }
+                };
+                if reply.reregister {
+                    continue 'register;
+                }
+                self.delete(reply.delete_chunk_ids).await;
+                for command in reply.replicate {
+                    let Ok(permit) = repairs.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let copier = Copier {
+                        meta: self.meta.clone(),
+                        store: self.store.clone(),
+                        channels: self.channels.clone(),
+                        metrics: self.metrics.clone(),
+                        node_id: self.identity.node_id(),
+                    };
+                    tokio::spawn(async move {
+                        copier.copy(command).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Returns true when shutdown came first.
+async fn sleep_or_stop(d: Duration, shutdown: &Shutdown) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => shutdown.is_requested(),
+        _ = shutdown.clone().wait() => true,
+    }
+}
+
+struct Copier {
+    meta: MetaClient<Channel>,
+    store: Arc<ChunkStore>,
+    channels: Channels,
+    metrics: Arc<NodeMetrics>,
+    node_id: u64,
+}
+
+impl Copier {
+    /// Copies a local chunk to the targets (durably) and tells meta where it landed.
+    async fn copy(mut self, command: pb::ReplicateCommand) {
+        let id = command.chunk_id;
+        let store = self.store.clone();
+        let local = tokio::task::spawn_blocking(move || {
+            let (len, crc) = store.describe(id)?;
+            let mut data = Vec::with_capacity(len as usize);
+            store.read(id, 0, len, |p| {
+                data.extend_from_slice(&p);
+                true
+            })?;
+            Ok::<_, crate::chunk_store::ChunkError>((Bytes::from(data), crc))
+        })
+        .await;
+        let (data, crc) = match local {
+            Ok(Ok(v)) => v,
+            other => {
+                tracing::warn!(chunk = id, result = ?other.err(), "repair source cannot read its copy");
+                let _ = self
+                    .meta
+                    .report_bad_replica(pb::BadReplicaRequest {
+                        chunk_id: id,
+                        node_id: self.node_id,
+                    })
+                    .await;
+                return;
+            }
+        };
+        let outcome = write_chain(&self.channels, id, &data, crc, true, &command.targets).await;
+        for (node, why) in &outcome.failed {
+            tracing::warn!(chunk = id, node, error = %why, "repair copy failed");
+        }
+        if outcome.stored.is_empty() {
+            return;
+        }
+        self.metrics
+            .repair_bytes
+            .inc_by(data.len() as u64 * outcome.stored.len() as u64);
+        let added = pb::ReplicaAddedRequest {
+            chunk_id: id,
+            node_ids: outcome.stored.clone(),
+        };
+        match self.meta.replica_added(added).await {
+            Ok(_) => tracing::info!(chunk = id, to = ?outcome.stored, "repair copy done"),
+            Err(e) => {
+                tracing::warn!(chunk = id, error = %e.message(), "could not report a repair copy")
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! dfs-node's Prometheus metrics (names `dfs_node_<what>_<unit>`).
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+pub struct NodeMetrics {
+    pub registry: Registry,
+    pub write_bytes: IntCounter,
+    pub read_bytes: IntCounter,
+    pub replication_bytes: IntCounter,
+    pub repair_bytes: IntCounter,
+    pub crc_failures: IntCounter,
+    pub write_seconds: Histogram,
+    pub read_seconds: Histogram,
+    pub chunks: IntGauge,
+    pub used_bytes: IntGauge,
+    pub capacity_bytes: IntGauge,
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+fn histogram(name: &str, help: &str) -> Histogram {
+    let buckets = prometheus::exponential_buckets(0.0005, 4.0, 9).unwrap_or_default();
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+impl NodeMetrics {
+    pub fn new() -> NodeMetrics {
+        let m = NodeMetrics {
+            registry: Registry::new(),
+            write_bytes: counter(
+                "dfs_node_write_bytes_total",
+                "chunk bytes written to this node's disk",
+            ),
+            read_bytes: counter("dfs_node_read_bytes_total", "chunk bytes served"),
+            replication_bytes: counter(
+                "dfs_node_replication_bytes_total",
+                "bytes forwarded down replication chains",
+            ),
+            repair_bytes: counter(
+                "dfs_node_repair_bytes_total",
+                "bytes copied to other nodes by repair",
+            ),
+            crc_failures: counter(
+                "dfs_node_crc_failures_total",
+                "chunks that failed checksum verification",
+            ),
+            write_seconds: histogram(
+                "dfs_node_write_duration_seconds",
+                "time to receive and store one chunk",
+            ),
+            read_seconds: histogram(
+                "dfs_node_read_duration_seconds",
+                "time to serve one chunk read",
+            ),
+            chunks: gauge("dfs_node_chunks", "chunks stored"),
+            used_bytes: gauge("dfs_node_used_bytes", "bytes used by chunk files"),
+            capacity_bytes: gauge("dfs_node_capacity_bytes", "capacity this node offers"),
+        };
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.write_bytes.clone()),
+            Box::new(m.read_bytes.clone()),
+            Box::new(m.replication_bytes.clone()),
+            Box::new(m.repair_bytes.clone()),
+            Box::new(m.crc_failures.clone()),
+            Box::new(m.write_seconds.clone()),
+            Box::new(m.read_seconds.clone()),
+            Box::new(m.chunks.clone()),
+            Box::new(m.used_bytes.clone()),
+            Box::new(m.capacity_bytes.clone()),
+        ];
+        for c in all {
+            if let Err(e) = m.registry.register(c) {
+                tracing::warn!(error = %e, "metric registration failed");
+            }
+        }
+        m
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

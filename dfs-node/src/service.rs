@@ -1,0 +1,224 @@
+//! The chunk service. A write is stored locally while each piece is forwarded
+//! to the next node of the chain as it arrives (pipelined replication); the
+//! reply lists every node that stored the chunk and why any did not.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dfs_client::Channels;
+use dfs_proto::pb::{self, chunk_server::Chunk, write_chunk_request::Msg, WriteChunkRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::chunk_store::{ChunkError, ChunkStore, ChunkWriter};
+use crate::metrics::NodeMetrics;
+use crate::NodeIdentity;
+
+/// Largest piece sent back on a read.
+const READ_PIECE: usize = 1 << 20;
+
+pub struct ChunkService {
+    store: Arc<ChunkStore>,
+    channels: Channels,
+    identity: Arc<NodeIdentity>,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl ChunkService {
+    pub fn new(
+        store: Arc<ChunkStore>,
+        channels: Channels,
+        identity: Arc<NodeIdentity>,
+        metrics: Arc<NodeMetrics>,
+    ) -> Self {
+        ChunkService {
+            store,
+            channels,
+            identity,
+            metrics,
+        }
+    }
+}
+
+/// Runs a blocking disk step on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("disk task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl Chunk for ChunkService {
+    async fn write_chunk(
+        &self,
+        req: Request<Streaming<WriteChunkRequest>>,
+    ) -> Result<Response<pb::WriteChunkReply>, Status> {
+        let start = Instant::now();
+        let mut stream = req.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.msg) {
+            Some(Msg::Header(h)) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a chunk write starts with its header",
+                ))
+            }
+        };
+        if header.forward.len() > 15 {
+            return Err(Status::invalid_argument("replication chain too long"));
+        }
+        let my_id = self.identity.node_id();
+        // Start the downstream write first, so pieces flow on as they arrive.
+        let (forward_tx, downstream) = match header.forward.split_first() {
+            Some((next, rest)) => {
+                let (tx, rx) = mpsc::channel::<WriteChunkRequest>(8);
+                let first = WriteChunkRequest {
+                    msg: Some(Msg::Header(pb::WriteHeader {
+                        forward: rest.to_vec(),
+                        ..header.clone()
+                    })),
+                };
+                let _ = tx.send(first).await;
+                let channels = self.channels.clone();
+                let next = next.clone();
+                let task = tokio::spawn(async move {
+                    let mut client = channels.chunk(&next.addr).map_err(|e| e.to_string())?;
+                    client
+                        .write_chunk(ReceiverStream::new(rx))
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| format!("{}: {}", next.addr, s.message()))
+                });
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+        let store = self.store.clone();
+        let (id, len, crc) = (header.chunk_id, header.length, header.crc32c);
+        let mut writer: ChunkWriter = blocking(move || store.begin_write(id, len, crc)).await?;
+        let mut forward_tx = forward_tx;
+        let mut bytes = 0u64;
+        while let Some(msg) = stream.message().await? {
+            let Some(Msg::Data(data)) = msg.msg else {
+                return Err(Status::invalid_argument("only data may follow the header"));
+            };
+            bytes += data.len() as u64;
+            if let Some(tx) = &forward_tx {
+                let piece = WriteChunkRequest {
+                    msg: Some(Msg::Data(data.clone())),
+                };
+                if tx.send(piece).await.is_err() {
+                    // Downstream gave up; its task reports why. Keep storing locally.
+                    forward_tx = None;
+                }
+            }
+            writer = blocking(move || writer.append(&data).map(|()| writer)).await?;
+        }
+        drop(forward_tx);
+        let store = self.store.clone();
+        let durable = header.durable;
+        blocking(move || writer.finish(&store, durable)).await?;
+        self.metrics.write_bytes.inc_by(bytes);
+        self.metrics
+            .write_seconds
+            .observe(start.elapsed().as_secs_f64());
+        let mut reply = pb::WriteChunkReply {
+            stored: vec![my_id],
+            failures: vec![],
+        };
+        if let Some(task) = downstream {
+            let outcome = task.await.map_err(|e| e.to_string()).and_then(|r| r);
+            match outcome {
+                Ok(down) => {
+                    self.metrics.replication_bytes.inc_by(bytes);
+                    reply.stored.extend(down.stored);
+                    reply.failures.extend(down.failures);
+                }
+                Err(message) => {
+                    tracing::warn!(chunk = id, %message, "forwarding down the chain failed");
+                    reply
+                        .failures
+                        .extend(header.forward.iter().map(|n| pb::ReplicaFailure {
+                            addr: n.addr.clone(),
+                            node_id: n.node_id,
+                            message: message.clone(),
+                        }));
+                }
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    type ReadChunkStream = ReceiverStream<Result<pb::ReadChunkReply, Status>>;
+
+    async fn read_chunk(
+        &self,
+        req: Request<pb::ReadChunkRequest>,
+    ) -> Result<Response<Self::ReadChunkStream>, Status> {
+        let r = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let start = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let mut pending: Vec<u8> = Vec::new();
+            let mut sent = 0u64;
+            let result = store.read(r.chunk_id, r.offset, r.length, |piece| {
+                pending.extend_from_slice(&piece);
+                if pending.len() >= READ_PIECE {
+                    sent += pending.len() as u64;
+                    let data = std::mem::take(&mut pending).into();
+                    return tx.blocking_send(Ok(pb::ReadChunkReply { data })).is_ok();
+                }
+                true
+            });
+            let end = match result {
+                Ok(()) if !pending.is_empty() => {
+                    sent += pending.len() as u64;
+                    Ok(pb::ReadChunkReply {
+                        data: pending.into(),
+                    })
+                }
+                Ok(()) => return finish_read(&metrics, sent, start),
+                Err(e) => {
+                    if matches!(e, ChunkError::Corrupt { .. }) {
+                        metrics.crc_failures.inc();
+                    }
+                    Err(Status::from(e))
+                }
+            };
+            let _ = tx.blocking_send(end);
+            finish_read(&metrics, sent, start);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delete_chunks(
+        &self,
+        req: Request<pb::DeleteChunksRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let ids = req.into_inner().chunk_ids;
+        let store = self.store.clone();
+        blocking(move || store.delete(&ids)).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn node_info(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<pb::NodeInfoReply>, Status> {
+        Ok(Response::new(pb::NodeInfoReply {
+            node_id: self.identity.node_id(),
+            chunk_count: self.store.chunk_count(),
+            used_bytes: self.store.used_bytes(),
+        }))
+    }
+}
+
+fn finish_read(metrics: &NodeMetrics, bytes: u64, start: Instant) {
+    metrics.read_bytes.inc_by(bytes);
+    metrics.read_seconds.observe(start.elapsed().as_secs_f64());
+}
