@@ -1,1 +1,368 @@
-//! Shared helpers live in tests/common.
+//! Test harness: starts a real cluster (dfs-meta plus storage nodes, each its own
+//! process on 127.0.0.1) in a temp directory, runs the real `dfs` CLI against
+//! it, and kills every process when dropped, printing the logs if the test failed.
+//! The binaries come from the cargo target directory (`make test` builds them).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// Directory holding dfs-meta, dfs-node and dfs.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DFS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/debug/deps/<test> -> target/debug
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for bin in ["dfs-meta", "dfs-node", "dfs"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} missing: run `cargo build --bins` (make test does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: usize,
+    /// Store URL; None = SQLite file in the cluster's temp dir.
+    pub store: Option<String>,
+    pub chunk_size: u32,
+    pub dead_after_secs: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            store: None,
+            chunk_size: 4 << 20,
+            dead_after_secs: 3,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub meta_addr: String,
+    pub store_url: String,
+    pub opts: Options,
+    meta: Option<Child>,
+    nodes: Vec<(String, Option<Child>)>,
+}
+
+impl Cluster {
+    /// Starts meta and `opts.nodes` nodes and waits until all nodes are up.
+    pub fn start(opts: Options) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let store_url = opts
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/meta.db", dir.path().display()));
+        let mut c = Cluster {
+            meta_addr: format!("127.0.0.1:{}", free_port()),
+            store_url,
+            dir,
+            opts: opts.clone(),
+            meta: None,
+            nodes: Vec::new(),
+        };
+        c.start_meta();
+        for _ in 0..opts.nodes {
+            c.add_node();
+        }
+        c.wait_nodes_up(opts.nodes);
+        c
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap()
+    }
+
+    pub fn start_meta(&mut self) {
+        let child = Command::new(bin_dir().join("dfs-meta"))
+            .args(["--listen", &self.meta_addr, "--store", &self.store_url])
+            .args(["--chunk-size", &self.opts.chunk_size.to_string()])
+            .args([
+                "--dead-after-secs",
+                &self.opts.dead_after_secs.to_string(),
+                "--heartbeat-ms",
+                "300",
+            ])
+            .stdout(Stdio::null())
+            .stderr(self.log("meta"))
+            .spawn()
+            .unwrap();
+        self.meta = Some(child);
+        self.wait_until("meta answers", Duration::from_secs(30), |c| {
+            c.dfs(&["status"]).status.success()
+        });
+    }
+
+    /// Starts one more node; returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.nodes.push((addr, None));
+        self.restart_node(i);
+        i
+    }
+
+    pub fn node_data(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    pub fn node_addr(&self, i: usize) -> &str {
+        &self.nodes[i].0
+    }
+
+    pub fn restart_node(&mut self, i: usize) {
+        let data = self.node_data(i);
+        let child = Command::new(bin_dir().join("dfs-node"))
+            .args(["--listen", &self.nodes[i].0, "--meta", &self.meta_addr])
+            .arg("--data")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("node{i}")))
+            .spawn()
+            .unwrap();
+        self.nodes[i].1 = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up, as when a machine dies.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].1.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn kill_meta(&mut self) {
+        if let Some(mut child) = self.meta.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM to meta; returns whether it exited cleanly (status 0) within 10 s.
+    pub fn stop_meta(&mut self) -> bool {
+        match self.meta.take() {
+            Some(child) => terminate(child),
+            None => true,
+        }
+    }
+
+    /// SIGTERM to a node; returns whether it exited cleanly within 10 s.
+    pub fn stop_node(&mut self, i: usize) -> bool {
+        match self.nodes[i].1.take() {
+            Some(child) => terminate(child),
+            None => true,
+        }
+    }
+
+    /// Runs the `dfs` CLI against this cluster.
+    pub fn dfs(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("dfs"))
+            .env("DFS_META", &self.meta_addr)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `dfs` and panics unless it succeeds; returns stdout.
+    pub fn dfs_ok(&self, args: &[&str]) -> String {
+        let out = self.dfs(args);
+        assert!(
+            out.status.success(),
+            "dfs {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status_field(&self, field: &str) -> String {
+        let out = self.dfs_ok(&["status"]);
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}: ")))
+            .unwrap_or_else(|| panic!("status has no {field}: {out}"))
+            .to_string()
+    }
+
+    pub fn wait_nodes_up(&self, n: usize) {
+        let want = format!("{n} up");
+        self.wait_until(&format!("{n} nodes up"), Duration::from_secs(30), |c| {
+            c.dfs(&["status"])
+                .stdout
+                .windows(want.len())
+                .any(|w| w == want.as_bytes())
+        });
+    }
+
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Cluster) -> bool,
+    ) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+
+    /// Writes `len` random bytes to a local file in the cluster dir.
+    pub fn random_file(&self, name: &str, len: usize) -> PathBuf {
+        use rand::RngCore;
+        let mut data = vec![0u8; len];
+        rand::thread_rng().fill_bytes(&mut data);
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    /// The harness index of the node meta calls `node_id` (matched by address).
+    pub fn node_index(&self, node_id: u64) -> usize {
+        let nodes = self.dfs_ok(&["nodes"]);
+        let addr = nodes
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(node_id.to_string().as_str()))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("node {node_id} not in: {nodes}"))
+            .to_string();
+        (0..self.nodes.len())
+            .find(|&i| self.nodes[i].0 == addr)
+            .expect("node started by this harness")
+    }
+
+    pub fn local(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn terminate(mut child: Child) -> bool {
+    let pid = child.id() as libc::pid_t;
+    // kill(1) rather than libc::kill keeps this crate free of unsafe code.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_meta();
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    eprintln!("==== {} (last 40 lines) ====", path.display());
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses `dfs stat` chunk lines into (index, replica node ids, down flags).
+pub fn stat_chunks(stat: &str) -> Vec<(u64, Vec<(u64, bool)>)> {
+    stat.lines()
+        .filter(|l| l.starts_with("chunk "))
+        .map(|l| {
+            let index = l.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let nodes = l.split("nodes=").nth(1).unwrap_or("");
+            let replicas = nodes
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|n| {
+                    (
+                        n.split('@').next().unwrap().parse().unwrap(),
+                        n.ends_with("(down)"),
+                    )
+                })
+                .collect();
+            (index, replicas)
+        })
+        .collect()
+}
+
+/// The admin URL of the test PostgreSQL server, if one is configured.
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("DFS_TEST_POSTGRES_URL") {
+        Ok(u) => Some(u),
+        Err(_)
+            if std::env::var_os("CI").is_some()
+                || std::env::var_os("DFS_REQUIRE_POSTGRES").is_some() =>
+        {
+            panic!("DFS_TEST_POSTGRES_URL is not set: PostgreSQL tests cannot be skipped here")
+        }
+        Err(_) => {
+            eprintln!("SKIP: DFS_TEST_POSTGRES_URL not set (make test sets it)");
+            None
+        }
+    }
+}
+
+/// Creates a fresh database on the test server and returns its URL.
+pub fn fresh_postgres_db(admin: &str) -> String {
+    let db = format!("dfs_e2e_{}", rand::random::<u64>());
+    let out = Command::new("psql")
+        .args([admin, "-qc", &format!("CREATE DATABASE {db}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "create database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{}/{db}", admin.rsplit_once('/').unwrap().0)
+}

@@ -1,1 +1,88 @@
-fn main() {}
+//! `dfs`: the admin command-line tool. Thin: parse, call dfs-client, print.
+//!
+//! Exit codes: 0 success; 1 the operation failed (message on stderr as
+//! `dfs: PATH: reason`); 2 bad usage; 3 the metadata server cannot be reached.
+
+mod commands;
+mod format;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "dfs", version, about = "dfs cluster admin tool")]
+pub struct Cli {
+    /// Metadata server address (HOST:PORT).
+    #[arg(
+        long,
+        env = "DFS_META",
+        default_value = "127.0.0.1:7000",
+        global = true
+    )]
+    meta: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Cluster health at a glance: nodes, capacity, files, replication.
+    Status,
+    /// Storage nodes with state, capacity and chunk counts.
+    Nodes,
+    /// List a directory.
+    Ls {
+        #[arg(default_value = "/")]
+        path: String,
+        /// Long format: kind and mode, links, owner, size, mtime.
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Attributes of a path, and for a file every chunk with the nodes holding it.
+    Stat { path: String },
+    /// Create a directory.
+    Mkdir {
+        path: String,
+        /// Create missing parents; an existing directory is fine.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Remove a file, or a directory with -r.
+    Rm {
+        path: String,
+        /// Remove a directory and everything below it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Upload a local file ("-" for stdin) to PATH (a directory keeps the local name).
+    #[command(alias = "upload")]
+    Put {
+        local: String,
+        path: String,
+        /// Replace an existing file (atomically).
+        #[arg(short, long)]
+        force: bool,
+        /// fsync every replica before returning (survives power loss), not only close semantics.
+        #[arg(long)]
+        fsync: bool,
+    },
+    /// Download PATH to a local file ("-" for stdout; a directory keeps the remote name).
+    #[command(alias = "download")]
+    Get { path: String, local: String },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfs: {e}");
+            ExitCode::from(match e {
+                dfs_client::ClientError::Unreachable(_) => 3,
+                _ => 1,
+            })
+        }
+    }
+}

@@ -18,7 +18,8 @@ pub const PIECE: usize = 512 * 1024;
 /// Rounds of "place more targets, write again" before a write gives up.
 const MAX_WRITE_ROUNDS: usize = 6;
 
-/// Which nodes of a chain stored the chunk, and why the others did not.
+/// Which nodes of a chain stored the chunk, and which failed and why. Nodes in
+/// neither list were never reached and may be tried again.
 #[derive(Debug, Default)]
 pub struct ChainOutcome {
     pub stored: Vec<u64>,
@@ -53,9 +54,10 @@ pub async fn write_chain(
     let Some(first) = targets.first() else {
         return ChainOutcome::default();
     };
+    // When the head fails nothing is known of the rest: they stay untried, not failed.
     let all_failed = |why: String| ChainOutcome {
         stored: Vec::new(),
-        failed: targets.iter().map(|t| (t.node_id, why.clone())).collect(),
+        failed: vec![(first.node_id, why)],
     };
     let mut client = match channels.chunk(&first.addr) {
         Ok(c) => c,
@@ -116,13 +118,13 @@ pub async fn upload_chunk(
     let min_replicas = placement.min_replicas.clamp(1, replication as u32) as usize;
     let mut targets = placement.targets;
     let mut stored: Vec<u64> = Vec::new();
-    let mut tried: HashSet<u64> = HashSet::new();
+    let mut failed: HashSet<u64> = HashSet::new();
     let mut errors: Vec<String> = Vec::new();
     for _ in 0..MAX_WRITE_ROUNDS {
-        tried.extend(targets.iter().map(|t| t.node_id));
         let outcome = write_chain(channels, chunk_id, &data, crc32c, durable, &targets).await;
         for (node, why) in &outcome.failed {
             tracing::warn!(chunk_id, node, error = %why, "replica write failed");
+            failed.insert(*node);
             errors.push(format!("node {node}: {why}"));
         }
         stored.extend(
@@ -139,7 +141,7 @@ pub async fn upload_chunk(
             .place_chunk(pb::PlaceChunkRequest {
                 chunk_id,
                 count: (replication - stored.len()) as u32,
-                exclude_node_ids: tried.iter().copied().collect(),
+                exclude_node_ids: failed.iter().chain(stored.iter()).copied().collect(),
             })
             .await;
         match more {

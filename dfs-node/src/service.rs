@@ -139,13 +139,14 @@ impl Chunk for ChunkService {
                 }
                 Err(message) => {
                     tracing::warn!(chunk = id, %message, "forwarding down the chain failed");
-                    reply
-                        .failures
-                        .extend(header.forward.iter().map(|n| pb::ReplicaFailure {
-                            addr: n.addr.clone(),
-                            node_id: n.node_id,
-                            message: message.clone(),
-                        }));
+                    // The next node failed; those after it were never reached.
+                    if let Some(next) = header.forward.first() {
+                        reply.failures.push(pb::ReplicaFailure {
+                            addr: next.addr.clone(),
+                            node_id: next.node_id,
+                            message,
+                        });
+                    }
                 }
             }
         }

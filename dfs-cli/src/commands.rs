@@ -1,0 +1,489 @@
+//! One function per subcommand, over dfs-client.
+
+use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use dfs_client::files::{self, resolve, with_path, PutOptions};
+use dfs_client::{Channels, ClientError};
+use dfs_proto::pb::{self, meta_client::MetaClient};
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+use crate::format::{bytes, date, kind_name, mode_string};
+use crate::{Cli, Command};
+
+type Meta = MetaClient<Channel>;
+type Result<T> = std::result::Result<T, ClientError>;
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let mut meta = dfs_client::connect_meta(&cli.meta).await?;
+    match cli.command {
+        Command::Status => status(&mut meta).await,
+        Command::Nodes => nodes(&mut meta).await,
+        Command::Ls { path, long } => ls(&mut meta, &path, long).await,
+        Command::Stat { path } => stat(&mut meta, &path).await,
+        Command::Mkdir { path, parents } => mkdir(&mut meta, &path, parents).await,
+        Command::Rm { path, recursive } => rm(&mut meta, &path, recursive).await,
+        Command::Put {
+            local,
+            path,
+            force,
+            fsync,
+        } => put(&mut meta, &local, &path, force, fsync).await,
+        Command::Get { path, local } => get(&mut meta, &path, &local).await,
+    }
+}
+
+async fn status(meta: &mut Meta) -> Result<()> {
+    let s = meta.cluster_status(pb::Empty {}).await?.into_inner();
+    let up: Vec<_> = s.nodes.iter().filter(|n| n.state == "up").collect();
+    let capacity: u64 = up.iter().map(|n| n.capacity_bytes).sum();
+    let used: u64 = up.iter().map(|n| n.used_bytes).sum();
+    let health = if s.lost_chunks > 0 {
+        "DATA UNAVAILABLE (chunks with no live replica)"
+    } else if s.under_replicated_chunks > 0 || up.len() < s.replication as usize {
+        "DEGRADED"
+    } else {
+        "HEALTHY"
+    };
+    println!("health: {health}");
+    println!("nodes: {} up, {} down", up.len(), s.nodes.len() - up.len());
+    println!(
+        "capacity: {} raw, {} used, {} free",
+        bytes(capacity),
+        bytes(used),
+        bytes(capacity.saturating_sub(used))
+    );
+    println!(
+        "files: {}  directories: {}  data: {}",
+        s.files,
+        s.directories,
+        bytes(s.logical_bytes)
+    );
+    println!(
+        "chunks: {}  replication: {}  chunk size: {}",
+        s.chunks,
+        s.replication,
+        bytes(u64::from(s.chunk_size))
+    );
+    println!("under-replicated chunks: {}", s.under_replicated_chunks);
+    println!("lost chunks: {}", s.lost_chunks);
+    println!("replicas awaiting deletion: {}", s.gc_pending);
+    Ok(())
+}
+
+async fn nodes(meta: &mut Meta) -> Result<()> {
+    let s = meta.cluster_status(pb::Empty {}).await?.into_inner();
+    println!(
+        "{:>4}  {:<22} {:<6} {:<8} {:>12} {:>12} {:>8} {:>9}",
+        "ID", "ADDRESS", "STATE", "ZONE", "CAPACITY", "USED", "CHUNKS", "HEARTBEAT"
+    );
+    for n in &s.nodes {
+        let zone = if n.zone.is_empty() {
+            "-"
+        } else {
+            n.zone.as_str()
+        };
+        println!(
+            "{:>4}  {:<22} {:<6} {:<8} {:>12} {:>12} {:>8} {:>8.1}s",
+            n.node_id,
+            n.addr,
+            n.state,
+            zone,
+            bytes(n.capacity_bytes),
+            bytes(n.used_bytes),
+            n.replicas,
+            n.last_heartbeat_age_ms as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+async fn list_all(meta: &mut Meta, ino: u64) -> Result<Vec<pb::DirEntry>> {
+    let mut all = Vec::new();
+    let mut after = Vec::new();
+    loop {
+        let page = meta
+            .read_dir(pb::ReadDirRequest {
+                ino,
+                after: after.clone(),
+                limit: 1000,
+            })
+            .await?
+            .into_inner();
+        if let Some(last) = page.entries.last() {
+            after = last.name.clone();
+        }
+        all.extend(page.entries);
+        if !page.more {
+            return Ok(all);
+        }
+    }
+}
+
+async fn ls(meta: &mut Meta, path: &str, long: bool) -> Result<()> {
+    let attr = resolve(meta, path).await?;
+    let entries = if attr.kind == pb::FileKind::Directory as i32 {
+        list_all(meta, attr.ino)
+            .await
+            .map_err(|e| with_path(e, path))?
+    } else {
+        vec![pb::DirEntry {
+            name: path.as_bytes().to_vec(),
+            attr: Some(attr),
+        }]
+    };
+    for e in entries {
+        let name = String::from_utf8_lossy(&e.name);
+        let a = e.attr.unwrap_or_default();
+        if long {
+            println!(
+                "{} {:>3} {:>5} {:>5} {:>12} {} {}",
+                mode_string(a.kind, a.mode),
+                a.nlink,
+                a.uid,
+                a.gid,
+                a.size,
+                date(a.mtime.as_ref()),
+                name
+            );
+        } else {
+            println!("{name}");
+        }
+    }
+    Ok(())
+}
+
+async fn stat(meta: &mut Meta, path: &str) -> Result<()> {
+    let a = resolve(meta, path).await?;
+    println!("path: {path}");
+    println!(
+        "inode: {}  kind: {}  mode: {} ({:04o})",
+        a.ino,
+        kind_name(a.kind),
+        mode_string(a.kind, a.mode),
+        a.mode
+    );
+    println!(
+        "size: {}  links: {}  uid: {}  gid: {}  version: {}",
+        a.size, a.nlink, a.uid, a.gid, a.version
+    );
+    println!(
+        "mtime: {}  ctime: {}",
+        date(a.mtime.as_ref()),
+        date(a.ctime.as_ref())
+    );
+    if a.kind != pb::FileKind::Regular as i32 {
+        return Ok(());
+    }
+    let map = meta
+        .get_chunks(pb::GetChunksRequest { ino: a.ino })
+        .await?
+        .into_inner();
+    let status = meta.cluster_status(pb::Empty {}).await?.into_inner();
+    let up = |id: u64| {
+        status
+            .nodes
+            .iter()
+            .any(|n| n.node_id == id && n.state == "up")
+    };
+    println!(
+        "chunks: {}  chunk size: {}  replication: {}",
+        map.chunks.len(),
+        map.chunk_size,
+        status.replication
+    );
+    for c in &map.chunks {
+        let nodes: Vec<String> = c
+            .replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}@{}{}",
+                    r.node_id,
+                    r.addr,
+                    if up(r.node_id) { "" } else { "(down)" }
+                )
+            })
+            .collect();
+        println!(
+            "chunk {} id={} bytes={} crc32c={:08x} replicas={} nodes={}",
+            c.index,
+            c.chunk_id,
+            c.valid_len,
+            c.crc32c,
+            c.replicas.len(),
+            nodes.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn mkdir(meta: &mut Meta, path: &str, parents: bool) -> Result<()> {
+    let components: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if components.is_empty() {
+        return if parents { Ok(()) } else { Err(exists(path)) };
+    }
+    let mut parent = resolve(meta, "/").await?.ino;
+    for (i, name) in components.iter().enumerate() {
+        let last = i == components.len() - 1;
+        let so_far = format!("/{}", components[..=i].join("/"));
+        if !last || parents {
+            match meta
+                .lookup(pb::LookupRequest {
+                    parent,
+                    name: name.as_bytes().to_vec(),
+                })
+                .await
+            {
+                Ok(r) => {
+                    let a = r.into_inner().attr.unwrap_or_default();
+                    if a.kind != pb::FileKind::Directory as i32 {
+                        return Err(ClientError::Remote {
+                            errno: libc::ENOTDIR,
+                            message: format!("{so_far}: not a directory"),
+                        });
+                    }
+                    if last {
+                        return Ok(());
+                    }
+                    parent = a.ino;
+                    continue;
+                }
+                Err(s) if dfs_proto::errno_of(&s) == libc::ENOENT && parents => {}
+                Err(s) => return Err(with_path(s.into(), &so_far)),
+            }
+        }
+        let created = meta
+            .create(pb::CreateRequest {
+                parent,
+                name: name.as_bytes().to_vec(),
+                kind: pb::FileKind::Directory as i32,
+                mode: 0o755,
+                uid: process_owner().0,
+                gid: process_owner().1,
+                rdev: 0,
+                symlink_target: vec![],
+            })
+            .await
+            .map_err(|s| with_path(s.into(), &so_far))?;
+        parent = created.into_inner().attr.unwrap_or_default().ino;
+    }
+    Ok(())
+}
+
+fn exists(path: &str) -> ClientError {
+    ClientError::Remote {
+        errno: libc::EEXIST,
+        message: format!("{path}: already exists"),
+    }
+}
+
+async fn rm(meta: &mut Meta, path: &str, recursive: bool) -> Result<()> {
+    let (parent_path, name) = files::split_path(path)?;
+    let parent = resolve(meta, parent_path).await?;
+    let attr = resolve(meta, path).await?;
+    if attr.kind == pb::FileKind::Directory as i32 {
+        if !recursive {
+            return Err(ClientError::Remote {
+                errno: libc::EISDIR,
+                message: format!("{path}: is a directory (use -r)"),
+            });
+        }
+        remove_tree(meta, attr.ino)
+            .await
+            .map_err(|e| with_path(e, path))?;
+        meta.rmdir(pb::RmdirRequest {
+            parent: parent.ino,
+            name: name.as_bytes().to_vec(),
+        })
+        .await
+        .map_err(|s| with_path(s.into(), path))?;
+    } else {
+        meta.unlink(pb::UnlinkRequest {
+            parent: parent.ino,
+            name: name.as_bytes().to_vec(),
+        })
+        .await
+        .map_err(|s| with_path(s.into(), path))?;
+    }
+    Ok(())
+}
+
+/// Empties directory `ino` depth-first.
+async fn remove_tree(meta: &mut Meta, ino: u64) -> Result<()> {
+    let mut stack = vec![(ino, false)];
+    while let Some((dir, emptied)) = stack.pop() {
+        if emptied {
+            continue;
+        }
+        let entries = list_all(meta, dir).await?;
+        let subdirs: Vec<_> = entries
+            .iter()
+            .filter(|e| {
+                e.attr
+                    .as_ref()
+                    .is_some_and(|a| a.kind == pb::FileKind::Directory as i32)
+            })
+            .collect();
+        if !subdirs.is_empty() {
+            stack.push((dir, false));
+            for d in subdirs {
+                let child = d.attr.as_ref().map_or(0, |a| a.ino);
+                Box::pin(remove_tree(meta, child)).await?;
+                meta.rmdir(pb::RmdirRequest {
+                    parent: dir,
+                    name: d.name.clone(),
+                })
+                .await?;
+            }
+            continue;
+        }
+        for e in entries {
+            meta.unlink(pb::UnlinkRequest {
+                parent: dir,
+                name: e.name,
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The uid and gid this process runs as (owner of /proc/self).
+fn process_owner() -> (u32, u32) {
+    std::fs::metadata("/proc/self").map_or((0, 0), |m| (m.uid(), m.gid()))
+}
+
+fn progress_bar(total: Option<u64>) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() || total.is_some_and(|t| t < 8 << 20) {
+        return None;
+    }
+    let bar = match total {
+        Some(t) => ProgressBar::new(t),
+        None => ProgressBar::new_spinner(),
+    };
+    let style =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
+async fn put(meta: &mut Meta, local: &str, path: &str, force: bool, fsync: bool) -> Result<()> {
+    let local_name = std::path::Path::new(local)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    // A directory target (or a path ending in '/') keeps the local name.
+    let target = match resolve(meta, path).await {
+        Ok(a) if a.kind == pb::FileKind::Directory as i32 => match &local_name {
+            Some(n) if local != "-" => format!("{}/{}", path.trim_end_matches('/'), n),
+            _ => {
+                return Err(ClientError::Remote {
+                    errno: libc::EISDIR,
+                    message: format!("{path}: is a directory"),
+                })
+            }
+        },
+        _ => path.to_string(),
+    };
+    let (uid, gid) = process_owner();
+    let (reader, size, mode): (
+        Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Option<u64>,
+        u32,
+    ) = if local == "-" {
+        (Box::new(tokio::io::stdin()), None, 0o644)
+    } else {
+        let file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| local_error(local, e))?;
+        let m = file.metadata().await.map_err(|e| local_error(local, e))?;
+        if m.is_dir() {
+            return Err(ClientError::Remote {
+                errno: libc::EISDIR,
+                message: format!("{local}: is a directory"),
+            });
+        }
+        (Box::new(file), Some(m.len()), m.mode() & 0o7777)
+    };
+    let bar = progress_bar(size);
+    let progress = bar
+        .clone()
+        .map(|b| Arc::new(move |n: u64| b.inc(n)) as files::Progress);
+    let channels = Channels::new();
+    let opts = PutOptions {
+        durable: fsync,
+        overwrite: force,
+        mode,
+        uid,
+        gid,
+        progress,
+    };
+    let outcome = files::put(meta, &channels, &target, reader, opts).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if outcome.under_replicated > 0 {
+        eprintln!(
+            "dfs: warning: {target}: {} of {} chunks are under-replicated (storage nodes down); repair will add copies when nodes are available",
+            outcome.under_replicated, outcome.chunks
+        );
+    }
+    Ok(())
+}
+
+fn local_error(path: &str, e: std::io::Error) -> ClientError {
+    ClientError::Remote {
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        message: format!("{path}: {e}"),
+    }
+}
+
+async fn get(meta: &mut Meta, path: &str, local: &str) -> Result<()> {
+    let channels = Channels::new();
+    if local == "-" {
+        let mut out = tokio::io::stdout();
+        files::get(meta, &channels, path, &mut out, None).await?;
+        return Ok(());
+    }
+    let mut target = std::path::PathBuf::from(local);
+    if target.is_dir() {
+        let (_, name) = files::split_path(path)?;
+        target.push(name);
+    }
+    let attr = resolve(meta, path).await?;
+    // Write beside the target and rename, so a failed download leaves nothing behind.
+    let tmp = target.with_file_name(format!(
+        ".{}.dfs-get.{}",
+        target
+            .file_name()
+            .map_or_else(|| "download".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| local_error(&tmp.to_string_lossy(), e))?;
+        let bar = progress_bar(Some(attr.size));
+        let progress = bar
+            .clone()
+            .map(|b| Arc::new(move |n: u64| b.inc(n)) as files::Progress);
+        files::get(meta, &channels, path, &mut file, progress).await?;
+        file.sync_all()
+            .await
+            .map_err(|e| local_error(&tmp.to_string_lossy(), e))?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        tokio::fs::rename(&tmp, &target)
+            .await
+            .map_err(|e| local_error(&target.to_string_lossy(), e))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}

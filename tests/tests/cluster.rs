@@ -1,0 +1,301 @@
+//! The cluster core end to end: real dfs-meta and dfs-node processes on
+//! 127.0.0.1, driven by the real `dfs` CLI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use dfs_tests::{stat_chunks, Cluster, Options};
+
+fn same_bytes(a: &std::path::Path, b: &std::path::Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn put_stat_get_round_trip() {
+    let c = Cluster::start(Options::default());
+    let big = c.random_file("big", 50 << 20);
+    let empty = c.random_file("empty", 0);
+    c.dfs_ok(&["put", big.to_str().unwrap(), "/big"]);
+    c.dfs_ok(&["upload", empty.to_str().unwrap(), "/empty"]);
+
+    let stat = c.dfs_ok(&["stat", "/big"]);
+    assert!(stat.contains("size: 52428800"), "{stat}");
+    let chunks = stat_chunks(&stat);
+    assert_eq!(chunks.len(), 13, "50 MiB in 4 MiB chunks: {stat}");
+    for (index, replicas) in &chunks {
+        let distinct: HashSet<u64> = replicas.iter().map(|r| r.0).collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "chunk {index} must be on 3 distinct nodes: {stat}"
+        );
+        assert!(replicas.iter().all(|r| !r.1), "all replicas up: {stat}");
+    }
+    assert!(c.dfs_ok(&["stat", "/empty"]).contains("size: 0"));
+
+    let out = c.local("big.out");
+    c.dfs_ok(&["get", "/big", out.to_str().unwrap()]);
+    assert!(same_bytes(&big, &out), "downloaded bytes differ");
+    let out0 = c.local("empty.out");
+    c.dfs_ok(&["download", "/empty", out0.to_str().unwrap()]);
+    assert_eq!(std::fs::metadata(&out0).unwrap().len(), 0);
+
+    let ls = c.dfs_ok(&["ls", "/"]);
+    assert_eq!(
+        ls.lines().collect::<Vec<_>>(),
+        vec!["big", "empty"],
+        "no temp files left: {ls}"
+    );
+    assert_eq!(c.status_field("files"), "2  directories: 1  data: 50.0 MiB");
+}
+
+#[test]
+fn reads_survive_losing_nodes_and_writes_degrade_cleanly() {
+    let mut c = Cluster::start(Options::default());
+    let big = c.random_file("big", 20 << 20);
+    c.dfs_ok(&["put", big.to_str().unwrap(), "/big"]);
+    let out = c.local("out");
+
+    c.kill_node(0);
+    c.dfs_ok(&["get", "/big", out.to_str().unwrap()]);
+    assert!(same_bytes(&big, &out), "one node down");
+
+    // With 2 of 3 nodes a write still succeeds, and says it is under-replicated.
+    let small = c.random_file("small", 9 << 20);
+    let put = c.dfs(&["put", small.to_str().unwrap(), "/degraded"]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert!(
+        stderr(&put).contains("under-replicated"),
+        "{}",
+        stderr(&put)
+    );
+    let stat = c.dfs_ok(&["stat", "/degraded"]);
+    for (_, replicas) in stat_chunks(&stat) {
+        assert_eq!(replicas.len(), 2, "{stat}");
+    }
+    c.dfs_ok(&["get", "/degraded", out.to_str().unwrap()]);
+    assert!(same_bytes(&small, &out));
+
+    c.kill_node(1);
+    std::fs::remove_file(&out).unwrap();
+    c.dfs_ok(&["get", "/big", out.to_str().unwrap()]);
+    assert!(same_bytes(&big, &out), "two nodes down, one copy left");
+
+    // One node is not enough for a write: a clear error, and no file appears.
+    let put = c.dfs(&["put", small.to_str().unwrap(), "/refused"]);
+    assert_eq!(put.status.code(), Some(1), "{}", stderr(&put));
+    assert!(
+        stderr(&put).contains("at least 2 needed"),
+        "{}",
+        stderr(&put)
+    );
+    let ls = c.dfs_ok(&["ls", "/"]);
+    assert_eq!(
+        ls.lines().collect::<Vec<_>>(),
+        vec!["big", "degraded"],
+        "no partial file: {ls}"
+    );
+}
+
+#[test]
+fn zero_nodes_up_is_a_clear_error() {
+    let mut c = Cluster::start(Options::default());
+    for i in 0..3 {
+        c.kill_node(i);
+    }
+    c.wait_until("nodes down", Duration::from_secs(20), |c| {
+        c.status_field("nodes") == "0 up, 3 down"
+    });
+    let f = c.random_file("f", 1000);
+    let put = c.dfs(&["put", f.to_str().unwrap(), "/f"]);
+    assert_eq!(put.status.code(), Some(1));
+    assert!(stderr(&put).contains("no storage node"), "{}", stderr(&put));
+    assert_eq!(c.dfs_ok(&["ls", "/"]), "", "nothing left behind");
+    assert!(c.dfs_ok(&["status"]).contains("health: DEGRADED"));
+}
+
+#[test]
+fn repair_brings_chunks_back_to_three_copies() {
+    let mut c = Cluster::start(Options {
+        nodes: 4,
+        ..Options::default()
+    });
+    let f = c.random_file("f", 12 << 20);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    let stat = c.dfs_ok(&["stat", "/f"]);
+    // Kill a node that holds chunk 0.
+    let victim = c.node_index(stat_chunks(&stat)[0].1[0].0);
+    c.kill_node(victim);
+    c.wait_until(
+        "three live replicas of every chunk",
+        Duration::from_secs(60),
+        |c| {
+            let stat = c.dfs_ok(&["stat", "/f"]);
+            stat_chunks(&stat)
+                .iter()
+                .all(|(_, r)| r.iter().filter(|(_, down)| !down).count() == 3)
+        },
+    );
+    assert_eq!(c.status_field("under-replicated chunks"), "0");
+    // The repaired copies are real: with the original holders' peers gone, reads still work.
+    let out = c.local("out");
+    c.dfs_ok(&["get", "/f", out.to_str().unwrap()]);
+    assert!(same_bytes(&f, &out));
+}
+
+#[test]
+fn a_corrupt_replica_is_skipped_and_replaced() {
+    let c = Cluster::start(Options::default());
+    let f = c.random_file("f", 3 << 20);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    // Flip one byte in the copy a reader tries first.
+    let first = c.node_index(stat_chunks(&c.dfs_ok(&["stat", "/f"]))[0].1[0].0);
+    let mut flipped = 0;
+    for dir in std::fs::read_dir(c.node_data(first).join("chunks"))
+        .unwrap()
+        .flatten()
+    {
+        for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let mut raw = std::fs::read(file.path()).unwrap();
+            let at = raw.len() - 17;
+            raw[at] ^= 0x40;
+            std::fs::write(file.path(), raw).unwrap();
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1);
+    // Several reads: whichever replica is tried first, the bytes are right.
+    for i in 0..3 {
+        let out = c.local(&format!("out{i}"));
+        c.dfs_ok(&["get", "/f", out.to_str().unwrap()]);
+        assert!(same_bytes(&f, &out), "read {i} returned corrupt data");
+    }
+    assert_eq!(
+        c.node_data(first)
+            .join("corrupt")
+            .read_dir()
+            .unwrap()
+            .count(),
+        1,
+        "bad chunk moved aside"
+    );
+    c.wait_until("replica count back to 3", Duration::from_secs(30), |c| {
+        let stat = c.dfs_ok(&["stat", "/f"]);
+        stat_chunks(&stat).iter().all(|(_, r)| r.len() == 3)
+    });
+}
+
+#[test]
+fn meta_restart_keeps_namespace_and_files() {
+    let mut c = Cluster::start(Options::default());
+    let f = c.random_file("f", 5 << 20);
+    c.dfs_ok(&["mkdir", "-p", "/a/b/c"]);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/a/b/file"]);
+    assert!(c.stop_meta(), "meta exits cleanly on SIGTERM");
+    c.start_meta();
+    c.wait_nodes_up(3);
+    assert_eq!(
+        c.dfs_ok(&["ls", "/a/b"]).lines().collect::<Vec<_>>(),
+        vec!["c", "file"]
+    );
+    let out = c.local("out");
+    c.dfs_ok(&["get", "/a/b/file", out.to_str().unwrap()]);
+    assert!(same_bytes(&f, &out));
+    // A crash (SIGKILL) loses nothing that was acknowledged either.
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/after"]);
+    c.kill_meta();
+    c.start_meta();
+    c.dfs_ok(&["get", "/after", out.to_str().unwrap()]);
+    assert!(same_bytes(&f, &out));
+    assert!(c.stop_node(0), "node exits cleanly on SIGTERM");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let mut c = Cluster::start(Options::default());
+    let f = c.random_file("f", 1000);
+    let fp = f.to_str().unwrap();
+    let check = |args: &[&str], needle: &str| {
+        let out = c.dfs(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "dfs {args:?} should fail: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(needle),
+            "dfs {args:?}: expected '{needle}' in: {}",
+            stderr(&out)
+        );
+    };
+    check(
+        &["get", "/missing", c.local("x").to_str().unwrap()],
+        "/missing: no such file",
+    );
+    check(&["stat", "/missing"], "no such file");
+    check(&["ls", "/nope/deeper"], "no such file");
+    c.dfs_ok(&["mkdir", "/d"]);
+    check(&["mkdir", "/d"], "exists");
+    let long = format!("/{}", "n".repeat(256));
+    check(&["mkdir", &long], "255");
+    check(&["put", fp, &long], "255");
+    check(&["put", fp, "/missing-dir/f"], "no such file");
+    c.dfs_ok(&["put", fp, "/d/f"]);
+    check(&["put", fp, "/d/f"], "exists");
+    c.dfs_ok(&["put", "--force", fp, "/d/f"]);
+    check(&["rm", "/d"], "is a directory");
+    check(
+        &["get", "/d", c.local("y").to_str().unwrap()],
+        "is a directory",
+    );
+    assert!(
+        !c.local("x").exists() && !c.local("y").exists(),
+        "failed gets leave no local file"
+    );
+    assert_eq!(
+        c.dfs_ok(&["ls", "/"]).lines().collect::<Vec<_>>(),
+        vec!["d"]
+    );
+    assert_eq!(
+        c.dfs_ok(&["ls", "/d"]).lines().collect::<Vec<_>>(),
+        vec!["f"]
+    );
+    c.dfs_ok(&["rm", "-r", "/d"]);
+    assert_eq!(c.dfs_ok(&["ls", "/"]), "");
+    // Usage errors exit 2; an unreachable metadata server exits 3.
+    assert_eq!(c.dfs(&["frobnicate"]).status.code(), Some(2));
+    c.kill_meta();
+    let out = c.dfs(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_cluster_on_postgres_works_the_same() {
+    let Some(admin) = dfs_tests::postgres_admin_url() else {
+        return;
+    };
+    let url = dfs_tests::fresh_postgres_db(&admin);
+    let mut c = Cluster::start(Options {
+        store: Some(url),
+        ..Options::default()
+    });
+    let f = c.random_file("f", 9 << 20);
+    c.dfs_ok(&["mkdir", "/pg"]);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/pg/f"]);
+    c.kill_node(2);
+    let out = c.local("out");
+    c.dfs_ok(&["get", "/pg/f", out.to_str().unwrap()]);
+    assert!(same_bytes(&f, &out));
+    c.kill_meta();
+    c.start_meta();
+    c.dfs_ok(&["get", "/pg/f", out.to_str().unwrap()]);
+    assert!(same_bytes(&f, &out));
+}
