@@ -49,7 +49,6 @@ async fn main() -> anyhow::Result<()> {
         dead_after: Duration::from_secs(args.dead_after_secs.max(1)),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 60_000)),
         repair_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 2_000)),
-        ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

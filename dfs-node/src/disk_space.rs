@@ -17,5 +17,8 @@ pub fn available(path: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let st = unsafe { st.assume_init() };
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    // The field widths differ between targets, hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    let bytes = st.f_bavail as u64 * st.f_frsize as u64;
+    Some(bytes)
 }

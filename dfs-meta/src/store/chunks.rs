@@ -268,7 +268,7 @@ pub(crate) async fn truncate_map(
     let cs = u64::from(chunk_size);
     let first_gone = size.div_ceil(cs);
     release_chunks(tx, ino, "idx >= $2", to_i64(first_gone, "chunk index")?).await?;
-    if size % cs != 0 {
+    if !size.is_multiple_of(cs) {
         let last = size / cs;
         sqlx::query(
             "UPDATE file_chunks SET valid_len = $3 WHERE ino = $1 AND idx = $2 AND valid_len > $3",
