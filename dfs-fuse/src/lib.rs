@@ -1,2 +1,151 @@
-//! The FUSE client. Not built yet: see the FUSE issue. The crate exists so the
-//! workspace has its final shape.
+//! dfs-fuse: mounts a dfs cluster as a directory.
+//!
+//! `fs` is the file system (namespace through meta, data through `open_file`
+//! and the chunk `cache`); `fuse` is the thin kernel adapter; `options` parses
+//! the mount command line; `run_foreground` ties them together.
+
+pub mod cache;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod open_file;
+pub mod options;
+
+use std::sync::Arc;
+
+use dfs_client::Channels;
+
+use crate::open_file::Io;
+use crate::options::MountOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point {0}: {1}")]
+    MountPoint(String, String),
+    #[error("cannot reach any metadata server ({0})")]
+    Meta(String),
+    #[error("mount failed: {0}")]
+    Mount(std::io::Error),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] dfs_common::metrics_http::MetricsError),
+}
+
+/// Checks the mount point before anything else, with a clear message.
+pub fn check_mountpoint(opts: &MountOptions) -> Result<(), MountError> {
+    let shown = opts.mountpoint.display().to_string();
+    match std::fs::metadata(&opts.mountpoint) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(MountError::MountPoint(shown, "not a directory".into())),
+        Err(e) => Err(MountError::MountPoint(shown, e.to_string())),
+    }
+}
+
+/// Mounts and serves until the file system is unmounted or SIGTERM/SIGINT
+/// arrives (then it flushes open files and unmounts).
+pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
+    check_mountpoint(&opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .map_err(MountError::Runtime)?;
+    let meta = rt.block_on(async {
+        let mut errors = Vec::new();
+        for addr in &opts.meta_addrs {
+            match dfs_client::connect_meta(addr).await {
+                Ok(m) => return Ok(m),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(MountError::Meta(errors.join("; ")))
+    })?;
+    let io = Io {
+        meta,
+        channels: Channels::new(),
+        cache: Arc::new(cache::ChunkCache::new(opts.cache_size)),
+    };
+    let fs = Arc::new(fs::DfsFs::new(io));
+    let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(opts.source.clone()),
+        // fuser drops Subtype when it mounts directly; the kernel takes it as an option.
+        fuser::MountOption::CUSTOM("subtype=dfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+        if opts.read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        },
+    ];
+    config.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else if opts.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    config.n_threads = Some(8);
+    config.clone_fd = true;
+    let session =
+        fuser::Session::new(adapter, &opts.mountpoint, &config).map_err(MountError::Mount)?;
+    let background = session.spawn().map_err(MountError::Mount)?;
+    tracing::info!(mountpoint = %opts.mountpoint.display(), source = %opts.source, "mounted");
+
+    // Wait for an unmount from outside (the session ends) or a signal.
+    let unmounted_outside = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(MountError::Runtime)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(MountError::Runtime)?;
+        tokio::select! {
+            _ = term.recv() => Ok::<bool, MountError>(false),
+            _ = int.recv() => Ok(false),
+            _ = wait_unmounted(&opts.mountpoint) => Ok(true),
+        }
+    })?;
+    if unmounted_outside {
+        tracing::info!("unmounted");
+        let _ = background.join();
+    } else {
+        tracing::info!("signal: flushing and unmounting");
+        rt.block_on(fs.flush_all());
+        if let Err(e) = background.umount_and_join() {
+            tracing::warn!(error = %e, "unmount failed (busy?)");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves once `mountpoint` no longer appears in /proc/self/mountinfo.
+async fn wait_unmounted(mountpoint: &std::path::Path) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if !is_mounted(mountpoint) {
+            return;
+        }
+    }
+}
+
+/// Whether a dfs file system is mounted at `mountpoint`.
+pub fn is_mounted(mountpoint: &std::path::Path) -> bool {
+    let Ok(canonical) = std::fs::canonicalize(mountpoint) else {
+        return false;
+    };
+    let target = canonical.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines().any(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                let fstype = l
+                    .split(" - ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next());
+                fields.get(4) == Some(&target.as_str()) && fstype == Some("fuse.dfs")
+            })
+        })
+        .unwrap_or(false)
+}

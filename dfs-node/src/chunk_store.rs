@@ -294,6 +294,30 @@ impl ChunkStore {
         ChunkError::Corrupt { id, reason }
     }
 
+    /// Forces chunks written without `durable` to stable storage: each file and
+    /// then each directory holding one. A missing chunk is an error: the caller
+    /// believed it was here.
+    pub fn sync(&self, ids: &[u64]) -> Result<()> {
+        let mut dirs = HashSet::new();
+        for &id in ids {
+            let path = self.path(id);
+            match File::open(&path) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(ChunkError::NotFound(id))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(dir) = path.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
     /// Deletes chunks; missing ones are fine (deletion is idempotent).
     pub fn delete(&self, ids: &[u64]) -> Result<usize> {
         let mut deleted = 0;
@@ -519,6 +543,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path()).unwrap();
         write(&store, 3, b"abc").unwrap();
+        store.sync(&[3]).unwrap();
+        assert!(matches!(store.sync(&[4]), Err(ChunkError::NotFound(4))));
         assert_eq!(store.delete(&[3, 3, 4]).unwrap(), 1);
         assert_eq!(store.delete(&[3]).unwrap(), 0);
         assert_eq!(store.chunk_count(), 0);

@@ -207,6 +207,16 @@ impl Chunk for ChunkService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn sync_chunks(
+        &self,
+        req: Request<pb::SyncChunksRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let ids = req.into_inner().chunk_ids;
+        let store = self.store.clone();
+        blocking(move || store.sync(&ids)).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn node_info(
         &self,
         _req: Request<pb::Empty>,

@@ -1,0 +1,35 @@
+//! File system errors, each with the errno the application sees.
+
+use dfs_client::ClientError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{message}")]
+    Errno { errno: i32, message: String },
+}
+
+impl FsError {
+    pub fn new(errno: i32, message: impl Into<String>) -> FsError {
+        FsError::Errno {
+            errno,
+            message: message.into(),
+        }
+    }
+
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Client(e) => e.errno(),
+            FsError::Errno { errno, .. } => *errno,
+        }
+    }
+}
+
+impl From<tonic::Status> for FsError {
+    fn from(s: tonic::Status) -> Self {
+        FsError::Client(s.into())
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;

@@ -1,0 +1,408 @@
+//! The file system itself, independent of the kernel interface: namespace
+//! calls go to meta, file data goes through `OpenFile`. Every method is async
+//! and returns an errno-carrying `FsError`; `fuse.rs` only translates.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dfs_proto::pb;
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::error::{FsError, FsResult};
+use crate::open_file::{Io, OpenFile};
+
+/// Directory entries fetched from meta per page.
+const DIR_PAGE: u32 = 1000;
+
+/// Attribute changes requested by setattr (a `None` leaves a field alone).
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<pb::Timespec>,
+    pub mtime: Option<pb::Timespec>,
+    pub atime_now: bool,
+    pub mtime_now: bool,
+}
+
+/// Who is asking: owner of newly created entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A directory being listed: pages fetched on demand, positions stable.
+struct DirListing {
+    ino: u64,
+    entries: Vec<pb::DirEntry>,
+    more: bool,
+}
+
+pub struct DfsFs {
+    io: Io,
+    files: Mutex<HashMap<u64, Arc<AsyncMutex<OpenFile>>>>,
+    handles: Mutex<HashMap<u64, u64>>,
+    dirs: Mutex<HashMap<u64, Arc<AsyncMutex<DirListing>>>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn attr_of(reply: pb::AttrReply) -> FsResult<pb::Attr> {
+    reply
+        .attr
+        .ok_or_else(|| FsError::new(libc::EIO, "metadata reply without attributes"))
+}
+
+impl DfsFs {
+    pub fn new(io: Io) -> DfsFs {
+        DfsFs {
+            io,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn io(&self) -> &Io {
+        &self.io
+    }
+
+    fn meta(&self) -> dfs_proto::pb::meta_client::MetaClient<tonic::transport::Channel> {
+        self.io.meta.clone()
+    }
+
+    fn open_file(&self, ino: u64) -> Option<Arc<AsyncMutex<OpenFile>>> {
+        lock(&self.files).get(&ino).cloned()
+    }
+
+    fn file_of(&self, fh: u64) -> FsResult<Arc<AsyncMutex<OpenFile>>> {
+        let ino = lock(&self.handles)
+            .get(&fh)
+            .copied()
+            .ok_or_else(|| FsError::new(libc::EBADF, "unknown handle"))?;
+        self.open_file(ino)
+            .ok_or_else(|| FsError::new(libc::EBADF, "file not open"))
+    }
+
+    /// Meta's attributes, with the size this mount sees for a file it is writing.
+    async fn overlay(&self, mut attr: pb::Attr) -> pb::Attr {
+        if let Some(file) = self.open_file(attr.ino) {
+            let file = file.lock().await;
+            if file.has_changes() {
+                attr.size = file.size;
+            }
+        }
+        attr
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<pb::Attr> {
+        let reply = self
+            .meta()
+            .lookup(pb::LookupRequest {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?;
+        Ok(self.overlay(attr_of(reply.into_inner())?).await)
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<pb::Attr> {
+        let reply = self.meta().get_attr(pb::GetAttrRequest { ino }).await?;
+        Ok(self.overlay(attr_of(reply.into_inner())?).await)
+    }
+
+    pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<pb::Attr> {
+        let file = self.open_file(ino);
+        // A size change lands on committed data: flush what this mount holds first.
+        let mut guard = match &file {
+            Some(f) if set.size.is_some() => {
+                let mut g = f.lock().await;
+                g.flush(&self.io, false).await?;
+                Some(g)
+            }
+            _ => None,
+        };
+        let request = pb::SetAttrRequest {
+            ino,
+            mode: set.mode,
+            uid: set.uid,
+            gid: set.gid,
+            size: set.size,
+            atime: set.atime,
+            mtime: set.mtime,
+            atime_now: set.atime_now,
+            mtime_now: set.mtime_now,
+        };
+        let attr = attr_of(self.meta().set_attr(request).await?.into_inner())?;
+        if let Some(g) = guard.as_mut() {
+            g.refresh(&self.io).await?;
+        }
+        drop(guard);
+        Ok(self.overlay(attr).await)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: pb::FileKind,
+        mode: u32,
+        caller: Caller,
+        rdev: u32,
+        target: &[u8],
+    ) -> FsResult<pb::Attr> {
+        let request = pb::CreateRequest {
+            parent,
+            name: name.to_vec(),
+            kind: kind as i32,
+            mode,
+            uid: caller.uid,
+            gid: caller.gid,
+            rdev,
+            symlink_target: target.to_vec(),
+        };
+        attr_of(self.meta().create(request).await?.into_inner())
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.meta()
+            .unlink(pb::UnlinkRequest {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.meta()
+            .rmdir(pb::RmdirRequest {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let request = pb::RenameRequest {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+        };
+        self.meta().rename(request).await?;
+        Ok(())
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<pb::Attr> {
+        let request = pb::LinkRequest {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+        };
+        attr_of(self.meta().link(request).await?.into_inner())
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        Ok(self
+            .meta()
+            .read_link(pb::ReadLinkRequest { ino })
+            .await?
+            .into_inner()
+            .target)
+    }
+
+    /// Opens a regular file; all handles on one inode share its state.
+    pub async fn open(&self, ino: u64) -> FsResult<u64> {
+        let file = match self.open_file(ino) {
+            Some(f) => {
+                f.lock().await.refresh(&self.io).await?;
+                f
+            }
+            None => {
+                let loaded = Arc::new(AsyncMutex::new(OpenFile::load(&self.io, ino).await?));
+                lock(&self.files).entry(ino).or_insert(loaded).clone()
+            }
+        };
+        file.lock().await.handles += 1;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, ino);
+        Ok(fh)
+    }
+
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(pb::Attr, u64)> {
+        let attr = self
+            .create_node(parent, name, pb::FileKind::Regular, mode, caller, 0, &[])
+            .await?;
+        let fh = self.open(attr.ino).await?;
+        Ok((attr, fh))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        file.read(&self.io, offset, size).await
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        file.write(&self.io, offset, data).await?;
+        Ok(data.len() as u32)
+    }
+
+    /// close(2) semantics: everything written is on every replica and committed.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        file.flush(&self.io, false).await
+    }
+
+    /// fsync(2) semantics: as flush, and on stable storage on the replicas.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        file.flush(&self.io, true).await
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(ino) = lock(&self.handles).remove(&fh) else {
+            return Ok(());
+        };
+        let Some(file) = self.open_file(ino) else {
+            return Ok(());
+        };
+        let mut guard = file.lock().await;
+        let result = guard.flush(&self.io, false).await;
+        guard.handles = guard.handles.saturating_sub(1);
+        if guard.handles == 0 {
+            lock(&self.files).remove(&ino);
+        }
+        result
+    }
+
+    /// Flushes every open file (unmount, shutdown).
+    pub async fn flush_all(&self) {
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        for file in files {
+            let mut f = file.lock().await;
+            if let Err(e) = f.flush(&self.io, false).await {
+                tracing::error!(ino = f.ino, error = %e, "flush at unmount failed: data of this file may be lost");
+            }
+        }
+    }
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let attr = self.getattr(ino).await?;
+        if attr.kind != pb::FileKind::Directory as i32 {
+            return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let listing = DirListing {
+            ino,
+            entries: Vec::new(),
+            more: true,
+        };
+        lock(&self.dirs).insert(fh, Arc::new(AsyncMutex::new(listing)));
+        Ok(fh)
+    }
+
+    /// Entries from position `from` on (0 is the first real entry), at most `max`.
+    /// Pages are fetched from meta only as far as the caller reads.
+    pub async fn readdir(&self, fh: u64, from: usize, max: usize) -> FsResult<Vec<pb::DirEntry>> {
+        let listing = lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))?;
+        let mut l = listing.lock().await;
+        while l.more && l.entries.len() < from + max {
+            let after = l.entries.last().map(|e| e.name.clone()).unwrap_or_default();
+            let page = self
+                .meta()
+                .read_dir(pb::ReadDirRequest {
+                    ino: l.ino,
+                    after,
+                    limit: DIR_PAGE,
+                })
+                .await?
+                .into_inner();
+            l.more = page.more;
+            l.entries.extend(page.entries);
+        }
+        Ok(l.entries.iter().skip(from).take(max).cloned().collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    pub async fn statfs(&self) -> FsResult<pb::StatFsReply> {
+        Ok(self.meta().stat_fs(pb::Empty {}).await?.into_inner())
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        Ok(self
+            .meta()
+            .get_xattr(pb::GetXattrRequest {
+                ino,
+                name: name.to_vec(),
+            })
+            .await?
+            .into_inner()
+            .value)
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+        let request = pb::SetXattrRequest {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+        };
+        self.meta().set_xattr(request).await?;
+        Ok(())
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        Ok(self
+            .meta()
+            .list_xattr(pb::ListXattrRequest { ino })
+            .await?
+            .into_inner()
+            .names)
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.meta()
+            .remove_xattr(pb::RemoveXattrRequest {
+                ino,
+                name: name.to_vec(),
+            })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,671 @@
+//! The `fuser::Filesystem` adapter: it only translates. Each call decodes the
+//! kernel request, runs the matching `DfsFs` method on the tokio runtime,
+//! and replies with attributes or the errno.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dfs_proto::pb;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::error::FsError;
+use crate::fs::{Caller, DfsFs, SetAttr};
+
+/// How long the kernel may cache attributes and entries. Short, so another
+/// mount's changes show up quickly; open() always revalidates the chunk map.
+const TTL: Duration = Duration::from_secs(1);
+const BLKSIZE: u32 = 1 << 20;
+
+pub struct FuseAdapter {
+    fs: Arc<DfsFs>,
+    rt: Handle,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<DfsFs>, rt: Handle) -> FuseAdapter {
+        FuseAdapter { fs, rt }
+    }
+
+    fn run<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<T, FsError>>,
+    ) -> Result<T, Errno> {
+        self.rt.block_on(f).map_err(|e| {
+            let errno = e.errno();
+            if errno == libc::EIO || errno == libc::ENOSPC || errno == libc::ETIMEDOUT {
+                tracing::warn!(op, errno, error = %e, "request failed");
+            } else {
+                tracing::debug!(op, errno, error = %e, "request failed");
+            }
+            Errno::from_i32(errno)
+        })
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn to_time(t: Option<&pb::Timespec>) -> SystemTime {
+    let t = t.copied().unwrap_or_default();
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+fn from_time(t: SystemTime) -> pb::Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => pb::Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            pb::Timespec { sec, nsec }
+        }
+    }
+}
+
+fn kind(k: i32) -> FileType {
+    match pb::FileKind::try_from(k) {
+        Ok(pb::FileKind::Directory) => FileType::Directory,
+        Ok(pb::FileKind::Symlink) => FileType::Symlink,
+        Ok(pb::FileKind::Fifo) => FileType::NamedPipe,
+        Ok(pb::FileKind::Socket) => FileType::Socket,
+        Ok(pb::FileKind::CharDevice) => FileType::CharDevice,
+        Ok(pb::FileKind::BlockDevice) => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &pb::Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: to_time(a.atime.as_ref()),
+        mtime: to_time(a.mtime.as_ref()),
+        ctime: to_time(a.ctime.as_ref()),
+        crtime: to_time(a.ctime.as_ref()),
+        kind: kind(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn time_or_now(t: Option<TimeOrNow>) -> (Option<pb::Timespec>, bool) {
+    match t {
+        Some(TimeOrNow::SpecificTime(t)) => (Some(from_time(t)), false),
+        Some(TimeOrNow::Now) => (None, true),
+        None => (None, false),
+    }
+}
+
+fn node_kind(mode: u32) -> Result<pb::FileKind, Errno> {
+    Ok(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => pb::FileKind::Regular,
+        libc::S_IFIFO => pb::FileKind::Fifo,
+        libc::S_IFSOCK => pb::FileKind::Socket,
+        libc::S_IFCHR => pb::FileKind::CharDevice,
+        libc::S_IFBLK => pb::FileKind::BlockDevice,
+        libc::S_IFDIR => pb::FileKind::Directory,
+        _ => return Err(Errno::EINVAL),
+    })
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.set_time_granularity(Duration::from_nanos(1));
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.rt.block_on(self.fs.flush_all());
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.run("lookup", self.fs.lookup(parent.0, name.as_bytes())) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.run("getattr", self.fs.getattr(ino.0)) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (atime, atime_now) = time_or_now(atime);
+        let (mtime, mtime_now) = time_or_now(mtime);
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            atime_now,
+            mtime_now,
+        };
+        match self.run("setattr", self.fs.setattr(ino.0, set)) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.run("readlink", self.fs.readlink(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let k = match node_kind(mode) {
+            Ok(k) => k,
+            Err(e) => return reply.error(e),
+        };
+        match self.run(
+            "mknod",
+            self.fs
+                .create_node(parent.0, name.as_bytes(), k, mode, caller(req), rdev, &[]),
+        ) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let created = self.fs.create_node(
+            parent.0,
+            name.as_bytes(),
+            pb::FileKind::Directory,
+            mode,
+            caller(req),
+            0,
+            &[],
+        );
+        match self.run("mkdir", created) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.run("unlink", self.fs.unlink(parent.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.run("rmdir", self.fs.rmdir(parent.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let target = target.as_os_str().as_bytes();
+        let created = self.fs.create_node(
+            parent.0,
+            link_name.as_bytes(),
+            pb::FileKind::Symlink,
+            0o777,
+            caller(req),
+            0,
+            target,
+        );
+        match self.run("symlink", created) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let renamed = self.fs.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        );
+        match self.run("rename", renamed) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.run("link", self.fs.link(ino.0, newparent.0, newname.as_bytes())) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.run("open", self.fs.open(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.run("read", self.fs.read(fh.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.run("write", self.fs.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.run("flush", self.fs.flush(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.run("release", self.fs.release(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.run("fsync", self.fs.fsync(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.run("opendir", self.fs.opendir(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        // Offsets: 1 = ".", 2 = "..", 3 + i = entry i.
+        let dots = [(1u64, "."), (2, "..")];
+        for (off, name) in dots.iter().filter(|(o, _)| *o > offset) {
+            if reply.add(ino, *off, FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        let from = offset.saturating_sub(2) as usize;
+        match self.run("readdir", self.fs.readdir(fh.0, from, 256)) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate() {
+                    let a = e.attr.clone().unwrap_or_default();
+                    if reply.add(
+                        INodeNo(a.ino),
+                        (from + i + 3) as u64,
+                        kind(a.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        if offset < 2 {
+            let me = match self.run("readdirplus", self.fs.getattr(ino.0)) {
+                Ok(a) => file_attr(&a),
+                Err(e) => return reply.error(e),
+            };
+            for (off, name) in [(1u64, "."), (2, "..")].iter().filter(|(o, _)| *o > offset) {
+                if reply.add(ino, *off, name, &TTL, &me, Generation(0)) {
+                    return reply.ok();
+                }
+            }
+        }
+        let from = offset.saturating_sub(2) as usize;
+        match self.run("readdirplus", self.fs.readdir(fh.0, from, 256)) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate() {
+                    let a = e.attr.clone().unwrap_or_default();
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(
+                        INodeNo(a.ino),
+                        (from + i + 3) as u64,
+                        name,
+                        &TTL,
+                        &file_attr(&a),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.run("statfs", self.fs.statfs()) {
+            Ok(s) => {
+                let bsize = 4096u64;
+                reply.statfs(
+                    s.total_bytes / bsize,
+                    s.free_bytes / bsize,
+                    s.free_bytes / bsize,
+                    s.files,
+                    u64::from(u32::MAX),
+                    bsize as u32,
+                    255,
+                    bsize as u32,
+                )
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.run(
+            "setxattr",
+            self.fs
+                .setxattr(ino.0, name.as_bytes(), value, flags as u32),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.run("getxattr", self.fs.getxattr(ino.0, name.as_bytes())) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::ERANGE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.run("listxattr", self.fs.listxattr(ino.0)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() <= size as usize {
+                    reply.data(&buf)
+                } else {
+                    reply.error(Errno::ERANGE)
+                }
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.run("removexattr", self.fs.removexattr(ino.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.run(
+            "create",
+            self.fs.create(parent.0, name.as_bytes(), mode, caller(req)),
+        ) {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        let fs = self.fs.clone();
+        let grow = async move {
+            let a = fs.getattr(ino.0).await?;
+            let end = offset.saturating_add(length);
+            if end > a.size {
+                fs.setattr(
+                    ino.0,
+                    SetAttr {
+                        size: Some(end),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+            Ok(())
+        };
+        match self.run("fallocate", grow) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_past_2106_and_before_1970() {
+        for t in [
+            pb::Timespec {
+                sec: 5_000_000_000,
+                nsec: 1,
+            },
+            pb::Timespec { sec: -1, nsec: 500 },
+            pb::Timespec { sec: 0, nsec: 0 },
+        ] {
+            assert_eq!(from_time(to_time(Some(&t))), t);
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! One open file in this mount, shared by every handle open on it, so writes
+//! through one descriptor are seen at once through another.
+//!
+//! Written bytes collect per chunk in `dirty`. A full chunk (or the oldest one,
+//! when too many are dirty) is uploaded in the background; uploaded chunks are
+//! committed to meta in small batches and on flush. Reads see, in order: dirty
+//! bytes, uploads in flight or not yet committed, the committed chunk map
+//! (through the chunk cache), and zeros for holes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use dfs_client::chunk_io::{read_chunk, upload_chunk, UploadedChunk};
+use dfs_client::Channels;
+use dfs_proto::pb::{self, meta_client::MetaClient};
+use prost::bytes::Bytes;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::cache::ChunkCache;
+use crate::error::{FsError, FsResult};
+
+/// Dirty chunks kept before the oldest is uploaded early (bounds memory per file).
+const MAX_DIRTY: usize = 4;
+/// Uploads in flight per file.
+const MAX_INFLIGHT: usize = 4;
+/// Uploaded chunks committed together before flush.
+const COMMIT_EVERY: usize = 4;
+
+/// What the file system shares with every open file: the cluster and the cache.
+#[derive(Clone)]
+pub struct Io {
+    pub meta: MetaClient<Channel>,
+    pub channels: Channels,
+    pub cache: Arc<ChunkCache>,
+}
+
+impl Io {
+    /// A committed chunk's bytes, from the cache or a verified replica read.
+    pub async fn chunk_bytes(&self, chunk: &pb::ChunkRef) -> FsResult<Bytes> {
+        if let Some(data) = self.cache.get(chunk.chunk_id) {
+            return Ok(data);
+        }
+        let mut meta = self.meta.clone();
+        let data = read_chunk(Some(&mut meta), &self.channels, chunk).await?;
+        self.cache.insert(chunk.chunk_id, data.clone());
+        Ok(data)
+    }
+}
+
+type Upload = JoinHandle<Result<UploadedChunk, dfs_client::ClientError>>;
+
+pub struct OpenFile {
+    pub ino: u64,
+    chunk_size: u64,
+    /// Size as this mount sees it, unflushed writes included.
+    pub size: u64,
+    committed_size: u64,
+    committed: HashMap<u64, pb::ChunkRef>,
+    dirty: BTreeMap<u64, Vec<u8>>,
+    inflight: BTreeMap<u64, (Bytes, Upload)>,
+    uploaded: BTreeMap<u64, (UploadedChunk, Bytes)>,
+    /// Something changed since the last commit (data or size).
+    changed: bool,
+    /// Open handles on this file in this mount.
+    pub handles: usize,
+    last_read_end: u64,
+}
+
+impl OpenFile {
+    /// Opens with a fresh chunk map from meta (close-to-open consistency).
+    pub async fn load(io: &Io, ino: u64) -> FsResult<OpenFile> {
+        let mut meta = io.meta.clone();
+        let map = meta
+            .get_chunks(pb::GetChunksRequest { ino })
+            .await?
+            .into_inner();
+        let size = map.attr.as_ref().map_or(0, |a| a.size);
+        Ok(OpenFile {
+            ino,
+            chunk_size: u64::from(map.chunk_size.max(1)),
+            size,
+            committed_size: size,
+            committed: map.chunks.into_iter().map(|c| (c.index, c)).collect(),
+            dirty: BTreeMap::new(),
+            inflight: BTreeMap::new(),
+            uploaded: BTreeMap::new(),
+            changed: false,
+            handles: 0,
+            last_read_end: u64::MAX,
+        })
+    }
+
+    /// Whether this mount holds changes meta has not seen.
+    pub fn has_changes(&self) -> bool {
+        self.changed
+    }
+
+    /// Re-reads the chunk map when nothing local is pending (a new open of a file
+    /// another mount may have changed).
+    pub async fn refresh(&mut self, io: &Io) -> FsResult<()> {
+        if self.changed {
+            return Ok(());
+        }
+        let fresh = OpenFile::load(io, self.ino).await?;
+        self.size = fresh.size;
+        self.committed_size = fresh.size;
+        self.committed = fresh.committed;
+        Ok(())
+    }
+
+    pub async fn write(&mut self, io: &Io, offset: u64, data: &[u8]) -> FsResult<()> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or_else(|| FsError::new(libc::EFBIG, "write past the largest file size"))?;
+        let cs = self.chunk_size;
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / cs;
+            let within = (pos - index * cs) as usize;
+            let take = ((cs - within as u64).min(end - pos)) as usize;
+            let piece = &data[(pos - offset) as usize..(pos - offset) as usize + take];
+            if !self.dirty.contains_key(&index) {
+                let base = self.base_of(io, index).await?;
+                self.dirty.insert(index, base);
+            }
+            if let Some(buf) = self.dirty.get_mut(&index) {
+                if buf.len() < within + take {
+                    buf.resize(within + take, 0);
+                }
+                buf[within..within + take].copy_from_slice(piece);
+            }
+            if self.dirty.get(&index).is_some_and(|b| b.len() as u64 == cs) {
+                self.start_upload(io, index, false).await?;
+            }
+            pos += take as u64;
+        }
+        self.size = self.size.max(end);
+        self.changed = true;
+        while self.dirty.len() > MAX_DIRTY {
+            let Some(&oldest) = self.dirty.keys().next() else {
+                break;
+            };
+            self.start_upload(io, oldest, false).await?;
+        }
+        if self.uploaded.len() >= COMMIT_EVERY {
+            self.commit(io, false).await?;
+        }
+        Ok(())
+    }
+
+    /// The bytes a chunk holds before a write touches it (without the zeros past
+    /// its valid length).
+    async fn base_of(&mut self, io: &Io, index: u64) -> FsResult<Vec<u8>> {
+        if let Some((data, handle)) = self.inflight.remove(&index) {
+            let uploaded = handle
+                .await
+                .map_err(|e| FsError::new(libc::EIO, e.to_string()))??;
+            self.uploaded.insert(index, (uploaded, data.clone()));
+            return Ok(data.to_vec());
+        }
+        if let Some((_, data)) = self.uploaded.get(&index) {
+            return Ok(data.to_vec());
+        }
+        match self.committed.get(&index) {
+            Some(chunk) => {
+                let data = io.chunk_bytes(chunk).await?;
+                let valid = (chunk.valid_len as usize).min(data.len());
+                Ok(data[..valid].to_vec())
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Moves a dirty chunk to a background upload, waiting for room first.
+    async fn start_upload(&mut self, io: &Io, index: u64, durable: bool) -> FsResult<()> {
+        let Some(buf) = self.dirty.remove(&index) else {
+            return Ok(());
+        };
+        while self.inflight.len() >= MAX_INFLIGHT {
+            self.finish_one_upload().await?;
+        }
+        let data = Bytes::from(buf);
+        let (mut meta, channels, payload) = (io.meta.clone(), io.channels.clone(), data.clone());
+        let handle =
+            tokio::spawn(async move { upload_chunk(&mut meta, &channels, payload, durable).await });
+        self.inflight.insert(index, (data, handle));
+        Ok(())
+    }
+
+    async fn finish_one_upload(&mut self) -> FsResult<()> {
+        let Some((index, (data, handle))) = self.inflight.pop_first() else {
+            return Ok(());
+        };
+        let uploaded = handle
+            .await
+            .map_err(|e| FsError::new(libc::EIO, e.to_string()))??;
+        self.uploaded.insert(index, (uploaded, data));
+        Ok(())
+    }
+
+    /// Commits uploaded chunks. `final_size`: commit the size this mount sees;
+    /// otherwise only as far as committed data reaches, so a crash never leaves
+    /// a size covering data that was not written.
+    async fn commit(&mut self, io: &Io, final_size: bool) -> FsResult<()> {
+        let size = if final_size {
+            self.size
+        } else {
+            self.uploaded
+                .iter()
+                .map(|(i, (c, _))| i * self.chunk_size + c.stored_len)
+                .fold(self.committed_size, u64::max)
+        };
+        let chunks = self
+            .uploaded
+            .iter()
+            .map(|(index, (c, _))| pb::CommittedChunk {
+                index: *index,
+                chunk_id: c.chunk_id,
+                stored_len: c.stored_len,
+                crc32c: c.crc32c,
+                valid_len: c
+                    .stored_len
+                    .min(size.saturating_sub(index * self.chunk_size)),
+                node_ids: c.node_ids.clone(),
+            })
+            .collect();
+        let mut meta = io.meta.clone();
+        meta.commit_write(pb::CommitWriteRequest {
+            ino: self.ino,
+            size,
+            chunks,
+            mtime: None,
+        })
+        .await?;
+        for (_, (c, data)) in std::mem::take(&mut self.uploaded) {
+            io.cache.insert(c.chunk_id, data);
+        }
+        let map = meta
+            .get_chunks(pb::GetChunksRequest { ino: self.ino })
+            .await?
+            .into_inner();
+        self.committed = map.chunks.into_iter().map(|c| (c.index, c)).collect();
+        self.committed_size = size;
+        Ok(())
+    }
+
+    /// Uploads and commits everything pending. With `durable`, also has every
+    /// replica of every chunk of the file fsynced (fsync semantics).
+    pub async fn flush(&mut self, io: &Io, durable: bool) -> FsResult<()> {
+        if self.changed {
+            let indices: Vec<u64> = self.dirty.keys().copied().collect();
+            for index in indices {
+                self.start_upload(io, index, durable).await?;
+            }
+            while !self.inflight.is_empty() {
+                self.finish_one_upload().await?;
+            }
+            self.commit(io, true).await?;
+            self.changed = false;
+        }
+        if durable {
+            self.sync_replicas(io).await?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs every committed chunk on its replicas. A chunk counts as durable
+    /// when at least two replicas (or all it has, if fewer) confirm.
+    async fn sync_replicas(&self, io: &Io) -> FsResult<()> {
+        let mut by_node: HashMap<String, Vec<u64>> = HashMap::new();
+        for c in self.committed.values() {
+            for r in &c.replicas {
+                by_node.entry(r.addr.clone()).or_default().push(c.chunk_id);
+            }
+        }
+        let calls = by_node.into_iter().map(|(addr, ids)| {
+            let channels = io.channels.clone();
+            async move {
+                let ok = match channels.chunk(&addr) {
+                    Ok(mut client) => client
+                        .sync_chunks(pb::SyncChunksRequest {
+                            chunk_ids: ids.clone(),
+                        })
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                };
+                (addr, ok)
+            }
+        });
+        let synced: HashMap<String, bool> =
+            futures::future::join_all(calls).await.into_iter().collect();
+        for c in self.committed.values() {
+            let confirmed = c
+                .replicas
+                .iter()
+                .filter(|r| synced.get(&r.addr).copied().unwrap_or(false))
+                .count();
+            if confirmed < c.replicas.len().min(2) {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("chunk {} could not be made durable", c.chunk_id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `size` bytes at `offset`, never past the end of the file.
+    pub async fn read(&mut self, io: &Io, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let end = offset.saturating_add(u64::from(size)).min(self.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let cs = self.chunk_size;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / cs;
+            let within = (pos - index * cs) as usize;
+            let take = ((cs - within as u64).min(end - pos)) as usize;
+            let source: Option<Bytes> = if let Some(buf) = self.dirty.get(&index) {
+                Some(Bytes::copy_from_slice(buf))
+            } else if let Some((data, _)) = self.inflight.get(&index) {
+                Some(data.clone())
+            } else if let Some((_, data)) = self.uploaded.get(&index) {
+                Some(data.clone())
+            } else if let Some(chunk) = self.committed.get(&index).cloned() {
+                let data = io.chunk_bytes(&chunk).await?;
+                Some(data.slice(..(chunk.valid_len as usize).min(data.len())))
+            } else {
+                None
+            };
+            let start = out.len();
+            out.resize(start + take, 0);
+            if let Some(src) = source {
+                let avail = src.len().saturating_sub(within).min(take);
+                out[start..start + avail].copy_from_slice(&src[within..within + avail]);
+            }
+            pos += take as u64;
+        }
+        if offset == self.last_read_end {
+            self.prefetch(io, end / cs + 1);
+        }
+        self.last_read_end = end;
+        Ok(out)
+    }
+
+    /// Starts fetching the next chunks of a sequential reader into the cache.
+    fn prefetch(&self, io: &Io, from_index: u64) {
+        for index in from_index..from_index + 2 {
+            let Some(chunk) = self.committed.get(&index).cloned() else {
+                return;
+            };
+            if io.cache.contains(chunk.chunk_id) {
+                continue;
+            }
+            let io = io.clone();
+            tokio::spawn(async move {
+                if let Err(e) = io.chunk_bytes(&chunk).await {
+                    tracing::debug!(error = %e, chunk = chunk.chunk_id, "prefetch failed");
+                }
+            });
+        }
+    }
+}

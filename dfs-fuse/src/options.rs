@@ -1,0 +1,206 @@
+//! Command line of `dfs-fuse` and of the mount helper `mount.fuse.dfs`, which
+//! mount(8) runs as `mount.fuse.dfs SOURCE MOUNTPOINT [-n] [-s] [-v] -o OPTS`.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    /// Metadata server addresses, in order of preference.
+    pub meta_addrs: Vec<String>,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub read_only: bool,
+    /// Bytes of chunk data kept in memory.
+    pub cache_size: u64,
+    pub metrics: Option<String>,
+    pub log: Option<PathBuf>,
+    /// The source as given, shown in /proc/mounts.
+    pub source: String,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum OptionsError {
+    #[error("usage: dfs-fuse [-f] [-o OPTIONS] META_HOST:PORT[,HOST:PORT...] MOUNTPOINT")]
+    Usage,
+    #[error("unknown mount option '{0}'")]
+    Unknown(String),
+    #[error("bad value in '{0}'")]
+    BadValue(String),
+}
+
+/// Options mount(8) and fstab pass that concern the kernel or mount itself; accepted and ignored.
+const GENERIC: &[&str] = &[
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "diratime",
+    "nodiratime",
+    "async",
+    "sync",
+    "dirsync",
+    "_netdev",
+    "nofail",
+    "default_permissions",
+    "lazytime",
+    "nolazytime",
+    "silent",
+    "loud",
+];
+
+/// Parses a size like `512M`, `2G`, `1048576`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mult = match s[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches('B')
+                .trim_end_matches('I')
+            {
+                "K" => 1u64 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                "" => 1,
+                _ => return None,
+            };
+            (&s[..i], mult)
+        }
+        None => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, OptionsError> {
+    let mut positional = Vec::new();
+    let mut option_lists = Vec::new();
+    let mut foreground = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-f" | "--foreground" => foreground = true,
+            "-o" => option_lists.push(args.next().ok_or(OptionsError::Usage)?),
+            // mount(8): -n no mtab, -s sloppy, -v verbose; -t names the type.
+            "-n" | "-s" | "-v" => {}
+            "-t" => {
+                args.next();
+            }
+            s if s.starts_with("-o") && s.len() > 2 => option_lists.push(s[2..].to_string()),
+            s if s.starts_with('-') => return Err(OptionsError::Unknown(s.to_string())),
+            _ => positional.push(arg),
+        }
+    }
+    let [source, mountpoint] =
+        <[String; 2]>::try_from(positional).map_err(|_| OptionsError::Usage)?;
+    let mut opts = MountOptions {
+        meta_addrs: source
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        mountpoint: PathBuf::from(mountpoint),
+        foreground,
+        allow_other: false,
+        allow_root: false,
+        read_only: false,
+        cache_size: 512 << 20,
+        metrics: None,
+        log: None,
+        source,
+    };
+    if opts.meta_addrs.is_empty() {
+        return Err(OptionsError::Usage);
+    }
+    for option in option_lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|o| !o.is_empty())
+    {
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (option, None),
+        };
+        match (key, value) {
+            ("allow_other", None) => opts.allow_other = true,
+            ("allow_root", None) => opts.allow_root = true,
+            ("ro", None) => opts.read_only = true,
+            ("cache_size", Some(v)) => {
+                opts.cache_size =
+                    parse_size(v).ok_or_else(|| OptionsError::BadValue(option.into()))?
+            }
+            ("metrics", Some(v)) => opts.metrics = Some(v.to_string()),
+            ("log", Some(v)) => opts.log = Some(PathBuf::from(v)),
+            (k, None) if GENERIC.contains(&k) => {}
+            (k, _) if k.starts_with("x-") || k == "comment" || k == "fsname" || k == "subtype" => {}
+            _ => return Err(OptionsError::Unknown(option.to_string())),
+        }
+    }
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn mount_helper_form() {
+        let o = parse(args(
+            "127.0.0.1:7000 /mnt/dfs -o rw,allow_other,cache_size=512M,_netdev,x-systemd.automount",
+        ))
+        .unwrap();
+        assert_eq!(o.meta_addrs, vec!["127.0.0.1:7000"]);
+        assert_eq!(o.mountpoint, PathBuf::from("/mnt/dfs"));
+        assert!(o.allow_other && !o.foreground);
+        assert_eq!(o.cache_size, 512 << 20);
+    }
+
+    #[test]
+    fn foreground_and_failover_list() {
+        let o = parse(args(
+            "-f -o cache_size=1G,metrics=127.0.0.1:9200 a:1,b:2 /m",
+        ))
+        .unwrap();
+        assert!(o.foreground);
+        assert_eq!(o.meta_addrs, vec!["a:1", "b:2"]);
+        assert_eq!(o.cache_size, 1 << 30);
+        assert_eq!(o.metrics.as_deref(), Some("127.0.0.1:9200"));
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(parse(args("a:1")), Err(OptionsError::Usage));
+        assert_eq!(
+            parse(args("a:1 /m -o cache_sise=1G")),
+            Err(OptionsError::Unknown("cache_sise=1G".into()))
+        );
+        assert_eq!(
+            parse(args("a:1 /m -o cache_size=lots")),
+            Err(OptionsError::BadValue("cache_size=lots".into()))
+        );
+        assert_eq!(parse_size("64KiB"), Some(64 << 10));
+        assert_eq!(parse_size("3"), Some(3));
+    }
+}
