@@ -25,12 +25,15 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## install: release binaries into $(PREFIX)/bin (default /usr/local)
+## install: release binaries into $(PREFIX)/bin and the mount helper
+## /sbin/mount.fuse.dfs that mount(8) runs for `mount -t fuse.dfs`
 PREFIX ?= /usr/local
+SBINDIR ?= /sbin
 install:
 	$(CARGO) build --release --workspace --bins
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 target/release/dfs target/release/dfs-meta target/release/dfs-node $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
+	install -m 0755 target/release/dfs target/release/dfs-meta target/release/dfs-node target/release/dfs-fuse $(DESTDIR)$(PREFIX)/bin/
+	ln -sf $(PREFIX)/bin/dfs-fuse $(DESTDIR)$(SBINDIR)/mount.fuse.dfs
 
 clean:
 	$(CARGO) clean

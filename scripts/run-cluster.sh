@@ -6,15 +6,21 @@ set -euo pipefail
 bin=${DFS_BIN_DIR:-target/debug}
 dir=${DFS_RUN_DIR:-$PWD/run-data}
 meta=127.0.0.1:7000
-mkdir -p "$dir"
+mnt=${DFS_MOUNT:-$dir/mnt}
+mkdir -p "$dir" "$mnt"
 pids=()
 stop() {
   trap - INT TERM EXIT
   echo
   echo "stopping the cluster..."
+  # Unmount first: the FUSE daemon flushes open files, then exits.
+  if grep -q " $mnt fuse.dfs " /proc/mounts 2>/dev/null; then
+    umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+  fi
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   echo "stopped. Data is kept in $dir (delete it for a fresh cluster)."
+  exit 0
 }
 trap stop INT TERM EXIT
 
@@ -38,18 +44,26 @@ if ! "$bin/dfs" --meta "$meta" status 2>/dev/null | grep -q "nodes: 3 up"; then
   exit 1
 fi
 
+mount_note="mounted at       $mnt"
+if ! "$bin/dfs-fuse" "$meta" "$mnt" -o "cache_size=256M,log=$dir/fuse.log"; then
+  mount_note="NOT mounted (see $dir/fuse.log; /dev/fuse and root or fusermount3 are needed)"
+fi
+
 cat <<INFO
 
 dfs local cluster is up (data and logs in $dir)
   metadata server  $meta           metrics http://127.0.0.1:9100/metrics
   storage nodes    127.0.0.1:7001-7003  metrics http://127.0.0.1:9101-9103/metrics
+  $mount_note
 
-Try, in another terminal:
+Use the mounted directory like any other, in another terminal:
+  cp -r /etc/ssl $mnt/ && ls -l $mnt/ssl && cat $mnt/ssl/openssl.cnf | head
+
+Or the admin tool:
   export DFS_META=$meta PATH=$PWD/$bin:\$PATH
   dfs status
-  dfs put /etc/services /services
-  dfs stat /services
-  dfs get /services /tmp/services.copy
+  dfs stat /ssl/openssl.cnf
+  dfs put /etc/services /services && dfs get /services /tmp/services.copy
 
 Press Ctrl-C to stop the cluster.
 INFO

@@ -313,6 +313,107 @@ impl Drop for Cluster {
     }
 }
 
+/// A FUSE mount of a cluster; unmounted when dropped (even when a test fails).
+pub struct Mount {
+    pub path: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Cluster {
+    /// Mounts the cluster with the real `dfs-fuse` (background mode: it returns
+    /// once the mount is ready).
+    pub fn mount(&self, name: &str) -> Mount {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        let log = self.dir.path().join(format!("fuse-{name}.log"));
+        let out = Command::new(bin_dir().join("dfs-fuse"))
+            .arg(&self.meta_addr)
+            .arg(&path)
+            .arg("-o")
+            .arg(format!("cache_size=64M,log={}", log.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount { path, log }
+    }
+}
+
+impl Mount {
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Unmounts; returns whether a plain (non-lazy) unmount worked.
+    pub fn unmount(&self) -> bool {
+        let ok = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+        ok
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!(
+                "==== {} ====\n{}",
+                self.log.display(),
+                text.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        if is_mounted(&self.path) {
+            self.unmount();
+        }
+    }
+}
+
+/// Whether anything is mounted at `path`.
+pub fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().nth(4) == Some(target.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a shell command line in `dir`; panics with its output unless it succeeds.
+pub fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Parses `dfs stat` chunk lines into (index, replica node ids, down flags).
 pub fn stat_chunks(stat: &str) -> Vec<(u64, Vec<(u64, bool)>)> {
     stat.lines()

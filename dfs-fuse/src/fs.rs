@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use dfs_proto::pb;
 use tokio::sync::Mutex as AsyncMutex;
@@ -42,10 +42,15 @@ struct DirListing {
     more: bool,
 }
 
+type SharedFile = Arc<AsyncMutex<OpenFile>>;
+
 pub struct DfsFs {
     io: Io,
-    files: Mutex<HashMap<u64, Arc<AsyncMutex<OpenFile>>>>,
-    handles: Mutex<HashMap<u64, u64>>,
+    /// The open file of each inode while any handle holds it. Handles own the
+    /// file (strong references), so a late release can never pull a file out
+    /// from under a new open of the same inode.
+    files: Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>,
+    handles: Mutex<HashMap<u64, SharedFile>>,
     dirs: Mutex<HashMap<u64, Arc<AsyncMutex<DirListing>>>>,
     next_fh: AtomicU64,
 }
@@ -79,17 +84,15 @@ impl DfsFs {
         self.io.meta.clone()
     }
 
-    fn open_file(&self, ino: u64) -> Option<Arc<AsyncMutex<OpenFile>>> {
-        lock(&self.files).get(&ino).cloned()
+    fn open_file(&self, ino: u64) -> Option<SharedFile> {
+        lock(&self.files).get(&ino).and_then(Weak::upgrade)
     }
 
-    fn file_of(&self, fh: u64) -> FsResult<Arc<AsyncMutex<OpenFile>>> {
-        let ino = lock(&self.handles)
+    fn file_of(&self, fh: u64) -> FsResult<SharedFile> {
+        lock(&self.handles)
             .get(&fh)
-            .copied()
-            .ok_or_else(|| FsError::new(libc::EBADF, "unknown handle"))?;
-        self.open_file(ino)
-            .ok_or_else(|| FsError::new(libc::EBADF, "file not open"))
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF, "unknown handle"))
     }
 
     /// Meta's attributes, with the size this mount sees for a file it is writing.
@@ -239,12 +242,19 @@ impl DfsFs {
             }
             None => {
                 let loaded = Arc::new(AsyncMutex::new(OpenFile::load(&self.io, ino).await?));
-                lock(&self.files).entry(ino).or_insert(loaded).clone()
+                let mut files = lock(&self.files);
+                match files.get(&ino).and_then(Weak::upgrade) {
+                    // Another open of this inode finished first: share its state.
+                    Some(f) => f,
+                    None => {
+                        files.insert(ino, Arc::downgrade(&loaded));
+                        loaded
+                    }
+                }
             }
         };
-        file.lock().await.handles += 1;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, ino);
+        lock(&self.handles).insert(fh, file);
         Ok(fh)
     }
 
@@ -290,24 +300,27 @@ impl DfsFs {
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let Some(ino) = lock(&self.handles).remove(&fh) else {
+        let Some(file) = lock(&self.handles).remove(&fh) else {
             return Ok(());
         };
-        let Some(file) = self.open_file(ino) else {
-            return Ok(());
+        let (ino, result) = {
+            let mut guard = file.lock().await;
+            (guard.ino, guard.flush(&self.io, false).await)
         };
-        let mut guard = file.lock().await;
-        let result = guard.flush(&self.io, false).await;
-        guard.handles = guard.handles.saturating_sub(1);
-        if guard.handles == 0 {
-            lock(&self.files).remove(&ino);
+        drop(file);
+        let mut files = lock(&self.files);
+        if files.get(&ino).is_some_and(|w| w.strong_count() == 0) {
+            files.remove(&ino);
         }
         result
     }
 
     /// Flushes every open file (unmount, shutdown).
     pub async fn flush_all(&self) {
-        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        let files: Vec<_> = lock(&self.files)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
         for file in files {
             let mut f = file.lock().await;
             if let Err(e) = f.flush(&self.io, false).await {

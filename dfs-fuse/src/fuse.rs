@@ -445,7 +445,7 @@ impl Filesystem for FuseAdapter {
         match self.run("readdir", self.fs.readdir(fh.0, from, 256)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate() {
-                    let a = e.attr.clone().unwrap_or_default();
+                    let a = e.attr.unwrap_or_default();
                     if reply.add(
                         INodeNo(a.ino),
                         (from + i + 3) as u64,
@@ -484,7 +484,7 @@ impl Filesystem for FuseAdapter {
         match self.run("readdirplus", self.fs.readdir(fh.0, from, 256)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate() {
-                    let a = e.attr.clone().unwrap_or_default();
+                    let a = e.attr.unwrap_or_default();
                     let name = OsStr::from_bytes(&e.name);
                     if reply.add(
                         INodeNo(a.ino),

@@ -62,8 +62,6 @@ pub struct OpenFile {
     uploaded: BTreeMap<u64, (UploadedChunk, Bytes)>,
     /// Something changed since the last commit (data or size).
     changed: bool,
-    /// Open handles on this file in this mount.
-    pub handles: usize,
     last_read_end: u64,
 }
 
@@ -86,7 +84,6 @@ impl OpenFile {
             inflight: BTreeMap::new(),
             uploaded: BTreeMap::new(),
             changed: false,
-            handles: 0,
             last_read_end: u64::MAX,
         })
     }

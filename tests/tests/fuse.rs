@@ -1,0 +1,315 @@
+//! The FUSE mount end to end: a real cluster, a real kernel mount made by the
+//! real `dfs-fuse`, and ordinary tools (cp, diff, tar, git, rsync...) on it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use dfs_tests::{sh, Cluster, Options};
+
+const CS: usize = 1 << 20;
+
+fn cluster() -> Cluster {
+    Cluster::start(Options {
+        chunk_size: CS as u32,
+        ..Options::default()
+    })
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// A local tree with the sizes that matter around chunk boundaries, and one big file.
+fn make_tree(root: &Path) {
+    use rand::RngCore;
+    let sizes = [0, 1, CS - 1, CS, CS + 1, 3 * CS + 17, 100 << 20];
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    for (i, size) in sizes.iter().enumerate() {
+        let mut data = vec![0u8; *size];
+        rand::thread_rng().fill_bytes(&mut data);
+        let dir = if i % 2 == 0 {
+            root.to_path_buf()
+        } else {
+            root.join("sub/deeper")
+        };
+        std::fs::write(dir.join(format!("f{i}-{size}")), data).unwrap();
+    }
+    std::fs::write(root.join("sub/text.txt"), "hello dfs\n").unwrap();
+}
+
+#[test]
+fn cp_tree_in_and_out_is_identical() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let work = c.dir.path();
+    make_tree(&work.join("tree"));
+    sh(
+        work,
+        &format!("cp -r tree {0}/ && diff -r tree {0}/tree", m.path.display()),
+    );
+    sh(
+        work,
+        &format!("cp -r {}/tree out && diff -r tree out", m.path.display()),
+    );
+    let listing = sh(&m.path, "ls -l tree tree/sub/deeper");
+    assert!(listing.contains(&format!("{}", 100 << 20)), "{listing}");
+    // Another mount sees the same bytes after the copy closed its files.
+    let m2 = c.mount("mnt2");
+    sh(work, &format!("diff -r tree {}/tree", m2.path.display()));
+}
+
+#[test]
+fn shell_tools_behave() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    sh(&m.path, "echo hello > a && cat a | grep -qx hello");
+    sh(
+        &m.path,
+        "mkdir -p d/e && mv a d/e/b && test ! -e a && test -f d/e/b",
+    );
+    sh(&m.path, "ln d/e/b hard && ln -s d/e/b soft && test \"$(readlink soft)\" = d/e/b && cat soft | grep -qx hello");
+    assert_eq!(std::fs::metadata(m.join("hard")).unwrap().nlink(), 2);
+    sh(&m.path, "touch -d '2120-01-02 03:04:05.123456789' d/e/b");
+    let mtime = std::fs::metadata(m.join("d/e/b")).unwrap();
+    assert_eq!(
+        (mtime.mtime(), mtime.mtime_nsec()),
+        (4_733_607_845, 123_456_789),
+        "ns times past 2106"
+    );
+    sh(&m.path, "chmod 640 d/e/b");
+    assert_eq!(
+        std::fs::metadata(m.join("d/e/b"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o640
+    );
+    // truncate up reads zeros; truncate down cuts.
+    sh(
+        &m.path,
+        "printf 0123456789 > t && truncate -s 3000000 t && truncate -s 4 t && truncate -s 8 t",
+    );
+    assert_eq!(std::fs::read(m.join("t")).unwrap(), b"0123\0\0\0\0");
+    // Sparse file: a write far past the end leaves a hole of zeros.
+    sh(
+        &m.path,
+        "dd if=/dev/urandom of=sparse bs=1k count=1 seek=5000 status=none",
+    );
+    let sparse = std::fs::read(m.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), 5001 * 1024);
+    assert!(sparse[..5000 * 1024].iter().all(|&b| b == 0));
+    sh(
+        &m.path,
+        "rm -r d && test ! -e d && rm hard soft t sparse && test -z \"$(ls -A)\"",
+    );
+}
+
+#[test]
+fn errnos_are_the_posix_ones() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    std::fs::create_dir(m.join("d")).unwrap();
+    std::fs::write(m.join("d/f"), b"x").unwrap();
+    assert_eq!(errno_of(std::fs::create_dir(m.join("d"))), libc::EEXIST);
+    assert_eq!(errno_of(std::fs::remove_dir(m.join("d"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(std::fs::File::open(m.join("nope"))), libc::ENOENT);
+    assert_eq!(
+        errno_of(std::fs::write(m.join(&"x".repeat(256)), b"")),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno_of(std::fs::rename(m.join("d"), m.join("d/inside"))),
+        libc::EINVAL
+    );
+    assert_eq!(errno_of(std::fs::remove_file(m.join("d"))), libc::EISDIR);
+    assert_eq!(errno_of(std::fs::remove_dir(m.join("d/f"))), libc::ENOTDIR);
+    assert_eq!(
+        errno_of(std::fs::hard_link(m.join("d"), m.join("dl"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(m.join("d/f/g"))),
+        libc::ENOTDIR
+    );
+    let excl = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.join("d/f"));
+    assert_eq!(errno_of(excl), libc::EEXIST);
+    assert_eq!(
+        std::fs::read(m.join("d/f")).unwrap(),
+        b"x",
+        "failed calls changed nothing"
+    );
+}
+
+#[test]
+fn open_modes_fsync_and_shared_handles() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let p = m.join("f");
+    std::fs::write(&p, b"abc").unwrap();
+    let mut app = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    app.write_all(b"def").unwrap();
+    app.sync_all().unwrap();
+    drop(app);
+    assert_eq!(std::fs::read(&p).unwrap(), b"abcdef");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 0, "O_TRUNC");
+    // Two descriptors on one file: the reader sees the writer's bytes before close.
+    let mut w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let mut r = std::fs::File::open(&p).unwrap();
+    w.write_all(&vec![7u8; CS + 10]).unwrap();
+    w.seek(SeekFrom::Start(CS as u64 - 2)).unwrap();
+    w.write_all(b"XYZW").unwrap();
+    let mut buf = vec![0u8; 6];
+    r.seek(SeekFrom::Start(CS as u64 - 3)).unwrap();
+    r.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, &[7, b'X', b'Y', b'Z', b'W', 7]);
+    w.sync_all().unwrap();
+    drop(w);
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), CS as u64 + 10);
+}
+
+#[test]
+fn xattrs_through_the_mount() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    sh(
+        &m.path,
+        "touch f && setfattr -n user.color -v blue f && setfattr -n user.n -v 1 f",
+    );
+    let got = sh(&m.path, "getfattr --only-values -n user.color f");
+    assert_eq!(got, "blue");
+    let all = sh(&m.path, "getfattr -d f");
+    assert!(
+        all.contains("user.color=\"blue\"") && all.contains("user.n=\"1\""),
+        "{all}"
+    );
+    sh(
+        &m.path,
+        "setfattr -x user.n f && ! getfattr -n user.n f 2>/dev/null",
+    );
+}
+
+#[test]
+fn tar_git_and_rsync_work_inside() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let work = c.dir.path();
+    std::fs::create_dir_all(work.join("src/a/b")).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            work.join(format!("src/a/b/file{i}.txt")),
+            format!("line {i}\n").repeat(i * 100),
+        )
+        .unwrap();
+    }
+    sh(work, &format!("tar -C src -cf {}/src.tar . && mkdir {0}/x && tar -C {0}/x -xf {0}/src.tar && diff -r src {0}/x", m.path.display()));
+    sh(work, &format!("tar -C {}/x -cf back.tar . && mkdir back && tar -C back -xf back.tar && diff -r src back", m.path.display()));
+    sh(
+        work,
+        &format!(
+            "rsync -a src/ {}/r/ && diff -r src {0}/r && rsync -a {0}/r/ r2/ && diff -r src r2",
+            m.path.display()
+        ),
+    );
+    sh(
+        &m.path,
+        "mkdir repo && cd repo && git init -q && git config user.email t@t && git config user.name t \
+         && cp -r ../x/a . && git add -A && git commit -qm one && echo more >> a/b/file1.txt \
+         && git commit -qam two && git fsck --strict && test \"$(git log --oneline | wc -l)\" = 2",
+    );
+}
+
+#[test]
+fn a_node_killed_during_a_large_copy_loses_nothing() {
+    let mut c = cluster();
+    let m = c.mount("mnt");
+    let src = c.random_file("big", 120 << 20);
+    let dst = m.join("big");
+    let copy = {
+        let (src, dst) = (src.clone(), dst.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new("cp")
+                .arg(&src)
+                .arg(&dst)
+                .status()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    c.kill_node(1);
+    assert!(
+        copy.join().unwrap().success(),
+        "cp failed after a node died"
+    );
+    assert!(
+        std::fs::read(&src).unwrap() == std::fs::read(&dst).unwrap(),
+        "copy differs"
+    );
+    let m2 = c.mount("again");
+    assert!(
+        std::fs::read(&src).unwrap() == std::fs::read(m2.join("big")).unwrap(),
+        "a fresh mount reads the same"
+    );
+}
+
+#[test]
+fn mount_command_and_umount() {
+    let c = cluster();
+    // mount(8) runs /sbin/mount.fuse.dfs for type fuse.dfs (what `make install` installs).
+    let helper = Path::new("/sbin/mount.fuse.dfs");
+    let ours = dfs_tests::bin_dir().join("dfs-fuse");
+    if !helper.exists() || std::fs::read_link(helper).is_ok_and(|t| t.ends_with("dfs-fuse")) {
+        let _ = std::fs::remove_file(helper);
+        std::os::unix::fs::symlink(&ours, helper).unwrap();
+    }
+    let mnt = c.dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = c.dir.path().join("fuse-m.log");
+    let target = format!("{}", mnt.display());
+    let opts = format!(
+        "rw,_netdev,allow_other,cache_size=32M,log={}",
+        log.display()
+    );
+    sh(
+        c.dir.path(),
+        &format!("mount -t fuse.dfs {} {target} -o {opts}", c.meta_addr),
+    );
+    let guard = dfs_tests::Mount {
+        path: mnt.clone(),
+        log,
+    };
+    sh(&mnt, "echo via-mount > f && cat f | grep -qx via-mount");
+    assert!(guard.unmount(), "umount works and is not busy");
+    assert!(!dfs_tests::is_mounted(&mnt));
+    // Bad input: an unreachable meta or a missing mount point fail with a message.
+    let bad = std::process::Command::new("mount")
+        .args(["-t", "fuse.dfs", "127.0.0.1:1", &target])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("cannot reach"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let missing = std::process::Command::new("mount")
+        .args(["-t", "fuse.dfs", &c.meta_addr, "/nonexistent-dfs"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}
