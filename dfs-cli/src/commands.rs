@@ -304,6 +304,7 @@ async fn rm(meta: &mut Meta, path: &str, recursive: bool) -> Result<()> {
         meta.unlink(pb::UnlinkRequest {
             parent: parent.ino,
             name: name.as_bytes().to_vec(),
+            keep_open: false,
         })
         .await
         .map_err(|s| with_path(s.into(), path))?;
@@ -344,6 +345,7 @@ async fn remove_tree(meta: &mut Meta, ino: u64) -> Result<()> {
             meta.unlink(pb::UnlinkRequest {
                 parent: dir,
                 name: e.name,
+                keep_open: false,
             })
             .await?;
         }

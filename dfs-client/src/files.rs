@@ -160,6 +160,7 @@ pub async fn put(
             new_parent: parent.ino,
             new_name: name.as_bytes().to_vec(),
             flags: if opts.overwrite { 0 } else { 1 },
+            keep_open: false,
         })
         .await
         .map_err(|s| with_path(s.into(), path))?;
@@ -170,6 +171,7 @@ pub async fn put(
         let cleanup = pb::UnlinkRequest {
             parent: parent.ino,
             name: temp_name.into_bytes(),
+            keep_open: false,
         };
         if let Err(e) = meta.unlink(cleanup).await {
             tracing::warn!(error = %e, "could not remove the temporary upload file");

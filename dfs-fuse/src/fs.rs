@@ -176,13 +176,40 @@ impl DfsFs {
         attr_of(self.meta().create(request).await?.into_inner())
     }
 
+    /// The inode behind `name` if this mount holds it open (one lookup, made
+    /// only while files are open at all).
+    async fn open_victim(&self, parent: u64, name: &[u8]) -> Option<SharedFile> {
+        if lock(&self.files).is_empty() {
+            return None;
+        }
+        let request = pb::LookupRequest {
+            parent,
+            name: name.to_vec(),
+        };
+        let ino = self
+            .meta()
+            .lookup(request)
+            .await
+            .ok()?
+            .into_inner()
+            .attr?
+            .ino;
+        self.open_file(ino)
+    }
+
+    /// Removes a name. A file this mount holds open stays readable and writable
+    /// until its last close (an orphan on meta, released then).
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.meta()
-            .unlink(pb::UnlinkRequest {
-                parent,
-                name: name.to_vec(),
-            })
-            .await?;
+        let victim = self.open_victim(parent, name).await;
+        let request = pb::UnlinkRequest {
+            parent,
+            name: name.to_vec(),
+            keep_open: victim.is_some(),
+        };
+        self.meta().unlink(request).await?;
+        if let Some(file) = victim {
+            file.lock().await.orphaned = true;
+        }
         Ok(())
     }
 
@@ -204,14 +231,19 @@ impl DfsFs {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        let victim = self.open_victim(new_parent, new_name).await;
         let request = pb::RenameRequest {
             parent,
             name: name.to_vec(),
             new_parent,
             new_name: new_name.to_vec(),
             flags,
+            keep_open: victim.is_some(),
         };
         self.meta().rename(request).await?;
+        if let Some(file) = victim {
+            file.lock().await.orphaned = true;
+        }
         Ok(())
     }
 
@@ -303,14 +335,24 @@ impl DfsFs {
         let Some(file) = lock(&self.handles).remove(&fh) else {
             return Ok(());
         };
-        let (ino, result) = {
+        let (ino, orphaned, result) = {
             let mut guard = file.lock().await;
-            (guard.ino, guard.flush(&self.io, false).await)
+            let result = guard.flush(&self.io, false).await;
+            (guard.ino, guard.orphaned, result)
         };
         drop(file);
-        let mut files = lock(&self.files);
-        if files.get(&ino).is_some_and(|w| w.strong_count() == 0) {
-            files.remove(&ino);
+        let last = {
+            let mut files = lock(&self.files);
+            let last = files.get(&ino).is_some_and(|w| w.strong_count() == 0);
+            if last {
+                files.remove(&ino);
+            }
+            last
+        };
+        if last && orphaned {
+            self.meta()
+                .release_orphan(pb::ReleaseOrphanRequest { ino })
+                .await?;
         }
         result
     }

@@ -62,6 +62,8 @@ pub struct OpenFile {
     uploaded: BTreeMap<u64, (UploadedChunk, Bytes)>,
     /// Something changed since the last commit (data or size).
     changed: bool,
+    /// Its last name was removed while open here: release it on meta at the last close.
+    pub orphaned: bool,
     last_read_end: u64,
 }
 
@@ -84,6 +86,7 @@ impl OpenFile {
             inflight: BTreeMap::new(),
             uploaded: BTreeMap::new(),
             changed: false,
+            orphaned: false,
             last_read_end: u64::MAX,
         })
     }

@@ -30,6 +30,9 @@ pub struct Config {
     /// A node silent this long is down: its replicas stop counting.
     pub dead_after: Duration,
     pub repair_interval: Duration,
+    /// Orphans (unlinked while open) not released within this time are deleted:
+    /// their client is gone.
+    pub orphan_ttl: Duration,
 }
 
 impl Default for Config {
@@ -42,6 +45,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(2),
             dead_after: Duration::from_secs(10),
             repair_interval: Duration::from_secs(2),
+            orphan_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -29,6 +29,10 @@ struct Args {
     /// Seconds without a heartbeat after which a node counts as down.
     #[arg(long, default_value_t = 10)]
     dead_after_secs: u64,
+    /// Hours after which a file unlinked while open, and never released by its
+    /// client, is deleted.
+    #[arg(long, default_value_t = 24)]
+    orphan_ttl_hours: u64,
     /// Heartbeat interval nodes are told to use, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     heartbeat_ms: u64,
@@ -47,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         },
         min_write_replicas: args.min_write_replicas,
         dead_after: Duration::from_secs(args.dead_after_secs.max(1)),
+        orphan_ttl: Duration::from_secs(args.orphan_ttl_hours.max(1) * 3600),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 60_000)),
         repair_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 2_000)),
     };

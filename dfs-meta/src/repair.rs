@@ -151,6 +151,15 @@ pub async fn run_worker(repairer: Arc<Repairer>, shutdown: Shutdown) {
             Ok(n) => tracing::info!(commands = n, "repair: queued chunk copies"),
             Err(e) => tracing::warn!(error = %e, "repair scan failed"),
         }
+        let orphan_cutoff = store::now_ms() - repairer.config.orphan_ttl.as_millis() as i64;
+        match repairer.store.expire_orphans(orphan_cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                orphans = n,
+                "deleted orphans whose client never released them"
+            ),
+            Err(e) => tracing::warn!(error = %e, "expiring orphans failed"),
+        }
         if let Err(e) = repairer.refresh_gauges().await {
             tracing::warn!(error = %e, "refreshing gauges failed");
         }

@@ -141,7 +141,7 @@ impl Meta for MetaService {
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::Empty> {
         let r = req.into_inner();
         self.observe("Unlink", async {
-            self.store.unlink(r.parent, &r.name).await?;
+            self.store.unlink(r.parent, &r.name, r.keep_open).await?;
             Ok(pb::Empty {})
         })
         .await
@@ -160,8 +160,24 @@ impl Meta for MetaService {
         let r = req.into_inner();
         self.observe("Rename", async {
             self.store
-                .rename(r.parent, &r.name, r.new_parent, &r.new_name, r.flags)
+                .rename(
+                    r.parent,
+                    &r.name,
+                    r.new_parent,
+                    &r.new_name,
+                    r.flags,
+                    r.keep_open,
+                )
                 .await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn release_orphan(&self, req: Request<pb::ReleaseOrphanRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("ReleaseOrphan", async {
+            self.store.release_orphan(r.ino).await?;
             Ok(pb::Empty {})
         })
         .await

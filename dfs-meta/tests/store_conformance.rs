@@ -116,6 +116,7 @@ conformance!(
     reopen_keeps_everything,
     concurrent_creates_all_land,
     resolve_path,
+    open_files_survive_unlink_as_orphans,
 );
 
 async fn create_lookup_and_errors(h: Handle) {
@@ -170,14 +171,14 @@ async fn directories_nlink_and_rmdir(h: Handle) {
         libc::ENOTEMPTY
     );
     assert_eq!(
-        errno(s.unlink(ROOT_INO, b"d").await.unwrap_err()),
+        errno(s.unlink(ROOT_INO, b"d", false).await.unwrap_err()),
         libc::EISDIR
     );
     assert_eq!(
         errno(s.rmdir(d.ino, b"f").await.unwrap_err()),
         libc::ENOTDIR
     );
-    s.unlink(d.ino, b"f").await.unwrap();
+    s.unlink(d.ino, b"f", false).await.unwrap();
     s.rmdir(ROOT_INO, b"d").await.unwrap();
     assert_eq!(s.getattr(ROOT_INO).await.unwrap().nlink, before);
     assert_eq!(errno(s.getattr(d.ino).await.unwrap_err()), libc::ENOENT);
@@ -187,7 +188,9 @@ async fn rename_rules(h: Handle) {
     let s = &h.store;
     let a = s.create(file(ROOT_INO, "a")).await.unwrap();
     let b = s.create(file(ROOT_INO, "b")).await.unwrap();
-    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0).await.unwrap();
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, false)
+        .await
+        .unwrap();
     assert_eq!(s.lookup(ROOT_INO, b"b").await.unwrap().ino, a.ino);
     assert_eq!(
         errno(s.getattr(b.ino).await.unwrap_err()),
@@ -213,7 +216,7 @@ async fn rename_rules(h: Handle) {
         .unwrap();
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"d1", sub.ino, b"x", 0)
+            s.rename(ROOT_INO, b"d1", sub.ino, b"x", 0, false)
                 .await
                 .unwrap_err()
         ),
@@ -221,7 +224,7 @@ async fn rename_rules(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"d1", d1.ino, b"x", 0)
+            s.rename(ROOT_INO, b"d1", d1.ino, b"x", 0, false)
                 .await
                 .unwrap_err()
         ),
@@ -229,7 +232,7 @@ async fn rename_rules(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"b", ROOT_INO, b"d2", 0)
+            s.rename(ROOT_INO, b"b", ROOT_INO, b"d2", 0, false)
                 .await
                 .unwrap_err()
         ),
@@ -237,7 +240,7 @@ async fn rename_rules(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"d2", ROOT_INO, b"b", 0)
+            s.rename(ROOT_INO, b"d2", ROOT_INO, b"b", 0, false)
                 .await
                 .unwrap_err()
         ),
@@ -246,14 +249,16 @@ async fn rename_rules(h: Handle) {
     // Directory over a non-empty directory fails; over an empty one it replaces it.
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"d2", ROOT_INO, b"d1", 0)
+            s.rename(ROOT_INO, b"d2", ROOT_INO, b"d1", 0, false)
                 .await
                 .unwrap_err()
         ),
         libc::ENOTEMPTY
     );
     let root_links = s.getattr(ROOT_INO).await.unwrap().nlink;
-    s.rename(ROOT_INO, b"d1", ROOT_INO, b"d2", 0).await.unwrap();
+    s.rename(ROOT_INO, b"d1", ROOT_INO, b"d2", 0, false)
+        .await
+        .unwrap();
     assert_eq!(s.lookup(ROOT_INO, b"d2").await.unwrap().ino, d1.ino);
     assert_eq!(errno(s.getattr(d2.ino).await.unwrap_err()), libc::ENOENT);
     assert_eq!(s.getattr(ROOT_INO).await.unwrap().nlink, root_links - 1);
@@ -262,7 +267,7 @@ async fn rename_rules(h: Handle) {
         .create(node(ROOT_INO, "other", FileKind::Directory))
         .await
         .unwrap();
-    s.rename(d1.ino, b"sub", other.ino, b"sub2", 0)
+    s.rename(d1.ino, b"sub", other.ino, b"sub2", 0, false)
         .await
         .unwrap();
     assert_eq!(s.getattr(d1.ino).await.unwrap().nlink, 2);
@@ -270,7 +275,7 @@ async fn rename_rules(h: Handle) {
     assert_eq!(s.lookup(other.ino, b"sub2").await.unwrap().ino, sub.ino);
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"missing", ROOT_INO, b"z", 0)
+            s.rename(ROOT_INO, b"missing", ROOT_INO, b"z", 0, false)
                 .await
                 .unwrap_err()
         ),
@@ -287,7 +292,7 @@ async fn rename_flags(h: Handle) {
         .unwrap();
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 1)
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 1, false)
                 .await
                 .unwrap_err()
         ),
@@ -295,7 +300,7 @@ async fn rename_flags(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"a", ROOT_INO, b"none", 2)
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"none", 2, false)
                 .await
                 .unwrap_err()
         ),
@@ -303,7 +308,7 @@ async fn rename_flags(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 3)
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 3, false)
                 .await
                 .unwrap_err()
         ),
@@ -314,7 +319,9 @@ async fn rename_flags(h: Handle) {
         .await
         .unwrap();
     // Exchange a file in the root with a directory inside d.
-    s.rename(ROOT_INO, b"a", d.ino, b"inner", 2).await.unwrap();
+    s.rename(ROOT_INO, b"a", d.ino, b"inner", 2, false)
+        .await
+        .unwrap();
     assert_eq!(s.lookup(ROOT_INO, b"a").await.unwrap().ino, inner.ino);
     assert_eq!(s.lookup(d.ino, b"inner").await.unwrap().ino, a.ino);
     assert_eq!(
@@ -322,7 +329,7 @@ async fn rename_flags(h: Handle) {
         2,
         "d lost its subdirectory"
     );
-    s.rename(ROOT_INO, b"a", ROOT_INO, b"fresh", 1)
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"fresh", 1, false)
         .await
         .unwrap();
 }
@@ -344,14 +351,14 @@ async fn hard_links(h: Handle) {
         errno(s.link(d.ino, ROOT_INO, b"dl").await.unwrap_err()),
         libc::EPERM
     );
-    s.unlink(ROOT_INO, b"f").await.unwrap();
+    s.unlink(ROOT_INO, b"f", false).await.unwrap();
     assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 1);
     // Renaming one name onto another name of the same inode does nothing.
     s.link(f.ino, d.ino, b"h").await.unwrap();
-    s.rename(d.ino, b"g", d.ino, b"h", 0).await.unwrap();
+    s.rename(d.ino, b"g", d.ino, b"h", 0, false).await.unwrap();
     assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 2);
-    s.unlink(d.ino, b"g").await.unwrap();
-    s.unlink(d.ino, b"h").await.unwrap();
+    s.unlink(d.ino, b"g", false).await.unwrap();
+    s.unlink(d.ino, b"h", false).await.unwrap();
     assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
 }
 
@@ -646,7 +653,7 @@ async fn chunk_commit_and_gc(h: Handle) {
     let mut del = del.unwrap();
     del.sort();
     assert_eq!(del, vec![c0, c1]);
-    s.unlink(ROOT_INO, b"f").await.unwrap();
+    s.unlink(ROOT_INO, b"f", false).await.unwrap();
     let del = s
         .heartbeat(HeartbeatInfo {
             node_id: nodes[2],
@@ -916,4 +923,47 @@ async fn resolve_path(h: Handle) {
         errno(s.resolve_path(&vec![b'a'; 5000]).await.unwrap_err()),
         libc::ENAMETOOLONG
     );
+}
+
+async fn open_files_survive_unlink_as_orphans(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let (c, _) = write_chunk(s, f.ino, 0, 10, 10).await;
+    s.unlink(ROOT_INO, b"f", true).await.unwrap();
+    assert_eq!(
+        errno(s.lookup(ROOT_INO, b"f").await.unwrap_err()),
+        libc::ENOENT,
+        "the name is gone"
+    );
+    assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 0, "the inode stays");
+    assert_eq!(s.get_chunks(f.ino, 0).await.unwrap().chunks[0].chunk_id, c);
+    write_chunk(s, f.ino, 1, 10, u64::from(CS) + 10).await;
+    s.release_orphan(f.ino).await.unwrap();
+    assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
+    let del = s
+        .heartbeat(HeartbeatInfo {
+            node_id: nodes[0],
+            capacity: 1 << 40,
+            used: 0,
+            chunk_count: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(del.unwrap().len(), 2, "both chunks collected");
+    // Rename over an open file orphans the replaced one the same way.
+    let a = s.create(file(ROOT_INO, "a")).await.unwrap();
+    let b = s.create(file(ROOT_INO, "b")).await.unwrap();
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, true)
+        .await
+        .unwrap();
+    assert_eq!(s.getattr(b.ino).await.unwrap().nlink, 0);
+    assert_eq!(s.lookup(ROOT_INO, b"b").await.unwrap().ino, a.ino);
+    // Releasing a file that is not an orphan changes nothing.
+    s.release_orphan(a.ino).await.unwrap();
+    assert_eq!(s.getattr(a.ino).await.unwrap().nlink, 1);
+    // Orphans whose client never came back expire.
+    assert_eq!(s.expire_orphans(0).await.unwrap(), 0, "not old enough");
+    assert_eq!(s.expire_orphans(i64::MAX).await.unwrap(), 1);
+    assert_eq!(errno(s.getattr(b.ino).await.unwrap_err()), libc::ENOENT);
 }

@@ -313,3 +313,51 @@ fn mount_command_and_umount() {
         .unwrap();
     assert!(!missing.status.success());
 }
+
+#[test]
+fn unlinked_open_files_live_until_the_last_close() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let p = m.join("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.write_all(&vec![5u8; 3 * CS]).unwrap();
+    f.sync_all().unwrap();
+    std::fs::remove_file(&p).unwrap();
+    assert_eq!(
+        errno_of(std::fs::metadata(&p)),
+        libc::ENOENT,
+        "the name is gone"
+    );
+    // Still readable and writable through the descriptor.
+    f.write_all(b"tail").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut all = Vec::new();
+    f.read_to_end(&mut all).unwrap();
+    assert_eq!(all.len(), 3 * CS + 4);
+    assert!(all[..3 * CS].iter().all(|&b| b == 5) && &all[3 * CS..] == b"tail");
+    // Replacing an open file by rename keeps the old contents for its reader.
+    std::fs::write(m.join("old"), b"old contents").unwrap();
+    let mut reader = std::fs::File::open(m.join("old")).unwrap();
+    std::fs::write(m.join("new"), b"new").unwrap();
+    std::fs::rename(m.join("new"), m.join("old")).unwrap();
+    let mut text = String::new();
+    reader.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "old contents");
+    assert_eq!(std::fs::read(m.join("old")).unwrap(), b"new");
+    drop(reader);
+    drop(f);
+    // After the last close both orphans are gone, data included.
+    c.wait_until("orphans deleted", Duration::from_secs(10), |c| {
+        c.status_field("files").starts_with("1 ")
+    });
+    c.wait_until("their chunks collected", Duration::from_secs(10), |c| {
+        c.status_field("chunks").starts_with("1 ")
+            && c.status_field("replicas awaiting deletion") == "0"
+    });
+}

@@ -102,7 +102,9 @@ impl Store {
         in_tx!(self, |tx| create_in(&mut tx, &args).await)
     }
 
-    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+    /// Removes a name. With `keep_open` (the caller holds the file open) an inode
+    /// losing its last name becomes an orphan instead of being deleted.
+    pub async fn unlink(&self, parent: u64, name: &[u8], keep_open: bool) -> Result<()> {
         validate_name(name)?;
         in_tx!(self, |tx| {
             let now = Timespec::now();
@@ -116,8 +118,44 @@ impl Store {
             }
             delete_entry(&mut tx, parent, name).await?;
             touch_dir(&mut tx, parent, 0, now).await?;
-            drop_link(&mut tx, &inode, now).await
+            drop_link(&mut tx, &inode, now, keep_open).await
         })
+    }
+
+    /// The last handle on an orphan closed: delete it and its data. Anything
+    /// else (not an orphan, already gone) is a no-op.
+    pub async fn release_orphan(&self, ino: u64) -> Result<()> {
+        in_tx!(self, |tx| {
+            let key = to_i64(ino, "inode")?;
+            let orphan = sqlx::query("SELECT 1 FROM orphans WHERE ino = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if orphan && require_inode(&mut tx, ino).await?.nlink == 0 {
+                delete_inode(&mut tx, ino).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes orphans older than `cutoff_ms`, left by clients that never came
+    /// back to release them. Returns how many.
+    pub async fn expire_orphans(&self, cutoff_ms: i64) -> Result<usize> {
+        let stale: Vec<i64> = {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::query("SELECT ino FROM orphans WHERE since_ms < $1")
+                .bind(cutoff_ms)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<_, _>>()?
+        };
+        for ino in &stale {
+            self.release_orphan(*ino as u64).await?;
+        }
+        Ok(stale.len())
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
@@ -148,6 +186,7 @@ impl Store {
         new_parent: u64,
         new_name: &[u8],
         flags: u32,
+        keep_open: bool,
     ) -> Result<()> {
         validate_name(name)?;
         validate_name(new_name)?;
@@ -157,7 +196,7 @@ impl Store {
             return Err(StoreError::Invalid(format!("rename flags {flags:#x}")));
         }
         in_tx!(self, |tx| rename_in(
-            &mut tx, parent, name, new_parent, new_name, flags
+            &mut tx, parent, name, new_parent, new_name, flags, keep_open
         )
         .await)
     }
@@ -385,6 +424,7 @@ async fn rename_in(
     new_parent: u64,
     new_name: &[u8],
     flags: u32,
+    keep_open: bool,
 ) -> Result<()> {
     let now = Timespec::now();
     require_dir(tx, parent).await?;
@@ -447,7 +487,7 @@ async fn rename_in(
             touch_dir(tx, new_parent, -1, now).await?;
             delete_inode(tx, dst.ino).await?;
         } else {
-            drop_link(tx, dst, now).await?;
+            drop_link(tx, dst, now, keep_open).await?;
         }
     }
     delete_entry(tx, parent, name).await?;
@@ -668,10 +708,23 @@ async fn set_ctime(conn: &mut AnyConnection, ino: u64, now: Timespec) -> Result<
 }
 
 /// One name of a non-directory is gone: drop its link count, and the inode
-/// with its data once no name is left.
-async fn drop_link(conn: &mut AnyConnection, inode: &Inode, now: Timespec) -> Result<()> {
-    if inode.nlink <= 1 {
+/// with its data once no name is left, unless a client holds it open
+/// (`keep_open`): then it stays as an orphan until `release_orphan`.
+async fn drop_link(
+    conn: &mut AnyConnection,
+    inode: &Inode,
+    now: Timespec,
+    keep_open: bool,
+) -> Result<()> {
+    if inode.nlink <= 1 && !keep_open {
         return delete_inode(conn, inode.ino).await;
+    }
+    if inode.nlink <= 1 {
+        sqlx::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
+            .bind(to_i64(inode.ino, "inode")?)
+            .bind(super::now_ms())
+            .execute(&mut *conn)
+            .await?;
     }
     sqlx::query("UPDATE inodes SET nlink = nlink - 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
         .bind(to_i64(inode.ino, "inode")?)
@@ -685,10 +738,12 @@ async fn drop_link(conn: &mut AnyConnection, inode: &Inode, now: Timespec) -> Re
 async fn delete_inode(conn: &mut AnyConnection, ino: u64) -> Result<()> {
     super::chunks::truncate_map(conn, ino, 0, 1).await?;
     let key = to_i64(ino, "inode")?;
-    sqlx::query("DELETE FROM xattrs WHERE ino = $1")
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
+    for table in ["xattrs", "orphans"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE ino = $1"))
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
     sqlx::query("DELETE FROM inodes WHERE ino = $1")
         .bind(key)
         .execute(&mut *conn)
