@@ -35,12 +35,20 @@ impl FuseAdapter {
         FuseAdapter { fs, rt }
     }
 
+    /// Runs one request. A panic in it becomes EIO for that request instead of
+    /// killing a worker thread (which would hang every later request).
     fn run<T>(
         &self,
         op: &'static str,
         f: impl std::future::Future<Output = Result<T, FsError>>,
     ) -> Result<T, Errno> {
-        self.rt.block_on(f).map_err(|e| {
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.rt.block_on(f)));
+        let result = outcome.unwrap_or_else(|_| {
+            tracing::error!(op, "request handler panicked; answering EIO");
+            Err(FsError::new(libc::EIO, "internal error"))
+        });
+        result.map_err(|e| {
             let errno = e.errno();
             if errno == libc::EIO || errno == libc::ENOSPC || errno == libc::ETIMEDOUT {
                 tracing::warn!(op, errno, error = %e, "request failed");

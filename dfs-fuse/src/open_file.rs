@@ -335,8 +335,10 @@ impl OpenFile {
             };
             let start = out.len();
             out.resize(start + take, 0);
-            if let Some(src) = source {
-                let avail = src.len().saturating_sub(within).min(take);
+            // Bytes past what the source holds (a hole, or past a chunk's valid
+            // length) stay zero.
+            if let Some(src) = source.filter(|src| src.len() > within) {
+                let avail = (src.len() - within).min(take);
                 out[start..start + avail].copy_from_slice(&src[within..within + avail]);
             }
             pos += take as u64;
