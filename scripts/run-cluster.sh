@@ -45,7 +45,7 @@ if ! "$bin/dfs" --meta "$meta" status 2>/dev/null | grep -q "nodes: 3 up"; then
 fi
 
 mount_note="mounted at       $mnt"
-if ! "$bin/dfs-fuse" "$meta" "$mnt" -o "cache_size=256M,log=$dir/fuse.log"; then
+if ! "$bin/dfs-fuse" "$meta" "$mnt" -o "cache_size=256M,log=$dir/fuse.log,metrics=127.0.0.1:9104"; then
   mount_note="NOT mounted (see $dir/fuse.log; /dev/fuse and root or fusermount3 are needed)"
 fi
 
@@ -54,7 +54,8 @@ cat <<INFO
 dfs local cluster is up (data and logs in $dir)
   metadata server  $meta           metrics http://127.0.0.1:9100/metrics
   storage nodes    127.0.0.1:7001-7003  metrics http://127.0.0.1:9101-9103/metrics
-  $mount_note
+  $mount_note   metrics http://127.0.0.1:9104/metrics
+  monitoring       make monitor (Prometheus on http://127.0.0.1:9190)
 
 Use the mounted directory like any other, in another terminal:
   cp -r /etc/ssl $mnt/ && ls -l $mnt/ssl && cat $mnt/ssl/openssl.cnf | head

@@ -49,6 +49,8 @@ pub struct Options {
     pub store: Option<String>,
     pub chunk_size: u32,
     pub dead_after_secs: u64,
+    /// Give every daemon (and mount) a /metrics endpoint.
+    pub metrics: bool,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             store: None,
             chunk_size: 4 << 20,
             dead_after_secs: 3,
+            metrics: false,
         }
     }
 }
@@ -67,6 +70,9 @@ pub struct Cluster {
     pub meta_addr: String,
     pub store_url: String,
     pub opts: Options,
+    /// Metrics endpoints: meta first, then one per node (when `opts.metrics`).
+    pub meta_metrics: Option<String>,
+    pub node_metrics: Vec<String>,
     meta: Option<Child>,
     nodes: Vec<(String, Option<Child>)>,
 }
@@ -84,6 +90,8 @@ impl Cluster {
             store_url,
             dir,
             opts: opts.clone(),
+            meta_metrics: opts.metrics.then(|| format!("127.0.0.1:{}", free_port())),
+            node_metrics: Vec::new(),
             meta: None,
             nodes: Vec::new(),
         };
@@ -104,7 +112,11 @@ impl Cluster {
     }
 
     pub fn start_meta(&mut self) {
-        let child = Command::new(bin_dir().join("dfs-meta"))
+        let mut cmd = Command::new(bin_dir().join("dfs-meta"));
+        if let Some(m) = &self.meta_metrics {
+            cmd.args(["--metrics", m]);
+        }
+        let child = cmd
             .args(["--listen", &self.meta_addr, "--store", &self.store_url])
             .args(["--chunk-size", &self.opts.chunk_size.to_string()])
             .args([
@@ -128,6 +140,9 @@ impl Cluster {
         let i = self.nodes.len();
         let addr = format!("127.0.0.1:{}", free_port());
         self.nodes.push((addr, None));
+        if self.opts.metrics {
+            self.node_metrics.push(format!("127.0.0.1:{}", free_port()));
+        }
         self.restart_node(i);
         i
     }
@@ -142,7 +157,11 @@ impl Cluster {
 
     pub fn restart_node(&mut self, i: usize) {
         let data = self.node_data(i);
-        let child = Command::new(bin_dir().join("dfs-node"))
+        let mut cmd = Command::new(bin_dir().join("dfs-node"));
+        if let Some(m) = self.node_metrics.get(i) {
+            cmd.args(["--metrics", m]);
+        }
+        let child = cmd
             .args(["--listen", &self.nodes[i].0, "--meta", &self.meta_addr])
             .arg("--data")
             .arg(&data)
@@ -317,6 +336,8 @@ impl Drop for Cluster {
 pub struct Mount {
     pub path: PathBuf,
     pub log: PathBuf,
+    /// Its /metrics endpoint, when the cluster has metrics on.
+    pub metrics: Option<String>,
 }
 
 impl Cluster {
@@ -326,11 +347,19 @@ impl Cluster {
         let path = self.dir.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
         let log = self.dir.path().join(format!("fuse-{name}.log"));
+        let metrics = self
+            .opts
+            .metrics
+            .then(|| format!("127.0.0.1:{}", free_port()));
+        let mut options = format!("cache_size=64M,log={}", log.display());
+        if let Some(m) = &metrics {
+            options.push_str(&format!(",metrics={m}"));
+        }
         let out = Command::new(bin_dir().join("dfs-fuse"))
             .arg(&self.meta_addr)
             .arg(&path)
             .arg("-o")
-            .arg(format!("cache_size=64M,log={}", log.display()))
+            .arg(options)
             .output()
             .unwrap();
         assert!(
@@ -338,7 +367,7 @@ impl Cluster {
             "mount failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Mount { path, log }
+        Mount { path, log, metrics }
     }
 }
 
@@ -392,6 +421,36 @@ pub fn is_mounted(path: &Path) -> bool {
                 .any(|l| l.split_whitespace().nth(4) == Some(target.as_str()))
         })
         .unwrap_or(false)
+}
+
+/// A plain HTTP/1.0 GET against 127.0.0.1; returns the body (panics unless 200).
+pub fn http_get(addr: &str, path_and_query: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "GET {path_and_query}: {head}"
+    );
+    body.to_string()
+}
+
+/// The value of an unlabelled counter or gauge in a Prometheus text page.
+pub fn metric_value(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not in the page"))
 }
 
 /// Runs a shell command line in `dir`; panics with its output unless it succeeds.

@@ -1,37 +1,40 @@
 //! The chunk cache: whole chunks in memory, bounded in bytes, least recently
 //! used out first. Keyed by chunk id: chunks are immutable, so an entry can
-//! never be stale, only unused.
+//! never be stale, only unused. Hits, misses and evictions are counted in the
+//! mount's metrics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 use prost::bytes::Bytes;
 
+use crate::metrics::FuseMetrics;
+
 pub struct ChunkCache {
     inner: Mutex<Inner>,
     capacity: u64,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub evictions: AtomicU64,
+    metrics: Arc<FuseMetrics>,
 }
 
 struct Inner {
     lru: LruCache<u64, Bytes>,
     bytes: u64,
+    /// Chunks inserted by prefetch and not read yet.
+    prefetched: HashSet<u64>,
 }
 
 impl ChunkCache {
-    pub fn new(capacity_bytes: u64) -> ChunkCache {
+    pub fn new(capacity_bytes: u64, metrics: Arc<FuseMetrics>) -> ChunkCache {
+        metrics.cache_capacity.set(capacity_bytes as i64);
         ChunkCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                prefetched: HashSet::new(),
             }),
             capacity: capacity_bytes,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -40,13 +43,17 @@ impl ChunkCache {
     }
 
     pub fn get(&self, chunk_id: u64) -> Option<Bytes> {
-        let found = self.lock().lru.get(&chunk_id).cloned();
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        let found = inner.lru.get(&chunk_id).cloned();
+        match &found {
+            Some(_) => {
+                self.metrics.cache_hits.inc();
+                if inner.prefetched.remove(&chunk_id) {
+                    self.metrics.prefetch_hits.inc();
+                }
+            }
+            None => self.metrics.cache_misses.inc(),
+        }
         found
     }
 
@@ -56,6 +63,15 @@ impl ChunkCache {
     }
 
     pub fn insert(&self, chunk_id: u64, data: Bytes) {
+        self.insert_inner(chunk_id, data, false);
+    }
+
+    /// Inserts a chunk fetched ahead of the reader (counted as a prefetch hit when read).
+    pub fn insert_prefetched(&self, chunk_id: u64, data: Bytes) {
+        self.insert_inner(chunk_id, data, true);
+    }
+
+    fn insert_inner(&self, chunk_id: u64, data: Bytes, prefetched: bool) {
         let len = data.len() as u64;
         if len > self.capacity {
             return;
@@ -65,15 +81,20 @@ impl ChunkCache {
             inner.bytes -= old.len() as u64;
         }
         inner.bytes += len;
+        if prefetched {
+            inner.prefetched.insert(chunk_id);
+        }
         while inner.bytes > self.capacity {
             match inner.lru.pop_lru() {
-                Some((_, evicted)) => {
+                Some((id, evicted)) => {
                     inner.bytes -= evicted.len() as u64;
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                    inner.prefetched.remove(&id);
+                    self.metrics.cache_evictions.inc();
                 }
                 None => break,
             }
         }
+        self.metrics.cache_bytes.set(inner.bytes as i64);
     }
 
     pub fn bytes(&self) -> u64 {
@@ -91,18 +112,28 @@ mod tests {
 
     #[test]
     fn bounded_in_bytes_lru_first() {
-        let c = ChunkCache::new(10);
+        let metrics = Arc::new(FuseMetrics::new());
+        let c = ChunkCache::new(10, metrics.clone());
         c.insert(1, Bytes::from(vec![0; 4]));
-        c.insert(2, Bytes::from(vec![0; 4]));
+        c.insert_prefetched(2, Bytes::from(vec![0; 4]));
         assert!(c.get(1).is_some()); // 1 is now most recent
         c.insert(3, Bytes::from(vec![0; 4]));
         assert!(c.get(2).is_none(), "least recently used went first");
         assert!(c.get(1).is_some() && c.get(3).is_some());
         assert_eq!(c.bytes(), 8);
-        assert_eq!(c.evictions.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.cache_evictions.get(), 1);
         c.insert(4, Bytes::from(vec![0; 11]));
         assert!(!c.contains(4), "larger than the whole cache: not kept");
-        assert_eq!(c.hits.load(Ordering::Relaxed), 3);
-        assert_eq!(c.misses.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.cache_hits.get(), 3);
+        assert_eq!(metrics.cache_misses.get(), 1);
+        assert_eq!(
+            metrics.prefetch_hits.get(),
+            0,
+            "the prefetched chunk was evicted unread"
+        );
+        c.insert_prefetched(5, Bytes::from(vec![0; 2]));
+        assert!(c.get(5).is_some());
+        assert_eq!(metrics.prefetch_hits.get(), 1);
+        assert_eq!(metrics.cache_bytes.get(), 10);
     }
 }

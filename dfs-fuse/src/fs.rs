@@ -307,13 +307,16 @@ impl DfsFs {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
-        file.read(&self.io, offset, size).await
+        let data = file.read(&self.io, offset, size).await?;
+        self.io.metrics.read_bytes.inc_by(data.len() as u64);
+        Ok(data)
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
         file.write(&self.io, offset, data).await?;
+        self.io.metrics.write_bytes.inc_by(data.len() as u64);
         Ok(data.len() as u32)
     }
 

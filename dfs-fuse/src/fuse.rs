@@ -42,14 +42,25 @@ impl FuseAdapter {
         op: &'static str,
         f: impl std::future::Future<Output = Result<T, FsError>>,
     ) -> Result<T, Errno> {
+        let start = std::time::Instant::now();
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.rt.block_on(f)));
         let result = outcome.unwrap_or_else(|_| {
             tracing::error!(op, "request handler panicked; answering EIO");
             Err(FsError::new(libc::EIO, "internal error"))
         });
+        let metrics = &self.fs.io().metrics;
+        metrics.requests.with_label_values(&[op]).inc();
+        metrics
+            .request_seconds
+            .with_label_values(&[op])
+            .observe(start.elapsed().as_secs_f64());
         result.map_err(|e| {
             let errno = e.errno();
+            metrics
+                .errors
+                .with_label_values(&[op, crate::metrics::errno_name(errno)])
+                .inc();
             if errno == libc::EIO || errno == libc::ENOSPC || errno == libc::ETIMEDOUT {
                 tracing::warn!(op, errno, error = %e, "request failed");
             } else {

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod metrics;
 pub mod open_file;
 pub mod options;
 
@@ -61,10 +62,21 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         }
         Err(MountError::Meta(errors.join("; ")))
     })?;
+    let metrics = Arc::new(metrics::FuseMetrics::new());
+    if let Some(addr) = &opts.metrics {
+        let registry = metrics.registry.clone();
+        rt.block_on(dfs_common::metrics_http::serve(
+            addr,
+            registry,
+            std::future::pending(),
+        ))?;
+    }
+    let cache = Arc::new(cache::ChunkCache::new(opts.cache_size, metrics.clone()));
     let io = Io {
         meta,
         channels: Channels::new(),
-        cache: Arc::new(cache::ChunkCache::new(opts.cache_size)),
+        cache,
+        metrics,
     };
     let fs = Arc::new(fs::DfsFs::new(io));
     let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());

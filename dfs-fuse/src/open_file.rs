@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 
 use crate::cache::ChunkCache;
 use crate::error::{FsError, FsResult};
+use crate::metrics::FuseMetrics;
 
 /// Dirty chunks kept before the oldest is uploaded early (bounds memory per file).
 const MAX_DIRTY: usize = 4;
@@ -33,6 +34,7 @@ pub struct Io {
     pub meta: MetaClient<Channel>,
     pub channels: Channels,
     pub cache: Arc<ChunkCache>,
+    pub metrics: Arc<FuseMetrics>,
 }
 
 impl Io {
@@ -64,6 +66,9 @@ pub struct OpenFile {
     changed: bool,
     /// Its last name was removed while open here: release it on meta at the last close.
     pub orphaned: bool,
+    /// Buffered bytes last added to the `dfs_fuse_dirty_bytes` gauge.
+    reported_dirty: i64,
+    metrics: Arc<FuseMetrics>,
     last_read_end: u64,
 }
 
@@ -87,6 +92,8 @@ impl OpenFile {
             uploaded: BTreeMap::new(),
             changed: false,
             orphaned: false,
+            reported_dirty: 0,
+            metrics: io.metrics.clone(),
             last_read_end: u64::MAX,
         })
     }
@@ -102,10 +109,10 @@ impl OpenFile {
         if self.changed {
             return Ok(());
         }
-        let fresh = OpenFile::load(io, self.ino).await?;
+        let mut fresh = OpenFile::load(io, self.ino).await?;
         self.size = fresh.size;
         self.committed_size = fresh.size;
-        self.committed = fresh.committed;
+        self.committed = std::mem::take(&mut fresh.committed);
         Ok(())
     }
 
@@ -147,7 +154,19 @@ impl OpenFile {
         if self.uploaded.len() >= COMMIT_EVERY {
             self.commit(io, false).await?;
         }
+        self.report_dirty();
         Ok(())
+    }
+
+    /// Brings the dirty-bytes gauge up to date with this file's buffers.
+    fn report_dirty(&mut self) {
+        let now = self.dirty.values().map(Vec::len).sum::<usize>()
+            + self.inflight.values().map(|(d, _)| d.len()).sum::<usize>()
+            + self.uploaded.values().map(|(_, d)| d.len()).sum::<usize>();
+        self.metrics
+            .dirty_bytes
+            .add(now as i64 - self.reported_dirty);
+        self.reported_dirty = now as i64;
     }
 
     /// The bytes a chunk holds before a write touches it (without the zeros past
@@ -259,6 +278,7 @@ impl OpenFile {
             }
             self.commit(io, true).await?;
             self.changed = false;
+            self.report_dirty();
         }
         if durable {
             self.sync_replicas(io).await?;
@@ -360,11 +380,22 @@ impl OpenFile {
                 continue;
             }
             let io = io.clone();
+            io.metrics.prefetches.inc();
             tokio::spawn(async move {
-                if let Err(e) = io.chunk_bytes(&chunk).await {
-                    tracing::debug!(error = %e, chunk = chunk.chunk_id, "prefetch failed");
+                let mut meta = io.meta.clone();
+                match read_chunk(Some(&mut meta), &io.channels, &chunk).await {
+                    Ok(data) => io.cache.insert_prefetched(chunk.chunk_id, data),
+                    Err(e) => {
+                        tracing::debug!(error = %e, chunk = chunk.chunk_id, "prefetch failed")
+                    }
                 }
             });
         }
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        self.metrics.dirty_bytes.sub(self.reported_dirty);
     }
 }

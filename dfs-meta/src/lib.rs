@@ -71,6 +71,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let store = Store::open(&config.store_url, config.format).await?;
     let metrics = Arc::new(metrics::MetaMetrics::new());
+    store.metrics().register(&metrics.registry);
     if let Some(addr) = &config.metrics_addr {
         dfs_common::metrics_http::serve(addr, metrics.registry.clone(), shutdown.clone().wait())
             .await?;

@@ -15,6 +15,7 @@ pub struct MetaMetrics {
     pub lost: IntGauge,
     pub repair_commands: IntCounter,
     pub repairs_done: IntCounter,
+    pub repair_queue: IntGauge,
 }
 
 impl MetaMetrics {
@@ -61,6 +62,10 @@ impl MetaMetrics {
                 "dfs_meta_repair_replicas_added_total",
                 "replicas added by repair",
             ),
+            repair_queue: gauge(
+                "dfs_meta_repair_queue_chunks",
+                "chunk copies queued for or running on nodes",
+            ),
             registry,
         };
         for c in [
@@ -73,6 +78,7 @@ impl MetaMetrics {
             Box::new(m.lost.clone()),
             Box::new(m.repair_commands.clone()),
             Box::new(m.repairs_done.clone()),
+            Box::new(m.repair_queue.clone()),
         ] {
             if let Err(e) = m.registry.register(c) {
                 tracing::warn!(error = %e, "metric registration failed");

@@ -57,7 +57,10 @@ impl Repairer {
 
     /// A copy finished: the chunk may be planned again if still short.
     pub fn finished(&self, chunk_id: u64, replicas: usize) {
-        self.lock().in_flight.remove(&chunk_id);
+        let mut state = self.lock();
+        state.in_flight.remove(&chunk_id);
+        self.metrics.repair_queue.set(state.in_flight.len() as i64);
+        drop(state);
         self.metrics.repairs_done.inc_by(replicas as u64);
     }
 
@@ -109,6 +112,9 @@ impl Repairer {
             queued += 1;
         }
         self.metrics.repair_commands.inc_by(queued as u64);
+        self.metrics
+            .repair_queue
+            .set(self.lock().in_flight.len() as i64);
         Ok(queued)
     }
 

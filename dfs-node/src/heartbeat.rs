@@ -35,9 +35,11 @@ pub struct MetaLink {
 impl MetaLink {
     fn capacity(&self) -> (u64, u64) {
         let used = self.store.used_bytes();
+        let free = disk_space::available(self.store.root()).unwrap_or(0);
+        self.metrics.disk_free_bytes.set(free as i64);
         let capacity = match self.capacity_override {
             Some(c) => c,
-            None => used + disk_space::available(self.store.root()).unwrap_or(0),
+            None => used + free,
         };
         self.metrics.capacity_bytes.set(capacity as i64);
         self.metrics.used_bytes.set(used as i64);

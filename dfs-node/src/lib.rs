@@ -6,6 +6,7 @@ pub mod chunk_store;
 mod disk_space;
 pub mod heartbeat;
 pub mod metrics;
+pub mod scrub;
 pub mod service;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub struct Config {
     pub metrics_addr: Option<String>,
     /// Capacity to offer instead of the disk's free space (tests, shared disks).
     pub capacity: Option<u64>,
+    pub scrub: scrub::ScrubConfig,
 }
 
 /// Who this node is: a uuid kept in its data directory (so a restarted node is
@@ -120,6 +122,14 @@ pub async fn run(
     let meta = MetaClient::new(dfs_client::channels::endpoint(&config.meta_addr)?.connect_lazy())
         .max_decoding_message_size(dfs_client::channels::MAX_MESSAGE)
         .max_encoding_message_size(dfs_client::channels::MAX_MESSAGE);
+    let scrubber = scrub::Scrubber {
+        store: store.clone(),
+        meta: meta.clone(),
+        identity: identity.clone(),
+        metrics: metrics.clone(),
+        config: config.scrub,
+    };
+    let scrub_task = tokio::spawn(scrubber.run(shutdown.clone()));
     let link = heartbeat::MetaLink {
         meta,
         store: store.clone(),
@@ -146,6 +156,7 @@ pub async fn run(
         )
         .await?;
     let _ = link_task.await;
+    let _ = scrub_task.await;
     tracing::info!("dfs-node stopped");
     Ok(())
 }

@@ -27,6 +27,12 @@ struct Args {
     /// Bytes to offer instead of the disk's free space.
     #[arg(long)]
     capacity: Option<u64>,
+    /// Scrubber speed: bytes of chunks verified per second.
+    #[arg(long, default_value_t = 16 << 20)]
+    scrub_bytes_per_sec: u64,
+    /// Seconds between two full scrub passes.
+    #[arg(long, default_value_t = 24 * 3600)]
+    scrub_pause_secs: u64,
 }
 
 #[tokio::main]
@@ -54,6 +60,10 @@ async fn main() -> anyhow::Result<()> {
         zone: args.zone,
         metrics_addr: args.metrics,
         capacity: args.capacity,
+        scrub: dfs_node::scrub::ScrubConfig {
+            bytes_per_sec: args.scrub_bytes_per_sec,
+            pause: std::time::Duration::from_secs(args.scrub_pause_secs),
+        },
     };
     let (trigger, shutdown) = dfs_common::shutdown::channel();
     tokio::spawn(dfs_common::shutdown::on_signals(trigger));

@@ -1,6 +1,6 @@
 //! dfs-node's Prometheus metrics (names `dfs_node_<what>_<unit>`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 pub struct NodeMetrics {
     pub registry: Registry,
@@ -14,6 +14,12 @@ pub struct NodeMetrics {
     pub chunks: IntGauge,
     pub used_bytes: IntGauge,
     pub capacity_bytes: IntGauge,
+    pub disk_free_bytes: IntGauge,
+    pub scrub_chunks: IntCounter,
+    pub scrub_bytes: IntCounter,
+    pub scrub_errors: IntCounter,
+    pub scrub_progress: Gauge,
+    pub scrub_last_pass: IntGauge,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -62,6 +68,31 @@ impl NodeMetrics {
             chunks: gauge("dfs_node_chunks", "chunks stored"),
             used_bytes: gauge("dfs_node_used_bytes", "bytes used by chunk files"),
             capacity_bytes: gauge("dfs_node_capacity_bytes", "capacity this node offers"),
+            disk_free_bytes: gauge(
+                "dfs_node_disk_free_bytes",
+                "free bytes on the data directory's file system",
+            ),
+            scrub_chunks: counter(
+                "dfs_node_scrub_chunks_total",
+                "chunks verified by the scrubber",
+            ),
+            scrub_bytes: counter(
+                "dfs_node_scrub_bytes_total",
+                "bytes verified by the scrubber",
+            ),
+            scrub_errors: counter(
+                "dfs_node_scrub_errors_total",
+                "bad chunks found by the scrubber",
+            ),
+            scrub_progress: Gauge::new(
+                "dfs_node_scrub_progress_ratio",
+                "share of the current scrub pass done (0..1)",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            scrub_last_pass: gauge(
+                "dfs_node_scrub_last_pass_timestamp_seconds",
+                "when the last full scrub pass finished (Unix time)",
+            ),
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.write_bytes.clone()),
@@ -74,6 +105,12 @@ impl NodeMetrics {
             Box::new(m.chunks.clone()),
             Box::new(m.used_bytes.clone()),
             Box::new(m.capacity_bytes.clone()),
+            Box::new(m.disk_free_bytes.clone()),
+            Box::new(m.scrub_chunks.clone()),
+            Box::new(m.scrub_bytes.clone()),
+            Box::new(m.scrub_errors.clone()),
+            Box::new(m.scrub_progress.clone()),
+            Box::new(m.scrub_last_pass.clone()),
         ];
         for c in all {
             if let Err(e) = m.registry.register(c) {

@@ -292,6 +292,7 @@ fn mount_command_and_umount() {
     let guard = dfs_tests::Mount {
         path: mnt.clone(),
         log,
+        metrics: None,
     };
     sh(&mnt, "echo via-mount > f && cat f | grep -qx via-mount");
     assert!(guard.unmount(), "umount works and is not busy");

@@ -58,6 +58,27 @@ impl StoreError {
         }
     }
 
+    /// A short, bounded name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Exists(_) => "exists",
+            StoreError::NotDir => "not_dir",
+            StoreError::IsDir => "is_dir",
+            StoreError::NotEmpty => "not_empty",
+            StoreError::Name(_) => "bad_name",
+            StoreError::Invalid(_) => "invalid",
+            StoreError::NotPermitted(_) => "not_permitted",
+            StoreError::NoXattr => "no_xattr",
+            StoreError::XattrTooBig => "xattr_too_big",
+            StoreError::NoSpace(_) => "no_space",
+            StoreError::BadUrl(_) => "bad_url",
+            StoreError::Migration { .. } => "migration",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Db(_) => "database",
+        }
+    }
+
     /// A serialization conflict or deadlock: the transaction may simply be run again.
     pub fn is_retryable(&self) -> bool {
         match self {

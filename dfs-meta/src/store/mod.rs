@@ -17,6 +17,7 @@
 
 mod chunks;
 mod error;
+mod metrics;
 mod migrate;
 mod namespace;
 mod nodes;
@@ -30,6 +31,7 @@ use std::str::FromStr;
 
 pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement};
 pub use error::StoreError;
+pub use metrics::StoreMetrics;
 pub use namespace::{CreateArgs, DirEntry, SetAttrArgs};
 pub use nodes::{ClusterCounts, HeartbeatInfo, NodeInfo, NodeRecord, RegisterArgs, RepairItem};
 pub use rows::{FileKind, Inode, Timespec};
@@ -63,6 +65,7 @@ impl Default for FormatOptions {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    metrics: StoreMetrics,
     backend: Backend,
     chunk_size: u32,
     replication: u32,
@@ -117,10 +120,16 @@ impl Store {
         let (chunk_size, replication) = migrate::run(&pool, backend, format).await?;
         Ok(Store {
             pool,
+            metrics: StoreMetrics::new(),
             backend,
             chunk_size,
             replication,
         })
+    }
+
+    /// Transaction latency, retries and errors, for the server's registry.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     pub fn backend(&self) -> Backend {
@@ -163,6 +172,7 @@ impl Store {
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $body:expr) => {{
         let mut attempt: u32 = 0;
+        let started = std::time::Instant::now();
         loop {
             let mut $tx = $store.begin().await?;
             let result: $crate::store::Result<_> = async { $body }.await;
@@ -177,13 +187,19 @@ macro_rules! in_tx {
             match result {
                 Err(e) if e.is_retryable() && attempt < 10 => {
                     attempt += 1;
+                    $store.metrics.retries.inc();
                     let jitter = u64::from(rand::random::<u8>() % 16);
                     tokio::time::sleep(std::time::Duration::from_millis(
                         (2u64 << attempt.min(6)) + jitter,
                     ))
                     .await;
                 }
-                other => break other,
+                other => {
+                    $store
+                        .metrics
+                        .observe(started.elapsed(), other.as_ref().err());
+                    break other;
+                }
             }
         }
     }};

@@ -1,0 +1,146 @@
+//! dfs-fuse's Prometheus metrics (names `dfs_fuse_<what>_<unit>`), served at
+//! `-o metrics=ADDR`. Labels are bounded: operation names and errno names.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+pub struct FuseMetrics {
+    pub registry: Registry,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_evictions: IntCounter,
+    pub cache_bytes: IntGauge,
+    pub cache_capacity: IntGauge,
+    pub prefetch_hits: IntCounter,
+    pub prefetches: IntCounter,
+    pub dirty_bytes: IntGauge,
+    pub requests: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub read_bytes: IntCounter,
+    pub write_bytes: IntCounter,
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+impl FuseMetrics {
+    pub fn new() -> FuseMetrics {
+        let m = FuseMetrics {
+            registry: Registry::new(),
+            cache_hits: counter(
+                "dfs_fuse_cache_hits_total",
+                "chunk reads served from the cache",
+            ),
+            cache_misses: counter(
+                "dfs_fuse_cache_misses_total",
+                "chunk reads that went to a storage node",
+            ),
+            cache_evictions: counter(
+                "dfs_fuse_cache_evictions_total",
+                "chunks evicted from the cache",
+            ),
+            cache_bytes: gauge("dfs_fuse_cache_bytes", "bytes of chunk data in the cache"),
+            cache_capacity: gauge("dfs_fuse_cache_capacity_bytes", "cache bound (cache_size)"),
+            prefetch_hits: counter(
+                "dfs_fuse_prefetch_hits_total",
+                "cache hits on chunks brought in by prefetch",
+            ),
+            prefetches: counter(
+                "dfs_fuse_prefetches_total",
+                "chunks fetched ahead of a sequential reader",
+            ),
+            dirty_bytes: gauge(
+                "dfs_fuse_dirty_bytes",
+                "written bytes not yet committed (buffers and uploads)",
+            ),
+            requests: IntCounterVec::new(
+                Opts::new("dfs_fuse_requests_total", "FUSE requests by operation"),
+                &["op"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "dfs_fuse_request_errors_total",
+                    "FUSE requests answered with an error",
+                ),
+                &["op", "errno"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "dfs_fuse_request_duration_seconds",
+                    "FUSE request latency by operation",
+                )
+                .buckets(prometheus::exponential_buckets(0.00005, 4.0, 10).unwrap_or_default()),
+                &["op"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            read_bytes: counter(
+                "dfs_fuse_read_bytes_total",
+                "bytes returned to applications by read",
+            ),
+            write_bytes: counter(
+                "dfs_fuse_write_bytes_total",
+                "bytes accepted from applications by write",
+            ),
+        };
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.cache_hits.clone()),
+            Box::new(m.cache_misses.clone()),
+            Box::new(m.cache_evictions.clone()),
+            Box::new(m.cache_bytes.clone()),
+            Box::new(m.cache_capacity.clone()),
+            Box::new(m.prefetch_hits.clone()),
+            Box::new(m.prefetches.clone()),
+            Box::new(m.dirty_bytes.clone()),
+            Box::new(m.requests.clone()),
+            Box::new(m.errors.clone()),
+            Box::new(m.request_seconds.clone()),
+            Box::new(m.read_bytes.clone()),
+            Box::new(m.write_bytes.clone()),
+        ];
+        for c in all {
+            if let Err(e) = m.registry.register(c) {
+                tracing::warn!(error = %e, "metric registration failed");
+            }
+        }
+        m
+    }
+}
+
+impl Default for FuseMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A short, bounded label for an errno.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOENT => "ENOENT",
+        libc::EEXIST => "EEXIST",
+        libc::EIO => "EIO",
+        libc::ENOSPC => "ENOSPC",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::EINVAL => "EINVAL",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENODATA => "ENODATA",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EBADF => "EBADF",
+        libc::ERANGE => "ERANGE",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        _ => "other",
+    }
+}

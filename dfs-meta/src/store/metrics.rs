@@ -1,0 +1,68 @@
+//! What the store records about itself: transaction latency, conflict retries,
+//! and errors by kind (names `dfs_meta_store_*`).
+
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+use super::StoreError;
+
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub transaction_seconds: Histogram,
+    pub retries: IntCounter,
+    pub errors: IntCounterVec,
+}
+
+impl StoreMetrics {
+    pub fn new() -> StoreMetrics {
+        StoreMetrics {
+            transaction_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "dfs_meta_store_transaction_duration_seconds",
+                    "metadata transaction latency, retries included",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 4.0, 10).unwrap_or_default()),
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            retries: IntCounter::new(
+                "dfs_meta_store_transaction_retries_total",
+                "transactions run again after a serialization conflict",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "dfs_meta_store_errors_total",
+                    "failed metadata transactions by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration, error: Option<&StoreError>) {
+        self.transaction_seconds.observe(elapsed.as_secs_f64());
+        if let Some(e) = error {
+            self.errors.with_label_values(&[e.kind()]).inc();
+        }
+    }
+
+    pub fn register(&self, registry: &Registry) {
+        for c in [
+            Box::new(self.transaction_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.retries.clone()),
+            Box::new(self.errors.clone()),
+        ] {
+            if let Err(e) = registry.register(c) {
+                tracing::warn!(error = %e, "metric registration failed");
+            }
+        }
+    }
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
