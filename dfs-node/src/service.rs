@@ -71,6 +71,11 @@ impl Chunk for ChunkService {
             return Err(Status::invalid_argument("replication chain too long"));
         }
         let my_id = self.identity.node_id();
+        if my_id == 0 {
+            // Meta may already count this node as up while its reply with our id
+            // is still on the way; a write acknowledged as "node 0" could not commit.
+            return Err(Status::unavailable("node is not registered with meta yet"));
+        }
         // Start the downstream write first, so pieces flow on as they arrive.
         let (forward_tx, downstream) = match header.forward.split_first() {
             Some((next, rest)) => {
