@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt clean install monitor
+.PHONY: run test build lint fmt clean install monitor bench
 
 ## run: build and start a local cluster (meta + 3 nodes) in the foreground
 run:
@@ -13,6 +13,10 @@ run:
 ## test: the whole test suite (unit, conformance on SQLite and PostgreSQL, end to end)
 test:
 	scripts/test.sh
+
+## bench: dfs vs local disk, bindfs and MooseFS on this machine; writes docs/BENCHMARKS.md
+bench:
+	bench/run.sh
 
 ## monitor: a real Prometheus scraping the `make run` cluster (run it in a second terminal)
 monitor:

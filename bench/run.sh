@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# `make bench`: dfs side by side with the local disk (the limit), a FUSE
+# passthrough (bindfs: the cost of FUSE itself) and MooseFS (3 chunkservers,
+# goal 3), all on this machine, in one run. Prints the table and writes it to
+# docs/BENCHMARKS.md. Needs root (page cache drops, mounts, a network namespace).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+base=${BENCH_DIR:-/tmp/dfs-bench}
+export BENCH_DIR=$base BENCH_LOGS=$base/logs
+systems=${BENCH_SYSTEMS:-local bindfs moosefs dfs}
+cache=512M
+
+need=(fio bindfs moosefs-master moosefs-chunkserver moosefs-client bc iproute2 fuse3)
+missing=()
+for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+cargo build --release --workspace --bins
+bin=$repo/target/release
+
+pids=()
+cleanup() {
+  set +e
+  mountpoint -q "$base/mnt/dfs" && { umount "$base/mnt/dfs" || umount -l "$base/mnt/dfs"; }
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  bench/peers.sh down
+}
+trap cleanup EXIT
+rm -rf "$base/dfs" "$base/local" "$base/logs" "$base/mnt/dfs" "$base/bindfs-src"
+mkdir -p "$base/dfs" "$base/local" "$base/logs" "$base/mnt/dfs"
+
+"$bin/dfs-meta" --listen 127.0.0.1:17400 --store "sqlite://$base/dfs/meta.db" 2>> "$base/logs/dfs-meta.log" &
+pids+=($!)
+for i in 1 2 3; do
+  "$bin/dfs-node" --listen "127.0.0.1:1740$i" --meta 127.0.0.1:17400 --data "$base/dfs/node$i" 2>> "$base/logs/dfs-node$i.log" &
+  pids+=($!)
+done
+for _ in $(seq 1 100); do "$bin/dfs" --meta 127.0.0.1:17400 status 2>/dev/null | grep -q "nodes: 3 up" && break; sleep 0.2; done
+"$bin/dfs-fuse" 127.0.0.1:17400 "$base/mnt/dfs" -o "cache_size=$cache,log=$base/logs/dfs-fuse.log"
+fuse_pid=$(pgrep -f "dfs-fuse -f 127.0.0.1:17400 $base/mnt/dfs" | head -n 1)
+bench/peers.sh up
+
+results=$base/results.txt
+: > "$results"
+for sys in $systems; do
+  case $sys in
+    local) dir=$base/local ;;
+    bindfs) dir=$base/mnt/bindfs ;;
+    moosefs) dir=$base/mnt/mfs ;;
+    dfs) dir=$base/mnt/dfs ;;
+    *) echo "unknown system $sys" >&2; exit 2 ;;
+  esac
+  echo "== $sys ($dir)" >&2
+  if [ "$sys" = dfs ]; then
+    # Peak resident memory of the FUSE daemon during the 1 GiB write.
+    export BENCH_DURING_WRITE="bench/peak-rss.sh $fuse_pid $base/logs/dfs-fuse-peak-rss"
+  else
+    unset BENCH_DURING_WRITE
+  fi
+  bench/workloads.sh "$dir" "$sys" | tee -a "$results"
+done
+if [ -f "$base/logs/dfs-fuse-peak-rss" ]; then
+  echo "dfs fuse_peak_rss_1G_write $(cat "$base/logs/dfs-fuse-peak-rss") MiB" | tee -a "$results"
+fi
+python3 bench/report.py "$results" "$cache" "make bench" > docs/BENCHMARKS.md.new
+mv docs/BENCHMARKS.md.new docs/BENCHMARKS.md
+sed -n '/^| workload/,/^$/p' docs/BENCHMARKS.md
