@@ -11,7 +11,7 @@ export BENCH_DIR=$base BENCH_LOGS=$base/logs
 systems=${BENCH_SYSTEMS:-local bindfs moosefs dfs}
 cache=512M
 
-need=(fio bindfs moosefs-master moosefs-chunkserver moosefs-client bc iproute2 fuse3)
+need=(fio bindfs moosefs-master moosefs-chunkserver moosefs-client moosefs-cli bc iproute2 fuse3)
 missing=()
 for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -29,6 +29,7 @@ cleanup() {
   bench/peers.sh down
 }
 trap cleanup EXIT
+bench/peers.sh down  # leftovers of an earlier run
 rm -rf "$base/dfs" "$base/local" "$base/logs" "$base/mnt/dfs" "$base/bindfs-src"
 mkdir -p "$base/dfs" "$base/local" "$base/logs" "$base/mnt/dfs"
 
