@@ -77,6 +77,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         channels: Channels::new(),
         cache,
         metrics,
+        fetches: Default::default(),
     };
     let fs = Arc::new(fs::DfsFs::new(io));
     let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());

@@ -8,7 +8,9 @@
 //! (through the chunk cache), and zeros for holes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
 
 use dfs_client::chunk_io::{read_chunk, upload_chunk, UploadedChunk};
 use dfs_client::Channels;
@@ -28,6 +30,9 @@ const MAX_INFLIGHT: usize = 4;
 /// Uploaded chunks committed together before flush.
 const COMMIT_EVERY: usize = 4;
 
+/// A chunk fetch in progress, shared by everyone who wants that chunk.
+type Fetch = Shared<BoxFuture<'static, Result<Bytes, (i32, String)>>>;
+
 /// What the file system shares with every open file: the cluster and the cache.
 #[derive(Clone)]
 pub struct Io {
@@ -35,6 +40,12 @@ pub struct Io {
     pub channels: Channels,
     pub cache: Arc<ChunkCache>,
     pub metrics: Arc<FuseMetrics>,
+    /// Chunk fetches in flight: at most one per chunk, whoever asks.
+    pub fetches: Arc<Mutex<HashMap<u64, Fetch>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Io {
@@ -43,10 +54,52 @@ impl Io {
         if let Some(data) = self.cache.get(chunk.chunk_id) {
             return Ok(data);
         }
-        let mut meta = self.meta.clone();
-        let data = read_chunk(Some(&mut meta), &self.channels, chunk).await?;
-        self.cache.insert(chunk.chunk_id, data.clone());
-        Ok(data)
+        self.fetch(chunk, false).await
+    }
+
+    pub fn is_fetching(&self, chunk_id: u64) -> bool {
+        lock(&self.fetches).contains_key(&chunk_id)
+    }
+
+    /// Fetches a whole chunk into the cache; concurrent callers (readers and the
+    /// prefetcher) share one fetch instead of each moving the chunk again.
+    fn fetch(
+        &self,
+        chunk: &pb::ChunkRef,
+        prefetch: bool,
+    ) -> impl std::future::Future<Output = FsResult<Bytes>> {
+        let id = chunk.chunk_id;
+        let shared = {
+            let mut map = lock(&self.fetches);
+            map.entry(id)
+                .or_insert_with(|| {
+                    let (io, chunk) = (self.clone(), chunk.clone());
+                    async move {
+                        let mut meta = io.meta.clone();
+                        let result = match read_chunk(Some(&mut meta), &io.channels, &chunk).await {
+                            Ok(data) => {
+                                if prefetch {
+                                    io.cache.insert_prefetched(id, data.clone());
+                                } else {
+                                    io.cache.insert(id, data.clone());
+                                }
+                                Ok(data)
+                            }
+                            Err(e) => Err((e.errno(), e.to_string())),
+                        };
+                        lock(&io.fetches).remove(&id);
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        async move {
+            shared
+                .await
+                .map_err(|(errno, message)| FsError::new(errno, message))
+        }
     }
 }
 
@@ -341,15 +394,16 @@ impl OpenFile {
             let index = pos / cs;
             let within = (pos - index * cs) as usize;
             let take = ((cs - within as u64).min(end - pos)) as usize;
-            let source: Option<Bytes> = if let Some(buf) = self.dirty.get(&index) {
-                Some(Bytes::copy_from_slice(buf))
+            // (bytes, the chunk offset they start at)
+            let source: Option<(Bytes, usize)> = if let Some(buf) = self.dirty.get(&index) {
+                Some((Bytes::copy_from_slice(buf), 0))
             } else if let Some((data, _)) = self.inflight.get(&index) {
-                Some(data.clone())
+                Some((data.clone(), 0))
             } else if let Some((_, data)) = self.uploaded.get(&index) {
-                Some(data.clone())
+                Some((data.clone(), 0))
             } else if let Some(chunk) = self.committed.get(&index).cloned() {
                 let data = io.chunk_bytes(&chunk).await?;
-                Some(data.slice(..(chunk.valid_len as usize).min(data.len())))
+                Some((data.slice(..(chunk.valid_len as usize).min(data.len())), 0))
             } else {
                 None
             };
@@ -357,9 +411,12 @@ impl OpenFile {
             out.resize(start + take, 0);
             // Bytes past what the source holds (a hole, or past a chunk's valid
             // length) stay zero.
-            if let Some(src) = source.filter(|src| src.len() > within) {
-                let avail = (src.len() - within).min(take);
-                out[start..start + avail].copy_from_slice(&src[within..within + avail]);
+            if let Some((src, base)) = source {
+                let rel = within - base;
+                if src.len() > rel {
+                    let avail = (src.len() - rel).min(take);
+                    out[start..start + avail].copy_from_slice(&src[rel..rel + avail]);
+                }
             }
             pos += take as u64;
         }
@@ -376,18 +433,14 @@ impl OpenFile {
             let Some(chunk) = self.committed.get(&index).cloned() else {
                 return;
             };
-            if io.cache.contains(chunk.chunk_id) {
+            if io.cache.contains(chunk.chunk_id) || io.is_fetching(chunk.chunk_id) {
                 continue;
             }
-            let io = io.clone();
             io.metrics.prefetches.inc();
+            let fetch = io.fetch(&chunk, true);
             tokio::spawn(async move {
-                let mut meta = io.meta.clone();
-                match read_chunk(Some(&mut meta), &io.channels, &chunk).await {
-                    Ok(data) => io.cache.insert_prefetched(chunk.chunk_id, data),
-                    Err(e) => {
-                        tracing::debug!(error = %e, chunk = chunk.chunk_id, "prefetch failed")
-                    }
+                if let Err(e) = fetch.await {
+                    tracing::debug!(error = %e, "prefetch failed");
                 }
             });
         }
