@@ -14,6 +14,11 @@ use crate::open_file::{Io, OpenFile};
 
 /// Directory entries fetched from meta per page.
 const DIR_PAGE: u32 = 1000;
+/// How long "this inode has no xattrs" from an attribute reply is trusted: the
+/// same time the kernel caches attributes.
+const NO_XATTR_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Inodes remembered as having no xattrs.
+const NO_XATTR_ENTRIES: usize = 100_000;
 
 /// Attribute changes requested by setattr (a `None` leaves a field alone).
 #[derive(Debug, Default, Clone)]
@@ -53,6 +58,9 @@ pub struct DfsFs {
     handles: Mutex<HashMap<u64, SharedFile>>,
     dirs: Mutex<HashMap<u64, Arc<AsyncMutex<DirListing>>>>,
     next_fh: AtomicU64,
+    /// Inodes whose latest attributes said "no xattrs", and when: `ls -l` asks
+    /// for ACL and security xattrs on every entry, answered here without a round trip.
+    no_xattrs: Mutex<lru::LruCache<u64, std::time::Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,7 +81,28 @@ impl DfsFs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            no_xattrs: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(NO_XATTR_ENTRIES)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
         }
+    }
+
+    /// Remembers what an attribute reply says about the inode's xattrs.
+    fn note_attr(&self, attr: &pb::Attr) {
+        let mut cache = lock(&self.no_xattrs);
+        if attr.has_xattrs {
+            cache.pop(&attr.ino);
+        } else {
+            cache.put(attr.ino, std::time::Instant::now());
+        }
+    }
+
+    /// Whether a fresh attribute reply said the inode has no xattrs.
+    fn known_without_xattrs(&self, ino: u64) -> bool {
+        lock(&self.no_xattrs)
+            .get(&ino)
+            .is_some_and(|t| t.elapsed() < NO_XATTR_TTL)
     }
 
     pub fn io(&self) -> &Io {
@@ -97,6 +126,7 @@ impl DfsFs {
 
     /// Meta's attributes, with the size this mount sees for a file it is writing.
     async fn overlay(&self, mut attr: pb::Attr) -> pb::Attr {
+        self.note_attr(&attr);
         if let Some(file) = self.open_file(attr.ino) {
             let file = file.lock().await;
             if file.has_changes() {
@@ -411,7 +441,11 @@ impl DfsFs {
             l.more = page.more;
             l.entries.extend(page.entries);
         }
-        Ok(l.entries.iter().skip(from).take(max).cloned().collect())
+        let page: Vec<pb::DirEntry> = l.entries.iter().skip(from).take(max).cloned().collect();
+        for attr in page.iter().filter_map(|e| e.attr.as_ref()) {
+            self.note_attr(attr);
+        }
+        Ok(page)
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -423,18 +457,18 @@ impl DfsFs {
     }
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        Ok(self
-            .meta()
-            .get_xattr(pb::GetXattrRequest {
-                ino,
-                name: name.to_vec(),
-            })
-            .await?
-            .into_inner()
-            .value)
+        if self.known_without_xattrs(ino) {
+            return Err(FsError::new(libc::ENODATA, "no such attribute"));
+        }
+        let request = pb::GetXattrRequest {
+            ino,
+            name: name.to_vec(),
+        };
+        Ok(self.meta().get_xattr(request).await?.into_inner().value)
     }
 
     pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+        lock(&self.no_xattrs).pop(&ino);
         let request = pb::SetXattrRequest {
             ino,
             name: name.to_vec(),
@@ -446,6 +480,9 @@ impl DfsFs {
     }
 
     pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        if self.known_without_xattrs(ino) {
+            return Ok(Vec::new());
+        }
         Ok(self
             .meta()
             .list_xattr(pb::ListXattrRequest { ino })

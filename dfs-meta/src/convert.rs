@@ -20,6 +20,7 @@ pub fn attr(i: &Inode) -> pb::Attr {
         ctime: Some(ts_to_pb(i.ctime)),
         version: i.version,
         rdev: i.rdev,
+        has_xattrs: i.has_xattrs,
     }
 }
 

@@ -431,10 +431,20 @@ async fn xattrs(h: Handle) {
         errno(s.get_xattr(f.ino, b"user.a").await.unwrap_err()),
         libc::ENODATA
     );
+    assert!(!s.getattr(f.ino).await.unwrap().has_xattrs);
     s.set_xattr(f.ino, b"user.a", b"1", 0).await.unwrap();
     s.set_xattr(f.ino, b"user.b", &[0u8, 1, 2], 0)
         .await
         .unwrap();
+    assert!(
+        s.getattr(f.ino).await.unwrap().has_xattrs,
+        "attributes say xattrs exist"
+    );
+    let (listing, _) = s.readdir(ROOT_INO, b"", 10).await.unwrap();
+    assert!(
+        listing.iter().any(|e| e.name == b"f" && e.attr.has_xattrs),
+        "so does readdir"
+    );
     assert_eq!(s.get_xattr(f.ino, b"user.b").await.unwrap(), vec![0, 1, 2]);
     assert_eq!(
         errno(s.set_xattr(f.ino, b"user.a", b"2", 1).await.unwrap_err()),
@@ -464,6 +474,8 @@ async fn xattrs(h: Handle) {
         libc::ENODATA
     );
     assert_eq!(s.list_xattr(f.ino).await.unwrap().len(), 1);
+    s.remove_xattr(f.ino, b"user.b").await.unwrap();
+    assert!(!s.getattr(f.ino).await.unwrap().has_xattrs, "none left");
 }
 
 async fn setattr_and_truncate(h: Handle) {

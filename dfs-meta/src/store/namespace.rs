@@ -4,7 +4,9 @@
 use dfs_proto::{validate_name, ROOT_INO};
 use sqlx::{AnyConnection, Row};
 
-use super::rows::{inode_from_row, to_i64, FileKind, Inode, Timespec, INODE_COLUMNS};
+use super::rows::{
+    has_xattrs_column, inode_from_row, to_i64, FileKind, Inode, Timespec, INODE_COLUMNS,
+};
 use super::{in_tx, Result, Store, StoreError};
 
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
@@ -261,8 +263,9 @@ impl Store {
             .collect::<Vec<_>>()
             .join(", ");
         let rows = sqlx::query(&format!(
-            "SELECT d.name, {cols} FROM dentries d JOIN inodes i ON i.ino = d.ino
-             WHERE d.parent = $1 AND d.name > $2 ORDER BY d.name LIMIT $3"
+            "SELECT d.name, {cols}, {xattrs} FROM dentries d JOIN inodes i ON i.ino = d.ino
+             WHERE d.parent = $1 AND d.name > $2 ORDER BY d.name LIMIT $3",
+            xattrs = has_xattrs_column("i")
         ))
         .bind(to_i64(ino, "inode")?)
         .bind(after.to_vec())
@@ -575,7 +578,8 @@ pub(crate) async fn get_inode(conn: &mut AnyConnection, ino: u64) -> Result<Opti
         return Ok(None);
     };
     sqlx::query(&format!(
-        "SELECT {INODE_COLUMNS} FROM inodes WHERE ino = $1"
+        "SELECT {INODE_COLUMNS}, {} FROM inodes WHERE ino = $1",
+        has_xattrs_column("inodes")
     ))
     .bind(key)
     .fetch_optional(&mut *conn)

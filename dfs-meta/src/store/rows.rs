@@ -65,11 +65,17 @@ pub struct Inode {
     pub ctime: Timespec,
     pub version: u64,
     pub rdev: u32,
+    pub has_xattrs: bool,
 }
 
 /// The column list `inode_from_row` expects, for SELECTs (prefix with a table alias as needed).
 pub(crate) const INODE_COLUMNS: &str =
     "ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev";
+
+/// Appended to a SELECT of `INODE_COLUMNS` from `inodes` aliased `alias`.
+pub(crate) fn has_xattrs_column(alias: &str) -> String {
+    format!("(SELECT COUNT(*) FROM xattrs x WHERE x.ino = {alias}.ino) AS xattr_count")
+}
 
 pub(crate) fn inode_from_row(row: &AnyRow) -> Result<Inode> {
     let kind_raw: i64 = row.try_get("kind")?;
@@ -94,6 +100,7 @@ pub(crate) fn inode_from_row(row: &AnyRow) -> Result<Inode> {
         ctime: ts("ctime_s", "ctime_ns")?,
         version: row.try_get::<i64, _>("version")? as u64,
         rdev: row.try_get::<i64, _>("rdev")? as u32,
+        has_xattrs: row.try_get::<i64, _>("xattr_count")? > 0,
     })
 }
 
