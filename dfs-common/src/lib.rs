@@ -2,5 +2,6 @@
 //! endpoint, and the SIGTERM/SIGINT shutdown signal.
 
 pub mod logging;
+pub mod metrics;
 pub mod metrics_http;
 pub mod shutdown;

@@ -158,6 +158,22 @@ fn node_kind(mode: u32) -> Result<pb::FileKind, Errno> {
     })
 }
 
+/// Replies with a new or looked-up entry, or the errno.
+fn entry(reply: ReplyEntry, result: Result<pb::Attr, Errno>) {
+    match result {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Replies "done" or the errno.
+fn empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
@@ -173,10 +189,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.run("lookup", self.fs.lookup(parent.0, name.as_bytes())) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            self.run("lookup", self.fs.lookup(parent.0, name.as_bytes())),
+        )
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -243,14 +259,14 @@ impl Filesystem for FuseAdapter {
             Ok(k) => k,
             Err(e) => return reply.error(e),
         };
-        match self.run(
-            "mknod",
-            self.fs
-                .create_node(parent.0, name.as_bytes(), k, mode, caller(req), rdev, &[]),
-        ) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            self.run(
+                "mknod",
+                self.fs
+                    .create_node(parent.0, name.as_bytes(), k, mode, caller(req), rdev, &[]),
+            ),
+        )
     }
 
     fn mkdir(
@@ -271,24 +287,21 @@ impl Filesystem for FuseAdapter {
             0,
             &[],
         );
-        match self.run("mkdir", created) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(reply, self.run("mkdir", created))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run("unlink", self.fs.unlink(parent.0, name.as_bytes())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.run("unlink", self.fs.unlink(parent.0, name.as_bytes())),
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run("rmdir", self.fs.rmdir(parent.0, name.as_bytes())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.run("rmdir", self.fs.rmdir(parent.0, name.as_bytes())),
+        )
     }
 
     fn symlink(
@@ -309,10 +322,7 @@ impl Filesystem for FuseAdapter {
             0,
             target,
         );
-        match self.run("symlink", created) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(reply, self.run("symlink", created))
     }
 
     fn rename(
@@ -332,10 +342,7 @@ impl Filesystem for FuseAdapter {
             newname.as_bytes(),
             flags.bits(),
         );
-        match self.run("rename", renamed) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.run("rename", renamed))
     }
 
     fn link(
@@ -346,10 +353,10 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.run("link", self.fs.link(ino.0, newparent.0, newname.as_bytes())) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            self.run("link", self.fs.link(ino.0, newparent.0, newname.as_bytes())),
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -402,10 +409,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.run("flush", self.fs.flush(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.run("flush", self.fs.flush(fh.0)))
     }
 
     fn release(
@@ -418,10 +422,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.run("release", self.fs.release(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.run("release", self.fs.release(fh.0)))
     }
 
     fn fsync(
@@ -432,10 +433,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.run("fsync", self.fs.fsync(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.run("fsync", self.fs.fsync(fh.0)))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -563,14 +561,14 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.run(
-            "setxattr",
-            self.fs
-                .setxattr(ino.0, name.as_bytes(), value, flags as u32),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.run(
+                "setxattr",
+                self.fs
+                    .setxattr(ino.0, name.as_bytes(), value, flags as u32),
+            ),
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -603,10 +601,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run("removexattr", self.fs.removexattr(ino.0, name.as_bytes())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.run("removexattr", self.fs.removexattr(ino.0, name.as_bytes())),
+        )
     }
 
     fn create(
@@ -663,10 +661,7 @@ impl Filesystem for FuseAdapter {
             }
             Ok(())
         };
-        match self.run("fallocate", grow) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.run("fallocate", grow))
     }
 }
 

@@ -1,6 +1,7 @@
 //! dfs-fuse's Prometheus metrics (names `dfs_fuse_<what>_<unit>`), served at
 //! `-o metrics=ADDR`. Labels are bounded: operation names and errno names.
 
+use dfs_common::metrics::{counter, gauge, register_all};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -20,14 +21,6 @@ pub struct FuseMetrics {
     pub request_seconds: HistogramVec,
     pub read_bytes: IntCounter,
     pub write_bytes: IntCounter,
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-}
-
-fn gauge(name: &str, help: &str) -> IntGauge {
-    IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
 }
 
 impl FuseMetrics {
@@ -106,11 +99,7 @@ impl FuseMetrics {
             Box::new(m.read_bytes.clone()),
             Box::new(m.write_bytes.clone()),
         ];
-        for c in all {
-            if let Err(e) = m.registry.register(c) {
-                tracing::warn!(error = %e, "metric registration failed");
-            }
-        }
+        register_all(&m.registry, all);
         m
     }
 }

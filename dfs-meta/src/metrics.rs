@@ -1,5 +1,6 @@
 //! dfs-meta's Prometheus metrics (names `dfs_meta_<what>_<unit>`).
 
+use dfs_common::metrics::{counter, gauge, register_all};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -68,8 +69,8 @@ impl MetaMetrics {
             ),
             registry,
         };
-        for c in [
-            Box::new(m.rpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.rpc_requests.clone()),
             Box::new(m.rpc_seconds.clone()),
             Box::new(m.nodes.clone()),
             Box::new(m.files.clone()),
@@ -79,11 +80,8 @@ impl MetaMetrics {
             Box::new(m.repair_commands.clone()),
             Box::new(m.repairs_done.clone()),
             Box::new(m.repair_queue.clone()),
-        ] {
-            if let Err(e) = m.registry.register(c) {
-                tracing::warn!(error = %e, "metric registration failed");
-            }
-        }
+        ];
+        register_all(&m.registry, all);
         m
     }
 }
@@ -92,12 +90,4 @@ impl Default for MetaMetrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn gauge(name: &str, help: &str) -> IntGauge {
-    IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
 }

@@ -1,6 +1,7 @@
 //! dfs-node's Prometheus metrics (names `dfs_node_<what>_<unit>`).
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use dfs_common::metrics::{counter, gauge, histogram, register_all};
+use prometheus::{Gauge, Histogram, IntCounter, IntGauge, Registry};
 
 pub struct NodeMetrics {
     pub registry: Registry,
@@ -20,20 +21,6 @@ pub struct NodeMetrics {
     pub scrub_errors: IntCounter,
     pub scrub_progress: Gauge,
     pub scrub_last_pass: IntGauge,
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-}
-
-fn gauge(name: &str, help: &str) -> IntGauge {
-    IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-}
-
-fn histogram(name: &str, help: &str) -> Histogram {
-    let buckets = prometheus::exponential_buckets(0.0005, 4.0, 9).unwrap_or_default();
-    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
 }
 
 impl NodeMetrics {
@@ -60,10 +47,16 @@ impl NodeMetrics {
             write_seconds: histogram(
                 "dfs_node_write_duration_seconds",
                 "time to receive and store one chunk",
+                0.0005,
+                4.0,
+                9,
             ),
             read_seconds: histogram(
                 "dfs_node_read_duration_seconds",
                 "time to serve one chunk read",
+                0.0005,
+                4.0,
+                9,
             ),
             chunks: gauge("dfs_node_chunks", "chunks stored"),
             used_bytes: gauge("dfs_node_used_bytes", "bytes used by chunk files"),
@@ -112,11 +105,7 @@ impl NodeMetrics {
             Box::new(m.scrub_progress.clone()),
             Box::new(m.scrub_last_pass.clone()),
         ];
-        for c in all {
-            if let Err(e) = m.registry.register(c) {
-                tracing::warn!(error = %e, "metric registration failed");
-            }
-        }
+        register_all(&m.registry, all);
         m
     }
 }
