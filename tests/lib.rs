@@ -351,7 +351,7 @@ impl Cluster {
             .opts
             .metrics
             .then(|| format!("127.0.0.1:{}", free_port()));
-        let mut options = format!("cache_size=64M,log={}", log.display());
+        let mut options = format!("cache_size=64M,allow_other,log={}", log.display());
         if let Some(m) = &metrics {
             options.push_str(&format!(",metrics={m}"));
         }

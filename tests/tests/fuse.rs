@@ -362,3 +362,78 @@ fn unlinked_open_files_live_until_the_last_close() {
             && c.status_field("replicas awaiting deletion") == "0"
     });
 }
+
+/// renameat2(2) through the kernel, via Python's ctypes (the test crate has no unsafe code).
+fn renameat2(dir: &Path, from: &str, to: &str, flags: u32) -> i32 {
+    let script = format!(
+        "import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+         r = libc.renameat2(-100, b'{from}', -100, b'{to}', {flags})\n\
+         sys.exit(0 if r == 0 else ctypes.get_errno())"
+    );
+    let status = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    status.code().unwrap()
+}
+
+#[test]
+fn special_files_rename_flags_and_permissions() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    // FIFOs and sockets through mknod.
+    sh(&m.path, "mkfifo pipe && test -p pipe");
+    sh(
+        &m.path,
+        "python3 -c \"import os, stat; os.mknod('sock', stat.S_IFSOCK | 0o644)\" && test -S sock",
+    );
+    // RENAME_EXCHANGE swaps; RENAME_NOREPLACE refuses to replace.
+    std::fs::write(m.join("a"), b"A").unwrap();
+    std::fs::create_dir(m.join("d")).unwrap();
+    assert_eq!(renameat2(&m.path, "a", "d", 2), 0, "exchange");
+    assert!(std::fs::metadata(m.join("a")).unwrap().is_dir());
+    assert_eq!(std::fs::read(m.join("d")).unwrap(), b"A");
+    assert_eq!(renameat2(&m.path, "d", "a", 1), libc::EEXIST, "noreplace");
+    assert_eq!(renameat2(&m.path, "d", "fresh", 1), 0);
+    // chown clears setuid.
+    sh(&m.path, "touch su && chmod 4755 su && chown 1:1 su");
+    assert_eq!(
+        std::fs::metadata(m.join("su"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+    // Permissions are the kernel's (default_permissions), for other users too.
+    sh(
+        &m.path,
+        "mkdir private && chmod 700 private && mkdir -m 1777 shared",
+    );
+    let as_user = |user: &str, cmd: &str| {
+        std::process::Command::new("su")
+            .args(["-s", "/bin/sh", user, "-c", cmd])
+            .current_dir(&m.path)
+            .output()
+            .unwrap()
+    };
+    let denied = as_user("nobody", "ls private");
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Permission denied"));
+    assert!(
+        as_user("nobody", "echo mine > shared/n").status.success(),
+        "anyone writes in a 1777 dir"
+    );
+    let sticky = as_user("daemon", "rm -f shared/n");
+    assert!(
+        !sticky.status.success(),
+        "sticky bit: another user cannot delete it"
+    );
+    assert!(m.join("shared/n").exists());
+    assert!(
+        as_user("nobody", "rm shared/n").status.success(),
+        "the owner can"
+    );
+}
