@@ -166,6 +166,14 @@ fn entry(reply: ReplyEntry, result: Result<pb::Attr, Errno>) {
     }
 }
 
+/// Replies with a new file or directory handle, or the errno.
+fn opened(reply: ReplyOpen, result: Result<u64, Errno>) {
+    match result {
+        Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        Err(e) => reply.error(e),
+    }
+}
+
 /// Replies "done" or the errno.
 fn empty(reply: ReplyEmpty, result: Result<(), Errno>) {
     match result {
@@ -360,10 +368,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run("open", self.fs.open(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        opened(reply, self.run("open", self.fs.open(ino.0)))
     }
 
     fn read(
@@ -437,10 +442,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run("opendir", self.fs.opendir(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        opened(reply, self.run("opendir", self.fs.opendir(ino.0)))
     }
 
     fn readdir(

@@ -394,16 +394,19 @@ impl OpenFile {
             let index = pos / cs;
             let within = (pos - index * cs) as usize;
             let take = ((cs - within as u64).min(end - pos)) as usize;
-            // (bytes, the chunk offset they start at)
-            let source: Option<(Bytes, usize)> = if let Some(buf) = self.dirty.get(&index) {
-                Some((Bytes::copy_from_slice(buf), 0))
+            // The chunk's bytes from its start, borrowed where this file holds
+            // them (no copy of a whole dirty chunk for a small read).
+            let fetched: Bytes;
+            let source: Option<&[u8]> = if let Some(buf) = self.dirty.get(&index) {
+                Some(buf)
             } else if let Some((data, _)) = self.inflight.get(&index) {
-                Some((data.clone(), 0))
+                Some(data)
             } else if let Some((_, data)) = self.uploaded.get(&index) {
-                Some((data.clone(), 0))
-            } else if let Some(chunk) = self.committed.get(&index).cloned() {
-                let data = io.chunk_bytes(&chunk).await?;
-                Some((data.slice(..(chunk.valid_len as usize).min(data.len())), 0))
+                Some(data)
+            } else if let Some(chunk) = self.committed.get(&index) {
+                let data = io.chunk_bytes(chunk).await?;
+                fetched = data.slice(..(chunk.valid_len as usize).min(data.len()));
+                Some(&fetched)
             } else {
                 None
             };
@@ -411,12 +414,9 @@ impl OpenFile {
             out.resize(start + take, 0);
             // Bytes past what the source holds (a hole, or past a chunk's valid
             // length) stay zero.
-            if let Some((src, base)) = source {
-                let rel = within - base;
-                if src.len() > rel {
-                    let avail = (src.len() - rel).min(take);
-                    out[start..start + avail].copy_from_slice(&src[rel..rel + avail]);
-                }
+            if let Some(src) = source.filter(|src| src.len() > within) {
+                let avail = (src.len() - within).min(take);
+                out[start..start + avail].copy_from_slice(&src[within..within + avail]);
             }
             pos += take as u64;
         }
