@@ -86,9 +86,8 @@ pub async fn run(
     let local = listener.local_addr()?;
     tracing::info!(%local, store = %redact(&config.store_url), chunk_size = store.chunk_size(),
         replication = store.replication(), "dfs-meta serving");
-    let incoming = tokio_stream_from(listener);
+    let incoming = dfs_common::incoming::nodelay_incoming(listener);
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(
             MetaServer::new(service)
                 .max_decoding_message_size(64 << 20)
@@ -100,10 +99,6 @@ pub async fn run(
     store.close().await;
     tracing::info!("dfs-meta stopped");
     Ok(())
-}
-
-fn tokio_stream_from(listener: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
 }
 
 /// Hides a password in a store URL before it is logged.

@@ -142,7 +142,6 @@ pub async fn run(
     tracing::info!(addr = %config.advertise, chunks = store.chunk_count(), data = %config.data_dir.display(), "dfs-node serving");
     let service = service::ChunkService::new(store, channels, identity, metrics);
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .add_service(
@@ -151,7 +150,7 @@ pub async fn run(
                 .max_encoding_message_size(dfs_client::channels::MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            dfs_common::incoming::nodelay_incoming(listener),
             shutdown.wait(),
         )
         .await?;
