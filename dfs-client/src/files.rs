@@ -164,6 +164,10 @@ pub async fn put(
         })
         .await
         .map_err(|s| with_path(s.into(), path))?;
+        if opts.durable {
+            // The file's name and chunk map must be on meta's disk too.
+            meta.sync(pb::Empty {}).await?;
+        }
         Ok(outcome)
     }
     .await;

@@ -361,7 +361,19 @@ impl DfsFs {
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
-        file.flush(&self.io, true).await
+        file.flush(&self.io, true).await?;
+        self.sync_meta().await
+    }
+
+    /// fsyncdir(2): the directory's entries are durable once meta has synced.
+    pub async fn fsyncdir(&self) -> FsResult<()> {
+        self.sync_meta().await
+    }
+
+    async fn sync_meta(&self) -> FsResult<()> {
+        let mut meta = self.io.meta.clone();
+        meta.sync(pb::Empty {}).await?;
+        Ok(())
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {

@@ -441,6 +441,17 @@ impl Filesystem for FuseAdapter {
         empty(reply, self.run("fsync", self.fs.fsync(fh.0)))
     }
 
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.run("fsyncdir", self.fs.fsyncdir()))
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         opened(reply, self.run("opendir", self.fs.opendir(ino.0)))
     }

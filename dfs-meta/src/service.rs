@@ -286,6 +286,14 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn sync(&self, _req: Request<pb::Empty>) -> Reply<pb::Empty> {
+        self.observe("Sync", async {
+            self.store.sync().await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
     async fn get_chunks(&self, req: Request<pb::GetChunksRequest>) -> Reply<pb::GetChunksReply> {
         let r = req.into_inner();
         self.observe("GetChunks", async {
@@ -386,6 +394,8 @@ impl Meta for MetaService {
                     chunk_ids: r.chunk_ids,
                 })
                 .await?;
+            // A node id must never be handed out twice, even across a power cut.
+            self.store.sync().await?;
             tracing::info!(node_id, %addr, deletes = delete.len(), "node registered");
             Ok(pb::RegisterNodeReply {
                 node_id,
