@@ -462,3 +462,165 @@ fn large_directories_list_every_entry_once() {
     }
     assert_eq!(std::fs::read_dir(m.join("big")).unwrap().count(), n / 2);
 }
+
+/// Creates `n` empty files named `entry-NNNNNN` in directory `parent` over gRPC,
+/// 16 at a time (the mount is not what this measures; its listing is).
+fn create_entries_over_grpc(meta_addr: &str, parent: u64, n: usize) {
+    use dfs_proto::pb;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{meta_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for worker in 0..16 {
+            let mut meta = pb::meta_client::MetaClient::new(channel.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in (worker..n).step_by(16) {
+                    meta.create(pb::CreateRequest {
+                        parent,
+                        name: format!("entry-{i:06}").into_bytes(),
+                        kind: pb::FileKind::Regular as i32,
+                        mode: 0o644,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_100k_entry_directory_lists_in_pages() {
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let m = c.mount("mnt");
+    std::fs::create_dir(m.join("huge")).unwrap();
+    let ino = std::fs::metadata(m.join("huge")).unwrap().ino();
+    let n = 100_000;
+    let started = std::time::Instant::now();
+    create_entries_over_grpc(&c.meta_addr, ino, n);
+    eprintln!("created {n} entries in {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let meta_metrics = c.meta_metrics.clone().unwrap();
+    // Absent until the first ReadDir call.
+    let readdirs = |page: &str| {
+        page.lines()
+            .find_map(|l| {
+                l.strip_prefix("dfs_meta_rpc_duration_seconds_count{method=\"ReadDir\"} ")
+            })
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let before = readdirs(&dfs_tests::http_get(&meta_metrics, "/metrics"));
+    let mut names: Vec<String> = std::fs::read_dir(m.join("huge"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let after = readdirs(&dfs_tests::http_get(&meta_metrics, "/metrics"));
+    eprintln!("listed them in {:?}", started.elapsed());
+    assert_eq!(names.len(), n, "every entry once");
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), n, "no entry twice");
+    assert_eq!(names[0], "entry-000000");
+    assert_eq!(names[n - 1], format!("entry-{:06}", n - 1));
+    // Paged: meta served the listing in many bounded requests, never all at once.
+    assert!(
+        after - before >= (n / 1000) as f64,
+        "{} ReadDir calls for {n} entries",
+        after - before
+    );
+    // ls -l (readdirplus, stat of every entry) sees them all too.
+    let count = sh(&m.join("huge"), "ls -l | tail -n +2 | wc -l");
+    assert_eq!(count.trim(), n.to_string());
+    let one = std::fs::metadata(m.join("huge/entry-054321")).unwrap();
+    assert_eq!(one.len(), 0);
+}
+
+#[test]
+fn flock_and_fcntl_locks_within_one_mount() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let file = m.join("locked");
+    std::fs::write(&file, b"0123456789").unwrap();
+    // A holder process takes an exclusive flock and a POSIX write lock on bytes
+    // 0..5, says so, and keeps them until its stdin closes.
+    let holder_script = r#"
+import fcntl, os, sys
+f = open(sys.argv[1], "r+")
+fcntl.flock(f, fcntl.LOCK_EX)
+g = open(sys.argv[1], "r+")
+fcntl.lockf(g, fcntl.LOCK_EX, 5, 0)
+print("locked", flush=True)
+sys.stdin.read()
+"#;
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", holder_script, file.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let probe_script = r#"
+import errno, fcntl, os, struct, sys
+f = open(sys.argv[1], "r+")
+out = []
+try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    out.append("flock:acquired")
+except OSError as e:
+    out.append("flock:" + errno.errorcode[e.errno])
+def setlk(start, length):
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+        return "acquired"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+out.append("lock0-5:" + setlk(0, 5))
+out.append("lock5-10:" + setlk(5, 5))
+# F_GETLK names the holder of the conflicting lock.
+req = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 5, 0)
+res = struct.unpack("hhqqi", fcntl.fcntl(f, fcntl.F_GETLK, req))
+out.append("getlk:" + ("unlck" if res[0] == fcntl.F_UNLCK else "pid%d" % res[4]))
+print(" ".join(out))
+"#;
+    let probe = |_: ()| {
+        sh(
+            c.dir.path(),
+            &format!("python3 -c '{probe_script}' {}", file.display()),
+        )
+    };
+    let held = probe(());
+    assert_eq!(
+        held.trim(),
+        format!(
+            "flock:EWOULDBLOCK lock0-5:EAGAIN lock5-10:acquired getlk:pid{}",
+            holder.id()
+        )
+        .replace("EWOULDBLOCK", "EAGAIN"),
+        "while held"
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let free = probe(());
+    assert_eq!(
+        free.trim(),
+        "flock:acquired lock0-5:acquired lock5-10:acquired getlk:unlck",
+        "after the holder exits"
+    );
+}
