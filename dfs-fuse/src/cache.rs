@@ -1,7 +1,8 @@
 //! The chunk cache: whole chunks in memory, bounded in bytes, least recently
 //! used out first. Keyed by chunk id: chunks are immutable, so an entry can
 //! never be stale, only unused. Hits, misses and evictions are counted in the
-//! mount's metrics.
+//! mount's metrics. Its room is what the mount's memory bound leaves after the
+//! write buffers (`MemoryBudget`), so it shrinks while files are being written.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -9,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 use prost::bytes::Bytes;
 
+use crate::memory::MemoryBudget;
 use crate::metrics::FuseMetrics;
 
 pub struct ChunkCache {
     inner: Mutex<Inner>,
-    capacity: u64,
+    budget: Arc<MemoryBudget>,
     metrics: Arc<FuseMetrics>,
 }
 
@@ -25,15 +27,15 @@ struct Inner {
 }
 
 impl ChunkCache {
-    pub fn new(capacity_bytes: u64, metrics: Arc<FuseMetrics>) -> ChunkCache {
-        metrics.cache_capacity.set(capacity_bytes as i64);
+    pub fn new(budget: Arc<MemoryBudget>, metrics: Arc<FuseMetrics>) -> ChunkCache {
+        metrics.cache_capacity.set(budget.limit() as i64);
         ChunkCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
                 prefetched: HashSet::new(),
             }),
-            capacity: capacity_bytes,
+            budget,
             metrics,
         }
     }
@@ -73,7 +75,7 @@ impl ChunkCache {
 
     fn insert_inner(&self, chunk_id: u64, data: Bytes, prefetched: bool) {
         let len = data.len() as u64;
-        if len > self.capacity {
+        if len > self.budget.cache_room() {
             return;
         }
         let mut inner = self.lock();
@@ -84,7 +86,18 @@ impl ChunkCache {
         if prefetched {
             inner.prefetched.insert(chunk_id);
         }
-        while inner.bytes > self.capacity {
+        self.evict_to_room(&mut inner);
+    }
+
+    /// Evicts until the cache fits in what the write buffers leave of the bound.
+    pub fn trim(&self) {
+        let mut inner = self.lock();
+        self.evict_to_room(&mut inner);
+    }
+
+    fn evict_to_room(&self, inner: &mut Inner) {
+        let room = self.budget.cache_room();
+        while inner.bytes > room {
             match inner.lru.pop_lru() {
                 Some((id, evicted)) => {
                     inner.bytes -= evicted.len() as u64;
@@ -101,8 +114,9 @@ impl ChunkCache {
         self.lock().bytes
     }
 
+    /// The room the cache has now (the bound minus the write buffers).
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.budget.cache_room()
     }
 }
 
@@ -113,7 +127,8 @@ mod tests {
     #[test]
     fn bounded_in_bytes_lru_first() {
         let metrics = Arc::new(FuseMetrics::new());
-        let c = ChunkCache::new(10, metrics.clone());
+        let budget = Arc::new(MemoryBudget::new(10));
+        let c = ChunkCache::new(budget.clone(), metrics.clone());
         c.insert(1, Bytes::from(vec![0; 4]));
         c.insert_prefetched(2, Bytes::from(vec![0; 4]));
         assert!(c.get(1).is_some()); // 1 is now most recent
@@ -135,5 +150,10 @@ mod tests {
         assert!(c.get(5).is_some());
         assert_eq!(metrics.prefetch_hits.get(), 1);
         assert_eq!(metrics.cache_bytes.get(), 10);
+        // Write buffers taking room push cached chunks out.
+        budget.adjust_buffered(5);
+        c.trim();
+        assert!(c.bytes() <= 5);
+        assert!(c.get(5).is_some(), "the most recent chunk stays");
     }
 }

@@ -344,10 +344,41 @@ impl DfsFs {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let file = self.file_of(fh)?;
-        let mut file = file.lock().await;
-        file.write(&self.io, offset, data).await?;
+        {
+            let mut file = file.lock().await;
+            file.write(&self.io, offset, data).await?;
+            if self.io.memory.writes_over_share() {
+                file.drain(&self.io).await?;
+            }
+        }
         self.io.metrics.write_bytes.inc_by(data.len() as u64);
+        if self.io.memory.writes_over_share() {
+            self.drain_idle_files().await;
+        }
         Ok(data.len() as u32)
+    }
+
+    /// Has open files that nobody is using right now upload their buffers, so
+    /// buffers left in idle files cannot hold the mount over its memory bound.
+    /// Files in use are skipped: their writers drain them on their next write.
+    async fn drain_idle_files(&self) {
+        let files: Vec<_> = lock(&self.files)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for file in files {
+            if !self.io.memory.writes_over_share() {
+                return;
+            }
+            let Ok(mut f) = file.try_lock() else {
+                continue;
+            };
+            if let Err(e) = f.drain(&self.io).await {
+                // Its own next flush, close or fsync reports the failure.
+                tracing::warn!(ino = f.ino, error = %e, "draining an idle file's buffers failed");
+                f.defer_error(e);
+            }
+        }
     }
 
     /// close(2) semantics: everything written is on every replica and committed.

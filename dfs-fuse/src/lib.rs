@@ -8,6 +8,7 @@ pub mod cache;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod memory;
 pub mod metrics;
 pub mod open_file;
 pub mod options;
@@ -71,11 +72,13 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
             std::future::pending(),
         ))?;
     }
-    let cache = Arc::new(cache::ChunkCache::new(opts.cache_size, metrics.clone()));
+    let memory = Arc::new(memory::MemoryBudget::new(opts.cache_size));
+    let cache = Arc::new(cache::ChunkCache::new(memory.clone(), metrics.clone()));
     let io = Io {
         meta,
         channels: Channels::new(),
         cache,
+        memory,
         metrics,
         fetches: Default::default(),
     };

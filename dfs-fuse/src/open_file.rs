@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 
 use crate::cache::ChunkCache;
 use crate::error::{FsError, FsResult};
+use crate::memory::MemoryBudget;
 use crate::metrics::FuseMetrics;
 
 /// Dirty chunks kept before the oldest is uploaded early (bounds memory per file).
@@ -39,6 +40,8 @@ pub struct Io {
     pub meta: MetaClient<Channel>,
     pub channels: Channels,
     pub cache: Arc<ChunkCache>,
+    /// The mount's one memory bound, shared by the cache and write buffers.
+    pub memory: Arc<MemoryBudget>,
     pub metrics: Arc<FuseMetrics>,
     /// Chunk fetches in flight: at most one per chunk, whoever asks.
     pub fetches: Arc<Mutex<HashMap<u64, Fetch>>>,
@@ -117,11 +120,14 @@ pub struct OpenFile {
     uploaded: BTreeMap<u64, (UploadedChunk, Bytes)>,
     /// Something changed since the last commit (data or size).
     changed: bool,
+    /// A failure in a drain nobody was waiting for, reported by the next flush.
+    pending_error: Option<FsError>,
     /// Its last name was removed while open here: release it on meta at the last close.
     pub orphaned: bool,
-    /// Buffered bytes last added to the `dfs_fuse_dirty_bytes` gauge.
+    /// Buffered bytes last added to the `dfs_fuse_dirty_bytes` gauge and the memory budget.
     reported_dirty: i64,
     metrics: Arc<FuseMetrics>,
+    memory: Arc<MemoryBudget>,
     last_read_end: u64,
 }
 
@@ -144,9 +150,11 @@ impl OpenFile {
             inflight: BTreeMap::new(),
             uploaded: BTreeMap::new(),
             changed: false,
+            pending_error: None,
             orphaned: false,
             reported_dirty: 0,
             metrics: io.metrics.clone(),
+            memory: io.memory.clone(),
             last_read_end: u64::MAX,
         })
     }
@@ -207,19 +215,45 @@ impl OpenFile {
         if self.uploaded.len() >= COMMIT_EVERY {
             self.commit(io, false).await?;
         }
-        self.report_dirty();
+        self.report_dirty(io);
         Ok(())
     }
 
-    /// Brings the dirty-bytes gauge up to date with this file's buffers.
-    fn report_dirty(&mut self) {
+    /// Brings the dirty-bytes gauge and the mount's memory budget up to date
+    /// with this file's buffers; growing buffers push cached chunks out.
+    fn report_dirty(&mut self, io: &Io) {
         let now = self.dirty.values().map(Vec::len).sum::<usize>()
             + self.inflight.values().map(|(d, _)| d.len()).sum::<usize>()
             + self.uploaded.values().map(|(_, d)| d.len()).sum::<usize>();
-        self.metrics
-            .dirty_bytes
-            .add(now as i64 - self.reported_dirty);
+        let delta = now as i64 - self.reported_dirty;
+        self.metrics.dirty_bytes.add(delta);
+        self.memory.adjust_buffered(delta);
         self.reported_dirty = now as i64;
+        if delta > 0 {
+            io.cache.trim();
+        }
+    }
+
+    /// Keeps an error from a drain no caller waited for, for the next flush.
+    pub fn defer_error(&mut self, e: FsError) {
+        self.pending_error.get_or_insert(e);
+    }
+
+    /// Uploads and commits every buffered chunk of this file (without its
+    /// final size), freeing the buffers when the mount is short of memory.
+    pub async fn drain(&mut self, io: &Io) -> FsResult<()> {
+        let indices: Vec<u64> = self.dirty.keys().copied().collect();
+        for index in indices {
+            self.start_upload(io, index, false).await?;
+        }
+        while !self.inflight.is_empty() {
+            self.finish_one_upload().await?;
+        }
+        if !self.uploaded.is_empty() {
+            self.commit(io, false).await?;
+        }
+        self.report_dirty(io);
+        Ok(())
     }
 
     /// The bytes a chunk holds before a write touches it (without the zeros past
@@ -321,6 +355,9 @@ impl OpenFile {
     /// Uploads and commits everything pending. With `durable`, also has every
     /// replica of every chunk of the file fsynced (fsync semantics).
     pub async fn flush(&mut self, io: &Io, durable: bool) -> FsResult<()> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(e);
+        }
         if self.changed {
             let indices: Vec<u64> = self.dirty.keys().copied().collect();
             for index in indices {
@@ -331,7 +368,7 @@ impl OpenFile {
             }
             self.commit(io, true).await?;
             self.changed = false;
-            self.report_dirty();
+            self.report_dirty(io);
         }
         if durable {
             self.sync_replicas(io).await?;
@@ -450,5 +487,6 @@ impl OpenFile {
 impl Drop for OpenFile {
     fn drop(&mut self) {
         self.metrics.dirty_bytes.sub(self.reported_dirty);
+        self.memory.adjust_buffered(-self.reported_dirty);
     }
 }

@@ -624,3 +624,77 @@ print(" ".join(out))
         "after the holder exits"
     );
 }
+
+#[test]
+fn one_memory_bound_covers_cache_and_write_buffers() {
+    let c = Cluster::start(Options {
+        chunk_size: CS as u32,
+        metrics: true,
+        ..Options::default()
+    });
+    let m = c.mount("mnt"); // cache_size=64M
+    let metrics = m.metrics.clone().unwrap();
+    let limit = 64.0 * CS as f64;
+    // Sample the mount's own accounting while files are written.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, metrics) = (stop.clone(), metrics.clone());
+        std::thread::spawn(move || {
+            let (mut max_total, mut max_dirty) = (0f64, 0f64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let page = dfs_tests::http_get(&metrics, "/metrics");
+                let dirty = dfs_tests::metric_value(&page, "dfs_fuse_dirty_bytes");
+                let cached = dfs_tests::metric_value(&page, "dfs_fuse_cache_bytes");
+                max_total = max_total.max(dirty + cached);
+                max_dirty = max_dirty.max(dirty);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (max_total, max_dirty)
+        })
+    };
+    // 16 files open at once, none closed until the end. Each first gets 3/4 of
+    // four chunks (partial chunks stay buffered: 48 MiB in all, over the write
+    // share of 32 MiB), then the rest of them, then 8 more whole chunks.
+    let script = r#"
+import os, sys
+d, cs = sys.argv[1], 1 << 20
+fds = [os.open(f"{d}/f{i}", os.O_WRONLY | os.O_CREAT, 0o644) for i in range(16)]
+def fill(i, chunk):
+    return bytes([(i * 13 + chunk) % 256]) * cs
+for part in (slice(0, 3 * cs // 4), slice(3 * cs // 4, cs)):
+    for chunk in range(4):
+        for i, fd in enumerate(fds):
+            os.pwrite(fd, fill(i, chunk)[part], chunk * cs + part.start)
+for chunk in range(4, 12):
+    for i, fd in enumerate(fds):
+        os.pwrite(fd, fill(i, chunk), chunk * cs)
+for fd in fds:
+    os.close(fd)
+"#;
+    sh(
+        c.dir.path(),
+        &format!("python3 -c '{script}' {}", m.path.display()),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (max_total, max_dirty) = sampler.join().unwrap();
+    eprintln!("peak buffered {max_dirty}, peak buffered + cached {max_total}");
+    // Write buffers keep to half the bound, plus the chunk being written.
+    assert!(
+        max_dirty <= limit / 2.0 + 2.0 * CS as f64,
+        "write buffers peaked at {max_dirty}"
+    );
+    assert!(
+        max_total <= limit + 2.0 * CS as f64,
+        "cache + buffers peaked at {max_total}"
+    );
+    assert!(max_dirty > 0.0, "the sampler saw the writes");
+    for i in 0..16u8 {
+        let data = std::fs::read(m.join(&format!("f{i}"))).unwrap();
+        assert_eq!(data.len(), 12 * CS);
+        for step in 0..12 {
+            let expected = ((u32::from(i) * 13 + step) % 256) as u8; // fill(i, chunk)
+            let piece = &data[step as usize * CS..(step as usize + 1) * CS];
+            assert!(piece.iter().all(|b| *b == expected), "file {i} step {step}");
+        }
+    }
+}
