@@ -4,6 +4,7 @@
 //! and the chunk `cache`); `fuse` is the thin kernel adapter; `options` parses
 //! the mount command line; `run_foreground` ties them together.
 
+pub mod allocator;
 pub mod cache;
 pub mod error;
 pub mod fs;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use dfs_fuse::options;
 
 fn main() -> ExitCode {
+    dfs_fuse::allocator::keep_large_buffers_mapped();
     let opts = match options::parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
