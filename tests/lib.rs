@@ -344,6 +344,11 @@ impl Cluster {
     /// Mounts the cluster with the real `dfs-fuse` (background mode: it returns
     /// once the mount is ready).
     pub fn mount(&self, name: &str) -> Mount {
+        self.mount_with_cache(name, "64M")
+    }
+
+    /// Mounts with a given `cache_size` (which is also the mount's memory bound).
+    pub fn mount_with_cache(&self, name: &str, cache_size: &str) -> Mount {
         let path = self.dir.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
         let log = self.dir.path().join(format!("fuse-{name}.log"));
@@ -351,7 +356,7 @@ impl Cluster {
             .opts
             .metrics
             .then(|| format!("127.0.0.1:{}", free_port()));
-        let mut options = format!("cache_size=64M,allow_other,log={}", log.display());
+        let mut options = format!("cache_size={cache_size},allow_other,log={}", log.display());
         if let Some(m) = &metrics {
             options.push_str(&format!(",metrics={m}"));
         }

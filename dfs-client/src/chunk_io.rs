@@ -210,14 +210,43 @@ pub async fn read_chunk(
     channels: &Channels,
     chunk: &pb::ChunkRef,
 ) -> Result<Bytes, ClientError> {
+    read_verified(meta, channels, chunk, 0, chunk.stored_len, |data| {
+        data.len() as u64 == chunk.stored_len && crc32c::crc32c(data) == chunk.crc32c
+    })
+    .await
+}
+
+/// Reads `length` bytes at `offset` of a chunk (clamped to its stored length)
+/// from the first replica that returns them. The node verifies the checksum of
+/// every block it serves; a replica that finds one bad is reported to meta.
+pub async fn read_chunk_range(
+    meta: Option<&mut MetaClient<Channel>>,
+    channels: &Channels,
+    chunk: &pb::ChunkRef,
+    offset: u64,
+    length: u64,
+) -> Result<Bytes, ClientError> {
+    let expected = length.min(chunk.stored_len.saturating_sub(offset));
+    read_verified(meta, channels, chunk, offset, expected, |data| {
+        data.len() as u64 == expected
+    })
+    .await
+}
+
+/// Tries each replica in turn until one returns data that `intact` accepts.
+async fn read_verified(
+    meta: Option<&mut MetaClient<Channel>>,
+    channels: &Channels,
+    chunk: &pb::ChunkRef,
+    offset: u64,
+    length: u64,
+    intact: impl Fn(&Bytes) -> bool,
+) -> Result<Bytes, ClientError> {
     let mut problems = Vec::new();
     let mut bad = Vec::new();
     for replica in &chunk.replicas {
-        match read_replica(channels, &replica.addr, chunk.chunk_id, 0, chunk.stored_len).await {
-            Ok(data)
-                if data.len() as u64 == chunk.stored_len
-                    && crc32c::crc32c(&data) == chunk.crc32c =>
-            {
+        match read_replica(channels, &replica.addr, chunk.chunk_id, offset, length).await {
+            Ok(data) if intact(&data) => {
                 if let Some(meta) = meta {
                     for node_id in bad {
                         let report = pb::BadReplicaRequest {

@@ -1,6 +1,7 @@
-//! The chunk cache: whole chunks in memory, bounded in bytes, least recently
-//! used out first. Keyed by chunk id: chunks are immutable, so an entry can
-//! never be stale, only unused. Hits, misses and evictions are counted in the
+//! The chunk cache: whole chunks, and single 64 KiB blocks fetched by random
+//! reads, in memory, bounded in bytes, least recently used out first. Keyed by
+//! chunk id (and block): chunks are immutable, so an entry can never be stale,
+//! only unused. Hits, misses and evictions are counted in the
 //! mount's metrics. Its room is what the mount's memory bound leaves after the
 //! write buffers (`MemoryBudget`), so it shrinks while files are being written.
 
@@ -19,8 +20,12 @@ pub struct ChunkCache {
     metrics: Arc<FuseMetrics>,
 }
 
+/// A whole chunk, or one block of it.
+type Key = (u64, u32);
+const WHOLE: u32 = u32::MAX;
+
 struct Inner {
-    lru: LruCache<u64, Bytes>,
+    lru: LruCache<Key, Bytes>,
     bytes: u64,
     /// Chunks inserted by prefetch and not read yet.
     prefetched: HashSet<u64>,
@@ -46,7 +51,7 @@ impl ChunkCache {
 
     pub fn get(&self, chunk_id: u64) -> Option<Bytes> {
         let mut inner = self.lock();
-        let found = inner.lru.get(&chunk_id).cloned();
+        let found = inner.lru.get(&(chunk_id, WHOLE)).cloned();
         match &found {
             Some(_) => {
                 self.metrics.cache_hits.inc();
@@ -59,32 +64,47 @@ impl ChunkCache {
         found
     }
 
-    /// Whether the chunk is cached, without counting a hit or miss or touching recency.
+    /// One block of a chunk, cached by itself.
+    pub fn get_block(&self, chunk_id: u64, block: u32) -> Option<Bytes> {
+        let mut inner = self.lock();
+        let found = inner.lru.get(&(chunk_id, block)).cloned();
+        match &found {
+            Some(_) => self.metrics.cache_hits.inc(),
+            None => self.metrics.cache_misses.inc(),
+        }
+        found
+    }
+
+    /// Whether the whole chunk is cached, without counting a hit or miss or touching recency.
     pub fn contains(&self, chunk_id: u64) -> bool {
-        self.lock().lru.contains(&chunk_id)
+        self.lock().lru.contains(&(chunk_id, WHOLE))
     }
 
     pub fn insert(&self, chunk_id: u64, data: Bytes) {
-        self.insert_inner(chunk_id, data, false);
+        self.insert_inner((chunk_id, WHOLE), data, false);
+    }
+
+    pub fn insert_block(&self, chunk_id: u64, block: u32, data: Bytes) {
+        self.insert_inner((chunk_id, block), data, false);
     }
 
     /// Inserts a chunk fetched ahead of the reader (counted as a prefetch hit when read).
     pub fn insert_prefetched(&self, chunk_id: u64, data: Bytes) {
-        self.insert_inner(chunk_id, data, true);
+        self.insert_inner((chunk_id, WHOLE), data, true);
     }
 
-    fn insert_inner(&self, chunk_id: u64, data: Bytes, prefetched: bool) {
+    fn insert_inner(&self, key: Key, data: Bytes, prefetched: bool) {
         let len = data.len() as u64;
         if len > self.budget.cache_room() {
             return;
         }
         let mut inner = self.lock();
-        if let Some(old) = inner.lru.put(chunk_id, data) {
+        if let Some(old) = inner.lru.put(key, data) {
             inner.bytes -= old.len() as u64;
         }
         inner.bytes += len;
         if prefetched {
-            inner.prefetched.insert(chunk_id);
+            inner.prefetched.insert(key.0);
         }
         self.evict_to_room(&mut inner);
     }
@@ -99,9 +119,11 @@ impl ChunkCache {
         let room = self.budget.cache_room();
         while inner.bytes > room {
             match inner.lru.pop_lru() {
-                Some((id, evicted)) => {
+                Some((key, evicted)) => {
                     inner.bytes -= evicted.len() as u64;
-                    inner.prefetched.remove(&id);
+                    if key.1 == WHOLE {
+                        inner.prefetched.remove(&key.0);
+                    }
                     self.metrics.cache_evictions.inc();
                 }
                 None => break,
@@ -155,5 +177,11 @@ mod tests {
         c.trim();
         assert!(c.bytes() <= 5);
         assert!(c.get(5).is_some(), "the most recent chunk stays");
+        // Blocks are entries of their own, apart from the whole chunk.
+        budget.adjust_buffered(-5);
+        c.insert_block(5, 0, Bytes::from(vec![1; 3]));
+        assert_eq!(c.get_block(5, 0).unwrap()[0], 1);
+        assert!(c.get_block(5, 1).is_none());
+        assert_eq!(c.get(5).unwrap()[0], 0);
     }
 }

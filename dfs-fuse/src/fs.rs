@@ -336,8 +336,8 @@ impl DfsFs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.file_of(fh)?;
-        let mut file = file.lock().await;
-        let data = file.read(&self.io, offset, size).await?;
+        let plan = file.lock().await.plan_read(&self.io, offset, size);
+        let data = self.io.complete_read(plan).await?;
         self.io.metrics.read_bytes.inc_by(data.len() as u64);
         Ok(data)
     }
