@@ -10,7 +10,7 @@ use dfs_proto::pb;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::error::{FsError, FsResult};
-use crate::open_file::{Io, OpenFile};
+use crate::open_file::{ContentSignature, Io, OpenFile};
 
 /// Directory entries fetched from meta per page.
 const DIR_PAGE: u32 = 1000;
@@ -61,6 +61,14 @@ pub struct DfsFs {
     /// Inodes whose latest attributes said "no xattrs", and when: `ls -l` asks
     /// for ACL and security xattrs on every entry, answered here without a round trip.
     no_xattrs: Mutex<lru::LruCache<u64, std::time::Instant>>,
+    /// The content the kernel's page cache holds for each recently open inode.
+    page_cache_content: Mutex<lru::LruCache<u64, ContentSignature>>,
+}
+
+/// An open file handle, and whether the kernel may keep its cached pages.
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -82,6 +90,10 @@ impl DfsFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             no_xattrs: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(NO_XATTR_ENTRIES)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            page_cache_content: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(NO_XATTR_ENTRIES)
                     .unwrap_or(std::num::NonZeroUsize::MIN),
             )),
@@ -296,7 +308,12 @@ impl DfsFs {
     }
 
     /// Opens a regular file; all handles on one inode share its state.
-    pub async fn open(&self, ino: u64) -> FsResult<u64> {
+    /// open(2): a handle on the file's shared state, and whether the kernel may
+    /// keep the pages it cached for this inode: only when meta reports the same
+    /// content as at this mount's previous open. Any commit since, from any
+    /// mount (this one included), or a truncate, changes the signature and the
+    /// pages are dropped: close-to-open.
+    pub async fn open(&self, ino: u64) -> FsResult<Opened> {
         let file = match self.open_file(ino) {
             Some(f) => {
                 f.lock().await.refresh(&self.io).await?;
@@ -315,9 +332,16 @@ impl DfsFs {
                 }
             }
         };
+        let signature = file.lock().await.signature();
+        let keep_cache = {
+            let mut seen = lock(&self.page_cache_content);
+            let unchanged = seen.get(&ino) == Some(&signature);
+            seen.put(ino, signature);
+            unchanged
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, file);
-        Ok(fh)
+        Ok(Opened { fh, keep_cache })
     }
 
     pub async fn create(
@@ -330,8 +354,8 @@ impl DfsFs {
         let attr = self
             .create_node(parent, name, pb::FileKind::Regular, mode, caller, 0, &[])
             .await?;
-        let fh = self.open(attr.ino).await?;
-        Ok((attr, fh))
+        let opened = self.open(attr.ino).await?;
+        Ok((attr, opened.fh))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

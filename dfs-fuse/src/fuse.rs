@@ -368,7 +368,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        opened(reply, self.run("open", self.fs.open(ino.0)))
+        match self.run("open", self.fs.open(ino.0)) {
+            Ok(o) if o.keep_cache => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn read(

@@ -220,6 +220,26 @@ impl Io {
     }
 }
 
+/// What identifies a file's content as meta last reported it: any data change
+/// (a commit bumps `version`; a truncate moves size and mtime) changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentSignature {
+    version: u64,
+    size: u64,
+    mtime: (i64, u32),
+}
+
+impl ContentSignature {
+    pub fn of(attr: &pb::Attr) -> ContentSignature {
+        let mtime = attr.mtime.as_ref().map_or((0, 0), |t| (t.sec, t.nsec));
+        ContentSignature {
+            version: attr.version,
+            size: attr.size,
+            mtime,
+        }
+    }
+}
+
 type Upload = JoinHandle<Result<UploadedChunk, dfs_client::ClientError>>;
 
 pub struct OpenFile {
@@ -229,6 +249,8 @@ pub struct OpenFile {
     pub size: u64,
     committed_size: u64,
     committed: HashMap<u64, pb::ChunkRef>,
+    /// The content as of the last chunk map or commit from meta.
+    signature: ContentSignature,
     dirty: BTreeMap<u64, Vec<u8>>,
     inflight: BTreeMap<u64, (Bytes, Upload)>,
     uploaded: BTreeMap<u64, (UploadedChunk, Bytes)>,
@@ -253,8 +275,10 @@ impl OpenFile {
             .get_chunks(pb::GetChunksRequest { ino })
             .await?
             .into_inner();
-        let size = map.attr.as_ref().map_or(0, |a| a.size);
+        let attr = map.attr.unwrap_or_default();
+        let size = attr.size;
         Ok(OpenFile {
+            signature: ContentSignature::of(&attr),
             ino,
             chunk_size: u64::from(map.chunk_size.max(1)),
             size,
@@ -288,7 +312,12 @@ impl OpenFile {
         self.size = fresh.size;
         self.committed_size = fresh.size;
         self.committed = std::mem::take(&mut fresh.committed);
+        self.signature = fresh.signature;
         Ok(())
+    }
+
+    pub fn signature(&self) -> ContentSignature {
+        self.signature
     }
 
     pub async fn write(&mut self, io: &Io, offset: u64, data: &[u8]) -> FsResult<()> {
@@ -461,6 +490,9 @@ impl OpenFile {
             .get_chunks(pb::GetChunksRequest { ino: self.ino })
             .await?
             .into_inner();
+        if let Some(attr) = &map.attr {
+            self.signature = ContentSignature::of(attr);
+        }
         self.committed = map.chunks.into_iter().map(|c| (c.index, c)).collect();
         self.committed_size = size;
         Ok(())

@@ -698,3 +698,70 @@ for fd in fds:
         }
     }
 }
+
+#[test]
+fn kernel_page_cache_is_kept_only_while_content_is_unchanged() {
+    let c = Cluster::start(Options {
+        chunk_size: CS as u32,
+        metrics: true,
+        ..Options::default()
+    });
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    let reads = |m: &dfs_tests::Mount| {
+        let page = dfs_tests::http_get(m.metrics.as_ref().unwrap(), "/metrics");
+        page.lines()
+            .find_map(|l| l.strip_prefix("dfs_fuse_requests_total{op=\"read\"} "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let v1 = vec![1u8; 3 * CS / 2];
+    std::fs::write(a.join("f"), &v1).unwrap();
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), v1);
+    // Unchanged: B's second open keeps its cached pages, no read reaches the daemon.
+    let before = reads(&b);
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), v1);
+    assert_eq!(reads(&b), before, "pages kept for unchanged content");
+    // Rewritten in place on A, same size: B's next open must drop its pages.
+    let mut v2 = v1.clone();
+    v2[10] = 2;
+    v2[CS + 5] = 3;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(a.join("f"))
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(10))?;
+            f.write_all(&[2])?;
+            f.seek(SeekFrom::Start(CS as u64 + 5))?;
+            f.write_all(&[3])
+        })
+        .unwrap();
+    assert_eq!(
+        std::fs::read(b.join("f")).unwrap(),
+        v2,
+        "B sees A's rewrite"
+    );
+    // Truncated and regrown to the same size on A: zeros, not stale pages.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(a.join("f"))
+        .and_then(|f| {
+            f.set_len(100)?;
+            f.set_len(v1.len() as u64)
+        })
+        .unwrap();
+    let mut v3 = v2[..100].to_vec();
+    v3.resize(v1.len(), 0);
+    assert_eq!(
+        std::fs::read(b.join("f")).unwrap(),
+        v3,
+        "B sees A's truncate"
+    );
+    // B's own write, then A's read and B's reread agree.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(b.join("f"))
+        .and_then(|mut f| f.write_all(&[9]))
+        .unwrap();
+    v3[0] = 9;
+    assert_eq!(std::fs::read(a.join("f")).unwrap(), v3);
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), v3);
+}
