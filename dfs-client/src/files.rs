@@ -279,6 +279,7 @@ async fn commit(
             size,
             chunks,
             mtime: None,
+            return_chunks: false,
         })
         .await?
         .into_inner();

@@ -3,7 +3,7 @@
 //! and returns an errno-carrying `FsError`; `fuse.rs` only translates.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use dfs_proto::pb;
@@ -63,6 +63,8 @@ pub struct DfsFs {
     no_xattrs: Mutex<lru::LruCache<u64, std::time::Instant>>,
     /// The content the kernel's page cache holds for each recently open inode.
     page_cache_content: Mutex<lru::LruCache<u64, ContentSignature>>,
+    /// The cluster's chunk size, learned from the first open (0 until then).
+    chunk_size: AtomicU32,
 }
 
 /// An open file handle, and whether the kernel may keep its cached pages.
@@ -93,6 +95,7 @@ impl DfsFs {
                 std::num::NonZeroUsize::new(NO_XATTR_ENTRIES)
                     .unwrap_or(std::num::NonZeroUsize::MIN),
             )),
+            chunk_size: AtomicU32::new(0),
             page_cache_content: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(NO_XATTR_ENTRIES)
                     .unwrap_or(std::num::NonZeroUsize::MIN),
@@ -215,7 +218,9 @@ impl DfsFs {
             rdev,
             symlink_target: target.to_vec(),
         };
-        attr_of(self.meta().create(request).await?.into_inner())
+        let attr = attr_of(self.meta().create(request).await?.into_inner())?;
+        self.note_attr(&attr);
+        Ok(attr)
     }
 
     /// The inode behind `name` if this mount holds it open (one lookup, made
@@ -332,7 +337,11 @@ impl DfsFs {
                 }
             }
         };
-        let signature = file.lock().await.signature();
+        let (signature, chunk_size) = {
+            let f = file.lock().await;
+            (f.signature(), f.chunk_size())
+        };
+        self.chunk_size.store(chunk_size, Ordering::Relaxed);
         let keep_cache = {
             let mut seen = lock(&self.page_cache_content);
             let unchanged = seen.get(&ino) == Some(&signature);
@@ -354,8 +363,20 @@ impl DfsFs {
         let attr = self
             .create_node(parent, name, pb::FileKind::Regular, mode, caller, 0, &[])
             .await?;
-        let opened = self.open(attr.ino).await?;
-        Ok((attr, opened.fh))
+        // A new file is empty: open it without fetching its chunk map, once the
+        // chunk size is known from an earlier open.
+        let chunk_size = self.chunk_size.load(Ordering::Relaxed);
+        if chunk_size == 0 || self.open_file(attr.ino).is_some() {
+            let opened = self.open(attr.ino).await?;
+            return Ok((attr, opened.fh));
+        }
+        let file = Arc::new(AsyncMutex::new(OpenFile::created(
+            &self.io, &attr, chunk_size,
+        )));
+        lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, file);
+        Ok((attr, fh))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

@@ -28,6 +28,8 @@ use crate::metrics::FuseMetrics;
 const MAX_DIRTY: usize = 4;
 /// Uploads in flight per file.
 const MAX_INFLIGHT: usize = 4;
+/// Chunks a sequential reader has fetched ahead of it.
+const PREFETCH_CHUNKS: u64 = 4;
 /// Uploaded chunks committed together before flush.
 const COMMIT_EVERY: usize = 4;
 
@@ -275,15 +277,26 @@ impl OpenFile {
             .get_chunks(pb::GetChunksRequest { ino })
             .await?
             .into_inner();
-        let attr = map.attr.unwrap_or_default();
-        let size = attr.size;
-        Ok(OpenFile {
-            signature: ContentSignature::of(&attr),
+        let attr = map.attr.unwrap_or(pb::Attr {
             ino,
-            chunk_size: u64::from(map.chunk_size.max(1)),
-            size,
-            committed_size: size,
-            committed: map.chunks.into_iter().map(|c| (c.index, c)).collect(),
+            ..Default::default()
+        });
+        Ok(OpenFile::from_map(io, &attr, map.chunk_size, map.chunks))
+    }
+
+    /// A file this mount just created: empty, so no chunk map to fetch.
+    pub fn created(io: &Io, attr: &pb::Attr, chunk_size: u32) -> OpenFile {
+        OpenFile::from_map(io, attr, chunk_size, Vec::new())
+    }
+
+    fn from_map(io: &Io, attr: &pb::Attr, chunk_size: u32, chunks: Vec<pb::ChunkRef>) -> OpenFile {
+        OpenFile {
+            ino: attr.ino,
+            chunk_size: u64::from(chunk_size.max(1)),
+            size: attr.size,
+            committed_size: attr.size,
+            committed: chunks.into_iter().map(|c| (c.index, c)).collect(),
+            signature: ContentSignature::of(attr),
             dirty: BTreeMap::new(),
             inflight: BTreeMap::new(),
             uploaded: BTreeMap::new(),
@@ -294,7 +307,11 @@ impl OpenFile {
             metrics: io.metrics.clone(),
             memory: io.memory.clone(),
             last_read_end: u64::MAX,
-        })
+        }
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size as u32
     }
 
     /// Whether this mount holds changes meta has not seen.
@@ -476,20 +493,19 @@ impl OpenFile {
             })
             .collect();
         let mut meta = io.meta.clone();
-        meta.commit_write(pb::CommitWriteRequest {
-            ino: self.ino,
-            size,
-            chunks,
-            mtime: None,
-        })
-        .await?;
+        let map = meta
+            .commit_write(pb::CommitWriteRequest {
+                ino: self.ino,
+                size,
+                chunks,
+                mtime: None,
+                return_chunks: true,
+            })
+            .await?
+            .into_inner();
         for (_, (c, data)) in std::mem::take(&mut self.uploaded) {
             io.cache.insert(c.chunk_id, data);
         }
-        let map = meta
-            .get_chunks(pb::GetChunksRequest { ino: self.ino })
-            .await?
-            .into_inner();
         if let Some(attr) = &map.attr {
             self.signature = ContentSignature::of(attr);
         }
@@ -570,7 +586,8 @@ impl OpenFile {
     /// Never reads past the end of the file.
     pub fn plan_read(&mut self, io: &Io, offset: u64, size: u32) -> PendingRead {
         let end = offset.saturating_add(u64::from(size)).min(self.size);
-        let sequential = offset == self.last_read_end;
+        // A read from the start, or continuing the previous one, is a scan.
+        let sequential = offset == 0 || offset == self.last_read_end;
         let mut plan = PendingRead {
             out: Vec::new(),
             pieces: Vec::new(),
@@ -620,7 +637,7 @@ impl OpenFile {
 
     /// Starts fetching the next chunks of a sequential reader into the cache.
     fn prefetch(&self, io: &Io, from_index: u64) {
-        for index in from_index..from_index + 2 {
+        for index in from_index..from_index + PREFETCH_CHUNKS {
             let Some(chunk) = self.committed.get(&index).cloned() else {
                 return;
             };

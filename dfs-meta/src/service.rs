@@ -298,29 +298,7 @@ impl Meta for MetaService {
         let r = req.into_inner();
         self.observe("GetChunks", async {
             let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
-            Ok(pb::GetChunksReply {
-                attr: Some(crate::convert::attr(&map.inode)),
-                chunk_size: map.chunk_size,
-                chunks: map
-                    .chunks
-                    .iter()
-                    .map(|c| pb::ChunkRef {
-                        index: c.index,
-                        chunk_id: c.chunk_id,
-                        stored_len: c.stored_len,
-                        crc32c: c.crc32c,
-                        valid_len: c.valid_len,
-                        replicas: c
-                            .replicas
-                            .iter()
-                            .map(|(id, addr, _)| pb::NodeRef {
-                                node_id: *id,
-                                addr: addr.clone(),
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-            })
+            Ok(chunk_map_reply(&map))
         })
         .await
     }
@@ -350,7 +328,10 @@ impl Meta for MetaService {
         .await
     }
 
-    async fn commit_write(&self, req: Request<pb::CommitWriteRequest>) -> Reply<pb::AttrReply> {
+    async fn commit_write(
+        &self,
+        req: Request<pb::CommitWriteRequest>,
+    ) -> Reply<pb::GetChunksReply> {
         let r = req.into_inner();
         self.observe("CommitWrite", async {
             let chunks: Vec<CommitChunk> = r
@@ -366,12 +347,19 @@ impl Meta for MetaService {
                 })
                 .collect();
             let mtime = r.mtime.as_ref().map(ts_from_pb).transpose()?;
-            Ok(attr_reply(
-                &self
-                    .store
-                    .commit_write(r.ino, r.size, &chunks, mtime)
-                    .await?,
-            ))
+            let inode = self
+                .store
+                .commit_write(r.ino, r.size, &chunks, mtime)
+                .await?;
+            if r.return_chunks {
+                let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
+                return Ok(chunk_map_reply(&map));
+            }
+            Ok(pb::GetChunksReply {
+                attr: Some(crate::convert::attr(&inode)),
+                chunk_size: self.store.chunk_size(),
+                chunks: Vec::new(),
+            })
         })
         .await
     }
@@ -491,5 +479,32 @@ impl Meta for MetaService {
             })
         })
         .await
+    }
+}
+
+/// A file's chunk map as the wire carries it.
+fn chunk_map_reply(map: &crate::store::ChunkMap) -> pb::GetChunksReply {
+    pb::GetChunksReply {
+        attr: Some(crate::convert::attr(&map.inode)),
+        chunk_size: map.chunk_size,
+        chunks: map
+            .chunks
+            .iter()
+            .map(|c| pb::ChunkRef {
+                index: c.index,
+                chunk_id: c.chunk_id,
+                stored_len: c.stored_len,
+                crc32c: c.crc32c,
+                valid_len: c.valid_len,
+                replicas: c
+                    .replicas
+                    .iter()
+                    .map(|(id, addr, _)| pb::NodeRef {
+                        node_id: *id,
+                        addr: addr.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
