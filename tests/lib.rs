@@ -344,11 +344,12 @@ impl Cluster {
     /// Mounts the cluster with the real `dfs-fuse` (background mode: it returns
     /// once the mount is ready).
     pub fn mount(&self, name: &str) -> Mount {
-        self.mount_with_cache(name, "64M")
+        self.mount_with(name, "cache_size=64M")
     }
 
-    /// Mounts with a given `cache_size` (which is also the mount's memory bound).
-    pub fn mount_with_cache(&self, name: &str, cache_size: &str) -> Mount {
+    /// Mounts with the given mount options (`cache_size=` is also the mount's
+    /// memory bound), plus allow_other, a log and the metrics endpoint.
+    pub fn mount_with(&self, name: &str, options: &str) -> Mount {
         let path = self.dir.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
         let log = self.dir.path().join(format!("fuse-{name}.log"));
@@ -356,9 +357,13 @@ impl Cluster {
             .opts
             .metrics
             .then(|| format!("127.0.0.1:{}", free_port()));
-        let mut options = format!("cache_size={cache_size},allow_other,log={}", log.display());
+        let mut options = format!("{options},allow_other,log={}", log.display());
         if let Some(m) = &metrics {
             options.push_str(&format!(",metrics={m}"));
+        }
+        // DFS_TEST_WRITEBACK=1 runs every mount with the kernel writeback cache.
+        if std::env::var("DFS_TEST_WRITEBACK").is_ok_and(|v| v == "1") {
+            options.push_str(",writeback_cache");
         }
         let out = Command::new(bin_dir().join("dfs-fuse"))
             .arg(&self.meta_addr)

@@ -28,11 +28,16 @@ const BLKSIZE: u32 = 1 << 20;
 pub struct FuseAdapter {
     fs: Arc<DfsFs>,
     rt: Handle,
+    writeback_cache: bool,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<DfsFs>, rt: Handle) -> FuseAdapter {
-        FuseAdapter { fs, rt }
+    pub fn new(fs: Arc<DfsFs>, rt: Handle, writeback_cache: bool) -> FuseAdapter {
+        FuseAdapter {
+            fs,
+            rt,
+            writeback_cache,
+        }
     }
 
     /// Runs one request. A panic in it becomes EIO for that request instead of
@@ -189,6 +194,14 @@ impl Filesystem for FuseAdapter {
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.set_time_granularity(Duration::from_nanos(1));
+        if self.writeback_cache {
+            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
+                tracing::warn!(
+                    ?missing,
+                    "the kernel offers no writeback cache; writes go through"
+                );
+            }
+        }
         Ok(())
     }
 

@@ -84,7 +84,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         fetches: Default::default(),
     };
     let fs = Arc::new(fs::DfsFs::new(io));
-    let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone(), opts.writeback_cache);
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -12,6 +12,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     pub allow_root: bool,
     pub read_only: bool,
+    /// Let the kernel buffer writes in its page cache (FUSE writeback cache).
+    pub writeback_cache: bool,
     /// Bytes of chunk data kept in memory.
     pub cache_size: u64,
     pub metrics: Option<String>,
@@ -122,6 +124,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
         allow_other: false,
         allow_root: false,
         read_only: false,
+        writeback_cache: false,
         cache_size: 512 << 20,
         metrics: None,
         log: None,
@@ -143,6 +146,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
             ("allow_other", None) => opts.allow_other = true,
             ("allow_root", None) => opts.allow_root = true,
             ("ro", None) => opts.read_only = true,
+            ("writeback_cache", None) => opts.writeback_cache = true,
             ("cache_size", Some(v)) => {
                 opts.cache_size =
                     parse_size(v).ok_or_else(|| OptionsError::BadValue(option.into()))?

@@ -234,7 +234,7 @@ fn mount_behaves_like_a_local_directory() {
     });
     // A cache smaller than a chunk: whole chunks are never kept, so reads go
     // the block path, and the tiny memory bound drains write buffers constantly.
-    let m = c.mount_with_cache("mnt", "128K");
+    let m = c.mount_with("mnt", "cache_size=128K");
     let local = c.dir.path().join("model");
     std::fs::create_dir(&local).unwrap();
     let case = std::sync::atomic::AtomicU32::new(0);
