@@ -134,6 +134,9 @@ fn copy_within(dst: &mut [u8], src: &[u8], within: usize) {
     }
 }
 
+/// How far from the previous read's end a read still counts as part of a scan
+/// (twice the kernel's largest readahead).
+const SCAN_WINDOW: u64 = 2 << 20;
 /// The unit of a random read: the node's checksum block.
 const BLOCK: usize = 64 * 1024;
 
@@ -267,6 +270,8 @@ pub struct OpenFile {
     metrics: Arc<FuseMetrics>,
     memory: Arc<MemoryBudget>,
     last_read_end: u64,
+    /// Reads in a row that began near where the one before ended.
+    near_reads: u32,
 }
 
 impl OpenFile {
@@ -307,6 +312,7 @@ impl OpenFile {
             metrics: io.metrics.clone(),
             memory: io.memory.clone(),
             last_read_end: u64::MAX,
+            near_reads: 0,
         }
     }
 
@@ -586,8 +592,14 @@ impl OpenFile {
     /// Never reads past the end of the file.
     pub fn plan_read(&mut self, io: &Io, offset: u64, size: u32) -> PendingRead {
         let end = offset.saturating_add(u64::from(size)).min(self.size);
-        // A read from the start, or continuing the previous one, is a scan.
-        let sequential = offset == 0 || offset == self.last_read_end;
+        // A scan: a read from the start, one right where the previous ended, or
+        // a run of reads near each other (the kernel's readahead sends several
+        // reads at once, and they reach here in any order). One read that lands
+        // near by chance among random ones is not a run.
+        let near =
+            self.last_read_end != u64::MAX && offset.abs_diff(self.last_read_end) <= SCAN_WINDOW;
+        self.near_reads = if near { self.near_reads + 1 } else { 0 };
+        let sequential = offset == 0 || offset == self.last_read_end || self.near_reads >= 2;
         let mut plan = PendingRead {
             out: Vec::new(),
             pieces: Vec::new(),
