@@ -824,3 +824,224 @@ fn writeback_cache_coalesces_writes_and_keeps_close_to_open() {
         expected.len() as u64
     );
 }
+
+/// (mtime, ctime) of a path, in nanoseconds, without following symlinks.
+fn times(p: &Path) -> (i128, i128) {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec()))
+}
+
+#[test]
+fn ctime_and_mtime_change_exactly_when_posix_says() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let f = m.join("f");
+    let d = m.join("d");
+    std::fs::write(&f, b"hello").unwrap();
+    std::fs::create_dir(&d).unwrap();
+    let tick = || std::thread::sleep(Duration::from_millis(20));
+    // Each step: what it does, and whether mtime / ctime of the path must change.
+    type Step<'a> = (&'a str, &'a Path, Box<dyn Fn() + 'a>, bool, bool);
+    let steps: Vec<Step> = vec![
+        (
+            "read",
+            &f,
+            Box::new(|| drop(std::fs::read(&f).unwrap())),
+            false,
+            false,
+        ),
+        (
+            "write",
+            &f,
+            Box::new(|| std::fs::write(&f, b"world").unwrap()),
+            true,
+            true,
+        ),
+        (
+            "chmod",
+            &f,
+            Box::new(|| {
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+            false,
+            true,
+        ),
+        (
+            "chown",
+            &f,
+            Box::new(|| std::os::unix::fs::chown(&f, Some(1234), Some(1234)).unwrap()),
+            false,
+            true,
+        ),
+        (
+            "link",
+            &f,
+            Box::new(|| std::fs::hard_link(&f, m.join("g")).unwrap()),
+            false,
+            true,
+        ),
+        (
+            "unlink other name",
+            &f,
+            Box::new(|| std::fs::remove_file(m.join("g")).unwrap()),
+            false,
+            true,
+        ),
+        (
+            "setxattr",
+            &f,
+            Box::new(|| {
+                sh(&m.path, "setfattr -n user.k -v v f");
+            }),
+            false,
+            true,
+        ),
+        (
+            "truncate",
+            &f,
+            Box::new(|| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&f)
+                    .unwrap()
+                    .set_len(2)
+                    .unwrap()
+            }),
+            true,
+            true,
+        ),
+        (
+            "open O_TRUNC",
+            &f,
+            Box::new(|| {
+                drop(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&f)
+                        .unwrap(),
+                )
+            }),
+            true,
+            true,
+        ),
+        (
+            "create in dir",
+            &d,
+            Box::new(|| std::fs::write(d.join("x"), b"").unwrap()),
+            true,
+            true,
+        ),
+        (
+            "stat in dir",
+            &d,
+            Box::new(|| assert!(std::fs::metadata(d.join("x")).is_ok())),
+            false,
+            false,
+        ),
+        (
+            "rename in dir",
+            &d,
+            Box::new(|| std::fs::rename(d.join("x"), d.join("y")).unwrap()),
+            true,
+            true,
+        ),
+        (
+            "unlink in dir",
+            &d,
+            Box::new(|| std::fs::remove_file(d.join("y")).unwrap()),
+            true,
+            true,
+        ),
+        (
+            "mkdir in dir",
+            &d,
+            Box::new(|| std::fs::create_dir(d.join("s")).unwrap()),
+            true,
+            true,
+        ),
+        (
+            "rmdir in dir",
+            &d,
+            Box::new(|| std::fs::remove_dir(d.join("s")).unwrap()),
+            true,
+            true,
+        ),
+    ];
+    for (what, path, step, mtime_moves, ctime_moves) in steps {
+        let before = times(path);
+        tick();
+        step();
+        let after = times(path);
+        assert_eq!(
+            after.0 != before.0,
+            mtime_moves,
+            "{what}: mtime {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            after.1 != before.1,
+            ctime_moves,
+            "{what}: ctime {before:?} -> {after:?}"
+        );
+        assert!(
+            after.1 >= after.0 || !ctime_moves,
+            "{what}: ctime older than mtime"
+        );
+    }
+    // rename changes the renamed inode's ctime (Linux does; POSIX allows it).
+    let before = times(&f);
+    tick();
+    std::fs::rename(&f, m.join("f2")).unwrap();
+    assert_ne!(
+        times(&m.join("f2")).1,
+        before.1,
+        "rename: ctime of the file"
+    );
+    // utimens sets mtime as asked and ctime to now.
+    sh(&m.path, "touch -m -d '2001-02-03 04:05:06.789' f2");
+    let (mtime, ctime) = times(&m.join("f2"));
+    assert_eq!(mtime, 981_173_106_789_000_000, "mtime as set");
+    assert!(ctime > mtime, "ctime is now, not the set mtime");
+}
+
+#[test]
+fn setgid_directories_device_nodes_and_fallocate() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    // A setgid directory: new entries take its group, subdirectories its setgid bit.
+    let d = m.join("shared");
+    std::fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, None, Some(4321)).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    std::fs::write(d.join("file"), b"x").unwrap();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    assert_eq!(std::fs::metadata(d.join("file")).unwrap().gid(), 4321);
+    let sub = std::fs::metadata(d.join("sub")).unwrap();
+    assert_eq!(sub.gid(), 4321);
+    assert_ne!(sub.mode() & 0o2000, 0, "subdirectory inherits setgid");
+    // Device nodes, as root: type and device number are kept.
+    sh(
+        &m.path,
+        "mknod cdev c 1 3 && mknod bdev b 7 0 && test -c cdev && test -b bdev",
+    );
+    let rdev = std::fs::metadata(m.join("cdev")).unwrap().rdev();
+    assert_eq!((libc::major(rdev), libc::minor(rdev)), (1, 3));
+    // fallocate mode 0 extends with zeros; modes dfs cannot honour say so.
+    sh(&m.path, "printf abc > fa && fallocate -l 3M fa");
+    let data = std::fs::read(m.join("fa")).unwrap();
+    assert_eq!(data.len(), 3 << 20);
+    assert_eq!(&data[..3], b"abc");
+    assert!(data[3..].iter().all(|b| *b == 0));
+    let out = std::process::Command::new("fallocate")
+        .args(["--punch-hole", "-o", "0", "-l", "4096"])
+        .arg(m.join("fa"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("support"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
