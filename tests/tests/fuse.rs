@@ -1045,3 +1045,31 @@ fn setgid_directories_device_nodes_and_fallocate() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn statfs_reports_the_clusters_capacity() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    for i in 0..5 {
+        std::fs::write(m.join(&format!("f{i}")), b"x").unwrap();
+    }
+    let field = |dir: &Path, format: &str| -> u64 {
+        sh(dir, &format!("stat -f -c '{format}' ."))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // A node's capacity is its chunks plus the space it may still use. Three
+    // nodes on one local disk, three replicas: the mount shows that disk's
+    // available space (the chunks here are tiny).
+    let local_avail = field(c.dir.path(), "%S") * field(c.dir.path(), "%a");
+    let total = field(&m.path, "%S") * field(&m.path, "%b");
+    let free = field(&m.path, "%S") * field(&m.path, "%f");
+    assert!(
+        total.abs_diff(local_avail) <= local_avail / 20,
+        "mount {total} bytes, disk has {local_avail} available"
+    );
+    assert!(free > 0 && free <= total);
+    assert!(field(&m.path, "%c") >= 6, "inodes: root and 5 files");
+    assert_eq!(field(&m.path, "%l"), 255, "name length limit");
+}
