@@ -426,10 +426,7 @@ impl OpenFile {
     /// its valid length).
     async fn base_of(&mut self, io: &Io, index: u64) -> FsResult<Vec<u8>> {
         if let Some((data, handle)) = self.inflight.remove(&index) {
-            let uploaded = handle
-                .await
-                .map_err(|e| FsError::new(libc::EIO, e.to_string()))??;
-            self.uploaded.insert(index, (uploaded, data.clone()));
+            self.await_upload(index, data.clone(), handle).await?;
             return Ok(data.to_vec());
         }
         if let Some((_, data)) = self.uploaded.get(&index) {
@@ -465,11 +462,27 @@ impl OpenFile {
         let Some((index, (data, handle))) = self.inflight.pop_first() else {
             return Ok(());
         };
-        let uploaded = handle
-            .await
-            .map_err(|e| FsError::new(libc::EIO, e.to_string()))??;
-        self.uploaded.insert(index, (uploaded, data));
-        Ok(())
+        self.await_upload(index, data, handle).await
+    }
+
+    /// Waits for one chunk's upload. A failed upload puts its bytes back among
+    /// the dirty chunks: the error goes to the caller, and the next flush tries
+    /// again, so nothing is lost silently (nor a size committed over missing data).
+    async fn await_upload(&mut self, index: u64, data: Bytes, handle: Upload) -> FsResult<()> {
+        let result = match handle.await {
+            Ok(uploaded) => uploaded.map_err(FsError::from),
+            Err(e) => Err(FsError::new(libc::EIO, e.to_string())),
+        };
+        match result {
+            Ok(uploaded) => {
+                self.uploaded.insert(index, (uploaded, data));
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty.entry(index).or_insert_with(|| data.to_vec());
+                Err(e)
+            }
+        }
     }
 
     /// Commits uploaded chunks. `final_size`: commit the size this mount sees;

@@ -1073,3 +1073,59 @@ fn statfs_reports_the_clusters_capacity() {
     assert!(field(&m.path, "%c") >= 6, "inodes: root and 5 files");
     assert_eq!(field(&m.path, "%l"), 255, "name length limit");
 }
+
+#[test]
+fn cluster_failures_reach_the_application_as_errors() {
+    let mut c = cluster();
+    let m = c.mount("mnt");
+    std::fs::write(m.join("kept"), vec![5u8; CS + 7]).unwrap();
+    // Data buffered before the nodes die cannot be made durable: close says so.
+    let mut pending = std::fs::File::create(m.join("pending")).unwrap();
+    pending.write_all(&vec![1u8; 1000]).unwrap();
+    for i in 0..3 {
+        c.kill_node(i);
+    }
+    let fd = {
+        use std::os::fd::IntoRawFd;
+        pending.into_raw_fd()
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: closes a descriptor this test owns, once.
+    let rc = unsafe { libc::close(fd) };
+    let close_errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    assert_eq!(rc, -1, "close reported success with every node down");
+    assert!(
+        [libc::EIO, libc::ENOSPC, libc::ETIMEDOUT].contains(&close_errno),
+        "close: errno {close_errno}"
+    );
+    // fsync of new data fails too, and nothing half-written becomes visible.
+    let mut f = std::fs::File::create(m.join("synced")).unwrap();
+    f.write_all(b"data").unwrap();
+    let e = f.sync_all().unwrap_err().raw_os_error().unwrap_or(0);
+    assert!(
+        [libc::EIO, libc::ENOSPC, libc::ETIMEDOUT].contains(&e),
+        "fsync: errno {e}"
+    );
+    // The bytes stay buffered: close tries again and fails again.
+    let fd = {
+        use std::os::fd::IntoRawFd;
+        f.into_raw_fd()
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: closes a descriptor this test owns, once.
+    let rc = unsafe { libc::close(fd) };
+    assert_eq!(rc, -1, "close after a failed fsync reported success");
+    // Reading data whose every replica is gone is EIO, not zeros or a short read.
+    let c2 = c.mount("fresh"); // no cached chunks
+    let e = std::fs::read(c2.join("kept")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // The namespace is still served: stat, ls and mkdir work. The files whose
+    // data never reached a node kept no size over missing bytes.
+    assert_eq!(
+        std::fs::metadata(c2.join("kept")).unwrap().len(),
+        CS as u64 + 7
+    );
+    assert_eq!(std::fs::metadata(c2.join("pending")).unwrap().len(), 0);
+    assert_eq!(std::fs::metadata(c2.join("synced")).unwrap().len(), 0);
+    std::fs::create_dir(c2.join("still")).unwrap();
+}
