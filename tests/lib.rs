@@ -34,12 +34,24 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// A port for a daemon to listen on. Taken below Linux's ephemeral range
+/// (32768-60999): a port the kernel hands out for `bind(0)` is also what it
+/// hands out as the local port of outgoing connections, so between this call
+/// and the daemon's bind another test's connection could take it. Ports are
+/// spread by process id and handed out once per process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(97);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + base.wrapping_add(n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -154,6 +154,8 @@ fn every_dashboard_panel_and_alert_rule_returns_data() {
         let (stop, path) = (stop.clone(), m.join("f"));
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                // Past the kernel's page cache, so the mount's cache sees the reads.
+                drop_page_cache(&path);
                 let _ = std::fs::read(&path);
                 std::thread::sleep(Duration::from_millis(300));
             }
