@@ -1129,3 +1129,56 @@ fn cluster_failures_reach_the_application_as_errors() {
     assert_eq!(std::fs::metadata(c2.join("synced")).unwrap().len(), 0);
     std::fs::create_dir(c2.join("still")).unwrap();
 }
+
+#[test]
+fn owner_only_operations_are_eperm_for_others() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    sh(
+        &m.path,
+        "touch rootfile && chmod 666 rootfile && mkdir -m 1777 shared && touch shared/rootowned && chmod 666 shared/rootowned",
+    );
+    // Each command runs as `nobody` and must fail with EPERM (not EACCES, not success).
+    let errno_as_nobody = |code: &str| -> String {
+        let script = format!(
+            "import errno, os, sys\ntry:\n    {code}\n    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])"
+        );
+        let out = std::process::Command::new("su")
+            .args(["-s", "/bin/sh", "nobody", "-c"])
+            .arg(format!("python3 -c \"{script}\""))
+            .current_dir(&m.path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        errno_as_nobody("os.chmod('rootfile', 0o777)"),
+        "EPERM",
+        "chmod"
+    );
+    assert_eq!(
+        errno_as_nobody("os.chown('rootfile', 65534, 65534)"),
+        "EPERM",
+        "chown"
+    );
+    assert_eq!(
+        errno_as_nobody("os.utime('rootfile', (1, 1))"),
+        "EPERM",
+        "explicit times"
+    );
+    assert_eq!(
+        errno_as_nobody("os.utime('rootfile', None)"),
+        "ok",
+        "'now' needs only write access"
+    );
+    assert_eq!(
+        errno_as_nobody("os.unlink('shared/rootowned')"),
+        "EPERM",
+        "sticky directory"
+    );
+    assert_eq!(
+        errno_as_nobody("os.setxattr('rootfile', 'trusted.x', b'1')"),
+        "EPERM",
+        "trusted xattrs"
+    );
+}
