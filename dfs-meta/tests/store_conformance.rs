@@ -136,6 +136,26 @@ async fn create_lookup_and_errors(h: Handle) {
         libc::ENOENT
     );
     assert_eq!(
+        errno(s.lookup(f.ino, b"x").await.unwrap_err()),
+        libc::ENOTDIR,
+        "lookup under a file"
+    );
+    assert_eq!(
+        errno(s.lookup(987_654, b"x").await.unwrap_err()),
+        libc::ENOENT,
+        "lookup in a missing directory"
+    );
+    assert_eq!(
+        errno(s.lookup(u64::MAX, b"x").await.unwrap_err()),
+        libc::ENOENT,
+        "an inode number past i64"
+    );
+    s.set_xattr(f.ino, b"user.k", b"v", 0).await.unwrap();
+    let with_xattr = s.lookup(ROOT_INO, b"a.txt").await.unwrap();
+    assert!(with_xattr.has_xattrs, "lookup reports xattrs");
+    assert_eq!(with_xattr, s.getattr(f.ino).await.unwrap());
+    s.remove_xattr(f.ino, b"user.k").await.unwrap();
+    assert_eq!(
         errno(s.create(file(f.ino, "x")).await.unwrap_err()),
         libc::ENOTDIR
     );

@@ -53,14 +53,40 @@ impl Store {
         require_inode(&mut conn, ino).await
     }
 
+    /// The inode `name` in directory `parent` names, in one query (the parent,
+    /// the entry and the inode together: a lookup is the most frequent call).
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
         validate_name(name)?;
+        let not_found = || StoreError::NotFound(String::from_utf8_lossy(name).into_owned());
+        let Ok(parent_key) = i64::try_from(parent) else {
+            return Err(StoreError::NotFound(format!("inode {parent}")));
+        };
+        let cols = INODE_COLUMNS
+            .split(", ")
+            .map(|c| format!("i.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut conn = self.pool.acquire().await?;
-        require_dir(&mut conn, parent).await?;
-        let ino = entry_ino(&mut conn, parent, name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-        require_inode(&mut conn, ino).await
+        let row = sqlx::query(&format!(
+            "SELECT p.kind AS parent_kind, d.ino AS found, {cols}, {xattrs}
+             FROM inodes p
+             LEFT JOIN dentries d ON d.parent = p.ino AND d.name = $2
+             LEFT JOIN inodes i ON i.ino = d.ino
+             WHERE p.ino = $1",
+            xattrs = has_xattrs_column("i")
+        ))
+        .bind(parent_key)
+        .bind(name.to_vec())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("inode {parent}")))?;
+        if row.try_get::<i64, _>("parent_kind")? != FileKind::Directory as i64 {
+            return Err(StoreError::NotDir);
+        }
+        if row.try_get::<Option<i64>, _>("found")?.is_none() {
+            return Err(not_found());
+        }
+        inode_from_row(&row)
     }
 
     /// Walks an absolute path from the root ("/" and "" name the root).
