@@ -393,7 +393,7 @@ impl DfsFs {
             let mut file = file.lock().await;
             file.write(&self.io, offset, data).await?;
             if self.io.memory.writes_over_share() {
-                file.drain(&self.io).await?;
+                file.drain(&self.io, true).await?;
             }
         }
         self.io.metrics.write_bytes.inc_by(data.len() as u64);
@@ -406,6 +406,9 @@ impl DfsFs {
     /// Has open files that nobody is using right now upload their buffers, so
     /// buffers left in idle files cannot hold the mount over its memory bound.
     /// Files in use are skipped: their writers drain them on their next write.
+    /// A file written in the last second keeps the chunk it is filling, so
+    /// writers taking turns do not upload each other's partial chunks again and
+    /// again (the bound's slack: one chunk per file being written).
     async fn drain_idle_files(&self) {
         let files: Vec<_> = lock(&self.files)
             .values()
@@ -418,7 +421,8 @@ impl DfsFs {
             let Ok(mut f) = file.try_lock() else {
                 continue;
             };
-            if let Err(e) = f.drain(&self.io).await {
+            let keep_current = f.recently_written();
+            if let Err(e) = f.drain(&self.io, keep_current).await {
                 // Its own next flush, close or fsync reports the failure.
                 tracing::warn!(ino = f.ino, error = %e, "draining an idle file's buffers failed");
                 f.defer_error(e);

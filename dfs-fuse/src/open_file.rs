@@ -272,6 +272,10 @@ pub struct OpenFile {
     last_read_end: u64,
     /// Reads in a row that began near where the one before ended.
     near_reads: u32,
+    /// The chunk the latest write ended in, and when (kept by a drain while
+    /// the file is being written).
+    last_write_index: Option<u64>,
+    last_write_at: Option<std::time::Instant>,
 }
 
 impl OpenFile {
@@ -313,6 +317,8 @@ impl OpenFile {
             memory: io.memory.clone(),
             last_read_end: u64::MAX,
             near_reads: 0,
+            last_write_index: None,
+            last_write_at: None,
         }
     }
 
@@ -372,6 +378,10 @@ impl OpenFile {
         }
         self.size = self.size.max(end);
         self.changed = true;
+        if end > offset {
+            self.last_write_index = Some((end - 1) / cs);
+            self.last_write_at = Some(std::time::Instant::now());
+        }
         while self.dirty.len() > MAX_DIRTY {
             let Some(&oldest) = self.dirty.keys().next() else {
                 break;
@@ -405,10 +415,25 @@ impl OpenFile {
         self.pending_error.get_or_insert(e);
     }
 
-    /// Uploads and commits every buffered chunk of this file (without its
-    /// final size), freeing the buffers when the mount is short of memory.
-    pub async fn drain(&mut self, io: &Io) -> FsResult<()> {
-        let indices: Vec<u64> = self.dirty.keys().copied().collect();
+    /// Whether a write reached this file in the last second (a writer that
+    /// is still at it, between two writes).
+    pub fn recently_written(&self) -> bool {
+        self.last_write_at
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+    }
+
+    /// Uploads and commits this file's buffered chunks (without its final
+    /// size), freeing the buffers when the mount is short of memory. A file
+    /// being written keeps the chunk its last write touched: uploading that
+    /// partial chunk on every write would upload it again and again as it fills.
+    pub async fn drain(&mut self, io: &Io, keep_current: bool) -> FsResult<()> {
+        let keep = keep_current.then_some(self.last_write_index).flatten();
+        let indices: Vec<u64> = self
+            .dirty
+            .keys()
+            .copied()
+            .filter(|i| Some(*i) != keep)
+            .collect();
         for index in indices {
             self.start_upload(io, index, false).await?;
         }
