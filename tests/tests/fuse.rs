@@ -792,6 +792,14 @@ fn writeback_cache_coalesces_writes_and_keeps_close_to_open() {
         }
         f.sync_all().unwrap();
     }
+    // fsync also made meta sync its log (the Sync RPC).
+    let meta_page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+    assert!(
+        meta_page
+            .lines()
+            .any(|l| l.starts_with("dfs_meta_rpc_duration_seconds_count{method=\"Sync\"} ")),
+        "fsync reached meta's Sync"
+    );
     let requests = writes(&w);
     assert!(
         requests > 0.0 && requests < 200.0,
