@@ -16,6 +16,7 @@ pub struct MetaMetrics {
     pub lost: IntGauge,
     pub repair_commands: IntCounter,
     pub repairs_done: IntCounter,
+    pub replicas_trimmed: IntCounter,
     pub repair_queue: IntGauge,
 }
 
@@ -63,6 +64,10 @@ impl MetaMetrics {
                 "dfs_meta_repair_replicas_added_total",
                 "replicas added by repair",
             ),
+            replicas_trimmed: counter(
+                "dfs_meta_repair_replicas_trimmed_total",
+                "replicas dropped because a chunk had more than the replication factor",
+            ),
             repair_queue: gauge(
                 "dfs_meta_repair_queue_chunks",
                 "chunk copies queued for or running on nodes",
@@ -79,6 +84,7 @@ impl MetaMetrics {
             Box::new(m.lost.clone()),
             Box::new(m.repair_commands.clone()),
             Box::new(m.repairs_done.clone()),
+            Box::new(m.replicas_trimmed.clone()),
             Box::new(m.repair_queue.clone()),
         ];
         register_all(&m.registry, all);

@@ -2,6 +2,10 @@
 //! replication factor, picks a live holder as the source and new targets by the
 //! usual placement, and queues a command that the source receives in its next
 //! heartbeat reply. The source copies the chunk and reports `ReplicaAdded`.
+//!
+//! It also trims: a node that comes back after its chunks were copied
+//! elsewhere leaves them with one replica too many. The extra replica on the
+//! fullest node is dropped (garbage collected on that node).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -111,11 +115,39 @@ impl Repairer {
             state.queued.entry(source.0).or_default().push(command);
             queued += 1;
         }
+        self.trim_extra_replicas(cutoff).await?;
         self.metrics.repair_commands.inc_by(queued as u64);
         self.metrics
             .repair_queue
             .set(self.lock().in_flight.len() as i64);
         Ok(queued)
+    }
+
+    /// Drops replicas beyond the replication factor, one per chunk per round,
+    /// from the holder with the least free space. Chunks with a copy in flight
+    /// are left alone until it lands.
+    async fn trim_extra_replicas(&self, cutoff: i64) -> Result<(), StoreError> {
+        for item in self.store.over_replicated(cutoff, SCAN_LIMIT).await? {
+            if self.lock().in_flight.contains_key(&item.chunk_id) {
+                continue;
+            }
+            let Some(&(node, _)) = item
+                .live_holders
+                .iter()
+                .min_by_key(|(id, free)| (*free, std::cmp::Reverse(*id)))
+            else {
+                continue;
+            };
+            if self
+                .store
+                .drop_extra_replica(item.chunk_id, node, cutoff)
+                .await?
+            {
+                tracing::info!(chunk = item.chunk_id, node, "dropped an extra replica");
+                self.metrics.replicas_trimmed.inc();
+            }
+        }
+        Ok(())
     }
 
     async fn refresh_gauges(&self) -> Result<(), StoreError> {

@@ -113,6 +113,7 @@ conformance!(
     bad_commits_change_nothing,
     node_reconcile,
     under_replication_is_seen,
+    extra_replicas_are_trimmed,
     reopen_keeps_everything,
     concurrent_creates_all_land,
     resolve_path,
@@ -888,6 +889,68 @@ async fn under_replication_is_seen(h: Handle) {
             .len(),
         2
     );
+}
+
+async fn extra_replicas_are_trimmed(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let (fourth, _) = s
+        .register_node(RegisterArgs {
+            uuid: "uuid-3".into(),
+            addr: "127.0.0.1:7004".into(),
+            zone: String::new(),
+            capacity: 1 << 40,
+            used: 1 << 39, // the fullest node
+            chunk_ids: vec![],
+        })
+        .await
+        .unwrap();
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let (c, _) = write_chunk(s, f.ino, 0, 10, 10).await;
+    assert!(s.over_replicated(0, 100).await.unwrap().is_empty());
+    s.replica_added(c, &[fourth]).await.unwrap();
+    let items = s.over_replicated(0, 100).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].chunk_id, c);
+    assert_eq!(items[0].live_holders.len(), 4);
+    assert!(items[0]
+        .live_holders
+        .iter()
+        .any(|(id, free)| *id == fourth && *free == 1 << 39));
+    // A holder that is down does not count: with one of four down there is
+    // nothing extra to drop.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let cutoff = dfs_meta::store::now_ms();
+    for n in [nodes[0], nodes[1], fourth] {
+        s.heartbeat(HeartbeatInfo {
+            node_id: n,
+            capacity: 1 << 40,
+            used: 0,
+            chunk_count: 1,
+        })
+        .await
+        .unwrap();
+    }
+    assert!(s.over_replicated(cutoff, 100).await.unwrap().is_empty());
+    assert!(!s.drop_extra_replica(c, fourth, cutoff).await.unwrap());
+    // All four up: one goes, and never a second.
+    assert!(s.drop_extra_replica(c, fourth, 0).await.unwrap());
+    let replicas = &s.get_chunks(f.ino, 0).await.unwrap().chunks[0].replicas;
+    assert_eq!(replicas.len(), 3);
+    assert!(replicas.iter().all(|r| r.0 != fourth));
+    assert!(!s.drop_extra_replica(c, nodes[0], 0).await.unwrap());
+    assert!(s.over_replicated(0, 100).await.unwrap().is_empty());
+    // The dropped copy is garbage for its node.
+    let garbage = s
+        .heartbeat(HeartbeatInfo {
+            node_id: fourth,
+            capacity: 1 << 40,
+            used: 0,
+            chunk_count: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(garbage, Some(vec![c]));
 }
 
 async fn reopen_keeps_everything(h: Handle) {

@@ -130,8 +130,16 @@ fn repair_brings_chunks_back_to_three_copies() {
     c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
     let stat = c.dfs_ok(&["stat", "/f"]);
     // Kill a node that holds chunk 0.
-    let victim = c.node_index(stat_chunks(&stat)[0].1[0].0);
+    let victim_id = stat_chunks(&stat)[0].1[0].0;
+    let victim = c.node_index(victim_id);
     c.kill_node(victim);
+    // First meta must see it dead; until then every replica still counts as up.
+    c.wait_until("the killed node seen down", Duration::from_secs(30), |c| {
+        stat_chunks(&c.dfs_ok(&["stat", "/f"]))
+            .iter()
+            .flat_map(|(_, r)| r.iter())
+            .any(|(id, down)| *id == victim_id && *down)
+    });
     c.wait_until(
         "three live replicas of every chunk",
         Duration::from_secs(60),
@@ -147,6 +155,42 @@ fn repair_brings_chunks_back_to_three_copies() {
     let out = c.local("out");
     c.dfs_ok(&["get", "/f", out.to_str().unwrap()]);
     assert!(same_bytes(&f, &out));
+    // The dead node comes back with its old copies: each chunk it held has one
+    // replica too many until repair drops the extra one and its node deletes it.
+    // Its copies are still in the map (marked down) and on its disk.
+    assert!(stat_chunks(&c.dfs_ok(&["stat", "/f"]))
+        .iter()
+        .any(|(_, r)| r.iter().any(|(id, down)| *id == victim_id && *down)));
+    c.restart_node(victim);
+    c.wait_nodes_up(4);
+    let chunks = stat_chunks(&c.dfs_ok(&["stat", "/f"])).len();
+    let chunk_files = |c: &Cluster| -> usize {
+        (0..4)
+            .map(|i| {
+                std::fs::read_dir(c.node_data(i).join("chunks"))
+                    .map(|dirs| {
+                        dirs.flatten()
+                            .map(|d| std::fs::read_dir(d.path()).map_or(0, |f| f.count()))
+                            .sum::<usize>()
+                    })
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    c.wait_until(
+        "exactly three up replicas of every chunk, and three files of each on disk",
+        Duration::from_secs(60),
+        |c| {
+            let stat = c.dfs_ok(&["stat", "/f"]);
+            stat_chunks(&stat)
+                .iter()
+                .all(|(_, r)| r.len() == 3 && r.iter().all(|(_, down)| !down))
+                && chunk_files(c) == 3 * chunks
+        },
+    );
+    let again = c.local("again");
+    c.dfs_ok(&["get", "/f", again.to_str().unwrap()]);
+    assert!(same_bytes(&f, &again));
 }
 
 #[test]

@@ -41,7 +41,9 @@ pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement};
 pub use error::StoreError;
 pub use metrics::StoreMetrics;
 pub use namespace::{CreateArgs, DirEntry, SetAttrArgs};
-pub use nodes::{ClusterCounts, HeartbeatInfo, NodeInfo, NodeRecord, RegisterArgs, RepairItem};
+pub use nodes::{
+    ClusterCounts, ExtraReplicas, HeartbeatInfo, NodeInfo, NodeRecord, RegisterArgs, RepairItem,
+};
 pub use rows::{FileKind, Inode, Timespec};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

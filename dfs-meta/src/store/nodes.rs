@@ -294,6 +294,102 @@ impl Store {
     }
 }
 
+/// A chunk with more live replicas than the cluster wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtraReplicas {
+    pub chunk_id: u64,
+    /// Live holders: (node id, free bytes).
+    pub live_holders: Vec<(u64, u64)>,
+}
+
+impl Store {
+    /// Chunks holding more live replicas than the replication factor (a node
+    /// came back after repair had already copied its chunks elsewhere).
+    pub async fn over_replicated(
+        &self,
+        live_cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ExtraReplicas>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
+        counts.retain(|(_, n)| *n > u64::from(self.replication));
+        counts.sort_by_key(|(id, _)| *id);
+        counts.truncate(limit);
+        let mut items = Vec::with_capacity(counts.len());
+        for (chunk, _) in counts {
+            let rows = sqlx::query(
+                "SELECT n.id, n.capacity, n.used FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 ORDER BY n.id",
+            )
+            .bind(chunk as i64)
+            .bind(live_cutoff_ms)
+            .fetch_all(&mut *conn)
+            .await?;
+            let live_holders = rows
+                .iter()
+                .map(|row| {
+                    let capacity = row.try_get::<i64, _>(1)?.max(0) as u64;
+                    let used = row.try_get::<i64, _>(2)?.max(0) as u64;
+                    Ok((
+                        row.try_get::<i64, _>(0)? as u64,
+                        capacity.saturating_sub(used),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            items.push(ExtraReplicas {
+                chunk_id: chunk,
+                live_holders,
+            });
+        }
+        Ok(items)
+    }
+
+    /// Drops `node_id`'s replica of `chunk_id` (its node deletes the file on its
+    /// next heartbeat), but only while the chunk keeps more live replicas than
+    /// wanted, checked in the same transaction. Returns whether it dropped one.
+    pub async fn drop_extra_replica(
+        &self,
+        chunk_id: u64,
+        node_id: u64,
+        live_cutoff_ms: i64,
+    ) -> Result<bool> {
+        let replication = i64::from(self.replication);
+        in_tx!(self, |tx| {
+            let chunk = to_i64(chunk_id, "chunk id")?;
+            let node = to_i64(node_id, "node id")?;
+            let live: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2",
+            )
+            .bind(chunk)
+            .bind(live_cutoff_ms)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            if live <= replication {
+                return Ok(false);
+            }
+            let removed = sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
+                .bind(chunk)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if removed == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(chunk)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+            Ok(true)
+        })
+    }
+}
+
 /// Nodes whose last heartbeat is at or after `cutoff_ms`.
 pub(crate) async fn live_nodes(
     conn: &mut AnyConnection,
