@@ -352,7 +352,7 @@ impl OpenFile {
     pub async fn write(&mut self, io: &Io, offset: u64, data: &[u8]) -> FsResult<()> {
         let end = offset
             .checked_add(data.len() as u64)
-            .filter(|e| *e <= i64::MAX as u64)
+            .filter(|e| *e <= dfs_proto::MAX_FILE_SIZE)
             .ok_or_else(|| FsError::new(libc::EFBIG, "write past the largest file size"))?;
         let cs = self.chunk_size;
         let mut pos = offset;

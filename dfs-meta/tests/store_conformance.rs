@@ -557,6 +557,23 @@ async fn setattr_and_truncate(h: Handle) {
         .unwrap();
     assert_eq!(a.size, 10 << 20);
     assert!(a.version > f.version);
+    let too_big = SetAttrArgs {
+        size: Some(dfs_proto::MAX_FILE_SIZE + 1),
+        ..Default::default()
+    };
+    assert_eq!(
+        errno(s.setattr(f.ino, too_big).await.unwrap_err()),
+        libc::EFBIG
+    );
+    assert_eq!(
+        errno(
+            s.commit_write(f.ino, u64::MAX, &[], None)
+                .await
+                .unwrap_err()
+        ),
+        libc::EFBIG
+    );
+    assert_eq!(s.getattr(f.ino).await.unwrap().size, 10 << 20, "unchanged");
     let d = s
         .create(node(ROOT_INO, "d", FileKind::Directory))
         .await
@@ -587,7 +604,8 @@ async fn setattr_and_truncate(h: Handle) {
             .await
             .unwrap_err()
         ),
-        libc::EINVAL
+        libc::EFBIG,
+        "a size no file can have"
     );
 }
 

@@ -15,3 +15,6 @@ pub use names::{validate_name, NameError, MAX_NAME_LEN, MAX_PATH_LEN};
 
 /// The root directory's inode number (as in FUSE).
 pub const ROOT_INO: u64 = 1;
+/// The largest file dfs stores (8 PiB). Larger sizes and writes past it are
+/// EFBIG, as local file systems answer past their own limit.
+pub const MAX_FILE_SIZE: u64 = 1 << 53;

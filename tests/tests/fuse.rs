@@ -121,6 +121,18 @@ fn errnos_are_the_posix_ones() {
     assert_eq!(errno_of(std::fs::create_dir(m.join("d"))), libc::EEXIST);
     assert_eq!(errno_of(std::fs::remove_dir(m.join("d"))), libc::ENOTEMPTY);
     assert_eq!(errno_of(std::fs::File::open(m.join("nope"))), libc::ENOENT);
+    // Past the largest file dfs stores (8 PiB): EFBIG, and nothing changes.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("d/f"))
+        .unwrap();
+    assert_eq!(errno_of(f.set_len(999_999_999_999_999_999)), libc::EFBIG);
+    assert_eq!(
+        errno_of(std::os::unix::fs::FileExt::write_at(&f, b"y", 1 << 53)),
+        libc::EFBIG
+    );
+    drop(f);
+    assert_eq!(std::fs::read(m.join("d/f")).unwrap(), b"x");
     assert_eq!(
         errno_of(std::fs::write(m.join(&"x".repeat(256)), b"")),
         libc::ENAMETOOLONG

@@ -156,7 +156,9 @@ impl Store {
         chunks: &[CommitChunk],
         mtime: Option<Timespec>,
     ) -> Result<Inode> {
-        to_i64(size, "size")?;
+        if size > dfs_proto::MAX_FILE_SIZE {
+            return Err(StoreError::FileTooBig(size));
+        }
         let cs = u64::from(self.chunk_size);
         for c in chunks {
             let end = c

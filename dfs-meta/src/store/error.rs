@@ -24,6 +24,8 @@ pub enum StoreError {
     NoXattr,
     #[error("attribute value too large")]
     XattrTooBig,
+    #[error("file size {0} is over the largest dfs stores")]
+    FileTooBig(u64),
     #[error("no space: {0}")]
     NoSpace(String),
     #[error("store URL must start with sqlite: or postgres://, got {0}")]
@@ -50,6 +52,7 @@ impl StoreError {
             StoreError::NotPermitted(_) => libc::EPERM,
             StoreError::NoXattr => libc::ENODATA,
             StoreError::XattrTooBig => libc::E2BIG,
+            StoreError::FileTooBig(_) => libc::EFBIG,
             StoreError::NoSpace(_) => libc::ENOSPC,
             StoreError::BadUrl(_)
             | StoreError::Migration { .. }
@@ -71,6 +74,7 @@ impl StoreError {
             StoreError::NotPermitted(_) => "not_permitted",
             StoreError::NoXattr => "no_xattr",
             StoreError::XattrTooBig => "xattr_too_big",
+            StoreError::FileTooBig(_) => "file_too_big",
             StoreError::NoSpace(_) => "no_space",
             StoreError::BadUrl(_) => "bad_url",
             StoreError::Migration { .. } => "migration",

@@ -543,7 +543,9 @@ async fn setattr_in(
             FileKind::Directory => return Err(StoreError::IsDir),
             _ => return Err(StoreError::Invalid("truncate of a special file".into())),
         }
-        to_i64(size, "size")?;
+        if size > dfs_proto::MAX_FILE_SIZE {
+            return Err(StoreError::FileTooBig(size));
+        }
         if size != inode.size {
             super::chunks::truncate_map(tx, ino, size, chunk_size).await?;
             inode.size = size;
