@@ -17,8 +17,8 @@ const DIR_PAGE: u32 = 1000;
 /// How long "this inode has no xattrs" from an attribute reply is trusted: the
 /// same time the kernel caches attributes.
 const NO_XATTR_TTL: std::time::Duration = std::time::Duration::from_secs(1);
-/// Inodes remembered as having no xattrs.
-const NO_XATTR_ENTRIES: usize = 100_000;
+/// Inodes remembered per inode-keyed cache (no-xattrs, page-cache content).
+const INODES_REMEMBERED: usize = 100_000;
 
 /// Attribute changes requested by setattr (a `None` leaves a field alone).
 #[derive(Debug, Default, Clone)]
@@ -73,6 +73,13 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
+/// An LRU keyed by inode, holding `INODES_REMEMBERED` entries.
+fn inode_lru<V>() -> lru::LruCache<u64, V> {
+    lru::LruCache::new(
+        std::num::NonZeroUsize::new(INODES_REMEMBERED).unwrap_or(std::num::NonZeroUsize::MIN),
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -91,15 +98,9 @@ impl DfsFs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            no_xattrs: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(NO_XATTR_ENTRIES)
-                    .unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
+            no_xattrs: Mutex::new(inode_lru()),
             chunk_size: AtomicU32::new(0),
-            page_cache_content: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(NO_XATTR_ENTRIES)
-                    .unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
+            page_cache_content: Mutex::new(inode_lru()),
         }
     }
 
@@ -319,26 +320,27 @@ impl DfsFs {
     /// mount (this one included), or a truncate, changes the signature and the
     /// pages are dropped: close-to-open.
     pub async fn open(&self, ino: u64) -> FsResult<Opened> {
-        let file = match self.open_file(ino) {
-            Some(f) => {
-                f.lock().await.refresh(&self.io).await?;
-                f
-            }
+        let (file, shared) = match self.open_file(ino) {
+            Some(f) => (f, true),
             None => {
                 let loaded = Arc::new(AsyncMutex::new(OpenFile::load(&self.io, ino).await?));
                 let mut files = lock(&self.files);
                 match files.get(&ino).and_then(Weak::upgrade) {
                     // Another open of this inode finished first: share its state.
-                    Some(f) => f,
+                    Some(f) => (f, false),
                     None => {
                         files.insert(ino, Arc::downgrade(&loaded));
-                        loaded
+                        (loaded, false)
                     }
                 }
             }
         };
         let (signature, chunk_size) = {
-            let f = file.lock().await;
+            let mut f = file.lock().await;
+            if shared {
+                // Already open here: fetch the chunk map again (close-to-open).
+                f.refresh(&self.io).await?;
+            }
             (f.signature(), f.chunk_size())
         };
         self.chunk_size.store(chunk_size, Ordering::Relaxed);
@@ -348,9 +350,17 @@ impl DfsFs {
             seen.put(ino, signature);
             unchanged
         };
+        Ok(Opened {
+            fh: self.add_handle(file),
+            keep_cache,
+        })
+    }
+
+    /// A new handle on an open file.
+    fn add_handle(&self, file: SharedFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, file);
-        Ok(Opened { fh, keep_cache })
+        fh
     }
 
     pub async fn create(
@@ -374,9 +384,7 @@ impl DfsFs {
             &self.io, &attr, chunk_size,
         )));
         lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, file);
-        Ok((attr, fh))
+        Ok((attr, self.add_handle(file)))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

@@ -18,7 +18,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
-use crate::fs::{Caller, DfsFs, SetAttr};
+use crate::fs::{Caller, DfsFs, Opened, SetAttr};
 
 /// How long the kernel may cache attributes and entries. Short, so another
 /// mount's changes show up quickly; open() always revalidates the chunk map.
@@ -172,9 +172,10 @@ fn entry(reply: ReplyEntry, result: Result<pb::Attr, Errno>) {
 }
 
 /// Replies with a new file or directory handle, or the errno.
-fn opened(reply: ReplyOpen, result: Result<u64, Errno>) {
+fn opened(reply: ReplyOpen, result: Result<Opened, Errno>) {
     match result {
-        Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        Ok(o) if o.keep_cache => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
+        Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
         Err(e) => reply.error(e),
     }
 }
@@ -381,11 +382,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run("open", self.fs.open(ino.0)) {
-            Ok(o) if o.keep_cache => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        opened(reply, self.run("open", self.fs.open(ino.0)))
     }
 
     fn read(
@@ -470,7 +467,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        opened(reply, self.run("opendir", self.fs.opendir(ino.0)))
+        let dir = self.run("opendir", self.fs.opendir(ino.0));
+        opened(
+            reply,
+            dir.map(|fh| Opened {
+                fh,
+                keep_cache: false,
+            }),
+        )
     }
 
     fn readdir(
