@@ -10,7 +10,8 @@ use dfs_proto::pb;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::error::{FsError, FsResult};
-use crate::open_file::{ContentSignature, Io, OpenFile};
+use crate::io::Io;
+use crate::open_file::{ContentSignature, OpenFile};
 
 /// Directory entries fetched from meta per page.
 const DIR_PAGE: u32 = 1000;

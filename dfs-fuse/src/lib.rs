@@ -1,14 +1,16 @@
 //! dfs-fuse: mounts a dfs cluster as a directory.
 //!
-//! `fs` is the file system (namespace through meta, data through `open_file`
-//! and the chunk `cache`); `fuse` is the thin kernel adapter; `options` parses
-//! the mount command line; `run_foreground` ties them together.
+//! `fs` is the file system (namespace through meta, data through `open_file`,
+//! the shared read path in `io`, the chunk `cache` and the `memory` bound);
+//! `fuse` is the thin kernel adapter; `options` parses the mount command line;
+//! `run_foreground` ties them together.
 
 pub mod allocator;
 pub mod cache;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod io;
 pub mod memory;
 pub mod metrics;
 pub mod open_file;
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use dfs_client::Channels;
 
-use crate::open_file::Io;
+use crate::io::Io;
 use crate::options::MountOptions;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,19 +8,15 @@
 //! (through the chunk cache), and zeros for holes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::future::{BoxFuture, FutureExt, Shared};
-
-use dfs_client::chunk_io::{read_chunk, read_chunk_range, upload_chunk, UploadedChunk};
-use dfs_client::Channels;
-use dfs_proto::pb::{self, meta_client::MetaClient};
+use dfs_client::chunk_io::{upload_chunk, UploadedChunk};
+use dfs_proto::pb;
 use prost::bytes::Bytes;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
-use crate::cache::ChunkCache;
 use crate::error::{FsError, FsResult};
+use crate::io::{copy_within, Io, PendingRead, Piece};
 use crate::memory::MemoryBudget;
 use crate::metrics::FuseMetrics;
 
@@ -33,197 +29,9 @@ const PREFETCH_CHUNKS: u64 = 4;
 /// Uploaded chunks committed together before flush.
 const COMMIT_EVERY: usize = 4;
 
-/// A chunk fetch in progress, shared by everyone who wants that chunk.
-type Fetch = Shared<BoxFuture<'static, Result<Bytes, (i32, String)>>>;
-
-/// What the file system shares with every open file: the cluster and the cache.
-#[derive(Clone)]
-pub struct Io {
-    pub meta: MetaClient<Channel>,
-    pub channels: Channels,
-    pub cache: Arc<ChunkCache>,
-    /// The mount's one memory bound, shared by the cache and write buffers.
-    pub memory: Arc<MemoryBudget>,
-    pub metrics: Arc<FuseMetrics>,
-    /// Chunk fetches in flight: at most one per chunk, whoever asks.
-    pub fetches: Arc<Mutex<HashMap<u64, Fetch>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Io {
-    /// A committed chunk's bytes, from the cache or a verified replica read.
-    pub async fn chunk_bytes(&self, chunk: &pb::ChunkRef) -> FsResult<Bytes> {
-        if let Some(data) = self.cache.get(chunk.chunk_id) {
-            return Ok(data);
-        }
-        self.fetch(chunk, false).await
-    }
-
-    pub fn is_fetching(&self, chunk_id: u64) -> bool {
-        lock(&self.fetches).contains_key(&chunk_id)
-    }
-
-    /// Fetches a whole chunk into the cache; concurrent callers (readers and the
-    /// prefetcher) share one fetch instead of each moving the chunk again.
-    fn fetch(
-        &self,
-        chunk: &pb::ChunkRef,
-        prefetch: bool,
-    ) -> impl std::future::Future<Output = FsResult<Bytes>> {
-        let id = chunk.chunk_id;
-        let shared = {
-            let mut map = lock(&self.fetches);
-            map.entry(id)
-                .or_insert_with(|| {
-                    let (io, chunk) = (self.clone(), chunk.clone());
-                    async move {
-                        let mut meta = io.meta.clone();
-                        let result = match read_chunk(Some(&mut meta), &io.channels, &chunk).await {
-                            Ok(data) => {
-                                if prefetch {
-                                    io.cache.insert_prefetched(id, data.clone());
-                                } else {
-                                    io.cache.insert(id, data.clone());
-                                }
-                                Ok(data)
-                            }
-                            Err(e) => Err((e.errno(), e.to_string())),
-                        };
-                        lock(&io.fetches).remove(&id);
-                        result
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
-        };
-        async move {
-            shared
-                .await
-                .map_err(|(errno, message)| FsError::new(errno, message))
-        }
-    }
-}
-
-/// Where a read's bytes from one committed chunk go.
-pub struct Piece {
-    chunk: pb::ChunkRef,
-    /// Offset in the chunk, and length.
-    within: usize,
-    take: usize,
-    /// Offset in the read's output.
-    at: usize,
-}
-
-/// A read with its buffered bytes copied and its committed pieces to fetch.
-pub struct PendingRead {
-    out: Vec<u8>,
-    pieces: Vec<Piece>,
-    /// Continues the previous read: whole chunks are worth fetching.
-    sequential: bool,
-}
-
-/// Copies `src[within..]` into `dst`, as far as `src` reaches.
-fn copy_within(dst: &mut [u8], src: &[u8], within: usize) {
-    if src.len() > within {
-        let avail = (src.len() - within).min(dst.len());
-        dst[..avail].copy_from_slice(&src[within..within + avail]);
-    }
-}
-
 /// How far from the previous read's end a read still counts as part of a scan
 /// (twice the kernel's largest readahead).
 const SCAN_WINDOW: u64 = 2 << 20;
-/// The unit of a random read: the node's checksum block.
-const BLOCK: usize = 64 * 1024;
-
-impl Io {
-    /// The second half of a read (`OpenFile::plan_read`), without the file's
-    /// lock. A sequential reader (or a chunk already cached whole) gets whole
-    /// chunks, shared with the prefetcher; a random one only the 64 KiB blocks
-    /// it touches, each cached by itself.
-    pub async fn complete_read(&self, mut plan: PendingRead) -> FsResult<Vec<u8>> {
-        for piece in &plan.pieces {
-            let valid = piece.chunk.valid_len as usize;
-            let dst = &mut plan.out[piece.at..piece.at + piece.take];
-            if plan.sequential || self.cache.contains(piece.chunk.chunk_id) {
-                let data = self.chunk_bytes(&piece.chunk).await?;
-                copy_within(dst, &data[..valid.min(data.len())], piece.within);
-                continue;
-            }
-            let first = piece.within / BLOCK;
-            let last = (piece.within + piece.take - 1) / BLOCK;
-            let blocks = self.blocks(&piece.chunk, first, last).await?;
-            for (i, block) in blocks.iter().enumerate() {
-                let block_start = (first + i) * BLOCK;
-                // This block's part of the piece, and of the chunk's valid bytes.
-                let from = piece.within.max(block_start);
-                let to = (piece.within + piece.take).min(block_start + BLOCK);
-                let usable = block.len().min(valid.saturating_sub(block_start));
-                copy_within(
-                    &mut dst[from - piece.within..to - piece.within],
-                    &block[..usable],
-                    from - block_start,
-                );
-            }
-        }
-        Ok(plan.out)
-    }
-
-    /// Blocks `first..=last` of a chunk, from the cache or one ranged read per
-    /// run of missing blocks.
-    async fn blocks(
-        &self,
-        chunk: &pb::ChunkRef,
-        first: usize,
-        last: usize,
-    ) -> FsResult<Vec<Bytes>> {
-        let mut found: Vec<Option<Bytes>> = (first..=last)
-            .map(|b| self.cache.get_block(chunk.chunk_id, b as u32))
-            .collect();
-        let mut i = 0;
-        while i < found.len() {
-            if found[i].is_some() {
-                i += 1;
-                continue;
-            }
-            let run_start = i;
-            while i < found.len() && found[i].is_none() {
-                i += 1;
-            }
-            // Only the missing run itself: fetching aligned groups of 2 or 4
-            // blocks around it measured slower (5,700 and 4,100 against 9,500
-            // IOPS of 4 KiB random reads).
-            let (from_block, to_block) = (first + run_start, first + i);
-            let mut meta = self.meta.clone();
-            let data = read_chunk_range(
-                Some(&mut meta),
-                &self.channels,
-                chunk,
-                (from_block * BLOCK) as u64,
-                ((to_block - from_block) * BLOCK) as u64,
-            )
-            .await
-            .map_err(FsError::from)?;
-            for block_index in from_block..to_block {
-                let from = ((block_index - from_block) * BLOCK).min(data.len());
-                let block = data.slice(from..(from + BLOCK).min(data.len()));
-                if let Some(slot) = block_index
-                    .checked_sub(first)
-                    .and_then(|k| found.get_mut(k))
-                {
-                    *slot = Some(block.clone());
-                }
-                self.cache
-                    .insert_block(chunk.chunk_id, block_index as u32, block);
-            }
-        }
-        Ok(found.into_iter().flatten().collect())
-    }
-}
 
 /// What identifies a file's content as meta last reported it: any data change
 /// (a commit bumps `version`; a truncate moves size and mtime) changes it.
@@ -428,6 +236,16 @@ impl OpenFile {
     /// partial chunk on every write would upload it again and again as it fills.
     pub async fn drain(&mut self, io: &Io, keep_current: bool) -> FsResult<()> {
         let keep = keep_current.then_some(self.last_write_index).flatten();
+        self.upload_dirty(io, false, keep).await?;
+        if !self.uploaded.is_empty() {
+            self.commit(io, false).await?;
+        }
+        self.report_dirty(io);
+        Ok(())
+    }
+
+    /// Uploads every dirty chunk but `keep` and waits for all uploads.
+    async fn upload_dirty(&mut self, io: &Io, durable: bool, keep: Option<u64>) -> FsResult<()> {
         let indices: Vec<u64> = self
             .dirty
             .keys()
@@ -435,15 +253,11 @@ impl OpenFile {
             .filter(|i| Some(*i) != keep)
             .collect();
         for index in indices {
-            self.start_upload(io, index, false).await?;
+            self.start_upload(io, index, durable).await?;
         }
         while !self.inflight.is_empty() {
             self.finish_one_upload().await?;
         }
-        if !self.uploaded.is_empty() {
-            self.commit(io, false).await?;
-        }
-        self.report_dirty(io);
         Ok(())
     }
 
@@ -565,13 +379,7 @@ impl OpenFile {
             return Err(e);
         }
         if self.changed {
-            let indices: Vec<u64> = self.dirty.keys().copied().collect();
-            for index in indices {
-                self.start_upload(io, index, durable).await?;
-            }
-            while !self.inflight.is_empty() {
-                self.finish_one_upload().await?;
-            }
+            self.upload_dirty(io, durable, None).await?;
             self.commit(io, true).await?;
             self.changed = false;
             self.report_dirty(io);
