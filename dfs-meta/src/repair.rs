@@ -71,7 +71,7 @@ impl Repairer {
     /// One planning round; returns how many copy commands it queued.
     pub async fn scan(&self) -> Result<usize, StoreError> {
         let cutoff = store::now_ms() - self.config.dead_after.as_millis() as i64;
-        let items = self.store.under_replicated(cutoff, SCAN_LIMIT).await?;
+        let (items, extra) = self.store.replica_imbalance(cutoff, SCAN_LIMIT).await?;
         {
             let now = Instant::now();
             self.lock().in_flight.retain(|_, deadline| *deadline > now);
@@ -115,7 +115,7 @@ impl Repairer {
             state.queued.entry(source.0).or_default().push(command);
             queued += 1;
         }
-        self.trim_extra_replicas(cutoff).await?;
+        self.trim_extra_replicas(extra, cutoff).await?;
         self.metrics.repair_commands.inc_by(queued as u64);
         self.metrics
             .repair_queue
@@ -126,8 +126,12 @@ impl Repairer {
     /// Drops replicas beyond the replication factor, one per chunk per round,
     /// from the holder with the least free space. Chunks with a copy in flight
     /// are left alone until it lands.
-    async fn trim_extra_replicas(&self, cutoff: i64) -> Result<(), StoreError> {
-        for item in self.store.over_replicated(cutoff, SCAN_LIMIT).await? {
+    async fn trim_extra_replicas(
+        &self,
+        extra: Vec<store::ExtraReplicas>,
+        cutoff: i64,
+    ) -> Result<(), StoreError> {
+        for item in extra {
             if self.lock().in_flight.contains_key(&item.chunk_id) {
                 continue;
             }

@@ -194,19 +194,7 @@ impl Store {
         in_tx!(self, |tx| {
             let chunk = to_i64(chunk_id, "chunk id")?;
             let node = to_i64(node_id, "node id")?;
-            let removed = sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
-                .bind(chunk)
-                .bind(node)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if removed > 0 {
-                sqlx::query("INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2)")
-                    .bind(chunk)
-                    .bind(node)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            replica_to_garbage(&mut tx, chunk, node).await?;
             Ok(())
         })
     }
@@ -263,35 +251,69 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<RepairItem>> {
         let mut conn = self.pool.acquire().await?;
-        let mut counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
-        counts.retain(|(_, n)| *n < u64::from(self.replication));
-        counts.sort_by_key(|(id, n)| (*n, *id));
-        counts.truncate(limit);
-        let mut items = Vec::with_capacity(counts.len());
-        for (chunk, _) in counts {
-            let rows = sqlx::query(
-                "SELECT n.id, n.addr, n.last_heartbeat_ms FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE r.chunk_id = $1",
-            )
-            .bind(chunk as i64)
-            .fetch_all(&mut *conn)
-            .await?;
-            let mut item = RepairItem {
-                chunk_id: chunk,
-                live_holders: Vec::new(),
-                down_holders: Vec::new(),
-            };
-            for row in rows {
-                let id = row.try_get::<i64, _>(0)? as u64;
-                if row.try_get::<i64, _>(2)? >= live_cutoff_ms {
-                    item.live_holders.push((id, row.try_get(1)?));
-                } else {
-                    item.down_holders.push(id);
-                }
-            }
-            items.push(item);
-        }
-        Ok(items)
+        let counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
+        short_chunks(&mut conn, &counts, self.replication, live_cutoff_ms, limit).await
     }
+
+    /// One repair round's view, from one scan of every chunk's live replica
+    /// count: chunks needing copies (as `under_replicated`) and chunks with
+    /// copies to spare (as `over_replicated`).
+    pub async fn replica_imbalance(
+        &self,
+        live_cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<RepairItem>, Vec<ExtraReplicas>)> {
+        let mut conn = self.pool.acquire().await?;
+        let counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
+        let short =
+            short_chunks(&mut conn, &counts, self.replication, live_cutoff_ms, limit).await?;
+        let extra =
+            extra_chunks(&mut conn, &counts, self.replication, live_cutoff_ms, limit).await?;
+        Ok((short, extra))
+    }
+}
+
+/// The chunks of `counts` with fewer live replicas than `replication`, lowest
+/// redundancy first, with their live and down holders.
+async fn short_chunks(
+    conn: &mut AnyConnection,
+    counts: &[(u64, u64)],
+    replication: u32,
+    live_cutoff_ms: i64,
+    limit: usize,
+) -> Result<Vec<RepairItem>> {
+    let mut short: Vec<(u64, u64)> = counts
+        .iter()
+        .copied()
+        .filter(|(_, n)| *n < u64::from(replication))
+        .collect();
+    short.sort_by_key(|(id, n)| (*n, *id));
+    short.truncate(limit);
+    let mut items = Vec::with_capacity(short.len());
+    for (chunk, _) in short {
+        let rows = sqlx::query(
+            "SELECT n.id, n.addr, n.last_heartbeat_ms FROM replicas r
+             JOIN nodes n ON n.id = r.node_id WHERE r.chunk_id = $1",
+        )
+        .bind(chunk as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut item = RepairItem {
+            chunk_id: chunk,
+            live_holders: Vec::new(),
+            down_holders: Vec::new(),
+        };
+        for row in rows {
+            let id = row.try_get::<i64, _>(0)? as u64;
+            if row.try_get::<i64, _>(2)? >= live_cutoff_ms {
+                item.live_holders.push((id, row.try_get(1)?));
+            } else {
+                item.down_holders.push(id);
+            }
+        }
+        items.push(item);
+    }
+    Ok(items)
 }
 
 /// A chunk with more live replicas than the cluster wants.
@@ -311,37 +333,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<ExtraReplicas>> {
         let mut conn = self.pool.acquire().await?;
-        let mut counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
-        counts.retain(|(_, n)| *n > u64::from(self.replication));
-        counts.sort_by_key(|(id, _)| *id);
-        counts.truncate(limit);
-        let mut items = Vec::with_capacity(counts.len());
-        for (chunk, _) in counts {
-            let rows = sqlx::query(
-                "SELECT n.id, n.capacity, n.used FROM replicas r JOIN nodes n ON n.id = r.node_id
-                 WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 ORDER BY n.id",
-            )
-            .bind(chunk as i64)
-            .bind(live_cutoff_ms)
-            .fetch_all(&mut *conn)
-            .await?;
-            let live_holders = rows
-                .iter()
-                .map(|row| {
-                    let capacity = row.try_get::<i64, _>(1)?.max(0) as u64;
-                    let used = row.try_get::<i64, _>(2)?.max(0) as u64;
-                    Ok((
-                        row.try_get::<i64, _>(0)? as u64,
-                        capacity.saturating_sub(used),
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            items.push(ExtraReplicas {
-                chunk_id: chunk,
-                live_holders,
-            });
-        }
-        Ok(items)
+        let counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
+        extra_chunks(&mut conn, &counts, self.replication, live_cutoff_ms, limit).await
     }
 
     /// Drops `node_id`'s replica of `chunk_id` (its node deletes the file on its
@@ -369,25 +362,76 @@ impl Store {
             if live <= replication {
                 return Ok(false);
             }
-            let removed = sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
-                .bind(chunk)
-                .bind(node)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if removed == 0 {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(chunk)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
-            Ok(true)
+            replica_to_garbage(&mut tx, chunk, node).await
         })
     }
+}
+
+/// The chunks of `counts` with more live replicas than `replication`, with
+/// their live holders and each holder's free space.
+async fn extra_chunks(
+    conn: &mut AnyConnection,
+    counts: &[(u64, u64)],
+    replication: u32,
+    live_cutoff_ms: i64,
+    limit: usize,
+) -> Result<Vec<ExtraReplicas>> {
+    let mut extra: Vec<u64> = counts
+        .iter()
+        .filter(|(_, n)| *n > u64::from(replication))
+        .map(|(id, _)| *id)
+        .collect();
+    extra.sort_unstable();
+    extra.truncate(limit);
+    let mut items = Vec::with_capacity(extra.len());
+    for chunk in extra {
+        let rows = sqlx::query(
+            "SELECT n.id, n.capacity, n.used FROM replicas r JOIN nodes n ON n.id = r.node_id
+                     WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 ORDER BY n.id",
+        )
+        .bind(chunk as i64)
+        .bind(live_cutoff_ms)
+        .fetch_all(&mut *conn)
+        .await?;
+        let live_holders = rows
+            .iter()
+            .map(|row| {
+                let capacity = row.try_get::<i64, _>(1)?.max(0) as u64;
+                let used = row.try_get::<i64, _>(2)?.max(0) as u64;
+                Ok((
+                    row.try_get::<i64, _>(0)? as u64,
+                    capacity.saturating_sub(used),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        items.push(ExtraReplicas {
+            chunk_id: chunk,
+            live_holders,
+        });
+    }
+    Ok(items)
+}
+
+/// Moves `node`'s replica of `chunk` to that node's garbage (deleted on its
+/// next heartbeat). Returns false when the node held no such replica.
+async fn replica_to_garbage(conn: &mut AnyConnection, chunk: i64, node: i64) -> Result<bool> {
+    let removed = sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
+        .bind(chunk)
+        .bind(node)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if removed == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(chunk)
+    .bind(node)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
 }
 
 /// Nodes whose last heartbeat is at or after `cutoff_ms`.
