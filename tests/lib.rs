@@ -467,6 +467,14 @@ pub fn http_get(addr: &str, path_and_query: &str) -> String {
     body.to_string()
 }
 
+/// The value of a series in a Prometheus text page, 0 when it is absent (a
+/// labelled counter appears only once its label set has been counted).
+pub fn metric_or_zero(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 /// The value of an unlabelled counter or gauge in a Prometheus text page.
 pub fn metric_value(page: &str, name: &str) -> f64 {
     page.lines()

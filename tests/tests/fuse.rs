@@ -524,13 +524,11 @@ fn a_100k_entry_directory_lists_in_pages() {
     eprintln!("created {n} entries in {:?}", started.elapsed());
     let started = std::time::Instant::now();
     let meta_metrics = c.meta_metrics.clone().unwrap();
-    // Absent until the first ReadDir call.
     let readdirs = |page: &str| {
-        page.lines()
-            .find_map(|l| {
-                l.strip_prefix("dfs_meta_rpc_duration_seconds_count{method=\"ReadDir\"} ")
-            })
-            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        dfs_tests::metric_or_zero(
+            page,
+            "dfs_meta_rpc_duration_seconds_count{method=\"ReadDir\"}",
+        )
     };
     let before = readdirs(&dfs_tests::http_get(&meta_metrics, "/metrics"));
     let mut names: Vec<String> = std::fs::read_dir(m.join("huge"))
@@ -721,9 +719,7 @@ fn kernel_page_cache_is_kept_only_while_content_is_unchanged() {
     let (a, b) = (c.mount("a"), c.mount("b"));
     let reads = |m: &dfs_tests::Mount| {
         let page = dfs_tests::http_get(m.metrics.as_ref().unwrap(), "/metrics");
-        page.lines()
-            .find_map(|l| l.strip_prefix("dfs_fuse_requests_total{op=\"read\"} "))
-            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        dfs_tests::metric_or_zero(&page, "dfs_fuse_requests_total{op=\"read\"}")
     };
     let v1 = vec![1u8; 3 * CS / 2];
     std::fs::write(a.join("f"), &v1).unwrap();
@@ -789,9 +785,7 @@ fn writeback_cache_coalesces_writes_and_keeps_close_to_open() {
     let other = c.mount("other");
     let writes = |m: &dfs_tests::Mount| {
         let page = dfs_tests::http_get(m.metrics.as_ref().unwrap(), "/metrics");
-        page.lines()
-            .find_map(|l| l.strip_prefix("dfs_fuse_requests_total{op=\"write\"} "))
-            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        dfs_tests::metric_or_zero(&page, "dfs_fuse_requests_total{op=\"write\"}")
     };
     // 2,000 writes of 100 bytes reach the daemon as a few page-sized ones.
     let mut expected = Vec::new();
@@ -807,9 +801,10 @@ fn writeback_cache_coalesces_writes_and_keeps_close_to_open() {
     // fsync also made meta sync its log (the Sync RPC).
     let meta_page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
     assert!(
-        meta_page
-            .lines()
-            .any(|l| l.starts_with("dfs_meta_rpc_duration_seconds_count{method=\"Sync\"} ")),
+        dfs_tests::metric_or_zero(
+            &meta_page,
+            "dfs_meta_rpc_duration_seconds_count{method=\"Sync\"}"
+        ) > 0.0,
         "fsync reached meta's Sync"
     );
     let requests = writes(&w);
@@ -1094,6 +1089,21 @@ fn statfs_reports_the_clusters_capacity() {
     assert_eq!(field(&m.path, "%l"), 255, "name length limit");
 }
 
+/// Closes `file` and returns close(2)'s errno, 0 on success (dropping a File
+/// ignores close's result, which is what the mount reports failures through).
+fn close_errno(file: std::fs::File) -> i32 {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    #[allow(unsafe_code)]
+    // SAFETY: `fd` came from a File that gave up ownership; closed once.
+    let rc = unsafe { libc::close(fd) };
+    if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
 #[test]
 fn cluster_failures_reach_the_application_as_errors() {
     let mut c = cluster();
@@ -1105,18 +1115,11 @@ fn cluster_failures_reach_the_application_as_errors() {
     for i in 0..3 {
         c.kill_node(i);
     }
-    let fd = {
-        use std::os::fd::IntoRawFd;
-        pending.into_raw_fd()
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: closes a descriptor this test owns, once.
-    let rc = unsafe { libc::close(fd) };
-    let close_errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    assert_eq!(rc, -1, "close reported success with every node down");
+    let errno = close_errno(pending);
+    assert_ne!(errno, 0, "close reported success with every node down");
     assert!(
-        [libc::EIO, libc::ENOSPC, libc::ETIMEDOUT].contains(&close_errno),
-        "close: errno {close_errno}"
+        [libc::EIO, libc::ENOSPC, libc::ETIMEDOUT].contains(&errno),
+        "close: errno {errno}"
     );
     // fsync of new data fails too, and nothing half-written becomes visible.
     let mut f = std::fs::File::create(m.join("synced")).unwrap();
@@ -1127,14 +1130,11 @@ fn cluster_failures_reach_the_application_as_errors() {
         "fsync: errno {e}"
     );
     // The bytes stay buffered: close tries again and fails again.
-    let fd = {
-        use std::os::fd::IntoRawFd;
-        f.into_raw_fd()
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: closes a descriptor this test owns, once.
-    let rc = unsafe { libc::close(fd) };
-    assert_eq!(rc, -1, "close after a failed fsync reported success");
+    assert_ne!(
+        close_errno(f),
+        0,
+        "close after a failed fsync reported success"
+    );
     // Reading data whose every replica is gone is EIO, not zeros or a short read.
     let c2 = c.mount("fresh"); // no cached chunks
     let e = std::fs::read(c2.join("kept")).unwrap_err();

@@ -108,6 +108,26 @@ fn digest(data: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Opens (creating) `path` for writing, and for reading too with `read`, and
+/// writes `len` copies of `byte` at `offset`; returns the still-open file.
+fn write_at(
+    path: &Path,
+    offset: u32,
+    len: u32,
+    byte: u8,
+    read: bool,
+) -> std::io::Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(read)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    f.seek(SeekFrom::Start(u64::from(offset)))?;
+    f.write_all(&vec![byte; len as usize])?;
+    Ok(f)
+}
+
 fn apply_inner(root: &Path, op: &Op) -> Result<Option<Vec<u8>>, i32> {
     let file = |i: u8| root.join(format!("f{i}"));
     let dir = |i: u8| root.join(format!("d{i}"));
@@ -118,18 +138,9 @@ fn apply_inner(root: &Path, op: &Op) -> Result<Option<Vec<u8>>, i32> {
             offset,
             len,
             byte,
-        } => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(file(*i))
-                .map_err(errno)?;
-            f.seek(SeekFrom::Start(u64::from(*offset))).map_err(errno)?;
-            f.write_all(&vec![*byte; *len as usize])
-                .map_err(errno)
-                .map(|()| None)
-        }
+        } => write_at(&file(*i), *offset, *len, *byte, false)
+            .map_err(errno)
+            .map(|_| None),
         Op::WriteRead {
             file: i,
             offset,
@@ -138,15 +149,7 @@ fn apply_inner(root: &Path, op: &Op) -> Result<Option<Vec<u8>>, i32> {
             at,
             count,
         } => {
-            let mut f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(file(*i))
-                .map_err(errno)?;
-            f.seek(SeekFrom::Start(u64::from(*offset))).map_err(errno)?;
-            f.write_all(&vec![*byte; *len as usize]).map_err(errno)?;
+            let mut f = write_at(&file(*i), *offset, *len, *byte, true).map_err(errno)?;
             f.seek(SeekFrom::Start(u64::from(*at))).map_err(errno)?;
             let mut buf = Vec::new();
             f.take(u64::from(*count))
