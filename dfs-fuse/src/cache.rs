@@ -50,26 +50,26 @@ impl ChunkCache {
     }
 
     pub fn get(&self, chunk_id: u64) -> Option<Bytes> {
-        let mut inner = self.lock();
-        let found = inner.lru.get(&(chunk_id, WHOLE)).cloned();
-        match &found {
-            Some(_) => {
-                self.metrics.cache_hits.inc();
-                if inner.prefetched.remove(&chunk_id) {
-                    self.metrics.prefetch_hits.inc();
-                }
-            }
-            None => self.metrics.cache_misses.inc(),
-        }
-        found
+        self.lookup((chunk_id, WHOLE))
     }
 
     /// One block of a chunk, cached by itself.
     pub fn get_block(&self, chunk_id: u64, block: u32) -> Option<Bytes> {
+        self.lookup((chunk_id, block))
+    }
+
+    /// An entry, counting the hit (and a prefetch hit for a whole chunk
+    /// fetched ahead) or the miss.
+    fn lookup(&self, key: Key) -> Option<Bytes> {
         let mut inner = self.lock();
-        let found = inner.lru.get(&(chunk_id, block)).cloned();
+        let found = inner.lru.get(&key).cloned();
         match &found {
-            Some(_) => self.metrics.cache_hits.inc(),
+            Some(_) => {
+                self.metrics.cache_hits.inc();
+                if key.1 == WHOLE && inner.prefetched.remove(&key.0) {
+                    self.metrics.prefetch_hits.inc();
+                }
+            }
             None => self.metrics.cache_misses.inc(),
         }
         found
