@@ -128,16 +128,28 @@ impl Store {
         .connect_with(options)
         .await?;
         let (chunk_size, replication) = migrate::run(&pool, backend, format).await?;
-        if backend == Backend::Sqlite {
-            skip_unsynced_ids(&pool).await?;
-        }
-        Ok(Store {
+        let store = Store {
             pool,
             metrics: StoreMetrics::new(),
             backend,
             chunk_size,
             replication,
-        })
+        };
+        if backend == Backend::Sqlite {
+            store.skip_unsynced_ids().await?;
+        }
+        Ok(store)
+    }
+
+    /// Moves the id counters past any id a transaction lost in a power cut may
+    /// have handed out (a node may still hold a chunk written under such an
+    /// id), durably.
+    async fn skip_unsynced_ids(&self) -> Result<()> {
+        sqlx::query("UPDATE counters SET value = value + $1 WHERE name IN ('ino', 'chunk')")
+            .bind(ID_GAP_AFTER_OPEN)
+            .execute(&self.pool)
+            .await?;
+        self.sync().await
     }
 
     /// Transaction latency, retries and errors, for the server's registry.
@@ -242,18 +254,6 @@ pub(crate) use in_tx;
 /// than the transactions an unsynced WAL tail can hold (a checkpoint, which
 /// syncs, runs at the latest every 1000 WAL pages).
 const ID_GAP_AFTER_OPEN: i64 = 1 << 20;
-
-/// Moves the id counters past any id a transaction lost in a power cut may
-/// have handed out (a node may still hold a chunk written under such an id).
-async fn skip_unsynced_ids(pool: &AnyPool) -> Result<()> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("UPDATE counters SET value = value + $1 WHERE name IN ('ino', 'chunk')")
-        .bind(ID_GAP_AFTER_OPEN)
-        .execute(&mut *conn)
-        .await?;
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?;
-    Ok(())
-}
 
 /// Milliseconds since the Unix epoch, the clock node heartbeats are kept in.
 pub fn now_ms() -> i64 {
