@@ -141,14 +141,11 @@ impl DfsFs {
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown handle"))
     }
 
-    /// Meta's attributes, with the size this mount sees for a file it is writing.
+    /// Meta's attributes, corrected for a file open here (`OpenFile::overlay`).
     async fn overlay(&self, mut attr: pb::Attr) -> pb::Attr {
         self.note_attr(&attr);
         if let Some(file) = self.open_file(attr.ino) {
-            let file = file.lock().await;
-            if file.has_changes() {
-                attr.size = file.size;
-            }
+            file.lock().await.overlay(&mut attr);
         }
         attr
     }
@@ -439,6 +436,48 @@ impl DfsFs {
         }
     }
 
+    /// fallocate(2). Mode 0 extends the file (the new bytes read as zeros);
+    /// KEEP_SIZE alone reserves nothing (the nodes' space is shared, so
+    /// there is nothing to reserve) and succeeds; PUNCH_HOLE and ZERO_RANGE
+    /// zero the range, whole chunks becoming holes. Collapse and insert
+    /// ranges are EOPNOTSUPP.
+    pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        const ZEROING: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | ZEROING) != 0 {
+            return Err(FsError::new(
+                libc::EOPNOTSUPP,
+                "fallocate mode not supported",
+            ));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= dfs_proto::MAX_FILE_SIZE)
+            .ok_or_else(|| FsError::new(libc::EFBIG, "past the largest file size"))?;
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        if mode & ZEROING != 0 {
+            file.zero_range(&self.io, offset, length).await?;
+        }
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+            file.extend_to(&self.io, end).await?;
+        }
+        Ok(())
+    }
+
+    /// lseek(2) with SEEK_DATA or SEEK_HOLE (the kernel answers the others).
+    pub async fn seek_data_or_hole(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let hole = match whence {
+            libc::SEEK_DATA => false,
+            libc::SEEK_HOLE => true,
+            _ => return Err(FsError::new(libc::EINVAL, "unsupported whence")),
+        };
+        let offset =
+            u64::try_from(offset).map_err(|_| FsError::new(libc::ENXIO, "negative offset"))?;
+        let file = self.file_of(fh)?;
+        let found = file.lock().await.seek_data_or_hole(offset, hole)?;
+        i64::try_from(found).map_err(|_| FsError::new(libc::EOVERFLOW, "offset too large"))
+    }
+
     /// close(2) semantics: everything written is on every replica and committed.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let file = self.file_of(fh)?;
@@ -542,9 +581,14 @@ impl DfsFs {
             l.more = page.more;
             l.entries.extend(page.entries);
         }
-        let page: Vec<pb::DirEntry> = l.entries.iter().skip(from).take(max).cloned().collect();
-        for attr in page.iter().filter_map(|e| e.attr.as_ref()) {
-            self.note_attr(attr);
+        let mut page: Vec<pb::DirEntry> = l.entries.iter().skip(from).take(max).cloned().collect();
+        drop(l);
+        // readdirplus hands these attributes to the kernel's cache: files open
+        // here get this mount's view, as for lookup and getattr.
+        for e in page.iter_mut() {
+            if let Some(attr) = e.attr.take() {
+                e.attr = Some(self.overlay(attr).await);
+            }
         }
         Ok(page)
     }

@@ -12,8 +12,8 @@ use dfs_proto::pb;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -669,33 +669,32 @@ impl Filesystem for FuseAdapter {
     fn fallocate(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        if mode != 0 {
-            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        empty(
+            reply,
+            self.run("fallocate", self.fs.fallocate(fh.0, offset, length, mode)),
+        )
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.run("lseek", self.fs.seek_data_or_hole(fh.0, offset, whence)) {
+            Ok(at) => reply.offset(at),
+            Err(e) => reply.error(e),
         }
-        let fs = self.fs.clone();
-        let grow = async move {
-            let a = fs.getattr(ino.0).await?;
-            let end = offset.saturating_add(length);
-            if end > a.size {
-                fs.setattr(
-                    ino.0,
-                    SetAttr {
-                        size: Some(end),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            }
-            Ok(())
-        };
-        empty(reply, self.run("fallocate", grow))
     }
 }
 

@@ -64,6 +64,10 @@ pub struct OpenFile {
     committed: HashMap<u64, pb::ChunkRef>,
     /// The content as of the last chunk map or commit from meta.
     signature: ContentSignature,
+    /// Modification time as this mount sees it: the last local write, or
+    /// meta's mtime as of the last chunk map or commit. Sent with commits, so
+    /// the time a stat showed while the file was open is the one that stays.
+    mtime: pb::Timespec,
     dirty: BTreeMap<u64, Vec<u8>>,
     inflight: BTreeMap<u64, (Bytes, Upload)>,
     uploaded: BTreeMap<u64, (UploadedChunk, Bytes)>,
@@ -114,6 +118,7 @@ impl OpenFile {
             committed_size: attr.size,
             committed: chunks.into_iter().map(|c| (c.index, c)).collect(),
             signature: ContentSignature::of(attr),
+            mtime: attr.mtime.unwrap_or_default(),
             dirty: BTreeMap::new(),
             inflight: BTreeMap::new(),
             uploaded: BTreeMap::new(),
@@ -134,11 +139,6 @@ impl OpenFile {
         self.chunk_size as u32
     }
 
-    /// Whether this mount holds changes meta has not seen.
-    pub fn has_changes(&self) -> bool {
-        self.changed
-    }
-
     /// Re-reads the chunk map when nothing local is pending (a new open of a file
     /// another mount may have changed).
     pub async fn refresh(&mut self, io: &Io) -> FsResult<()> {
@@ -150,7 +150,26 @@ impl OpenFile {
         self.committed_size = fresh.size;
         self.committed = std::mem::take(&mut fresh.committed);
         self.signature = fresh.signature;
+        self.mtime = fresh.mtime;
         Ok(())
+    }
+
+    /// Corrects attributes from meta with what this mount knows better: the
+    /// size and times of writes it has not committed yet, and of its own
+    /// commits or truncates when the reply left meta before they landed (an
+    /// older content version). Without the latter, a stat racing with a close
+    /// would show the old end of file, and an append after `lseek(SEEK_END)`
+    /// would land on top of the last write.
+    pub fn overlay(&self, attr: &mut pb::Attr) {
+        if self.changed || attr.version < self.signature.version {
+            attr.size = self.size;
+            attr.version = attr.version.max(self.signature.version);
+            attr.mtime = Some(self.mtime);
+            let ctime = attr.ctime.unwrap_or_default();
+            if (self.mtime.sec, self.mtime.nsec) > (ctime.sec, ctime.nsec) {
+                attr.ctime = Some(self.mtime);
+            }
+        }
     }
 
     pub fn signature(&self) -> ContentSignature {
@@ -186,6 +205,7 @@ impl OpenFile {
         }
         self.size = self.size.max(end);
         self.changed = true;
+        self.mtime = now();
         if end > offset {
             self.last_write_index = Some((end - 1) / cs);
             self.last_write_at = Some(std::time::Instant::now());
@@ -356,7 +376,7 @@ impl OpenFile {
                 ino: self.ino,
                 size,
                 chunks,
-                mtime: None,
+                mtime: Some(self.mtime),
                 return_chunks: true,
             })
             .await?
@@ -366,6 +386,7 @@ impl OpenFile {
         }
         if let Some(attr) = &map.attr {
             self.signature = ContentSignature::of(attr);
+            self.mtime = attr.mtime.unwrap_or(self.mtime);
         }
         self.committed = map.chunks.into_iter().map(|c| (c.index, c)).collect();
         self.committed_size = size;
@@ -388,6 +409,130 @@ impl OpenFile {
             self.sync_replicas(io).await?;
         }
         Ok(())
+    }
+
+    /// Zeroes `[offset, offset + len)` below the end of file (fallocate's
+    /// PUNCH_HOLE and ZERO_RANGE), then commits, so every mount sees the
+    /// result. Chunks the range covers wholly leave the chunk map (a hole
+    /// that stores nothing); in the first and last chunk, if only partly
+    /// covered, the bytes that hold data are overwritten with zeros.
+    pub async fn zero_range(&mut self, io: &Io, offset: u64, len: u64) -> FsResult<()> {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return Ok(());
+        }
+        // With everything committed, the chunk map is the whole content.
+        self.flush(io, false).await?;
+        let (cs, size) = (self.chunk_size, self.size);
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let whole = |i: u64| offset <= i * cs && end >= ((i + 1) * cs).min(size);
+        let punch_from = if whole(first) { first } else { first + 1 };
+        let punch_to = if whole(last) { last + 1 } else { last };
+        if punch_from < punch_to {
+            let mut meta = io.meta.clone();
+            let reply = meta
+                .punch_hole(pb::PunchHoleRequest {
+                    ino: self.ino,
+                    first_index: punch_from,
+                    end_index: punch_to,
+                })
+                .await?
+                .into_inner();
+            self.committed
+                .retain(|i, _| !(punch_from..punch_to).contains(i));
+            if let Some(attr) = &reply.attr {
+                self.signature = ContentSignature::of(attr);
+                self.mtime = attr.mtime.unwrap_or(self.mtime);
+            }
+        }
+        let mut edges = vec![first];
+        if last != first {
+            edges.push(last);
+        }
+        for index in edges.into_iter().filter(|i| !whole(*i)) {
+            // Only the bytes the chunk holds: past its valid length it reads as zeros.
+            let Some(valid) = self.committed.get(&index).map(|c| c.valid_len) else {
+                continue;
+            };
+            let from = offset.max(index * cs);
+            let to = end.min(index * cs + valid);
+            if from < to {
+                self.write(io, from, &vec![0; (to - from) as usize]).await?;
+            }
+        }
+        self.flush(io, false).await
+    }
+
+    /// Makes the file at least `size` bytes long (fallocate without
+    /// KEEP_SIZE); the new bytes read as zeros. Committed at once.
+    pub async fn extend_to(&mut self, io: &Io, size: u64) -> FsResult<()> {
+        if size > dfs_proto::MAX_FILE_SIZE {
+            return Err(FsError::new(libc::EFBIG, "past the largest file size"));
+        }
+        if size > self.size {
+            self.size = size;
+            self.changed = true;
+            self.mtime = now();
+        }
+        self.flush(io, false).await
+    }
+
+    /// lseek(2)'s SEEK_DATA (`hole` false) and SEEK_HOLE (`hole` true): the
+    /// first offset at or after `offset` that holds data, or that is in a
+    /// hole (the end of file counts as one). Data is known per chunk: a chunk
+    /// in the map or in this mount's buffers holds data up to its valid
+    /// length; the rest below the size reads as zeros and is a hole.
+    pub fn seek_data_or_hole(&self, offset: u64, hole: bool) -> FsResult<u64> {
+        let past_end = || FsError::new(libc::ENXIO, "offset at or past the end of file");
+        if offset >= self.size {
+            return Err(past_end());
+        }
+        let extents = self.data_extents();
+        if hole {
+            let mut pos = offset;
+            for (start, end) in extents {
+                if start > pos {
+                    break;
+                }
+                pos = pos.max(end);
+            }
+            Ok(pos.min(self.size))
+        } else {
+            extents
+                .into_iter()
+                .find(|(_, end)| *end > offset)
+                .map(|(start, _)| start.max(offset))
+                .ok_or_else(past_end)
+        }
+    }
+
+    /// The byte ranges that hold data, in order, merged, below the size.
+    fn data_extents(&self) -> Vec<(u64, u64)> {
+        let mut lens: BTreeMap<u64, u64> = self
+            .committed
+            .iter()
+            .map(|(i, c)| (*i, c.valid_len))
+            .collect();
+        // A buffer starts from the committed bytes, so its length supersedes.
+        let buffered = self.uploaded.iter().map(|(i, (_, d))| (*i, d.len()));
+        let buffered = buffered.chain(self.inflight.iter().map(|(i, (d, _))| (*i, d.len())));
+        let buffered = buffered.chain(self.dirty.iter().map(|(i, d)| (*i, d.len())));
+        for (i, len) in buffered {
+            lens.insert(i, len as u64);
+        }
+        let mut extents: Vec<(u64, u64)> = Vec::new();
+        for (i, len) in lens {
+            let start = i * self.chunk_size;
+            let end = (start + len).min(self.size);
+            if end <= start {
+                continue;
+            }
+            match extents.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => extents.push((start, end)),
+            }
+        }
+        extents
     }
 
     /// fsyncs every committed chunk on its replicas. A chunk counts as durable
@@ -510,6 +655,17 @@ impl OpenFile {
                 }
             });
         }
+    }
+}
+
+/// The current time as meta stores it.
+fn now() -> pb::Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    pb::Timespec {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
     }
 }
 

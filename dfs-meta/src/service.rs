@@ -364,6 +364,21 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn punch_hole(&self, req: Request<pb::PunchHoleRequest>) -> Reply<pb::AttrReply> {
+        let r = req.into_inner();
+        self.observe("PunchHole", async {
+            if r.first_index >= r.end_index {
+                return Err(Status::invalid_argument("empty chunk range"));
+            }
+            let inode = self
+                .store
+                .punch_chunks(r.ino, r.first_index, r.end_index)
+                .await?;
+            Ok(attr_reply(&inode))
+        })
+        .await
+    }
+
     async fn register_node(
         &self,
         req: Request<pb::RegisterNodeRequest>,

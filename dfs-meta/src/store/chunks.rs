@@ -181,12 +181,7 @@ impl Store {
         }
         in_tx!(self, |tx| {
             let now = Timespec::now();
-            let mut inode = require_inode(&mut tx, ino).await?;
-            match inode.kind {
-                FileKind::Regular => {}
-                FileKind::Directory => return Err(StoreError::IsDir),
-                _ => return Err(StoreError::Invalid("write to a special file".into())),
-            }
+            let mut inode = require_regular(&mut tx, ino).await?;
             for c in chunks {
                 commit_chunk_in(&mut tx, ino, c).await?;
             }
@@ -209,6 +204,42 @@ impl Store {
             .await?;
             Ok(inode)
         })
+    }
+
+    /// Punches a hole: the file's chunks at indices `from..to` leave its map
+    /// (they read as zeros and store nothing), in one transaction. The size
+    /// stays; the content version, mtime and ctime move.
+    pub async fn punch_chunks(&self, ino: u64, from: u64, to: u64) -> Result<Inode> {
+        let from = to_i64(from, "chunk index")?;
+        let to = to_i64(to, "chunk index")?;
+        in_tx!(self, |tx| {
+            let now = Timespec::now();
+            let mut inode = require_regular(&mut tx, ino).await?;
+            release_chunks(&mut tx, ino, from, to).await?;
+            inode.version += 1;
+            inode.mtime = now;
+            inode.ctime = now;
+            sqlx::query(
+                "UPDATE inodes SET version = $2, mtime_s = $3, mtime_ns = $4, ctime_s = $3, ctime_ns = $4 WHERE ino = $1",
+            )
+            .bind(to_i64(ino, "inode")?)
+            .bind(inode.version as i64)
+            .bind(now.sec)
+            .bind(i64::from(now.nsec))
+            .execute(&mut *tx)
+            .await?;
+            Ok(inode)
+        })
+    }
+}
+
+/// The inode of a regular file (data changes reach no other kind).
+async fn require_regular(tx: &mut AnyConnection, ino: u64) -> Result<Inode> {
+    let inode = require_inode(tx, ino).await?;
+    match inode.kind {
+        FileKind::Regular => Ok(inode),
+        FileKind::Directory => Err(StoreError::IsDir),
+        _ => Err(StoreError::Invalid("data change on a special file".into())),
     }
 }
 
@@ -248,7 +279,7 @@ async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> R
             .await?;
     }
     let index = to_i64(c.index, "chunk index")?;
-    release_chunks(tx, ino, "idx = $2", index).await?;
+    release_chunks(tx, ino, index, index.saturating_add(1)).await?;
     sqlx::query("INSERT INTO file_chunks (ino, idx, chunk_id, valid_len) VALUES ($1, $2, $3, $4)")
         .bind(ino as i64)
         .bind(index)
@@ -269,7 +300,7 @@ pub(crate) async fn truncate_map(
 ) -> Result<()> {
     let cs = u64::from(chunk_size);
     let first_gone = size.div_ceil(cs);
-    release_chunks(tx, ino, "idx >= $2", to_i64(first_gone, "chunk index")?).await?;
+    release_chunks(tx, ino, to_i64(first_gone, "chunk index")?, i64::MAX).await?;
     if !size.is_multiple_of(cs) {
         let last = size / cs;
         sqlx::query(
@@ -284,26 +315,21 @@ pub(crate) async fn truncate_map(
     Ok(())
 }
 
-/// Drops the file's chunks selected by `filter` (over `$1` = ino, `$2` = value)
-/// and queues their replicas for deletion on the nodes.
-async fn release_chunks(tx: &mut AnyConnection, ino: u64, filter: &str, value: i64) -> Result<()> {
+/// Drops the file's chunks at indices `from..to` and queues their replicas
+/// for deletion on the nodes.
+async fn release_chunks(tx: &mut AnyConnection, ino: u64, from: i64, to: i64) -> Result<()> {
     let ino = to_i64(ino, "inode")?;
-    let selected = format!("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND {filter}");
-    sqlx::query(&format!(
-        "INSERT INTO gc_replicas (chunk_id, node_id) SELECT chunk_id, node_id FROM replicas WHERE chunk_id IN ({selected})"
-    ))
-    .bind(ino)
-    .bind(value)
-    .execute(&mut *tx)
-    .await?;
-    for table_filter in [
+    let selected = "SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3";
+    for statement in [
+        format!("INSERT INTO gc_replicas (chunk_id, node_id) SELECT chunk_id, node_id FROM replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM chunks WHERE id IN ({selected})"),
-        format!("DELETE FROM file_chunks WHERE ino = $1 AND {filter}"),
+        "DELETE FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3".to_string(),
     ] {
-        sqlx::query(&table_filter)
+        sqlx::query(&statement)
             .bind(ino)
-            .bind(value)
+            .bind(from)
+            .bind(to)
             .execute(&mut *tx)
             .await?;
     }
