@@ -110,6 +110,7 @@ conformance!(
     xattrs,
     setattr_and_truncate,
     chunk_commit_and_gc,
+    punched_chunks_leave_the_map,
     bad_commits_change_nothing,
     node_reconcile,
     under_replication_is_seen,
@@ -730,6 +731,46 @@ async fn chunk_commit_and_gc(h: Handle) {
         .await
         .unwrap(),
         None
+    );
+}
+
+async fn punched_chunks_leave_the_map(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let cs = u64::from(CS);
+    let mut ids = Vec::new();
+    for index in 0..4 {
+        ids.push(write_chunk(s, f.ino, index, cs, (index + 1) * cs).await.0);
+    }
+    let before = s.getattr(f.ino).await.unwrap();
+    let after = s.punch_chunks(f.ino, 1, 3).await.unwrap();
+    assert_eq!(after.size, 4 * cs, "the size stays");
+    assert!(after.version > before.version, "the content version moves");
+    let map = s.get_chunks(f.ino, 0).await.unwrap();
+    let left: Vec<u64> = map.chunks.iter().map(|c| c.chunk_id).collect();
+    assert_eq!(left, vec![ids[0], ids[3]]);
+    let del = s
+        .heartbeat(HeartbeatInfo {
+            node_id: nodes[0],
+            capacity: 1 << 40,
+            used: 0,
+            chunk_count: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        del,
+        Some(vec![ids[1], ids[2]]),
+        "punched chunks are garbage"
+    );
+    let d = s
+        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .await
+        .unwrap();
+    assert_eq!(
+        errno(s.punch_chunks(d.ino, 0, 1).await.unwrap_err()),
+        libc::EISDIR
     );
 }
 

@@ -136,3 +136,141 @@ fn write_moves_mtime_before_close() {
     assert!(mtime_ns(&to.metadata().unwrap()) > t0);
     assert_eq!(to.metadata().unwrap().len(), 10_000);
 }
+
+fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> i32 {
+    // SAFETY: fallocate on an open descriptor; no memory is passed.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) };
+    if r == 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
+fn seek(f: &File, offset: u64, whence: i32) -> Result<u64, i32> {
+    // SAFETY: lseek on an open descriptor.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset as i64, whence) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// A file of `chunks` chunks, every byte non-zero.
+fn filled(path: &Path, len: u64) -> Vec<u8> {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+#[test]
+fn fallocate_punch_hole_zero_range_and_keep_size() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let path = m.join("f");
+    let mut model = filled(&path, 5 * CS + 1000);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let keep = libc::FALLOC_FL_KEEP_SIZE;
+    // A hole over a partial chunk, two whole chunks and another partial one.
+    let (off, len) = (CS / 2, 2 * CS + CS / 2 + 4096);
+    assert_eq!(
+        fallocate(&f, libc::FALLOC_FL_PUNCH_HOLE | keep, off, len),
+        0
+    );
+    model[off as usize..(off + len) as usize].fill(0);
+    // Zero a range inside one chunk, and one that runs past the end (grows).
+    assert_eq!(fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 100, 200), 0);
+    model[100..300].fill(0);
+    let end = model.len() as u64;
+    assert_eq!(fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, end - 10, 5000), 0);
+    let tail = model.len() - 10;
+    model[tail..].fill(0);
+    model.resize(end as usize - 10 + 5000, 0);
+    // KEEP_SIZE past the end: the size stays; mode 0 past the end grows.
+    assert_eq!(fallocate(&f, keep, 0, 20 * CS), 0);
+    assert_eq!(f.metadata().unwrap().len(), model.len() as u64);
+    assert_eq!(fallocate(&f, 0, model.len() as u64, 3000), 0);
+    model.resize(model.len() + 3000, 0);
+    // Punch without KEEP_SIZE and collapse/insert ranges are refused.
+    assert_eq!(
+        fallocate(&f, libc::FALLOC_FL_PUNCH_HOLE, 0, 10),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        fallocate(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, CS),
+        libc::EOPNOTSUPP
+    );
+    let mut back = vec![0; model.len()];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == model, "read through the open file");
+    drop(f);
+    assert!(std::fs::read(&path).unwrap() == model, "after close");
+    let other = c.mount("other");
+    assert!(
+        std::fs::read(other.join("f")).unwrap() == model,
+        "on another mount"
+    );
+    // The two wholly punched chunks store nothing: meta's map has a hole there.
+    let stat = c.dfs(&["stat", "/f"]);
+    assert!(stat.status.success());
+    let text = String::from_utf8_lossy(&stat.stdout).to_string();
+    assert!(text.contains("chunk 0 "), "{text}");
+    for index in [1, 2] {
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("chunk {index} "))),
+            "chunk {index} still mapped:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn seek_data_and_seek_hole_follow_the_chunk_map() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let path = m.join("sparse");
+    // Data in chunk 0 (first 1000 bytes) and chunk 3; holes elsewhere; size 6 chunks.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.write_all_at(&[1; 1000], 0).unwrap();
+    f.write_all_at(&[2; 10], 3 * CS + 5).unwrap();
+    f.set_len(6 * CS).unwrap();
+    let check = |f: &File| {
+        assert_eq!(seek(f, 0, libc::SEEK_DATA), Ok(0));
+        assert_eq!(seek(f, 0, libc::SEEK_HOLE), Ok(1000));
+        assert_eq!(seek(f, 1000, libc::SEEK_DATA), Ok(3 * CS));
+        assert_eq!(seek(f, 3 * CS + 4, libc::SEEK_HOLE), Ok(3 * CS + 15));
+        assert_eq!(seek(f, 3 * CS + 15, libc::SEEK_DATA), Err(libc::ENXIO));
+        assert_eq!(seek(f, 4 * CS, libc::SEEK_HOLE), Ok(4 * CS));
+        assert_eq!(seek(f, 6 * CS, libc::SEEK_HOLE), Err(libc::ENXIO));
+        assert_eq!(seek(f, 6 * CS, libc::SEEK_DATA), Err(libc::ENXIO));
+    };
+    check(&f); // while the writes are still in this mount's buffers
+    drop(f);
+    check(&File::open(&path).unwrap()); // committed
+    let other = c.mount("other");
+    check(&File::open(other.join("sparse")).unwrap());
+    // cp --sparse=always keeps the holes: the copy reads the same.
+    let copy = m.join("copy");
+    let out = std::process::Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&path)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(&path).unwrap());
+}
