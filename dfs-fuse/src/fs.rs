@@ -32,6 +32,8 @@ pub struct SetAttr {
     pub mtime: Option<pb::Timespec>,
     pub atime_now: bool,
     pub mtime_now: bool,
+    /// Inode flags (FS_IOC_SETFLAGS).
+    pub flags: Option<u32>,
 }
 
 /// Who is asking: owner of newly created entries.
@@ -83,6 +85,26 @@ fn inode_lru<V>() -> lru::LruCache<u64, V> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An immutable file opens only for reading; an append-only one only for
+/// reading or appending, never truncated (meta refuses the changes anyway:
+/// this makes the open fail, not the close).
+fn check_open_mode(inode_flags: u32, open_flags: i32) -> FsResult<()> {
+    let writes = open_flags & libc::O_ACCMODE != libc::O_RDONLY || open_flags & libc::O_TRUNC != 0;
+    let immutable = inode_flags & dfs_proto::inode_flags::IMMUTABLE != 0;
+    let append_only = inode_flags & dfs_proto::inode_flags::APPEND != 0;
+    if writes
+        && (immutable
+            || (append_only
+                && (open_flags & libc::O_APPEND == 0 || open_flags & libc::O_TRUNC != 0)))
+    {
+        return Err(FsError::new(
+            libc::EPERM,
+            "the file is immutable or append-only",
+        ));
+    }
+    Ok(())
 }
 
 fn attr_of(reply: pb::AttrReply) -> FsResult<pb::Attr> {
@@ -187,6 +209,7 @@ impl DfsFs {
             mtime: set.mtime,
             atime_now: set.atime_now,
             mtime_now: set.mtime_now,
+            flags: set.flags,
         };
         let attr = attr_of(self.meta().set_attr(request).await?.into_inner())?;
         if let Some(g) = guard.as_mut() {
@@ -317,7 +340,7 @@ impl DfsFs {
     /// content as at this mount's previous open. Any commit since, from any
     /// mount (this one included), or a truncate, changes the signature and the
     /// pages are dropped: close-to-open.
-    pub async fn open(&self, ino: u64) -> FsResult<Opened> {
+    pub async fn open(&self, ino: u64, open_flags: i32) -> FsResult<Opened> {
         let (file, shared) = match self.open_file(ino) {
             Some(f) => (f, true),
             None => {
@@ -339,6 +362,7 @@ impl DfsFs {
                 // Already open here: fetch the chunk map again (close-to-open).
                 f.refresh(&self.io).await?;
             }
+            check_open_mode(f.inode_flags, open_flags)?;
             (f.signature(), f.chunk_size())
         };
         self.chunk_size.store(chunk_size, Ordering::Relaxed);
@@ -375,7 +399,7 @@ impl DfsFs {
         // chunk size is known from an earlier open.
         let chunk_size = self.chunk_size.load(Ordering::Relaxed);
         if chunk_size == 0 || self.open_file(attr.ino).is_some() {
-            let opened = self.open(attr.ino).await?;
+            let opened = self.open(attr.ino, libc::O_RDWR).await?;
             return Ok((attr, opened.fh));
         }
         let file = Arc::new(AsyncMutex::new(OpenFile::created(
@@ -434,6 +458,35 @@ impl DfsFs {
                 f.defer_error(e);
             }
         }
+    }
+
+    /// FS_IOC_GETFLAGS: the inode's chattr flags.
+    pub async fn inode_flags(&self, ino: u64) -> FsResult<u32> {
+        Ok(self.getattr(ino).await?.flags)
+    }
+
+    /// FS_IOC_SETFLAGS. Changing immutable or append-only takes
+    /// CAP_LINUX_IMMUTABLE (the kernel checks it before asking; root here),
+    /// the other flags the owner; meta enforces what the flags mean for
+    /// every mount.
+    pub async fn set_inode_flags(&self, ino: u64, flags: u32, caller: Caller) -> FsResult<()> {
+        let attr = self.getattr(ino).await?;
+        let pinning = dfs_proto::inode_flags::IMMUTABLE | dfs_proto::inode_flags::APPEND;
+        if caller.uid != 0 && ((attr.flags ^ flags) & pinning != 0 || caller.uid != attr.uid) {
+            return Err(FsError::new(
+                libc::EPERM,
+                "not allowed to change these flags",
+            ));
+        }
+        let set = SetAttr {
+            flags: Some(flags),
+            ..Default::default()
+        };
+        self.setattr(ino, set).await?;
+        if let Some(file) = self.open_file(ino) {
+            file.lock().await.inode_flags = flags;
+        }
+        Ok(())
     }
 
     /// fallocate(2). Mode 0 extends the file (the new bytes read as zeros);

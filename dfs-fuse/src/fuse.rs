@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dfs_proto::pb;
+use dfs_proto::{inode_flags, pb};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -163,6 +163,37 @@ fn node_kind(mode: u32) -> Result<pb::FileKind, Errno> {
     })
 }
 
+/// `_IOR('X', 31, struct fsxattr)` and `_IOW('X', 32, struct fsxattr)`.
+const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+/// `struct fsxattr`: xflags, extsize, nextents, projid, cowextsize, 8 pad bytes.
+const FSXATTR_LEN: usize = 28;
+/// The inode flags dfs keeps, as (`FS_*_FL`, `FS_XFLAG_*`) pairs.
+const XFLAGS: [(u32, u32); 4] = [
+    (inode_flags::IMMUTABLE, 0x08),
+    (inode_flags::APPEND, 0x10),
+    (inode_flags::NOATIME, 0x40),
+    (inode_flags::NODUMP, 0x80),
+];
+
+fn xflags_of(flags: u32) -> u32 {
+    XFLAGS
+        .iter()
+        .filter(|(f, _)| flags & f != 0)
+        .fold(0, |x, (_, xf)| x | xf)
+}
+
+/// The inode flags for `FS_XFLAG_*` bits, or None if one is not kept.
+fn flags_of(xflags: u32) -> Option<u32> {
+    let known = XFLAGS.iter().fold(0, |k, (_, xf)| k | xf);
+    (xflags & !known == 0).then(|| {
+        XFLAGS
+            .iter()
+            .filter(|(_, xf)| xflags & xf != 0)
+            .fold(0, |f, (fl, _)| f | fl)
+    })
+}
+
 /// Replies with a new or looked-up entry, or the errno.
 fn entry(reply: ReplyEntry, result: Result<pb::Attr, Errno>) {
     match result {
@@ -253,6 +284,7 @@ impl Filesystem for FuseAdapter {
             mtime,
             atime_now,
             mtime_now,
+            flags: None,
         };
         match self.run("setattr", self.fs.setattr(ino.0, set)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
@@ -381,8 +413,8 @@ impl Filesystem for FuseAdapter {
         )
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        opened(reply, self.run("open", self.fs.open(ino.0)))
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        opened(reply, self.run("open", self.fs.open(ino.0, flags.0)))
     }
 
     fn read(
@@ -680,6 +712,50 @@ impl Filesystem for FuseAdapter {
             reply,
             self.run("fallocate", self.fs.fallocate(fh.0, offset, length, mode)),
         )
+    }
+
+    /// Inode flags: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS (chattr, lsattr; a
+    /// 4-byte int) and FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR (`struct
+    /// fsxattr`, which the kernel also uses to read the old flags before a
+    /// change). Other ioctls are ENOTTY.
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let get = || self.run("ioctl", self.fs.inode_flags(ino.0));
+        let set =
+            |flags: u32| self.run("ioctl", self.fs.set_inode_flags(ino.0, flags, caller(req)));
+        let result = match cmd {
+            c if c == libc::FS_IOC_GETFLAGS as u32 => get().map(|f| f.to_ne_bytes().to_vec()),
+            c if c == libc::FS_IOC_SETFLAGS as u32 => match in_data.get(..4) {
+                Some(b) => set(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).map(|()| Vec::new()),
+                None => Err(Errno::EINVAL),
+            },
+            FS_IOC_FSGETXATTR => get().map(|f| {
+                let mut fsxattr = vec![0u8; FSXATTR_LEN];
+                fsxattr[..4].copy_from_slice(&xflags_of(f).to_ne_bytes());
+                fsxattr
+            }),
+            FS_IOC_FSSETXATTR => match in_data.get(..4) {
+                Some(b) => match flags_of(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])) {
+                    Some(f) => set(f).map(|()| Vec::new()),
+                    None => Err(Errno::from_i32(libc::EOPNOTSUPP)),
+                },
+                None => Err(Errno::EINVAL),
+            },
+            _ => Err(Errno::from_i32(libc::ENOTTY)),
+        };
+        match result {
+            Ok(out) => reply.ioctl(0, &out),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn lseek(

@@ -68,6 +68,8 @@ pub struct OpenFile {
     /// meta's mtime as of the last chunk map or commit. Sent with commits, so
     /// the time a stat showed while the file was open is the one that stays.
     mtime: pb::Timespec,
+    /// Inode flags (chattr) as of the last chunk map: opens check them.
+    pub inode_flags: u32,
     dirty: BTreeMap<u64, Vec<u8>>,
     inflight: BTreeMap<u64, (Bytes, Upload)>,
     uploaded: BTreeMap<u64, (UploadedChunk, Bytes)>,
@@ -119,6 +121,7 @@ impl OpenFile {
             committed: chunks.into_iter().map(|c| (c.index, c)).collect(),
             signature: ContentSignature::of(attr),
             mtime: attr.mtime.unwrap_or_default(),
+            inode_flags: attr.flags,
             dirty: BTreeMap::new(),
             inflight: BTreeMap::new(),
             uploaded: BTreeMap::new(),
@@ -151,6 +154,7 @@ impl OpenFile {
         self.committed = std::mem::take(&mut fresh.committed);
         self.signature = fresh.signature;
         self.mtime = fresh.mtime;
+        self.inode_flags = fresh.inode_flags;
         Ok(())
     }
 

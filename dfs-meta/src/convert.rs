@@ -21,6 +21,7 @@ pub fn attr(i: &Inode) -> pb::Attr {
         version: i.version,
         rdev: i.rdev,
         has_xattrs: i.has_xattrs,
+        flags: i.flags,
     }
 }
 

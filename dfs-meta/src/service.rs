@@ -114,6 +114,8 @@ impl Meta for MetaService {
                 } else {
                     r.mtime.as_ref().map(ts_from_pb).transpose()?
                 },
+                explicit_times: r.atime.is_some() || r.mtime.is_some(),
+                flags: r.flags,
             };
             Ok(attr_reply(&self.store.setattr(r.ino, args).await?))
         })

@@ -111,6 +111,7 @@ conformance!(
     setattr_and_truncate,
     chunk_commit_and_gc,
     punched_chunks_leave_the_map,
+    inode_flags_pin_files,
     bad_commits_change_nothing,
     node_reconcile,
     under_replication_is_seen,
@@ -772,6 +773,89 @@ async fn punched_chunks_leave_the_map(h: Handle) {
         errno(s.punch_chunks(d.ino, 0, 1).await.unwrap_err()),
         libc::EISDIR
     );
+}
+
+async fn inode_flags_pin_files(h: Handle) {
+    use dfs_proto::inode_flags::{APPEND, IMMUTABLE};
+    let s = &h.store;
+    three_nodes(s).await;
+    let cs = u64::from(CS);
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    write_chunk(s, f.ino, 0, cs, cs).await;
+    let flags = |f| SetAttrArgs {
+        flags: Some(f),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.setattr(f.ino, flags(IMMUTABLE)).await.unwrap().flags,
+        IMMUTABLE
+    );
+    let chmod = SetAttrArgs {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert_eq!(
+        errno(s.setattr(f.ino, chmod.clone()).await.unwrap_err()),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(s.unlink(ROOT_INO, b"f", false).await.unwrap_err()),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(s.punch_chunks(f.ino, 0, 1).await.unwrap_err()),
+        libc::EPERM
+    );
+    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    let chunk = |index| CommitChunk {
+        index,
+        chunk_id: p.chunk_id,
+        stored_len: 10,
+        crc32c: 1,
+        valid_len: 10,
+        node_ids: p.targets.iter().map(|n| n.id).collect(),
+    };
+    assert_eq!(
+        errno(
+            s.commit_write(f.ino, cs + 10, &[chunk(1)], None)
+                .await
+                .unwrap_err()
+        ),
+        libc::EPERM
+    );
+    // Append-only: growth at the end commits; a rewrite of an earlier chunk does not.
+    s.setattr(f.ino, flags(APPEND)).await.unwrap();
+    assert_eq!(
+        errno(
+            s.commit_write(f.ino, cs + 10, &[chunk(0)], None)
+                .await
+                .unwrap_err()
+        ),
+        libc::EPERM
+    );
+    s.commit_write(f.ino, cs + 10, &[chunk(1)], None)
+        .await
+        .unwrap();
+    let truncate = SetAttrArgs {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        errno(s.setattr(f.ino, truncate).await.unwrap_err()),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(s.setattr(f.ino, flags(0x4000)).await.unwrap_err()),
+        libc::EOPNOTSUPP
+    );
+    // Flags survive a reopen; cleared, the file changes again.
+    let url = h.url.clone();
+    drop(h.store);
+    let s = Store::open(&url, fmt()).await.unwrap();
+    assert_eq!(s.getattr(f.ino).await.unwrap().flags, APPEND);
+    s.setattr(f.ino, flags(0)).await.unwrap();
+    s.setattr(f.ino, chmod).await.unwrap();
+    s.unlink(ROOT_INO, b"f", false).await.unwrap();
 }
 
 async fn bad_commits_change_nothing(h: Handle) {

@@ -18,3 +18,15 @@ pub const ROOT_INO: u64 = 1;
 /// The largest file dfs stores (8 PiB). Larger sizes and writes past it are
 /// EFBIG, as local file systems answer past their own limit.
 pub const MAX_FILE_SIZE: u64 = 1 << 53;
+
+/// Inode flags as chattr(1) sets them through FS_IOC_SETFLAGS (the kernel's
+/// `FS_*_FL` values; libc does not export them). dfs keeps these four.
+pub mod inode_flags {
+    /// No change to data, attributes or names.
+    pub const IMMUTABLE: u32 = 0x10;
+    /// Data only grows at the end; no rename, unlink, link, chmod or chown.
+    pub const APPEND: u32 = 0x20;
+    pub const NODUMP: u32 = 0x40;
+    pub const NOATIME: u32 = 0x80;
+    pub const SUPPORTED: u32 = IMMUTABLE | APPEND | NODUMP | NOATIME;
+}

@@ -274,3 +274,128 @@ fn seek_data_and_seek_hole_follow_the_chunk_map() {
     assert!(out.status.success());
     assert!(std::fs::read(&copy).unwrap() == std::fs::read(&path).unwrap());
 }
+
+/// Runs a Python statement in `dir` (as `user`, or root) and returns "ok"
+/// or the errno name it failed with.
+fn py_errno(dir: &Path, user: Option<&str>, code: &str) -> String {
+    let script = format!(
+        "import errno, os, sys\ntry:\n    {code}\n    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])"
+    );
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = std::process::Command::new("su");
+            c.args(["-s", "/bin/sh", u, "-c"])
+                .arg(format!("python3 -c \"{script}\""));
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new("python3");
+            c.args(["-c", &script]);
+            c
+        }
+    };
+    let out = cmd.current_dir(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn lsattr(path: &Path) -> String {
+    let out = std::process::Command::new("lsattr")
+        .arg("-d")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lsattr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn immutable_and_append_only_hold_on_every_mount() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let other = c.mount("other");
+    dfs_tests::sh(
+        &m.path,
+        "echo data > frozen && echo log > journal && mkdir box && touch box/in && chmod 666 frozen",
+    );
+    dfs_tests::sh(
+        &m.path,
+        "chattr +i frozen && chattr +a journal && chattr +i box",
+    );
+    assert!(lsattr(&m.join("frozen")).contains('i'));
+    assert!(
+        lsattr(&other.join("journal")).contains('a'),
+        "seen on another mount"
+    );
+    // Nobody may set or clear them but root (CAP_LINUX_IMMUTABLE).
+    assert_eq!(
+        py_errno(&m.path, Some("nobody"), "import fcntl, struct; fcntl.ioctl(os.open('frozen', os.O_RDONLY), 0x40086602, struct.pack('i', 0))"),
+        "EPERM"
+    );
+    for dir in [&m.path, &other.path] {
+        let d = dir.as_path();
+        // Immutable: no data, attribute or name change.
+        for code in [
+            "open('frozen', 'w')",
+            "open('frozen', 'a')",
+            "os.truncate('frozen', 0)",
+            "os.chmod('frozen', 0o600)",
+            "os.chown('frozen', 1, 1)",
+            "os.utime('frozen', None)",
+            "os.unlink('frozen')",
+            "os.rename('frozen', 'moved')",
+            "os.link('frozen', 'hard')",
+            "os.setxattr('frozen', 'user.k', b'v')",
+            "open('box/new', 'w')",
+            "os.unlink('box/in')",
+            "os.rename('journal', 'box/j')",
+        ] {
+            assert_eq!(py_errno(d, None, code), "EPERM", "{code}");
+        }
+        assert_eq!(py_errno(d, None, "open('frozen').read()"), "ok");
+        // Append-only: appends work, nothing else changes.
+        for code in [
+            "open('journal', 'w')",
+            "open('journal', 'r+')",
+            "os.truncate('journal', 0)",
+            "os.unlink('journal')",
+            "os.rename('journal', 'j2')",
+            "os.chmod('journal', 0o600)",
+        ] {
+            assert_eq!(py_errno(d, None, code), "EPERM", "{code}");
+        }
+        assert_eq!(
+            py_errno(
+                d,
+                None,
+                "f = open('journal', 'a'); f.write('more\\n'); f.close()"
+            ),
+            "ok"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(m.join("frozen")).unwrap(), "data\n");
+    assert_eq!(
+        std::fs::read_to_string(other.join("journal")).unwrap(),
+        "log\nmore\nmore\n"
+    );
+    // Cleared, everything works again.
+    dfs_tests::sh(
+        &m.path,
+        "chattr -i frozen box && chattr -a journal && rm frozen journal box/in && rmdir box",
+    );
+    // Flags dfs does not keep are refused, not silently dropped.
+    dfs_tests::sh(&m.path, "touch plain");
+    let out = std::process::Command::new("chattr")
+        .args(["+c"])
+        .arg(m.join("plain"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "chattr +c is not supported");
+}

@@ -182,6 +182,17 @@ impl Store {
         in_tx!(self, |tx| {
             let now = Timespec::now();
             let mut inode = require_regular(&mut tx, ino).await?;
+            inode.require_mutable("write")?;
+            if inode.append_only() {
+                // Only growth at the end: no shrinking, and no chunk below
+                // the one the old end of file is in may be replaced.
+                let first_open = inode.size / cs;
+                if size < inode.size || chunks.iter().any(|c| c.index < first_open) {
+                    return Err(StoreError::NotPermitted(
+                        "write: the file is append-only".into(),
+                    ));
+                }
+            }
             for c in chunks {
                 commit_chunk_in(&mut tx, ino, c).await?;
             }
@@ -215,6 +226,7 @@ impl Store {
         in_tx!(self, |tx| {
             let now = Timespec::now();
             let mut inode = require_regular(&mut tx, ino).await?;
+            inode.require_unpinned("punch hole")?;
             release_chunks(&mut tx, ino, from, to).await?;
             inode.version += 1;
             inode.mtime = now;

@@ -20,6 +20,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("operation not permitted: {0}")]
     NotPermitted(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
     #[error("no such attribute")]
     NoXattr,
     #[error("attribute value too large")]
@@ -50,6 +52,7 @@ impl StoreError {
             StoreError::Name(e) => e.errno(),
             StoreError::Invalid(_) => libc::EINVAL,
             StoreError::NotPermitted(_) => libc::EPERM,
+            StoreError::Unsupported(_) => libc::EOPNOTSUPP,
             StoreError::NoXattr => libc::ENODATA,
             StoreError::XattrTooBig => libc::E2BIG,
             StoreError::FileTooBig(_) => libc::EFBIG,
@@ -72,6 +75,7 @@ impl StoreError {
             StoreError::Name(_) => "bad_name",
             StoreError::Invalid(_) => "invalid",
             StoreError::NotPermitted(_) => "not_permitted",
+            StoreError::Unsupported(_) => "unsupported",
             StoreError::NoXattr => "no_xattr",
             StoreError::XattrTooBig => "xattr_too_big",
             StoreError::FileTooBig(_) => "file_too_big",

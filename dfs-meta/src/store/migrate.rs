@@ -22,6 +22,11 @@ const SQLITE: &[Migration] = &[
         name: "orphans",
         sql: include_str!("../../../migrations/sqlite/0002_orphans.sql"),
     },
+    Migration {
+        version: 3,
+        name: "inode_flags",
+        sql: include_str!("../../../migrations/sqlite/0003_inode_flags.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -34,6 +39,11 @@ const POSTGRES: &[Migration] = &[
         version: 2,
         name: "orphans",
         sql: include_str!("../../../migrations/postgres/0002_orphans.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "inode_flags",
+        sql: include_str!("../../../migrations/postgres/0003_inode_flags.sql"),
     },
 ];
 

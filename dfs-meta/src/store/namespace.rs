@@ -39,6 +39,10 @@ pub struct SetAttrArgs {
     pub size: Option<u64>,
     pub atime: Option<Timespec>,
     pub mtime: Option<Timespec>,
+    /// The times were given (utimensat with values), not "now".
+    pub explicit_times: bool,
+    /// New inode flags (chattr).
+    pub flags: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,7 +140,9 @@ impl Store {
         validate_name(name)?;
         in_tx!(self, |tx| {
             let now = Timespec::now();
-            require_dir(&mut tx, parent).await?;
+            require_dir(&mut tx, parent)
+                .await?
+                .require_unpinned("unlink")?;
             let ino = entry_ino(&mut tx, parent, name)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
@@ -144,6 +150,7 @@ impl Store {
             if inode.kind == FileKind::Directory {
                 return Err(StoreError::IsDir);
             }
+            inode.require_unpinned("unlink")?;
             delete_entry(&mut tx, parent, name).await?;
             touch_dir(&mut tx, parent, 0, now).await?;
             drop_link(&mut tx, &inode, now, keep_open).await
@@ -190,7 +197,9 @@ impl Store {
         validate_name(name)?;
         in_tx!(self, |tx| {
             let now = Timespec::now();
-            require_dir(&mut tx, parent).await?;
+            require_dir(&mut tx, parent)
+                .await?
+                .require_unpinned("rmdir")?;
             let ino = entry_ino(&mut tx, parent, name)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
@@ -198,6 +207,7 @@ impl Store {
             if inode.kind != FileKind::Directory {
                 return Err(StoreError::NotDir);
             }
+            inode.require_unpinned("rmdir")?;
             if has_entries(&mut tx, ino).await? {
                 return Err(StoreError::NotEmpty);
             }
@@ -237,7 +247,10 @@ impl Store {
             if inode.kind == FileKind::Directory {
                 return Err(StoreError::NotPermitted("hard links to directories".into()));
             }
-            require_dir(&mut tx, new_parent).await?;
+            inode.require_unpinned("link")?;
+            require_dir(&mut tx, new_parent)
+                .await?
+                .require_mutable("link")?;
             if entry_ino(&mut tx, new_parent, new_name).await?.is_some() {
                 return Err(StoreError::Exists(
                     String::from_utf8_lossy(new_name).into_owned(),
@@ -341,7 +354,9 @@ impl Store {
         }
         in_tx!(self, |tx| {
             let now = Timespec::now();
-            require_inode(&mut tx, ino).await?;
+            require_inode(&mut tx, ino)
+                .await?
+                .require_unpinned("setxattr")?;
             let key = to_i64(ino, "inode")?;
             let exists = sqlx::query("SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2")
                 .bind(key)
@@ -385,7 +400,9 @@ impl Store {
     pub async fn remove_xattr(&self, ino: u64, name: &[u8]) -> Result<()> {
         in_tx!(self, |tx| {
             let now = Timespec::now();
-            require_inode(&mut tx, ino).await?;
+            require_inode(&mut tx, ino)
+                .await?
+                .require_unpinned("removexattr")?;
             let done = sqlx::query("DELETE FROM xattrs WHERE ino = $1 AND name = $2")
                 .bind(to_i64(ino, "inode")?)
                 .bind(name.to_vec())
@@ -402,6 +419,7 @@ impl Store {
 async fn create_in(tx: &mut AnyConnection, args: &CreateArgs) -> Result<Inode> {
     let now = Timespec::now();
     let parent = require_dir(tx, args.parent).await?;
+    parent.require_mutable("create")?;
     if entry_ino(tx, args.parent, &args.name).await?.is_some() {
         return Err(StoreError::Exists(
             String::from_utf8_lossy(&args.name).into_owned(),
@@ -456,16 +474,23 @@ async fn rename_in(
     keep_open: bool,
 ) -> Result<()> {
     let now = Timespec::now();
-    require_dir(tx, parent).await?;
-    require_dir(tx, new_parent).await?;
+    require_dir(tx, parent).await?.require_unpinned("rename")?;
+    let target_dir = require_dir(tx, new_parent).await?;
+    target_dir.require_mutable("rename")?;
     let src_ino = entry_ino(tx, parent, name)
         .await?
         .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
     let src = require_inode(tx, src_ino).await?;
+    src.require_unpinned("rename")?;
     let dst = match entry_ino(tx, new_parent, new_name).await? {
         Some(ino) => Some(require_inode(tx, ino).await?),
         None => None,
     };
+    if let Some(dst) = &dst {
+        // The name it had goes away: as an unlink in the target directory.
+        target_dir.require_unpinned("rename")?;
+        dst.require_unpinned("rename")?;
+    }
     if src.kind == FileKind::Directory && is_within(tx, new_parent, src.ino).await? {
         return Err(StoreError::Invalid(
             "cannot move a directory into itself".into(),
@@ -537,6 +562,24 @@ async fn setattr_in(
 ) -> Result<Inode> {
     let now = Timespec::now();
     let mut inode = require_inode(tx, ino).await?;
+    if args.mode.is_some() || args.uid.is_some() || args.gid.is_some() || args.explicit_times {
+        inode.require_unpinned("setattr")?;
+    }
+    if args.atime.is_some() || args.mtime.is_some() {
+        inode.require_mutable("utimes")?;
+    }
+    if args.size.is_some_and(|s| s != inode.size) {
+        inode.require_unpinned("truncate")?;
+    }
+    if let Some(flags) = args.flags {
+        let unsupported = flags & !dfs_proto::inode_flags::SUPPORTED;
+        if unsupported != 0 {
+            return Err(StoreError::Unsupported(format!(
+                "inode flags {unsupported:#x}"
+            )));
+        }
+        inode.flags = flags;
+    }
     if let Some(size) = args.size {
         match inode.kind {
             FileKind::Regular => {}
@@ -580,7 +623,7 @@ async fn setattr_in(
     inode.ctime = now;
     sqlx::query(
         "UPDATE inodes SET mode = $2, uid = $3, gid = $4, size = $5, atime_s = $6, atime_ns = $7,
-         mtime_s = $8, mtime_ns = $9, ctime_s = $10, ctime_ns = $11, version = $12 WHERE ino = $1",
+         mtime_s = $8, mtime_ns = $9, ctime_s = $10, ctime_ns = $11, version = $12, flags = $13 WHERE ino = $1",
     )
     .bind(to_i64(ino, "inode")?)
     .bind(i64::from(inode.mode))
@@ -594,6 +637,7 @@ async fn setattr_in(
     .bind(inode.ctime.sec)
     .bind(i64::from(inode.ctime.nsec))
     .bind(inode.version as i64)
+    .bind(i64::from(inode.flags))
     .execute(&mut *tx)
     .await?;
     Ok(inode)

@@ -1,5 +1,6 @@
 //! The store's own types for what rows hold, and decoding a row into them.
 
+use dfs_proto::inode_flags;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -66,11 +67,46 @@ pub struct Inode {
     pub version: u64,
     pub rdev: u32,
     pub has_xattrs: bool,
+    /// chattr flags (`FS_*_FL`): see `Inode::immutable` and `Inode::append_only`.
+    pub flags: u32,
+}
+
+impl Inode {
+    /// chattr +i: no change to data, attributes or names, by anyone.
+    pub fn immutable(&self) -> bool {
+        self.flags & inode_flags::IMMUTABLE != 0
+    }
+
+    /// chattr +a: data may only grow at the end; no rename, unlink, link,
+    /// chmod, chown or explicit times (a directory: entries are only added).
+    pub fn append_only(&self) -> bool {
+        self.flags & inode_flags::APPEND != 0
+    }
+
+    /// EPERM for an inode that is immutable or append-only.
+    pub fn require_unpinned(&self, what: &str) -> Result<()> {
+        if self.immutable() || self.append_only() {
+            return Err(StoreError::NotPermitted(format!(
+                "{what}: the inode is immutable or append-only"
+            )));
+        }
+        Ok(())
+    }
+
+    /// EPERM for an immutable inode.
+    pub fn require_mutable(&self, what: &str) -> Result<()> {
+        if self.immutable() {
+            return Err(StoreError::NotPermitted(format!(
+                "{what}: the inode is immutable"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The column list `inode_from_row` expects, for SELECTs (prefix with a table alias as needed).
 pub(crate) const INODE_COLUMNS: &str =
-    "ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev";
+    "ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev, flags";
 
 /// Appended to a SELECT of `INODE_COLUMNS` from `inodes` aliased `alias`.
 pub(crate) fn has_xattrs_column(alias: &str) -> String {
@@ -101,6 +137,7 @@ pub(crate) fn inode_from_row(row: &AnyRow) -> Result<Inode> {
         version: row.try_get::<i64, _>("version")? as u64,
         rdev: row.try_get::<i64, _>("rdev")? as u32,
         has_xattrs: row.try_get::<i64, _>("xattr_count")? > 0,
+        flags: row.try_get::<i64, _>("flags")? as u32,
     })
 }
 
