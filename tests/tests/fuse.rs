@@ -279,52 +279,70 @@ fn a_node_killed_during_a_large_copy_loses_nothing() {
     );
 }
 
+/// What stands at a path without following it: a link's target, a file's
+/// identity, or nothing.
+fn path_state(p: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(p).ok()?;
+    Some(match std::fs::read_link(p) {
+        Ok(target) => format!("link {}", target.display()),
+        Err(_) => format!("file {} {}", meta.ino(), meta.len()),
+    })
+}
+
 #[test]
 fn mount_command_and_umount() {
     let c = cluster();
-    // mount(8) runs /sbin/mount.fuse.dfs for type fuse.dfs (what `make install` installs).
+    // mount(8) runs /sbin/mount.fuse.dfs for type fuse.dfs (what `make
+    // install` installs). The test must run its own build without touching
+    // the system's helper: in a private mount namespace, a folder holding
+    // only our helper is mounted over the helper's folder, and everything
+    // that uses the mount happens inside that namespace.
     let helper = Path::new("/sbin/mount.fuse.dfs");
+    let before = path_state(helper);
+    let helper_dir = std::fs::canonicalize("/sbin").unwrap();
     let ours = dfs_tests::bin_dir().join("dfs-fuse");
-    if !helper.exists() || std::fs::read_link(helper).is_ok_and(|t| t.ends_with("dfs-fuse")) {
-        let _ = std::fs::remove_file(helper);
-        std::os::unix::fs::symlink(&ours, helper).unwrap();
-    }
+    let fake_sbin = c.dir.path().join("sbin");
+    std::fs::create_dir(&fake_sbin).unwrap();
+    std::os::unix::fs::symlink(&ours, fake_sbin.join("mount.fuse.dfs")).unwrap();
     let mnt = c.dir.path().join("m");
     std::fs::create_dir(&mnt).unwrap();
     let log = c.dir.path().join("fuse-m.log");
-    let target = format!("{}", mnt.display());
-    let opts = format!(
-        "rw,_netdev,allow_other,cache_size=32M,log={}",
-        log.display()
+    let script = format!(
+        r#"set -u
+mount --bind {fake} {sbin}
+mount -t fuse.dfs {meta} {mnt} -o rw,_netdev,allow_other,cache_size=32M,log={log} || exit 10
+cd {mnt} && echo via-mount > f && grep -qx via-mount f || exit 11
+cd / && umount {mnt} || exit 12
+mountpoint -q {mnt} && exit 13
+mount -t fuse.dfs 127.0.0.1:1 {mnt} 2>&1 && exit 14
+mount -t fuse.dfs {meta} /nonexistent-dfs 2>/dev/null && exit 15
+echo all-done"#,
+        fake = fake_sbin.display(),
+        sbin = helper_dir.display(),
+        meta = c.meta_addr,
+        mnt = mnt.display(),
+        log = log.display(),
     );
-    sh(
-        c.dir.path(),
-        &format!("mount -t fuse.dfs {} {target} -o {opts}", c.meta_addr),
-    );
-    let guard = dfs_tests::Mount {
-        path: mnt.clone(),
-        log,
-        metrics: None,
-    };
-    sh(&mnt, "echo via-mount > f && cat f | grep -qx via-mount");
-    assert!(guard.unmount(), "umount works and is not busy");
-    assert!(!dfs_tests::is_mounted(&mnt));
-    // Bad input: an unreachable meta or a missing mount point fail with a message.
-    let bad = std::process::Command::new("mount")
-        .args(["-t", "fuse.dfs", "127.0.0.1:1", &target])
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c", &script])
         .output()
         .unwrap();
-    assert!(!bad.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("cannot reach"),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
+        out.status.success() && stdout.contains("all-done"),
+        "step {:?} failed:\n{stdout}\n{}\nmount log: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let missing = std::process::Command::new("mount")
-        .args(["-t", "fuse.dfs", &c.meta_addr, "/nonexistent-dfs"])
-        .output()
-        .unwrap();
-    assert!(!missing.status.success());
+    // Bad input: an unreachable meta fails with a message.
+    assert!(stdout.contains("cannot reach"), "{stdout}");
+    assert_eq!(
+        path_state(helper),
+        before,
+        "the system's helper is as it was"
+    );
+    assert!(!dfs_tests::is_mounted(&mnt));
 }
 
 #[test]
