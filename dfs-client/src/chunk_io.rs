@@ -8,6 +8,7 @@ use dfs_proto::pb::{
     self, meta_client::MetaClient, write_chunk_request::Msg, NodeRef, WriteChunkRequest,
     WriteHeader,
 };
+use dfs_proto::zero_runs;
 use prost::bytes::{Bytes, BytesMut};
 use tonic::transport::Channel;
 
@@ -109,9 +110,14 @@ async fn write_down_chain(
             forward: targets[1..].to_vec(),
         })),
     };
-    let pieces = (0..data.len()).step_by(PIECE).map(|at| WriteChunkRequest {
-        msg: Some(Msg::Data(data.slice(at..(at + PIECE).min(data.len())))),
-    });
+    let pieces = zero_runs::split(data, PIECE)
+        .into_iter()
+        .map(|piece| WriteChunkRequest {
+            msg: Some(match piece {
+                zero_runs::Piece::Data(range) => Msg::Data(data.slice(range)),
+                zero_runs::Piece::Zeros(n) => Msg::Zeros(n),
+            }),
+        });
     let messages: Vec<WriteChunkRequest> = std::iter::once(header).chain(pieces).collect();
     let call = client.write_chunk(futures::stream::iter(messages));
     match tokio::time::timeout(deadline_for(data.len()), call).await {
@@ -231,7 +237,13 @@ pub async fn read_replica(
             .into_inner();
         let mut buf = BytesMut::with_capacity(length as usize);
         while let Some(msg) = stream.message().await? {
-            buf.extend_from_slice(&msg.data);
+            if msg.data.is_empty() {
+                let zeros =
+                    (msg.zeros as usize).min(length as usize - buf.len().min(length as usize));
+                buf.resize(buf.len() + zeros, 0);
+            } else {
+                buf.extend_from_slice(&msg.data);
+            }
         }
         Ok::<_, ClientError>(buf.freeze())
     };

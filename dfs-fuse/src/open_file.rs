@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use dfs_client::chunk_io::{upload_chunk, UploadedChunk};
-use dfs_proto::pb;
+use dfs_proto::{pb, zero_runs};
 use prost::bytes::Bytes;
 use tokio::task::JoinHandle;
 
@@ -198,7 +198,7 @@ impl OpenFile {
             }
             if let Some(buf) = self.dirty.get_mut(&index) {
                 if buf.len() < within + take {
-                    buf.resize(within + take, 0);
+                    zero_runs::zero_extend(buf, within + take);
                 }
                 buf[within..within + take].copy_from_slice(piece);
             }
@@ -611,7 +611,7 @@ impl OpenFile {
             let within = (pos - index * cs) as usize;
             let take = ((cs - within as u64).min(end - pos)) as usize;
             let at = plan.out.len();
-            plan.out.resize(at + take, 0);
+            zero_runs::zero_extend(&mut plan.out, at + take);
             let buffered: Option<&[u8]> = if let Some(buf) = self.dirty.get(&index) {
                 Some(buf)
             } else if let Some((data, _)) = self.inflight.get(&index) {

@@ -16,6 +16,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use dfs_proto::zero_runs;
+
 const MAGIC: &[u8; 8] = b"DFSCHNK1";
 const HEADER_LEN: u64 = 32;
 pub const BLOCK: u64 = 64 * 1024;
@@ -355,7 +357,7 @@ pub struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    pub fn append(&mut self, mut data: &[u8]) -> Result<()> {
+    pub fn append(&mut self, data: &[u8]) -> Result<()> {
         if self.received + data.len() as u64 > self.length {
             return Err(ChunkError::Invalid(format!(
                 "chunk {} got more than {} bytes",
@@ -364,6 +366,33 @@ impl ChunkWriter {
         }
         self.file.write_all(data)?;
         self.received += data.len() as u64;
+        self.checksum(data);
+        Ok(())
+    }
+
+    /// Takes a run of `n` zero bytes: skipped over in the file (a hole the
+    /// file system stores nothing for), checksummed like written bytes.
+    pub fn append_zeros(&mut self, n: u64) -> Result<()> {
+        if self.received.saturating_add(n) > self.length {
+            return Err(ChunkError::Invalid(format!(
+                "chunk {} got more than {} bytes",
+                self.id, self.length
+            )));
+        }
+        let skip = i64::try_from(n).map_err(|_| ChunkError::Invalid("zero run".into()))?;
+        self.file.seek(SeekFrom::Current(skip))?;
+        self.received += n;
+        let mut left = n;
+        while left > 0 {
+            let take = left.min(zero_runs::BLOCK as u64);
+            self.checksum(zero_runs::zeros(take as usize));
+            left -= take;
+        }
+        Ok(())
+    }
+
+    /// Adds received bytes to the whole-chunk and per-block checksums.
+    fn checksum(&mut self, mut data: &[u8]) {
         self.whole = crc32c::crc32c_append(self.whole, data);
         while !data.is_empty() {
             let take = ((BLOCK - self.block_fill) as usize).min(data.len());
@@ -376,7 +405,6 @@ impl ChunkWriter {
                 self.block_fill = 0;
             }
         }
-        Ok(())
     }
 
     /// Checks length and checksum, writes the header, and installs the chunk.
@@ -408,6 +436,9 @@ impl ChunkWriter {
         header.extend_from_slice(&self.crc32c.to_le_bytes());
         header.extend_from_slice(&crc32c::crc32c(&table).to_le_bytes());
         header.resize(HEADER_LEN as usize, 0);
+        // A chunk that ends in zeros ends in a hole: the file still has its full size.
+        let blocks = self.block_crcs.len() as u64;
+        self.file.set_len(HEADER_LEN + 4 * blocks + self.length)?;
         self.file.seek(SeekFrom::Start(0))?;
         self.file.write_all(&header)?;
         self.file.write_all(&table)?;
@@ -473,6 +504,37 @@ mod tests {
         assert_eq!(reopened.chunk_count(), 2);
         assert_eq!(reopened.used_bytes(), store.used_bytes());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn zero_runs_are_holes_that_read_back_as_zeros() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        // 4 MiB: zeros, 10 bytes of data, zeros to the end (the LTP sendfile
+        // file's shape); the crc covers the zeros like written bytes.
+        let len = 4 << 20;
+        let mut data = vec![0u8; len];
+        data[(1 << 20) - 10..1 << 20].fill(9);
+        let mut w = store
+            .begin_write(7, len as u64, crc32c::crc32c(&data))
+            .unwrap();
+        w.append_zeros((1 << 20) - 10).unwrap();
+        w.append(&data[(1 << 20) - 10..1 << 20]).unwrap();
+        w.append_zeros(3 << 20).unwrap();
+        w.finish(&store, true).unwrap();
+        assert_eq!(read_all(&store, 7, 0, u64::MAX).unwrap(), data);
+        assert_eq!(read_all(&store, 7, (4 << 20) - 5, 100).unwrap(), vec![0; 5]);
+        let file = fs::metadata(store.path(7)).unwrap();
+        assert!(file.len() >= len as u64);
+        assert!(
+            file.blocks() * 512 < 1 << 20,
+            "stored sparse: {} blocks",
+            file.blocks()
+        );
+        // A run past the announced length is refused.
+        let mut w = store.begin_write(8, 10, 0).unwrap();
+        assert!(w.append_zeros(11).is_err());
     }
 
     #[test]

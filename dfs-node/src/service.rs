@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use dfs_client::Channels;
 use dfs_proto::pb::{self, chunk_server::Chunk, write_chunk_request::Msg, WriteChunkRequest};
+use dfs_proto::zero_runs;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -107,20 +108,28 @@ impl Chunk for ChunkService {
         let mut forward_tx = forward_tx;
         let mut bytes = 0u64;
         while let Some(msg) = stream.message().await? {
-            let Some(Msg::Data(data)) = msg.msg else {
-                return Err(Status::invalid_argument("only data may follow the header"));
+            // Bytes, or a run of zero bytes (None, n).
+            let (data, zeros) = match &msg.msg {
+                Some(Msg::Data(data)) => (Some(data.clone()), 0),
+                Some(Msg::Zeros(n)) => (None, *n),
+                _ => return Err(Status::invalid_argument("only data may follow the header")),
             };
-            bytes += data.len() as u64;
             if let Some(tx) = &forward_tx {
-                let piece = WriteChunkRequest {
-                    msg: Some(Msg::Data(data.clone())),
-                };
-                if tx.send(piece).await.is_err() {
+                if tx.send(msg).await.is_err() {
                     // Downstream gave up; its task reports why. Keep storing locally.
                     forward_tx = None;
                 }
             }
-            writer = blocking(move || writer.append(&data).map(|()| writer)).await?;
+            writer = match data {
+                Some(data) => {
+                    bytes += data.len() as u64;
+                    blocking(move || writer.append(&data).map(|()| writer)).await?
+                }
+                None => {
+                    bytes += zeros;
+                    blocking(move || writer.append_zeros(zeros).map(|()| writer)).await?
+                }
+            };
         }
         drop(forward_tx);
         let store = self.store.clone();
@@ -170,23 +179,34 @@ impl Chunk for ChunkService {
         let metrics = self.metrics.clone();
         let start = Instant::now();
         tokio::task::spawn_blocking(move || {
-            let mut pending: Vec<u8> = Vec::new();
+            // Bytes collect up to READ_PIECE; all-zero blocks travel as a count.
+            let mut pending = ReadReply::default();
             let mut sent = 0u64;
+            let send = |reply: ReadReply, sent: &mut u64| {
+                *sent += reply.data.len() as u64 + reply.zeros;
+                tx.blocking_send(Ok(reply.into())).is_ok()
+            };
             let result = store.read(r.chunk_id, r.offset, r.length, |piece| {
-                pending.extend_from_slice(&piece);
-                if pending.len() >= READ_PIECE {
-                    sent += pending.len() as u64;
-                    let data = std::mem::take(&mut pending).into();
-                    return tx.blocking_send(Ok(pb::ReadChunkReply { data })).is_ok();
+                let zero = zero_runs::is_zero(&piece);
+                if zero != (pending.zeros > 0) && !pending.is_empty() {
+                    if !send(std::mem::take(&mut pending), &mut sent) {
+                        return false;
+                    }
+                }
+                if zero {
+                    pending.zeros += piece.len() as u64;
+                } else {
+                    pending.data.extend_from_slice(&piece);
+                }
+                if pending.data.len() >= READ_PIECE {
+                    return send(std::mem::take(&mut pending), &mut sent);
                 }
                 true
             });
             let end = match result {
                 Ok(()) if !pending.is_empty() => {
-                    sent += pending.len() as u64;
-                    Ok(pb::ReadChunkReply {
-                        data: pending.into(),
-                    })
+                    sent += pending.data.len() as u64 + pending.zeros;
+                    Ok(pending.into())
                 }
                 Ok(()) => return finish_read(&metrics, sent, start),
                 Err(e) => {
@@ -231,6 +251,28 @@ impl Chunk for ChunkService {
             chunk_count: self.store.chunk_count(),
             used_bytes: self.store.used_bytes(),
         }))
+    }
+}
+
+/// One read reply being gathered: bytes, or a run of zeros.
+#[derive(Default)]
+struct ReadReply {
+    data: Vec<u8>,
+    zeros: u64,
+}
+
+impl ReadReply {
+    fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.zeros == 0
+    }
+}
+
+impl From<ReadReply> for pb::ReadChunkReply {
+    fn from(r: ReadReply) -> Self {
+        pb::ReadChunkReply {
+            data: r.data.into(),
+            zeros: r.zeros,
+        }
     }
 }
 

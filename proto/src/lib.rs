@@ -9,6 +9,7 @@ pub mod pb {
 
 mod errno;
 mod names;
+pub mod zero_runs;
 
 pub use errno::{errno_of, status_from_errno, ERRNO_METADATA_KEY};
 pub use names::{validate_name, NameError, MAX_NAME_LEN, MAX_PATH_LEN};

@@ -399,3 +399,65 @@ fn immutable_and_append_only_hold_on_every_mount() {
         .unwrap();
     assert!(!out.status.success(), "chattr +c is not supported");
 }
+
+/// Bytes the file system stores for every file below `dir` (st_blocks).
+fn stored_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            stored_bytes(&entry.path())
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    total
+}
+
+#[test]
+fn sparse_files_store_and_move_only_their_data() {
+    let c = Cluster::start(Options {
+        chunk_size: 4 << 20,
+        ..Options::default()
+    });
+    let m = c.mount("mnt");
+    // The shape of LTP's sendfile09 file: one byte at the end of every MiB.
+    let mib = 1u64 << 20;
+    let path = m.join("sparse");
+    let f = File::create(&path).unwrap();
+    for i in 1..=64 {
+        f.write_all_at(b"C", i * mib - 1).unwrap();
+    }
+    drop(f);
+    // Each node stores the 64 KiB blocks that hold a byte, not 64 MiB.
+    for i in 0..3 {
+        let stored = stored_bytes(&c.node_data(i));
+        assert!(stored < 16 * mib, "node {i} stores {stored} bytes");
+    }
+    // sendfile from past the middle returns the right bytes.
+    let out_path = c.local("out");
+    let out = File::create(&out_path).unwrap();
+    let src = File::open(&path).unwrap();
+    let mut offset: libc::off_t = 40 * mib as libc::off_t;
+    let mut sent = 0;
+    while sent < 8 * mib as usize {
+        // SAFETY: two open descriptors and a valid offset pointer.
+        #[allow(unsafe_code)]
+        let n = unsafe {
+            libc::sendfile(
+                out.as_raw_fd(),
+                src.as_raw_fd(),
+                &mut offset,
+                8 * mib as usize - sent,
+            )
+        };
+        assert!(n > 0, "sendfile: errno {}", errno());
+        sent += n as usize;
+    }
+    let copy = std::fs::read(&out_path).unwrap();
+    assert_eq!(copy.len(), 8 * mib as usize);
+    for (i, b) in copy.iter().enumerate() {
+        let expect = if (i as u64 + 1) % mib == 0 { b'C' } else { 0 };
+        assert_eq!(*b, expect, "byte {i}");
+    }
+}
