@@ -188,10 +188,12 @@ impl Chunk for ChunkService {
             };
             let result = store.read(r.chunk_id, r.offset, r.length, |piece| {
                 let zero = zero_runs::is_zero(&piece);
-                if zero != (pending.zeros > 0) && !pending.is_empty() {
-                    if !send(std::mem::take(&mut pending), &mut sent) {
-                        return false;
-                    }
+                // Bytes and zero runs do not mix in one reply.
+                if zero != (pending.zeros > 0)
+                    && !pending.is_empty()
+                    && !send(std::mem::take(&mut pending), &mut sent)
+                {
+                    return false;
                 }
                 if zero {
                     pending.zeros += piece.len() as u64;
