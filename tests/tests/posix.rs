@@ -457,7 +457,11 @@ fn sparse_files_store_and_move_only_their_data() {
     let copy = std::fs::read(&out_path).unwrap();
     assert_eq!(copy.len(), 8 * mib as usize);
     for (i, b) in copy.iter().enumerate() {
-        let expect = if (i as u64 + 1) % mib == 0 { b'C' } else { 0 };
+        let expect = if (i as u64 + 1).is_multiple_of(mib) {
+            b'C'
+        } else {
+            0
+        };
         assert_eq!(*b, expect, "byte {i}");
     }
 }
