@@ -265,6 +265,7 @@ async fn mkdir(meta: &mut Meta, path: &str, parents: bool) -> Result<()> {
                 gid: process_owner().1,
                 rdev: 0,
                 symlink_target: vec![],
+                unnamed: false,
             })
             .await
             .map_err(|s| with_path(s.into(), &so_far))?;

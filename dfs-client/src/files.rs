@@ -144,6 +144,7 @@ pub async fn put(
             gid: opts.gid,
             rdev: 0,
             symlink_target: vec![],
+            unnamed: false,
         })
         .await?
         .into_inner()

@@ -239,6 +239,7 @@ impl DfsFs {
             gid: caller.gid,
             rdev,
             symlink_target: target.to_vec(),
+            unnamed: false,
         };
         let attr = attr_of(self.meta().create(request).await?.into_inner())?;
         self.note_attr(&attr);
@@ -395,18 +396,51 @@ impl DfsFs {
         let attr = self
             .create_node(parent, name, pb::FileKind::Regular, mode, caller, 0, &[])
             .await?;
-        // A new file is empty: open it without fetching its chunk map, once the
-        // chunk size is known from an earlier open.
+        let fh = self.open_new(&attr, false).await?;
+        Ok((attr, fh))
+    }
+
+    /// open(2) with O_TMPFILE: a file with no name in `parent`, deleted at
+    /// its last close unless linkat(2) gives it a name first.
+    pub async fn tmpfile(
+        &self,
+        parent: u64,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(pb::Attr, u64)> {
+        let request = pb::CreateRequest {
+            parent,
+            kind: pb::FileKind::Regular as i32,
+            mode,
+            uid: caller.uid,
+            gid: caller.gid,
+            unnamed: true,
+            ..Default::default()
+        };
+        let attr = attr_of(self.meta().create(request).await?.into_inner())?;
+        self.note_attr(&attr);
+        let fh = self.open_new(&attr, true).await?;
+        Ok((attr, fh))
+    }
+
+    /// A handle on a file just created. It is empty, so it opens without
+    /// fetching its chunk map once the chunk size is known from an earlier
+    /// open. An `unnamed` one is an orphan on meta: released at the last close.
+    async fn open_new(&self, attr: &pb::Attr, unnamed: bool) -> FsResult<u64> {
         let chunk_size = self.chunk_size.load(Ordering::Relaxed);
-        if chunk_size == 0 || self.open_file(attr.ino).is_some() {
-            let opened = self.open(attr.ino, libc::O_RDWR).await?;
-            return Ok((attr, opened.fh));
+        let fh = if chunk_size == 0 || self.open_file(attr.ino).is_some() {
+            self.open(attr.ino, libc::O_RDWR).await?.fh
+        } else {
+            let file = Arc::new(AsyncMutex::new(OpenFile::created(
+                &self.io, attr, chunk_size,
+            )));
+            lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
+            self.add_handle(file)
+        };
+        if unnamed {
+            self.file_of(fh)?.lock().await.orphaned = true;
         }
-        let file = Arc::new(AsyncMutex::new(OpenFile::created(
-            &self.io, &attr, chunk_size,
-        )));
-        lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
-        Ok((attr, self.add_handle(file)))
+        Ok(fh)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

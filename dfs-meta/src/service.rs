@@ -135,7 +135,12 @@ impl Meta for MetaService {
                 rdev: r.rdev,
                 symlink_target: r.symlink_target,
             };
-            Ok(attr_reply(&self.store.create(args).await?))
+            let inode = if r.unnamed {
+                self.store.create_unnamed(args).await?
+            } else {
+                self.store.create(args).await?
+            };
+            Ok(attr_reply(&inode))
         })
         .await
     }

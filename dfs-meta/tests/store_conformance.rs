@@ -112,6 +112,7 @@ conformance!(
     chunk_commit_and_gc,
     punched_chunks_leave_the_map,
     inode_flags_pin_files,
+    unnamed_files_are_orphans_until_linked,
     bad_commits_change_nothing,
     node_reconcile,
     under_replication_is_seen,
@@ -856,6 +857,39 @@ async fn inode_flags_pin_files(h: Handle) {
     s.setattr(f.ino, flags(0)).await.unwrap();
     s.setattr(f.ino, chmod).await.unwrap();
     s.unlink(ROOT_INO, b"f", false).await.unwrap();
+}
+
+async fn unnamed_files_are_orphans_until_linked(h: Handle) {
+    let s = &h.store;
+    let d = s
+        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .await
+        .unwrap();
+    let before = s.getattr(d.ino).await.unwrap();
+    let t = s.create_unnamed(file(d.ino, "/")).await.unwrap();
+    assert_eq!(t.nlink, 0);
+    assert!(s.readdir(d.ino, b"", 10).await.unwrap().0.is_empty());
+    assert_eq!(
+        s.getattr(d.ino).await.unwrap().mtime,
+        before.mtime,
+        "no entry changed"
+    );
+    // Linked: a name, and no longer an orphan (a release leaves it alone).
+    assert_eq!(s.link(t.ino, d.ino, b"named").await.unwrap().nlink, 1);
+    s.release_orphan(t.ino).await.unwrap();
+    assert_eq!(s.lookup(d.ino, b"named").await.unwrap().ino, t.ino);
+    // Never linked: the last close deletes it.
+    let u = s.create_unnamed(file(d.ino, "/")).await.unwrap();
+    s.release_orphan(u.ino).await.unwrap();
+    assert_eq!(errno(s.getattr(u.ino).await.unwrap_err()), libc::ENOENT);
+    assert_eq!(
+        errno(
+            s.create_unnamed(node(d.ino, "/", FileKind::Directory))
+                .await
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
 }
 
 async fn bad_commits_change_nothing(h: Handle) {

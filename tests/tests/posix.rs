@@ -465,3 +465,77 @@ fn sparse_files_store_and_move_only_their_data() {
         assert_eq!(*b, expect, "byte {i}");
     }
 }
+
+/// linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH): gives an open file a name.
+fn link_fd(f: &File, path: &Path) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: an open descriptor, an empty C string and a valid C path.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::linkat(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r == 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
+fn open_tmpfile(dir: &Path, excl: bool) -> File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_TMPFILE | if excl { libc::O_EXCL } else { 0 };
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(dir)
+        .unwrap()
+}
+
+#[test]
+fn o_tmpfile_is_unnamed_until_linked_and_gone_if_never_linked() {
+    let c = cluster();
+    let m = c.mount("mnt");
+    let dir = m.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    // An unnamed file: writable, nlink 0, in no listing.
+    let f = open_tmpfile(&dir, false);
+    let data: Vec<u8> = (0..3 * CS + 7).map(|i| (i % 253) as u8).collect();
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    // linkat gives it a name: whole content, one link, seen on another mount.
+    assert_eq!(link_fd(&f, &dir.join("named")), 0);
+    drop(f);
+    let other = c.mount("other");
+    assert!(std::fs::read(other.join("d/named")).unwrap() == data);
+    assert_eq!(std::fs::metadata(dir.join("named")).unwrap().nlink(), 1);
+    let chunks = |c: &Cluster| -> u64 {
+        let field = c.status_field("chunks");
+        field.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let chunks_named = chunks(&c);
+    // Never linked: its data goes at the last close.
+    let f = open_tmpfile(&dir, false);
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    assert!(chunks(&c) > chunks_named);
+    drop(f);
+    c.wait_until(
+        "the unlinked tmpfile's chunks are released",
+        Duration::from_secs(10),
+        |c| chunks(c) == chunks_named,
+    );
+    // O_EXCL: never linkable (the kernel refuses).
+    let f = open_tmpfile(&dir, true);
+    assert_eq!(link_fd(&f, &dir.join("never")), libc::ENOENT);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}

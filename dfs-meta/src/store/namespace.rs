@@ -131,7 +131,19 @@ impl Store {
                 "symlink target must be 1..4095 bytes".into(),
             ));
         }
-        in_tx!(self, |tx| create_in(&mut tx, &args).await)
+        in_tx!(self, |tx| create_in(&mut tx, &args, true).await)
+    }
+
+    /// open(O_TMPFILE): a regular file in `parent` with no name (nlink 0),
+    /// kept as an orphan until its last close, or until linkat gives it a
+    /// name. `args.name` is ignored.
+    pub async fn create_unnamed(&self, args: CreateArgs) -> Result<Inode> {
+        if args.kind != FileKind::Regular {
+            return Err(StoreError::Invalid(
+                "an unnamed file is a regular file".into(),
+            ));
+        }
+        in_tx!(self, |tx| create_in(&mut tx, &args, false).await)
     }
 
     /// Removes a name. With `keep_open` (the caller holds the file open) an inode
@@ -258,6 +270,13 @@ impl Store {
             }
             insert_entry(&mut tx, new_parent, new_name, ino).await?;
             touch_dir(&mut tx, new_parent, 0, now).await?;
+            if inode.nlink == 0 {
+                // An O_TMPFILE (or open unlinked file) linked in: no orphan now.
+                sqlx::query("DELETE FROM orphans WHERE ino = $1")
+                    .bind(to_i64(ino, "inode")?)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(
                 "UPDATE inodes SET nlink = nlink + 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1",
             )
@@ -416,11 +435,11 @@ impl Store {
     }
 }
 
-async fn create_in(tx: &mut AnyConnection, args: &CreateArgs) -> Result<Inode> {
+async fn create_in(tx: &mut AnyConnection, args: &CreateArgs, named: bool) -> Result<Inode> {
     let now = Timespec::now();
     let parent = require_dir(tx, args.parent).await?;
     parent.require_mutable("create")?;
-    if entry_ino(tx, args.parent, &args.name).await?.is_some() {
+    if named && entry_ino(tx, args.parent, &args.name).await?.is_some() {
         return Err(StoreError::Exists(
             String::from_utf8_lossy(&args.name).into_owned(),
         ));
@@ -452,15 +471,27 @@ async fn create_in(tx: &mut AnyConnection, args: &CreateArgs) -> Result<Inode> {
     .bind(i64::from(args.uid))
     .bind(i64::from(gid))
     .bind(size)
-    .bind(if is_dir { 2i64 } else { 1 })
+    .bind(match (named, is_dir) {
+        (false, _) => 0i64,
+        (true, true) => 2,
+        (true, false) => 1,
+    })
     .bind(now.sec)
     .bind(i64::from(now.nsec))
     .bind(i64::from(args.rdev))
     .bind(target)
     .execute(&mut *tx)
     .await?;
-    insert_entry(tx, args.parent, &args.name, ino as u64).await?;
-    touch_dir(tx, args.parent, if is_dir { 1 } else { 0 }, now).await?;
+    if named {
+        insert_entry(tx, args.parent, &args.name, ino as u64).await?;
+        touch_dir(tx, args.parent, if is_dir { 1 } else { 0 }, now).await?;
+    } else {
+        sqlx::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
+            .bind(ino)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await?;
+    }
     require_inode(tx, ino as u64).await
 }
 
