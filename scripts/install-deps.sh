@@ -22,3 +22,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Debian's postgresql package starts a system cluster; dfs tests use their own.
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# fsx (File System eXerciser, fsx-rs from crates.io) for the mount tests.
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v fsx >/dev/null 2>&1 && [ ! -x "$cargo_bin/fsx" ]; then
+  echo "installing fsx (cargo install fsx)"
+  cargo install --locked --quiet --version 0.3.2 fsx
+fi

@@ -70,7 +70,23 @@ enum Op {
         at: u32,
         count: u32,
     },
+    /// fallocate(2) with one of `FALLOCATE_MODES`.
+    Fallocate {
+        file: u8,
+        mode: usize,
+        offset: u32,
+        len: u32,
+    },
 }
+
+/// Extend, preallocate, punch a hole, zero a range (growing or not).
+const FALLOCATE_MODES: [i32; 5] = [
+    0,
+    libc::FALLOC_FL_KEEP_SIZE,
+    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    libc::FALLOC_FL_ZERO_RANGE,
+    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+];
 
 fn op() -> impl Strategy<Value = Op> {
     let f = 0u8..5;
@@ -87,8 +103,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (f.clone(), f.clone()).prop_map(|(file, to)| Op::Symlink { file, to }),
         3 => (f.clone(), 0u32..4 * CHUNK, 1u32..2 * CHUNK, any::<u8>(), 0u32..5 * CHUNK, 1u32..2 * CHUNK)
             .prop_map(|(file, offset, len, byte, at, count)| Op::WriteRead { file, offset, len, byte, at, count }),
-        2 => (f, 0u32..5 * CHUNK, 1u32..2 * CHUNK)
+        2 => (f.clone(), 0u32..5 * CHUNK, 1u32..2 * CHUNK)
             .prop_map(|(file, at, count)| Op::ReadAt { file, at, count }),
+        2 => (f, 0..FALLOCATE_MODES.len(), 0u32..4 * CHUNK, 1u32..3 * CHUNK)
+            .prop_map(|(file, mode, offset, len)| Op::Fallocate { file, mode, offset, len }),
     ]
 }
 
@@ -164,6 +182,33 @@ fn apply_inner(root: &Path, op: &Op) -> Result<Option<Vec<u8>>, i32> {
                 std::os::unix::fs::FileExt::read_at(&f, &mut buf, u64::from(*at)).map_err(errno)?;
             buf.truncate(n);
             Ok(Some(buf))
+        }
+        Op::Fallocate {
+            file: i,
+            mode,
+            offset,
+            len,
+        } => {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(file(*i))
+                .map_err(errno)?;
+            // SAFETY: fallocate on an open descriptor; no memory is passed.
+            #[allow(unsafe_code)]
+            let r = unsafe {
+                libc::fallocate(
+                    f.as_raw_fd(),
+                    FALLOCATE_MODES[*mode],
+                    i64::from(*offset),
+                    i64::from(*len),
+                )
+            };
+            if r == 0 {
+                Ok(None)
+            } else {
+                Err(errno(std::io::Error::last_os_error()))
+            }
         }
         Op::Truncate { file: i, size } => {
             let f = std::fs::OpenOptions::new()

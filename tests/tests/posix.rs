@@ -539,3 +539,66 @@ fn o_tmpfile_is_unnamed_until_linked_and_gone_if_never_linked() {
     assert_eq!(link_fd(&f, &dir.join("never")), libc::ENOENT);
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
 }
+
+/// fsx-rs, from PATH or cargo's bin folder (`scripts/install-deps.sh`
+/// installs it; `make test` runs that).
+fn fsx_binary() -> std::path::PathBuf {
+    let in_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("fsx"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    in_path
+        .into_iter()
+        .chain(cargo_home.map(|c| c.join("bin/fsx")))
+        .find(|p| p.is_file())
+        .expect("fsx is not installed: run scripts/install-deps.sh (make test does)")
+}
+
+/// fsx: random reads, writes, mmap reads and writes, truncates, close/open,
+/// fsync, posix_fallocate, hole punching, sendfile and copy_file_range on one
+/// file, each checked against fsx's own copy. Chunks of 128 KiB, so a 4 MiB
+/// file crosses many chunk edges. (fsx-rs has no zero-range operation: the
+/// model test in fuse_model.rs runs ZERO_RANGE and PUNCH_HOLE against ext4.)
+#[test]
+fn fsx_with_hole_punching_passes() {
+    let fsx = fsx_binary();
+    let c = Cluster::start(Options {
+        chunk_size: 128 << 10,
+        ..Options::default()
+    });
+    let m = c.mount("mnt");
+    let config = c.local("fsx.toml");
+    std::fs::write(
+        &config,
+        "flen = 4194304\n[opsize]\nmin = 1\nmax = 262144\nalign = 1\n[weights]\n\
+         close_open = 2\nread = 10\nwrite = 10\nmapread = 5\nmapwrite = 5\ntruncate = 5\n\
+         fsync = 1\nfdatasync = 1\nposix_fallocate = 3\npunch_hole = 5\nsendfile = 3\n\
+         copy_file_range = 3\ninvalidate = 1\n",
+    )
+    .unwrap();
+    let seed: u64 = rand::random::<u32>().into();
+    let artifacts = c.dir.path().join("fsx-artifacts");
+    std::fs::create_dir(&artifacts).unwrap();
+    let out = std::process::Command::new(fsx)
+        .args(["-N", "2000", "-S", &seed.to_string(), "-f"])
+        .arg(&config)
+        .arg("-P")
+        .arg(&artifacts)
+        .arg(m.join("fsxfile"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("All operations completed A-OK"),
+        "fsx -S {seed} failed:\n{}\n{}",
+        stdout.lines().rev().take(40).collect::<Vec<_>>().join("\n"),
+        stderr
+    );
+}
