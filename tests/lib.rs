@@ -184,6 +184,11 @@ impl Cluster {
         self.nodes[i].1 = Some(child);
     }
 
+    /// The process id of node `i`, while it runs.
+    pub fn node_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].1.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to clean up, as when a machine dies.
     pub fn kill_node(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].1.take() {

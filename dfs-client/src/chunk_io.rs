@@ -309,15 +309,24 @@ async fn read_verified(
                 }
                 return Ok(data);
             }
+            // The node verified every block it sent, so a mismatch here is
+            // not its disk's word: try the next replica, drop nothing.
             Ok(data) => {
+                tracing::warn!(
+                    chunk = chunk.chunk_id,
+                    addr = %replica.addr,
+                    "replica data does not match the committed checksum or length"
+                );
                 problems.push(format!(
                     "{}: checksum or length mismatch ({} bytes)",
                     replica.addr,
                     data.len()
                 ));
-                bad.push(replica.node_id);
             }
-            Err(ClientError::Remote { errno, message }) if errno == libc::EIO => {
+            // Corrupt, confirmed by the node (it re-read the block and moved
+            // the chunk aside): the one case reported to meta. Anything else
+            // (EIO, EMFILE, a timeout, a node down) is only unavailable now.
+            Err(ClientError::Remote { errno, message }) if errno == libc::EBADMSG => {
                 problems.push(format!("{}: {message}", replica.addr));
                 bad.push(replica.node_id);
             }

@@ -193,6 +193,15 @@ pub async fn run_worker(repairer: Arc<Repairer>, shutdown: Shutdown) {
             Ok(n) => tracing::info!(commands = n, "repair: queued chunk copies"),
             Err(e) => tracing::warn!(error = %e, "repair scan failed"),
         }
+        let cutoff = store::now_ms() - repairer.config.dead_after.as_millis() as i64;
+        match repairer.store.release_quarantine(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                replicas = n,
+                "deleted quarantined replicas: their chunks have every good copy again"
+            ),
+            Err(e) => tracing::warn!(error = %e, "releasing quarantined replicas failed"),
+        }
         let orphan_cutoff = store::now_ms() - repairer.config.orphan_ttl.as_millis() as i64;
         match repairer.store.expire_orphans(orphan_cutoff).await {
             Ok(0) => {}

@@ -457,7 +457,7 @@ impl Meta for MetaService {
         let r = req.into_inner();
         self.observe("ReportBadReplica", async {
             tracing::warn!(chunk = r.chunk_id, node = r.node_id, "bad replica reported");
-            self.store.drop_replica(r.chunk_id, r.node_id).await?;
+            self.store.quarantine_replica(r.chunk_id, r.node_id).await?;
             Ok(pb::Empty {})
         })
         .await

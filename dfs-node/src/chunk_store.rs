@@ -52,7 +52,10 @@ impl From<ChunkError> for tonic::Status {
     fn from(e: ChunkError) -> tonic::Status {
         let errno = match &e {
             ChunkError::NotFound(_) => libc::ENOENT,
-            ChunkError::Corrupt { .. } | ChunkError::Io(_) => libc::EIO,
+            // Corrupt: the checksum failed twice (quarantined). Io: could not
+            // read now (EMFILE, EIO...), the replica is only unavailable.
+            ChunkError::Corrupt { .. } => libc::EBADMSG,
+            ChunkError::Io(_) => libc::EIO,
             ChunkError::Invalid(_) => libc::EINVAL,
             ChunkError::NoSpace => libc::ENOSPC,
         };
@@ -225,11 +228,20 @@ impl ChunkStore {
             let block_start = block * BLOCK;
             let block_len = BLOCK.min(header.length - block_start) as usize;
             let mut buf = vec![0u8; block_len];
-            file.seek(SeekFrom::Start(data_start + block_start))?;
-            if let Err(e) = file.read_exact(&mut buf) {
-                return Err(self.corrupt(id, format!("short block {block}: {e}")));
+            let mut verified = false;
+            // A mismatch is read once more before the chunk counts as corrupt:
+            // only a mismatch the disk repeats moves the chunk aside.
+            for _ in 0..2 {
+                file.seek(SeekFrom::Start(data_start + block_start))?;
+                if !read_or_short(&mut file, &mut buf)? {
+                    return Err(self.corrupt(id, format!("short block {block}")));
+                }
+                if crc32c::crc32c(&buf) == table[block as usize] {
+                    verified = true;
+                    break;
+                }
             }
-            if crc32c::crc32c(&buf) != table[block as usize] {
+            if !verified {
                 return Err(self.corrupt(id, format!("block {block} checksum mismatch")));
             }
             let from = offset.saturating_sub(block_start) as usize;
@@ -249,7 +261,7 @@ impl ChunkStore {
 
     fn read_header(&self, id: u64, file: &mut File) -> Result<(Header, Vec<u32>)> {
         let mut raw = [0u8; HEADER_LEN as usize];
-        if file.read_exact(&mut raw).is_err() || &raw[..8] != MAGIC {
+        if !read_or_short(file, &mut raw)? || &raw[..8] != MAGIC {
             return Err(self.corrupt(id, "bad header".into()));
         }
         let block = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]) as u64;
@@ -260,7 +272,7 @@ impl ChunkStore {
             return Err(self.corrupt(id, "bad header fields".into()));
         }
         let mut table_raw = vec![0u8; 4 * length.div_ceil(BLOCK) as usize];
-        if file.read_exact(&mut table_raw).is_err() || crc32c::crc32c(&table_raw) != table_crc {
+        if !read_or_short(file, &mut table_raw)? || crc32c::crc32c(&table_raw) != table_crc {
             return Err(self.corrupt(id, "bad block table".into()));
         }
         let table = table_raw
@@ -320,10 +332,13 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Deletes chunks; missing ones are fine (deletion is idempotent).
+    /// Deletes chunks, and their quarantined copies in `corrupt/` (meta asks
+    /// for that once the chunk has every good copy again); missing ones are
+    /// fine (deletion is idempotent).
     pub fn delete(&self, ids: &[u64]) -> Result<usize> {
         let mut deleted = 0;
         for &id in ids.iter().collect::<HashSet<_>>() {
+            let _ = fs::remove_file(self.root.join("corrupt").join(format!("{id:016x}")));
             let path = self.path(id);
             if let Ok(meta) = fs::metadata(&path) {
                 match fs::remove_file(&path) {
@@ -453,6 +468,17 @@ impl Drop for ChunkWriter {
     fn drop(&mut self) {
         // Unfinished or installed: either way the temp name must not linger.
         let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Fills `buf` from the file. Ok(false): the file ended first (a truncated
+/// chunk, which is corrupt); any other failure is an I/O error (unavailable,
+/// not corrupt).
+fn read_or_short(file: &mut File, buf: &mut [u8]) -> Result<bool> {
+    match file.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -185,8 +185,9 @@ impl Copier {
         .await;
         let (data, crc) = match local {
             Ok(Ok(v)) => v,
-            other => {
-                tracing::warn!(chunk = id, result = ?other.err(), "repair source cannot read its copy");
+            Ok(Err(e @ crate::chunk_store::ChunkError::Corrupt { .. })) => {
+                // Quarantined by the store; meta must stop counting it.
+                tracing::error!(chunk = id, error = %e, "repair source is corrupt");
                 let _ = self
                     .meta
                     .report_bad_replica(pb::BadReplicaRequest {
@@ -194,6 +195,11 @@ impl Copier {
                         node_id: self.node_id,
                     })
                     .await;
+                return;
+            }
+            other => {
+                // Unavailable for now (EMFILE, EIO...): the copy is planned again later.
+                tracing::warn!(chunk = id, result = ?other.err(), "repair source cannot read its copy now");
                 return;
             }
         };

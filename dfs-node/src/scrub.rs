@@ -72,7 +72,7 @@ impl Scrubber {
             let bytes = match verified {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(ChunkError::NotFound(_))) => 0, // deleted meanwhile
-                Ok(Err(e)) => {
+                Ok(Err(e @ ChunkError::Corrupt { .. })) => {
                     self.metrics.scrub_errors.inc();
                     self.metrics.crc_failures.inc();
                     tracing::error!(chunk = id, error = %e, "scrub found a bad chunk");
@@ -83,6 +83,12 @@ impl Scrubber {
                     if let Err(e) = self.meta.report_bad_replica(report).await {
                         tracing::warn!(error = %e.message(), "could not report the bad chunk");
                     }
+                    0
+                }
+                Ok(Err(e)) => {
+                    // Could not read it now (EMFILE, EIO...): not corrupt; next round.
+                    self.metrics.scrub_errors.inc();
+                    tracing::warn!(chunk = id, error = %e, "scrub could not read a chunk");
                     0
                 }
                 Err(e) => {

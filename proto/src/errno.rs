@@ -19,6 +19,9 @@ pub fn status_from_errno(errno: i32, message: impl Into<String>) -> Status {
         }
         libc::ETIMEDOUT => Code::DeadlineExceeded,
         libc::EIO => Code::Internal,
+        // A replica whose checksum failed, confirmed by its node: corrupt,
+        // unlike EIO, which only says it could not be read now.
+        libc::EBADMSG => Code::DataLoss,
         _ => Code::FailedPrecondition,
     };
     let mut status = Status::new(code, message);

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use dfs_tests::{stat_chunks, Cluster, Options};
@@ -342,4 +344,77 @@ fn a_cluster_on_postgres_works_the_same() {
     c.start_meta();
     c.dfs_ok(&["get", "/pg/f", out.to_str().unwrap()]);
     assert!(same_bytes(&f, &out));
+}
+
+/// The chunk files in a node's data directory (`chunks/` or `corrupt/`), by
+/// path, with their inode numbers: a file deleted and copied again has a new one.
+fn chunk_files(c: &Cluster, node: usize, sub: &str) -> BTreeMap<PathBuf, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = BTreeMap::new();
+    let Ok(dirs) = std::fs::read_dir(c.node_data(node).join(sub)) else {
+        return files;
+    };
+    for entry in dirs.flatten() {
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            for f in std::fs::read_dir(entry.path()).unwrap().flatten() {
+                files.insert(f.path(), f.metadata().unwrap().ino());
+            }
+        } else {
+            files.insert(entry.path(), meta.ino());
+        }
+    }
+    files
+}
+
+#[test]
+fn a_node_out_of_file_descriptors_loses_no_replica() {
+    let c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        ..Options::default()
+    });
+    let f = c.random_file("f", 24 << 20);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    let before = stat_chunks(&c.dfs_ok(&["stat", "/f"]));
+    assert!(before.iter().all(|(_, r)| r.len() == 3));
+    let files_before = chunk_files(&c, 0, "chunks");
+    assert_eq!(files_before.len(), before.len());
+    // Node 0 may open no new file (EMFILE) while readers come: reads it
+    // serves fail, which says nothing about its data.
+    let pid = c.node_pid(0).unwrap().to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // The soft limit only (the hard one stays, so it can be raised again).
+    let limit = |n: &str| {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}:")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .to_string();
+    limit(&open.to_string());
+    for i in 0..3 {
+        let out = c.local(&format!("out{i}"));
+        c.dfs_ok(&["get", "/f", out.to_str().unwrap()]);
+        assert!(same_bytes(&f, &out), "read {i}");
+    }
+    limit(&soft);
+    // Meta still counts every replica, and node 0 still has every file: the
+    // same files, not copies made again after a deletion.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(stat_chunks(&c.dfs_ok(&["stat", "/f"])), before);
+    assert_eq!(chunk_files(&c, 0, "chunks"), files_before);
+    assert!(chunk_files(&c, 0, "corrupt").is_empty());
 }

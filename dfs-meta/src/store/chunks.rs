@@ -335,6 +335,8 @@ async fn release_chunks(tx: &mut AnyConnection, ino: u64, from: i64, to: i64) ->
     for statement in [
         format!("INSERT INTO gc_replicas (chunk_id, node_id) SELECT chunk_id, node_id FROM replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM replicas WHERE chunk_id IN ({selected})"),
+        format!("INSERT INTO gc_replicas (chunk_id, node_id) SELECT chunk_id, node_id FROM quarantined_replicas WHERE chunk_id IN ({selected}) ON CONFLICT DO NOTHING"),
+        format!("DELETE FROM quarantined_replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM chunks WHERE id IN ({selected})"),
         "DELETE FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3".to_string(),
     ] {

@@ -27,6 +27,11 @@ const SQLITE: &[Migration] = &[
         name: "inode_flags",
         sql: include_str!("../../../migrations/sqlite/0003_inode_flags.sql"),
     },
+    Migration {
+        version: 4,
+        name: "quarantine",
+        sql: include_str!("../../../migrations/sqlite/0004_quarantine.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -44,6 +49,11 @@ const POSTGRES: &[Migration] = &[
         version: 3,
         name: "inode_flags",
         sql: include_str!("../../../migrations/postgres/0003_inode_flags.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "quarantine",
+        sql: include_str!("../../../migrations/postgres/0004_quarantine.sql"),
     },
 ];
 

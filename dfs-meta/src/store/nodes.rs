@@ -188,15 +188,90 @@ impl Store {
         })
     }
 
-    /// A replica failed its checksum or could not be read: forget it and have
-    /// the node delete it; repair then makes a new copy.
-    pub async fn drop_replica(&self, chunk_id: u64, node_id: u64) -> Result<()> {
+    /// A replica's node confirmed a checksum failure (and moved the file
+    /// aside): it stops counting as a copy, so repair makes a new one, but it
+    /// is kept, quarantined, until the chunk has its full count of good
+    /// copies again (`release_quarantine`). Only corruption comes here:
+    /// a replica that cannot be read now is unavailable, not bad.
+    pub async fn quarantine_replica(&self, chunk_id: u64, node_id: u64) -> Result<()> {
         in_tx!(self, |tx| {
             let chunk = to_i64(chunk_id, "chunk id")?;
             let node = to_i64(node_id, "node id")?;
-            replica_to_garbage(&mut tx, chunk, node).await?;
+            let held = sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
+                .bind(chunk)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if held > 0 {
+                sqlx::query(
+                    "INSERT INTO quarantined_replicas (chunk_id, node_id, since_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(chunk)
+                .bind(node)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
             Ok(())
         })
+    }
+
+    /// Deletes quarantined replicas whose chunk has its full count of live
+    /// good copies again, or is gone. Returns how many.
+    pub async fn release_quarantine(&self, live_cutoff_ms: i64) -> Result<usize> {
+        let replication = i64::from(self.replication);
+        let rows: Vec<(i64, i64)> = {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::query(
+                "SELECT chunk_id, node_id FROM quarantined_replicas ORDER BY chunk_id LIMIT 1000",
+            )
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_>>()?
+        };
+        let mut released = 0;
+        for (chunk, node) in rows {
+            let done = in_tx!(self, |tx| {
+                let exists = sqlx::query("SELECT 1 FROM chunks WHERE id = $1")
+                    .bind(chunk)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                let good: i64 = sqlx::query(
+                    "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                     WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2",
+                )
+                .bind(chunk)
+                .bind(live_cutoff_ms)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+                if exists && good < replication {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "DELETE FROM quarantined_replicas WHERE chunk_id = $1 AND node_id = $2",
+                )
+                .bind(chunk)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(chunk)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+                Ok(true)
+            })?;
+            released += usize::from(done);
+        }
+        Ok(released)
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
