@@ -10,7 +10,7 @@ use dfs_client::Channels;
 use dfs_common::shutdown::Shutdown;
 use dfs_proto::pb::{self, meta_client::MetaClient};
 use prost::bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::Channel;
 
 use crate::chunk_store::ChunkStore;
@@ -26,10 +26,11 @@ const PARALLEL_REPAIRS: usize = 4;
 pub struct MetaLink {
     pub meta: MetaClient<Channel>,
     pub store: Arc<ChunkStore>,
-    pub channels: Channels,
     pub identity: Arc<NodeIdentity>,
     pub metrics: Arc<NodeMetrics>,
     pub capacity_override: Option<u64>,
+    /// Where deletions and repair copies go (`Worker`).
+    pub work: mpsc::UnboundedSender<Work>,
 }
 
 impl MetaLink {
@@ -72,28 +73,25 @@ impl MetaLink {
             garbage = reply.delete_chunk_ids.len(),
             "registered with meta"
         );
-        self.delete(reply.delete_chunk_ids).await;
+        self.hand_over(Work::Delete(reply.delete_chunk_ids));
         Ok(Duration::from_millis(u64::from(
             reply.heartbeat_interval_ms.clamp(100, 60_000),
         )))
     }
 
-    async fn delete(&self, ids: Vec<u64>) {
-        if ids.is_empty() {
+    /// Queues work for the worker; the heartbeat loop never waits for it.
+    fn hand_over(&self, work: Work) {
+        if matches!(&work, Work::Delete(ids) if ids.is_empty()) {
             return;
         }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
-            Ok(Ok(n)) => tracing::debug!(deleted = n, "garbage chunks deleted"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "deleting chunks failed"),
-            Err(e) => tracing::warn!(error = %e, "delete task failed"),
+        if self.work.send(work).is_err() {
+            tracing::warn!("the node's work queue is closed");
         }
     }
 
     /// Registers, then heartbeats until shutdown; re-registers when meta asks or
     /// when a full report is due. Survives meta being down.
     pub async fn run(mut self, shutdown: Shutdown) {
-        let repairs = Arc::new(Semaphore::new(PARALLEL_REPAIRS));
         'register: while !shutdown.is_requested() {
             let interval = match self.register().await {
                 Ok(i) => i,
@@ -130,10 +128,49 @@ impl MetaLink {
                 if reply.reregister {
                     continue 'register;
                 }
-                self.delete(reply.delete_chunk_ids).await;
+                self.hand_over(Work::Delete(reply.delete_chunk_ids));
                 for command in reply.replicate {
+                    self.hand_over(Work::Copy(command));
+                }
+            }
+        }
+    }
+}
+
+/// What heartbeat replies ask of the node. It is done apart from the
+/// heartbeat loop, so heartbeats never wait behind deletions or repair
+/// copies: a late heartbeat makes meta count a busy node as down.
+pub enum Work {
+    Delete(Vec<u64>),
+    Copy(pb::ReplicateCommand),
+}
+
+/// Carries out queued work: deletions in order, repair copies up to
+/// `PARALLEL_REPAIRS` at once.
+pub struct Worker {
+    pub meta: MetaClient<Channel>,
+    pub store: Arc<ChunkStore>,
+    pub channels: Channels,
+    pub identity: Arc<NodeIdentity>,
+    pub metrics: Arc<NodeMetrics>,
+}
+
+impl Worker {
+    pub async fn run(self, mut queue: mpsc::UnboundedReceiver<Work>) {
+        let repairs = Arc::new(Semaphore::new(PARALLEL_REPAIRS));
+        while let Some(work) = queue.recv().await {
+            match work {
+                Work::Delete(ids) => {
+                    let store = self.store.clone();
+                    match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
+                        Ok(Ok(n)) => tracing::debug!(deleted = n, "garbage chunks deleted"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "deleting chunks failed"),
+                        Err(e) => tracing::warn!(error = %e, "delete task failed"),
+                    }
+                }
+                Work::Copy(command) => {
                     let Ok(permit) = repairs.clone().acquire_owned().await else {
-                        break;
+                        return;
                     };
                     let copier = Copier {
                         meta: self.meta.clone(),

@@ -130,13 +130,22 @@ pub async fn run(
         config: config.scrub,
     };
     let scrub_task = tokio::spawn(scrubber.run(shutdown.clone()));
-    let link = heartbeat::MetaLink {
-        meta,
+    let (work, queue) = tokio::sync::mpsc::unbounded_channel();
+    let worker = heartbeat::Worker {
+        meta: meta.clone(),
         store: store.clone(),
         channels: channels.clone(),
         identity: identity.clone(),
         metrics: metrics.clone(),
+    };
+    tokio::spawn(worker.run(queue));
+    let link = heartbeat::MetaLink {
+        meta,
+        store: store.clone(),
+        identity: identity.clone(),
+        metrics: metrics.clone(),
         capacity_override: config.capacity,
+        work,
     };
     let link_task = tokio::spawn(link.run(shutdown.clone()));
     tracing::info!(addr = %config.advertise, chunks = store.chunk_count(), data = %config.data_dir.display(), "dfs-node serving");
