@@ -32,7 +32,104 @@ pub async fn run(cli: Cli) -> Result<()> {
             fsync,
         } => put(&mut meta, &local, &path, force, fsync).await,
         Command::Get { path, local } => get(&mut meta, &path, &local).await,
+        Command::Fsck { path, repair, json } => fsck(&mut meta, &path, repair, json).await,
     }
+}
+
+async fn fsck(meta: &mut Meta, path: &str, repair: bool, json: bool) -> Result<()> {
+    let r = meta
+        .fsck(pb::FsckRequest {
+            path: path.as_bytes().to_vec(),
+            repair,
+        })
+        .await
+        .map_err(|s| with_path(s.into(), path))?
+        .into_inner();
+    let at_risk: Vec<&pb::FsckProblem> = r.problems.iter().filter(|p| p.at_risk).collect();
+    if json {
+        let problems: Vec<_> = r
+            .problems
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "path": p.path, "ino": p.ino, "chunk_index": p.chunk_index,
+                    "chunk_id": p.chunk_id, "health": p.health, "at_risk": p.at_risk,
+                    "live_replicas": p.live_replicas, "recorded_replicas": p.recorded_replicas,
+                    "corrupt_replicas": p.corrupt_replicas,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "healthy": at_risk.is_empty(),
+            "files": r.files, "chunks": r.chunks, "replication": r.replication,
+            "healthy_chunks": r.healthy_chunks, "chunks_by_health": r.chunks_by_health,
+            "orphans": r.orphans, "abandoned_allocations": r.abandoned_allocations,
+            "problems": problems, "problems_truncated": r.problems_truncated,
+            "repairs_planned": r.repairs_planned, "quarantine_released": r.quarantine_released,
+        });
+        println!("{doc}");
+    } else {
+        println!(
+            "checked: {} files, {} chunks (replication {})",
+            r.files, r.chunks, r.replication
+        );
+        println!("healthy chunks: {}", r.healthy_chunks);
+        let mut by_health: Vec<_> = r.chunks_by_health.iter().collect();
+        by_health.sort();
+        for (health, n) in by_health {
+            println!("{health} chunks: {n}");
+        }
+        println!(
+            "orphans (open, unlinked files): {}  abandoned allocations: {}",
+            r.orphans, r.abandoned_allocations
+        );
+        if repair {
+            println!(
+                "repair: {} copies planned, {} quarantined replicas released",
+                r.repairs_planned, r.quarantine_released
+            );
+        }
+        for p in &r.problems {
+            println!(
+                "{}: chunk {} (id {}): {}, {} of {} live{}",
+                p.path,
+                p.chunk_index,
+                p.chunk_id,
+                p.health,
+                p.live_replicas,
+                r.replication,
+                if p.corrupt_replicas > 0 {
+                    format!(", {} corrupt", p.corrupt_replicas)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if r.problems_truncated {
+            println!("(more problems not listed)");
+        }
+        println!(
+            "status: {}",
+            if at_risk.is_empty() {
+                "HEALTHY"
+            } else {
+                "DATA AT RISK"
+            }
+        );
+    }
+    if at_risk.is_empty() {
+        return Ok(());
+    }
+    let mut files: Vec<&str> = at_risk.iter().map(|p| p.path.as_str()).collect();
+    files.dedup();
+    Err(ClientError::Remote {
+        errno: libc::EIO,
+        message: format!(
+            "{} chunks of {} files at risk or lost",
+            at_risk.len(),
+            files.len()
+        ),
+    })
 }
 
 async fn status(meta: &mut Meta) -> Result<()> {

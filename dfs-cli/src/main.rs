@@ -70,6 +70,19 @@ pub enum Command {
     /// Download PATH to a local file ("-" for stdout; a directory keeps the remote name).
     #[command(alias = "download")]
     Get { path: String, local: String },
+    /// Check that every chunk of the files below PATH has its replicas.
+    /// Exit 0 when healthy, 1 when data is at risk or lost (each path named).
+    Fsck {
+        #[arg(default_value = "/")]
+        path: String,
+        /// Plan repair copies and release quarantined replicas now, instead
+        /// of waiting for meta's background rounds.
+        #[arg(long)]
+        repair: bool,
+        /// One JSON document on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]

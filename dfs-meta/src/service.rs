@@ -25,6 +25,9 @@ pub struct MetaService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// Problems an fsck reply lists at most.
+const FSCK_PROBLEMS: usize = 10_000;
+
 impl MetaService {
     pub fn new(
         store: Store,
@@ -459,6 +462,54 @@ impl Meta for MetaService {
             tracing::warn!(chunk = r.chunk_id, node = r.node_id, "bad replica reported");
             self.store.quarantine_replica(r.chunk_id, r.node_id).await?;
             Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn fsck(&self, req: Request<pb::FsckRequest>) -> Reply<pb::FsckReply> {
+        let r = req.into_inner();
+        self.observe("Fsck", async {
+            let root = self.store.resolve_path(&r.path).await?;
+            let (mut planned, mut released) = (0, 0);
+            if r.repair {
+                planned = self.repairer.scan().await? as u64;
+                released = self.store.release_quarantine(self.live_cutoff()).await? as u64;
+            }
+            let report = self
+                .store
+                .fsck(root.ino, self.live_cutoff(), FSCK_PROBLEMS)
+                .await?;
+            Ok(pb::FsckReply {
+                files: report.files,
+                chunks: report.chunks,
+                replication: self.store.replication(),
+                healthy_chunks: report.healthy,
+                chunks_by_health: report
+                    .counts
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), *v))
+                    .collect(),
+                orphans: report.orphans,
+                abandoned_allocations: report.abandoned_allocations,
+                problems: report
+                    .problems
+                    .iter()
+                    .map(|p| pb::FsckProblem {
+                        path: p.path.clone(),
+                        ino: p.ino,
+                        chunk_index: p.index,
+                        chunk_id: p.chunk_id,
+                        health: p.health.name().to_string(),
+                        live_replicas: p.live as u32,
+                        recorded_replicas: p.recorded as u32,
+                        corrupt_replicas: p.corrupt as u32,
+                        at_risk: p.health.at_risk(),
+                    })
+                    .collect(),
+                problems_truncated: report.truncated,
+                repairs_planned: planned,
+                quarantine_released: released,
+            })
         })
         .await
     }

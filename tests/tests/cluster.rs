@@ -336,6 +336,9 @@ fn a_cluster_on_postgres_works_the_same() {
     let f = c.random_file("f", 9 << 20);
     c.dfs_ok(&["mkdir", "/pg"]);
     c.dfs_ok(&["put", f.to_str().unwrap(), "/pg/f"]);
+    let fsck = c.dfs_ok(&["fsck", "/pg"]);
+    assert!(fsck.contains("checked: 1 files, 3 chunks"), "{fsck}");
+    assert!(fsck.contains("status: HEALTHY"), "{fsck}");
     c.kill_node(2);
     let out = c.local("out");
     c.dfs_ok(&["get", "/pg/f", out.to_str().unwrap()]);
@@ -417,4 +420,49 @@ fn a_node_out_of_file_descriptors_loses_no_replica() {
     assert_eq!(stat_chunks(&c.dfs_ok(&["stat", "/f"])), before);
     assert_eq!(chunk_files(&c, 0, "chunks"), files_before);
     assert!(chunk_files(&c, 0, "corrupt").is_empty());
+}
+
+#[test]
+fn fsck_names_the_files_at_risk() {
+    let mut c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        ..Options::default()
+    });
+    let f = c.random_file("f", (2 << 20) + 5);
+    c.dfs_ok(&["mkdir", "/a"]);
+    c.dfs_ok(&["mkdir", "/b"]);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/a/f1"]);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/b/f2"]);
+    let healthy = c.dfs_ok(&["fsck"]);
+    assert!(healthy.contains("checked: 2 files, 6 chunks"), "{healthy}");
+    assert!(healthy.contains("status: HEALTHY"), "{healthy}");
+    // One node of three dies: every chunk is under-replicated (nowhere to copy).
+    c.kill_node(0);
+    c.wait_until("meta sees the node down", Duration::from_secs(30), |c| {
+        c.status_field("nodes").starts_with("2 up")
+    });
+    let out = c.dfs(&["fsck"]);
+    assert_eq!(out.status.code(), Some(1), "data at risk is exit 1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("under-replicated chunks: 6"), "{text}");
+    assert!(text.contains("/a/f1: chunk 0"), "{text}");
+    assert!(text.contains("/b/f2: chunk 2"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("6 chunks of 2 files"));
+    // A subtree, as JSON.
+    let out = c.dfs(&["fsck", "/a", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["healthy"], false);
+    assert_eq!(doc["files"], 1);
+    let problems = doc["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 3);
+    assert!(problems.iter().all(|p| p["path"] == "/a/f1"
+        && p["health"] == "under-replicated"
+        && p["live_replicas"] == 2));
+    // The node comes back: healthy again, and --repair is accepted.
+    c.restart_node(0);
+    c.wait_nodes_up(3);
+    let back = c.dfs_ok(&["fsck", "--repair"]);
+    assert!(back.contains("status: HEALTHY"), "{back}");
+    assert_eq!(c.dfs(&["fsck", "/missing"]).status.code(), Some(1));
 }

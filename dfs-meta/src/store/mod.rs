@@ -25,6 +25,7 @@
 
 mod chunks;
 mod error;
+mod fsck;
 mod metrics;
 mod migrate;
 mod namespace;
@@ -39,6 +40,7 @@ use std::str::FromStr;
 
 pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement};
 pub use error::StoreError;
+pub use fsck::{ChunkHealth, ChunkProblem, FsckReport};
 pub use metrics::StoreMetrics;
 pub use namespace::{CreateArgs, DirEntry, SetAttrArgs};
 pub use nodes::{

@@ -66,7 +66,7 @@ pub struct ClusterCounts {
 }
 
 /// Chunk allocations older than this are abandoned writes; their chunks are garbage.
-const ALLOCATION_TTL_MS: i64 = 3_600_000;
+pub(crate) const ALLOCATION_TTL_MS: i64 = 3_600_000;
 
 impl Store {
     /// Registers (or re-registers) a node and reconciles the chunks it reports
