@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
 
 use crate::format::{bytes, date, kind_name, mode_string};
-use crate::{Cli, Command};
+use crate::{Cli, Command, NodeAction};
 
 type Meta = MetaClient<Channel>;
 type Result<T> = std::result::Result<T, ClientError>;
@@ -33,7 +33,60 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => put(&mut meta, &local, &path, force, fsync).await,
         Command::Get { path, local } => get(&mut meta, &path, &local).await,
         Command::Fsck { path, repair, json } => fsck(&mut meta, &path, repair, json).await,
+        Command::Node { action } => node_admin(&mut meta, action).await,
     }
+}
+
+/// `dfs node drain|undrain|remove NODE`. A drain waits, showing progress,
+/// until no chunk depends on the node (unless `--no-wait`).
+async fn node_admin(meta: &mut Meta, action: NodeAction) -> Result<()> {
+    let (name, node, wait) = match action {
+        NodeAction::Drain { node, no_wait } => ("drain", node, !no_wait),
+        NodeAction::Undrain { node } => ("undrain", node, false),
+        NodeAction::Remove { node } => ("remove", node, false),
+    };
+    let call = |action: &'static str, node: String| {
+        let mut meta = meta.clone();
+        async move {
+            meta.node_admin(pb::NodeAdminRequest {
+                node,
+                action: action.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+    };
+    let reply = call(name, node.clone())
+        .await
+        .map_err(|s| with_path(s.into(), &format!("node {node}")))?;
+    if reply.removed {
+        println!("node {} ({}) removed", reply.node_id, reply.addr);
+        return Ok(());
+    }
+    let mut r = reply;
+    let id = r.node_id.to_string();
+    loop {
+        println!(
+            "node {} ({}): {}, {} replicas, {} chunks depend on it",
+            r.node_id,
+            r.addr,
+            if r.draining { "draining" } else { "in service" },
+            r.replicas,
+            r.dependent_chunks
+        );
+        if !wait || r.dependent_chunks == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        r = call("show", id.clone()).await?;
+    }
+    if wait {
+        println!(
+            "node {} is drained: `dfs node remove {}` may take it out",
+            r.node_id, r.node_id
+        );
+    }
+    Ok(())
 }
 
 async fn fsck(meta: &mut Meta, path: &str, repair: bool, json: bool) -> Result<()> {
@@ -173,20 +226,25 @@ async fn status(meta: &mut Meta) -> Result<()> {
 async fn nodes(meta: &mut Meta) -> Result<()> {
     let s = meta.cluster_status(pb::Empty {}).await?.into_inner();
     println!(
-        "{:>4}  {:<22} {:<6} {:<8} {:>12} {:>12} {:>8} {:>9}",
+        "{:>4}  {:<22} {:<10} {:<8} {:>12} {:>12} {:>8} {:>9}",
         "ID", "ADDRESS", "STATE", "ZONE", "CAPACITY", "USED", "CHUNKS", "HEARTBEAT"
     );
     for n in &s.nodes {
+        let state = if n.draining {
+            format!("{},drain", n.state)
+        } else {
+            n.state.clone()
+        };
         let zone = if n.zone.is_empty() {
             "-"
         } else {
             n.zone.as_str()
         };
         println!(
-            "{:>4}  {:<22} {:<6} {:<8} {:>12} {:>12} {:>8} {:>8.1}s",
+            "{:>4}  {:<22} {:<10} {:<8} {:>12} {:>12} {:>8} {:>8.1}s",
             n.node_id,
             n.addr,
-            n.state,
+            state,
             zone,
             bytes(n.capacity_bytes),
             bytes(n.used_bytes),

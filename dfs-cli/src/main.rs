@@ -70,6 +70,11 @@ pub enum Command {
     /// Download PATH to a local file ("-" for stdout; a directory keeps the remote name).
     #[command(alias = "download")]
     Get { path: String, local: String },
+    /// Take a storage node out of service, or back.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
     /// Check that every chunk of the files below PATH has its replicas.
     /// Exit 0 when healthy, 1 when data is at risk or lost (each path named).
     Fsck {
@@ -83,6 +88,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeAction {
+    /// No new chunks go to NODE (id or address); every chunk gets its full
+    /// count elsewhere. Waits, showing progress, until none depends on it.
+    Drain {
+        node: String,
+        /// Return at once instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Put a draining NODE back in service.
+    Undrain { node: String },
+    /// Forget NODE for good; refused while a chunk still depends on it.
+    Remove { node: String },
 }
 
 #[tokio::main]

@@ -86,7 +86,7 @@ impl Repairer {
             if self.lock().queued.get(&source.0).map_or(0, Vec::len) >= PER_NODE_LIMIT {
                 continue;
             }
-            let wanted = replication.saturating_sub(item.live_holders.len()) as u32;
+            let wanted = replication.saturating_sub(item.good) as u32;
             let exclude: Vec<u64> = item
                 .live_holders
                 .iter()
@@ -135,11 +135,13 @@ impl Repairer {
             if self.lock().in_flight.contains_key(&item.chunk_id) {
                 continue;
             }
-            let Some(&(node, _)) = item
+            // A draining node's replica goes first, else the fullest holder's.
+            let fullest = item
                 .live_holders
                 .iter()
                 .min_by_key(|(id, free)| (*free, std::cmp::Reverse(*id)))
-            else {
+                .map(|(id, _)| *id);
+            let Some(node) = item.draining_holders.first().copied().or(fullest) else {
                 continue;
             };
             if self

@@ -514,6 +514,42 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn node_admin(&self, req: Request<pb::NodeAdminRequest>) -> Reply<pb::NodeAdminReply> {
+        let r = req.into_inner();
+        self.observe("NodeAdmin", async {
+            let node = self.store.find_node(&r.node).await?;
+            match r.action.as_str() {
+                "drain" => self.store.set_draining(node.id, true).await?,
+                "undrain" => self.store.set_draining(node.id, false).await?,
+                "remove" => {
+                    self.store.remove_node(node.id, self.live_cutoff()).await?;
+                    return Ok(pb::NodeAdminReply {
+                        node_id: node.id,
+                        addr: node.addr,
+                        removed: true,
+                        ..Default::default()
+                    });
+                }
+                "show" => {}
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown action {other:?}"
+                    )))
+                }
+            }
+            let usage = self.store.node_usage(node.id, self.live_cutoff()).await?;
+            Ok(pb::NodeAdminReply {
+                node_id: node.id,
+                addr: usage.record.addr,
+                draining: usage.record.draining,
+                replicas: usage.replicas,
+                dependent_chunks: usage.dependent_chunks,
+                removed: false,
+            })
+        })
+        .await
+    }
+
     async fn cluster_status(&self, _req: Request<pb::Empty>) -> Reply<pb::ClusterStatusReply> {
         self.observe("ClusterStatus", async {
             let cutoff = self.live_cutoff();
@@ -538,6 +574,7 @@ impl Meta for MetaService {
                         chunk_count: n.record.chunk_count,
                         replicas: n.replicas,
                         last_heartbeat_age_ms: now - n.record.last_heartbeat_ms,
+                        draining: n.record.draining,
                     })
                     .collect(),
                 files: counts.files,

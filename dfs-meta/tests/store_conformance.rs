@@ -114,6 +114,7 @@ conformance!(
     inode_flags_pin_files,
     unnamed_files_are_orphans_until_linked,
     corrupt_replicas_are_quarantined_until_recopied,
+    draining_nodes_hand_over_and_leave,
     bad_commits_change_nothing,
     node_reconcile,
     under_replication_is_seen,
@@ -933,6 +934,59 @@ async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
     deleted.sort_unstable();
     assert!(deleted.contains(&d), "{deleted:?}");
     assert!(nodes.contains(&dh[0]));
+}
+
+async fn draining_nodes_hand_over_and_leave(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let (c, _) = write_chunk(s, f.ino, 0, 100, 100).await;
+    let by_addr = s.find_node("127.0.0.1:7001").await.unwrap();
+    assert_eq!(by_addr.id, nodes[0]);
+    assert_eq!(
+        s.find_node(&nodes[1].to_string()).await.unwrap().addr,
+        "127.0.0.1:7002"
+    );
+    s.set_draining(nodes[0], true).await.unwrap();
+    let usage = s.node_usage(nodes[0], 0).await.unwrap();
+    assert!(usage.record.draining);
+    assert_eq!((usage.replicas, usage.dependent_chunks), (1, 1));
+    // No new chunk goes to it, and the chunk counts as short of a copy.
+    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    assert!(p.targets.iter().all(|t| t.id != nodes[0]));
+    let short = s.under_replicated(0, 10).await.unwrap();
+    assert_eq!((short.len(), short[0].good), (1, 2));
+    assert_eq!(
+        errno(s.remove_node(nodes[0], 0).await.unwrap_err()),
+        libc::EBUSY
+    );
+    // A fourth node gets the copy: nothing depends on the draining node now,
+    // and its replica is the one trimmed.
+    let (fourth, _) = s
+        .register_node(RegisterArgs {
+            uuid: "uuid-3".into(),
+            addr: "127.0.0.1:7004".into(),
+            zone: String::new(),
+            capacity: 1 << 40,
+            used: 0,
+            chunk_ids: vec![],
+        })
+        .await
+        .unwrap();
+    s.replica_added(c, &[fourth]).await.unwrap();
+    assert_eq!(s.node_usage(nodes[0], 0).await.unwrap().dependent_chunks, 0);
+    let extra = s.over_replicated(0, 10).await.unwrap();
+    assert_eq!(extra[0].draining_holders, vec![nodes[0]]);
+    assert!(
+        !s.drop_extra_replica(c, nodes[1], 0).await.unwrap(),
+        "the last-copy guard"
+    );
+    assert!(s.drop_extra_replica(c, nodes[0], 0).await.unwrap());
+    s.remove_node(nodes[0], 0).await.unwrap();
+    assert_eq!(
+        errno(s.find_node("127.0.0.1:7001").await.unwrap_err()),
+        libc::ENOENT
+    );
 }
 
 async fn bad_commits_change_nothing(h: Handle) {

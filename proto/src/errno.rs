@@ -22,6 +22,7 @@ pub fn status_from_errno(errno: i32, message: impl Into<String>) -> Status {
         // A replica whose checksum failed, confirmed by its node: corrupt,
         // unlike EIO, which only says it could not be read now.
         libc::EBADMSG => Code::DataLoss,
+        libc::EBUSY => Code::FailedPrecondition,
         _ => Code::FailedPrecondition,
     };
     let mut status = Status::new(code, message);

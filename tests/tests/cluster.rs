@@ -466,3 +466,56 @@ fn fsck_names_the_files_at_risk() {
     assert!(back.contains("status: HEALTHY"), "{back}");
     assert_eq!(c.dfs(&["fsck", "/missing"]).status.code(), Some(1));
 }
+
+#[test]
+fn a_drained_node_hands_its_chunks_over_and_can_be_removed() {
+    let c = Cluster::start(Options {
+        nodes: 4,
+        chunk_size: 1 << 20,
+        ..Options::default()
+    });
+    let f = c.random_file("f", (5 << 20) + 3);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    let holders = |c: &Cluster, path: &str| -> Vec<Vec<u64>> {
+        stat_chunks(&c.dfs_ok(&["stat", path]))
+            .into_iter()
+            .map(|(_, r)| r.into_iter().map(|(id, _)| id).collect())
+            .collect()
+    };
+    let node = holders(&c, "/f")[0][0];
+    let addr = c.node_addr(c.node_index(node)).to_string();
+    // Drain by address: returns once no chunk depends on the node.
+    let out = c.dfs_ok(&["node", "drain", &addr]);
+    assert!(out.contains("0 chunks depend on it"), "{out}");
+    assert!(c.dfs_ok(&["nodes"]).contains("up,drain"));
+    for chunk in holders(&c, "/f") {
+        let others = chunk.iter().filter(|n| **n != node).count();
+        assert!(others >= 3, "every chunk has 3 copies elsewhere: {chunk:?}");
+    }
+    // Its now extra replicas are trimmed; reads never stopped working.
+    c.wait_until(
+        "the drained node holds nothing",
+        Duration::from_secs(30),
+        |c| {
+            holders(c, "/f")
+                .iter()
+                .all(|r| r.len() == 3 && !r.contains(&node))
+        },
+    );
+    let back = c.local("back");
+    c.dfs_ok(&["get", "/f", back.to_str().unwrap()]);
+    assert!(same_bytes(&f, &back));
+    // New chunks avoid it.
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/g"]);
+    assert!(holders(&c, "/g").iter().all(|r| !r.contains(&node)));
+    // A node that chunks depend on cannot be removed; the drained one can.
+    let busy = holders(&c, "/f")[0][0];
+    let refused = c.dfs(&["node", "remove", &busy.to_string()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("depend"));
+    assert!(c
+        .dfs_ok(&["node", "remove", &node.to_string()])
+        .contains("removed"));
+    assert!(!c.dfs_ok(&["nodes"]).contains(&addr));
+    assert!(c.dfs_ok(&["fsck"]).contains("status: HEALTHY"));
+}

@@ -110,8 +110,10 @@ impl Store {
             let mut conn = self.pool.acquire().await?;
             live_nodes(&mut conn, live_cutoff_ms).await?
         };
+        // A draining node takes no new chunk.
         let candidates: Vec<Candidate> = nodes
             .iter()
+            .filter(|n| !n.draining)
             .map(|n| Candidate {
                 node_id: n.id,
                 zone: n.zone.clone(),

@@ -22,6 +22,8 @@ pub enum StoreError {
     NotPermitted(String),
     #[error("not supported: {0}")]
     Unsupported(String),
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("no such attribute")]
     NoXattr,
     #[error("attribute value too large")]
@@ -53,6 +55,7 @@ impl StoreError {
             StoreError::Invalid(_) => libc::EINVAL,
             StoreError::NotPermitted(_) => libc::EPERM,
             StoreError::Unsupported(_) => libc::EOPNOTSUPP,
+            StoreError::Busy(_) => libc::EBUSY,
             StoreError::NoXattr => libc::ENODATA,
             StoreError::XattrTooBig => libc::E2BIG,
             StoreError::FileTooBig(_) => libc::EFBIG,
@@ -76,6 +79,7 @@ impl StoreError {
             StoreError::Invalid(_) => "invalid",
             StoreError::NotPermitted(_) => "not_permitted",
             StoreError::Unsupported(_) => "unsupported",
+            StoreError::Busy(_) => "busy",
             StoreError::NoXattr => "no_xattr",
             StoreError::XattrTooBig => "xattr_too_big",
             StoreError::FileTooBig(_) => "file_too_big",

@@ -32,6 +32,11 @@ const SQLITE: &[Migration] = &[
         name: "quarantine",
         sql: include_str!("../../../migrations/sqlite/0004_quarantine.sql"),
     },
+    Migration {
+        version: 5,
+        name: "drain",
+        sql: include_str!("../../../migrations/sqlite/0005_drain.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -54,6 +59,11 @@ const POSTGRES: &[Migration] = &[
         version: 4,
         name: "quarantine",
         sql: include_str!("../../../migrations/postgres/0004_quarantine.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "drain",
+        sql: include_str!("../../../migrations/postgres/0005_drain.sql"),
     },
 ];
 

@@ -24,6 +24,7 @@
 //! PostgreSQL keeps its default synchronous commit; `sync` is a no-op there.
 
 mod chunks;
+mod drain;
 mod error;
 mod fsck;
 mod metrics;
@@ -39,6 +40,7 @@ use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 use std::str::FromStr;
 
 pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement};
+pub use drain::NodeUsage;
 pub use error::StoreError;
 pub use fsck::{ChunkHealth, ChunkProblem, FsckReport};
 pub use metrics::StoreMetrics;

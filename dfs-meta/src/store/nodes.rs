@@ -17,6 +17,8 @@ pub struct NodeRecord {
     pub used: u64,
     pub chunk_count: u64,
     pub last_heartbeat_ms: i64,
+    /// Takes no new chunks; its chunks are copied elsewhere (`dfs node drain`).
+    pub draining: bool,
 }
 
 /// A node as `status` shows it: its record and how many replicas meta places on it.
@@ -52,6 +54,9 @@ pub struct RepairItem {
     pub live_holders: Vec<(u64, String)>,
     /// Node ids of replicas on nodes that are down.
     pub down_holders: Vec<u64>,
+    /// Live holders that count toward redundancy (not draining). A draining
+    /// holder is still a source for copies.
+    pub good: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -277,7 +282,7 @@ impl Store {
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
         let mut conn = self.pool.acquire().await?;
         let rows = sqlx::query(
-            "SELECT n.id, n.uuid, n.addr, n.zone, n.capacity, n.used, n.chunk_count, n.last_heartbeat_ms,
+            "SELECT n.id, n.uuid, n.addr, n.zone, n.capacity, n.used, n.chunk_count, n.last_heartbeat_ms, n.draining,
                     (SELECT COUNT(*) FROM replicas r WHERE r.node_id = n.id) AS replicas
              FROM nodes n ORDER BY n.id",
         )
@@ -313,8 +318,8 @@ impl Store {
             chunks: row.try_get::<i64, _>(2)? as u64,
             logical_bytes: row.try_get::<i64, _>(3)? as u64,
             gc_pending: row.try_get::<i64, _>(4)? as u64,
-            under_replicated: live.iter().filter(|(_, n)| *n < replication).count() as u64,
-            lost: live.iter().filter(|(_, n)| *n == 0).count() as u64,
+            under_replicated: live.iter().filter(|c| c.good < replication).count() as u64,
+            lost: live.iter().filter(|c| c.live == 0).count() as u64,
         })
     }
 
@@ -352,36 +357,38 @@ impl Store {
 /// redundancy first, with their live and down holders.
 async fn short_chunks(
     conn: &mut AnyConnection,
-    counts: &[(u64, u64)],
+    counts: &[LiveCount],
     replication: u32,
     live_cutoff_ms: i64,
     limit: usize,
 ) -> Result<Vec<RepairItem>> {
-    let mut short: Vec<(u64, u64)> = counts
+    let mut short: Vec<LiveCount> = counts
         .iter()
         .copied()
-        .filter(|(_, n)| *n < u64::from(replication))
+        .filter(|c| c.good < u64::from(replication))
         .collect();
-    short.sort_by_key(|(id, n)| (*n, *id));
+    short.sort_by_key(|c| (c.good, c.chunk_id));
     short.truncate(limit);
     let mut items = Vec::with_capacity(short.len());
-    for (chunk, _) in short {
+    for count in short {
         let rows = sqlx::query(
-            "SELECT n.id, n.addr, n.last_heartbeat_ms FROM replicas r
+            "SELECT n.id, n.addr, n.last_heartbeat_ms, n.draining FROM replicas r
              JOIN nodes n ON n.id = r.node_id WHERE r.chunk_id = $1",
         )
-        .bind(chunk as i64)
+        .bind(count.chunk_id as i64)
         .fetch_all(&mut *conn)
         .await?;
         let mut item = RepairItem {
-            chunk_id: chunk,
+            chunk_id: count.chunk_id,
             live_holders: Vec::new(),
             down_holders: Vec::new(),
+            good: 0,
         };
         for row in rows {
             let id = row.try_get::<i64, _>(0)? as u64;
             if row.try_get::<i64, _>(2)? >= live_cutoff_ms {
                 item.live_holders.push((id, row.try_get(1)?));
+                item.good += usize::from(row.try_get::<i64, _>(3)? == 0);
             } else {
                 item.down_holders.push(id);
             }
@@ -397,6 +404,8 @@ pub struct ExtraReplicas {
     pub chunk_id: u64,
     /// Live holders: (node id, free bytes).
     pub live_holders: Vec<(u64, u64)>,
+    /// Live holders that are draining: their replicas go first.
+    pub draining_holders: Vec<u64>,
 }
 
 impl Store {
@@ -413,8 +422,9 @@ impl Store {
     }
 
     /// Drops `node_id`'s replica of `chunk_id` (its node deletes the file on its
-    /// next heartbeat), but only while the chunk keeps more live replicas than
-    /// wanted, checked in the same transaction. Returns whether it dropped one.
+    /// next heartbeat), but only while the chunk keeps the full count of live
+    /// good replicas (on nodes that are not draining) without it, checked in
+    /// the same transaction: the last-copy guard. Returns whether it dropped one.
     pub async fn drop_extra_replica(
         &self,
         chunk_id: u64,
@@ -425,16 +435,18 @@ impl Store {
         in_tx!(self, |tx| {
             let chunk = to_i64(chunk_id, "chunk id")?;
             let node = to_i64(node_id, "node id")?;
-            let live: i64 = sqlx::query(
+            let others: i64 = sqlx::query(
                 "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                 WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2",
+                 WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 AND n.draining = 0
+                   AND r.node_id <> $3",
             )
             .bind(chunk)
             .bind(live_cutoff_ms)
+            .bind(node)
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-            if live <= replication {
+            if others < replication {
                 return Ok(false);
             }
             replica_to_garbage(&mut tx, chunk, node).await
@@ -446,22 +458,24 @@ impl Store {
 /// their live holders and each holder's free space.
 async fn extra_chunks(
     conn: &mut AnyConnection,
-    counts: &[(u64, u64)],
+    counts: &[LiveCount],
     replication: u32,
     live_cutoff_ms: i64,
     limit: usize,
 ) -> Result<Vec<ExtraReplicas>> {
+    // Only chunks whose good copies already make the full count.
+    let replication = u64::from(replication);
     let mut extra: Vec<u64> = counts
         .iter()
-        .filter(|(_, n)| *n > u64::from(replication))
-        .map(|(id, _)| *id)
+        .filter(|c| c.live > replication && c.good >= replication)
+        .map(|c| c.chunk_id)
         .collect();
     extra.sort_unstable();
     extra.truncate(limit);
     let mut items = Vec::with_capacity(extra.len());
     for chunk in extra {
         let rows = sqlx::query(
-            "SELECT n.id, n.capacity, n.used FROM replicas r JOIN nodes n ON n.id = r.node_id
+            "SELECT n.id, n.capacity, n.used, n.draining FROM replicas r JOIN nodes n ON n.id = r.node_id
                      WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 ORDER BY n.id",
         )
         .bind(chunk as i64)
@@ -479,9 +493,15 @@ async fn extra_chunks(
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
+        let draining_holders = rows
+            .iter()
+            .filter(|row| row.try_get::<i64, _>(3).is_ok_and(|d| d != 0))
+            .map(|row| Ok(row.try_get::<i64, _>(0)? as u64))
+            .collect::<Result<Vec<_>>>()?;
         items.push(ExtraReplicas {
             chunk_id: chunk,
             live_holders,
+            draining_holders,
         });
     }
     Ok(items)
@@ -515,7 +535,7 @@ pub(crate) async fn live_nodes(
     cutoff_ms: i64,
 ) -> Result<Vec<NodeRecord>> {
     sqlx::query(
-        "SELECT id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms FROM nodes WHERE last_heartbeat_ms >= $1 ORDER BY id",
+        "SELECT id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms, draining FROM nodes WHERE last_heartbeat_ms >= $1 ORDER BY id",
     )
     .bind(cutoff_ms)
     .fetch_all(&mut *conn)
@@ -525,11 +545,24 @@ pub(crate) async fn live_nodes(
     .collect()
 }
 
-/// (chunk id, replicas on up nodes) for every chunk.
-async fn live_replica_counts(conn: &mut AnyConnection, cutoff_ms: i64) -> Result<Vec<(u64, u64)>> {
+/// Replicas of one chunk on up nodes.
+#[derive(Debug, Clone, Copy)]
+struct LiveCount {
+    chunk_id: u64,
+    /// On every up node (readable).
+    live: u64,
+    /// On up nodes that are not draining (what redundancy counts).
+    good: u64,
+}
+
+/// The live replica counts of every chunk.
+async fn live_replica_counts(conn: &mut AnyConnection, cutoff_ms: i64) -> Result<Vec<LiveCount>> {
     sqlx::query(
-        "SELECT c.id, (SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                       WHERE r.chunk_id = c.id AND n.last_heartbeat_ms >= $1)
+        "SELECT c.id,
+           (SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+             WHERE r.chunk_id = c.id AND n.last_heartbeat_ms >= $1),
+           (SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+             WHERE r.chunk_id = c.id AND n.last_heartbeat_ms >= $1 AND n.draining = 0)
          FROM chunks c",
     )
     .bind(cutoff_ms)
@@ -537,15 +570,16 @@ async fn live_replica_counts(conn: &mut AnyConnection, cutoff_ms: i64) -> Result
     .await?
     .iter()
     .map(|r| {
-        Ok((
-            r.try_get::<i64, _>(0)? as u64,
-            r.try_get::<i64, _>(1)? as u64,
-        ))
+        Ok(LiveCount {
+            chunk_id: r.try_get::<i64, _>(0)? as u64,
+            live: r.try_get::<i64, _>(1)? as u64,
+            good: r.try_get::<i64, _>(2)? as u64,
+        })
     })
     .collect()
 }
 
-fn node_from_row(row: &sqlx::any::AnyRow) -> Result<NodeRecord> {
+pub(crate) fn node_from_row(row: &sqlx::any::AnyRow) -> Result<NodeRecord> {
     Ok(NodeRecord {
         id: row.try_get::<i64, _>("id")? as u64,
         uuid: row.try_get("uuid")?,
@@ -555,6 +589,7 @@ fn node_from_row(row: &sqlx::any::AnyRow) -> Result<NodeRecord> {
         used: row.try_get::<i64, _>("used")? as u64,
         chunk_count: row.try_get::<i64, _>("chunk_count")? as u64,
         last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
+        draining: row.try_get::<i64, _>("draining")? != 0,
     })
 }
 
