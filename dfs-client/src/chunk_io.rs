@@ -38,9 +38,20 @@ pub struct UploadedChunk {
     pub replication: u32,
 }
 
-fn deadline_for(len: usize) -> Duration {
-    // Generous: 30 s plus 1 s per 4 MiB, so a slow disk is not mistaken for a dead node.
-    Duration::from_secs(30 + (len as u64 >> 22))
+/// How long one chunk transfer (a chain write, a read) may take: 10 s plus
+/// 1 s per 4 MiB. A node that misses it is treated as unavailable for this
+/// transfer (the write goes to another node, the read to another replica),
+/// so a stalled node costs a writer this long, not forever; a slow one only
+/// costs a retry elsewhere.
+pub fn deadline_for(len: usize) -> Duration {
+    Duration::from_secs(10 + (len as u64 >> 22))
+}
+
+/// How long a node of a chain waits for the rest of the chain: less than
+/// the writer waits for the head, so the head can still report which
+/// downstream node failed.
+pub fn downstream_deadline_for(len: usize) -> Duration {
+    deadline_for(len).saturating_sub(Duration::from_secs(3))
 }
 
 /// Chunks up to this size go to every target at once instead of down a chain:
@@ -282,7 +293,16 @@ pub async fn read_chunk_range(
     .await
 }
 
-/// Tries each replica in turn until one returns data that `intact` accepts.
+/// How long a replica may take to answer before the next one is asked too
+/// (a hedged read): a stalled node (SIGSTOP, a hung disk) costs a reader this
+/// much, not the whole read deadline.
+fn hedge_after(length: u64) -> Duration {
+    Duration::from_millis(500 + (length >> 16))
+}
+
+/// Reads from the replicas in order until one returns data that `intact`
+/// accepts. A replica slower than `hedge_after` gets company: the next one
+/// is asked too, and the first good answer wins.
 async fn read_verified(
     meta: Option<&mut MetaClient<Channel>>,
     channels: &Channels,
@@ -291,24 +311,43 @@ async fn read_verified(
     length: u64,
     intact: impl Fn(&Bytes) -> bool,
 ) -> Result<Bytes, ClientError> {
+    use futures::stream::{FuturesUnordered, StreamExt};
     let mut problems = Vec::new();
     let mut bad = Vec::new();
-    for replica in &chunk.replicas {
-        match read_replica(channels, &replica.addr, chunk.chunk_id, offset, length).await {
-            Ok(data) if intact(&data) => {
-                if let Some(meta) = meta {
-                    for node_id in bad {
-                        let report = pb::BadReplicaRequest {
-                            chunk_id: chunk.chunk_id,
-                            node_id,
-                        };
-                        if let Err(e) = meta.report_bad_replica(report).await {
-                            tracing::warn!(error = %e, "could not report a bad replica");
-                        }
-                    }
-                }
-                return Ok(data);
+    let read = |replica: &'_ pb::NodeRef| {
+        let replica = replica.clone();
+        async move {
+            let result =
+                read_replica(channels, &replica.addr, chunk.chunk_id, offset, length).await;
+            (replica, result)
+        }
+    };
+    let mut reads = FuturesUnordered::new();
+    let mut next = 0;
+    let mut found = None;
+    while found.is_none() {
+        if reads.is_empty() {
+            let Some(replica) = chunk.replicas.get(next) else {
+                break;
+            };
+            next += 1;
+            reads.push(read(replica));
+        }
+        let answer = tokio::select! {
+            answer = reads.next() => answer,
+            () = tokio::time::sleep(hedge_after(length)), if next < chunk.replicas.len() => {
+                let replica = &chunk.replicas[next];
+                next += 1;
+                tracing::debug!(chunk = chunk.chunk_id, addr = %replica.addr, "hedged read");
+                reads.push(read(replica));
+                continue;
             }
+        };
+        let Some((replica, result)) = answer else {
+            continue;
+        };
+        match result {
+            Ok(data) if intact(&data) => found = Some(data),
             // The node verified every block it sent, so a mismatch here is
             // not its disk's word: try the next replica, drop nothing.
             Ok(data) => {
@@ -332,6 +371,20 @@ async fn read_verified(
             }
             Err(e) => problems.push(format!("{}: {e}", replica.addr)),
         }
+    }
+    if let (Some(meta), false) = (meta, bad.is_empty()) {
+        for node_id in bad {
+            let report = pb::BadReplicaRequest {
+                chunk_id: chunk.chunk_id,
+                node_id,
+            };
+            if let Err(e) = meta.report_bad_replica(report).await {
+                tracing::warn!(error = %e, "could not report a bad replica");
+            }
+        }
+    }
+    if let Some(data) = found {
+        return Ok(data);
     }
     if chunk.replicas.is_empty() {
         problems.push("no replica is known".into());

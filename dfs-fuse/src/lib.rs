@@ -7,6 +7,7 @@
 
 pub mod allocator;
 pub mod cache;
+pub mod durability;
 pub mod error;
 pub mod fs;
 pub mod fuse;

@@ -410,7 +410,7 @@ impl OpenFile {
             self.report_dirty(io);
         }
         if durable {
-            self.sync_replicas(io).await?;
+            crate::durability::sync_replicas(io, self.committed.values()).await?;
         }
         Ok(())
     }
@@ -537,48 +537,6 @@ impl OpenFile {
             }
         }
         extents
-    }
-
-    /// fsyncs every committed chunk on its replicas. A chunk counts as durable
-    /// when at least two replicas (or all it has, if fewer) confirm.
-    async fn sync_replicas(&self, io: &Io) -> FsResult<()> {
-        let mut by_node: HashMap<String, Vec<u64>> = HashMap::new();
-        for c in self.committed.values() {
-            for r in &c.replicas {
-                by_node.entry(r.addr.clone()).or_default().push(c.chunk_id);
-            }
-        }
-        let calls = by_node.into_iter().map(|(addr, ids)| {
-            let channels = io.channels.clone();
-            async move {
-                let ok = match channels.chunk(&addr) {
-                    Ok(mut client) => client
-                        .sync_chunks(pb::SyncChunksRequest {
-                            chunk_ids: ids.clone(),
-                        })
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
-                };
-                (addr, ok)
-            }
-        });
-        let synced: HashMap<String, bool> =
-            futures::future::join_all(calls).await.into_iter().collect();
-        for c in self.committed.values() {
-            let confirmed = c
-                .replicas
-                .iter()
-                .filter(|r| synced.get(&r.addr).copied().unwrap_or(false))
-                .count();
-            if confirmed < c.replicas.len().min(2) {
-                return Err(FsError::new(
-                    libc::EIO,
-                    format!("chunk {} could not be made durable", c.chunk_id),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// The first half of a read, done under the file's lock: copies what this

@@ -456,6 +456,21 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn forget_replica(&self, req: Request<pb::ForgetReplicaRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("ForgetReplica", async {
+            let keep = self
+                .config
+                .min_write_replicas
+                .clamp(1, self.store.replication());
+            self.store
+                .forget_replica(r.chunk_id, r.node_id, keep, self.live_cutoff())
+                .await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
     async fn report_bad_replica(&self, req: Request<pb::BadReplicaRequest>) -> Reply<pb::Empty> {
         let r = req.into_inner();
         self.observe("ReportBadReplica", async {

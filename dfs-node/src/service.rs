@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use dfs_client::chunk_io::downstream_deadline_for;
 use dfs_client::Channels;
 use dfs_proto::pb::{self, chunk_server::Chunk, write_chunk_request::Msg, WriteChunkRequest};
 use dfs_proto::zero_runs;
@@ -16,6 +17,8 @@ use crate::chunk_store::{ChunkError, ChunkStore, ChunkWriter};
 use crate::metrics::NodeMetrics;
 use crate::NodeIdentity;
 
+/// How long forwarding one piece down the chain may wait for room.
+const FORWARD_STALL: std::time::Duration = std::time::Duration::from_secs(3);
 /// Largest piece sent back on a read.
 const READ_PIECE: usize = 1 << 20;
 
@@ -90,13 +93,16 @@ impl Chunk for ChunkService {
                 let _ = tx.send(first).await;
                 let channels = self.channels.clone();
                 let next = next.clone();
+                let deadline = downstream_deadline_for(header.length as usize);
                 let task = tokio::spawn(async move {
                     let mut client = channels.chunk(&next.addr).map_err(|e| e.to_string())?;
-                    client
-                        .write_chunk(ReceiverStream::new(rx))
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(|s| format!("{}: {}", next.addr, s.message()))
+                    let call = client.write_chunk(ReceiverStream::new(rx));
+                    match tokio::time::timeout(deadline, call).await {
+                        Ok(reply) => reply
+                            .map(|r| r.into_inner())
+                            .map_err(|s| format!("{}: {}", next.addr, s.message())),
+                        Err(_) => Err(format!("{}: timed out", next.addr)),
+                    }
                 });
                 (Some(tx), Some(task))
             }
@@ -115,8 +121,10 @@ impl Chunk for ChunkService {
                 _ => return Err(Status::invalid_argument("only data may follow the header")),
             };
             if let Some(tx) = &forward_tx {
-                if tx.send(msg).await.is_err() {
-                    // Downstream gave up; its task reports why. Keep storing locally.
+                // A downstream node that stops taking pieces (stalled) is
+                // given up on, so it cannot stall this node's own write.
+                if tx.send_timeout(msg, FORWARD_STALL).await.is_err() {
+                    // Downstream gave up or stalled; its task reports why.
                     forward_tx = None;
                 }
             }

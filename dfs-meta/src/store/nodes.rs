@@ -223,6 +223,41 @@ impl Store {
         })
     }
 
+    /// Stops recording `node_id`'s replica of `chunk_id` (it did not confirm
+    /// an fsync) and queues its file for deletion, but only while the chunk
+    /// keeps at least `keep` live good replicas without it, checked in the
+    /// same transaction. EBUSY otherwise.
+    pub async fn forget_replica(
+        &self,
+        chunk_id: u64,
+        node_id: u64,
+        keep: u32,
+        live_cutoff_ms: i64,
+    ) -> Result<()> {
+        in_tx!(self, |tx| {
+            let chunk = to_i64(chunk_id, "chunk id")?;
+            let node = to_i64(node_id, "node id")?;
+            let others: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 AND n.draining = 0
+                   AND r.node_id <> $3",
+            )
+            .bind(chunk)
+            .bind(live_cutoff_ms)
+            .bind(node)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            if others < i64::from(keep) {
+                return Err(StoreError::Busy(format!(
+                    "chunk {chunk_id} would keep {others} good replicas, fewer than {keep}"
+                )));
+            }
+            replica_to_garbage(&mut tx, chunk, node).await?;
+            Ok(())
+        })
+    }
+
     /// Deletes quarantined replicas whose chunk has its full count of live
     /// good copies again, or is gone. Returns how many.
     pub async fn release_quarantine(&self, live_cutoff_ms: i64) -> Result<usize> {

@@ -1,0 +1,57 @@
+//! Faults under a real mount: what an application sees while a node is
+//! stopped (SIGSTOP, a gray failure) or gone, and what the cluster records.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use dfs_tests::{stat_chunks, Cluster, Options};
+
+/// Sends `signal` to node `i`'s process.
+fn signal(c: &Cluster, i: usize, signal: &str) {
+    let pid = c.node_pid(i).unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+#[test]
+fn fsync_with_a_stalled_replica_replaces_it_and_succeeds() {
+    let c = Cluster::start(Options {
+        nodes: 4,
+        chunk_size: 1 << 20,
+        ..Options::default()
+    });
+    let m = c.mount("mnt");
+    let path = m.join("f");
+    let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let before = stat_chunks(&c.dfs_ok(&["stat", "/f"]));
+    let stalled = before[0].1[0].0;
+    let index = c.node_index(stalled);
+    // The node stops answering but keeps its connections (SIGSTOP).
+    signal(&c, index, "STOP");
+    let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(b"x").unwrap();
+    let start = Instant::now();
+    let synced = f.sync_all();
+    signal(&c, index, "CONT");
+    synced.expect("fsync succeeds with one node of four stalled");
+    assert!(start.elapsed() < Duration::from_secs(60));
+    drop(f);
+    // Every chunk's recorded replicas are the ones that synced: the stalled
+    // node is no longer among them, and a new copy took its place.
+    for (index, replicas) in stat_chunks(&c.dfs_ok(&["stat", "/f"])) {
+        let ids: Vec<u64> = replicas.iter().map(|(id, _)| *id).collect();
+        assert!(!ids.contains(&stalled), "chunk {index}: {ids:?}");
+        assert_eq!(ids.len(), 3, "chunk {index}: {ids:?}");
+    }
+    let mut expected = data;
+    expected[0] = b'x';
+    assert!(std::fs::read(&path).unwrap() == expected);
+}
