@@ -389,6 +389,15 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn report_fence(&self, _req: Request<pb::Empty>) -> Reply<pb::ReportFenceReply> {
+        self.observe("ReportFence", async {
+            Ok(pb::ReportFenceReply {
+                fence_ms: store::now_ms(),
+            })
+        })
+        .await
+    }
+
     async fn register_node(
         &self,
         req: Request<pb::RegisterNodeRequest>,
@@ -405,6 +414,7 @@ impl Meta for MetaService {
                     capacity: r.capacity_bytes,
                     used: r.used_bytes,
                     chunk_ids: r.chunk_ids,
+                    listed_after_ms: r.listed_after_ms,
                 })
                 .await?;
             // A node id must never be handed out twice, even across a power cut.

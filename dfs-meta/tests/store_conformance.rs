@@ -115,6 +115,7 @@ conformance!(
     unnamed_files_are_orphans_until_linked,
     corrupt_replicas_are_quarantined_until_recopied,
     draining_nodes_hand_over_and_leave,
+    full_reports_are_fenced_and_keep_deletions,
     bad_commits_change_nothing,
     node_reconcile,
     under_replication_is_seen,
@@ -625,6 +626,7 @@ async fn three_nodes(s: &Store) -> Vec<u64> {
                 capacity: 1 << 40,
                 used: 0,
                 chunk_ids: vec![],
+                listed_after_ms: i64::MAX,
             })
             .await
             .unwrap();
@@ -920,6 +922,7 @@ async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
             capacity: 1 << 40,
             used: 0,
             chunk_ids: vec![],
+            listed_after_ms: i64::MAX,
         })
         .await
         .unwrap();
@@ -970,6 +973,7 @@ async fn draining_nodes_hand_over_and_leave(h: Handle) {
             capacity: 1 << 40,
             used: 0,
             chunk_ids: vec![],
+            listed_after_ms: i64::MAX,
         })
         .await
         .unwrap();
@@ -987,6 +991,46 @@ async fn draining_nodes_hand_over_and_leave(h: Handle) {
         errno(s.find_node("127.0.0.1:7001").await.unwrap_err()),
         libc::ENOENT
     );
+}
+
+async fn full_reports_are_fenced_and_keep_deletions(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let report = |i: usize, chunk_ids: Vec<u64>, listed_after_ms: i64| RegisterArgs {
+        uuid: format!("uuid-{i}"),
+        addr: format!("127.0.0.1:{}", 7001 + i),
+        zone: String::new(),
+        capacity: 1 << 40,
+        used: 0,
+        chunk_ids,
+        listed_after_ms,
+    };
+    let replicas = |map: dfs_meta::store::ChunkMap| map.chunks[0].replicas.len();
+    // Node 0 listed its chunks before this commit: its report cannot show it.
+    let fence = dfs_meta::store::now_ms() - 1;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (c, holders) = write_chunk(s, f.ino, 0, 100, 100).await;
+    let i = nodes.iter().position(|n| *n == holders[0]).unwrap();
+    s.register_node(report(i, vec![], fence)).await.unwrap();
+    assert_eq!(replicas(s.get_chunks(f.ino, 0).await.unwrap()), 3, "kept");
+    // A list taken after the commit that lacks it: the node lost it.
+    s.register_node(report(i, vec![], i64::MAX)).await.unwrap();
+    assert_eq!(
+        replicas(s.get_chunks(f.ino, 0).await.unwrap()),
+        2,
+        "forgotten"
+    );
+    // A replica queued for deletion is not brought back by a report that
+    // still lists it: it is deleted.
+    let j = nodes.iter().position(|n| *n == holders[1]).unwrap();
+    s.forget_replica(c, holders[1], 1, 0).await.unwrap();
+    let (_, delete) = s.register_node(report(j, vec![c], i64::MAX)).await.unwrap();
+    assert_eq!(delete, vec![c]);
+    assert_eq!(replicas(s.get_chunks(f.ino, 0).await.unwrap()), 1);
+    // A report listing it without a queued deletion brings it back.
+    s.register_node(report(i, vec![c], i64::MAX)).await.unwrap();
+    assert_eq!(replicas(s.get_chunks(f.ino, 0).await.unwrap()), 2);
 }
 
 async fn bad_commits_change_nothing(h: Handle) {
@@ -1090,6 +1134,7 @@ async fn node_reconcile(h: Handle) {
             capacity: 1 << 40,
             used: 0,
             chunk_ids: vec![9999, pending],
+            listed_after_ms: i64::MAX,
         })
         .await
         .unwrap();
@@ -1106,6 +1151,7 @@ async fn node_reconcile(h: Handle) {
             capacity: 1 << 40,
             used: 0,
             chunk_ids: vec![c],
+            listed_after_ms: i64::MAX,
         })
         .await
         .unwrap();
@@ -1169,6 +1215,7 @@ async fn extra_replicas_are_trimmed(h: Handle) {
             capacity: 1 << 40,
             used: 1 << 39, // the fullest node
             chunk_ids: vec![],
+            listed_after_ms: i64::MAX,
         })
         .await
         .unwrap();

@@ -18,8 +18,11 @@ use crate::metrics::NodeMetrics;
 use crate::{disk_space, NodeIdentity};
 
 /// How often a node sends its full chunk list again, so meta and node agree on
-/// what exists even when a delete or a report was lost.
-const FULL_REPORT_EVERY: Duration = Duration::from_secs(300);
+/// what exists even when a delete or a report was lost: every 4 to 6 minutes,
+/// at random, so nodes started together do not all report in the same second.
+fn next_full_report() -> Duration {
+    Duration::from_secs(240 + rand::random::<u64>() % 121)
+}
 /// Repair copies one node makes at once.
 const PARALLEL_REPAIRS: usize = 4;
 
@@ -49,6 +52,14 @@ impl MetaLink {
     }
 
     async fn register(&mut self) -> Result<Duration, tonic::Status> {
+        // Meta's clock before the listing: what it records later is kept
+        // even when the list misses it.
+        let fence = self
+            .meta
+            .report_fence(pb::Empty {})
+            .await?
+            .into_inner()
+            .fence_ms;
         let store = self.store.clone();
         let chunk_ids = tokio::task::spawn_blocking(move || store.list())
             .await
@@ -64,6 +75,7 @@ impl MetaLink {
                 capacity_bytes: capacity,
                 used_bytes: used,
                 chunk_ids,
+                listed_after_ms: fence,
             })
             .await?
             .into_inner();
@@ -104,11 +116,12 @@ impl MetaLink {
                 }
             };
             let registered_at = Instant::now();
+            let full_report_after = next_full_report();
             loop {
                 if sleep_or_stop(interval, &shutdown).await {
                     return;
                 }
-                if registered_at.elapsed() > FULL_REPORT_EVERY {
+                if registered_at.elapsed() > full_report_after {
                     continue 'register;
                 }
                 let (capacity, used) = self.capacity();

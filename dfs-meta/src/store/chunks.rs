@@ -286,9 +286,10 @@ async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> R
         .execute(&mut *tx)
         .await?;
     for node in &c.node_ids {
-        sqlx::query("INSERT INTO replicas (chunk_id, node_id) VALUES ($1, $2)")
+        sqlx::query("INSERT INTO replicas (chunk_id, node_id, added_ms) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(*node as i64)
+            .bind(super::now_ms())
             .execute(&mut *tx)
             .await?;
     }

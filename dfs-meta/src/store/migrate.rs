@@ -37,6 +37,11 @@ const SQLITE: &[Migration] = &[
         name: "drain",
         sql: include_str!("../../../migrations/sqlite/0005_drain.sql"),
     },
+    Migration {
+        version: 6,
+        name: "replica_added",
+        sql: include_str!("../../../migrations/sqlite/0006_replica_added.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -64,6 +69,11 @@ const POSTGRES: &[Migration] = &[
         version: 5,
         name: "drain",
         sql: include_str!("../../../migrations/postgres/0005_drain.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "replica_added",
+        sql: include_str!("../../../migrations/postgres/0006_replica_added.sql"),
     },
 ];
 
