@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt clean install monitor bench
+.PHONY: run test chaos build lint fmt clean install monitor bench
 
 ## run: build and start a local cluster (meta + 3 nodes) in the foreground
 run:
@@ -13,6 +13,12 @@ run:
 ## test: the whole test suite (unit, conformance on SQLite and PostgreSQL, end to end)
 test:
 	scripts/test.sh
+
+## chaos: the fault-injection run for 10 minutes (make test runs it for 25 s)
+chaos:
+	scripts/install-deps.sh
+	$(CARGO) build --workspace --bins
+	DFS_CHAOS_SECS=$${DFS_CHAOS_SECS:-600} $(CARGO) test --workspace --test chaos -- --nocapture
 
 ## bench: dfs vs local disk, bindfs and MooseFS on this machine; writes docs/BENCHMARKS.md
 bench:
