@@ -107,6 +107,8 @@ impl Repairer {
             let command = pb::ReplicateCommand {
                 chunk_id: item.chunk_id,
                 targets: placement.targets.iter().map(node_ref).collect(),
+                stored_len: item.stored_len,
+                crc32c: item.crc32c,
             };
             let mut state = self.lock();
             state

@@ -185,6 +185,23 @@ impl ChunkStore {
             .unwrap_or_else(|| self.root.clone());
         fs::create_dir_all(&dir)?;
         let previous = fs::metadata(&final_path).ok().map(|m| m.len());
+        if previous.is_some() {
+            // Ids are written once: a retried write may bring the same bytes
+            // again, never others (a reused id would change a file's data).
+            match self.describe(w.id) {
+                Ok(held) if held == (w.length, w.crc32c) => {}
+                Ok(_) => {
+                    return Err(ChunkError::Invalid(format!(
+                        "chunk {} is already stored with other content",
+                        w.id
+                    )))
+                }
+                // Unreadable or corrupt (now moved aside): the new copy replaces it.
+                Err(_) => {}
+            }
+        }
+        // Again: a corrupt copy was just moved aside by `describe`.
+        let previous = fs::metadata(&final_path).ok().map(|m| m.len());
         let size = fs::metadata(&w.tmp)?.len();
         fs::rename(&w.tmp, &final_path)?;
         if durable {
@@ -561,6 +578,22 @@ mod tests {
         // A run past the announced length is refused.
         let mut w = store.begin_write(8, 10, 0).unwrap();
         assert!(w.append_zeros(11).is_err());
+    }
+
+    #[test]
+    fn an_id_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        write(&store, 9, b"first content").unwrap();
+        // The same bytes again (a retried write) are fine.
+        write(&store, 9, b"first content").unwrap();
+        // Other bytes under the same id are refused; the first stay.
+        assert!(matches!(
+            write(&store, 9, b"other content"),
+            Err(ChunkError::Invalid(_))
+        ));
+        assert_eq!(read_all(&store, 9, 0, u64::MAX).unwrap(), b"first content");
+        assert_eq!(store.chunk_count(), 1);
     }
 
     #[test]

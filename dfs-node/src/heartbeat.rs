@@ -219,8 +219,27 @@ struct Copier {
 }
 
 impl Copier {
-    /// Copies a local chunk to the targets (durably) and tells meta where it landed.
+    /// Copies a local chunk to the targets (durably) and tells meta where it
+    /// landed, or that it landed nowhere: meta then plans the copy again at
+    /// once (a target that died) instead of after the in-flight timeout.
     async fn copy(mut self, command: pb::ReplicateCommand) {
+        let id = command.chunk_id;
+        let stored = self.try_copy(&command).await;
+        let added = pb::ReplicaAddedRequest {
+            chunk_id: id,
+            node_ids: stored.clone(),
+        };
+        match self.meta.replica_added(added).await {
+            Ok(_) if stored.is_empty() => {}
+            Ok(_) => tracing::info!(chunk = id, to = ?stored, "repair copy done"),
+            Err(e) => {
+                tracing::warn!(chunk = id, error = %e.message(), "could not report a repair copy")
+            }
+        }
+    }
+
+    /// The copy itself; returns the nodes that stored it.
+    async fn try_copy(&mut self, command: &pb::ReplicateCommand) -> Vec<u64> {
         let id = command.chunk_id;
         let store = self.store.clone();
         let local = tokio::task::spawn_blocking(move || {
@@ -233,45 +252,39 @@ impl Copier {
             Ok::<_, crate::chunk_store::ChunkError>((Bytes::from(data), crc))
         })
         .await;
-        let (data, crc) = match local {
-            Ok(Ok(v)) => v,
-            Ok(Err(e @ crate::chunk_store::ChunkError::Corrupt { .. })) => {
-                // Quarantined by the store; meta must stop counting it.
-                tracing::error!(chunk = id, error = %e, "repair source is corrupt");
-                let _ = self
-                    .meta
-                    .report_bad_replica(pb::BadReplicaRequest {
-                        chunk_id: id,
-                        node_id: self.node_id,
-                    })
-                    .await;
-                return;
+        let corrupt = match local {
+            // The copy must be what the writer stored (meta's record): a
+            // different one is not the committed content.
+            Ok(Ok((data, crc)))
+                if data.len() as u64 == command.stored_len && crc == command.crc32c =>
+            {
+                let outcome =
+                    write_chain(&self.channels, id, &data, crc, true, &command.targets).await;
+                for (node, why) in &outcome.failed {
+                    tracing::warn!(chunk = id, node, error = %why, "repair copy failed");
+                }
+                self.metrics
+                    .repair_bytes
+                    .inc_by(data.len() as u64 * outcome.stored.len() as u64);
+                return outcome.stored;
             }
+            Ok(Ok(_)) => "local copy differs from the committed checksum".to_string(),
+            // Quarantined by the store.
+            Ok(Err(e @ crate::chunk_store::ChunkError::Corrupt { .. })) => e.to_string(),
             other => {
-                // Unavailable for now (EMFILE, EIO...): the copy is planned again later.
+                // Unavailable for now (EMFILE, EIO...): planned again.
                 tracing::warn!(chunk = id, result = ?other.err(), "repair source cannot read its copy now");
-                return;
+                return Vec::new();
             }
         };
-        let outcome = write_chain(&self.channels, id, &data, crc, true, &command.targets).await;
-        for (node, why) in &outcome.failed {
-            tracing::warn!(chunk = id, node, error = %why, "repair copy failed");
-        }
-        if outcome.stored.is_empty() {
-            return;
-        }
-        self.metrics
-            .repair_bytes
-            .inc_by(data.len() as u64 * outcome.stored.len() as u64);
-        let added = pb::ReplicaAddedRequest {
+        tracing::error!(chunk = id, reason = %corrupt, "repair source is corrupt");
+        let report = pb::BadReplicaRequest {
             chunk_id: id,
-            node_ids: outcome.stored.clone(),
+            node_id: self.node_id,
         };
-        match self.meta.replica_added(added).await {
-            Ok(_) => tracing::info!(chunk = id, to = ?outcome.stored, "repair copy done"),
-            Err(e) => {
-                tracing::warn!(chunk = id, error = %e.message(), "could not report a repair copy")
-            }
+        if let Err(e) = self.meta.report_bad_replica(report).await {
+            tracing::warn!(error = %e.message(), "could not report the bad chunk");
         }
+        Vec::new()
     }
 }

@@ -60,6 +60,9 @@ pub struct RepairItem {
     /// Live holders that count toward redundancy (not draining). A draining
     /// holder is still a source for copies.
     pub good: usize,
+    /// The chunk as its writer stored it (meta's record).
+    pub stored_len: u64,
+    pub crc32c: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -423,11 +426,17 @@ async fn short_chunks(
         .bind(count.chunk_id as i64)
         .fetch_all(&mut *conn)
         .await?;
+        let recorded = sqlx::query("SELECT stored_len, crc32c FROM chunks WHERE id = $1")
+            .bind(count.chunk_id as i64)
+            .fetch_one(&mut *conn)
+            .await?;
         let mut item = RepairItem {
             chunk_id: count.chunk_id,
             live_holders: Vec::new(),
             down_holders: Vec::new(),
             good: 0,
+            stored_len: recorded.try_get::<i64, _>(0)? as u64,
+            crc32c: recorded.try_get::<i64, _>(1)? as u32,
         };
         for row in rows {
             let id = row.try_get::<i64, _>(0)? as u64;
