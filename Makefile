@@ -14,11 +14,13 @@ run:
 test:
 	scripts/test.sh
 
-## chaos: the fault-injection run for 10 minutes (make test runs it for 25 s)
+## chaos: the fault-injection run for 10 minutes (make test runs it for 25 s), and
+## the time to full redundancy after a node with 1 GiB of data dies
 chaos:
 	scripts/install-deps.sh
 	$(CARGO) build --workspace --bins
 	DFS_CHAOS_SECS=$${DFS_CHAOS_SECS:-600} $(CARGO) test --workspace --test chaos -- --nocapture
+	DFS_HEAL_MIB=1024 $(CARGO) test --workspace --test faults self_healing -- --nocapture
 
 ## bench: dfs vs local disk, bindfs and MooseFS on this machine; writes docs/BENCHMARKS.md
 bench:

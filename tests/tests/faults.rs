@@ -55,3 +55,55 @@ fn fsync_with_a_stalled_replica_replaces_it_and_succeeds() {
     expected[0] = b'x';
     assert!(std::fs::read(&path).unwrap() == expected);
 }
+
+/// Prints the time from a node's death to full redundancy: 4 nodes, one
+/// killed (`DFS_HEAL_MIB` of data, 128 MiB here; `make chaos` uses 1 GiB).
+#[test]
+fn self_healing_time_is_measured() {
+    let mib: usize = std::env::var("DFS_HEAL_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
+    let mut c = Cluster::start(Options {
+        nodes: 4,
+        ..Options::default()
+    });
+    let f = c.random_file("f", mib << 20);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    let chunks = stat_chunks(&c.dfs_ok(&["stat", "/f"]));
+    let victim_id = chunks[0].1[0].0;
+    let victim = c.node_index(victim_id);
+    let held = chunks
+        .iter()
+        .filter(|(_, r)| r.iter().any(|(id, _)| *id == victim_id))
+        .count();
+    let start = Instant::now();
+    c.kill_node(victim);
+    c.wait_until("meta sees the node down", Duration::from_secs(60), |c| {
+        c.status_field("nodes").starts_with("3 up")
+    });
+    let detected = start.elapsed();
+    c.wait_until("full redundancy again", Duration::from_secs(600), |c| {
+        c.dfs(&["fsck"]).status.success()
+    });
+    let healed = start.elapsed();
+    eprintln!(
+        "self-healing: {mib} MiB in {} chunks, node holding {held} of them killed: \
+         seen down after {:.1} s (dead-after 3 s), full redundancy after {:.1} s \
+         ({:.1} s of copying)",
+        chunks.len(),
+        detected.as_secs_f64(),
+        healed.as_secs_f64(),
+        (healed - detected).as_secs_f64()
+    );
+    for (index, replicas) in stat_chunks(&c.dfs_ok(&["stat", "/f"])) {
+        let live = replicas
+            .iter()
+            .filter(|(id, down)| !down && *id != victim_id)
+            .count();
+        assert_eq!(live, 3, "chunk {index}: {replicas:?}");
+    }
+    let out = c.local("out");
+    c.dfs_ok(&["get", "/f", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&f).unwrap());
+}
