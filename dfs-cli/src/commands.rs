@@ -19,10 +19,10 @@ type Result<T> = std::result::Result<T, ClientError>;
 pub async fn run(cli: Cli) -> Result<()> {
     let mut meta = dfs_client::connect_meta(&cli.meta).await?;
     match cli.command {
-        Command::Status => status(&mut meta).await,
-        Command::Nodes => nodes(&mut meta).await,
+        Command::Status => status(&mut meta, cli.json).await,
+        Command::Nodes => nodes(&mut meta, cli.json).await,
         Command::Ls { path, long } => ls(&mut meta, &path, long).await,
-        Command::Stat { path } => stat(&mut meta, &path).await,
+        Command::Stat { path } => stat(&mut meta, &path, cli.json).await,
         Command::Mkdir { path, parents } => mkdir(&mut meta, &path, parents).await,
         Command::Rm { path, recursive } => rm(&mut meta, &path, recursive).await,
         Command::Put {
@@ -32,9 +32,56 @@ pub async fn run(cli: Cli) -> Result<()> {
             fsync,
         } => put(&mut meta, &local, &path, force, fsync).await,
         Command::Get { path, local } => get(&mut meta, &path, &local).await,
-        Command::Fsck { path, repair, json } => fsck(&mut meta, &path, repair, json).await,
+        Command::Fsck { path, repair } => fsck(&mut meta, &path, repair, cli.json).await,
         Command::Node { action } => node_admin(&mut meta, action).await,
     }
+}
+
+/// `dfs stat --json`: attributes, and for a file its chunks with their replicas.
+async fn stat_json(meta: &mut Meta, path: &str, a: &pb::Attr) -> Result<()> {
+    let ts = |t: Option<&pb::Timespec>| {
+        let t = t.copied().unwrap_or_default();
+        serde_json::json!({ "sec": t.sec, "nsec": t.nsec })
+    };
+    let mut doc = serde_json::json!({
+        "path": path, "ino": a.ino, "kind": kind_name(a.kind), "mode": a.mode,
+        "size": a.size, "nlink": a.nlink, "uid": a.uid, "gid": a.gid,
+        "version": a.version, "flags": a.flags,
+        "atime": ts(a.atime.as_ref()), "mtime": ts(a.mtime.as_ref()), "ctime": ts(a.ctime.as_ref()),
+    });
+    if a.kind == pb::FileKind::Regular as i32 {
+        let map = meta
+            .get_chunks(pb::GetChunksRequest { ino: a.ino })
+            .await?
+            .into_inner();
+        let status = meta.cluster_status(pb::Empty {}).await?.into_inner();
+        let up = |id: u64| {
+            status
+                .nodes
+                .iter()
+                .any(|n| n.node_id == id && n.state == "up")
+        };
+        let chunks: Vec<_> = map
+            .chunks
+            .iter()
+            .map(|c| {
+                let replicas: Vec<_> = c
+                    .replicas
+                    .iter()
+                    .map(|r| serde_json::json!({ "node_id": r.node_id, "addr": r.addr, "up": up(r.node_id) }))
+                    .collect();
+                serde_json::json!({
+                    "index": c.index, "id": c.chunk_id, "bytes": c.valid_len,
+                    "stored_bytes": c.stored_len, "crc32c": c.crc32c, "replicas": replicas,
+                })
+            })
+            .collect();
+        doc["chunk_size"] = map.chunk_size.into();
+        doc["replication"] = status.replication.into();
+        doc["chunks"] = chunks.into();
+    }
+    println!("{doc}");
+    Ok(())
 }
 
 /// `dfs node drain|undrain|remove NODE`. A drain waits, showing progress,
@@ -185,18 +232,32 @@ async fn fsck(meta: &mut Meta, path: &str, repair: bool, json: bool) -> Result<(
     })
 }
 
-async fn status(meta: &mut Meta) -> Result<()> {
+async fn status(meta: &mut Meta, json: bool) -> Result<()> {
     let s = meta.cluster_status(pb::Empty {}).await?.into_inner();
     let up: Vec<_> = s.nodes.iter().filter(|n| n.state == "up").collect();
     let capacity: u64 = up.iter().map(|n| n.capacity_bytes).sum();
     let used: u64 = up.iter().map(|n| n.used_bytes).sum();
-    let health = if s.lost_chunks > 0 {
-        "DATA UNAVAILABLE (chunks with no live replica)"
+    let (health, detail) = if s.lost_chunks > 0 {
+        ("DATA UNAVAILABLE", " (chunks with no live replica)")
     } else if s.under_replicated_chunks > 0 || up.len() < s.replication as usize {
-        "DEGRADED"
+        ("DEGRADED", "")
     } else {
-        "HEALTHY"
+        ("HEALTHY", "")
     };
+    if json {
+        let doc = serde_json::json!({
+            "health": health,
+            "nodes_up": up.len(), "nodes_down": s.nodes.len() - up.len(),
+            "capacity_bytes": capacity, "used_bytes": used,
+            "files": s.files, "directories": s.directories, "logical_bytes": s.logical_bytes,
+            "chunks": s.chunks, "replication": s.replication, "chunk_size": s.chunk_size,
+            "under_replicated_chunks": s.under_replicated_chunks,
+            "lost_chunks": s.lost_chunks, "replicas_awaiting_deletion": s.gc_pending,
+        });
+        println!("{doc}");
+        return Ok(());
+    }
+    let health = format!("{health}{detail}");
     println!("health: {health}");
     println!("nodes: {} up, {} down", up.len(), s.nodes.len() - up.len());
     println!(
@@ -223,8 +284,25 @@ async fn status(meta: &mut Meta) -> Result<()> {
     Ok(())
 }
 
-async fn nodes(meta: &mut Meta) -> Result<()> {
+async fn nodes(meta: &mut Meta, json: bool) -> Result<()> {
     let s = meta.cluster_status(pb::Empty {}).await?.into_inner();
+    if json {
+        let nodes: Vec<_> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.node_id, "addr": n.addr, "zone": n.zone, "state": n.state,
+                    "draining": n.draining, "capacity_bytes": n.capacity_bytes,
+                    "used_bytes": n.used_bytes, "replicas": n.replicas,
+                    "chunk_files": n.chunk_count,
+                    "last_heartbeat_age_ms": n.last_heartbeat_age_ms,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(nodes));
+        return Ok(());
+    }
     println!(
         "{:>4}  {:<22} {:<10} {:<8} {:>12} {:>12} {:>8} {:>9}",
         "ID", "ADDRESS", "STATE", "ZONE", "CAPACITY", "USED", "CHUNKS", "HEARTBEAT"
@@ -310,8 +388,11 @@ async fn ls(meta: &mut Meta, path: &str, long: bool) -> Result<()> {
     Ok(())
 }
 
-async fn stat(meta: &mut Meta, path: &str) -> Result<()> {
+async fn stat(meta: &mut Meta, path: &str, json: bool) -> Result<()> {
     let a = resolve(meta, path).await?;
+    if json {
+        return stat_json(meta, path, &a).await;
+    }
     println!("path: {path}");
     println!(
         "inode: {}  kind: {}  mode: {} ({:04o})",

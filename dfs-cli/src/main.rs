@@ -21,6 +21,9 @@ pub struct Cli {
         global = true
     )]
     meta: String,
+    /// One JSON document on stdout, for scripts (status, nodes, stat, fsck).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,9 +87,6 @@ pub enum Command {
         /// of waiting for meta's background rounds.
         #[arg(long)]
         repair: bool,
-        /// One JSON document on stdout, for scripts.
-        #[arg(long)]
-        json: bool,
     },
 }
 

@@ -448,6 +448,27 @@ fn fsck_names_the_files_at_risk() {
     assert!(text.contains("/a/f1: chunk 0"), "{text}");
     assert!(text.contains("/b/f2: chunk 2"), "{text}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("6 chunks of 2 files"));
+    // status, nodes and stat as JSON, for scripts.
+    let json =
+        |args: &[&str]| -> serde_json::Value { serde_json::from_str(&c.dfs_ok(args)).unwrap() };
+    let status = json(&["status", "--json"]);
+    assert_eq!(status["health"], "DEGRADED");
+    assert_eq!(
+        (status["nodes_up"].as_u64(), status["files"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let nodes = json(&["--json", "nodes"]);
+    let states: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.iter().filter(|s| **s == "down").count(), 1);
+    let stat = json(&["stat", "/a/f1", "--json"]);
+    assert_eq!(stat["size"].as_u64(), Some((2 << 20) + 5));
+    assert_eq!(stat["chunks"].as_array().unwrap().len(), 3);
+    assert_eq!(stat["chunks"][0]["replicas"].as_array().unwrap().len(), 3);
     // A subtree, as JSON.
     let out = c.dfs(&["fsck", "/a", "--json"]);
     assert_eq!(out.status.code(), Some(1));
