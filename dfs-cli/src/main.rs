@@ -108,6 +108,14 @@ pub enum NodeAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `dfs stat PATH | head`: a closed pipe ends the process quietly, as for
+    // any Unix tool, instead of a panic in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread
+    // of ours writes; no handler is installed.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
