@@ -87,6 +87,8 @@ pub struct Cluster {
     pub node_metrics: Vec<String>,
     meta: Option<Child>,
     nodes: Vec<(String, Option<Child>)>,
+    /// Extra command-line arguments per node index (`set_node_args`).
+    node_args: std::collections::HashMap<usize, Vec<String>>,
 }
 
 impl Cluster {
@@ -106,6 +108,7 @@ impl Cluster {
             node_metrics: Vec::new(),
             meta: None,
             nodes: Vec::new(),
+            node_args: Default::default(),
         };
         c.start_meta();
         for _ in 0..opts.nodes {
@@ -167,9 +170,16 @@ impl Cluster {
         &self.nodes[i].0
     }
 
+    /// Extra arguments node `i` gets from its next (re)start on.
+    pub fn set_node_args(&mut self, i: usize, args: &[&str]) {
+        self.node_args
+            .insert(i, args.iter().map(|a| a.to_string()).collect());
+    }
+
     pub fn restart_node(&mut self, i: usize) {
         let data = self.node_data(i);
         let mut cmd = Command::new(bin_dir().join("dfs-node"));
+        cmd.args(self.node_args.get(&i).into_iter().flatten());
         if let Some(m) = self.node_metrics.get(i) {
             cmd.args(["--metrics", m]);
         }

@@ -107,3 +107,70 @@ fn self_healing_time_is_measured() {
     c.dfs_ok(&["get", "/f", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&f).unwrap());
 }
+
+#[test]
+fn a_node_out_of_disk_space_costs_no_write() {
+    let mut c = Cluster::start(Options {
+        nodes: 4,
+        chunk_size: 1 << 20,
+        ..Options::default()
+    });
+    // Node 0 moves onto a 6 MiB disk (same identity, no data yet).
+    let data = c.node_data(0);
+    let uuid = std::fs::read(data.join("node-uuid")).unwrap();
+    assert!(c.stop_node(0));
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mount a small tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    std::fs::write(data.join("node-uuid"), uuid).unwrap();
+    // It claims a large disk, so placement keeps choosing it until it is
+    // full (as when something else fills the disk): ENOSPC mid-write.
+    c.set_node_args(0, &["--capacity", "1099511627776"]);
+    c.restart_node(0);
+    c.wait_nodes_up(4);
+    let m = c.mount("mnt");
+    // 48 MiB in 8 files: node 0 fills up along the way.
+    let mut files = Vec::new();
+    for i in 0..8 {
+        let bytes: Vec<u8> = (0..6 << 20).map(|j| (j % 241) as u8 ^ i as u8).collect();
+        let path = m.join(&format!("f{i}"));
+        std::fs::write(&path, &bytes).expect("a full node must not fail the write");
+        files.push((path, bytes));
+    }
+    for (path, bytes) in &files {
+        assert!(std::fs::read(path).unwrap() == *bytes, "{}", path.display());
+    }
+    let stat = c.dfs_ok(&["stat", "/f7"]);
+    for (index, replicas) in stat_chunks(&stat) {
+        assert_eq!(replicas.len(), 3, "chunk {index} has every copy: {stat}");
+    }
+    // Node 0 did take chunks until its disk was full.
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let avail: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    assert!(avail < 2 << 20, "node 0's disk has {avail} bytes free");
+    c.kill_node(0);
+}
