@@ -63,6 +63,8 @@ pub struct Options {
     pub dead_after_secs: u64,
     /// Give every daemon (and mount) a /metrics endpoint.
     pub metrics: bool,
+    /// Meta's `--gc-grace-secs` (its default when None).
+    pub gc_grace_secs: Option<u64>,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             chunk_size: 4 << 20,
             dead_after_secs: 3,
             metrics: false,
+            gc_grace_secs: None,
         }
     }
 }
@@ -130,6 +133,9 @@ impl Cluster {
         let mut cmd = Command::new(bin_dir().join("dfs-meta"));
         if let Some(m) = &self.meta_metrics {
             cmd.args(["--metrics", m]);
+        }
+        if let Some(g) = self.opts.gc_grace_secs {
+            cmd.args(["--gc-grace-secs", &g.to_string()]);
         }
         let child = cmd
             .args(["--listen", &self.meta_addr, "--store", &self.store_url])

@@ -314,6 +314,7 @@ async fn read_verified(
     use futures::stream::{FuturesUnordered, StreamExt};
     let mut problems = Vec::new();
     let mut bad = Vec::new();
+    let mut missing = 0;
     let read = |replica: &'_ pb::NodeRef| {
         let replica = replica.clone();
         async move {
@@ -369,7 +370,12 @@ async fn read_verified(
                 problems.push(format!("{}: {message}", replica.addr));
                 bad.push(replica.node_id);
             }
-            Err(e) => problems.push(format!("{}: {e}", replica.addr)),
+            Err(e) => {
+                if e.errno() == libc::ENOENT {
+                    missing += 1;
+                }
+                problems.push(format!("{}: {e}", replica.addr))
+            }
         }
     }
     if let (Some(meta), false) = (meta, bad.is_empty()) {
@@ -385,6 +391,11 @@ async fn read_verified(
     }
     if let Some(data) = found {
         return Ok(data);
+    }
+    if missing > 0 && missing == chunk.replicas.len() {
+        return Err(ClientError::ChunkGone {
+            chunk_id: chunk.chunk_id,
+        });
     }
     if chunk.replicas.is_empty() {
         problems.push("no replica is known".into());

@@ -11,6 +11,10 @@ pub enum ClientError {
     BadAddress(String),
     #[error("chunk {chunk_id}: no replica could be read ({detail})")]
     ChunkUnreadable { chunk_id: u64, detail: String },
+    /// Every replica's node said it no longer has the chunk: the file
+    /// changed since this chunk map was read (a newer map has the data).
+    #[error("chunk {chunk_id} is gone: the file changed")]
+    ChunkGone { chunk_id: u64 },
     #[error("chunk write failed: {0}")]
     WriteFailed(String),
     #[error("{0}")]
@@ -25,7 +29,9 @@ impl ClientError {
             ClientError::Remote { errno, .. } => *errno,
             ClientError::Unreachable(_) => libc::ETIMEDOUT,
             ClientError::BadAddress(_) => libc::EINVAL,
-            ClientError::ChunkUnreadable { .. } | ClientError::WriteFailed(_) => libc::EIO,
+            ClientError::ChunkUnreadable { .. }
+            | ClientError::ChunkGone { .. }
+            | ClientError::WriteFailed(_) => libc::EIO,
             ClientError::NoSpace(_) => libc::ENOSPC,
             ClientError::Local(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

@@ -8,6 +8,10 @@ pub enum FsError {
     Client(#[from] ClientError),
     #[error("{message}")]
     Errno { errno: i32, message: String },
+    /// A chunk of an older chunk map was deleted (the file changed): read
+    /// the new map and try again.
+    #[error("chunk {0} is gone: the file changed")]
+    ChunkGone(u64),
 }
 
 impl FsError {
@@ -22,7 +26,16 @@ impl FsError {
         match self {
             FsError::Client(e) => e.errno(),
             FsError::Errno { errno, .. } => *errno,
+            FsError::ChunkGone(_) => libc::EIO,
         }
+    }
+
+    /// The chunk map this came from is out of date (`ChunkGone`).
+    pub fn is_chunk_gone(&self) -> bool {
+        matches!(
+            self,
+            FsError::ChunkGone(_) | FsError::Client(ClientError::ChunkGone { .. })
+        )
     }
 }
 

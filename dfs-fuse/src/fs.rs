@@ -446,7 +446,18 @@ impl DfsFs {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.file_of(fh)?;
         let plan = file.lock().await.plan_read(&self.io, offset, size);
-        let data = self.io.complete_read(plan).await?;
+        let data = match self.io.complete_read(plan).await {
+            // The file changed on another mount and the chunks of the map
+            // this open read are deleted: read the new map and go on.
+            Err(e) if e.is_chunk_gone() => {
+                let mut f = file.lock().await;
+                f.reload_map(&self.io).await?;
+                let plan = f.plan_read(&self.io, offset, size);
+                drop(f);
+                self.io.complete_read(plan).await?
+            }
+            other => other?,
+        };
         self.io.metrics.read_bytes.inc_by(data.len() as u64);
         Ok(data)
     }

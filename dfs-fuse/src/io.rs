@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use dfs_client::chunk_io::{read_chunk, read_chunk_range};
-use dfs_client::Channels;
+use dfs_client::{Channels, ClientError};
 use dfs_proto::pb::{self, meta_client::MetaClient};
 use prost::bytes::Bytes;
 use tonic::transport::Channel;
@@ -19,7 +19,7 @@ use crate::memory::MemoryBudget;
 use crate::metrics::FuseMetrics;
 
 /// A chunk fetch in progress, shared by everyone who wants that chunk.
-type Fetch = Shared<BoxFuture<'static, Result<Bytes, (i32, String)>>>;
+type Fetch = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
 
 /// What the file system shares with every open file: the cluster and the cache.
 #[derive(Clone)]
@@ -75,7 +75,10 @@ impl Io {
                                 }
                                 Ok(data)
                             }
-                            Err(e) => Err((e.errno(), e.to_string())),
+                            Err(ClientError::ChunkGone { chunk_id }) => {
+                                Err(FetchError::Gone(chunk_id))
+                            }
+                            Err(e) => Err(FetchError::Failed(e.errno(), e.to_string())),
                         };
                         lock(&io.fetches).remove(&id);
                         result
@@ -86,11 +89,19 @@ impl Io {
                 .clone()
         };
         async move {
-            shared
-                .await
-                .map_err(|(errno, message)| FsError::new(errno, message))
+            shared.await.map_err(|e| match e {
+                FetchError::Gone(id) => FsError::ChunkGone(id),
+                FetchError::Failed(errno, message) => FsError::new(errno, message),
+            })
         }
     }
+}
+
+/// How a shared fetch failed (cloned to every waiter).
+#[derive(Clone, Debug)]
+pub enum FetchError {
+    Gone(u64),
+    Failed(i32, String),
 }
 
 /// Where a read's bytes from one committed chunk go.

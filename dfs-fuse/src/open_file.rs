@@ -158,6 +158,19 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Reads the chunk map again because a chunk of this one is gone (the
+    /// file changed elsewhere and the old chunk was deleted after meta's
+    /// grace period): what this mount has not changed itself is then read
+    /// from the new map.
+    pub async fn reload_map(&mut self, io: &Io) -> FsResult<()> {
+        if !self.changed {
+            return self.refresh(io).await;
+        }
+        let mut fresh = OpenFile::load(io, self.ino).await?;
+        self.committed = std::mem::take(&mut fresh.committed);
+        Ok(())
+    }
+
     /// Corrects attributes from meta with what this mount knows better: the
     /// size and times of writes it has not committed yet, and of its own
     /// commits or truncates when the reply left meta before they landed (an
@@ -295,14 +308,22 @@ impl OpenFile {
         if let Some((_, data)) = self.uploaded.get(&index) {
             return Ok(data.to_vec());
         }
-        match self.committed.get(&index) {
-            Some(chunk) => {
-                let data = io.chunk_bytes(chunk).await?;
-                let valid = (chunk.valid_len as usize).min(data.len());
-                Ok(data[..valid].to_vec())
+        let Some(mut chunk) = self.committed.get(&index).cloned() else {
+            return Ok(Vec::new());
+        };
+        let data = match io.chunk_bytes(&chunk).await {
+            Err(e) if e.is_chunk_gone() => {
+                self.reload_map(io).await?;
+                let Some(fresh) = self.committed.get(&index).cloned() else {
+                    return Ok(Vec::new());
+                };
+                chunk = fresh;
+                io.chunk_bytes(&chunk).await?
             }
-            None => Ok(Vec::new()),
-        }
+            other => other?,
+        };
+        let valid = (chunk.valid_len as usize).min(data.len());
+        Ok(data[..valid].to_vec())
     }
 
     /// Moves a dirty chunk to a background upload, waiting for room first.

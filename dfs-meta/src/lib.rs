@@ -33,6 +33,10 @@ pub struct Config {
     /// Orphans (unlinked while open) not released within this time are deleted:
     /// their client is gone.
     pub orphan_ttl: Duration,
+    /// A replica that became garbage is deleted on its node only this long
+    /// after, and once the change is durable: readers still holding the old
+    /// chunk map go on reading it meanwhile.
+    pub gc_grace: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +50,7 @@ impl Default for Config {
             dead_after: Duration::from_secs(10),
             repair_interval: Duration::from_secs(2),
             orphan_ttl: Duration::from_secs(24 * 3600),
+            gc_grace: Duration::from_secs(10),
         }
     }
 }

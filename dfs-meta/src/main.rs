@@ -33,6 +33,10 @@ struct Args {
     /// client, is deleted.
     #[arg(long, default_value_t = 24)]
     orphan_ttl_hours: u64,
+    /// Seconds a replica that became garbage is kept before its node deletes
+    /// it (readers holding the old chunk map go on meanwhile)
+    #[arg(long, default_value_t = 10)]
+    gc_grace_secs: u64,
     /// Heartbeat interval nodes are told to use, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     heartbeat_ms: u64,
@@ -52,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         min_write_replicas: args.min_write_replicas,
         dead_after: Duration::from_secs(args.dead_after_secs.max(1)),
         orphan_ttl: Duration::from_secs(args.orphan_ttl_hours.max(1) * 3600),
+        gc_grace: Duration::from_secs(args.gc_grace_secs),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 60_000)),
         repair_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 2_000)),
     };

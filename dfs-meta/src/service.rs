@@ -432,14 +432,25 @@ impl Meta for MetaService {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatReply> {
         let r = req.into_inner();
         self.observe("Heartbeat", async {
+            // Deletions go out after the grace period, and only for changes
+            // already on meta's disk: a power cut cannot bring back a file
+            // whose chunks a node has deleted.
+            let after_grace = store::now_ms() - self.config.gc_grace.as_millis() as i64;
+            if self.store.durable_before_ms() < after_grace {
+                self.store.sync().await?;
+            }
+            let release_before = after_grace.min(self.store.durable_before_ms());
             let deletes = self
                 .store
-                .heartbeat(HeartbeatInfo {
-                    node_id: r.node_id,
-                    capacity: r.capacity_bytes,
-                    used: r.used_bytes,
-                    chunk_count: r.chunk_count,
-                })
+                .heartbeat(
+                    HeartbeatInfo {
+                        node_id: r.node_id,
+                        capacity: r.capacity_bytes,
+                        used: r.used_bytes,
+                        chunk_count: r.chunk_count,
+                    },
+                    release_before,
+                )
                 .await?;
             Ok(match deletes {
                 None => pb::HeartbeatReply {

@@ -676,13 +676,24 @@ async fn chunk_commit_and_gc(h: Handle) {
     // Overwriting chunk 0 queues the old one for deletion on its nodes.
     let (c0b, _) = write_chunk(s, f.ino, 0, u64::from(CS), u64::from(CS) + 100).await;
     assert_ne!(c0, c0b);
+    // Not before the grace period and durability watermark the caller gives.
+    let early = HeartbeatInfo {
+        node_id: nodes[0],
+        capacity: 1 << 40,
+        used: 0,
+        chunk_count: 0,
+    };
+    assert_eq!(s.heartbeat(early, 0).await.unwrap(), Some(vec![]));
     let del = s
-        .heartbeat(HeartbeatInfo {
-            node_id: nodes[0],
-            capacity: 1 << 40,
-            used: 0,
-            chunk_count: 0,
-        })
+        .heartbeat(
+            HeartbeatInfo {
+                node_id: nodes[0],
+                capacity: 1 << 40,
+                used: 0,
+                chunk_count: 0,
+            },
+            i64::MAX,
+        )
         .await
         .unwrap();
     assert_eq!(del, Some(vec![c0]));
@@ -700,12 +711,15 @@ async fn chunk_commit_and_gc(h: Handle) {
     assert_eq!(map.chunks.len(), 1);
     assert_eq!(map.chunks[0].valid_len, 10);
     let del = s
-        .heartbeat(HeartbeatInfo {
-            node_id: nodes[1],
-            capacity: 1 << 40,
-            used: 0,
-            chunk_count: 0,
-        })
+        .heartbeat(
+            HeartbeatInfo {
+                node_id: nodes[1],
+                capacity: 1 << 40,
+                used: 0,
+                chunk_count: 0,
+            },
+            i64::MAX,
+        )
         .await
         .unwrap();
     let mut del = del.unwrap();
@@ -713,12 +727,15 @@ async fn chunk_commit_and_gc(h: Handle) {
     assert_eq!(del, vec![c0, c1]);
     s.unlink(ROOT_INO, b"f", false).await.unwrap();
     let del = s
-        .heartbeat(HeartbeatInfo {
-            node_id: nodes[2],
-            capacity: 1 << 40,
-            used: 0,
-            chunk_count: 0,
-        })
+        .heartbeat(
+            HeartbeatInfo {
+                node_id: nodes[2],
+                capacity: 1 << 40,
+                used: 0,
+                chunk_count: 0,
+            },
+            i64::MAX,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -728,12 +745,15 @@ async fn chunk_commit_and_gc(h: Handle) {
     );
     assert_eq!(s.cluster_counts(0).await.unwrap().chunks, 0);
     assert_eq!(
-        s.heartbeat(HeartbeatInfo {
-            node_id: 999,
-            capacity: 0,
-            used: 0,
-            chunk_count: 0
-        })
+        s.heartbeat(
+            HeartbeatInfo {
+                node_id: 999,
+                capacity: 0,
+                used: 0,
+                chunk_count: 0
+            },
+            i64::MAX
+        )
         .await
         .unwrap(),
         None
@@ -757,12 +777,15 @@ async fn punched_chunks_leave_the_map(h: Handle) {
     let left: Vec<u64> = map.chunks.iter().map(|c| c.chunk_id).collect();
     assert_eq!(left, vec![ids[0], ids[3]]);
     let del = s
-        .heartbeat(HeartbeatInfo {
-            node_id: nodes[0],
-            capacity: 1 << 40,
-            used: 0,
-            chunk_count: 0,
-        })
+        .heartbeat(
+            HeartbeatInfo {
+                node_id: nodes[0],
+                capacity: 1 << 40,
+                used: 0,
+                chunk_count: 0,
+            },
+            i64::MAX,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -911,7 +934,10 @@ async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
     let map = s.get_chunks(f.ino, 0).await.unwrap();
     assert_eq!(map.chunks[0].replicas.len(), 2, "no longer served");
     // Not deleted: the chunk is short of good copies.
-    assert_eq!(s.heartbeat(beat(holders[1])).await.unwrap(), Some(vec![]));
+    assert_eq!(
+        s.heartbeat(beat(holders[1]), i64::MAX).await.unwrap(),
+        Some(vec![])
+    );
     assert_eq!(s.release_quarantine(0).await.unwrap(), 0);
     // A fourth node gets a good copy: the quarantined one may go now.
     let (fourth, _) = s
@@ -928,12 +954,15 @@ async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
         .unwrap();
     s.replica_added(c, &[fourth]).await.unwrap();
     assert_eq!(s.release_quarantine(0).await.unwrap(), 1);
-    assert_eq!(s.heartbeat(beat(holders[1])).await.unwrap(), Some(vec![c]));
+    assert_eq!(
+        s.heartbeat(beat(holders[1]), i64::MAX).await.unwrap(),
+        Some(vec![c])
+    );
     // A quarantined replica of a chunk that is deleted goes with it.
     let (d, dh) = write_chunk(s, f.ino, 1, 100, u64::from(CS) + 100).await;
     s.quarantine_replica(d, dh[0]).await.unwrap();
     s.unlink(ROOT_INO, b"f", false).await.unwrap();
-    let mut deleted = s.heartbeat(beat(dh[0])).await.unwrap().unwrap();
+    let mut deleted = s.heartbeat(beat(dh[0]), i64::MAX).await.unwrap().unwrap();
     deleted.sort_unstable();
     assert!(deleted.contains(&d), "{deleted:?}");
     assert!(nodes.contains(&dh[0]));
@@ -1173,12 +1202,15 @@ async fn under_replication_is_seen(h: Handle) {
     tokio::time::sleep(Duration::from_millis(30)).await;
     let cutoff = dfs_meta::store::now_ms();
     for n in &nodes[..2] {
-        s.heartbeat(HeartbeatInfo {
-            node_id: *n,
-            capacity: 1 << 40,
-            used: 0,
-            chunk_count: 1,
-        })
+        s.heartbeat(
+            HeartbeatInfo {
+                node_id: *n,
+                capacity: 1 << 40,
+                used: 0,
+                chunk_count: 1,
+            },
+            i64::MAX,
+        )
         .await
         .unwrap();
     }
@@ -1236,12 +1268,15 @@ async fn extra_replicas_are_trimmed(h: Handle) {
     tokio::time::sleep(Duration::from_millis(30)).await;
     let cutoff = dfs_meta::store::now_ms();
     for n in [nodes[0], nodes[1], fourth] {
-        s.heartbeat(HeartbeatInfo {
-            node_id: n,
-            capacity: 1 << 40,
-            used: 0,
-            chunk_count: 1,
-        })
+        s.heartbeat(
+            HeartbeatInfo {
+                node_id: n,
+                capacity: 1 << 40,
+                used: 0,
+                chunk_count: 1,
+            },
+            i64::MAX,
+        )
         .await
         .unwrap();
     }
@@ -1256,12 +1291,15 @@ async fn extra_replicas_are_trimmed(h: Handle) {
     assert!(s.over_replicated(0, 100).await.unwrap().is_empty());
     // The dropped copy is garbage for its node.
     let garbage = s
-        .heartbeat(HeartbeatInfo {
-            node_id: fourth,
-            capacity: 1 << 40,
-            used: 0,
-            chunk_count: 1,
-        })
+        .heartbeat(
+            HeartbeatInfo {
+                node_id: fourth,
+                capacity: 1 << 40,
+                used: 0,
+                chunk_count: 1,
+            },
+            i64::MAX,
+        )
         .await
         .unwrap();
     assert_eq!(garbage, Some(vec![c]));
@@ -1351,12 +1389,15 @@ async fn open_files_survive_unlink_as_orphans(h: Handle) {
     s.release_orphan(f.ino).await.unwrap();
     assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
     let del = s
-        .heartbeat(HeartbeatInfo {
-            node_id: nodes[0],
-            capacity: 1 << 40,
-            used: 0,
-            chunk_count: 0,
-        })
+        .heartbeat(
+            HeartbeatInfo {
+                node_id: nodes[0],
+                capacity: 1 << 40,
+                used: 0,
+                chunk_count: 0,
+            },
+            i64::MAX,
+        )
         .await
         .unwrap();
     assert_eq!(del.unwrap().len(), 2, "both chunks collected");

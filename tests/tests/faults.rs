@@ -174,3 +174,33 @@ fn a_node_out_of_disk_space_costs_no_write() {
     assert!(avail < 2 << 20, "node 0's disk has {avail} bytes free");
     c.kill_node(0);
 }
+
+#[test]
+fn a_reader_whose_chunks_were_deleted_reads_the_new_map() {
+    let c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        gc_grace_secs: Some(1),
+        ..Options::default()
+    });
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    let old: Vec<u8> = (0..3 << 20).map(|i| (i % 199) as u8).collect();
+    std::fs::write(b.join("f"), &old).unwrap();
+    // Open on mount A (its chunk map is read; none of the chunks is in its
+    // cache), nothing read yet.
+    let mut reader = std::fs::File::open(a.join("f")).unwrap();
+    // Mount B replaces the content: the old chunks become garbage, and the
+    // nodes delete them after meta's grace period.
+    let new: Vec<u8> = (0..3 << 20).map(|i| (i % 157) as u8).collect();
+    std::fs::write(b.join("f"), &new).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    c.wait_until(
+        "old chunks deleted on the nodes",
+        Duration::from_secs(30),
+        |c| c.status_field("replicas awaiting deletion") == "0",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // A's reader gets the file as it is now, not EIO.
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut got).expect("no EIO for a changed file");
+    assert!(got == new, "the new content");
+}

@@ -387,7 +387,8 @@ fn unlinked_open_files_live_until_the_last_close() {
     c.wait_until("orphans deleted", Duration::from_secs(10), |c| {
         c.status_field("files").starts_with("1 ")
     });
-    c.wait_until("their chunks collected", Duration::from_secs(10), |c| {
+    // Deleted on the nodes after meta's grace period (10 s).
+    c.wait_until("their chunks collected", Duration::from_secs(40), |c| {
         c.status_field("chunks").starts_with("1 ")
             && c.status_field("replicas awaiting deletion") == "0"
     });

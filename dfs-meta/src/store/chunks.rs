@@ -335,10 +335,21 @@ pub(crate) async fn truncate_map(
 async fn release_chunks(tx: &mut AnyConnection, ino: u64, from: i64, to: i64) -> Result<()> {
     let ino = to_i64(ino, "inode")?;
     let selected = "SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3";
+    for holders in ["replicas", "quarantined_replicas"] {
+        sqlx::query(&format!(
+            "INSERT INTO gc_replicas (chunk_id, node_id, queued_ms)
+             SELECT chunk_id, node_id, CAST($4 AS BIGINT) FROM {holders} WHERE chunk_id IN ({selected})
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(ino)
+        .bind(from)
+        .bind(to)
+        .bind(super::now_ms())
+        .execute(&mut *tx)
+        .await?;
+    }
     for statement in [
-        format!("INSERT INTO gc_replicas (chunk_id, node_id) SELECT chunk_id, node_id FROM replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM replicas WHERE chunk_id IN ({selected})"),
-        format!("INSERT INTO gc_replicas (chunk_id, node_id) SELECT chunk_id, node_id FROM quarantined_replicas WHERE chunk_id IN ({selected}) ON CONFLICT DO NOTHING"),
         format!("DELETE FROM quarantined_replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM chunks WHERE id IN ({selected})"),
         "DELETE FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3".to_string(),

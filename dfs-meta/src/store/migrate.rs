@@ -42,6 +42,11 @@ const SQLITE: &[Migration] = &[
         name: "replica_added",
         sql: include_str!("../../../migrations/sqlite/0006_replica_added.sql"),
     },
+    Migration {
+        version: 7,
+        name: "gc_queued",
+        sql: include_str!("../../../migrations/sqlite/0007_gc_queued.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -74,6 +79,11 @@ const POSTGRES: &[Migration] = &[
         version: 6,
         name: "replica_added",
         sql: include_str!("../../../migrations/postgres/0006_replica_added.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "gc_queued",
+        sql: include_str!("../../../migrations/postgres/0007_gc_queued.sql"),
     },
 ];
 

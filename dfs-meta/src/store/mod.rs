@@ -83,6 +83,9 @@ pub struct Store {
     backend: Backend,
     chunk_size: u32,
     replication: u32,
+    /// Every transaction committed before this time (ms) is on disk: the
+    /// start of the last successful `sync`.
+    durable_before_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Store {
@@ -138,10 +141,12 @@ impl Store {
             backend,
             chunk_size,
             replication,
+            durable_before_ms: Default::default(),
         };
         if backend == Backend::Sqlite {
             store.skip_unsynced_ids().await?;
         }
+        store.sync().await?;
         Ok(store)
     }
 
@@ -187,10 +192,17 @@ impl Store {
         Ok(tx)
     }
 
+    /// Everything committed before this time (ms) is durable (see `sync`).
+    pub fn durable_before_ms(&self) -> i64 {
+        self.durable_before_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Makes every transaction committed so far durable on disk. On SQLite a
     /// passive checkpoint fsyncs the WAL (and then the database file); on
     /// PostgreSQL each commit was already flushed.
     pub async fn sync(&self) -> Result<()> {
+        let started_ms = now_ms();
         if self.backend == Backend::Sqlite {
             let started = std::time::Instant::now();
             let mut conn = self.pool.acquire().await?;
@@ -203,6 +215,8 @@ impl Store {
                 .observe(started.elapsed(), result.as_ref().err());
             result?;
         }
+        self.durable_before_ms
+            .fetch_max(started_ms, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -127,8 +127,14 @@ impl Store {
     }
 
     /// Records a heartbeat. Returns None for a node meta does not know (it must
-    /// register again), else the chunk ids it should delete.
-    pub async fn heartbeat(&self, hb: HeartbeatInfo) -> Result<Option<Vec<u64>>> {
+    /// register again), else the chunk ids it should delete: those queued
+    /// before `queued_before_ms` (the caller's grace period and durability
+    /// watermark).
+    pub async fn heartbeat(
+        &self,
+        hb: HeartbeatInfo,
+        queued_before_ms: i64,
+    ) -> Result<Option<Vec<u64>>> {
         in_tx!(self, |tx| {
             let id = to_i64(hb.node_id, "node id")?;
             let updated = sqlx::query(
@@ -145,9 +151,11 @@ impl Store {
                 return Ok(None);
             }
             let ids: Vec<i64> = sqlx::query(
-                "SELECT chunk_id FROM gc_replicas WHERE node_id = $1 ORDER BY chunk_id LIMIT 1000",
+                "SELECT chunk_id FROM gc_replicas WHERE node_id = $1 AND queued_ms < $2
+                 ORDER BY chunk_id LIMIT 1000",
             )
             .bind(id)
+            .bind(queued_before_ms)
             .fetch_all(&mut *tx)
             .await?
             .iter()
@@ -195,11 +203,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 } else if !present {
-                    sqlx::query("INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2)")
-                        .bind(chunk)
-                        .bind(node)
-                        .execute(&mut *tx)
-                        .await?;
+                    queue_deletion(&mut tx, chunk, node).await?;
                 }
             }
             Ok(())
@@ -313,13 +317,7 @@ impl Store {
                 .bind(node)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
-                    "INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                )
-                .bind(chunk)
-                .bind(node)
-                .execute(&mut *tx)
-                .await?;
+                queue_deletion(&mut tx, chunk, node).await?;
                 Ok(true)
             })?;
             released += usize::from(done);
@@ -573,14 +571,22 @@ async fn replica_to_garbage(conn: &mut AnyConnection, chunk: i64, node: i64) -> 
     if removed == 0 {
         return Ok(false);
     }
+    queue_deletion(conn, chunk, node).await?;
+    Ok(true)
+}
+
+/// Queues `node`'s copy of `chunk` for deletion (handed out by `heartbeat`
+/// after the grace period, once durable).
+async fn queue_deletion(conn: &mut AnyConnection, chunk: i64, node: i64) -> Result<()> {
     sqlx::query(
-        "INSERT INTO gc_replicas (chunk_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        "INSERT INTO gc_replicas (chunk_id, node_id, queued_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )
     .bind(chunk)
     .bind(node)
+    .bind(now_ms())
     .execute(&mut *conn)
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Nodes whose last heartbeat is at or after `cutoff_ms`.
