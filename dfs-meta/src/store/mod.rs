@@ -31,6 +31,7 @@ mod metrics;
 mod migrate;
 mod namespace;
 mod nodes;
+mod reconcile;
 mod rows;
 
 use std::time::Duration;

@@ -1,6 +1,5 @@
 //! The node registry, replica bookkeeping, and the reads repair and status need.
 
-use std::collections::HashSet;
 
 use sqlx::{AnyConnection, Row};
 
@@ -121,7 +120,14 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            let delete = reconcile(&mut tx, id, &args.chunk_ids, args.listed_after_ms, now).await?;
+            let delete = super::reconcile::reconcile(
+                &mut tx,
+                id,
+                &args.chunk_ids,
+                args.listed_after_ms,
+                now,
+            )
+            .await?;
             Ok((id as u64, delete))
         })
     }
@@ -651,98 +657,4 @@ pub(crate) fn node_from_row(row: &sqlx::any::AnyRow) -> Result<NodeRecord> {
         last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
         draining: row.try_get::<i64, _>("draining")? != 0,
     })
-}
-
-/// Matches a node's chunk report against the map: reported chunks the map
-/// references become replicas again, unless their deletion on this node is
-/// queued (then they are deleted); unknown ones are garbage (unless a write
-/// still in flight allocated them); and replicas the node no longer has are
-/// forgotten, but only those recorded before it began listing
-/// (`listed_after_ms`): a chunk committed meanwhile may be missing from the list.
-async fn reconcile(
-    tx: &mut AnyConnection,
-    node: i64,
-    reported: &[u64],
-    listed_after_ms: i64,
-    now: i64,
-) -> Result<Vec<u64>> {
-    sqlx::query("DELETE FROM chunk_allocations WHERE allocated_ms < $1")
-        .bind(now - ALLOCATION_TTL_MS)
-        .execute(&mut *tx)
-        .await?;
-    let ids = |rows: Vec<sqlx::any::AnyRow>| -> Result<HashSet<u64>> {
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0).map(|v| v as u64))
-            .collect::<Result<_, _>>()?)
-    };
-    let known = ids(
-        sqlx::query("SELECT chunk_id FROM replicas WHERE node_id = $1")
-            .bind(node)
-            .fetch_all(&mut *tx)
-            .await?,
-    )?;
-    let recorded_before = ids(sqlx::query(
-        "SELECT chunk_id FROM replicas WHERE node_id = $1 AND added_ms < $2",
-    )
-    .bind(node)
-    .bind(listed_after_ms)
-    .fetch_all(&mut *tx)
-    .await?)?;
-    let queued_for_deletion = ids(sqlx::query(
-        "SELECT chunk_id FROM gc_replicas WHERE node_id = $1",
-    )
-    .bind(node)
-    .fetch_all(&mut *tx)
-    .await?)?;
-    let reported_set: HashSet<u64> = reported.iter().copied().collect();
-    let mut delete = Vec::new();
-    for &chunk in reported_set.difference(&known) {
-        let Ok(id) = i64::try_from(chunk) else {
-            delete.push(chunk);
-            continue;
-        };
-        if queued_for_deletion.contains(&chunk) {
-            // Trimmed or released while the node was away: still garbage.
-            delete.push(chunk);
-            continue;
-        }
-        let referenced = sqlx::query("SELECT 1 FROM chunks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if referenced {
-            sqlx::query("INSERT INTO replicas (chunk_id, node_id, added_ms) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(node)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            continue;
-        }
-        let in_flight = sqlx::query("SELECT 1 FROM chunk_allocations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if !in_flight {
-            delete.push(chunk);
-        }
-    }
-    for &chunk in recorded_before.difference(&reported_set) {
-        sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
-            .bind(chunk as i64)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
-    }
-    // Deletions queued for this node are covered by this report: the chunks
-    // it reported are in `delete`, the others it no longer has.
-    sqlx::query("DELETE FROM gc_replicas WHERE node_id = $1")
-        .bind(node)
-        .execute(&mut *tx)
-        .await?;
-    delete.sort_unstable();
-    Ok(delete)
 }
