@@ -1,6 +1,5 @@
 //! The node registry, replica bookkeeping, and the reads repair and status need.
 
-
 use sqlx::{AnyConnection, Row};
 
 use super::rows::to_i64;
