@@ -546,6 +546,44 @@ pub fn stat_chunks(stat: &str) -> Vec<(u64, Vec<(u64, bool)>)> {
         .collect()
 }
 
+/// Sends `signal` (STOP, CONT, KILL...) to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// Sets a process's soft limit on open files (prlimit; the hard limit
+/// stays, so it can be raised again). Returns the soft limit it had.
+pub fn set_open_file_limit(pid: u32, soft: &str) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let old = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .to_string();
+    let out = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    old
+}
+
+/// How many files a process has open now.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
 /// The admin URL of the test PostgreSQL server, if one is configured.
 pub fn postgres_admin_url() -> Option<String> {
     match std::env::var("DFS_TEST_POSTGRES_URL") {

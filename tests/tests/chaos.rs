@@ -158,14 +158,7 @@ fn chunk_files(data: &Path) -> Vec<std::path::PathBuf> {
 /// open, then restored.
 fn inject(c: &mut Cluster, rng: &mut StdRng, hold: Duration, flipped: &mut usize) -> String {
     let i = rng.gen_range(0..c.opts.nodes);
-    let pid = c.node_pid(i).unwrap().to_string();
-    let run = |args: &[&str]| {
-        let ok = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "{args:?}");
-    };
+    let pid = c.node_pid(i).unwrap();
     match rng.gen_range(0..4) {
         3 => {
             // A flipped byte in one stored chunk: readers must notice, use
@@ -191,25 +184,15 @@ fn inject(c: &mut Cluster, rng: &mut StdRng, hold: Duration, flipped: &mut usize
             format!("kill -9 node {i}, restarted after {hold:?}")
         }
         1 => {
-            run(&["kill", "-STOP", &pid]);
+            dfs_tests::signal(pid, "STOP");
             std::thread::sleep(hold);
-            run(&["kill", "-CONT", &pid]);
+            dfs_tests::signal(pid, "CONT");
             format!("SIGSTOP node {i} for {hold:?}")
         }
         _ => {
-            let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .unwrap()
-                .count();
-            let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-            let soft = limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .unwrap()
-                .to_string();
-            run(&["prlimit", "--pid", &pid, &format!("--nofile={open}:")]);
+            let soft = dfs_tests::set_open_file_limit(pid, &dfs_tests::open_files(pid).to_string());
             std::thread::sleep(hold);
-            run(&["prlimit", "--pid", &pid, &format!("--nofile={soft}:")]);
+            dfs_tests::set_open_file_limit(pid, &soft);
             format!("node {i} out of file descriptors for {hold:?}")
         }
     }

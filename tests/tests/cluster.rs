@@ -384,36 +384,14 @@ fn a_node_out_of_file_descriptors_loses_no_replica() {
     assert_eq!(files_before.len(), before.len());
     // Node 0 may open no new file (EMFILE) while readers come: reads it
     // serves fail, which says nothing about its data.
-    let pid = c.node_pid(0).unwrap().to_string();
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
-    // The soft limit only (the hard one stays, so it can be raised again).
-    let limit = |n: &str| {
-        let out = std::process::Command::new("prlimit")
-            .args(["--pid", &pid, &format!("--nofile={n}:")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .unwrap()
-        .to_string();
-    limit(&open.to_string());
+    let pid = c.node_pid(0).unwrap();
+    let soft = dfs_tests::set_open_file_limit(pid, &dfs_tests::open_files(pid).to_string());
     for i in 0..3 {
         let out = c.local(&format!("out{i}"));
         c.dfs_ok(&["get", "/f", out.to_str().unwrap()]);
         assert!(same_bytes(&f, &out), "read {i}");
     }
-    limit(&soft);
+    dfs_tests::set_open_file_limit(pid, &soft);
     // Meta still counts every replica, and node 0 still has every file: the
     // same files, not copies made again after a deletion.
     std::thread::sleep(Duration::from_secs(2));

@@ -9,17 +9,6 @@ use std::time::{Duration, Instant};
 
 use dfs_tests::{stat_chunks, Cluster, Options};
 
-/// Sends `signal` to node `i`'s process.
-fn signal(c: &Cluster, i: usize, signal: &str) {
-    let pid = c.node_pid(i).unwrap().to_string();
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{signal} {pid}");
-}
-
 #[test]
 fn fsync_with_a_stalled_replica_replaces_it_and_succeeds() {
     let c = Cluster::start(Options {
@@ -35,12 +24,13 @@ fn fsync_with_a_stalled_replica_replaces_it_and_succeeds() {
     let stalled = before[0].1[0].0;
     let index = c.node_index(stalled);
     // The node stops answering but keeps its connections (SIGSTOP).
-    signal(&c, index, "STOP");
+    let pid = c.node_pid(index).unwrap();
+    dfs_tests::signal(pid, "STOP");
     let mut f = OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all(b"x").unwrap();
     let start = Instant::now();
     let synced = f.sync_all();
-    signal(&c, index, "CONT");
+    dfs_tests::signal(pid, "CONT");
     synced.expect("fsync succeeds with one node of four stalled");
     assert!(start.elapsed() < Duration::from_secs(60));
     drop(f);

@@ -259,17 +259,7 @@ impl Store {
         in_tx!(self, |tx| {
             let chunk = to_i64(chunk_id, "chunk id")?;
             let node = to_i64(node_id, "node id")?;
-            let others: i64 = sqlx::query(
-                "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                 WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 AND n.draining = 0
-                   AND r.node_id <> $3",
-            )
-            .bind(chunk)
-            .bind(live_cutoff_ms)
-            .bind(node)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+            let others = good_replicas(&mut tx, chunk, live_cutoff_ms, Some(node)).await?;
             if others < i64::from(keep) {
                 return Err(StoreError::Busy(format!(
                     "chunk {chunk_id} would keep {others} good replicas, fewer than {keep}"
@@ -303,15 +293,7 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?
                     .is_some();
-                let good: i64 = sqlx::query(
-                    "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                     WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2",
-                )
-                .bind(chunk)
-                .bind(live_cutoff_ms)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+                let good = good_replicas(&mut tx, chunk, live_cutoff_ms, None).await?;
                 if exists && good < replication {
                     return Ok(false);
                 }
@@ -492,17 +474,7 @@ impl Store {
         in_tx!(self, |tx| {
             let chunk = to_i64(chunk_id, "chunk id")?;
             let node = to_i64(node_id, "node id")?;
-            let others: i64 = sqlx::query(
-                "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                 WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 AND n.draining = 0
-                   AND r.node_id <> $3",
-            )
-            .bind(chunk)
-            .bind(live_cutoff_ms)
-            .bind(node)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+            let others = good_replicas(&mut tx, chunk, live_cutoff_ms, Some(node)).await?;
             if others < replication {
                 return Ok(false);
             }
@@ -578,6 +550,28 @@ async fn replica_to_garbage(conn: &mut AnyConnection, chunk: i64, node: i64) -> 
     }
     queue_deletion(conn, chunk, node).await?;
     Ok(true)
+}
+
+/// Replicas of `chunk` that count toward its redundancy (on live nodes that
+/// are not draining), leaving out `except`'s: what the last-copy guard
+/// checks, in the caller's transaction, before a replica is forgotten.
+pub(crate) async fn good_replicas(
+    conn: &mut AnyConnection,
+    chunk: i64,
+    live_cutoff_ms: i64,
+    except: Option<i64>,
+) -> Result<i64> {
+    Ok(sqlx::query(
+        "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+         WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 AND n.draining = 0
+           AND r.node_id <> $3",
+    )
+    .bind(chunk)
+    .bind(live_cutoff_ms)
+    .bind(except.unwrap_or(-1))
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?)
 }
 
 /// Queues `node`'s copy of `chunk` for deletion (handed out by `heartbeat`
