@@ -440,6 +440,9 @@ impl Meta for MetaService {
                 self.store.sync().await?;
             }
             let release_before = after_grace.min(self.store.durable_before_ms());
+            self.store
+                .apply_chunk_changes(r.node_id, &r.added_chunk_ids, &r.removed_chunk_ids)
+                .await?;
             let deletes = self
                 .store
                 .heartbeat(

@@ -117,6 +117,7 @@ conformance!(
     draining_nodes_hand_over_and_leave,
     full_reports_are_fenced_and_keep_deletions,
     a_node_with_many_chunks_registers_in_batches,
+    heartbeats_carry_chunk_changes,
     bad_commits_change_nothing,
     node_reconcile,
     under_replication_is_seen,
@@ -1148,6 +1149,36 @@ async fn a_node_with_many_chunks_registers_in_batches(h: Handle) {
         again.as_secs_f64(),
         half.as_secs_f64()
     );
+}
+
+async fn heartbeats_carry_chunk_changes(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let (c, holders) = write_chunk(s, f.ino, 0, 100, 100).await;
+    let replicas = |map: dfs_meta::store::ChunkMap| -> Vec<u64> {
+        let mut ids: Vec<u64> = map.chunks[0].replicas.iter().map(|r| r.0).collect();
+        ids.sort_unstable();
+        ids
+    };
+    // A node lost the file: no longer a replica.
+    s.apply_chunk_changes(holders[0], &[], &[c]).await.unwrap();
+    assert_eq!(replicas(s.get_chunks(f.ino, 0).await.unwrap()).len(), 2);
+    // It has it again: a replica again; an unreferenced new file (a write in
+    // flight) changes nothing.
+    s.apply_chunk_changes(holders[0], &[c, 999_999], &[])
+        .await
+        .unwrap();
+    let mut all = nodes.clone();
+    all.sort_unstable();
+    assert_eq!(replicas(s.get_chunks(f.ino, 0).await.unwrap()), all);
+    // Reported twice: still one row.
+    s.apply_chunk_changes(holders[0], &[c], &[]).await.unwrap();
+    assert_eq!(replicas(s.get_chunks(f.ino, 0).await.unwrap()).len(), 3);
+    // Queued for deletion there: not brought back.
+    s.forget_replica(c, holders[1], 1, 0).await.unwrap();
+    s.apply_chunk_changes(holders[1], &[c], &[]).await.unwrap();
+    assert_eq!(replicas(s.get_chunks(f.ino, 0).await.unwrap()).len(), 2);
 }
 
 async fn bad_commits_change_nothing(h: Handle) {

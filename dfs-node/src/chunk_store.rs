@@ -69,6 +69,27 @@ pub struct ChunkStore {
     root: PathBuf,
     chunk_count: AtomicU64,
     used_bytes: AtomicU64,
+    /// Chunks installed and gone since the last heartbeat (`take_changes`).
+    changes: std::sync::Mutex<ChunkChanges>,
+}
+
+/// Chunk files that appeared and disappeared, for the next heartbeat.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChunkChanges {
+    pub added: HashSet<u64>,
+    pub removed: HashSet<u64>,
+}
+
+impl ChunkChanges {
+    fn add(&mut self, id: u64) {
+        self.removed.remove(&id);
+        self.added.insert(id);
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.added.remove(&id);
+        self.removed.insert(id);
+    }
 }
 
 struct Header {
@@ -89,6 +110,7 @@ impl ChunkStore {
         let store = ChunkStore {
             root: root.to_path_buf(),
             chunk_count: AtomicU64::new(0),
+            changes: Default::default(),
             used_bytes: AtomicU64::new(0),
         };
         let mut count = 0;
@@ -100,6 +122,28 @@ impl ChunkStore {
         store.chunk_count.store(count, Ordering::Relaxed);
         store.used_bytes.store(bytes, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// The changes since the last call. A heartbeat that fails hands them
+    /// back (`restore_changes`), so none is lost.
+    pub fn take_changes(&self) -> ChunkChanges {
+        std::mem::take(&mut *self.lock_changes())
+    }
+
+    /// Puts back changes a failed heartbeat could not deliver (newer ones win).
+    pub fn restore_changes(&self, older: ChunkChanges) {
+        let mut changes = self.lock_changes();
+        let newer = std::mem::replace(&mut *changes, older);
+        for id in newer.added {
+            changes.add(id);
+        }
+        for id in newer.removed {
+            changes.remove(id);
+        }
+    }
+
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, ChunkChanges> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn root(&self) -> &Path {
@@ -217,6 +261,7 @@ impl ChunkStore {
             }
         }
         self.used_bytes.fetch_add(size, Ordering::Relaxed);
+        self.lock_changes().add(w.id);
         Ok(())
     }
 
@@ -320,6 +365,7 @@ impl ChunkStore {
             if fs::rename(&path, self.root.join("corrupt").join(format!("{id:016x}"))).is_ok() {
                 self.chunk_count.fetch_sub(1, Ordering::Relaxed);
                 self.used_bytes.fetch_sub(meta.len(), Ordering::Relaxed);
+                self.lock_changes().remove(id);
             }
         }
         ChunkError::Corrupt { id, reason }
@@ -363,6 +409,7 @@ impl ChunkStore {
                         deleted += 1;
                         self.chunk_count.fetch_sub(1, Ordering::Relaxed);
                         self.used_bytes.fetch_sub(meta.len(), Ordering::Relaxed);
+                        self.lock_changes().remove(id);
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e.into()),
@@ -594,6 +641,25 @@ mod tests {
         ));
         assert_eq!(read_all(&store, 9, 0, u64::MAX).unwrap(), b"first content");
         assert_eq!(store.chunk_count(), 1);
+    }
+
+    #[test]
+    fn installs_and_deletions_are_kept_for_the_next_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        write(&store, 1, b"a").unwrap();
+        write(&store, 2, b"b").unwrap();
+        store.delete(&[1]).unwrap();
+        let changes = store.take_changes();
+        assert_eq!(changes.added, HashSet::from([2]));
+        assert_eq!(changes.removed, HashSet::from([1]));
+        assert_eq!(store.take_changes(), ChunkChanges::default());
+        // A heartbeat that failed hands them back; newer changes win.
+        store.delete(&[2]).unwrap();
+        store.restore_changes(changes);
+        let merged = store.take_changes();
+        assert!(merged.added.is_empty());
+        assert_eq!(merged.removed, HashSet::from([1, 2]));
     }
 
     #[test]

@@ -60,6 +60,8 @@ impl MetaLink {
             .await?
             .into_inner()
             .fence_ms;
+        // The full list covers every change so far.
+        self.store.take_changes();
         let store = self.store.clone();
         let chunk_ids = tokio::task::spawn_blocking(move || store.list())
             .await
@@ -125,16 +127,20 @@ impl MetaLink {
                     continue 'register;
                 }
                 let (capacity, used) = self.capacity();
+                let changes = self.store.take_changes();
                 let beat = pb::HeartbeatRequest {
                     node_id: self.identity.node_id(),
                     capacity_bytes: capacity,
                     used_bytes: used,
                     chunk_count: self.store.chunk_count(),
+                    added_chunk_ids: changes.added.iter().copied().collect(),
+                    removed_chunk_ids: changes.removed.iter().copied().collect(),
                 };
                 let reply = match self.meta.heartbeat(beat).await {
                     Ok(r) => r.into_inner(),
                     Err(e) => {
                         tracing::warn!(error = %e.message(), "heartbeat failed");
+                        self.store.restore_changes(changes);
                         continue;
                     }
                 };

@@ -183,6 +183,28 @@ impl Store {
         })
     }
 
+    /// Chunk files a node installed and lost since its last heartbeat
+    /// (`reconcile::apply_changes`), in one transaction.
+    pub async fn apply_chunk_changes(
+        &self,
+        node_id: u64,
+        added: &[u64],
+        removed: &[u64],
+    ) -> Result<()> {
+        if added.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        let node = to_i64(node_id, "node id")?;
+        in_tx!(self, |tx| super::reconcile::apply_changes(
+            &mut tx,
+            node,
+            added,
+            removed,
+            now_ms()
+        )
+        .await)
+    }
+
     /// A node now holds `chunk_id` (repair copied it there). A chunk that was
     /// deleted meanwhile is queued for deletion on that node instead.
     pub async fn replica_added(&self, chunk_id: u64, node_ids: &[u64]) -> Result<()> {

@@ -118,6 +118,55 @@ pub(crate) async fn reconcile(
     Ok(delete)
 }
 
+/// Applies a heartbeat's chunk changes (between full reports): a chunk file
+/// that is gone is no longer a replica; a new one that the map references
+/// and does not record on the node becomes one (unless its deletion there is
+/// queued). New files nothing references yet are writes in flight: left to
+/// their commit, or to the next full report.
+pub(crate) async fn apply_changes(
+    tx: &mut AnyConnection,
+    node: i64,
+    added: &[u64],
+    removed: &[u64],
+    now: i64,
+) -> Result<()> {
+    let removed: Vec<i64> = removed
+        .iter()
+        .filter_map(|id| i64::try_from(*id).ok())
+        .collect();
+    for batch in removed.chunks(BATCH) {
+        let sql = format!(
+            "DELETE FROM replicas WHERE node_id = $1 AND chunk_id IN ({})",
+            placeholders(2, batch.len())
+        );
+        let mut query = sqlx::query(&sql).bind(node);
+        for id in batch {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    let mut added: Vec<i64> = added
+        .iter()
+        .filter_map(|id| i64::try_from(*id).ok())
+        .collect();
+    added.sort_unstable();
+    let referenced = existing(tx, "chunks", &added).await?;
+    for id in added.into_iter().filter(|id| referenced.contains(id)) {
+        sqlx::query(
+            "INSERT INTO replicas (chunk_id, node_id, added_ms)
+             SELECT $1, $2, $3 WHERE NOT EXISTS
+               (SELECT 1 FROM replicas WHERE chunk_id = $1 AND node_id = $2)
+             AND NOT EXISTS (SELECT 1 FROM gc_replicas WHERE chunk_id = $1 AND node_id = $2)",
+        )
+        .bind(id)
+        .bind(node)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// `$from, $from+1, ...`: `n` numbered placeholders.
 fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)
