@@ -24,7 +24,16 @@ const MAX_WRITE_ROUNDS: usize = 6;
 #[derive(Debug, Default)]
 pub struct ChainOutcome {
     pub stored: Vec<u64>,
-    pub failed: Vec<(u64, String)>,
+    pub failed: Vec<ReplicaFailure>,
+}
+
+/// A node that did not store a chunk, and why.
+#[derive(Debug, Clone)]
+pub struct ReplicaFailure {
+    pub node_id: u64,
+    pub reason: String,
+    /// ENOSPC (its disk is full), ETIMEDOUT (stalled or unreachable), EIO...
+    pub errno: i32,
 }
 
 /// A chunk that is on enough nodes to be committed.
@@ -104,13 +113,17 @@ async fn write_down_chain(
         return ChainOutcome::default();
     };
     // When the head fails nothing is known of the rest: they stay untried, not failed.
-    let all_failed = |why: String| ChainOutcome {
+    let all_failed = |reason: String, errno: i32| ChainOutcome {
         stored: Vec::new(),
-        failed: vec![(first.node_id, why)],
+        failed: vec![ReplicaFailure {
+            node_id: first.node_id,
+            reason,
+            errno,
+        }],
     };
     let mut client = match channels.chunk(&first.addr) {
         Ok(c) => c,
-        Err(e) => return all_failed(e.to_string()),
+        Err(e) => return all_failed(e.to_string(), e.errno()),
     };
     let header = WriteChunkRequest {
         msg: Some(Msg::Header(WriteHeader {
@@ -139,12 +152,19 @@ async fn write_down_chain(
                 failed: reply
                     .failures
                     .into_iter()
-                    .map(|f| (f.node_id, f.message))
+                    .map(|f| ReplicaFailure {
+                        node_id: f.node_id,
+                        reason: f.message,
+                        errno: f.errno,
+                    })
                     .collect(),
             }
         }
-        Ok(Err(status)) => all_failed(format!("{}: {}", first.addr, status.message())),
-        Err(_) => all_failed(format!("{}: timed out", first.addr)),
+        Ok(Err(status)) => all_failed(
+            format!("{}: {}", first.addr, status.message()),
+            dfs_proto::errno_of(&status),
+        ),
+        Err(_) => all_failed(format!("{}: timed out", first.addr), libc::ETIMEDOUT),
     }
 }
 
@@ -174,12 +194,14 @@ pub async fn upload_chunk(
     let mut stored: Vec<u64> = Vec::new();
     let mut failed: HashSet<u64> = HashSet::new();
     let mut errors: Vec<String> = Vec::new();
+    let mut errnos: Vec<i32> = Vec::new();
     for _ in 0..MAX_WRITE_ROUNDS {
         let outcome = write_chain(channels, chunk_id, &data, crc32c, durable, &targets).await;
-        for (node, why) in &outcome.failed {
-            tracing::warn!(chunk_id, node, error = %why, "replica write failed");
-            failed.insert(*node);
-            errors.push(format!("node {node}: {why}"));
+        for f in &outcome.failed {
+            tracing::warn!(chunk_id, node = f.node_id, error = %f.reason, "replica write failed");
+            failed.insert(f.node_id);
+            errnos.push(f.errno);
+            errors.push(format!("node {}: {}", f.node_id, f.reason));
         }
         stored.extend(
             outcome
@@ -211,13 +233,20 @@ pub async fn upload_chunk(
         } else {
             errors.join("; ")
         };
-        return Err(ClientError::NoSpace(format!(
+        let message = format!(
             "chunk reached {} of {} replicas, at least {} needed: {}",
             stored.len(),
             replication,
             min_replicas,
             detail
-        )));
+        );
+        // ENOSPC only when space is what ran out: no node could be placed,
+        // or every node that failed was full. Stalls and errors are EIO.
+        return Err(if errnos.iter().all(|e| *e == libc::ENOSPC) {
+            ClientError::NoSpace(message)
+        } else {
+            ClientError::WriteFailed(message)
+        });
     }
     Ok(UploadedChunk {
         chunk_id,

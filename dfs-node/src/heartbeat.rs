@@ -266,8 +266,8 @@ impl Copier {
             {
                 let outcome =
                     write_chain(&self.channels, id, &data, crc, true, &command.targets).await;
-                for (node, why) in &outcome.failed {
-                    tracing::warn!(chunk = id, node, error = %why, "repair copy failed");
+                for f in &outcome.failed {
+                    tracing::warn!(chunk = id, node = f.node_id, error = %f.reason, "repair copy failed");
                 }
                 self.metrics
                     .repair_bytes

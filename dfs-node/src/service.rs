@@ -95,13 +95,18 @@ impl Chunk for ChunkService {
                 let next = next.clone();
                 let deadline = downstream_deadline_for(header.length as usize);
                 let task = tokio::spawn(async move {
-                    let mut client = channels.chunk(&next.addr).map_err(|e| e.to_string())?;
+                    let mut client = channels
+                        .chunk(&next.addr)
+                        .map_err(|e| (e.to_string(), e.errno()))?;
                     let call = client.write_chunk(ReceiverStream::new(rx));
                     match tokio::time::timeout(deadline, call).await {
-                        Ok(reply) => reply
-                            .map(|r| r.into_inner())
-                            .map_err(|s| format!("{}: {}", next.addr, s.message())),
-                        Err(_) => Err(format!("{}: timed out", next.addr)),
+                        Ok(reply) => reply.map(|r| r.into_inner()).map_err(|s| {
+                            (
+                                format!("{}: {}", next.addr, s.message()),
+                                dfs_proto::errno_of(&s),
+                            )
+                        }),
+                        Err(_) => Err((format!("{}: timed out", next.addr), libc::ETIMEDOUT)),
                     }
                 });
                 (Some(tx), Some(task))
@@ -152,14 +157,17 @@ impl Chunk for ChunkService {
             failures: vec![],
         };
         if let Some(task) = downstream {
-            let outcome = task.await.map_err(|e| e.to_string()).and_then(|r| r);
+            let outcome = task
+                .await
+                .map_err(|e| (e.to_string(), libc::EIO))
+                .and_then(|r| r);
             match outcome {
                 Ok(down) => {
                     self.metrics.replication_bytes.inc_by(bytes);
                     reply.stored.extend(down.stored);
                     reply.failures.extend(down.failures);
                 }
-                Err(message) => {
+                Err((message, errno)) => {
                     tracing::warn!(chunk = id, %message, "forwarding down the chain failed");
                     // The next node failed; those after it were never reached.
                     if let Some(next) = header.forward.first() {
@@ -167,6 +175,7 @@ impl Chunk for ChunkService {
                             addr: next.addr.clone(),
                             node_id: next.node_id,
                             message,
+                            errno,
                         });
                     }
                 }

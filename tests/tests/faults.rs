@@ -98,6 +98,40 @@ fn self_healing_time_is_measured() {
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&f).unwrap());
 }
 
+/// Unmounts a node's small disk when the test ends.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Restarts node `i` on a tmpfs of `size` (same identity, no data), claiming
+/// 1 TiB of capacity so that placement keeps choosing it.
+fn onto_small_disk(c: &mut Cluster, i: usize, size: &str) -> SmallDisk {
+    let data = c.node_data(i);
+    let uuid = std::fs::read(data.join("node-uuid")).unwrap();
+    assert!(c.stop_node(i));
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mount a small tmpfs");
+    let disk = SmallDisk(data.clone());
+    std::fs::write(data.join("node-uuid"), uuid).unwrap();
+    c.set_node_args(i, &["--capacity", "1099511627776"]);
+    c.restart_node(i);
+    disk
+}
+
 #[test]
 fn a_node_out_of_disk_space_costs_no_write() {
     let mut c = Cluster::start(Options {
@@ -105,34 +139,11 @@ fn a_node_out_of_disk_space_costs_no_write() {
         chunk_size: 1 << 20,
         ..Options::default()
     });
-    // Node 0 moves onto a 6 MiB disk (same identity, no data yet).
+    // Node 0 moves onto a 6 MiB disk. It claims a large disk, so placement
+    // keeps choosing it until it is full (as when something else fills the
+    // disk): ENOSPC mid-write.
+    let _small = onto_small_disk(&mut c, 0, "6m");
     let data = c.node_data(0);
-    let uuid = std::fs::read(data.join("node-uuid")).unwrap();
-    assert!(c.stop_node(0));
-    std::fs::remove_dir_all(&data).unwrap();
-    std::fs::create_dir(&data).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap()
-        .success();
-    assert!(mounted, "mount a small tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(data.clone());
-    std::fs::write(data.join("node-uuid"), uuid).unwrap();
-    // It claims a large disk, so placement keeps choosing it until it is
-    // full (as when something else fills the disk): ENOSPC mid-write.
-    c.set_node_args(0, &["--capacity", "1099511627776"]);
-    c.restart_node(0);
     c.wait_nodes_up(4);
     let m = c.mount("mnt");
     // 48 MiB in 8 files: node 0 fills up along the way.
@@ -193,4 +204,43 @@ fn a_reader_whose_chunks_were_deleted_reads_the_new_map() {
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut got).expect("no EIO for a changed file");
     assert!(got == new, "the new content");
+}
+
+#[test]
+fn a_cluster_out_of_space_is_enospc_not_eio() {
+    let mut c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        ..Options::default()
+    });
+    let _disks: Vec<SmallDisk> = (0..3).map(|i| onto_small_disk(&mut c, i, "4m")).collect();
+    c.wait_nodes_up(3);
+    let m = c.mount("mnt");
+    let big = vec![7u8; 16 << 20];
+    let err = std::fs::write(m.join("big"), &big).expect_err("16 MiB cannot fit on 4 MiB disks");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+}
+
+#[test]
+fn a_write_short_of_replicas_through_stalls_is_eio_not_enospc() {
+    let c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        ..Options::default()
+    });
+    let m = c.mount("mnt");
+    // Two nodes of three stall: a write can reach one, fewer than the two a
+    // degraded write needs. Nothing is full, so ENOSPC would mislead.
+    let stalled: Vec<u32> = (1..3).map(|i| c.node_pid(i).unwrap()).collect();
+    for pid in &stalled {
+        dfs_tests::signal(*pid, "STOP");
+    }
+    // (fsync reports it; Rust's File drops the error of close.)
+    let result = std::fs::File::create(m.join("f")).and_then(|mut f| {
+        f.write_all(&[1u8; 1 << 20])?;
+        f.sync_all()
+    });
+    for pid in &stalled {
+        dfs_tests::signal(*pid, "CONT");
+    }
+    let err = result.expect_err("one replica of three is not enough");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
 }
