@@ -272,6 +272,7 @@ async fn commit(
             crc32c: c.crc32c,
             valid_len: c.stored_len,
             node_ids: c.node_ids.clone(),
+            ..Default::default()
         })
         .collect();
     let reply = meta

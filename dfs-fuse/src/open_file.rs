@@ -53,6 +53,31 @@ impl ContentSignature {
     }
 }
 
+/// What a mount wrote into one chunk since its last commit of it.
+#[derive(Debug, Clone, Default)]
+struct ChunkEdit {
+    /// The file's chunk at this index when the edit began (None: a hole).
+    base: Option<u64>,
+    /// Byte ranges written, within the chunk, sorted and merged.
+    written: Vec<(usize, usize)>,
+}
+
+impl ChunkEdit {
+    fn add(&mut self, from: usize, to: usize) {
+        let (mut from, mut to) = (from, to);
+        self.written.retain(|&(a, b)| {
+            let apart = b < from || a > to;
+            if !apart {
+                from = from.min(a);
+                to = to.max(b);
+            }
+            apart
+        });
+        let at = self.written.partition_point(|&(a, _)| a < from);
+        self.written.insert(at, (from, to));
+    }
+}
+
 type Upload = JoinHandle<Result<UploadedChunk, dfs_client::ClientError>>;
 
 pub struct OpenFile {
@@ -71,6 +96,11 @@ pub struct OpenFile {
     /// Inode flags (chattr) as of the last chunk map: opens check them.
     pub inode_flags: u32,
     dirty: BTreeMap<u64, Vec<u8>>,
+    /// For each chunk this mount is changing: the chunk it started from and
+    /// the byte ranges it wrote, until committed. A commit is accepted only
+    /// if that chunk is still the file's; otherwise these ranges are merged
+    /// into the current chunk (another mount's bytes elsewhere in it stay).
+    edits: HashMap<u64, ChunkEdit>,
     inflight: BTreeMap<u64, (Bytes, Upload)>,
     uploaded: BTreeMap<u64, (UploadedChunk, Bytes)>,
     /// Something changed since the last commit (data or size).
@@ -123,6 +153,7 @@ impl OpenFile {
             mtime: attr.mtime.unwrap_or_default(),
             inode_flags: attr.flags,
             dirty: BTreeMap::new(),
+            edits: HashMap::new(),
             inflight: BTreeMap::new(),
             uploaded: BTreeMap::new(),
             changed: false,
@@ -208,6 +239,14 @@ impl OpenFile {
             if !self.dirty.contains_key(&index) {
                 let base = self.base_of(io, index).await?;
                 self.dirty.insert(index, base);
+                let from = self.committed.get(&index).map(|c| c.chunk_id);
+                self.edits.entry(index).or_insert_with(|| ChunkEdit {
+                    base: from,
+                    written: Vec::new(),
+                });
+            }
+            if let Some(edit) = self.edits.get_mut(&index) {
+                edit.add(within, within + take);
             }
             if let Some(buf) = self.dirty.get_mut(&index) {
                 if buf.len() < within + take {
@@ -373,13 +412,78 @@ impl OpenFile {
     /// otherwise only as far as committed data reaches, so a crash never leaves
     /// a size covering data that was not written.
     async fn commit(&mut self, io: &Io, final_size: bool) -> FsResult<()> {
+        let mut attempt = 0;
+        loop {
+            match self.try_commit(io, final_size).await {
+                // Another mount committed over a chunk this one started from.
+                Err(e) if e.errno() == libc::ESTALE && attempt < 5 => {
+                    attempt += 1;
+                    self.merge_into_current(io).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// After a conflict: for each uploaded chunk whose base is no longer the
+    /// file's chunk, the bytes this mount wrote go on top of the current
+    /// chunk, uploaded as a new chunk that is based on it.
+    async fn merge_into_current(&mut self, io: &Io) -> FsResult<()> {
+        let mut fresh = OpenFile::load(io, self.ino).await?;
+        let current = std::mem::take(&mut fresh.committed);
+        let indices: Vec<u64> = self.uploaded.keys().copied().collect();
+        for index in indices {
+            let Some(edit) = self.edits.get(&index).cloned() else {
+                continue;
+            };
+            let now = current.get(&index);
+            if now.map(|c| c.chunk_id) == edit.base {
+                continue;
+            }
+            let mut merged = match now {
+                Some(c) => {
+                    let data = io.chunk_bytes(c).await?;
+                    data[..(c.valid_len as usize).min(data.len())].to_vec()
+                }
+                None => Vec::new(),
+            };
+            let Some((_, ours)) = self.uploaded.get(&index) else {
+                continue;
+            };
+            for &(from, to) in &edit.written {
+                let to = to.min(ours.len());
+                if from >= to {
+                    continue;
+                }
+                if merged.len() < to {
+                    zero_runs::zero_extend(&mut merged, to);
+                }
+                merged[from..to].copy_from_slice(&ours[from..to]);
+            }
+            let data = Bytes::from(merged);
+            let mut meta = io.meta.clone();
+            let uploaded = upload_chunk(&mut meta, &io.channels, data.clone(), false).await?;
+            self.uploaded.insert(index, (uploaded, data));
+            if let Some(e) = self.edits.get_mut(&index) {
+                e.base = now.map(|c| c.chunk_id);
+            }
+        }
+        self.committed = current;
+        Ok(())
+    }
+
+    async fn try_commit(&mut self, io: &Io, final_size: bool) -> FsResult<()> {
+        // Meta never lets a commit shrink the file; a merged chunk may reach
+        // past this mount's size (another mount appended).
+        let uploaded_end = self
+            .uploaded
+            .iter()
+            .map(|(i, (c, _))| i * self.chunk_size + c.stored_len)
+            .fold(self.committed_size, u64::max);
         let size = if final_size {
-            self.size
+            self.size.max(uploaded_end)
         } else {
-            self.uploaded
-                .iter()
-                .map(|(i, (c, _))| i * self.chunk_size + c.stored_len)
-                .fold(self.committed_size, u64::max)
+            uploaded_end
         };
         let chunks = self
             .uploaded
@@ -393,6 +497,8 @@ impl OpenFile {
                     .stored_len
                     .min(size.saturating_sub(index * self.chunk_size)),
                 node_ids: c.node_ids.clone(),
+                base_chunk_id: self.edits.get(index).and_then(|e| e.base).unwrap_or(0),
+                check_base: self.edits.contains_key(index),
             })
             .collect();
         let mut meta = io.meta.clone();
@@ -406,14 +512,27 @@ impl OpenFile {
             })
             .await?
             .into_inner();
-        for (_, (c, data)) in std::mem::take(&mut self.uploaded) {
+        self.committed = map.chunks.into_iter().map(|c| (c.index, c)).collect();
+        for (index, (c, data)) in std::mem::take(&mut self.uploaded) {
             io.cache.insert(c.chunk_id, data);
+            // Still being written here: later commits start from this chunk.
+            if self.dirty.contains_key(&index) || self.inflight.contains_key(&index) {
+                if let Some(edit) = self.edits.get_mut(&index) {
+                    edit.base = Some(c.chunk_id);
+                }
+            } else {
+                self.edits.remove(&index);
+            }
         }
+        let mut size = size;
         if let Some(attr) = &map.attr {
             self.signature = ContentSignature::of(attr);
             self.mtime = attr.mtime.unwrap_or(self.mtime);
+            size = size.max(attr.size);
         }
-        self.committed = map.chunks.into_iter().map(|c| (c.index, c)).collect();
+        if final_size {
+            self.size = size;
+        }
         self.committed_size = size;
         Ok(())
     }

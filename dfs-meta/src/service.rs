@@ -354,6 +354,9 @@ impl Meta for MetaService {
                     crc32c: c.crc32c,
                     valid_len: c.valid_len,
                     node_ids: c.node_ids.clone(),
+                    base: c
+                        .check_base
+                        .then_some((c.base_chunk_id != 0).then_some(c.base_chunk_id)),
                 })
                 .collect();
             let mtime = r.mtime.as_ref().map(ts_from_pb).transpose()?;

@@ -651,6 +651,7 @@ async fn write_chunk(s: &Store, ino: u64, index: u64, len: u64, size: u64) -> (u
             crc32c: 42,
             valid_len: len,
             node_ids: nodes.clone(),
+            base: None,
         }],
         None,
     )
@@ -844,6 +845,7 @@ async fn inode_flags_pin_files(h: Handle) {
         crc32c: 1,
         valid_len: 10,
         node_ids: p.targets.iter().map(|n| n.id).collect(),
+        base: None,
     };
     assert_eq!(
         errno(
@@ -1193,6 +1195,7 @@ async fn bad_commits_change_nothing(h: Handle) {
             crc32c: 1,
             valid_len,
             node_ids,
+            base: None,
         }];
         async move { s.commit_write(f.ino, size, &chunks, None).await }
     };
@@ -1247,6 +1250,7 @@ async fn bad_commits_change_nothing(h: Handle) {
         crc32c: 1,
         valid_len: 10,
         node_ids: nodes,
+        base: None,
     }];
     assert_eq!(
         errno(s.commit_write(g.ino, 10, &again, None).await.unwrap_err()),

@@ -23,6 +23,7 @@ pub fn status_from_errno(errno: i32, message: impl Into<String>) -> Status {
         // unlike EIO, which only says it could not be read now.
         libc::EBADMSG => Code::DataLoss,
         libc::EBUSY => Code::FailedPrecondition,
+        libc::ESTALE => Code::Aborted,
         _ => Code::FailedPrecondition,
     };
     let mut status = Status::new(code, message);

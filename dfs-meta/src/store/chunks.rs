@@ -38,6 +38,9 @@ pub struct CommitChunk {
     pub crc32c: u32,
     pub valid_len: u64,
     pub node_ids: Vec<u64>,
+    /// The chunk at this index the writer started from (None: no chunk);
+    /// `Some` asks for the check (`commit_write`). Outer None: no check.
+    pub base: Option<Option<u64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +188,28 @@ impl Store {
             let now = Timespec::now();
             let mut inode = require_regular(&mut tx, ino).await?;
             inode.require_mutable("write")?;
+            // Another client committed over a chunk this writer started
+            // from: nothing changes, the writer merges and tries again.
+            for c in chunks {
+                let Some(base) = c.base else { continue };
+                let current = sqlx::query("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2")
+                    .bind(to_i64(ino, "inode")?)
+                    .bind(to_i64(c.index, "chunk index")?)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get::<i64, _>(0))
+                    .transpose()?
+                    .map(|id| id as u64);
+                if current != base {
+                    return Err(StoreError::Conflict(format!(
+                        "chunk {} of inode {ino} changed since it was read",
+                        c.index
+                    )));
+                }
+            }
+            // Only truncate makes a file smaller: a commit made from an
+            // older size keeps what other clients appended meanwhile.
+            let size = size.max(inode.size);
             if inode.append_only() {
                 // Only growth at the end: no shrinking, and no chunk below
                 // the one the old end of file is in may be replaced.

@@ -24,6 +24,8 @@ pub enum StoreError {
     Unsupported(String),
     #[error("busy: {0}")]
     Busy(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("no such attribute")]
     NoXattr,
     #[error("attribute value too large")]
@@ -56,6 +58,7 @@ impl StoreError {
             StoreError::NotPermitted(_) => libc::EPERM,
             StoreError::Unsupported(_) => libc::EOPNOTSUPP,
             StoreError::Busy(_) => libc::EBUSY,
+            StoreError::Conflict(_) => libc::ESTALE,
             StoreError::NoXattr => libc::ENODATA,
             StoreError::XattrTooBig => libc::E2BIG,
             StoreError::FileTooBig(_) => libc::EFBIG,
@@ -80,6 +83,7 @@ impl StoreError {
             StoreError::NotPermitted(_) => "not_permitted",
             StoreError::Unsupported(_) => "unsupported",
             StoreError::Busy(_) => "busy",
+            StoreError::Conflict(_) => "conflict",
             StoreError::NoXattr => "no_xattr",
             StoreError::XattrTooBig => "xattr_too_big",
             StoreError::FileTooBig(_) => "file_too_big",
