@@ -37,6 +37,26 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A file's chunk map, and the cluster's nodes (to mark replicas down).
+async fn chunk_map_and_nodes(
+    meta: &mut Meta,
+    ino: u64,
+) -> Result<(pb::GetChunksReply, pb::ClusterStatusReply)> {
+    let map = meta
+        .get_chunks(pb::GetChunksRequest { ino })
+        .await?
+        .into_inner();
+    let status = meta.cluster_status(pb::Empty {}).await?.into_inner();
+    Ok((map, status))
+}
+
+fn node_up(status: &pb::ClusterStatusReply, id: u64) -> bool {
+    status
+        .nodes
+        .iter()
+        .any(|n| n.node_id == id && n.state == "up")
+}
+
 /// `dfs stat --json`: attributes, and for a file its chunks with their replicas.
 async fn stat_json(meta: &mut Meta, path: &str, a: &pb::Attr) -> Result<()> {
     let ts = |t: Option<&pb::Timespec>| {
@@ -50,17 +70,8 @@ async fn stat_json(meta: &mut Meta, path: &str, a: &pb::Attr) -> Result<()> {
         "atime": ts(a.atime.as_ref()), "mtime": ts(a.mtime.as_ref()), "ctime": ts(a.ctime.as_ref()),
     });
     if a.kind == pb::FileKind::Regular as i32 {
-        let map = meta
-            .get_chunks(pb::GetChunksRequest { ino: a.ino })
-            .await?
-            .into_inner();
-        let status = meta.cluster_status(pb::Empty {}).await?.into_inner();
-        let up = |id: u64| {
-            status
-                .nodes
-                .iter()
-                .any(|n| n.node_id == id && n.state == "up")
-        };
+        let (map, status) = chunk_map_and_nodes(meta, a.ino).await?;
+        let up = |id: u64| node_up(&status, id);
         let chunks: Vec<_> = map
             .chunks
             .iter()
@@ -413,17 +424,8 @@ async fn stat(meta: &mut Meta, path: &str, json: bool) -> Result<()> {
     if a.kind != pb::FileKind::Regular as i32 {
         return Ok(());
     }
-    let map = meta
-        .get_chunks(pb::GetChunksRequest { ino: a.ino })
-        .await?
-        .into_inner();
-    let status = meta.cluster_status(pb::Empty {}).await?.into_inner();
-    let up = |id: u64| {
-        status
-            .nodes
-            .iter()
-            .any(|n| n.node_id == id && n.state == "up")
-    };
+    let (map, status) = chunk_map_and_nodes(meta, a.ino).await?;
+    let up = |id: u64| node_up(&status, id);
     println!(
         "chunks: {}  chunk size: {}  replication: {}",
         map.chunks.len(),

@@ -211,6 +211,20 @@ fn opened(reply: ReplyOpen, result: Result<Opened, Errno>) {
     }
 }
 
+/// Replies with a file just created and opened (create, O_TMPFILE), or the errno.
+fn created(reply: ReplyCreate, result: Result<(pb::Attr, u64), Errno>) {
+    match result {
+        Ok((a, fh)) => reply.created(
+            &TTL,
+            &file_attr(&a),
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        ),
+        Err(e) => reply.error(e),
+    }
+}
+
 /// Replies "done" or the errno.
 fn empty(reply: ReplyEmpty, result: Result<(), Errno>) {
     match result {
@@ -683,19 +697,8 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.run(
-            "create",
-            self.fs.create(parent.0, name.as_bytes(), mode, caller(req)),
-        ) {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(e),
-        }
+        let made = self.fs.create(parent.0, name.as_bytes(), mode, caller(req));
+        created(reply, self.run("create", made))
     }
 
     fn tmpfile(
@@ -707,16 +710,10 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.run("tmpfile", self.fs.tmpfile(parent.0, mode, caller(req))) {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(e),
-        }
+        created(
+            reply,
+            self.run("tmpfile", self.fs.tmpfile(parent.0, mode, caller(req))),
+        )
     }
 
     fn fallocate(

@@ -192,14 +192,15 @@ impl Store {
             // from: nothing changes, the writer merges and tries again.
             for c in chunks {
                 let Some(base) = c.base else { continue };
-                let current = sqlx::query("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2")
-                    .bind(to_i64(ino, "inode")?)
-                    .bind(to_i64(c.index, "chunk index")?)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|r| r.try_get::<i64, _>(0))
-                    .transpose()?
-                    .map(|id| id as u64);
+                let current =
+                    sqlx::query("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2")
+                        .bind(to_i64(ino, "inode")?)
+                        .bind(to_i64(c.index, "chunk index")?)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get::<i64, _>(0))
+                        .transpose()?
+                        .map(|id| id as u64);
                 if current != base {
                     return Err(StoreError::Conflict(format!(
                         "chunk {} of inode {ino} changed since it was read",

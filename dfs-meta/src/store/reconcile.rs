@@ -97,17 +97,7 @@ pub(crate) async fn reconcile(
     // In id order, each batch touches neighbouring index pages (SQLite: a
     // million deletions in hash order took 9.8 s, in id order 5 s).
     gone.sort_unstable();
-    for batch in gone.chunks(BATCH) {
-        let sql = format!(
-            "DELETE FROM replicas WHERE node_id = $1 AND chunk_id IN ({})",
-            placeholders(2, batch.len())
-        );
-        let mut query = sqlx::query(&sql).bind(node);
-        for id in batch {
-            query = query.bind(*id);
-        }
-        query.execute(&mut *tx).await?;
-    }
+    forget(tx, node, &gone).await?;
     // Deletions queued for this node are covered by this report: the chunks
     // it reported are in `delete`, the others it no longer has.
     sqlx::query("DELETE FROM gc_replicas WHERE node_id = $1")
@@ -134,17 +124,7 @@ pub(crate) async fn apply_changes(
         .iter()
         .filter_map(|id| i64::try_from(*id).ok())
         .collect();
-    for batch in removed.chunks(BATCH) {
-        let sql = format!(
-            "DELETE FROM replicas WHERE node_id = $1 AND chunk_id IN ({})",
-            placeholders(2, batch.len())
-        );
-        let mut query = sqlx::query(&sql).bind(node);
-        for id in batch {
-            query = query.bind(*id);
-        }
-        query.execute(&mut *tx).await?;
-    }
+    forget(tx, node, &removed).await?;
     let mut added: Vec<i64> = added
         .iter()
         .filter_map(|id| i64::try_from(*id).ok())
@@ -163,6 +143,22 @@ pub(crate) async fn apply_changes(
         .bind(now)
         .execute(&mut *tx)
         .await?;
+    }
+    Ok(())
+}
+
+/// Forgets `node`'s replicas of `ids`: the node no longer has those files.
+async fn forget(tx: &mut AnyConnection, node: i64, ids: &[i64]) -> Result<()> {
+    for batch in ids.chunks(BATCH) {
+        let sql = format!(
+            "DELETE FROM replicas WHERE node_id = $1 AND chunk_id IN ({})",
+            placeholders(2, batch.len())
+        );
+        let mut query = sqlx::query(&sql).bind(node);
+        for id in batch {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *tx).await?;
     }
     Ok(())
 }
