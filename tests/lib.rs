@@ -546,6 +546,37 @@ pub fn stat_chunks(stat: &str) -> Vec<(u64, Vec<(u64, bool)>)> {
         .collect()
 }
 
+/// Unmounts a node's small disk when the test ends.
+pub struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Restarts node `i` on a tmpfs of `size` (same identity, no data), claiming
+/// 1 TiB of capacity so that placement keeps choosing it.
+pub fn onto_small_disk(c: &mut Cluster, i: usize, size: &str) -> SmallDisk {
+    let data = c.node_data(i);
+    let uuid = std::fs::read(data.join("node-uuid")).unwrap();
+    assert!(c.stop_node(i));
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mount a small tmpfs");
+    let disk = SmallDisk(data.clone());
+    std::fs::write(data.join("node-uuid"), uuid).unwrap();
+    c.set_node_args(i, &["--capacity", "1099511627776"]);
+    c.restart_node(i);
+    disk
+}
+
 /// Sends `signal` (STOP, CONT, KILL...) to a process.
 pub fn signal(pid: u32, signal: &str) {
     let ok = Command::new("kill")

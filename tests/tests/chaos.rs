@@ -4,7 +4,8 @@
 //! every step, while a controller injects node faults the cluster must ride
 //! through: `kill -9` and restart, SIGSTOP/SIGCONT (a gray failure), a
 //! node out of file descriptors (prlimit), and a flipped byte in a stored
-//! chunk. With four nodes and one fault at a
+//! chunk. (A node with a full disk is tested apart, in faults.rs: kept full
+//! during this run it makes two faults at once.) With four nodes and one fault at a
 //! time every fault is within the tolerance, so the run fails unless
 //! applications saw no error, no byte was lost, and `dfs fsck` is clean at
 //! the end.
@@ -309,7 +310,9 @@ fn workload_rides_through_node_faults() {
     let reported = meta_log.matches("bad replica reported").count();
     let dropped = reported.saturating_sub(flipped);
     eprintln!("chaos: {flipped} replicas flipped, {reported} reported bad, {dropped} healthy replicas dropped");
-    assert!(lost.is_empty(), "data lost: {lost:#?}");
+    // Errors first: a failed operation leaves the file unlike the model,
+    // which later reads count as losses.
     assert!(errors.is_empty(), "applications saw errors: {errors:#?}");
+    assert!(lost.is_empty(), "data lost: {lost:#?}");
     assert_eq!(dropped, 0, "healthy replicas reported bad");
 }

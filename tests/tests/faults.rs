@@ -98,40 +98,6 @@ fn self_healing_time_is_measured() {
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&f).unwrap());
 }
 
-/// Unmounts a node's small disk when the test ends.
-struct SmallDisk(std::path::PathBuf);
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Restarts node `i` on a tmpfs of `size` (same identity, no data), claiming
-/// 1 TiB of capacity so that placement keeps choosing it.
-fn onto_small_disk(c: &mut Cluster, i: usize, size: &str) -> SmallDisk {
-    let data = c.node_data(i);
-    let uuid = std::fs::read(data.join("node-uuid")).unwrap();
-    assert!(c.stop_node(i));
-    std::fs::remove_dir_all(&data).unwrap();
-    std::fs::create_dir(&data).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap()
-        .success();
-    assert!(mounted, "mount a small tmpfs");
-    let disk = SmallDisk(data.clone());
-    std::fs::write(data.join("node-uuid"), uuid).unwrap();
-    c.set_node_args(i, &["--capacity", "1099511627776"]);
-    c.restart_node(i);
-    disk
-}
-
 #[test]
 fn a_node_out_of_disk_space_costs_no_write() {
     let mut c = Cluster::start(Options {
@@ -142,7 +108,7 @@ fn a_node_out_of_disk_space_costs_no_write() {
     // Node 0 moves onto a 6 MiB disk. It claims a large disk, so placement
     // keeps choosing it until it is full (as when something else fills the
     // disk): ENOSPC mid-write.
-    let _small = onto_small_disk(&mut c, 0, "6m");
+    let _small = dfs_tests::onto_small_disk(&mut c, 0, "6m");
     let data = c.node_data(0);
     c.wait_nodes_up(4);
     let m = c.mount("mnt");
@@ -212,7 +178,9 @@ fn a_cluster_out_of_space_is_enospc_not_eio() {
         chunk_size: 1 << 20,
         ..Options::default()
     });
-    let _disks: Vec<SmallDisk> = (0..3).map(|i| onto_small_disk(&mut c, i, "4m")).collect();
+    let _disks: Vec<dfs_tests::SmallDisk> = (0..3)
+        .map(|i| dfs_tests::onto_small_disk(&mut c, i, "4m"))
+        .collect();
     c.wait_nodes_up(3);
     let m = c.mount("mnt");
     let big = vec![7u8; 16 << 20];
