@@ -260,6 +260,9 @@ fn workload_rides_through_node_faults() {
             let what = inject(&mut c, &mut rng, hold, flipped);
             eprintln!("chaos: {what}");
             tally.faults.fetch_add(1, Ordering::Relaxed);
+            // One fault at a time: the next one only once every node is
+            // back (a restarted node has registered again).
+            c.wait_nodes_up(c.opts.nodes);
         }
         stop.store(true, Ordering::Relaxed);
     });
