@@ -638,6 +638,22 @@ async fn three_nodes(s: &Store) -> Vec<u64> {
     ids
 }
 
+/// A fourth, empty node (after `three_nodes`).
+async fn fourth_node(s: &Store) -> u64 {
+    s.register_node(RegisterArgs {
+        uuid: "uuid-3".into(),
+        addr: "127.0.0.1:7004".into(),
+        zone: String::new(),
+        capacity: 1 << 40,
+        used: 0,
+        chunk_ids: vec![],
+        listed_after_ms: i64::MAX,
+    })
+    .await
+    .unwrap()
+    .0
+}
+
 async fn write_chunk(s: &Store, ino: u64, index: u64, len: u64, size: u64) -> (u64, Vec<u64>) {
     let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
     let nodes: Vec<u64> = p.targets.iter().map(|n| n.id).collect();
@@ -944,18 +960,7 @@ async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
     );
     assert_eq!(s.release_quarantine(0).await.unwrap(), 0);
     // A fourth node gets a good copy: the quarantined one may go now.
-    let (fourth, _) = s
-        .register_node(RegisterArgs {
-            uuid: "uuid-3".into(),
-            addr: "127.0.0.1:7004".into(),
-            zone: String::new(),
-            capacity: 1 << 40,
-            used: 0,
-            chunk_ids: vec![],
-            listed_after_ms: i64::MAX,
-        })
-        .await
-        .unwrap();
+    let fourth = fourth_node(s).await;
     s.replica_added(c, &[fourth]).await.unwrap();
     assert_eq!(s.release_quarantine(0).await.unwrap(), 1);
     assert_eq!(
@@ -998,18 +1003,7 @@ async fn draining_nodes_hand_over_and_leave(h: Handle) {
     );
     // A fourth node gets the copy: nothing depends on the draining node now,
     // and its replica is the one trimmed.
-    let (fourth, _) = s
-        .register_node(RegisterArgs {
-            uuid: "uuid-3".into(),
-            addr: "127.0.0.1:7004".into(),
-            zone: String::new(),
-            capacity: 1 << 40,
-            used: 0,
-            chunk_ids: vec![],
-            listed_after_ms: i64::MAX,
-        })
-        .await
-        .unwrap();
+    let fourth = fourth_node(s).await;
     s.replica_added(c, &[fourth]).await.unwrap();
     assert_eq!(s.node_usage(nodes[0], 0).await.unwrap().dependent_chunks, 0);
     let extra = s.over_replicated(0, 10).await.unwrap();

@@ -228,8 +228,7 @@ impl ChunkStore {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         fs::create_dir_all(&dir)?;
-        let previous = fs::metadata(&final_path).ok().map(|m| m.len());
-        if previous.is_some() {
+        if final_path.exists() {
             // Ids are written once: a retried write may bring the same bytes
             // again, never others (a reused id would change a file's data).
             match self.describe(w.id) {
@@ -244,7 +243,7 @@ impl ChunkStore {
                 Err(_) => {}
             }
         }
-        // Again: a corrupt copy was just moved aside by `describe`.
+        // After the check: a corrupt copy was just moved aside by `describe`.
         let previous = fs::metadata(&final_path).ok().map(|m| m.len());
         let size = fs::metadata(&w.tmp)?.len();
         fs::rename(&w.tmp, &final_path)?;
