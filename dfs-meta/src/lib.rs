@@ -3,10 +3,12 @@
 //! re-replication of chunks that lost copies.
 
 pub mod convert;
+pub mod failpoints;
 pub mod metrics;
 pub mod placement;
 pub mod repair;
 pub mod service;
+pub mod sessions;
 pub mod store;
 
 use std::sync::Arc;
@@ -37,6 +39,9 @@ pub struct Config {
     /// after, and once the change is durable: readers still holding the old
     /// chunk map go on reading it meanwhile.
     pub gc_grace: Duration,
+    /// A session not renewed within this is over: its locks, orphans and
+    /// chunk allocations are released.
+    pub session_lease: Duration,
 }
 
 impl Default for Config {
@@ -51,6 +56,7 @@ impl Default for Config {
             repair_interval: Duration::from_secs(2),
             orphan_ttl: Duration::from_secs(24 * 3600),
             gc_grace: Duration::from_secs(10),
+            session_lease: Duration::from_secs(30),
         }
     }
 }
@@ -87,7 +93,10 @@ pub async fn run(
         metrics.clone(),
     ));
     let worker = tokio::spawn(repair::run_worker(repairer.clone(), shutdown.clone()));
-    let service = service::MetaService::new(store.clone(), config.clone(), repairer, metrics);
+    let sessions = Arc::new(sessions::Sessions::new(store.clone(), config.session_lease));
+    let expiry = tokio::spawn(sessions::run_expiry(sessions.clone(), shutdown.clone()));
+    let service =
+        service::MetaService::new(store.clone(), config.clone(), repairer, metrics, sessions);
     let local = listener.local_addr()?;
     tracing::info!(%local, store = %redact(&config.store_url), chunk_size = store.chunk_size(),
         replication = store.replication(), "dfs-meta serving");
@@ -101,6 +110,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, shutdown.wait())
         .await?;
     let _ = worker.await;
+    let _ = expiry.await;
     store.close().await;
     tracing::info!("dfs-meta stopped");
     Ok(())

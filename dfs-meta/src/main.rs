@@ -37,6 +37,10 @@ struct Args {
     /// it (readers holding the old chunk map go on meanwhile)
     #[arg(long, default_value_t = 10)]
     gc_grace_secs: u64,
+    /// Seconds a client session lives without renewal (a killed mount's
+    /// locks and open unlinked files are released after this).
+    #[arg(long, default_value_t = 30)]
+    session_lease_secs: u64,
     /// Heartbeat interval nodes are told to use, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     heartbeat_ms: u64,
@@ -57,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         dead_after: Duration::from_secs(args.dead_after_secs.max(1)),
         orphan_ttl: Duration::from_secs(args.orphan_ttl_hours.max(1) * 3600),
         gc_grace: Duration::from_secs(args.gc_grace_secs),
+        session_lease: Duration::from_secs(args.session_lease_secs.clamp(1, 3600)),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 60_000)),
         repair_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 2_000)),
     };

@@ -97,7 +97,7 @@ impl Repairer {
                 .collect();
             let placement = match self
                 .store
-                .place_chunk(item.chunk_id, wanted, &exclude, cutoff)
+                .place_chunk(item.chunk_id, wanted, &exclude, cutoff, 0)
                 .await
             {
                 Ok(p) => p,

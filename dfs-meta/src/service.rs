@@ -9,10 +9,13 @@ use dfs_proto::pb::{self, meta_server::Meta};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{attr_reply, kind_from_pb, node_ref, ts_from_pb};
+use crate::failpoints::Failpoints;
 use crate::metrics::MetaMetrics;
 use crate::repair::Repairer;
+use crate::sessions::Sessions;
 use crate::store::{
-    self, CommitChunk, CreateArgs, HeartbeatInfo, RegisterArgs, SetAttrArgs, Store,
+    self, CommitChunk, CreateArgs, HeartbeatInfo, LockKind, LockOutcome, LockRange, LockSpec,
+    Origin, RegisterArgs, SessionArgs, SetAttrArgs, Store,
 };
 use crate::Config;
 
@@ -21,6 +24,8 @@ pub struct MetaService {
     config: Config,
     repairer: Arc<Repairer>,
     metrics: Arc<MetaMetrics>,
+    sessions: Arc<Sessions>,
+    failpoints: Failpoints,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -34,13 +39,33 @@ impl MetaService {
         config: Config,
         repairer: Arc<Repairer>,
         metrics: Arc<MetaMetrics>,
+        sessions: Arc<Sessions>,
     ) -> Self {
         MetaService {
             store,
             config,
             repairer,
             metrics,
+            sessions,
+            failpoints: Failpoints::from_env(),
         }
+    }
+
+    /// Runs a mutation's body like `observe`. With the `drop_reply`
+    /// failpoint, a reply is sometimes lost after the change was made, as
+    /// when the connection breaks at that moment.
+    async fn observe_mutation<T>(
+        &self,
+        method: &'static str,
+        origin: Origin,
+        body: impl Future<Output = Result<T, Status>>,
+    ) -> Reply<T> {
+        let reply = self.observe(method, body).await?;
+        if origin.request != 0 && self.failpoints.drop_reply() {
+            tracing::info!(method, request = origin.request, "failpoint: reply dropped");
+            return Err(Status::unavailable("failpoint drop_reply: reply lost"));
+        }
+        Ok(reply)
     }
 
     /// Heartbeats at or after this instant mean "up".
@@ -75,6 +100,7 @@ impl MetaService {
 #[tonic::async_trait]
 impl Meta for MetaService {
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
+        self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("Lookup", async {
             Ok(attr_reply(&self.store.lookup(r.parent, &r.name).await?))
@@ -83,6 +109,7 @@ impl Meta for MetaService {
     }
 
     async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
+        self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("GetAttr", async {
             Ok(attr_reply(&self.store.getattr(r.ino).await?))
@@ -91,6 +118,7 @@ impl Meta for MetaService {
     }
 
     async fn resolve_path(&self, req: Request<pb::ResolvePathRequest>) -> Reply<pb::AttrReply> {
+        self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ResolvePath", async {
             Ok(attr_reply(&self.store.resolve_path(&r.path).await?))
@@ -99,8 +127,9 @@ impl Meta for MetaService {
     }
 
     async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("SetAttr", async {
+        self.observe_mutation("SetAttr", origin, async {
             let now = store::Timespec::now();
             let args = SetAttrArgs {
                 mode: r.mode,
@@ -120,14 +149,15 @@ impl Meta for MetaService {
                 explicit_times: r.atime.is_some() || r.mtime.is_some(),
                 flags: r.flags,
             };
-            Ok(attr_reply(&self.store.setattr(r.ino, args).await?))
+            Ok(attr_reply(&self.store.setattr(r.ino, args, origin).await?))
         })
         .await
     }
 
     async fn create(&self, req: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("Create", async {
+        self.observe_mutation("Create", origin, async {
             let args = CreateArgs {
                 parent: r.parent,
                 name: r.name,
@@ -139,9 +169,9 @@ impl Meta for MetaService {
                 symlink_target: r.symlink_target,
             };
             let inode = if r.unnamed {
-                self.store.create_unnamed(args).await?
+                self.store.create_unnamed(args, origin).await?
             } else {
-                self.store.create(args).await?
+                self.store.create(args, origin).await?
             };
             Ok(attr_reply(&inode))
         })
@@ -149,26 +179,32 @@ impl Meta for MetaService {
     }
 
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::Empty> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("Unlink", async {
-            self.store.unlink(r.parent, &r.name, r.keep_open).await?;
+        self.observe_mutation("Unlink", origin, async {
+            let keep_open = r.keep_open.then_some(origin.session);
+            self.store
+                .unlink(r.parent, &r.name, keep_open, origin)
+                .await?;
             Ok(pb::Empty {})
         })
         .await
     }
 
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Reply<pb::Empty> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("Rmdir", async {
-            self.store.rmdir(r.parent, &r.name).await?;
+        self.observe_mutation("Rmdir", origin, async {
+            self.store.rmdir(r.parent, &r.name, origin).await?;
             Ok(pb::Empty {})
         })
         .await
     }
 
     async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::Empty> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("Rename", async {
+        self.observe_mutation("Rename", origin, async {
             self.store
                 .rename(
                     r.parent,
@@ -176,7 +212,8 @@ impl Meta for MetaService {
                     r.new_parent,
                     &r.new_name,
                     r.flags,
-                    r.keep_open,
+                    r.keep_open.then_some(origin.session),
+                    origin,
                 )
                 .await?;
             Ok(pb::Empty {})
@@ -185,25 +222,31 @@ impl Meta for MetaService {
     }
 
     async fn release_orphan(&self, req: Request<pb::ReleaseOrphanRequest>) -> Reply<pb::Empty> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("ReleaseOrphan", async {
-            self.store.release_orphan(r.ino).await?;
+        self.observe_mutation("ReleaseOrphan", origin, async {
+            self.store.release_orphan(r.ino, origin.session).await?;
             Ok(pb::Empty {})
         })
         .await
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("Link", async {
+        self.observe_mutation("Link", origin, async {
             Ok(attr_reply(
-                &self.store.link(r.ino, r.new_parent, &r.new_name).await?,
+                &self
+                    .store
+                    .link(r.ino, r.new_parent, &r.new_name, origin)
+                    .await?,
             ))
         })
         .await
     }
 
     async fn read_link(&self, req: Request<pb::ReadLinkRequest>) -> Reply<pb::ReadLinkReply> {
+        self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ReadLink", async {
             Ok(pb::ReadLinkReply {
@@ -214,6 +257,7 @@ impl Meta for MetaService {
     }
 
     async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirReply> {
+        self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ReadDir", async {
             let (entries, more) = self.store.readdir(r.ino, &r.after, r.limit).await?;
@@ -232,6 +276,7 @@ impl Meta for MetaService {
     }
 
     async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
+        self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("GetXattr", async {
             Ok(pb::GetXattrReply {
@@ -242,10 +287,11 @@ impl Meta for MetaService {
     }
 
     async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Reply<pb::Empty> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("SetXattr", async {
+        self.observe_mutation("SetXattr", origin, async {
             self.store
-                .set_xattr(r.ino, &r.name, &r.value, r.flags)
+                .set_xattr(r.ino, &r.name, &r.value, r.flags, origin)
                 .await?;
             Ok(pb::Empty {})
         })
@@ -253,6 +299,7 @@ impl Meta for MetaService {
     }
 
     async fn list_xattr(&self, req: Request<pb::ListXattrRequest>) -> Reply<pb::ListXattrReply> {
+        self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ListXattr", async {
             Ok(pb::ListXattrReply {
@@ -263,9 +310,10 @@ impl Meta for MetaService {
     }
 
     async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("RemoveXattr", async {
-            self.store.remove_xattr(r.ino, &r.name).await?;
+        self.observe_mutation("RemoveXattr", origin, async {
+            self.store.remove_xattr(r.ino, &r.name, origin).await?;
             Ok(pb::Empty {})
         })
         .await
@@ -305,6 +353,7 @@ impl Meta for MetaService {
     }
 
     async fn get_chunks(&self, req: Request<pb::GetChunksRequest>) -> Reply<pb::GetChunksReply> {
+        self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("GetChunks", async {
             let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
@@ -314,6 +363,7 @@ impl Meta for MetaService {
     }
 
     async fn place_chunk(&self, req: Request<pb::PlaceChunkRequest>) -> Reply<pb::PlaceChunkReply> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("PlaceChunk", async {
             let count = if r.count == 0 {
@@ -323,7 +373,13 @@ impl Meta for MetaService {
             };
             let placement = self
                 .store
-                .place_chunk(r.chunk_id, count, &r.exclude_node_ids, self.live_cutoff())
+                .place_chunk(
+                    r.chunk_id,
+                    count,
+                    &r.exclude_node_ids,
+                    self.live_cutoff(),
+                    origin.session,
+                )
                 .await?;
             Ok(pb::PlaceChunkReply {
                 chunk_id: placement.chunk_id,
@@ -342,8 +398,9 @@ impl Meta for MetaService {
         &self,
         req: Request<pb::CommitWriteRequest>,
     ) -> Reply<pb::GetChunksReply> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("CommitWrite", async {
+        self.observe_mutation("CommitWrite", origin, async {
             let chunks: Vec<CommitChunk> = r
                 .chunks
                 .iter()
@@ -362,7 +419,7 @@ impl Meta for MetaService {
             let mtime = r.mtime.as_ref().map(ts_from_pb).transpose()?;
             let inode = self
                 .store
-                .commit_write(r.ino, r.size, &chunks, mtime)
+                .commit_write(r.ino, r.size, &chunks, mtime, origin)
                 .await?;
             if r.return_chunks {
                 let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
@@ -378,14 +435,15 @@ impl Meta for MetaService {
     }
 
     async fn punch_hole(&self, req: Request<pb::PunchHoleRequest>) -> Reply<pb::AttrReply> {
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
-        self.observe("PunchHole", async {
+        self.observe_mutation("PunchHole", origin, async {
             if r.first_index >= r.end_index {
                 return Err(Status::invalid_argument("empty chunk range"));
             }
             let inode = self
                 .store
-                .punch_chunks(r.ino, r.first_index, r.end_index)
+                .punch_chunks(r.ino, r.first_index, r.end_index, origin)
                 .await?;
             Ok(attr_reply(&inode))
         })
@@ -632,7 +690,179 @@ impl Meta for MetaService {
         })
         .await
     }
+
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Reply<pb::OpenSessionReply> {
+        let r = req.into_inner();
+        self.observe("OpenSession", async {
+            let args = SessionArgs {
+                host: r.host,
+                mountpoint: r.mountpoint,
+                pid: r.pid,
+                version: r.version,
+                kind: r.kind,
+            };
+            let lease_ms = self.sessions.lease_ms();
+            let id = self.store.open_session(&args, lease_ms).await?;
+            self.sessions.renewed(id, store::now_ms() + lease_ms);
+            tracing::info!(session = id, host = %args.host, mountpoint = %args.mountpoint,
+                kind = %args.kind, "session opened");
+            Ok(pb::OpenSessionReply {
+                session_id: id,
+                lease_ms: lease_ms as u32,
+            })
+        })
+        .await
+    }
+
+    async fn renew_session(
+        &self,
+        req: Request<pb::RenewSessionRequest>,
+    ) -> Reply<pb::RenewSessionReply> {
+        let r = req.into_inner();
+        self.observe("RenewSession", async {
+            let renewed = self
+                .store
+                .renew_session(
+                    r.session_id,
+                    r.open_files,
+                    r.replied_below,
+                    self.sessions.lease_ms(),
+                )
+                .await?;
+            match renewed {
+                Some(expires) => self.sessions.renewed(r.session_id, expires),
+                None => self.sessions.forget(r.session_id),
+            }
+            Ok(pb::RenewSessionReply {
+                expired: renewed.is_none(),
+            })
+        })
+        .await
+    }
+
+    async fn close_session(&self, req: Request<pb::CloseSessionRequest>) -> Reply<pb::Empty> {
+        let r = req.into_inner();
+        self.observe("CloseSession", async {
+            self.store.close_session(r.session_id).await?;
+            self.sessions.forget(r.session_id);
+            self.sessions.lock_changes.notify_waiters();
+            tracing::info!(session = r.session_id, "session closed");
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, _req: Request<pb::Empty>) -> Reply<pb::ListSessionsReply> {
+        self.observe("ListSessions", async {
+            let sessions = self.store.list_sessions().await?;
+            Ok(pb::ListSessionsReply {
+                sessions: sessions
+                    .into_iter()
+                    .map(|s| pb::SessionInfo {
+                        session_id: s.id,
+                        host: s.args.host,
+                        mountpoint: s.args.mountpoint,
+                        pid: s.args.pid,
+                        version: s.args.version,
+                        kind: s.args.kind,
+                        since_ms: s.since_ms,
+                        renewed_ms: s.renewed_ms,
+                        expires_ms: s.expires_ms,
+                        open_files: s.open_files,
+                        locks: s.locks,
+                        orphans: s.orphans,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn lock(&self, req: Request<pb::LockRequest>) -> Reply<pb::LockReply> {
+        let origin = self.sessions.origin(req.metadata()).await?;
+        let r = req.into_inner();
+        self.observe("Lock", async {
+            if origin.session == 0 {
+                return Err(dfs_proto::status_from_errno(
+                    libc::ENOLCK,
+                    "locks need a session",
+                ));
+            }
+            let range = LockRange::new(r.start, r.end)
+                .ok_or_else(|| Status::invalid_argument("lock range ends before it starts"))?;
+            let spec = LockSpec {
+                ino: r.ino,
+                session: origin.session,
+                owner: r.owner,
+                flock: r.flock,
+                kind: match pb::LockType::try_from(r.r#type) {
+                    Ok(pb::LockType::Unlock) => LockKind::Unlock,
+                    Ok(pb::LockType::Read) => LockKind::Read,
+                    Ok(pb::LockType::Write) => LockKind::Write,
+                    Err(_) => return Err(Status::invalid_argument("unknown lock type")),
+                },
+                range,
+                pid: r.pid,
+            };
+            // A waiter sleeps until a lock is released somewhere (or a
+            // second passes: another meta may have released it), and
+            // answers "not granted" after LOCK_WAIT so the client, which
+            // asks again, notices an interrupt or its own end.
+            let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+            loop {
+                let changed = self.sessions.lock_changes.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let (outcome, released) = self.store.lock(&spec, r.test).await?;
+                if released {
+                    self.sessions.lock_changes.notify_waiters();
+                }
+                match outcome {
+                    LockOutcome::Granted => {
+                        return Ok(pb::LockReply {
+                            granted: true,
+                            conflict: None,
+                        })
+                    }
+                    LockOutcome::Conflict(held)
+                        if !r.wait || r.test || tokio::time::Instant::now() >= deadline =>
+                    {
+                        return Ok(pb::LockReply {
+                            granted: false,
+                            conflict: Some(pb::LockInfo {
+                                r#type: if held.exclusive {
+                                    pb::LockType::Write
+                                } else {
+                                    pb::LockType::Read
+                                } as i32,
+                                start: held.range.start as u64,
+                                end: held.range.end as u64,
+                                pid: held.pid,
+                                session_id: held.session,
+                            }),
+                        })
+                    }
+                    LockOutcome::Conflict(_) => {
+                        let _ = tokio::time::timeout_at(
+                            deadline.min(tokio::time::Instant::now() + LOCK_RECHECK),
+                            changed,
+                        )
+                        .await;
+                    }
+                }
+            }
+        })
+        .await
+    }
 }
+
+/// How long a waiting lock request is held before "not granted, ask again".
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A waiter looks again at least this often (releases on another meta).
+const LOCK_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A file's chunk map as the wire carries it.
 fn chunk_map_reply(map: &crate::store::ChunkMap) -> pb::GetChunksReply {

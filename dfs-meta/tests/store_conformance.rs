@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use dfs_meta::store::{
-    CommitChunk, CreateArgs, FileKind, HeartbeatInfo, RegisterArgs, SetAttrArgs, Store, StoreError,
-    Timespec,
+    CommitChunk, CreateArgs, FileKind, HeartbeatInfo, Origin, RegisterArgs, SetAttrArgs, Store,
+    StoreError, Timespec,
 };
 use dfs_meta::FormatOptions;
 use dfs_proto::ROOT_INO;
@@ -132,12 +132,19 @@ async fn create_lookup_and_errors(h: Handle) {
     let s = &h.store;
     let root = s.getattr(ROOT_INO).await.unwrap();
     assert_eq!(root.kind, FileKind::Directory);
-    let f = s.create(file(ROOT_INO, "a.txt")).await.unwrap();
+    let f = s
+        .create(file(ROOT_INO, "a.txt"), Origin::NONE)
+        .await
+        .unwrap();
     assert_eq!(f.nlink, 1);
     assert_eq!(f.uid, 1000);
     assert_eq!(s.lookup(ROOT_INO, b"a.txt").await.unwrap(), f);
     assert_eq!(
-        errno(s.create(file(ROOT_INO, "a.txt")).await.unwrap_err()),
+        errno(
+            s.create(file(ROOT_INO, "a.txt"), Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EEXIST
     );
     assert_eq!(
@@ -159,26 +166,37 @@ async fn create_lookup_and_errors(h: Handle) {
         libc::ENOENT,
         "an inode number past i64"
     );
-    s.set_xattr(f.ino, b"user.k", b"v", 0).await.unwrap();
+    s.set_xattr(f.ino, b"user.k", b"v", 0, Origin::NONE)
+        .await
+        .unwrap();
     let with_xattr = s.lookup(ROOT_INO, b"a.txt").await.unwrap();
     assert!(with_xattr.has_xattrs, "lookup reports xattrs");
     assert_eq!(with_xattr, s.getattr(f.ino).await.unwrap());
-    s.remove_xattr(f.ino, b"user.k").await.unwrap();
+    s.remove_xattr(f.ino, b"user.k", Origin::NONE)
+        .await
+        .unwrap();
     assert_eq!(
-        errno(s.create(file(f.ino, "x")).await.unwrap_err()),
+        errno(s.create(file(f.ino, "x"), Origin::NONE).await.unwrap_err()),
         libc::ENOTDIR
     );
     assert_eq!(
         errno(
-            s.create(file(ROOT_INO, &"n".repeat(256)))
+            s.create(file(ROOT_INO, &"n".repeat(256)), Origin::NONE)
                 .await
                 .unwrap_err()
         ),
         libc::ENAMETOOLONG
     );
-    assert!(s.create(file(ROOT_INO, &"n".repeat(255))).await.is_ok());
+    assert!(s
+        .create(file(ROOT_INO, &"n".repeat(255)), Origin::NONE)
+        .await
+        .is_ok());
     assert_eq!(
-        errno(s.create(file(ROOT_INO, "a/b")).await.unwrap_err()),
+        errno(
+            s.create(file(ROOT_INO, "a/b"), Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EINVAL
     );
     assert_eq!(errno(s.getattr(999_999).await.unwrap_err()), libc::ENOENT);
@@ -189,35 +207,39 @@ async fn directories_nlink_and_rmdir(h: Handle) {
     let s = &h.store;
     let before = s.getattr(ROOT_INO).await.unwrap().nlink;
     let d = s
-        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .create(node(ROOT_INO, "d", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     assert_eq!(d.nlink, 2);
     assert_eq!(s.getattr(ROOT_INO).await.unwrap().nlink, before + 1);
-    s.create(file(d.ino, "f")).await.unwrap();
+    s.create(file(d.ino, "f"), Origin::NONE).await.unwrap();
     assert_eq!(
-        errno(s.rmdir(ROOT_INO, b"d").await.unwrap_err()),
+        errno(s.rmdir(ROOT_INO, b"d", Origin::NONE).await.unwrap_err()),
         libc::ENOTEMPTY
     );
     assert_eq!(
-        errno(s.unlink(ROOT_INO, b"d", false).await.unwrap_err()),
+        errno(
+            s.unlink(ROOT_INO, b"d", None, Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EISDIR
     );
     assert_eq!(
-        errno(s.rmdir(d.ino, b"f").await.unwrap_err()),
+        errno(s.rmdir(d.ino, b"f", Origin::NONE).await.unwrap_err()),
         libc::ENOTDIR
     );
-    s.unlink(d.ino, b"f", false).await.unwrap();
-    s.rmdir(ROOT_INO, b"d").await.unwrap();
+    s.unlink(d.ino, b"f", None, Origin::NONE).await.unwrap();
+    s.rmdir(ROOT_INO, b"d", Origin::NONE).await.unwrap();
     assert_eq!(s.getattr(ROOT_INO).await.unwrap().nlink, before);
     assert_eq!(errno(s.getattr(d.ino).await.unwrap_err()), libc::ENOENT);
 }
 
 async fn rename_rules(h: Handle) {
     let s = &h.store;
-    let a = s.create(file(ROOT_INO, "a")).await.unwrap();
-    let b = s.create(file(ROOT_INO, "b")).await.unwrap();
-    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, false)
+    let a = s.create(file(ROOT_INO, "a"), Origin::NONE).await.unwrap();
+    let b = s.create(file(ROOT_INO, "b"), Origin::NONE).await.unwrap();
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, None, Origin::NONE)
         .await
         .unwrap();
     assert_eq!(s.lookup(ROOT_INO, b"b").await.unwrap().ino, a.ino);
@@ -232,20 +254,20 @@ async fn rename_rules(h: Handle) {
     );
 
     let d1 = s
-        .create(node(ROOT_INO, "d1", FileKind::Directory))
+        .create(node(ROOT_INO, "d1", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     let d2 = s
-        .create(node(ROOT_INO, "d2", FileKind::Directory))
+        .create(node(ROOT_INO, "d2", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     let sub = s
-        .create(node(d1.ino, "sub", FileKind::Directory))
+        .create(node(d1.ino, "sub", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"d1", sub.ino, b"x", 0, false)
+            s.rename(ROOT_INO, b"d1", sub.ino, b"x", 0, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -253,7 +275,7 @@ async fn rename_rules(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"d1", d1.ino, b"x", 0, false)
+            s.rename(ROOT_INO, b"d1", d1.ino, b"x", 0, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -261,7 +283,7 @@ async fn rename_rules(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"b", ROOT_INO, b"d2", 0, false)
+            s.rename(ROOT_INO, b"b", ROOT_INO, b"d2", 0, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -269,7 +291,7 @@ async fn rename_rules(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"d2", ROOT_INO, b"b", 0, false)
+            s.rename(ROOT_INO, b"d2", ROOT_INO, b"b", 0, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -278,14 +300,14 @@ async fn rename_rules(h: Handle) {
     // Directory over a non-empty directory fails; over an empty one it replaces it.
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"d2", ROOT_INO, b"d1", 0, false)
+            s.rename(ROOT_INO, b"d2", ROOT_INO, b"d1", 0, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
         libc::ENOTEMPTY
     );
     let root_links = s.getattr(ROOT_INO).await.unwrap().nlink;
-    s.rename(ROOT_INO, b"d1", ROOT_INO, b"d2", 0, false)
+    s.rename(ROOT_INO, b"d1", ROOT_INO, b"d2", 0, None, Origin::NONE)
         .await
         .unwrap();
     assert_eq!(s.lookup(ROOT_INO, b"d2").await.unwrap().ino, d1.ino);
@@ -293,10 +315,10 @@ async fn rename_rules(h: Handle) {
     assert_eq!(s.getattr(ROOT_INO).await.unwrap().nlink, root_links - 1);
     // Moving a directory across parents moves a link count.
     let other = s
-        .create(node(ROOT_INO, "other", FileKind::Directory))
+        .create(node(ROOT_INO, "other", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
-    s.rename(d1.ino, b"sub", other.ino, b"sub2", 0, false)
+    s.rename(d1.ino, b"sub", other.ino, b"sub2", 0, None, Origin::NONE)
         .await
         .unwrap();
     assert_eq!(s.getattr(d1.ino).await.unwrap().nlink, 2);
@@ -304,7 +326,7 @@ async fn rename_rules(h: Handle) {
     assert_eq!(s.lookup(other.ino, b"sub2").await.unwrap().ino, sub.ino);
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"missing", ROOT_INO, b"z", 0, false)
+            s.rename(ROOT_INO, b"missing", ROOT_INO, b"z", 0, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -314,14 +336,14 @@ async fn rename_rules(h: Handle) {
 
 async fn rename_flags(h: Handle) {
     let s = &h.store;
-    let a = s.create(file(ROOT_INO, "a")).await.unwrap();
+    let a = s.create(file(ROOT_INO, "a"), Origin::NONE).await.unwrap();
     let d = s
-        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .create(node(ROOT_INO, "d", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 1, false)
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 1, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -329,7 +351,7 @@ async fn rename_flags(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"a", ROOT_INO, b"none", 2, false)
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"none", 2, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -337,18 +359,18 @@ async fn rename_flags(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 3, false)
+            s.rename(ROOT_INO, b"a", ROOT_INO, b"d", 3, None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
         libc::EINVAL
     );
     let inner = s
-        .create(node(d.ino, "inner", FileKind::Directory))
+        .create(node(d.ino, "inner", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     // Exchange a file in the root with a directory inside d.
-    s.rename(ROOT_INO, b"a", d.ino, b"inner", 2, false)
+    s.rename(ROOT_INO, b"a", d.ino, b"inner", 2, None, Origin::NONE)
         .await
         .unwrap();
     assert_eq!(s.lookup(ROOT_INO, b"a").await.unwrap().ino, inner.ino);
@@ -358,73 +380,88 @@ async fn rename_flags(h: Handle) {
         2,
         "d lost its subdirectory"
     );
-    s.rename(ROOT_INO, b"a", ROOT_INO, b"fresh", 1, false)
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"fresh", 1, None, Origin::NONE)
         .await
         .unwrap();
 }
 
 async fn hard_links(h: Handle) {
     let s = &h.store;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let d = s
-        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .create(node(ROOT_INO, "d", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
-    let l = s.link(f.ino, d.ino, b"g").await.unwrap();
+    let l = s.link(f.ino, d.ino, b"g", Origin::NONE).await.unwrap();
     assert_eq!(l.nlink, 2);
     assert_eq!(
-        errno(s.link(f.ino, d.ino, b"g").await.unwrap_err()),
+        errno(s.link(f.ino, d.ino, b"g", Origin::NONE).await.unwrap_err()),
         libc::EEXIST
     );
     assert_eq!(
-        errno(s.link(d.ino, ROOT_INO, b"dl").await.unwrap_err()),
+        errno(
+            s.link(d.ino, ROOT_INO, b"dl", Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EPERM
     );
-    s.unlink(ROOT_INO, b"f", false).await.unwrap();
+    s.unlink(ROOT_INO, b"f", None, Origin::NONE).await.unwrap();
     assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 1);
     // Renaming one name onto another name of the same inode does nothing.
-    s.link(f.ino, d.ino, b"h").await.unwrap();
-    s.rename(d.ino, b"g", d.ino, b"h", 0, false).await.unwrap();
+    s.link(f.ino, d.ino, b"h", Origin::NONE).await.unwrap();
+    s.rename(d.ino, b"g", d.ino, b"h", 0, None, Origin::NONE)
+        .await
+        .unwrap();
     assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 2);
-    s.unlink(d.ino, b"g", false).await.unwrap();
-    s.unlink(d.ino, b"h", false).await.unwrap();
+    s.unlink(d.ino, b"g", None, Origin::NONE).await.unwrap();
+    s.unlink(d.ino, b"h", None, Origin::NONE).await.unwrap();
     assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
 }
 
 async fn symlinks_and_special_files(h: Handle) {
     let s = &h.store;
     let l = s
-        .create(node(ROOT_INO, "l", FileKind::Symlink))
+        .create(node(ROOT_INO, "l", FileKind::Symlink), Origin::NONE)
         .await
         .unwrap();
     assert_eq!(l.size, 6);
     assert_eq!(s.readlink(l.ino).await.unwrap(), b"target");
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     assert_eq!(errno(s.readlink(f.ino).await.unwrap_err()), libc::EINVAL);
     let mut empty = node(ROOT_INO, "e", FileKind::Symlink);
     empty.symlink_target.clear();
-    assert_eq!(errno(s.create(empty).await.unwrap_err()), libc::EINVAL);
+    assert_eq!(
+        errno(s.create(empty, Origin::NONE).await.unwrap_err()),
+        libc::EINVAL
+    );
     let mut dev = node(ROOT_INO, "tty", FileKind::CharDevice);
     dev.rdev = 0x0501;
-    assert_eq!(s.create(dev).await.unwrap().rdev, 0x0501);
-    let fifo = s.create(node(ROOT_INO, "p", FileKind::Fifo)).await.unwrap();
+    assert_eq!(s.create(dev, Origin::NONE).await.unwrap().rdev, 0x0501);
+    let fifo = s
+        .create(node(ROOT_INO, "p", FileKind::Fifo), Origin::NONE)
+        .await
+        .unwrap();
     assert_eq!(fifo.kind, FileKind::Fifo);
 }
 
 async fn readdir_pages_in_byte_order(h: Handle) {
     let s = &h.store;
     let d = s
-        .create(node(ROOT_INO, "big", FileKind::Directory))
+        .create(node(ROOT_INO, "big", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     let mut names: Vec<Vec<u8>> = (0..250).map(|i| format!("f{i:04}").into_bytes()).collect();
     names.push(vec![b'Z']);
     names.push(vec![0xff, 0xfe]);
     for n in &names {
-        s.create(CreateArgs {
-            name: n.clone(),
-            ..file(d.ino, "x")
-        })
+        s.create(
+            CreateArgs {
+                name: n.clone(),
+                ..file(d.ino, "x")
+            },
+            Origin::NONE,
+        )
         .await
         .unwrap();
     }
@@ -455,14 +492,16 @@ async fn readdir_pages_in_byte_order(h: Handle) {
 
 async fn xattrs(h: Handle) {
     let s = &h.store;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     assert_eq!(
         errno(s.get_xattr(f.ino, b"user.a").await.unwrap_err()),
         libc::ENODATA
     );
     assert!(!s.getattr(f.ino).await.unwrap().has_xattrs);
-    s.set_xattr(f.ino, b"user.a", b"1", 0).await.unwrap();
-    s.set_xattr(f.ino, b"user.b", &[0u8, 1, 2], 0)
+    s.set_xattr(f.ino, b"user.a", b"1", 0, Origin::NONE)
+        .await
+        .unwrap();
+    s.set_xattr(f.ino, b"user.b", &[0u8, 1, 2], 0, Origin::NONE)
         .await
         .unwrap();
     assert!(
@@ -476,14 +515,24 @@ async fn xattrs(h: Handle) {
     );
     assert_eq!(s.get_xattr(f.ino, b"user.b").await.unwrap(), vec![0, 1, 2]);
     assert_eq!(
-        errno(s.set_xattr(f.ino, b"user.a", b"2", 1).await.unwrap_err()),
+        errno(
+            s.set_xattr(f.ino, b"user.a", b"2", 1, Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EEXIST
     );
     assert_eq!(
-        errno(s.set_xattr(f.ino, b"user.c", b"2", 2).await.unwrap_err()),
+        errno(
+            s.set_xattr(f.ino, b"user.c", b"2", 2, Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::ENODATA
     );
-    s.set_xattr(f.ino, b"user.a", b"2", 2).await.unwrap();
+    s.set_xattr(f.ino, b"user.a", b"2", 2, Origin::NONE)
+        .await
+        .unwrap();
     assert_eq!(s.get_xattr(f.ino, b"user.a").await.unwrap(), b"2");
     assert_eq!(
         s.list_xattr(f.ino).await.unwrap(),
@@ -491,29 +540,40 @@ async fn xattrs(h: Handle) {
     );
     assert_eq!(
         errno(
-            s.set_xattr(f.ino, b"user.big", &vec![0; 65537], 0)
+            s.set_xattr(f.ino, b"user.big", &vec![0; 65537], 0, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
         libc::E2BIG
     );
-    s.remove_xattr(f.ino, b"user.a").await.unwrap();
+    s.remove_xattr(f.ino, b"user.a", Origin::NONE)
+        .await
+        .unwrap();
     assert_eq!(
-        errno(s.remove_xattr(f.ino, b"user.a").await.unwrap_err()),
+        errno(
+            s.remove_xattr(f.ino, b"user.a", Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::ENODATA
     );
     assert_eq!(s.list_xattr(f.ino).await.unwrap().len(), 1);
-    s.remove_xattr(f.ino, b"user.b").await.unwrap();
+    s.remove_xattr(f.ino, b"user.b", Origin::NONE)
+        .await
+        .unwrap();
     assert!(!s.getattr(f.ino).await.unwrap().has_xattrs, "none left");
 }
 
 async fn setattr_and_truncate(h: Handle) {
     let s = &h.store;
     let f = s
-        .create(CreateArgs {
-            mode: 0o6755,
-            ..file(ROOT_INO, "f")
-        })
+        .create(
+            CreateArgs {
+                mode: 0o6755,
+                ..file(ROOT_INO, "f")
+            },
+            Origin::NONE,
+        )
         .await
         .unwrap();
     let t = Timespec {
@@ -529,6 +589,7 @@ async fn setattr_and_truncate(h: Handle) {
                 atime: Some(t),
                 ..Default::default()
             },
+            Origin::NONE,
         )
         .await
         .unwrap();
@@ -549,6 +610,7 @@ async fn setattr_and_truncate(h: Handle) {
                 mode: Some(0o600),
                 ..Default::default()
             },
+            Origin::NONE,
         )
         .await
         .unwrap();
@@ -560,6 +622,7 @@ async fn setattr_and_truncate(h: Handle) {
                 size: Some(10 << 20),
                 ..Default::default()
             },
+            Origin::NONE,
         )
         .await
         .unwrap();
@@ -570,12 +633,12 @@ async fn setattr_and_truncate(h: Handle) {
         ..Default::default()
     };
     assert_eq!(
-        errno(s.setattr(f.ino, too_big).await.unwrap_err()),
+        errno(s.setattr(f.ino, too_big, Origin::NONE).await.unwrap_err()),
         libc::EFBIG
     );
     assert_eq!(
         errno(
-            s.commit_write(f.ino, u64::MAX, &[], None)
+            s.commit_write(f.ino, u64::MAX, &[], None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -583,7 +646,7 @@ async fn setattr_and_truncate(h: Handle) {
     );
     assert_eq!(s.getattr(f.ino).await.unwrap().size, 10 << 20, "unchanged");
     let d = s
-        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .create(node(ROOT_INO, "d", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     assert_eq!(
@@ -593,7 +656,8 @@ async fn setattr_and_truncate(h: Handle) {
                 SetAttrArgs {
                     size: Some(1),
                     ..Default::default()
-                }
+                },
+                Origin::NONE
             )
             .await
             .unwrap_err()
@@ -607,7 +671,8 @@ async fn setattr_and_truncate(h: Handle) {
                 SetAttrArgs {
                     size: Some(u64::MAX),
                     ..Default::default()
-                }
+                },
+                Origin::NONE
             )
             .await
             .unwrap_err()
@@ -655,7 +720,7 @@ async fn fourth_node(s: &Store) -> u64 {
 }
 
 async fn write_chunk(s: &Store, ino: u64, index: u64, len: u64, size: u64) -> (u64, Vec<u64>) {
-    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
     let nodes: Vec<u64> = p.targets.iter().map(|n| n.id).collect();
     s.commit_write(
         ino,
@@ -670,6 +735,7 @@ async fn write_chunk(s: &Store, ino: u64, index: u64, len: u64, size: u64) -> (u
             base: None,
         }],
         None,
+        Origin::NONE,
     )
     .await
     .unwrap();
@@ -679,11 +745,11 @@ async fn write_chunk(s: &Store, ino: u64, index: u64, len: u64, size: u64) -> (u
 async fn chunk_commit_and_gc(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
     let mut targets: Vec<u64> = p.targets.iter().map(|n| n.id).collect();
     targets.sort();
     assert_eq!(targets, nodes, "three distinct nodes");
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let (c0, _) = write_chunk(s, f.ino, 0, u64::from(CS), u64::from(CS)).await;
     let (c1, _) = write_chunk(s, f.ino, 1, 100, u64::from(CS) + 100).await;
     let map = s.get_chunks(f.ino, 0).await.unwrap();
@@ -723,6 +789,7 @@ async fn chunk_commit_and_gc(h: Handle) {
             size: Some(10),
             ..Default::default()
         },
+        Origin::NONE,
     )
     .await
     .unwrap();
@@ -744,7 +811,7 @@ async fn chunk_commit_and_gc(h: Handle) {
     let mut del = del.unwrap();
     del.sort();
     assert_eq!(del, vec![c0, c1]);
-    s.unlink(ROOT_INO, b"f", false).await.unwrap();
+    s.unlink(ROOT_INO, b"f", None, Origin::NONE).await.unwrap();
     let del = s
         .heartbeat(
             HeartbeatInfo {
@@ -782,14 +849,14 @@ async fn chunk_commit_and_gc(h: Handle) {
 async fn punched_chunks_leave_the_map(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let cs = u64::from(CS);
     let mut ids = Vec::new();
     for index in 0..4 {
         ids.push(write_chunk(s, f.ino, index, cs, (index + 1) * cs).await.0);
     }
     let before = s.getattr(f.ino).await.unwrap();
-    let after = s.punch_chunks(f.ino, 1, 3).await.unwrap();
+    let after = s.punch_chunks(f.ino, 1, 3, Origin::NONE).await.unwrap();
     assert_eq!(after.size, 4 * cs, "the size stays");
     assert!(after.version > before.version, "the content version moves");
     let map = s.get_chunks(f.ino, 0).await.unwrap();
@@ -813,11 +880,11 @@ async fn punched_chunks_leave_the_map(h: Handle) {
         "punched chunks are garbage"
     );
     let d = s
-        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .create(node(ROOT_INO, "d", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     assert_eq!(
-        errno(s.punch_chunks(d.ino, 0, 1).await.unwrap_err()),
+        errno(s.punch_chunks(d.ino, 0, 1, Origin::NONE).await.unwrap_err()),
         libc::EISDIR
     );
 }
@@ -827,14 +894,17 @@ async fn inode_flags_pin_files(h: Handle) {
     let s = &h.store;
     three_nodes(s).await;
     let cs = u64::from(CS);
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     write_chunk(s, f.ino, 0, cs, cs).await;
     let flags = |f| SetAttrArgs {
         flags: Some(f),
         ..Default::default()
     };
     assert_eq!(
-        s.setattr(f.ino, flags(IMMUTABLE)).await.unwrap().flags,
+        s.setattr(f.ino, flags(IMMUTABLE), Origin::NONE)
+            .await
+            .unwrap()
+            .flags,
         IMMUTABLE
     );
     let chmod = SetAttrArgs {
@@ -842,18 +912,26 @@ async fn inode_flags_pin_files(h: Handle) {
         ..Default::default()
     };
     assert_eq!(
-        errno(s.setattr(f.ino, chmod.clone()).await.unwrap_err()),
+        errno(
+            s.setattr(f.ino, chmod.clone(), Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EPERM
     );
     assert_eq!(
-        errno(s.unlink(ROOT_INO, b"f", false).await.unwrap_err()),
+        errno(
+            s.unlink(ROOT_INO, b"f", None, Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EPERM
     );
     assert_eq!(
-        errno(s.punch_chunks(f.ino, 0, 1).await.unwrap_err()),
+        errno(s.punch_chunks(f.ino, 0, 1, Origin::NONE).await.unwrap_err()),
         libc::EPERM
     );
-    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
     let chunk = |index| CommitChunk {
         index,
         chunk_id: p.chunk_id,
@@ -865,23 +943,23 @@ async fn inode_flags_pin_files(h: Handle) {
     };
     assert_eq!(
         errno(
-            s.commit_write(f.ino, cs + 10, &[chunk(1)], None)
+            s.commit_write(f.ino, cs + 10, &[chunk(1)], None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
         libc::EPERM
     );
     // Append-only: growth at the end commits; a rewrite of an earlier chunk does not.
-    s.setattr(f.ino, flags(APPEND)).await.unwrap();
+    s.setattr(f.ino, flags(APPEND), Origin::NONE).await.unwrap();
     assert_eq!(
         errno(
-            s.commit_write(f.ino, cs + 10, &[chunk(0)], None)
+            s.commit_write(f.ino, cs + 10, &[chunk(0)], None, Origin::NONE)
                 .await
                 .unwrap_err()
         ),
         libc::EPERM
     );
-    s.commit_write(f.ino, cs + 10, &[chunk(1)], None)
+    s.commit_write(f.ino, cs + 10, &[chunk(1)], None, Origin::NONE)
         .await
         .unwrap();
     let truncate = SetAttrArgs {
@@ -889,11 +967,15 @@ async fn inode_flags_pin_files(h: Handle) {
         ..Default::default()
     };
     assert_eq!(
-        errno(s.setattr(f.ino, truncate).await.unwrap_err()),
+        errno(s.setattr(f.ino, truncate, Origin::NONE).await.unwrap_err()),
         libc::EPERM
     );
     assert_eq!(
-        errno(s.setattr(f.ino, flags(0x4000)).await.unwrap_err()),
+        errno(
+            s.setattr(f.ino, flags(0x4000), Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EOPNOTSUPP
     );
     // Flags survive a reopen; cleared, the file changes again.
@@ -901,19 +983,22 @@ async fn inode_flags_pin_files(h: Handle) {
     drop(h.store);
     let s = Store::open(&url, fmt()).await.unwrap();
     assert_eq!(s.getattr(f.ino).await.unwrap().flags, APPEND);
-    s.setattr(f.ino, flags(0)).await.unwrap();
-    s.setattr(f.ino, chmod).await.unwrap();
-    s.unlink(ROOT_INO, b"f", false).await.unwrap();
+    s.setattr(f.ino, flags(0), Origin::NONE).await.unwrap();
+    s.setattr(f.ino, chmod, Origin::NONE).await.unwrap();
+    s.unlink(ROOT_INO, b"f", None, Origin::NONE).await.unwrap();
 }
 
 async fn unnamed_files_are_orphans_until_linked(h: Handle) {
     let s = &h.store;
     let d = s
-        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .create(node(ROOT_INO, "d", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     let before = s.getattr(d.ino).await.unwrap();
-    let t = s.create_unnamed(file(d.ino, "/")).await.unwrap();
+    let t = s
+        .create_unnamed(file(d.ino, "/"), Origin::NONE)
+        .await
+        .unwrap();
     assert_eq!(t.nlink, 0);
     assert!(s.readdir(d.ino, b"", 10).await.unwrap().0.is_empty());
     assert_eq!(
@@ -922,16 +1007,25 @@ async fn unnamed_files_are_orphans_until_linked(h: Handle) {
         "no entry changed"
     );
     // Linked: a name, and no longer an orphan (a release leaves it alone).
-    assert_eq!(s.link(t.ino, d.ino, b"named").await.unwrap().nlink, 1);
-    s.release_orphan(t.ino).await.unwrap();
+    assert_eq!(
+        s.link(t.ino, d.ino, b"named", Origin::NONE)
+            .await
+            .unwrap()
+            .nlink,
+        1
+    );
+    s.release_orphan(t.ino, 0).await.unwrap();
     assert_eq!(s.lookup(d.ino, b"named").await.unwrap().ino, t.ino);
     // Never linked: the last close deletes it.
-    let u = s.create_unnamed(file(d.ino, "/")).await.unwrap();
-    s.release_orphan(u.ino).await.unwrap();
+    let u = s
+        .create_unnamed(file(d.ino, "/"), Origin::NONE)
+        .await
+        .unwrap();
+    s.release_orphan(u.ino, 0).await.unwrap();
     assert_eq!(errno(s.getattr(u.ino).await.unwrap_err()), libc::ENOENT);
     assert_eq!(
         errno(
-            s.create_unnamed(node(d.ino, "/", FileKind::Directory))
+            s.create_unnamed(node(d.ino, "/", FileKind::Directory), Origin::NONE)
                 .await
                 .unwrap_err()
         ),
@@ -942,7 +1036,7 @@ async fn unnamed_files_are_orphans_until_linked(h: Handle) {
 async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let (c, holders) = write_chunk(s, f.ino, 0, 100, 100).await;
     let beat = |node: u64| HeartbeatInfo {
         node_id: node,
@@ -970,7 +1064,7 @@ async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
     // A quarantined replica of a chunk that is deleted goes with it.
     let (d, dh) = write_chunk(s, f.ino, 1, 100, u64::from(CS) + 100).await;
     s.quarantine_replica(d, dh[0]).await.unwrap();
-    s.unlink(ROOT_INO, b"f", false).await.unwrap();
+    s.unlink(ROOT_INO, b"f", None, Origin::NONE).await.unwrap();
     let mut deleted = s.heartbeat(beat(dh[0]), i64::MAX).await.unwrap().unwrap();
     deleted.sort_unstable();
     assert!(deleted.contains(&d), "{deleted:?}");
@@ -980,7 +1074,7 @@ async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
 async fn draining_nodes_hand_over_and_leave(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let (c, _) = write_chunk(s, f.ino, 0, 100, 100).await;
     let by_addr = s.find_node("127.0.0.1:7001").await.unwrap();
     assert_eq!(by_addr.id, nodes[0]);
@@ -993,7 +1087,7 @@ async fn draining_nodes_hand_over_and_leave(h: Handle) {
     assert!(usage.record.draining);
     assert_eq!((usage.replicas, usage.dependent_chunks), (1, 1));
     // No new chunk goes to it, and the chunk counts as short of a copy.
-    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
     assert!(p.targets.iter().all(|t| t.id != nodes[0]));
     let short = s.under_replicated(0, 10).await.unwrap();
     assert_eq!((short.len(), short[0].good), (1, 2));
@@ -1023,7 +1117,7 @@ async fn draining_nodes_hand_over_and_leave(h: Handle) {
 async fn full_reports_are_fenced_and_keep_deletions(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let report = |i: usize, chunk_ids: Vec<u64>, listed_after_ms: i64| RegisterArgs {
         uuid: format!("uuid-{i}"),
         addr: format!("127.0.0.1:{}", 7001 + i),
@@ -1150,7 +1244,7 @@ async fn a_node_with_many_chunks_registers_in_batches(h: Handle) {
 async fn heartbeats_carry_chunk_changes(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let (c, holders) = write_chunk(s, f.ino, 0, 100, 100).await;
     let replicas = |map: dfs_meta::store::ChunkMap| -> Vec<u64> {
         let mut ids: Vec<u64> = map.chunks[0].replicas.iter().map(|r| r.0).collect();
@@ -1180,7 +1274,7 @@ async fn heartbeats_carry_chunk_changes(h: Handle) {
 async fn bad_commits_change_nothing(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let commit = |chunk_id, index, valid_len, size, node_ids: Vec<u64>| {
         let chunks = vec![CommitChunk {
             index,
@@ -1191,14 +1285,17 @@ async fn bad_commits_change_nothing(h: Handle) {
             node_ids,
             base: None,
         }];
-        async move { s.commit_write(f.ino, size, &chunks, None).await }
+        async move {
+            s.commit_write(f.ino, size, &chunks, None, Origin::NONE)
+                .await
+        }
     };
     assert_eq!(
         errno(commit(12345, 0, 10, 10, nodes.clone()).await.unwrap_err()),
         libc::EINVAL,
         "unallocated id"
     );
-    let p = s.place_chunk(0, 3, &[], 0).await.unwrap();
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
     assert_eq!(
         errno(
             commit(p.chunk_id, 0, 10, 5, nodes.clone())
@@ -1236,7 +1333,7 @@ async fn bad_commits_change_nothing(h: Handle) {
     );
     assert_eq!(s.get_chunks(f.ino, 0).await.unwrap().chunks.len(), 0);
     commit(p.chunk_id, 0, 10, 10, nodes.clone()).await.unwrap();
-    let g = s.create(file(ROOT_INO, "g")).await.unwrap();
+    let g = s.create(file(ROOT_INO, "g"), Origin::NONE).await.unwrap();
     let again = vec![CommitChunk {
         index: 0,
         chunk_id: p.chunk_id,
@@ -1247,20 +1344,28 @@ async fn bad_commits_change_nothing(h: Handle) {
         base: None,
     }];
     assert_eq!(
-        errno(s.commit_write(g.ino, 10, &again, None).await.unwrap_err()),
+        errno(
+            s.commit_write(g.ino, 10, &again, None, Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EINVAL,
         "chunk reuse"
     );
     let d = s
-        .create(node(ROOT_INO, "d", FileKind::Directory))
+        .create(node(ROOT_INO, "d", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     assert_eq!(
-        errno(s.commit_write(d.ino, 0, &[], None).await.unwrap_err()),
+        errno(
+            s.commit_write(d.ino, 0, &[], None, Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
         libc::EISDIR
     );
     assert_eq!(
-        errno(s.place_chunk(0, 3, &[1, 2, 3], 0).await.unwrap_err()),
+        errno(s.place_chunk(0, 3, &[1, 2, 3], 0, 0).await.unwrap_err()),
         libc::ENOSPC
     );
 }
@@ -1268,9 +1373,9 @@ async fn bad_commits_change_nothing(h: Handle) {
 async fn node_reconcile(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let (c, _) = write_chunk(s, f.ino, 0, 10, 10).await;
-    let pending = s.place_chunk(0, 3, &[], 0).await.unwrap().chunk_id;
+    let pending = s.place_chunk(0, 3, &[], 0, 0).await.unwrap().chunk_id;
     // Node 1 comes back having lost chunk c, holding garbage 9999 and an in-flight chunk.
     let (id, del) = s
         .register_node(RegisterArgs {
@@ -1313,7 +1418,7 @@ async fn node_reconcile(h: Handle) {
 async fn under_replication_is_seen(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let (c, _) = write_chunk(s, f.ino, 0, 10, 10).await;
     assert!(s.under_replicated(0, 100).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -1340,7 +1445,7 @@ async fn under_replication_is_seen(h: Handle) {
     assert_eq!((counts.under_replicated, counts.lost), (1, 0));
     // Placement for repair avoids every holder; with three nodes there is no room.
     assert_eq!(
-        errno(s.place_chunk(c, 1, &nodes, cutoff).await.unwrap_err()),
+        errno(s.place_chunk(c, 1, &nodes, cutoff, 0).await.unwrap_err()),
         libc::ENOSPC
     );
     s.replica_added(c, &[nodes[0]]).await.unwrap();
@@ -1368,7 +1473,7 @@ async fn extra_replicas_are_trimmed(h: Handle) {
         })
         .await
         .unwrap();
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let (c, _) = write_chunk(s, f.ino, 0, 10, 10).await;
     assert!(s.over_replicated(0, 100).await.unwrap().is_empty());
     s.replica_added(c, &[fourth]).await.unwrap();
@@ -1425,10 +1530,13 @@ async fn extra_replicas_are_trimmed(h: Handle) {
 async fn reopen_keeps_everything(h: Handle) {
     let d = h
         .store
-        .create(node(ROOT_INO, "keep", FileKind::Directory))
+        .create(node(ROOT_INO, "keep", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
-    h.store.create(file(d.ino, "f")).await.unwrap();
+    h.store
+        .create(file(d.ino, "f"), Origin::NONE)
+        .await
+        .unwrap();
     h.store.close().await;
     let other = FormatOptions {
         chunk_size: 8 << 20,
@@ -1446,13 +1554,13 @@ async fn reopen_keeps_everything(h: Handle) {
 async fn concurrent_creates_all_land(h: Handle) {
     let s = h.store.clone();
     let d = s
-        .create(node(ROOT_INO, "c", FileKind::Directory))
+        .create(node(ROOT_INO, "c", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
     let tasks: Vec<_> = (0..24)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.create(file(d.ino, &format!("f{i}"))).await })
+            tokio::spawn(async move { s.create(file(d.ino, &format!("f{i}")), Origin::NONE).await })
         })
         .collect();
     for t in tasks {
@@ -1467,10 +1575,10 @@ async fn concurrent_creates_all_land(h: Handle) {
 async fn resolve_path(h: Handle) {
     let s = &h.store;
     let a = s
-        .create(node(ROOT_INO, "a", FileKind::Directory))
+        .create(node(ROOT_INO, "a", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
-    let b = s.create(file(a.ino, "b")).await.unwrap();
+    let b = s.create(file(a.ino, "b"), Origin::NONE).await.unwrap();
     assert_eq!(s.resolve_path(b"/a/b").await.unwrap().ino, b.ino);
     assert_eq!(s.resolve_path(b"a//./b").await.unwrap().ino, b.ino);
     assert_eq!(s.resolve_path(b"/a/../a/b").await.unwrap().ino, b.ino);
@@ -1492,9 +1600,11 @@ async fn resolve_path(h: Handle) {
 async fn open_files_survive_unlink_as_orphans(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
-    let f = s.create(file(ROOT_INO, "f")).await.unwrap();
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let (c, _) = write_chunk(s, f.ino, 0, 10, 10).await;
-    s.unlink(ROOT_INO, b"f", true).await.unwrap();
+    s.unlink(ROOT_INO, b"f", Some(0), Origin::NONE)
+        .await
+        .unwrap();
     assert_eq!(
         errno(s.lookup(ROOT_INO, b"f").await.unwrap_err()),
         libc::ENOENT,
@@ -1503,7 +1613,7 @@ async fn open_files_survive_unlink_as_orphans(h: Handle) {
     assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 0, "the inode stays");
     assert_eq!(s.get_chunks(f.ino, 0).await.unwrap().chunks[0].chunk_id, c);
     write_chunk(s, f.ino, 1, 10, u64::from(CS) + 10).await;
-    s.release_orphan(f.ino).await.unwrap();
+    s.release_orphan(f.ino, 0).await.unwrap();
     assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
     let del = s
         .heartbeat(
@@ -1519,15 +1629,15 @@ async fn open_files_survive_unlink_as_orphans(h: Handle) {
         .unwrap();
     assert_eq!(del.unwrap().len(), 2, "both chunks collected");
     // Rename over an open file orphans the replaced one the same way.
-    let a = s.create(file(ROOT_INO, "a")).await.unwrap();
-    let b = s.create(file(ROOT_INO, "b")).await.unwrap();
-    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, true)
+    let a = s.create(file(ROOT_INO, "a"), Origin::NONE).await.unwrap();
+    let b = s.create(file(ROOT_INO, "b"), Origin::NONE).await.unwrap();
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, Some(0), Origin::NONE)
         .await
         .unwrap();
     assert_eq!(s.getattr(b.ino).await.unwrap().nlink, 0);
     assert_eq!(s.lookup(ROOT_INO, b"b").await.unwrap().ino, a.ino);
     // Releasing a file that is not an orphan changes nothing.
-    s.release_orphan(a.ino).await.unwrap();
+    s.release_orphan(a.ino, 0).await.unwrap();
     assert_eq!(s.getattr(a.ino).await.unwrap().nlink, 1);
     // Orphans whose client never came back expire.
     assert_eq!(s.expire_orphans(0).await.unwrap(), 0, "not old enough");

@@ -9,6 +9,7 @@ pub mod pb {
 
 mod errno;
 mod names;
+pub mod session;
 pub mod zero_runs;
 
 pub use errno::{errno_of, status_from_errno, ERRNO_METADATA_KEY};

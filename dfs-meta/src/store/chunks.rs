@@ -7,7 +7,8 @@ use sqlx::{AnyConnection, Row};
 use super::namespace::{next_id, require_inode};
 use super::nodes::{live_nodes, NodeRecord};
 use super::rows::{to_i64, FileKind, Inode, Timespec};
-use super::{in_tx, now_ms, Result, Store, StoreError};
+use super::sessions::Origin;
+use super::{in_tx, in_tx_once, now_ms, Result, Store, StoreError};
 use crate::placement::{self, Candidate};
 
 /// One chunk of a file as a reader needs it.
@@ -100,13 +101,15 @@ impl Store {
     }
 
     /// Chooses `count` target nodes for a chunk, allocating a fresh chunk id when
-    /// `chunk_id` is 0. Fails with NoSpace when no node qualifies.
+    /// `chunk_id` is 0 (held by `session` until committed, or until the
+    /// session ends). Fails with NoSpace when no node qualifies.
     pub async fn place_chunk(
         &self,
         chunk_id: u64,
         count: u32,
         exclude: &[u64],
         live_cutoff_ms: i64,
+        session: u64,
     ) -> Result<Placement> {
         let count = count.clamp(1, 16) as usize;
         let nodes = {
@@ -139,9 +142,12 @@ impl Store {
         let chunk_id = if chunk_id == 0 {
             in_tx!(self, |tx| {
                 let id = next_id(&mut tx, "chunk").await?;
-                sqlx::query("INSERT INTO chunk_allocations (id, allocated_ms) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(now_ms())
+                sqlx::query(
+                    "INSERT INTO chunk_allocations (id, allocated_ms, session_id) VALUES ($1, $2, $3)",
+                )
+                .bind(id)
+                .bind(now_ms())
+                .bind(to_i64(session, "session")?)
                     .execute(&mut *tx)
                     .await?;
                 Ok(id as u64)
@@ -160,6 +166,7 @@ impl Store {
         size: u64,
         chunks: &[CommitChunk],
         mtime: Option<Timespec>,
+        origin: Origin,
     ) -> Result<Inode> {
         if size > dfs_proto::MAX_FILE_SIZE {
             return Err(StoreError::FileTooBig(size));
@@ -184,52 +191,55 @@ impl Store {
                 )));
             }
         }
-        in_tx!(self, |tx| {
-            let now = Timespec::now();
-            let mut inode = require_regular(&mut tx, ino).await?;
-            inode.require_mutable("write")?;
-            // Another client committed over a chunk this writer started
-            // from: nothing changes, the writer merges and tries again.
-            for c in chunks {
-                let Some(base) = c.base else { continue };
-                let current =
-                    sqlx::query("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2")
-                        .bind(to_i64(ino, "inode")?)
-                        .bind(to_i64(c.index, "chunk index")?)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|r| r.try_get::<i64, _>(0))
-                        .transpose()?
-                        .map(|id| id as u64);
-                if current != base {
-                    return Err(StoreError::Conflict(format!(
-                        "chunk {} of inode {ino} changed since it was read",
-                        c.index
-                    )));
+        in_tx_once!(
+            self,
+            origin,
+            |tx| {
+                let now = Timespec::now();
+                let mut inode = require_regular(&mut tx, ino).await?;
+                inode.require_mutable("write")?;
+                // Another client committed over a chunk this writer started
+                // from: nothing changes, the writer merges and tries again.
+                for c in chunks {
+                    let Some(base) = c.base else { continue };
+                    let current =
+                        sqlx::query("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2")
+                            .bind(to_i64(ino, "inode")?)
+                            .bind(to_i64(c.index, "chunk index")?)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .map(|r| r.try_get::<i64, _>(0))
+                            .transpose()?
+                            .map(|id| id as u64);
+                    if current != base {
+                        return Err(StoreError::Conflict(format!(
+                            "chunk {} of inode {ino} changed since it was read",
+                            c.index
+                        )));
+                    }
                 }
-            }
-            // Only truncate makes a file smaller: a commit made from an
-            // older size keeps what other clients appended meanwhile.
-            let size = size.max(inode.size);
-            if inode.append_only() {
-                // Only growth at the end: no shrinking, and no chunk below
-                // the one the old end of file is in may be replaced.
-                let first_open = inode.size / cs;
-                if size < inode.size || chunks.iter().any(|c| c.index < first_open) {
-                    return Err(StoreError::NotPermitted(
-                        "write: the file is append-only".into(),
-                    ));
+                // Only truncate makes a file smaller: a commit made from an
+                // older size keeps what other clients appended meanwhile.
+                let size = size.max(inode.size);
+                if inode.append_only() {
+                    // Only growth at the end: no shrinking, and no chunk below
+                    // the one the old end of file is in may be replaced.
+                    let first_open = inode.size / cs;
+                    if size < inode.size || chunks.iter().any(|c| c.index < first_open) {
+                        return Err(StoreError::NotPermitted(
+                            "write: the file is append-only".into(),
+                        ));
+                    }
                 }
-            }
-            for c in chunks {
-                commit_chunk_in(&mut tx, ino, c).await?;
-            }
-            truncate_map(&mut tx, ino, size, self.chunk_size).await?;
-            inode.size = size;
-            inode.version += 1;
-            inode.mtime = mtime.unwrap_or(now);
-            inode.ctime = now;
-            sqlx::query(
+                for c in chunks {
+                    commit_chunk_in(&mut tx, ino, c).await?;
+                }
+                truncate_map(&mut tx, ino, size, self.chunk_size).await?;
+                inode.size = size;
+                inode.version += 1;
+                inode.mtime = mtime.unwrap_or(now);
+                inode.ctime = now;
+                sqlx::query(
                 "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7 WHERE ino = $1",
             )
             .bind(to_i64(ino, "inode")?)
@@ -241,25 +251,37 @@ impl Store {
             .bind(i64::from(now.nsec))
             .execute(&mut *tx)
             .await?;
-            Ok(inode)
-        })
+                Ok(inode)
+            },
+            replay | _prev | require_inode(&mut tx, ino).await,
+            made | _out | 0
+        )
     }
 
     /// Punches a hole: the file's chunks at indices `from..to` leave its map
     /// (they read as zeros and store nothing), in one transaction. The size
     /// stays; the content version, mtime and ctime move.
-    pub async fn punch_chunks(&self, ino: u64, from: u64, to: u64) -> Result<Inode> {
+    pub async fn punch_chunks(
+        &self,
+        ino: u64,
+        from: u64,
+        to: u64,
+        origin: Origin,
+    ) -> Result<Inode> {
         let from = to_i64(from, "chunk index")?;
         let to = to_i64(to, "chunk index")?;
-        in_tx!(self, |tx| {
-            let now = Timespec::now();
-            let mut inode = require_regular(&mut tx, ino).await?;
-            inode.require_unpinned("punch hole")?;
-            release_chunks(&mut tx, ino, from, to).await?;
-            inode.version += 1;
-            inode.mtime = now;
-            inode.ctime = now;
-            sqlx::query(
+        in_tx_once!(
+            self,
+            origin,
+            |tx| {
+                let now = Timespec::now();
+                let mut inode = require_regular(&mut tx, ino).await?;
+                inode.require_unpinned("punch hole")?;
+                release_chunks(&mut tx, ino, from, to).await?;
+                inode.version += 1;
+                inode.mtime = now;
+                inode.ctime = now;
+                sqlx::query(
                 "UPDATE inodes SET version = $2, mtime_s = $3, mtime_ns = $4, ctime_s = $3, ctime_ns = $4 WHERE ino = $1",
             )
             .bind(to_i64(ino, "inode")?)
@@ -268,8 +290,11 @@ impl Store {
             .bind(i64::from(now.nsec))
             .execute(&mut *tx)
             .await?;
-            Ok(inode)
-        })
+                Ok(inode)
+            },
+            replay | _prev | require_inode(&mut tx, ino).await,
+            made | _out | 0
+        )
     }
 }
 
@@ -292,7 +317,7 @@ async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> R
         .rows_affected();
     if allocated == 0 {
         return Err(StoreError::Invalid(format!(
-            "chunk {} was not allocated or is already committed",
+            "chunk {} was not allocated, is already committed, or its writer's session ended",
             c.chunk_id
         )));
     }

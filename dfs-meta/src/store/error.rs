@@ -107,8 +107,29 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The database could not be reached (down, restarting, failing over):
+    /// the request did not happen and may be sent again.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+            )
+        )
+    }
+}
+
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> tonic::Status {
+        if e.is_unavailable() {
+            // No errno: clients retry this like a server they cannot reach.
+            tracing::warn!(error = %e, "metadata database unavailable");
+            return tonic::Status::unavailable(e.to_string());
+        }
         if e.errno() == libc::EIO {
             tracing::error!(error = %e, "store failure");
         }

@@ -146,12 +146,13 @@ impl Store {
             .fetch_one(&mut *conn)
             .await?
             .try_get::<i64, _>(0)? as u64;
-        report.abandoned_allocations =
-            scalar("SELECT COUNT(*) FROM chunk_allocations WHERE allocated_ms < $1")
-                .bind(super::now_ms() - super::nodes::ALLOCATION_TTL_MS)
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get::<i64, _>(0)? as u64;
+        report.abandoned_allocations = scalar(
+            "SELECT COUNT(*) FROM chunk_allocations WHERE allocated_ms < $1 AND session_id = 0",
+        )
+        .bind(super::now_ms() - super::nodes::ALLOCATION_TTL_MS)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get::<i64, _>(0)? as u64;
         Ok(report)
     }
 }

@@ -47,6 +47,11 @@ const SQLITE: &[Migration] = &[
         name: "gc_queued",
         sql: include_str!("../../../migrations/sqlite/0007_gc_queued.sql"),
     },
+    Migration {
+        version: 8,
+        name: "sessions",
+        sql: include_str!("../../../migrations/sqlite/0008_sessions.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -84,6 +89,11 @@ const POSTGRES: &[Migration] = &[
         version: 7,
         name: "gc_queued",
         sql: include_str!("../../../migrations/postgres/0007_gc_queued.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "sessions",
+        sql: include_str!("../../../migrations/postgres/0008_sessions.sql"),
     },
 ];
 

@@ -27,12 +27,14 @@ mod chunks;
 mod drain;
 mod error;
 mod fsck;
+mod locks;
 mod metrics;
 mod migrate;
 mod namespace;
 mod nodes;
 mod reconcile;
 mod rows;
+mod sessions;
 
 use std::time::Duration;
 
@@ -44,12 +46,14 @@ pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement};
 pub use drain::NodeUsage;
 pub use error::StoreError;
 pub use fsck::{ChunkHealth, ChunkProblem, FsckReport};
+pub use locks::{HeldLock, LockKind, LockOutcome, LockRange, LockSpec};
 pub use metrics::StoreMetrics;
 pub use namespace::{CreateArgs, DirEntry, SetAttrArgs};
 pub use nodes::{
     ClusterCounts, ExtraReplicas, HeartbeatInfo, NodeInfo, NodeRecord, RegisterArgs, RepairItem,
 };
 pub use rows::{FileKind, Inode, Timespec};
+pub use sessions::{Origin, SessionArgs, SessionRecord};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -268,6 +272,29 @@ macro_rules! in_tx {
     }};
 }
 pub(crate) use in_tx;
+
+/// `in_tx!` for a mutation a client may retry after a lost reply: if this
+/// request (`$origin`) already ran, the transaction only evaluates `$replay`
+/// (with `$prev`, the recorded result); otherwise it runs `$body` and records
+/// `$made` (computed from its output `$out`) in the same transaction.
+macro_rules! in_tx_once {
+    ($store:expr, $origin:expr, |$tx:ident| $body:expr,
+     replay |$prev:ident| $replay:expr, made |$out:ident| $made:expr) => {{
+        $crate::store::in_tx!($store, |$tx| {
+            if let Some($prev) = $crate::store::sessions::replayed(&mut $tx, $origin).await? {
+                return $replay;
+            }
+            let $out = async {
+                let result: $crate::store::Result<_> = $body;
+                result
+            }
+            .await?;
+            $crate::store::sessions::record(&mut $tx, $origin, $made).await?;
+            Ok($out)
+        })
+    }};
+}
+pub(crate) use in_tx_once;
 
 /// How far the inode and chunk counters jump at each SQLite open: more ids
 /// than the transactions an unsynced WAL tail can hold (a checkpoint, which

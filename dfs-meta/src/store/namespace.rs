@@ -7,7 +7,8 @@ use sqlx::{AnyConnection, Row};
 use super::rows::{
     has_xattrs_column, inode_from_row, to_i64, FileKind, Inode, Timespec, INODE_COLUMNS,
 };
-use super::{in_tx, Result, Store, StoreError};
+use super::sessions::{self, Origin};
+use super::{in_tx, in_tx_once, Result, Store, StoreError};
 
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
@@ -121,7 +122,7 @@ impl Store {
         Ok(inode)
     }
 
-    pub async fn create(&self, args: CreateArgs) -> Result<Inode> {
+    pub async fn create(&self, args: CreateArgs, origin: Origin) -> Result<Inode> {
         validate_name(&args.name)?;
         if args.kind == FileKind::Symlink
             && (args.symlink_target.is_empty()
@@ -131,102 +132,128 @@ impl Store {
                 "symlink target must be 1..4095 bytes".into(),
             ));
         }
-        in_tx!(self, |tx| create_in(&mut tx, &args, true).await)
+        in_tx_once!(
+            self,
+            origin,
+            |tx| create_in(&mut tx, &args, None).await,
+            replay | ino | require_inode(&mut tx, ino as u64).await,
+            made | inode | inode.ino as i64
+        )
     }
 
     /// open(O_TMPFILE): a regular file in `parent` with no name (nlink 0),
     /// kept as an orphan until its last close, or until linkat gives it a
     /// name. `args.name` is ignored.
-    pub async fn create_unnamed(&self, args: CreateArgs) -> Result<Inode> {
+    pub async fn create_unnamed(&self, args: CreateArgs, origin: Origin) -> Result<Inode> {
         if args.kind != FileKind::Regular {
             return Err(StoreError::Invalid(
                 "an unnamed file is a regular file".into(),
             ));
         }
-        in_tx!(self, |tx| create_in(&mut tx, &args, false).await)
+        in_tx_once!(
+            self,
+            origin,
+            |tx| create_in(&mut tx, &args, Some(origin.session)).await,
+            replay | ino | require_inode(&mut tx, ino as u64).await,
+            made | inode | inode.ino as i64
+        )
     }
 
-    /// Removes a name. With `keep_open` (the caller holds the file open) an inode
-    /// losing its last name becomes an orphan instead of being deleted.
-    pub async fn unlink(&self, parent: u64, name: &[u8], keep_open: bool) -> Result<()> {
+    /// Removes a name. With `keep_open` (the session holding the file open) an
+    /// inode losing its last name becomes an orphan instead of being deleted.
+    pub async fn unlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        keep_open: Option<u64>,
+        origin: Origin,
+    ) -> Result<()> {
         validate_name(name)?;
-        in_tx!(self, |tx| {
-            let now = Timespec::now();
-            require_dir(&mut tx, parent)
-                .await?
-                .require_unpinned("unlink")?;
-            let ino = entry_ino(&mut tx, parent, name)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-            let inode = require_inode(&mut tx, ino).await?;
-            if inode.kind == FileKind::Directory {
-                return Err(StoreError::IsDir);
-            }
-            inode.require_unpinned("unlink")?;
-            delete_entry(&mut tx, parent, name).await?;
-            touch_dir(&mut tx, parent, 0, now).await?;
-            drop_link(&mut tx, &inode, now, keep_open).await
-        })
+        in_tx_once!(
+            self,
+            origin,
+            |tx| {
+                let now = Timespec::now();
+                require_dir(&mut tx, parent)
+                    .await?
+                    .require_unpinned("unlink")?;
+                let ino = entry_ino(&mut tx, parent, name).await?.ok_or_else(|| {
+                    StoreError::NotFound(String::from_utf8_lossy(name).into_owned())
+                })?;
+                let inode = require_inode(&mut tx, ino).await?;
+                if inode.kind == FileKind::Directory {
+                    return Err(StoreError::IsDir);
+                }
+                inode.require_unpinned("unlink")?;
+                delete_entry(&mut tx, parent, name).await?;
+                touch_dir(&mut tx, parent, 0, now).await?;
+                drop_link(&mut tx, &inode, now, keep_open).await
+            },
+            replay | _prev | Ok(()),
+            made | _out | 0
+        )
     }
 
-    /// The last handle on an orphan closed: delete it and its data. Anything
-    /// else (not an orphan, already gone) is a no-op.
-    pub async fn release_orphan(&self, ino: u64) -> Result<()> {
-        in_tx!(self, |tx| {
-            let key = to_i64(ino, "inode")?;
-            let orphan = sqlx::query("SELECT 1 FROM orphans WHERE ino = $1")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if orphan && require_inode(&mut tx, ino).await?.nlink == 0 {
-                delete_inode(&mut tx, ino).await?;
-            }
-            Ok(())
-        })
+    /// Session `holder`'s last handle on an orphan closed: once no session
+    /// holds it, delete it and its data. Anything else (not an orphan, already
+    /// gone) is a no-op, so a retry is harmless.
+    pub async fn release_orphan(&self, ino: u64, holder: u64) -> Result<()> {
+        in_tx!(self, |tx| sessions::drop_orphan_holder(
+            &mut tx, ino, holder
+        )
+        .await)
     }
 
-    /// Deletes orphans older than `cutoff_ms`, left by clients that never came
-    /// back to release them. Returns how many.
+    /// Deletes orphans older than `cutoff_ms` that no session holds (left by
+    /// clients without a session that never came back). Returns how many.
     pub async fn expire_orphans(&self, cutoff_ms: i64) -> Result<usize> {
         let stale: Vec<i64> = {
             let mut conn = self.pool.acquire().await?;
-            sqlx::query("SELECT ino FROM orphans WHERE since_ms < $1")
-                .bind(cutoff_ms)
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()?
+            sqlx::query(
+                "SELECT ino FROM orphans o WHERE since_ms < $1 AND NOT EXISTS
+                   (SELECT 1 FROM orphan_holders h WHERE h.ino = o.ino AND h.session_id <> 0)",
+            )
+            .bind(cutoff_ms)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?
         };
         for ino in &stale {
-            self.release_orphan(*ino as u64).await?;
+            self.release_orphan(*ino as u64, 0).await?;
         }
         Ok(stale.len())
     }
 
-    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+    pub async fn rmdir(&self, parent: u64, name: &[u8], origin: Origin) -> Result<()> {
         validate_name(name)?;
-        in_tx!(self, |tx| {
-            let now = Timespec::now();
-            require_dir(&mut tx, parent)
-                .await?
-                .require_unpinned("rmdir")?;
-            let ino = entry_ino(&mut tx, parent, name)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-            let inode = require_inode(&mut tx, ino).await?;
-            if inode.kind != FileKind::Directory {
-                return Err(StoreError::NotDir);
-            }
-            inode.require_unpinned("rmdir")?;
-            if has_entries(&mut tx, ino).await? {
-                return Err(StoreError::NotEmpty);
-            }
-            delete_entry(&mut tx, parent, name).await?;
-            touch_dir(&mut tx, parent, -1, now).await?;
-            delete_inode(&mut tx, ino).await
-        })
+        in_tx_once!(
+            self,
+            origin,
+            |tx| {
+                let now = Timespec::now();
+                require_dir(&mut tx, parent)
+                    .await?
+                    .require_unpinned("rmdir")?;
+                let ino = entry_ino(&mut tx, parent, name).await?.ok_or_else(|| {
+                    StoreError::NotFound(String::from_utf8_lossy(name).into_owned())
+                })?;
+                let inode = require_inode(&mut tx, ino).await?;
+                if inode.kind != FileKind::Directory {
+                    return Err(StoreError::NotDir);
+                }
+                inode.require_unpinned("rmdir")?;
+                if has_entries(&mut tx, ino).await? {
+                    return Err(StoreError::NotEmpty);
+                }
+                delete_entry(&mut tx, parent, name).await?;
+                touch_dir(&mut tx, parent, -1, now).await?;
+                delete_inode(&mut tx, ino).await
+            },
+            replay | _prev | Ok(()),
+            made | _out | 0
+        )
     }
 
     pub async fn rename(
@@ -236,7 +263,8 @@ impl Store {
         new_parent: u64,
         new_name: &[u8],
         flags: u32,
-        keep_open: bool,
+        keep_open: Option<u64>,
+        origin: Origin,
     ) -> Result<()> {
         validate_name(name)?;
         validate_name(new_name)?;
@@ -245,39 +273,53 @@ impl Store {
         {
             return Err(StoreError::Invalid(format!("rename flags {flags:#x}")));
         }
-        in_tx!(self, |tx| rename_in(
-            &mut tx, parent, name, new_parent, new_name, flags, keep_open
+        in_tx_once!(
+            self,
+            origin,
+            |tx| rename_in(&mut tx, parent, name, new_parent, new_name, flags, keep_open).await,
+            replay | _prev | Ok(()),
+            made | _out | 0
         )
-        .await)
     }
 
-    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Inode> {
+    pub async fn link(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &[u8],
+        origin: Origin,
+    ) -> Result<Inode> {
         validate_name(new_name)?;
-        in_tx!(self, |tx| {
-            let now = Timespec::now();
-            let inode = require_inode(&mut tx, ino).await?;
-            if inode.kind == FileKind::Directory {
-                return Err(StoreError::NotPermitted("hard links to directories".into()));
-            }
-            inode.require_unpinned("link")?;
-            require_dir(&mut tx, new_parent)
-                .await?
-                .require_mutable("link")?;
-            if entry_ino(&mut tx, new_parent, new_name).await?.is_some() {
-                return Err(StoreError::Exists(
-                    String::from_utf8_lossy(new_name).into_owned(),
-                ));
-            }
-            insert_entry(&mut tx, new_parent, new_name, ino).await?;
-            touch_dir(&mut tx, new_parent, 0, now).await?;
-            if inode.nlink == 0 {
-                // An O_TMPFILE (or open unlinked file) linked in: no orphan now.
-                sqlx::query("DELETE FROM orphans WHERE ino = $1")
-                    .bind(to_i64(ino, "inode")?)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query(
+        in_tx_once!(
+            self,
+            origin,
+            |tx| {
+                let now = Timespec::now();
+                let inode = require_inode(&mut tx, ino).await?;
+                if inode.kind == FileKind::Directory {
+                    return Err(StoreError::NotPermitted("hard links to directories".into()));
+                }
+                inode.require_unpinned("link")?;
+                require_dir(&mut tx, new_parent)
+                    .await?
+                    .require_mutable("link")?;
+                if entry_ino(&mut tx, new_parent, new_name).await?.is_some() {
+                    return Err(StoreError::Exists(
+                        String::from_utf8_lossy(new_name).into_owned(),
+                    ));
+                }
+                insert_entry(&mut tx, new_parent, new_name, ino).await?;
+                touch_dir(&mut tx, new_parent, 0, now).await?;
+                if inode.nlink == 0 {
+                    // An O_TMPFILE (or open unlinked file) linked in: no orphan now.
+                    for table in ["orphans", "orphan_holders"] {
+                        sqlx::query(&format!("DELETE FROM {table} WHERE ino = $1"))
+                            .bind(to_i64(ino, "inode")?)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                sqlx::query(
                 "UPDATE inodes SET nlink = nlink + 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1",
             )
             .bind(to_i64(ino, "inode")?)
@@ -285,8 +327,11 @@ impl Store {
             .bind(i64::from(now.nsec))
             .execute(&mut *tx)
             .await?;
-            require_inode(&mut tx, ino).await
-        })
+                require_inode(&mut tx, ino).await
+            },
+            replay | _prev | require_inode(&mut tx, ino).await,
+            made | _out | ino as i64
+        )
     }
 
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -344,9 +389,14 @@ impl Store {
         Ok((entries, more))
     }
 
-    pub async fn setattr(&self, ino: u64, args: SetAttrArgs) -> Result<Inode> {
-        in_tx!(self, |tx| setattr_in(&mut tx, self.chunk_size, ino, &args)
-            .await)
+    pub async fn setattr(&self, ino: u64, args: SetAttrArgs, origin: Origin) -> Result<Inode> {
+        in_tx_once!(
+            self,
+            origin,
+            |tx| setattr_in(&mut tx, self.chunk_size, ino, &args).await,
+            replay | _prev | require_inode(&mut tx, ino).await,
+            made | _out | 0
+        )
     }
 
     pub async fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
@@ -362,7 +412,14 @@ impl Store {
             .ok_or(StoreError::NoXattr)
     }
 
-    pub async fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+    pub async fn set_xattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        origin: Origin,
+    ) -> Result<()> {
         if name.is_empty() || name.len() > 255 {
             return Err(StoreError::Invalid(
                 "xattr name must be 1..255 bytes".into(),
@@ -371,37 +428,43 @@ impl Store {
         if value.len() > MAX_XATTR_VALUE {
             return Err(StoreError::XattrTooBig);
         }
-        in_tx!(self, |tx| {
-            let now = Timespec::now();
-            require_inode(&mut tx, ino)
-                .await?
-                .require_unpinned("setxattr")?;
-            let key = to_i64(ino, "inode")?;
-            let exists = sqlx::query("SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2")
-                .bind(key)
-                .bind(name.to_vec())
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if exists && flags & XATTR_CREATE != 0 {
-                return Err(StoreError::Exists("xattr".into()));
-            }
-            if !exists && flags & XATTR_REPLACE != 0 {
-                return Err(StoreError::NoXattr);
-            }
-            let sql = if exists {
-                "UPDATE xattrs SET value = $3 WHERE ino = $1 AND name = $2"
-            } else {
-                "INSERT INTO xattrs (ino, name, value) VALUES ($1, $2, $3)"
-            };
-            sqlx::query(sql)
-                .bind(key)
-                .bind(name.to_vec())
-                .bind(value.to_vec())
-                .execute(&mut *tx)
-                .await?;
-            set_ctime(&mut tx, ino, now).await
-        })
+        in_tx_once!(
+            self,
+            origin,
+            |tx| {
+                let now = Timespec::now();
+                require_inode(&mut tx, ino)
+                    .await?
+                    .require_unpinned("setxattr")?;
+                let key = to_i64(ino, "inode")?;
+                let exists = sqlx::query("SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2")
+                    .bind(key)
+                    .bind(name.to_vec())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                if exists && flags & XATTR_CREATE != 0 {
+                    return Err(StoreError::Exists("xattr".into()));
+                }
+                if !exists && flags & XATTR_REPLACE != 0 {
+                    return Err(StoreError::NoXattr);
+                }
+                let sql = if exists {
+                    "UPDATE xattrs SET value = $3 WHERE ino = $1 AND name = $2"
+                } else {
+                    "INSERT INTO xattrs (ino, name, value) VALUES ($1, $2, $3)"
+                };
+                sqlx::query(sql)
+                    .bind(key)
+                    .bind(name.to_vec())
+                    .bind(value.to_vec())
+                    .execute(&mut *tx)
+                    .await?;
+                set_ctime(&mut tx, ino, now).await
+            },
+            replay | _prev | Ok(()),
+            made | _out | 0
+        )
     }
 
     pub async fn list_xattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
@@ -416,26 +479,39 @@ impl Store {
             .collect()
     }
 
-    pub async fn remove_xattr(&self, ino: u64, name: &[u8]) -> Result<()> {
-        in_tx!(self, |tx| {
-            let now = Timespec::now();
-            require_inode(&mut tx, ino)
-                .await?
-                .require_unpinned("removexattr")?;
-            let done = sqlx::query("DELETE FROM xattrs WHERE ino = $1 AND name = $2")
-                .bind(to_i64(ino, "inode")?)
-                .bind(name.to_vec())
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 0 {
-                return Err(StoreError::NoXattr);
-            }
-            set_ctime(&mut tx, ino, now).await
-        })
+    pub async fn remove_xattr(&self, ino: u64, name: &[u8], origin: Origin) -> Result<()> {
+        in_tx_once!(
+            self,
+            origin,
+            |tx| {
+                let now = Timespec::now();
+                require_inode(&mut tx, ino)
+                    .await?
+                    .require_unpinned("removexattr")?;
+                let done = sqlx::query("DELETE FROM xattrs WHERE ino = $1 AND name = $2")
+                    .bind(to_i64(ino, "inode")?)
+                    .bind(name.to_vec())
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NoXattr);
+                }
+                set_ctime(&mut tx, ino, now).await
+            },
+            replay | _prev | Ok(()),
+            made | _out | 0
+        )
     }
 }
 
-async fn create_in(tx: &mut AnyConnection, args: &CreateArgs, named: bool) -> Result<Inode> {
+/// Creates an inode named `args.name`, or with `unnamed_holder` (the
+/// session holding it open) an unnamed one: an orphan until linked.
+async fn create_in(
+    tx: &mut AnyConnection,
+    args: &CreateArgs,
+    unnamed_holder: Option<u64>,
+) -> Result<Inode> {
+    let named = unnamed_holder.is_none();
     let now = Timespec::now();
     let parent = require_dir(tx, args.parent).await?;
     parent.require_mutable("create")?;
@@ -491,6 +567,7 @@ async fn create_in(tx: &mut AnyConnection, args: &CreateArgs, named: bool) -> Re
             .bind(super::now_ms())
             .execute(&mut *tx)
             .await?;
+        sessions::hold_orphan(tx, ino as u64, unnamed_holder.unwrap_or(0)).await?;
     }
     require_inode(tx, ino as u64).await
 }
@@ -502,7 +579,7 @@ async fn rename_in(
     new_parent: u64,
     new_name: &[u8],
     flags: u32,
-    keep_open: bool,
+    keep_open: Option<u64>,
 ) -> Result<()> {
     let now = Timespec::now();
     require_dir(tx, parent).await?.require_unpinned("rename")?;
@@ -816,25 +893,32 @@ async fn set_ctime(conn: &mut AnyConnection, ino: u64, now: Timespec) -> Result<
 
 /// One name of a non-directory is gone: drop its link count, and the inode
 /// with its data once no name is left, unless a client holds it open
-/// (`keep_open`): then it stays as an orphan until `release_orphan`.
+/// (`keep_open`, its session): then it stays as an orphan until that session
+/// releases it or ends.
 async fn drop_link(
     conn: &mut AnyConnection,
     inode: &Inode,
     now: Timespec,
-    keep_open: bool,
+    keep_open: Option<u64>,
 ) -> Result<()> {
-    if inode.nlink <= 1 && !keep_open {
-        return delete_inode(conn, inode.ino).await;
-    }
-    if inode.nlink <= 1 {
-        sqlx::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
-            .bind(to_i64(inode.ino, "inode")?)
-            .bind(super::now_ms())
-            .execute(&mut *conn)
-            .await?;
-    }
-    sqlx::query("UPDATE inodes SET nlink = nlink - 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
+    let Some(holder) = keep_open.filter(|_| inode.nlink <= 1) else {
+        if inode.nlink <= 1 {
+            return delete_inode(conn, inode.ino).await;
+        }
+        return drop_one_link(conn, inode.ino, now).await;
+    };
+    sqlx::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
         .bind(to_i64(inode.ino, "inode")?)
+        .bind(super::now_ms())
+        .execute(&mut *conn)
+        .await?;
+    sessions::hold_orphan(conn, inode.ino, holder).await?;
+    drop_one_link(conn, inode.ino, now).await
+}
+
+async fn drop_one_link(conn: &mut AnyConnection, ino: u64, now: Timespec) -> Result<()> {
+    sqlx::query("UPDATE inodes SET nlink = nlink - 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
+        .bind(to_i64(ino, "inode")?)
         .bind(now.sec)
         .bind(i64::from(now.nsec))
         .execute(&mut *conn)
@@ -842,10 +926,10 @@ async fn drop_link(
     Ok(())
 }
 
-async fn delete_inode(conn: &mut AnyConnection, ino: u64) -> Result<()> {
+pub(crate) async fn delete_inode(conn: &mut AnyConnection, ino: u64) -> Result<()> {
     super::chunks::truncate_map(conn, ino, 0, 1).await?;
     let key = to_i64(ino, "inode")?;
-    for table in ["xattrs", "orphans"] {
+    for table in ["xattrs", "orphans", "orphan_holders", "locks"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE ino = $1"))
             .bind(key)
             .execute(&mut *conn)

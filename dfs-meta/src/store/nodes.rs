@@ -74,7 +74,8 @@ pub struct ClusterCounts {
     pub gc_pending: u64,
 }
 
-/// Chunk allocations older than this are abandoned writes; their chunks are garbage.
+/// Chunk allocations made outside a session and older than this are
+/// abandoned writes; their chunks are garbage.
 pub(crate) const ALLOCATION_TTL_MS: i64 = 3_600_000;
 
 impl Store {

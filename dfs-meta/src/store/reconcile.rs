@@ -26,7 +26,9 @@ pub(crate) async fn reconcile(
     listed_after_ms: i64,
     now: i64,
 ) -> Result<Vec<u64>> {
-    sqlx::query("DELETE FROM chunk_allocations WHERE allocated_ms < $1")
+    // Allocations of a session live as long as it does; only those made
+    // outside any session expire by age.
+    sqlx::query("DELETE FROM chunk_allocations WHERE allocated_ms < $1 AND session_id = 0")
         .bind(now - ALLOCATION_TTL_MS)
         .execute(&mut *tx)
         .await?;

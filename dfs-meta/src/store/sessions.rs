@@ -1,0 +1,317 @@
+//! Sessions: the clients meta knows. A session holds a lease that its client
+//! renews; orphans (files unlinked while open), chunk allocations of writes in
+//! flight and locks belong to it and are released when it closes or its lease
+//! runs out, never by a fixed timer while the client lives.
+//!
+//! Each session also remembers the mutations it made, by request id, so a
+//! retry after a lost reply gets the first outcome instead of running twice
+//! (`replayed` / `record`, called inside the mutation's own transaction).
+
+use sqlx::{AnyConnection, Row};
+
+use super::namespace::{delete_inode, next_id};
+use super::rows::to_i64;
+use super::{in_tx, now_ms, Result, Store};
+
+/// Who made a request: its session and its request id within it (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub session: u64,
+    pub request: u64,
+}
+
+impl Origin {
+    /// A request outside any session (nothing to replay or hold).
+    pub const NONE: Origin = Origin {
+        session: 0,
+        request: 0,
+    };
+
+    fn key(self) -> Option<(i64, i64)> {
+        match (i64::try_from(self.session), i64::try_from(self.request)) {
+            (Ok(s), Ok(r)) if s > 0 && r > 0 => Some((s, r)),
+            _ => None,
+        }
+    }
+}
+
+/// What a client says about itself when it opens a session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionArgs {
+    pub host: String,
+    pub mountpoint: String,
+    pub pid: u32,
+    pub version: String,
+    pub kind: String,
+}
+
+/// A session as `dfs sessions` lists it.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id: u64,
+    pub args: SessionArgs,
+    pub since_ms: i64,
+    pub renewed_ms: i64,
+    pub expires_ms: i64,
+    pub open_files: u64,
+    pub locks: u64,
+    pub orphans: u64,
+}
+
+/// The outcome a mutation recorded under this request id, if it ran already.
+pub(crate) async fn replayed(conn: &mut AnyConnection, origin: Origin) -> Result<Option<i64>> {
+    let Some((session, request)) = origin.key() else {
+        return Ok(None);
+    };
+    Ok(
+        sqlx::query(
+            "SELECT result FROM session_requests WHERE session_id = $1 AND request_id = $2",
+        )
+        .bind(session)
+        .bind(request)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get::<i64, _>(0))
+        .transpose()?,
+    )
+}
+
+/// Records that this request's mutation ran (in its transaction), with the
+/// inode it made or 0.
+pub(crate) async fn record(conn: &mut AnyConnection, origin: Origin, result: i64) -> Result<()> {
+    let Some((session, request)) = origin.key() else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO session_requests (session_id, request_id, result) VALUES ($1, $2, $3)",
+    )
+    .bind(session)
+    .bind(request)
+    .bind(result)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Session `holder` holds orphan `ino` open (0: a client without a session).
+pub(crate) async fn hold_orphan(conn: &mut AnyConnection, ino: u64, holder: u64) -> Result<()> {
+    let (ino, holder) = (to_i64(ino, "inode")?, to_i64(holder, "session")?);
+    let held = sqlx::query("SELECT 1 FROM orphan_holders WHERE ino = $1 AND session_id = $2")
+        .bind(ino)
+        .bind(holder)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    if !held {
+        sqlx::query("INSERT INTO orphan_holders (ino, session_id) VALUES ($1, $2)")
+            .bind(ino)
+            .bind(holder)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Session `holder` lets go of orphan `ino`; the orphan is deleted once no
+/// holder is left.
+pub(crate) async fn drop_orphan_holder(
+    conn: &mut AnyConnection,
+    ino: u64,
+    holder: u64,
+) -> Result<()> {
+    let key = to_i64(ino, "inode")?;
+    sqlx::query("DELETE FROM orphan_holders WHERE ino = $1 AND session_id = $2")
+        .bind(key)
+        .bind(to_i64(holder, "session")?)
+        .execute(&mut *conn)
+        .await?;
+    let orphan = sqlx::query("SELECT 1 FROM orphans WHERE ino = $1")
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    let others: i64 = sqlx::query("SELECT COUNT(*) FROM orphan_holders WHERE ino = $1")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if orphan && others == 0 {
+        let nlink: Option<i64> = sqlx::query("SELECT nlink FROM inodes WHERE ino = $1")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if nlink == Some(0) {
+            delete_inode(conn, ino).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Releases everything a session holds and forgets it.
+async fn release_session(conn: &mut AnyConnection, id: u64) -> Result<()> {
+    let key = to_i64(id, "session")?;
+    let held: Vec<i64> = sqlx::query("SELECT ino FROM orphan_holders WHERE session_id = $1")
+        .bind(key)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<_, _>>()?;
+    for ino in held {
+        drop_orphan_holder(conn, ino as u64, id).await?;
+    }
+    // The chunk ids of its unfinished writes: a node that stored one
+    // reports it as unknown, and it is collected.
+    for table in ["chunk_allocations", "locks", "session_requests"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE session_id = $1"))
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens a session whose lease runs `lease_ms` from now.
+    pub async fn open_session(&self, args: &SessionArgs, lease_ms: i64) -> Result<u64> {
+        in_tx!(self, |tx| {
+            let id = next_id(&mut tx, "session").await?;
+            let now = now_ms();
+            sqlx::query(
+                "INSERT INTO sessions (id, host, mountpoint, pid, version, kind, since_ms, renewed_ms, expires_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+            )
+            .bind(id)
+            .bind(args.host.clone())
+            .bind(args.mountpoint.clone())
+            .bind(i64::from(args.pid))
+            .bind(args.version.clone())
+            .bind(args.kind.clone())
+            .bind(now)
+            .bind(now + lease_ms)
+            .execute(&mut *tx)
+            .await?;
+            Ok(id as u64)
+        })
+    }
+
+    /// Extends a live session's lease; forgets the request records below
+    /// `replied_below`. Returns the new expiry, or None if the session
+    /// expired (or never was).
+    pub async fn renew_session(
+        &self,
+        id: u64,
+        open_files: u64,
+        replied_below: u64,
+        lease_ms: i64,
+    ) -> Result<Option<i64>> {
+        let key = to_i64(id, "session")?;
+        in_tx!(self, |tx| {
+            let now = now_ms();
+            let renewed = sqlx::query(
+                "UPDATE sessions SET renewed_ms = $2, expires_ms = $3, open_files = $4 WHERE id = $1 AND expires_ms >= $2",
+            )
+            .bind(key)
+            .bind(now)
+            .bind(now + lease_ms)
+            .bind(i64::try_from(open_files).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if renewed == 0 {
+                return Ok(None);
+            }
+            sqlx::query("DELETE FROM session_requests WHERE session_id = $1 AND request_id < $2")
+                .bind(key)
+                .bind(i64::try_from(replied_below).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+            Ok(Some(now + lease_ms))
+        })
+    }
+
+    /// When a session's lease runs out, or None if it is gone.
+    pub async fn session_expiry(&self, id: u64) -> Result<Option<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(sqlx::query("SELECT expires_ms FROM sessions WHERE id = $1")
+            .bind(to_i64(id, "session")?)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?)
+    }
+
+    /// A client closes its session: everything it holds is released.
+    pub async fn close_session(&self, id: u64) -> Result<()> {
+        in_tx!(self, |tx| release_session(&mut tx, id).await)
+    }
+
+    /// Releases every session whose lease ran out before `now_ms`; returns their ids.
+    pub async fn expire_sessions(&self, now_ms: i64) -> Result<Vec<u64>> {
+        let expired: Vec<i64> = {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::query("SELECT id FROM sessions WHERE expires_ms < $1")
+                .bind(now_ms)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<_, _>>()?
+        };
+        for id in &expired {
+            in_tx!(self, |tx| {
+                // Renewed meanwhile (by another meta): keep it.
+                let still = sqlx::query("SELECT 1 FROM sessions WHERE id = $1 AND expires_ms < $2")
+                    .bind(*id)
+                    .bind(now_ms)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                if still {
+                    release_session(&mut tx, *id as u64).await?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(expired.into_iter().map(|id| id as u64).collect())
+    }
+
+    /// Every session, oldest first.
+    pub async fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT s.id, s.host, s.mountpoint, s.pid, s.version, s.kind, s.since_ms, s.renewed_ms, s.expires_ms, s.open_files,
+                    (SELECT COUNT(*) FROM locks l WHERE l.session_id = s.id),
+                    (SELECT COUNT(*) FROM orphan_holders h WHERE h.session_id = s.id)
+             FROM sessions s ORDER BY s.id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionRecord {
+                    id: r.try_get::<i64, _>(0)? as u64,
+                    args: SessionArgs {
+                        host: r.try_get(1)?,
+                        mountpoint: r.try_get(2)?,
+                        pid: r.try_get::<i64, _>(3)? as u32,
+                        version: r.try_get(4)?,
+                        kind: r.try_get(5)?,
+                    },
+                    since_ms: r.try_get(6)?,
+                    renewed_ms: r.try_get(7)?,
+                    expires_ms: r.try_get(8)?,
+                    open_files: r.try_get::<i64, _>(9)? as u64,
+                    locks: r.try_get::<i64, _>(10)? as u64,
+                    orphans: r.try_get::<i64, _>(11)? as u64,
+                })
+            })
+            .collect()
+    }
+}
