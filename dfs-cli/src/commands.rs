@@ -6,34 +6,62 @@ use std::sync::Arc;
 
 use dfs_client::files::{self, resolve, with_path, PutOptions};
 use dfs_client::{Channels, ClientError};
-use dfs_proto::pb::{self, meta_client::MetaClient};
+use dfs_client::Meta;
+use dfs_proto::pb;
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::transport::Channel;
 
 use crate::format::{bytes, date, kind_name, mode_string};
 use crate::{Cli, Command, NodeAction};
 
-type Meta = MetaClient<Channel>;
 type Result<T> = std::result::Result<T, ClientError>;
 
 pub async fn run(cli: Cli) -> Result<()> {
-    let mut meta = dfs_client::connect_meta(&cli.meta).await?;
+    let channel = dfs_client::meta::connect(
+        &dfs_client::meta::parse_addrs(&cli.meta),
+        std::time::Duration::from_secs(cli.meta_timeout.max(1)),
+    )
+    .await?;
+    let writes = matches!(
+        cli.command,
+        Command::Mkdir { .. } | Command::Rm { .. } | Command::Put { .. }
+    );
+    if writes {
+        // Its chunk allocations and retried mutations belong to a session.
+        channel
+            .open_session(dfs_client::meta::SessionInfo {
+                mountpoint: String::new(),
+                kind: "cli".into(),
+            })
+            .await?;
+    }
+    let result = run_command(cli, &mut channel.client()).await;
+    if writes {
+        if let Err(e) = channel.close_session().await {
+            tracing::warn!(error = %e, "cannot close the session");
+        }
+    }
+    result
+}
+
+async fn run_command(cli: Cli, meta: &mut Meta) -> Result<()> {
+    let meta = &mut *meta;
     match cli.command {
-        Command::Status => status(&mut meta, cli.json).await,
-        Command::Nodes => nodes(&mut meta, cli.json).await,
-        Command::Ls { path, long } => ls(&mut meta, &path, long).await,
-        Command::Stat { path } => stat(&mut meta, &path, cli.json).await,
-        Command::Mkdir { path, parents } => mkdir(&mut meta, &path, parents).await,
-        Command::Rm { path, recursive } => rm(&mut meta, &path, recursive).await,
+        Command::Status => status(meta, cli.json).await,
+        Command::Nodes => nodes(meta, cli.json).await,
+        Command::Sessions => sessions(meta, cli.json).await,
+        Command::Ls { path, long } => ls(meta, &path, long).await,
+        Command::Stat { path } => stat(meta, &path, cli.json).await,
+        Command::Mkdir { path, parents } => mkdir(meta, &path, parents).await,
+        Command::Rm { path, recursive } => rm(meta, &path, recursive).await,
         Command::Put {
             local,
             path,
             force,
             fsync,
-        } => put(&mut meta, &local, &path, force, fsync).await,
-        Command::Get { path, local } => get(&mut meta, &path, &local).await,
-        Command::Fsck { path, repair } => fsck(&mut meta, &path, repair, cli.json).await,
-        Command::Node { action } => node_admin(&mut meta, action).await,
+        } => put(meta, &local, &path, force, fsync).await,
+        Command::Get { path, local } => get(meta, &path, &local).await,
+        Command::Fsck { path, repair } => fsck(meta, &path, repair, cli.json).await,
+        Command::Node { action } => node_admin(meta, action).await,
     }
 }
 
@@ -292,6 +320,55 @@ async fn status(meta: &mut Meta, json: bool) -> Result<()> {
     println!("under-replicated chunks: {}", s.under_replicated_chunks);
     println!("lost chunks: {}", s.lost_chunks);
     println!("replicas awaiting deletion: {}", s.gc_pending);
+    Ok(())
+}
+
+async fn sessions(meta: &mut Meta, json: bool) -> Result<()> {
+    let list = meta.list_sessions(pb::Empty {}).await?.into_inner().sessions;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    if json {
+        let doc: Vec<_> = list
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.session_id, "host": s.host, "mountpoint": s.mountpoint,
+                    "pid": s.pid, "version": s.version, "kind": s.kind,
+                    "since_ms": s.since_ms, "renewed_ms": s.renewed_ms,
+                    "expires_ms": s.expires_ms, "open_files": s.open_files,
+                    "locks": s.locks, "orphans": s.orphans,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::from(doc));
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<5}  {:<16}  {:>7}  {:<8}  {:<19}  {:>7}  {:>5}  {:>5}  {:>7}  MOUNT POINT",
+        "ID", "KIND", "HOST", "PID", "VERSION", "SINCE", "RENEWED", "OPEN", "LOCKS", "ORPHANS"
+    );
+    for s in &list {
+        let since = pb::Timespec {
+            sec: s.since_ms / 1000,
+            nsec: 0,
+        };
+        println!(
+            "{:>6}  {:<5}  {:<16}  {:>7}  {:<8}  {:<19}  {:>6}s  {:>5}  {:>5}  {:>7}  {}",
+            s.session_id,
+            s.kind,
+            s.host,
+            s.pid,
+            s.version,
+            date(Some(&since)),
+            (now - s.renewed_ms).max(0) / 1000,
+            s.open_files,
+            s.locks,
+            s.orphans,
+            if s.mountpoint.is_empty() { "-" } else { &s.mountpoint }
+        );
+    }
     Ok(())
 }
 

@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "dfs", version, about = "dfs cluster admin tool")]
 pub struct Cli {
-    /// Metadata server address (HOST:PORT).
+    /// Metadata server addresses (HOST:PORT[,HOST:PORT...]); the next is
+    /// tried when one does not answer.
     #[arg(
         long,
         env = "DFS_META",
@@ -21,6 +22,9 @@ pub struct Cli {
         global = true
     )]
     meta: String,
+    /// Seconds a call keeps retrying (failing over) while no meta answers.
+    #[arg(long, default_value_t = 15, global = true)]
+    meta_timeout: u64,
     /// One JSON document on stdout, for scripts (status, nodes, stat, fsck).
     #[arg(long, global = true)]
     json: bool,
@@ -34,6 +38,9 @@ pub enum Command {
     Status,
     /// Storage nodes with state, capacity and chunk counts.
     Nodes,
+    /// Client sessions: mounts and writing CLI processes, with their open
+    /// files, locks and lease.
+    Sessions,
     /// List a directory.
     Ls {
         #[arg(default_value = "/")]

@@ -5,12 +5,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use dfs_proto::pb::{
-    self, meta_client::MetaClient, write_chunk_request::Msg, NodeRef, WriteChunkRequest,
+    self, write_chunk_request::Msg, NodeRef, WriteChunkRequest,
     WriteHeader,
 };
 use dfs_proto::zero_runs;
 use prost::bytes::{Bytes, BytesMut};
-use tonic::transport::Channel;
 
 use crate::{Channels, ClientError};
 
@@ -173,7 +172,7 @@ async fn write_down_chain(
 /// replica holds the data, or (with too few nodes up) at least the cluster's
 /// minimum does. Otherwise it fails and nothing refers to the chunk.
 pub async fn upload_chunk(
-    meta: &mut MetaClient<Channel>,
+    meta: &mut crate::Meta,
     channels: &Channels,
     data: Bytes,
     durable: bool,
@@ -295,7 +294,7 @@ pub async fn read_replica(
 /// Reads a whole chunk from the first replica that returns it intact (length
 /// and crc32c as committed). A replica with a bad checksum is reported to meta.
 pub async fn read_chunk(
-    meta: Option<&mut MetaClient<Channel>>,
+    meta: Option<&mut crate::Meta>,
     channels: &Channels,
     chunk: &pb::ChunkRef,
 ) -> Result<Bytes, ClientError> {
@@ -309,7 +308,7 @@ pub async fn read_chunk(
 /// from the first replica that returns them. The node verifies the checksum of
 /// every block it serves; a replica that finds one bad is reported to meta.
 pub async fn read_chunk_range(
-    meta: Option<&mut MetaClient<Channel>>,
+    meta: Option<&mut crate::Meta>,
     channels: &Channels,
     chunk: &pb::ChunkRef,
     offset: u64,
@@ -333,7 +332,7 @@ fn hedge_after(length: u64) -> Duration {
 /// accepts. A replica slower than `hedge_after` gets company: the next one
 /// is asked too, and the first good answer wins.
 async fn read_verified(
-    meta: Option<&mut MetaClient<Channel>>,
+    meta: Option<&mut crate::Meta>,
     channels: &Channels,
     chunk: &pb::ChunkRef,
     offset: u64,

@@ -7,11 +7,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use dfs_proto::pb::{self, meta_client::MetaClient};
+use dfs_proto::pb;
 use futures::stream::{FuturesOrdered, StreamExt};
 use prost::bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tonic::transport::Channel;
 
 use crate::chunk_io::{read_chunk, upload_chunk, UploadedChunk};
 use crate::{Channels, ClientError};
@@ -70,7 +69,7 @@ pub fn split_path(path: &str) -> Result<(&str, &str), ClientError> {
     Ok((if parent.is_empty() { "/" } else { parent }, name))
 }
 
-pub async fn resolve(meta: &mut MetaClient<Channel>, path: &str) -> Result<pb::Attr, ClientError> {
+pub async fn resolve(meta: &mut crate::Meta, path: &str) -> Result<pb::Attr, ClientError> {
     let reply = meta
         .resolve_path(pb::ResolvePathRequest {
             path: path.as_bytes().to_vec(),
@@ -107,7 +106,7 @@ fn strerror(errno: i32) -> String {
 
 /// Uploads everything `reader` yields to `path`.
 pub async fn put(
-    meta: &mut MetaClient<Channel>,
+    meta: &mut crate::Meta,
     channels: &Channels,
     path: &str,
     mut reader: impl AsyncRead + Unpin,
@@ -186,7 +185,7 @@ pub async fn put(
 }
 
 async fn upload_into(
-    meta: &mut MetaClient<Channel>,
+    meta: &mut crate::Meta,
     channels: &Channels,
     ino: u64,
     reader: &mut (impl AsyncRead + Unpin),
@@ -258,7 +257,7 @@ async fn upload_into(
 }
 
 async fn commit(
-    meta: &mut MetaClient<Channel>,
+    meta: &mut crate::Meta,
     ino: u64,
     size: u64,
     batch: &[(u64, UploadedChunk)],
@@ -313,7 +312,7 @@ async fn read_full(
 /// Downloads the regular file at `path` into `writer`; returns its size.
 /// Every chunk's checksum is verified; holes read as zeros.
 pub async fn get(
-    meta: &mut MetaClient<Channel>,
+    meta: &mut crate::Meta,
     channels: &Channels,
     path: &str,
     writer: &mut (impl AsyncWrite + Unpin),

@@ -68,6 +68,8 @@ pub struct DfsFs {
     page_cache_content: Mutex<lru::LruCache<u64, ContentSignature>>,
     /// The cluster's chunk size, learned from the first open (0 until then).
     chunk_size: AtomicU32,
+    /// fcntl and flock locks, kept by meta for every mount.
+    pub locks: crate::locks::Locks,
 }
 
 /// An open file handle, and whether the kernel may keep its cached pages.
@@ -124,6 +126,7 @@ impl DfsFs {
             no_xattrs: Mutex::new(inode_lru()),
             chunk_size: AtomicU32::new(0),
             page_cache_content: Mutex::new(inode_lru()),
+            locks: Default::default(),
         }
     }
 
@@ -148,7 +151,7 @@ impl DfsFs {
         &self.io
     }
 
-    fn meta(&self) -> dfs_proto::pb::meta_client::MetaClient<tonic::transport::Channel> {
+    fn meta(&self) -> dfs_client::Meta {
         self.io.meta.clone()
     }
 
@@ -382,7 +385,12 @@ impl DfsFs {
     /// A new handle on an open file.
     fn add_handle(&self, file: SharedFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, file);
+        let open = {
+            let mut handles = lock(&self.handles);
+            handles.insert(fh, file);
+            handles.len()
+        };
+        self.io.meta_channel.set_open_files(open as u64);
         fh
     }
 
@@ -603,7 +611,13 @@ impl DfsFs {
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let Some(file) = lock(&self.handles).remove(&fh) else {
+        let removed = {
+            let mut handles = lock(&self.handles);
+            let file = handles.remove(&fh);
+            self.io.meta_channel.set_open_files(handles.len() as u64);
+            file
+        };
+        let Some(file) = removed else {
             return Ok(());
         };
         let (ino, orphaned, result) = {
@@ -626,6 +640,11 @@ impl DfsFs {
                 .await?;
         }
         result
+    }
+
+    /// Ends this mount's session: meta releases its locks and orphans now.
+    pub async fn close_session(&self) -> FsResult<()> {
+        Ok(self.io.meta_channel.close_session().await?)
     }
 
     /// Flushes every open file (unmount, shutdown).

@@ -12,13 +12,14 @@ use dfs_proto::{inode_flags, pb};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, RequestId, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
 use crate::fs::{Caller, DfsFs, Opened, SetAttr};
+use crate::locks::LockRequest;
 
 /// How long the kernel may cache attributes and entries. Short, so another
 /// mount's changes show up quickly; open() always revalidates the chunk map.
@@ -73,6 +74,32 @@ impl FuseAdapter {
             }
             Errno::from_i32(errno)
         })
+    }
+
+    /// Takes or releases a lock. One that may wait runs as its own task, so
+    /// a waiter parks no FUSE thread; an interrupt ends it with EINTR.
+    fn set_lock(&self, req: &Request, lock: LockRequest, sleep: bool, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        if !sleep {
+            let op = if lock.flock { "flock" } else { "setlk" };
+            let result = self.run(op, async {
+                fs.locks.set(&fs.io().meta, lock, false, None).await
+            });
+            return empty(reply, result);
+        }
+        let unique = req.unique().0;
+        let interrupted = fs.locks.waiting(unique);
+        self.rt.spawn(async move {
+            let result = fs
+                .locks
+                .set(&fs.io().meta, lock, true, Some(interrupted))
+                .await;
+            fs.locks.done_waiting(unique);
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(Errno::from_i32(e.errno())),
+            }
+        });
     }
 }
 
@@ -235,6 +262,12 @@ fn empty(reply: ReplyEmpty, result: Result<(), Errno>) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Locks go to this daemon (and on to meta), not the kernel's local table.
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+        {
+            tracing::warn!(?missing, "the kernel keeps these locks local to this mount");
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config
@@ -469,25 +502,129 @@ impl Filesystem for FuseAdapter {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.run("flush", self.fs.flush(fh.0)))
+        // close(2): the data first, then the process's fcntl locks on the file.
+        let result = self.run("flush", async {
+            let flushed = self.fs.flush(fh.0).await;
+            let unlocked = self
+                .fs
+                .locks
+                .release_owner(&self.fs.io().meta, ino.0, lock_owner.0, false)
+                .await;
+            flushed.and(unlocked)
+        });
+        empty(reply, result)
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.run("release", self.fs.release(fh.0)))
+        // The last close of an open file description drops its flock lock.
+        let result = self.run("release", async {
+            let released = self.fs.release(fh.0).await;
+            let unlocked = match lock_owner {
+                Some(owner) => {
+                    self.fs
+                        .locks
+                        .release_owner(&self.fs.io().meta, ino.0, owner.0, true)
+                        .await
+                }
+                None => Ok(()),
+            };
+            released.and(unlocked)
+        });
+        empty(reply, result)
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let lock = LockRequest {
+            ino: ino.0,
+            owner: lock_owner.0,
+            flock: false,
+            typ,
+            start,
+            end,
+            pid,
+        };
+        let fs = &self.fs;
+        match self.run("getlk", fs.locks.test(&fs.io().meta, lock)) {
+            Ok(Some(c)) => reply.locked(c.start, c.end, c.typ, c.pid),
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock = LockRequest {
+            ino: ino.0,
+            owner: lock_owner.0,
+            flock: false,
+            typ,
+            start,
+            end,
+            pid,
+        };
+        self.set_lock(req, lock, sleep, reply);
+    }
+
+    fn flock(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        typ: i32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock = LockRequest {
+            ino: ino.0,
+            owner: lock_owner.0,
+            flock: true,
+            typ,
+            start: 0,
+            end: u64::MAX,
+            pid: req.pid(),
+        };
+        self.set_lock(req, lock, sleep, reply);
+    }
+
+    fn interrupt(&self, _req: &Request, unique: RequestId) {
+        self.fs.locks.interrupt(unique.0);
     }
 
     fn fsync(

@@ -9,9 +9,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 use dfs_client::chunk_io::{read_chunk, read_chunk_range};
 use dfs_client::{Channels, ClientError};
-use dfs_proto::pb::{self, meta_client::MetaClient};
+use dfs_proto::pb;
 use prost::bytes::Bytes;
-use tonic::transport::Channel;
 
 use crate::cache::ChunkCache;
 use crate::error::{FsError, FsResult};
@@ -24,7 +23,9 @@ type Fetch = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
 /// What the file system shares with every open file: the cluster and the cache.
 #[derive(Clone)]
 pub struct Io {
-    pub meta: MetaClient<Channel>,
+    pub meta: dfs_client::Meta,
+    /// The channel under `meta`: the session, and retry counts.
+    pub meta_channel: dfs_client::meta::MetaChannel,
     pub channels: Channels,
     pub cache: Arc<ChunkCache>,
     /// The mount's one memory bound, shared by the cache and write buffers.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod io;
+pub mod locks;
 pub mod memory;
 pub mod metrics;
 pub mod open_file;
@@ -58,14 +59,23 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         .build()
         .map_err(MountError::Runtime)?;
     let meta = rt.block_on(async {
-        let mut errors = Vec::new();
-        for addr in &opts.meta_addrs {
-            match dfs_client::connect_meta(addr).await {
-                Ok(m) => return Ok(m),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        Err(MountError::Meta(errors.join("; ")))
+        let meta = dfs_client::meta::connect(&opts.meta_addrs, opts.meta_timeout)
+            .await
+            .map_err(|e| MountError::Meta(e.to_string()))?;
+        let mountpoint = std::fs::canonicalize(&opts.mountpoint)
+            .unwrap_or_else(|_| opts.mountpoint.clone())
+            .display()
+            .to_string();
+        let info = dfs_client::meta::SessionInfo {
+            mountpoint,
+            kind: "mount".into(),
+        };
+        let session = meta
+            .open_session(info)
+            .await
+            .map_err(|e| MountError::Meta(format!("cannot open a session: {e}")))?;
+        tracing::info!(session, "session opened");
+        Ok::<_, MountError>(meta)
     })?;
     let metrics = Arc::new(metrics::FuseMetrics::new());
     if let Some(addr) = &opts.metrics {
@@ -79,7 +89,8 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
     let memory = Arc::new(memory::MemoryBudget::new(opts.cache_size));
     let cache = Arc::new(cache::ChunkCache::new(memory.clone(), metrics.clone()));
     let io = Io {
-        meta,
+        meta: meta.client(),
+        meta_channel: meta,
         channels: Channels::new(),
         cache,
         memory,
@@ -136,6 +147,10 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         if let Err(e) = background.umount_and_join() {
             tracing::warn!(error = %e, "unmount failed (busy?)");
         }
+    }
+    // Locks and unlinked open files go now rather than when the lease runs out.
+    if let Err(e) = rt.block_on(fs.close_session()) {
+        tracing::warn!(error = %e, "cannot close the session");
     }
     Ok(())
 }

@@ -20,6 +20,9 @@ pub struct MountOptions {
     pub log: Option<PathBuf>,
     /// The source as given, shown in /proc/mounts.
     pub source: String,
+    /// How long a request waits for some meta to answer (retrying, failing
+    /// over) before the application gets ETIMEDOUT.
+    pub meta_timeout: std::time::Duration,
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -129,6 +132,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
         metrics: None,
         log: None,
         source,
+        meta_timeout: std::time::Duration::from_secs(60),
     };
     if opts.meta_addrs.is_empty() {
         return Err(OptionsError::Usage);
@@ -153,6 +157,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
             }
             ("metrics", Some(v)) => opts.metrics = Some(v.to_string()),
             ("log", Some(v)) => opts.log = Some(PathBuf::from(v)),
+            ("meta_timeout", Some(v)) => {
+                let secs: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=86_400).contains(s))
+                    .ok_or_else(|| OptionsError::BadValue(option.into()))?;
+                opts.meta_timeout = std::time::Duration::from_secs(secs);
+            }
             (k, None) if GENERIC.contains(&k) => {}
             (k, _) if k.starts_with("x-") || k == "comment" || k == "fsname" || k == "subtype" => {}
             _ => return Err(OptionsError::Unknown(option.to_string())),
@@ -191,6 +203,10 @@ mod tests {
         assert_eq!(o.meta_addrs, vec!["a:1", "b:2"]);
         assert_eq!(o.cache_size, 1 << 30);
         assert_eq!(o.metrics.as_deref(), Some("127.0.0.1:9200"));
+        assert_eq!(o.meta_timeout, std::time::Duration::from_secs(60));
+        let o = parse(args("a:1 /m -o meta_timeout=5")).unwrap();
+        assert_eq!(o.meta_timeout, std::time::Duration::from_secs(5));
+        assert!(parse(args("a:1 /m -o meta_timeout=0")).is_err());
     }
 
     #[test]

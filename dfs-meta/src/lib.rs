@@ -87,6 +87,10 @@ pub async fn run(
         dfs_common::metrics_http::serve(addr, metrics.registry.clone(), shutdown.clone().wait())
             .await?;
     }
+    let gap = store.carry_over_restart(store::now_ms()).await?;
+    if gap > 0 {
+        tracing::info!(gap_ms = gap, "node heartbeats and session leases moved over the downtime");
+    }
     let repairer = Arc::new(repair::Repairer::new(
         store.clone(),
         config.clone(),

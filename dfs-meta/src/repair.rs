@@ -37,6 +37,9 @@ pub struct Repairer {
     config: Config,
     metrics: Arc<MetaMetrics>,
     state: Mutex<State>,
+    /// When this server started: node liveness carried over a restart is
+    /// an estimate until every node has reported in again.
+    started: Instant,
 }
 
 impl Repairer {
@@ -46,6 +49,7 @@ impl Repairer {
             config,
             metrics,
             state: Mutex::new(State::default()),
+            started: Instant::now(),
         }
     }
 
@@ -117,7 +121,11 @@ impl Repairer {
             state.queued.entry(source.0).or_default().push(command);
             queued += 1;
         }
-        self.trim_extra_replicas(extra, cutoff).await?;
+        // No trimming until every node had time to report in after a
+        // start: a node that died while meta was down still looks up.
+        if self.started.elapsed() > 2 * self.config.dead_after {
+            self.trim_extra_replicas(extra, cutoff).await?;
+        }
         self.metrics.repair_commands.inc_by(queued as u64);
         self.metrics
             .repair_queue

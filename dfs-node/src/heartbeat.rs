@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use dfs_client::chunk_io::write_chain;
 use dfs_client::Channels;
 use dfs_common::shutdown::Shutdown;
-use dfs_proto::pb::{self, meta_client::MetaClient};
+use dfs_proto::pb;
 use prost::bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
-use tonic::transport::Channel;
 
 use crate::chunk_store::ChunkStore;
 use crate::metrics::NodeMetrics;
@@ -27,7 +26,7 @@ fn next_full_report() -> Duration {
 const PARALLEL_REPAIRS: usize = 4;
 
 pub struct MetaLink {
-    pub meta: MetaClient<Channel>,
+    pub meta: dfs_client::Meta,
     pub store: Arc<ChunkStore>,
     pub identity: Arc<NodeIdentity>,
     pub metrics: Arc<NodeMetrics>,
@@ -167,7 +166,7 @@ pub enum Work {
 /// Carries out queued work: deletions in order, repair copies up to
 /// `PARALLEL_REPAIRS` at once.
 pub struct Worker {
-    pub meta: MetaClient<Channel>,
+    pub meta: dfs_client::Meta,
     pub store: Arc<ChunkStore>,
     pub channels: Channels,
     pub identity: Arc<NodeIdentity>,
@@ -217,7 +216,7 @@ async fn sleep_or_stop(d: Duration, shutdown: &Shutdown) -> bool {
 }
 
 struct Copier {
-    meta: MetaClient<Channel>,
+    meta: dfs_client::Meta,
     store: Arc<ChunkStore>,
     channels: Channels,
     metrics: Arc<NodeMetrics>,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use dfs_client::Channels;
 use dfs_common::shutdown::Shutdown;
-use dfs_proto::pb::{chunk_server::ChunkServer, meta_client::MetaClient};
+use dfs_proto::pb::chunk_server::ChunkServer;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
@@ -119,9 +119,13 @@ pub async fn run(
         node_id: AtomicU64::new(0),
     });
     let channels = Channels::new();
-    let meta = MetaClient::new(dfs_client::channels::endpoint(&config.meta_addr)?.connect_lazy())
-        .max_decoding_message_size(dfs_client::channels::MAX_MESSAGE)
-        .max_encoding_message_size(dfs_client::channels::MAX_MESSAGE);
+    // Several metas (HOST:PORT,HOST:PORT) fail over; a call no meta answers
+    // is given up after a few seconds (the next heartbeat tries again).
+    let meta = dfs_client::meta::connect_lazy(
+        &dfs_client::meta::parse_addrs(&config.meta_addr),
+        std::time::Duration::from_secs(5),
+    )?
+    .client();
     let scrubber = scrub::Scrubber {
         store: store.clone(),
         meta: meta.clone(),

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dfs_common::shutdown::Shutdown;
-use dfs_proto::pb::{self, meta_client::MetaClient};
-use tonic::transport::Channel;
+use dfs_proto::pb;
 
 use crate::chunk_store::{ChunkError, ChunkStore};
 use crate::metrics::NodeMetrics;
@@ -24,7 +23,7 @@ pub struct ScrubConfig {
 
 pub struct Scrubber {
     pub store: Arc<ChunkStore>,
-    pub meta: MetaClient<Channel>,
+    pub meta: dfs_client::Meta,
     pub identity: Arc<NodeIdentity>,
     pub metrics: Arc<NodeMetrics>,
     pub config: ScrubConfig,

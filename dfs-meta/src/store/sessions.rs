@@ -247,6 +247,33 @@ impl Store {
             .transpose()?)
     }
 
+    /// A meta server starts: what was alive when meta last heard from it
+    /// stays alive. Node heartbeats and session leases are moved forward by
+    /// the time no meta was answering (now minus the newest heartbeat), so
+    /// nodes need not all report in at once before writes can be placed and
+    /// clients keep their sessions (locks, open unlinked files) through a
+    /// restart; a node or session that was already stale stays as stale.
+    pub async fn carry_over_restart(&self, now: i64) -> Result<i64> {
+        in_tx!(self, |tx| {
+            let newest: Option<i64> = sqlx::query("SELECT MAX(last_heartbeat_ms) FROM nodes")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let gap = newest.map_or(0, |n| (now - n).max(0));
+            if gap > 0 {
+                sqlx::query("UPDATE nodes SET last_heartbeat_ms = last_heartbeat_ms + $1")
+                    .bind(gap)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE sessions SET expires_ms = expires_ms + $1")
+                    .bind(gap)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(gap)
+        })
+    }
+
     /// A client closes its session: everything it holds is released.
     pub async fn close_session(&self, id: u64) -> Result<()> {
         in_tx!(self, |tx| release_session(&mut tx, id).await)

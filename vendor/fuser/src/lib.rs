@@ -876,6 +876,13 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
+    /// The kernel asks to interrupt request `unique` (its caller got a
+    /// signal): a file system that honours it answers that request with
+    /// EINTR (dfs patch, FUSE_INTERRUPT). No reply; ignored by default.
+    fn interrupt(&self, _req: &Request, unique: RequestId) {
+        let _ = unique;
+    }
+
     /// Test for a POSIX file lock.
     fn getlk(
         &self,
@@ -921,6 +928,22 @@ pub trait Filesystem: Send + Sync + 'static {
             start: {start}, end: {end}, typ: {typ}, pid: {pid}, sleep: {sleep})"
         );
         reply.error(Errno::ENOSYS);
+    }
+
+    /// Take or release a flock(2) lock on the whole file (dfs patch: the
+    /// kernel marks these FUSE_LK_FLOCK; upstream sends them to `setlk`,
+    /// which is what this default still does).
+    fn flock(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        typ: i32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.setlk(req, ino, fh, lock_owner, 0, u64::MAX, typ, 0, sleep, reply);
     }
 
     /// Map block index within file to block index within device.

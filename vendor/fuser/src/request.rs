@@ -114,9 +114,10 @@ impl<'a> RequestWithSender<'a> {
                 return Err(Errno::EIO);
             }
 
-            ll::Operation::Interrupt(_) => {
-                // TODO: handle FUSE_INTERRUPT
-                return Err(Errno::ENOSYS);
+            ll::Operation::Interrupt(x) => {
+                // dfs patch: hand FUSE_INTERRUPT to the file system, and send
+                // no reply (an ENOSYS reply turns interrupts off for good).
+                filesystem.interrupt(self.request_header(), x.unique());
             }
 
             ll::Operation::Lookup(x) => {
@@ -405,6 +406,18 @@ impl<'a> RequestWithSender<'a> {
                     x.lock().range.1,
                     x.lock().typ,
                     x.lock().pid,
+                    self.reply(),
+                );
+            }
+            ll::Operation::SetLk(x) if x.is_flock() => {
+                // dfs patch: flock(2) locks reach their own method.
+                filesystem.flock(
+                    self.request_header(),
+                    self.request.nodeid(),
+                    x.file_handle(),
+                    x.lock_owner(),
+                    x.lock().typ,
+                    x.sleep(),
                     self.reply(),
                 );
             }

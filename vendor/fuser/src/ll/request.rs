@@ -1205,6 +1205,10 @@ mod op {
         pub(crate) fn sleep(&self) -> bool {
             self.wait
         }
+        /// dfs patch: a flock(2) lock (FUSE_LK_FLOCK), not an fcntl(2) one.
+        pub(crate) fn is_flock(&self) -> bool {
+            self.arg.lk_flags & crate::consts::FUSE_LK_FLOCK != 0
+        }
     }
 
     /// Check file access permissions.
