@@ -5,8 +5,8 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use dfs_client::files::{self, resolve, with_path, PutOptions};
-use dfs_client::{Channels, ClientError};
 use dfs_client::Meta;
+use dfs_client::{Channels, ClientError};
 use dfs_proto::pb;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -324,7 +324,11 @@ async fn status(meta: &mut Meta, json: bool) -> Result<()> {
 }
 
 async fn sessions(meta: &mut Meta, json: bool) -> Result<()> {
-    let list = meta.list_sessions(pb::Empty {}).await?.into_inner().sessions;
+    let list = meta
+        .list_sessions(pb::Empty {})
+        .await?
+        .into_inner()
+        .sessions;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -366,7 +370,11 @@ async fn sessions(meta: &mut Meta, json: bool) -> Result<()> {
             s.open_files,
             s.locks,
             s.orphans,
-            if s.mountpoint.is_empty() { "-" } else { &s.mountpoint }
+            if s.mountpoint.is_empty() {
+                "-"
+            } else {
+                &s.mountpoint
+            }
         );
     }
     Ok(())

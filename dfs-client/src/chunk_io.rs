@@ -4,10 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use dfs_proto::pb::{
-    self, write_chunk_request::Msg, NodeRef, WriteChunkRequest,
-    WriteHeader,
-};
+use dfs_proto::pb::{self, write_chunk_request::Msg, NodeRef, WriteChunkRequest, WriteHeader};
 use dfs_proto::zero_runs;
 use prost::bytes::{Bytes, BytesMut};
 

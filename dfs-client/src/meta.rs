@@ -274,11 +274,7 @@ async fn renew_leases(shared: Weak<Shared>) {
 impl Shared {
     fn current(&self) -> (Channel, u64, String) {
         let c = lock(&self.current);
-        (
-            c.channel.clone(),
-            c.generation,
-            self.addrs[c.index].clone(),
-        )
+        (c.channel.clone(), c.generation, self.addrs[c.index].clone())
     }
 
     /// After a failed attempt on `generation`: the next address, on a

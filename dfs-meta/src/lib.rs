@@ -89,7 +89,10 @@ pub async fn run(
     }
     let gap = store.carry_over_restart(store::now_ms()).await?;
     if gap > 0 {
-        tracing::info!(gap_ms = gap, "node heartbeats and session leases moved over the downtime");
+        tracing::info!(
+            gap_ms = gap,
+            "node heartbeats and session leases moved over the downtime"
+        );
     }
     let repairer = Arc::new(repair::Repairer::new(
         store.clone(),

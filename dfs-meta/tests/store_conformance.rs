@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use dfs_meta::store::{
-    CommitChunk, CreateArgs, FileKind, HeartbeatInfo, Origin, RegisterArgs, SetAttrArgs, Store,
-    StoreError, Timespec,
+    CommitChunk, CreateArgs, FileKind, HeartbeatInfo, LockKind, LockOutcome, LockRange, LockSpec,
+    Origin, RegisterArgs, SessionArgs, SetAttrArgs, Store, StoreError, Timespec,
 };
 use dfs_meta::FormatOptions;
 use dfs_proto::ROOT_INO;
@@ -126,6 +126,9 @@ conformance!(
     concurrent_creates_all_land,
     resolve_path,
     open_files_survive_unlink_as_orphans,
+    retried_mutations_run_once,
+    sessions_hold_orphans_allocations_and_locks,
+    locks_exclude_split_and_release,
 );
 
 async fn create_lookup_and_errors(h: Handle) {
@@ -1643,4 +1646,268 @@ async fn open_files_survive_unlink_as_orphans(h: Handle) {
     assert_eq!(s.expire_orphans(0).await.unwrap(), 0, "not old enough");
     assert_eq!(s.expire_orphans(i64::MAX).await.unwrap(), 1);
     assert_eq!(errno(s.getattr(b.ino).await.unwrap_err()), libc::ENOENT);
+}
+
+fn from(session: u64, request: u64) -> Origin {
+    Origin { session, request }
+}
+
+async fn retried_mutations_run_once(h: Handle) {
+    let s = &h.store;
+    let sid = s
+        .open_session(&SessionArgs::default(), 60_000)
+        .await
+        .unwrap();
+    // A create retried after a lost reply gets the same inode, not EEXIST.
+    let a = s.create(file(ROOT_INO, "a"), from(sid, 1)).await.unwrap();
+    let again = s.create(file(ROOT_INO, "a"), from(sid, 1)).await.unwrap();
+    assert_eq!(again.ino, a.ino);
+    // The same name under a new request id is a new create: EEXIST.
+    assert_eq!(
+        errno(
+            s.create(file(ROOT_INO, "a"), from(sid, 2))
+                .await
+                .unwrap_err()
+        ),
+        libc::EEXIST
+    );
+    // Rename and unlink replayed: no ENOENT, and nothing happens twice.
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, None, from(sid, 3))
+        .await
+        .unwrap();
+    s.create(file(ROOT_INO, "a"), from(sid, 4)).await.unwrap();
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, None, from(sid, 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.lookup(ROOT_INO, b"b").await.unwrap().ino,
+        a.ino,
+        "not renamed twice"
+    );
+    s.unlink(ROOT_INO, b"b", None, from(sid, 5)).await.unwrap();
+    s.unlink(ROOT_INO, b"b", None, from(sid, 5)).await.unwrap();
+    let d = s
+        .create(node(ROOT_INO, "d", FileKind::Directory), from(sid, 6))
+        .await
+        .unwrap();
+    s.rmdir(ROOT_INO, b"d", from(sid, 7)).await.unwrap();
+    s.rmdir(ROOT_INO, b"d", from(sid, 7)).await.unwrap();
+    assert_eq!(errno(s.getattr(d.ino).await.unwrap_err()), libc::ENOENT);
+    // A failed mutation records nothing: its retry runs (and fails) again.
+    assert_eq!(
+        errno(
+            s.unlink(ROOT_INO, b"zz", None, from(sid, 8))
+                .await
+                .unwrap_err()
+        ),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(
+            s.unlink(ROOT_INO, b"zz", None, from(sid, 8))
+                .await
+                .unwrap_err()
+        ),
+        libc::ENOENT
+    );
+    // Renewal forgets records below what the client says was answered.
+    s.renew_session(sid, 0, 100, 60_000).await.unwrap().unwrap();
+    let a2 = s.lookup(ROOT_INO, b"a").await.unwrap();
+    s.unlink(ROOT_INO, b"a", None, from(sid, 5)).await.unwrap();
+    assert_eq!(
+        errno(s.getattr(a2.ino).await.unwrap_err()),
+        libc::ENOENT,
+        "an id reused after its record went runs anew"
+    );
+}
+
+async fn sessions_hold_orphans_allocations_and_locks(h: Handle) {
+    let s = &h.store;
+    three_nodes(s).await;
+    let args = SessionArgs {
+        host: "h1".into(),
+        mountpoint: "/mnt/a".into(),
+        pid: 42,
+        version: "0.1.0".into(),
+        kind: "mount".into(),
+    };
+    let a = s.open_session(&args, 60_000).await.unwrap();
+    let b = s.open_session(&args, 60_000).await.unwrap();
+    // Session a holds an unlinked open file, a lock and a chunk allocation.
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
+    s.unlink(ROOT_INO, b"f", Some(a), from(a, 1)).await.unwrap();
+    let lock = LockSpec {
+        ino: f.ino,
+        session: a,
+        owner: 9,
+        flock: false,
+        kind: LockKind::Write,
+        range: LockRange {
+            start: 0,
+            end: i64::MAX,
+        },
+        pid: 1,
+    };
+    assert_eq!(s.lock(&lock, false).await.unwrap().0, LockOutcome::Granted);
+    let p = s.place_chunk(0, 3, &[], 0, a).await.unwrap();
+    let listed = s.list_sessions().await.unwrap();
+    let rec = listed.iter().find(|r| r.id == a).unwrap();
+    assert_eq!((rec.locks, rec.orphans), (1, 1));
+    assert_eq!(rec.args.mountpoint, "/mnt/a");
+    // Age alone never takes a live session's allocation or orphan.
+    assert_eq!(s.expire_orphans(i64::MAX).await.unwrap(), 0);
+    // Session b renews; a does not, and expires.
+    let now = dfs_meta::store::now_ms();
+    assert!(s.renew_session(b, 3, 1, 120_000).await.unwrap().is_some());
+    assert_eq!(s.expire_sessions(now + 90_000).await.unwrap(), vec![a]);
+    assert!(
+        s.renew_session(a, 0, 1, 60_000).await.unwrap().is_none(),
+        "a is gone"
+    );
+    assert_eq!(
+        errno(s.getattr(f.ino).await.unwrap_err()),
+        libc::ENOENT,
+        "orphan released"
+    );
+    let other = LockSpec {
+        session: b,
+        owner: 1,
+        ..lock.clone()
+    };
+    assert_eq!(
+        s.lock(&other, false).await.unwrap().0,
+        LockOutcome::Granted,
+        "lock released"
+    );
+    let g = s.create(file(ROOT_INO, "g"), Origin::NONE).await.unwrap();
+    let commit = s
+        .commit_write(
+            g.ino,
+            10,
+            &[CommitChunk {
+                index: 0,
+                chunk_id: p.chunk_id,
+                stored_len: 10,
+                crc32c: 1,
+                valid_len: 10,
+                node_ids: p.targets.iter().map(|n| n.id).collect(),
+                base: None,
+            }],
+            None,
+            Origin::NONE,
+        )
+        .await;
+    assert_eq!(
+        errno(commit.unwrap_err()),
+        libc::EINVAL,
+        "allocation released"
+    );
+    // An orphan two sessions hold goes only when both let go.
+    let f2 = s.create(file(ROOT_INO, "f2"), Origin::NONE).await.unwrap();
+    let c = s.open_session(&args, 60_000).await.unwrap();
+    s.link(f2.ino, ROOT_INO, b"f3", Origin::NONE).await.unwrap();
+    s.unlink(ROOT_INO, b"f2", Some(b), Origin::NONE)
+        .await
+        .unwrap();
+    s.unlink(ROOT_INO, b"f3", Some(c), Origin::NONE)
+        .await
+        .unwrap();
+    s.release_orphan(f2.ino, b).await.unwrap();
+    assert_eq!(
+        s.getattr(f2.ino).await.unwrap().nlink,
+        0,
+        "c still holds it"
+    );
+    s.close_session(c).await.unwrap();
+    assert_eq!(errno(s.getattr(f2.ino).await.unwrap_err()), libc::ENOENT);
+    // A restart moves leases forward by the downtime.
+    let before = s.list_sessions().await.unwrap()[0].expires_ms;
+    let gap = s
+        .carry_over_restart(dfs_meta::store::now_ms() + 5_000)
+        .await
+        .unwrap();
+    assert!(gap >= 5_000);
+    assert_eq!(s.list_sessions().await.unwrap()[0].expires_ms, before + gap);
+}
+
+async fn locks_exclude_split_and_release(h: Handle) {
+    let s = &h.store;
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
+    let spec = |session: u64, owner: u64, kind: LockKind, start: i64, end: i64| LockSpec {
+        ino: f.ino,
+        session,
+        owner,
+        flock: false,
+        kind,
+        range: LockRange { start, end },
+        pid: owner as u32,
+    };
+    let granted = |o: (LockOutcome, bool)| o.0 == LockOutcome::Granted;
+    // Two sessions, same owner number: still different owners.
+    assert!(granted(
+        s.lock(&spec(1, 7, LockKind::Write, 0, 99), false)
+            .await
+            .unwrap()
+    ));
+    let blocked = s
+        .lock(&spec(2, 7, LockKind::Read, 50, 50), false)
+        .await
+        .unwrap()
+        .0;
+    match blocked {
+        LockOutcome::Conflict(held) => {
+            assert_eq!(
+                (held.session, held.range),
+                (1, LockRange { start: 0, end: 99 })
+            )
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Unlocking the middle splits the lock: the middle is free, the ends not.
+    let (out, released) = s
+        .lock(&spec(1, 7, LockKind::Unlock, 40, 59), false)
+        .await
+        .unwrap();
+    assert!(out == LockOutcome::Granted && released);
+    assert!(granted(
+        s.lock(&spec(2, 7, LockKind::Write, 45, 55), false)
+            .await
+            .unwrap()
+    ));
+    assert!(!granted(
+        s.lock(&spec(2, 7, LockKind::Read, 30, 30), true)
+            .await
+            .unwrap()
+    ));
+    assert!(!granted(
+        s.lock(&spec(2, 7, LockKind::Read, 60, 60), true)
+            .await
+            .unwrap()
+    ));
+    // Readers share.
+    assert!(granted(
+        s.lock(&spec(3, 1, LockKind::Read, 200, 300), false)
+            .await
+            .unwrap()
+    ));
+    assert!(granted(
+        s.lock(&spec(4, 1, LockKind::Read, 250, 260), false)
+            .await
+            .unwrap()
+    ));
+    assert!(!granted(
+        s.lock(&spec(1, 7, LockKind::Write, 255, 255), true)
+            .await
+            .unwrap()
+    ));
+    // flock and fcntl locks do not meet.
+    let mut fl = spec(5, 1, LockKind::Write, 0, i64::MAX);
+    fl.flock = true;
+    assert!(granted(s.lock(&fl, false).await.unwrap()));
+    let mut fl2 = spec(6, 1, LockKind::Read, 0, i64::MAX);
+    fl2.flock = true;
+    assert!(!granted(s.lock(&fl2, false).await.unwrap()));
+    // Deleting the file drops its locks.
+    s.unlink(ROOT_INO, b"f", None, Origin::NONE).await.unwrap();
+    assert!(s.list_sessions().await.unwrap().is_empty());
 }

@@ -100,7 +100,9 @@ impl StoreError {
         match self {
             StoreError::Db(sqlx::Error::Database(db)) => matches!(
                 db.code().as_deref(),
-                Some("40001") | Some("40P01") | Some("5") | Some("517") | Some("6")
+                // 23505: two retries of one request raced to record it; the
+                // rerun finds the record.
+                Some("40001") | Some("40P01") | Some("23505") | Some("5") | Some("517") | Some("6")
             ),
             _ => false,
         }
