@@ -65,6 +65,10 @@ pub struct Options {
     pub metrics: bool,
     /// Meta's `--gc-grace-secs` (its default when None).
     pub gc_grace_secs: Option<u64>,
+    /// More arguments for meta (e.g. `--session-lease-secs 2`).
+    pub meta_args: Vec<String>,
+    /// Environment for meta (e.g. DFS_META_FAILPOINTS).
+    pub meta_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -76,6 +80,8 @@ impl Default for Options {
             dead_after_secs: 3,
             metrics: false,
             gc_grace_secs: None,
+            meta_args: Vec::new(),
+            meta_env: Vec::new(),
         }
     }
 }
@@ -137,6 +143,8 @@ impl Cluster {
         if let Some(g) = self.opts.gc_grace_secs {
             cmd.args(["--gc-grace-secs", &g.to_string()]);
         }
+        cmd.args(&self.opts.meta_args);
+        cmd.envs(self.opts.meta_env.iter().cloned());
         let child = cmd
             .args(["--listen", &self.meta_addr, "--store", &self.store_url])
             .args(["--chunk-size", &self.opts.chunk_size.to_string()])
@@ -417,6 +425,20 @@ impl Cluster {
 impl Mount {
     pub fn join(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
+    }
+
+    /// The process id of the daemon serving this mount (the `-f` child).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let target = self.path.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_daemon = args.first()?.ends_with(b"dfs-fuse")
+                && args.contains(&b"-f".as_slice())
+                && args.contains(&target.as_bytes());
+            is_daemon.then_some(pid)
+        })
     }
 
     /// Unmounts; returns whether a plain (non-lazy) unmount worked.

@@ -120,7 +120,7 @@ impl Locks {
         };
         loop {
             let mut meta = meta.clone();
-            let call = meta.lock(request.clone());
+            let call = meta.lock(request);
             let reply = tokio::select! {
                 reply = call => reply?.into_inner(),
                 _ = &mut interrupted => {

@@ -61,7 +61,7 @@ impl Sessions {
         }
         let now = store::now_ms();
         let cached = self.known().get(&session).copied();
-        if !cached.is_some_and(|expires| expires >= now) {
+        if cached.is_none_or(|expires| expires < now) {
             match self.store.session_expiry(session).await? {
                 Some(expires) if expires >= now => self.renewed(session, expires),
                 _ => {

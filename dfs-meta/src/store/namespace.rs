@@ -256,6 +256,9 @@ impl Store {
         )
     }
 
+    /// renameat2(2): its arguments, plus the session holding a replaced
+    /// file open and the request's origin.
+    #[allow(clippy::too_many_arguments)]
     pub async fn rename(
         &self,
         parent: u64,
