@@ -95,6 +95,8 @@ pub struct Cluster {
     pub meta_metrics: Option<String>,
     pub node_metrics: Vec<String>,
     meta: Option<Child>,
+    /// More metas on the same store (`add_meta`), for failover.
+    extra_metas: Vec<(String, Option<Child>)>,
     nodes: Vec<(String, Option<Child>)>,
     /// Extra command-line arguments per node index (`set_node_args`).
     node_args: std::collections::HashMap<usize, Vec<String>>,
@@ -116,6 +118,7 @@ impl Cluster {
             meta_metrics: opts.metrics.then(|| format!("127.0.0.1:{}", free_port())),
             node_metrics: Vec::new(),
             meta: None,
+            extra_metas: Vec::new(),
             nodes: Vec::new(),
             node_args: Default::default(),
         };
@@ -136,8 +139,52 @@ impl Cluster {
     }
 
     pub fn start_meta(&mut self) {
+        let child = self.spawn_meta(&self.meta_addr.clone(), "meta", self.meta_metrics.clone());
+        self.meta = Some(child);
+        self.wait_until("meta answers", Duration::from_secs(30), |c| {
+            c.dfs(&["status"]).status.success()
+        });
+    }
+
+    /// Starts one more meta on the same store; returns its index. Nodes and
+    /// mounts started (or restarted) from now on know every meta's address.
+    pub fn add_meta(&mut self) -> usize {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let i = self.extra_metas.len();
+        let child = self.spawn_meta(&addr, &format!("meta{}", i + 1), None);
+        self.extra_metas.push((addr.clone(), Some(child)));
+        self.wait_until("the added meta answers", Duration::from_secs(30), |_| {
+            Command::new(bin_dir().join("dfs"))
+                .args(["--meta", &addr, "status"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        i
+    }
+
+    pub fn extra_meta_addr(&self, i: usize) -> &str {
+        &self.extra_metas[i].0
+    }
+
+    /// Every meta's address, the first meta's first (what clients are given).
+    pub fn meta_addrs(&self) -> String {
+        std::iter::once(self.meta_addr.as_str())
+            .chain(self.extra_metas.iter().map(|(a, _)| a.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILL to an added meta.
+    pub fn kill_extra_meta(&mut self, i: usize) {
+        if let Some(mut child) = self.extra_metas[i].1.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn_meta(&self, addr: &str, log: &str, metrics: Option<String>) -> Child {
         let mut cmd = Command::new(bin_dir().join("dfs-meta"));
-        if let Some(m) = &self.meta_metrics {
+        if let Some(m) = &metrics {
             cmd.args(["--metrics", m]);
         }
         if let Some(g) = self.opts.gc_grace_secs {
@@ -145,8 +192,7 @@ impl Cluster {
         }
         cmd.args(&self.opts.meta_args);
         cmd.envs(self.opts.meta_env.iter().cloned());
-        let child = cmd
-            .args(["--listen", &self.meta_addr, "--store", &self.store_url])
+        cmd.args(["--listen", addr, "--store", &self.store_url])
             .args(["--chunk-size", &self.opts.chunk_size.to_string()])
             .args([
                 "--dead-after-secs",
@@ -155,13 +201,9 @@ impl Cluster {
                 "300",
             ])
             .stdout(Stdio::null())
-            .stderr(self.log("meta"))
+            .stderr(self.log(log))
             .spawn()
-            .unwrap();
-        self.meta = Some(child);
-        self.wait_until("meta answers", Duration::from_secs(30), |c| {
-            c.dfs(&["status"]).status.success()
-        });
+            .unwrap()
     }
 
     /// Starts one more node; returns its index.
@@ -198,7 +240,7 @@ impl Cluster {
             cmd.args(["--metrics", m]);
         }
         let child = cmd
-            .args(["--listen", &self.nodes[i].0, "--meta", &self.meta_addr])
+            .args(["--listen", &self.nodes[i].0, "--meta", &self.meta_addrs()])
             .arg("--data")
             .arg(&data)
             .stdout(Stdio::null())
@@ -247,7 +289,7 @@ impl Cluster {
     /// Runs the `dfs` CLI against this cluster.
     pub fn dfs(&self, args: &[&str]) -> Output {
         Command::new(bin_dir().join("dfs"))
-            .env("DFS_META", &self.meta_addr)
+            .env("DFS_META", self.meta_addrs())
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -350,6 +392,9 @@ fn terminate(mut child: Child) -> bool {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_meta();
+        for i in 0..self.extra_metas.len() {
+            self.kill_extra_meta(i);
+        }
         for i in 0..self.nodes.len() {
             self.kill_node(i);
         }
@@ -407,7 +452,7 @@ impl Cluster {
             options.push_str(",writeback_cache");
         }
         let out = Command::new(bin_dir().join("dfs-fuse"))
-            .arg(&self.meta_addr)
+            .arg(self.meta_addrs())
             .arg(&path)
             .arg("-o")
             .arg(options)

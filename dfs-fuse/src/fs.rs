@@ -626,6 +626,13 @@ impl DfsFs {
             (guard.ino, guard.orphaned, result)
         };
         drop(file);
+        if result.is_err() {
+            // The last close failed: its unsaved bytes go with the handle, and
+            // the kernel must not keep pages holding them (the next open
+            // reads what the cluster has). What the mount shows never
+            // changes later by itself.
+            lock(&self.page_cache_content).pop(&ino);
+        }
         let last = {
             let mut files = lock(&self.files);
             let last = files.get(&ino).is_some_and(|w| w.strong_count() == 0);

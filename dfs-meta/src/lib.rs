@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod failpoints;
+pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod repair;
@@ -99,9 +100,25 @@ pub async fn run(
         config.clone(),
         metrics.clone(),
     ));
-    let worker = tokio::spawn(repair::run_worker(repairer.clone(), shutdown.clone()));
+    let leadership = Arc::new(leader::Leadership::default());
+    let leading = tokio::spawn(leader::run(
+        store.clone(),
+        leadership.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let worker = tokio::spawn(repair::run_worker(
+        repairer.clone(),
+        leadership.clone(),
+        shutdown.clone(),
+    ));
     let sessions = Arc::new(sessions::Sessions::new(store.clone(), config.session_lease));
-    let expiry = tokio::spawn(sessions::run_expiry(sessions.clone(), shutdown.clone()));
+    let expiry = tokio::spawn(sessions::run_expiry(
+        sessions.clone(),
+        leadership,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let service =
         service::MetaService::new(store.clone(), config.clone(), repairer, metrics, sessions);
     let local = listener.local_addr()?;
@@ -118,6 +135,7 @@ pub async fn run(
         .await?;
     let _ = worker.await;
     let _ = expiry.await;
+    let _ = leading.await;
     store.close().await;
     tracing::info!("dfs-meta stopped");
     Ok(())

@@ -18,6 +18,8 @@ pub struct MetaMetrics {
     pub repairs_done: IntCounter,
     pub replicas_trimmed: IntCounter,
     pub repair_queue: IntGauge,
+    pub leader: IntGauge,
+    pub sessions_expired: IntCounter,
 }
 
 impl MetaMetrics {
@@ -72,6 +74,14 @@ impl MetaMetrics {
                 "dfs_meta_repair_queue_chunks",
                 "chunk copies queued for or running on nodes",
             ),
+            leader: gauge(
+                "dfs_meta_leader",
+                "1 while this server leads (runs repair, trimming, session expiry)",
+            ),
+            sessions_expired: counter(
+                "dfs_meta_sessions_expired_total",
+                "client sessions whose lease ran out (their locks and orphans released)",
+            ),
             registry,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -86,6 +96,8 @@ impl MetaMetrics {
             Box::new(m.repairs_done.clone()),
             Box::new(m.replicas_trimmed.clone()),
             Box::new(m.repair_queue.clone()),
+            Box::new(m.leader.clone()),
+            Box::new(m.sessions_expired.clone()),
         ];
         register_all(&m.registry, all);
         m

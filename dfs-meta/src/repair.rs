@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 use dfs_common::shutdown::Shutdown;
 use dfs_proto::pb;
 
-use crate::convert::node_ref;
 use crate::metrics::MetaMetrics;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, RepairCommand, Store, StoreError};
 use crate::Config;
 
 /// How long a queued copy may take before the chunk is planned again.
@@ -28,7 +27,6 @@ const PER_NODE_LIMIT: usize = 32;
 
 #[derive(Default)]
 struct State {
-    queued: HashMap<u64, Vec<pb::ReplicateCommand>>,
     in_flight: HashMap<u64, Instant>,
 }
 
@@ -58,9 +56,28 @@ impl Repairer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commands for `node_id`, handed over once (heartbeat reply).
-    pub fn take_commands(&self, node_id: u64) -> Vec<pb::ReplicateCommand> {
-        self.lock().queued.remove(&node_id).unwrap_or_default()
+    /// Commands for `node_id`, handed over once (heartbeat reply). They
+    /// wait in the store, so a node reporting to any meta gets them.
+    pub async fn take_commands(
+        &self,
+        node_id: u64,
+    ) -> Result<Vec<pb::ReplicateCommand>, StoreError> {
+        Ok(self
+            .store
+            .take_repairs(node_id, PER_NODE_LIMIT)
+            .await?
+            .into_iter()
+            .map(|c| pb::ReplicateCommand {
+                chunk_id: c.chunk_id,
+                targets: c
+                    .targets
+                    .into_iter()
+                    .map(|(node_id, addr)| pb::NodeRef { node_id, addr })
+                    .collect(),
+                stored_len: c.stored_len,
+                crc32c: c.crc32c,
+            })
+            .collect())
     }
 
     /// A copy finished: the chunk may be planned again if still short.
@@ -82,14 +99,20 @@ impl Repairer {
         }
         let replication = self.store.replication() as usize;
         let mut queued = 0;
+        let mut queued_per_source: HashMap<u64, usize> = HashMap::new();
         for item in items {
             if item.live_holders.is_empty() || self.lock().in_flight.contains_key(&item.chunk_id) {
                 continue;
             }
             let source = &item.live_holders[(item.chunk_id as usize) % item.live_holders.len()];
-            if self.lock().queued.get(&source.0).map_or(0, Vec::len) >= PER_NODE_LIMIT {
+            let waiting = match queued_per_source.get(&source.0) {
+                Some(n) => *n,
+                None => self.store.queued_repairs(source.0).await?,
+            };
+            if waiting >= PER_NODE_LIMIT {
                 continue;
             }
+            queued_per_source.insert(source.0, waiting + 1);
             let wanted = replication.saturating_sub(item.good) as u32;
             let exclude: Vec<u64> = item
                 .live_holders
@@ -108,17 +131,20 @@ impl Repairer {
                 Err(StoreError::NoSpace(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let command = pb::ReplicateCommand {
+            let command = RepairCommand {
                 chunk_id: item.chunk_id,
-                targets: placement.targets.iter().map(node_ref).collect(),
+                targets: placement
+                    .targets
+                    .iter()
+                    .map(|n| (n.id, n.addr.clone()))
+                    .collect(),
                 stored_len: item.stored_len,
                 crc32c: item.crc32c,
             };
-            let mut state = self.lock();
-            state
+            self.store.queue_repair(source.0, &command).await?;
+            self.lock()
                 .in_flight
                 .insert(item.chunk_id, Instant::now() + IN_FLIGHT_TIMEOUT);
-            state.queued.entry(source.0).or_default().push(command);
             queued += 1;
         }
         // No trimming until every node had time to report in after a
@@ -190,7 +216,12 @@ impl Repairer {
 }
 
 /// Runs repair rounds every `repair_interval` until shutdown.
-pub async fn run_worker(repairer: Arc<Repairer>, shutdown: Shutdown) {
+/// Only the leader plans and releases anything (see `leader`).
+pub async fn run_worker(
+    repairer: Arc<Repairer>,
+    leadership: Arc<crate::leader::Leadership>,
+    shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(repairer.config.repair_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = shutdown.clone().wait();
@@ -199,6 +230,9 @@ pub async fn run_worker(repairer: Arc<Repairer>, shutdown: Shutdown) {
         tokio::select! {
             _ = &mut stop => break,
             _ = tick.tick() => {}
+        }
+        if !leadership.is_leader() {
+            continue;
         }
         match repairer.scan().await {
             Ok(0) => {}

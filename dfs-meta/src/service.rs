@@ -523,7 +523,7 @@ impl Meta for MetaService {
                 },
                 Some(delete_chunk_ids) => pb::HeartbeatReply {
                     delete_chunk_ids,
-                    replicate: self.repairer.take_commands(r.node_id),
+                    replicate: self.repairer.take_commands(r.node_id).await?,
                     reregister: false,
                 },
             })

@@ -74,8 +74,13 @@ impl Sessions {
     }
 }
 
-/// Releases expired sessions every second until shutdown.
-pub async fn run_expiry(sessions: std::sync::Arc<Sessions>, shutdown: Shutdown) {
+/// Releases expired sessions every second until shutdown (the leader only).
+pub async fn run_expiry(
+    sessions: std::sync::Arc<Sessions>,
+    leadership: std::sync::Arc<crate::leader::Leadership>,
+    metrics: std::sync::Arc<crate::metrics::MetaMetrics>,
+    shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -83,8 +88,12 @@ pub async fn run_expiry(sessions: std::sync::Arc<Sessions>, shutdown: Shutdown) 
             _ = shutdown.clone().wait() => return,
             _ = tick.tick() => {}
         }
+        if !leadership.is_leader() {
+            continue;
+        }
         match sessions.store.expire_sessions(store::now_ms()).await {
             Ok(expired) if !expired.is_empty() => {
+                metrics.sessions_expired.inc_by(expired.len() as u64);
                 for id in &expired {
                     sessions.forget(*id);
                 }

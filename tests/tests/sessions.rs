@@ -105,8 +105,9 @@ fcntl.flock(ga, fcntl.LOCK_EX)
 assert refused(gb, lambda f: fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)) == 11
 fcntl.lockf(fb, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an fcntl lock beside A's flock
 fcntl.lockf(fb, fcntl.LOCK_UN)
-ga.close()  # the last close of the open file drops its flock lock
-fcntl.flock(gb, fcntl.LOCK_EX | fcntl.LOCK_NB)
+ga.close()  # the last close of the open file drops its flock lock (the
+# kernel sends that release after close returns: wait for it)
+fcntl.flock(gb, fcntl.LOCK_EX)
 gb.close()
 
 # F_SETLKW on B waits (no error, no busy failure) until A's close releases it.
@@ -384,4 +385,126 @@ fn lost_replies_are_answered_by_the_first_run() {
     let log = std::fs::read_to_string(c.dir.path().join("meta.log")).unwrap();
     let dropped = log.matches("failpoint: reply dropped").count();
     assert!(dropped > 10, "the failpoint hardly fired ({dropped})");
+}
+
+#[test]
+fn metas_sharing_postgres_fail_over_and_the_survivor_takes_the_lead() {
+    let Some(admin) = dfs_tests::postgres_admin_url() else {
+        return;
+    };
+    let mut c = Cluster::start(Options {
+        store: Some(dfs_tests::fresh_postgres_db(&admin)),
+        nodes: 4,
+        ..Options::default()
+    });
+    // A second meta on the same database; nodes and the mount know both.
+    let second = c.add_meta();
+    for i in 0..4 {
+        c.kill_node(i);
+        c.restart_node(i);
+    }
+    c.wait_nodes_up(4);
+    let m = c.mount("m");
+    let child = run_workload(&m.path, 20);
+    std::thread::sleep(Duration::from_secs(5));
+    // The first meta (the leader: it started first) dies under load.
+    c.kill_meta();
+    std::thread::sleep(Duration::from_secs(4));
+    // Background work goes on under the survivor: a node dies, and its
+    // chunks are copied back to three by the new leader.
+    c.kill_node(3);
+    let (ops, text) = workload_result(child);
+    eprintln!("{text}");
+    assert!(
+        text.contains(" errors 0"),
+        "applications saw errors:\n{text}"
+    );
+    assert!(ops > 50, "{text}");
+    c.wait_until(
+        "the new leader repairs what the dead node held",
+        Duration::from_secs(60),
+        |c| {
+            c.status_field("under-replicated chunks") == "0"
+                && c.status_field("nodes") == "3 up, 1 down"
+        },
+    );
+    let log = std::fs::read_to_string(c.dir.path().join("meta1.log")).unwrap();
+    assert!(log.contains("leading"), "the second meta never led");
+    // Every chunk is whole again, as the survivor sees it.
+    c.dfs_ok(&["--meta", c.extra_meta_addr(second), "fsck"]);
+}
+
+/// A PostgreSQL primary with a synchronous standby (scripts/pg-pair.sh),
+/// stopped when dropped.
+struct PgPair {
+    dir: tempfile::TempDir,
+}
+
+impl PgPair {
+    fn script() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-pair.sh")
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = Command::new("bash")
+            .arg(Self::script())
+            .arg(args[0])
+            .arg(self.dir.path())
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg-pair.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PgPair {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Self::script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+#[test]
+fn a_postgres_failover_to_its_standby_costs_clients_nothing() {
+    // The same server binaries the other PostgreSQL tests use.
+    if dfs_tests::postgres_admin_url().is_none() {
+        return;
+    }
+    let pair = PgPair {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let (primary, standby) = (dfs_tests::free_port(), dfs_tests::free_port());
+    pair.run(&["start", &primary.to_string(), &standby.to_string()]);
+    let c = Cluster::start(Options {
+        store: Some(format!("postgres://dfs@127.0.0.1:{primary}/postgres")),
+        ..Options::default()
+    });
+    let m = c.mount("m");
+    std::fs::write(m.join("before"), b"committed before the failover").unwrap();
+    let child = run_workload(&m.path, 20);
+    std::thread::sleep(Duration::from_secs(6));
+    // kill -9 the primary; the standby is promoted and takes its address.
+    let start = Instant::now();
+    pair.run(&["fail-over", &primary.to_string()]);
+    eprintln!("PostgreSQL failed over in {:?}", start.elapsed());
+    let (ops, text) = workload_result(child);
+    eprintln!("{text}");
+    assert!(
+        text.contains(" errors 0"),
+        "applications saw errors:\n{text}"
+    );
+    assert!(ops > 50, "{text}");
+    assert_eq!(
+        std::fs::read(m.join("before")).unwrap(),
+        b"committed before the failover"
+    );
+    // The promoted server is the store now: meta works on it.
+    c.dfs_ok(&["fsck"]);
 }

@@ -113,15 +113,21 @@ impl StoreError {
     /// The database could not be reached (down, restarting, failing over):
     /// the request did not happen and may be sent again.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Db(
                 sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-            )
-        )
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_),
+            ) => true,
+            // PostgreSQL: connection exceptions (08...), and the server
+            // shutting down, crashing or starting up (57P01..57P03): a
+            // failover in progress.
+            StoreError::Db(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
+                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
     }
 }
 

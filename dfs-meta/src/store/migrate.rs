@@ -52,6 +52,11 @@ const SQLITE: &[Migration] = &[
         name: "sessions",
         sql: include_str!("../../../migrations/sqlite/0008_sessions.sql"),
     },
+    Migration {
+        version: 9,
+        name: "repair_queue",
+        sql: include_str!("../../../migrations/sqlite/0009_repair_queue.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -94,6 +99,11 @@ const POSTGRES: &[Migration] = &[
         version: 8,
         name: "sessions",
         sql: include_str!("../../../migrations/postgres/0008_sessions.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "repair_queue",
+        sql: include_str!("../../../migrations/postgres/0009_repair_queue.sql"),
     },
 ];
 

@@ -1,0 +1,140 @@
+//! What several meta servers on one store share: which of them leads (runs
+//! repair, trimming, garbage and session expiry), and the copy commands the
+//! leader plans for nodes that may report to another meta.
+//!
+//! Leadership is a PostgreSQL advisory lock held by one dedicated connection:
+//! if the leader dies, its connection goes and the lock with it, and another
+//! meta takes it on its next try. On SQLite (one meta per store file) the
+//! only server leads.
+
+use sqlx::{AnyConnection, Connection, Row};
+
+use super::rows::to_i64;
+use super::{in_tx, now_ms, Backend, Result, Store};
+
+/// The advisory lock id of leadership (migrations use another).
+const LEADER_LOCK: i64 = 7_468_002;
+
+/// Held while this server leads; dropping it (or losing its connection)
+/// gives leadership up.
+pub enum LeaderLock {
+    Local,
+    Postgres(AnyConnection),
+}
+
+impl LeaderLock {
+    /// Whether the lock is still held (its connection answers).
+    pub async fn check(&mut self) -> bool {
+        match self {
+            LeaderLock::Local => true,
+            LeaderLock::Postgres(conn) => conn.ping().await.is_ok(),
+        }
+    }
+}
+
+/// A copy for a source node to make (see `pb::ReplicateCommand`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairCommand {
+    pub chunk_id: u64,
+    pub targets: Vec<(u64, String)>,
+    pub stored_len: u64,
+    pub crc32c: u32,
+}
+
+impl Store {
+    /// Takes leadership if no other server holds it.
+    pub async fn try_lead(&self) -> Result<Option<LeaderLock>> {
+        if self.backend == Backend::Sqlite {
+            return Ok(Some(LeaderLock::Local));
+        }
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await?
+            .try_get(0)?;
+        Ok(got.then_some(LeaderLock::Postgres(conn)))
+    }
+
+    /// Queues a copy for `source`'s next heartbeat (replacing an older one
+    /// for the same chunk).
+    pub async fn queue_repair(&self, source: u64, command: &RepairCommand) -> Result<()> {
+        let node = to_i64(source, "node id")?;
+        let chunk = to_i64(command.chunk_id, "chunk id")?;
+        let targets = command
+            .targets
+            .iter()
+            .map(|(id, addr)| format!("{id}@{addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        in_tx!(self, |tx| {
+            sqlx::query("DELETE FROM repair_commands WHERE node_id = $1 AND chunk_id = $2")
+                .bind(node)
+                .bind(chunk)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO repair_commands (node_id, chunk_id, targets, stored_len, crc32c, queued_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(node)
+            .bind(chunk)
+            .bind(targets.clone())
+            .bind(command.stored_len as i64)
+            .bind(i64::from(command.crc32c))
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// How many copies wait for `source`.
+    pub async fn queued_repairs(&self, source: u64) -> Result<usize> {
+        let mut conn = self.pool.acquire().await?;
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM repair_commands WHERE node_id = $1")
+            .bind(to_i64(source, "node id")?)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get(0)?;
+        Ok(n as usize)
+    }
+
+    /// Hands over (and forgets) up to `limit` copies queued for `node`.
+    pub async fn take_repairs(&self, node: u64, limit: usize) -> Result<Vec<RepairCommand>> {
+        let key = to_i64(node, "node id")?;
+        in_tx!(self, |tx| {
+            let rows = sqlx::query(
+                "SELECT chunk_id, targets, stored_len, crc32c FROM repair_commands
+                 WHERE node_id = $1 ORDER BY queued_ms LIMIT $2",
+            )
+            .bind(key)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let chunk: i64 = r.try_get(0)?;
+                let targets: String = r.try_get(1)?;
+                out.push(RepairCommand {
+                    chunk_id: chunk as u64,
+                    targets: targets
+                        .split(',')
+                        .filter_map(|t| {
+                            let (id, addr) = t.split_once('@')?;
+                            Some((id.parse().ok()?, addr.to_string()))
+                        })
+                        .collect(),
+                    stored_len: r.try_get::<i64, _>(2)? as u64,
+                    crc32c: r.try_get::<i64, _>(3)? as u32,
+                });
+                sqlx::query("DELETE FROM repair_commands WHERE node_id = $1 AND chunk_id = $2")
+                    .bind(key)
+                    .bind(chunk)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(out)
+        })
+    }
+}
