@@ -394,18 +394,79 @@ impl DfsFs {
         fh
     }
 
+    /// open(2) with O_CREAT of a name this mount believed free. If another
+    /// mount created it meanwhile, open(2) without O_EXCL opens that file
+    /// (truncated with O_TRUNC), as on a local disk.
     pub async fn create(
         &self,
         parent: u64,
         name: &[u8],
         mode: u32,
         caller: Caller,
+        open_flags: i32,
     ) -> FsResult<(pb::Attr, u64)> {
-        let attr = self
+        let made = self
             .create_node(parent, name, pb::FileKind::Regular, mode, caller, 0, &[])
-            .await?;
+            .await;
+        let attr = match made {
+            Ok(attr) => attr,
+            Err(e) if e.errno() == libc::EEXIST && open_flags & libc::O_EXCL == 0 => {
+                return self.open_existing(parent, name, open_flags, caller).await;
+            }
+            Err(e) => return Err(e),
+        };
         let fh = self.open_new(&attr, false).await?;
         Ok((attr, fh))
+    }
+
+    /// The file another mount created under `name` first, opened. The
+    /// kernel checked only the right to create in `parent`, so the right to
+    /// open this file is checked here (owner, group, other bits; the
+    /// caller's supplementary groups are not known, so they do not count).
+    async fn open_existing(
+        &self,
+        parent: u64,
+        name: &[u8],
+        open_flags: i32,
+        caller: Caller,
+    ) -> FsResult<(pb::Attr, u64)> {
+        let mut attr = self.lookup(parent, name).await?;
+        let wanted = match open_flags & libc::O_ACCMODE {
+            libc::O_RDONLY => 0o4,
+            libc::O_WRONLY => 0o2,
+            _ => 0o6,
+        } | if open_flags & libc::O_TRUNC != 0 {
+            0o2
+        } else {
+            0
+        };
+        let granted = if caller.uid == 0 {
+            0o7
+        } else if caller.uid == attr.uid {
+            attr.mode >> 6
+        } else if caller.gid == attr.gid {
+            attr.mode >> 3
+        } else {
+            attr.mode
+        } & 0o7;
+        if granted & wanted != wanted {
+            return Err(FsError::new(libc::EACCES, "no permission to open the file"));
+        }
+        if attr.kind == pb::FileKind::Directory as i32 {
+            return Err(FsError::new(libc::EISDIR, "a directory has that name"));
+        }
+        if attr.kind != pb::FileKind::Regular as i32 {
+            return Err(FsError::new(libc::EEXIST, "a special file has that name"));
+        }
+        if open_flags & libc::O_TRUNC != 0 {
+            let truncate = SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            };
+            attr = self.setattr(attr.ino, truncate).await?;
+        }
+        let opened = self.open(attr.ino, open_flags).await?;
+        Ok((attr, opened.fh))
     }
 
     /// open(2) with O_TMPFILE: a file with no name in `parent`, deleted at
@@ -484,6 +545,58 @@ impl DfsFs {
             self.drain_idle_files().await;
         }
         Ok(data.len() as u32)
+    }
+
+    /// A write to a handle opened with O_APPEND: the bytes go to the end of
+    /// the file as the cluster has it, under the file's append lock (see
+    /// `append.rs`), whatever offset the kernel assumed.
+    pub async fn append(&self, fh: u64, data: &[u8]) -> FsResult<u32> {
+        let file = self.file_of(fh)?;
+        {
+            let mut f = file.lock().await;
+            if crate::append::take(&self.io, &mut f).await? {
+                self.give_back_append_lock_later(file.clone());
+            }
+            let end = f.size;
+            f.write(&self.io, end, data).await?;
+            if self.io.memory.writes_over_share() {
+                f.drain(&self.io, true).await?;
+            }
+        }
+        self.io.metrics.write_bytes.inc_by(data.len() as u64);
+        if self.io.memory.writes_over_share() {
+            self.drain_idle_files().await;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// `append::HOLD` after taking a file's append lock: commit its appends
+    /// and give the lock back, so appenders on other mounts get their turn.
+    /// A failed commit keeps the lock (the bytes must land at this end) and
+    /// tries again a moment later; the error reaches the next flush.
+    fn give_back_append_lock_later(&self, file: SharedFile) {
+        let io = self.io.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::append::HOLD).await;
+                let mut f = file.lock().await;
+                if !f.append_lock_held {
+                    return;
+                }
+                match f.flush(&io, false).await {
+                    Ok(()) => match crate::append::give_back_if_committed(&io, &mut f).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(ino = f.ino, error = %e, "cannot give the append lock back")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(ino = f.ino, error = %e, "committing appends failed; keeping the append lock");
+                        f.defer_error(e);
+                    }
+                }
+            }
+        });
     }
 
     /// Has open files that nobody is using right now upload their buffers, so
@@ -588,7 +701,8 @@ impl DfsFs {
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
-        file.flush(&self.io, false).await
+        file.flush(&self.io, false).await?;
+        crate::append::give_back_if_committed(&self.io, &mut file).await
     }
 
     /// fsync(2) semantics: as flush, and on stable storage on the replicas.
@@ -596,6 +710,7 @@ impl DfsFs {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
         file.flush(&self.io, true).await?;
+        crate::append::give_back_if_committed(&self.io, &mut file).await?;
         self.sync_meta().await
     }
 
@@ -622,7 +737,17 @@ impl DfsFs {
         };
         let (ino, orphaned, result) = {
             let mut guard = file.lock().await;
-            let result = guard.flush(&self.io, false).await;
+            let mut result = guard.flush(&self.io, false).await;
+            let last_handle = !lock(&self.handles).values().any(|h| Arc::ptr_eq(h, &file));
+            let unlocked = if result.is_ok() {
+                crate::append::give_back_if_committed(&self.io, &mut guard).await
+            } else if last_handle {
+                // The bytes go with this last handle; so does the turn.
+                crate::append::give_back(&self.io, &mut guard).await
+            } else {
+                Ok(())
+            };
+            result = result.and(unlocked);
             (guard.ino, guard.orphaned, result)
         };
         drop(file);

@@ -76,6 +76,13 @@ impl FuseAdapter {
         })
     }
 
+    /// Whether writes through a handle opened with `flags` go to the end of
+    /// the file as the cluster has it (O_APPEND, see `append.rs`). With the
+    /// writeback cache the kernel places appends itself (one mount only).
+    fn appends_to_cluster_end(&self, flags: i32) -> bool {
+        flags & libc::O_APPEND != 0 && !self.writeback_cache
+    }
+
     /// Takes or releases a lock. One that may wait runs as its own task, so
     /// a waiter parks no FUSE thread; an interrupt ends it with EINTR.
     fn set_lock(&self, req: &Request, lock: LockRequest, sleep: bool, reply: ReplyEmpty) {
@@ -230,23 +237,36 @@ fn entry(reply: ReplyEntry, result: Result<pb::Attr, Errno>) {
 }
 
 /// Replies with a new file or directory handle, or the errno.
-fn opened(reply: ReplyOpen, result: Result<Opened, Errno>) {
+/// Replies to open. `direct`: the kernel keeps no pages for this handle's
+/// writes (O_APPEND handles, whose bytes may land past the kernel's size).
+fn opened(reply: ReplyOpen, result: Result<Opened, Errno>, direct: bool) {
+    let direct = if direct {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    };
     match result {
-        Ok(o) if o.keep_cache => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
-        Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
+        Ok(o) if o.keep_cache => {
+            reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE | direct)
+        }
+        Ok(o) => reply.opened(FileHandle(o.fh), direct),
         Err(e) => reply.error(e),
     }
 }
 
 /// Replies with a file just created and opened (create, O_TMPFILE), or the errno.
-fn created(reply: ReplyCreate, result: Result<(pb::Attr, u64), Errno>) {
+fn created(reply: ReplyCreate, result: Result<(pb::Attr, u64), Errno>, direct: bool) {
     match result {
         Ok((a, fh)) => reply.created(
             &TTL,
             &file_attr(&a),
             Generation(0),
             FileHandle(fh),
-            FopenFlags::empty(),
+            if direct {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::empty()
+            },
         ),
         Err(e) => reply.error(e),
     }
@@ -461,7 +481,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        opened(reply, self.run("open", self.fs.open(ino.0, flags.0)))
+        let direct = self.appends_to_cluster_end(flags.0);
+        opened(
+            reply,
+            self.run("open", self.fs.open(ino.0, flags.0)),
+            direct,
+        )
     }
 
     fn read(
@@ -489,11 +514,16 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run("write", self.fs.write(fh.0, offset, data)) {
+        let result = if self.appends_to_cluster_end(flags.0) {
+            self.run("write", self.fs.append(fh.0, data))
+        } else {
+            self.run("write", self.fs.write(fh.0, offset, data))
+        };
+        match result {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
@@ -657,6 +687,7 @@ impl Filesystem for FuseAdapter {
                 fh,
                 keep_cache: false,
             }),
+            false,
         )
     }
 
@@ -831,11 +862,14 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self.fs.create(parent.0, name.as_bytes(), mode, caller(req));
-        created(reply, self.run("create", made))
+        let made = self
+            .fs
+            .create(parent.0, name.as_bytes(), mode, caller(req), flags);
+        let direct = self.appends_to_cluster_end(flags);
+        created(reply, self.run("create", made), direct)
     }
 
     fn tmpfile(
@@ -850,6 +884,7 @@ impl Filesystem for FuseAdapter {
         created(
             reply,
             self.run("tmpfile", self.fs.tmpfile(parent.0, mode, caller(req))),
+            false,
         )
     }
 

@@ -6,6 +6,7 @@
 //! `run_foreground` ties them together.
 
 pub mod allocator;
+pub mod append;
 pub mod cache;
 pub mod durability;
 pub mod error;

@@ -120,6 +120,8 @@ pub struct OpenFile {
     /// the file is being written).
     last_write_index: Option<u64>,
     last_write_at: Option<std::time::Instant>,
+    /// This mount holds the file's append lock on meta (`append.rs`).
+    pub append_lock_held: bool,
 }
 
 impl OpenFile {
@@ -166,6 +168,7 @@ impl OpenFile {
             near_reads: 0,
             last_write_index: None,
             last_write_at: None,
+            append_lock_held: false,
         }
     }
 
@@ -218,6 +221,11 @@ impl OpenFile {
                 attr.ctime = Some(self.mtime);
             }
         }
+    }
+
+    /// Whether anything written or truncated here is not committed yet.
+    pub fn has_changes(&self) -> bool {
+        self.changed
     }
 
     pub fn signature(&self) -> ContentSignature {

@@ -3,8 +3,8 @@
 //! rename, unlink, fsync, read back), checked against an in-memory model after
 //! every step, while a controller injects node faults the cluster must ride
 //! through: `kill -9` and restart, SIGSTOP/SIGCONT (a gray failure), a
-//! node out of file descriptors (prlimit), and a flipped byte in a stored
-//! chunk. (A node with a full disk is tested apart, in faults.rs: kept full
+//! node out of file descriptors (prlimit), a flipped byte in a stored
+//! chunk, and `kill -9` of meta with a restart. (A node with a full disk is tested apart, in faults.rs: kept full
 //! during this run it makes two faults at once.) With four nodes and one fault at a
 //! time every fault is within the tolerance, so the run fails unless
 //! applications saw no error, no byte was lost, and `dfs fsck` is clean at
@@ -156,11 +156,18 @@ fn chunk_files(data: &Path) -> Vec<std::path::PathBuf> {
 
 /// Injects one fault on a random node and takes it back: `kill -9` then a
 /// restart, SIGSTOP then SIGCONT, or the open-file limit lowered to what is
-/// open, then restored.
+/// open, then restored; or `kill -9` of meta, restarted after the hold
+/// (clients wait and retry: no error may reach the workload).
 fn inject(c: &mut Cluster, rng: &mut StdRng, hold: Duration, flipped: &mut usize) -> String {
     let i = rng.gen_range(0..c.opts.nodes);
     let pid = c.node_pid(i).unwrap();
-    match rng.gen_range(0..4) {
+    match rng.gen_range(0..5) {
+        4 => {
+            c.kill_meta();
+            std::thread::sleep(hold);
+            c.start_meta();
+            format!("kill -9 meta, restarted after {hold:?}")
+        }
         3 => {
             // A flipped byte in one stored chunk: readers must notice, use
             // another replica, and the replica is quarantined and replaced.
