@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
@@ -95,6 +96,9 @@ pub struct Cluster {
     pub meta_metrics: Option<String>,
     pub node_metrics: Vec<String>,
     meta: Option<Child>,
+    /// Meta when started through `launcher` (`start_meta_apart`).
+    meta_pid: Option<u32>,
+    launcher: Option<Launcher>,
     /// More metas on the same store (`add_meta`), for failover.
     extra_metas: Vec<(String, Option<Child>)>,
     nodes: Vec<(String, Option<Child>)>,
@@ -118,6 +122,8 @@ impl Cluster {
             meta_metrics: opts.metrics.then(|| format!("127.0.0.1:{}", free_port())),
             node_metrics: Vec::new(),
             meta: None,
+            meta_pid: None,
+            launcher: Some(Launcher::new()),
             extra_metas: Vec::new(),
             nodes: Vec::new(),
             node_args: Default::default(),
@@ -268,6 +274,48 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some(pid) = self.meta_pid.take() {
+            signal(pid, "KILL");
+            let start = Instant::now();
+            while process_alive(pid) && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts meta from the launcher shell, which holds no descriptor of any
+    /// file on a mount. Use it when this process has files open on a mount:
+    /// a process forked from this one would close its copies at exec, each
+    /// close a FUSE flush waiting for the very meta being started (until the
+    /// mount's meta_timeout), as NFS would for its server.
+    pub fn start_meta_apart(&mut self) {
+        let mut args = vec![
+            "--listen".to_string(),
+            self.meta_addr.clone(),
+            "--store".into(),
+            self.store_url.clone(),
+            "--chunk-size".into(),
+            self.opts.chunk_size.to_string(),
+            "--dead-after-secs".into(),
+            self.opts.dead_after_secs.to_string(),
+            "--heartbeat-ms".into(),
+            "300".into(),
+        ];
+        if let Some(m) = &self.meta_metrics {
+            args.extend(["--metrics".to_string(), m.clone()]);
+        }
+        if let Some(g) = self.opts.gc_grace_secs {
+            args.extend(["--gc-grace-secs".to_string(), g.to_string()]);
+        }
+        args.extend(self.opts.meta_args.iter().cloned());
+        let log = self.dir.path().join("meta.log");
+        let env = self.opts.meta_env.clone();
+        let launcher = self.launcher.as_mut().expect("the launcher runs");
+        let pid = launcher.spawn(&bin_dir().join("dfs-meta"), &args, &env, &log);
+        self.meta_pid = Some(pid);
+        self.wait_until("meta answers", Duration::from_secs(30), |c| {
+            c.dfs(&["status"]).status.success()
+        });
     }
 
     /// SIGTERM to meta; returns whether it exited cleanly (status 0) within 10 s.
@@ -387,6 +435,83 @@ fn terminate(mut child: Child) -> bool {
     let _ = child.kill();
     let _ = child.wait();
     false
+}
+
+/// A shell started with the cluster, before any mount, that starts processes
+/// on request (see `Cluster::start_meta_apart`).
+struct Launcher {
+    shell: Child,
+    stdin: ChildStdin,
+    stdout: std::io::BufReader<ChildStdout>,
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Launcher {
+    fn new() -> Launcher {
+        let mut shell = Command::new("bash")
+            .arg("-c")
+            .arg("while IFS= read -r line; do eval \"$line\"; done")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = shell.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(shell.stdout.take().unwrap());
+        Launcher {
+            shell,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Starts `program args` in the background with `env`, output appended
+    /// to `log`; returns its pid.
+    fn spawn(
+        &mut self,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> u32 {
+        let mut line = String::from("env");
+        for (k, v) in env {
+            line.push_str(&format!(" {}", shell_quote(&format!("{k}={v}"))));
+        }
+        line.push_str(&format!(" {}", shell_quote(&program.to_string_lossy())));
+        for a in args {
+            line.push_str(&format!(" {}", shell_quote(a)));
+        }
+        line.push_str(&format!(
+            " >>{} 2>&1 </dev/null & echo $!\n",
+            shell_quote(&log.to_string_lossy())
+        ));
+        self.stdin.write_all(line.as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+        let mut pid = String::new();
+        self.stdout.read_line(&mut pid).unwrap();
+        pid.trim().parse().unwrap()
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.shell.kill();
+        let _ = self.shell.wait();
+    }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 impl Drop for Cluster {

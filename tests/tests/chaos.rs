@@ -165,7 +165,9 @@ fn inject(c: &mut Cluster, rng: &mut StdRng, hold: Duration, flipped: &mut usize
         4 => {
             c.kill_meta();
             std::thread::sleep(hold);
-            c.start_meta();
+            // Not forked from this process, whose writers hold files open
+            // on the mount (see `start_meta_apart`).
+            c.start_meta_apart();
             format!("kill -9 meta, restarted after {hold:?}")
         }
         3 => {
