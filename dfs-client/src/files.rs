@@ -13,6 +13,7 @@ use prost::bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::chunk_io::{read_chunk, upload_chunk, UploadedChunk};
+use crate::commit::{commit, commit_size, Written};
 use crate::{Channels, ClientError};
 
 /// Chunks transferred at once by one put or get (bounds memory to this many chunks).
@@ -231,63 +232,33 @@ async fn upload_into(
             }
             done.push_back((i, chunk));
         }
-        if done.len() >= COMMIT_BATCH || (eof && in_flight.is_empty()) {
-            let size = if eof && in_flight.is_empty() {
-                total
-            } else {
-                done.back().map_or(committed_size, |(i, c)| {
-                    i * chunk_size as u64 + c.stored_len
-                })
-            };
+        let last = eof && in_flight.is_empty();
+        if done.len() >= COMMIT_BATCH || last {
             let batch: Vec<_> = done.drain(..).collect();
             outcome.chunks += batch.len();
             outcome.under_replicated += batch
                 .iter()
                 .filter(|(_, c)| c.node_ids.len() < c.replication as usize)
                 .count();
-            let reply = commit(meta, ino, size, &batch).await?;
-            outcome.attr = reply;
+            let written: Vec<Written<'_>> = batch
+                .iter()
+                .map(|(index, chunk)| Written {
+                    index: *index,
+                    chunk,
+                    base: None,
+                })
+                .collect();
+            let cs = chunk_size as u64;
+            let size = commit_size(cs, committed_size, &written, last.then_some(total));
+            let reply = commit(meta, ino, cs, size, &written, None, false).await?;
+            outcome.attr = reply.attr.ok_or_else(|| ClientError::Remote {
+                errno: libc::EIO,
+                message: "reply without attributes".into(),
+            })?;
             committed_size = size;
         }
     }
-    if outcome.chunks == 0 {
-        outcome.attr = commit(meta, ino, 0, &[]).await?;
-    }
     Ok(outcome)
-}
-
-async fn commit(
-    meta: &mut crate::Meta,
-    ino: u64,
-    size: u64,
-    batch: &[(u64, UploadedChunk)],
-) -> Result<pb::Attr, ClientError> {
-    let chunks = batch
-        .iter()
-        .map(|(index, c)| pb::CommittedChunk {
-            index: *index,
-            chunk_id: c.chunk_id,
-            stored_len: c.stored_len,
-            crc32c: c.crc32c,
-            valid_len: c.stored_len,
-            node_ids: c.node_ids.clone(),
-            ..Default::default()
-        })
-        .collect();
-    let reply = meta
-        .commit_write(pb::CommitWriteRequest {
-            ino,
-            size,
-            chunks,
-            mtime: None,
-            return_chunks: false,
-        })
-        .await?
-        .into_inner();
-    reply.attr.ok_or_else(|| ClientError::Remote {
-        errno: libc::EIO,
-        message: "reply without attributes".into(),
-    })
 }
 
 /// Reads until `want` bytes or end of input.

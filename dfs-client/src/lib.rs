@@ -6,6 +6,7 @@
 
 pub mod channels;
 pub mod chunk_io;
+pub mod commit;
 pub mod error;
 pub mod files;
 pub mod meta;

@@ -98,6 +98,15 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         metrics,
         fetches: Default::default(),
     };
+    {
+        let (metrics, channel) = (io.metrics.clone(), io.meta_channel.clone());
+        rt.spawn(async move {
+            loop {
+                metrics.record_meta_stats(channel.stats());
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        });
+    }
     let fs = Arc::new(fs::DfsFs::new(io));
     let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone(), opts.writeback_cache);
 

@@ -21,6 +21,9 @@ pub struct FuseMetrics {
     pub request_seconds: HistogramVec,
     pub read_bytes: IntCounter,
     pub write_bytes: IntCounter,
+    pub meta_retries: IntCounter,
+    pub meta_timeouts: IntCounter,
+    pub sessions_lost: IntCounter,
 }
 
 impl FuseMetrics {
@@ -83,6 +86,18 @@ impl FuseMetrics {
                 "dfs_fuse_write_bytes_total",
                 "bytes accepted from applications by write",
             ),
+            meta_retries: counter(
+                "dfs_fuse_meta_retries_total",
+                "metadata calls sent again because no meta answered (failover, restarts)",
+            ),
+            meta_timeouts: counter(
+                "dfs_fuse_meta_timeouts_total",
+                "metadata calls given up after meta_timeout (the application got ETIMEDOUT)",
+            ),
+            sessions_lost: counter(
+                "dfs_fuse_sessions_lost_total",
+                "sessions meta expired while this mount lived (its locks and orphans were released)",
+            ),
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.cache_hits.clone()),
@@ -98,9 +113,26 @@ impl FuseMetrics {
             Box::new(m.request_seconds.clone()),
             Box::new(m.read_bytes.clone()),
             Box::new(m.write_bytes.clone()),
+            Box::new(m.meta_retries.clone()),
+            Box::new(m.meta_timeouts.clone()),
+            Box::new(m.sessions_lost.clone()),
         ];
         register_all(&m.registry, all);
         m
+    }
+}
+
+impl FuseMetrics {
+    /// Brings the metadata channel's counters over (they count on their own).
+    pub fn record_meta_stats(&self, stats: &dfs_client::meta::MetaStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (counter, now) in [
+            (&self.meta_retries, stats.retries.load(Relaxed)),
+            (&self.meta_timeouts, stats.timeouts.load(Relaxed)),
+            (&self.sessions_lost, stats.sessions_lost.load(Relaxed)),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 }
 

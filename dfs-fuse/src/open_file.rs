@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use dfs_client::chunk_io::{upload_chunk, UploadedChunk};
+use dfs_client::commit::{commit, commit_size, Written};
 use dfs_proto::{pb, zero_runs};
 use prost::bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -483,43 +484,32 @@ impl OpenFile {
     async fn try_commit(&mut self, io: &Io, final_size: bool) -> FsResult<()> {
         // Meta never lets a commit shrink the file; a merged chunk may reach
         // past this mount's size (another mount appended).
-        let uploaded_end = self
+        let written: Vec<Written<'_>> = self
             .uploaded
             .iter()
-            .map(|(i, (c, _))| i * self.chunk_size + c.stored_len)
-            .fold(self.committed_size, u64::max);
-        let size = if final_size {
-            self.size.max(uploaded_end)
-        } else {
-            uploaded_end
-        };
-        let chunks = self
-            .uploaded
-            .iter()
-            .map(|(index, (c, _))| pb::CommittedChunk {
+            .map(|(index, (chunk, _))| Written {
                 index: *index,
-                chunk_id: c.chunk_id,
-                stored_len: c.stored_len,
-                crc32c: c.crc32c,
-                valid_len: c
-                    .stored_len
-                    .min(size.saturating_sub(index * self.chunk_size)),
-                node_ids: c.node_ids.clone(),
-                base_chunk_id: self.edits.get(index).and_then(|e| e.base).unwrap_or(0),
-                check_base: self.edits.contains_key(index),
+                chunk,
+                base: self.edits.get(index).map(|e| e.base),
             })
             .collect();
-        let mut meta = io.meta.clone();
-        let map = meta
-            .commit_write(pb::CommitWriteRequest {
-                ino: self.ino,
-                size,
-                chunks,
-                mtime: Some(self.mtime),
-                return_chunks: true,
-            })
-            .await?
-            .into_inner();
+        let cs = self.chunk_size;
+        let size = commit_size(
+            cs,
+            self.committed_size,
+            &written,
+            final_size.then_some(self.size),
+        );
+        let map = commit(
+            &io.meta,
+            self.ino,
+            cs,
+            size,
+            &written,
+            Some(self.mtime),
+            true,
+        )
+        .await?;
         self.committed = map.chunks.into_iter().map(|c| (c.index, c)).collect();
         for (index, (c, data)) in std::mem::take(&mut self.uploaded) {
             io.cache.insert(c.chunk_id, data);
