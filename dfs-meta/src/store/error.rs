@@ -113,6 +113,12 @@ impl StoreError {
     /// The database could not be reached (down, restarting, failing over):
     /// the request did not happen and may be sent again.
     pub fn is_unavailable(&self) -> bool {
+        // A serialization conflict that outlasted the store's own retries
+        // (heavy contention, e.g. a new leader's repair burst): nothing
+        // happened, and the client's retry (same request id) is safe.
+        if self.is_retryable() {
+            return true;
+        }
         match self {
             StoreError::Db(
                 sqlx::Error::Io(_)

@@ -254,14 +254,14 @@ macro_rules! in_tx {
                 Err(e) => Err(e),
             };
             match result {
-                Err(e) if e.is_retryable() && attempt < 10 => {
+                Err(e) if e.is_retryable() && attempt < 20 => {
                     attempt += 1;
                     $store.metrics.retries.inc();
-                    let jitter = u64::from(rand::random::<u8>() % 16);
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        (2u64 << attempt.min(6)) + jitter,
-                    ))
-                    .await;
+                    // Spread the rerun of conflicting transactions apart.
+                    let backoff = 2u64 << attempt.min(6);
+                    let jitter = rand::random::<u64>() % backoff;
+                    tokio::time::sleep(std::time::Duration::from_millis(backoff / 2 + jitter))
+                        .await;
                 }
                 other => {
                     $store
