@@ -508,3 +508,58 @@ fn a_postgres_failover_to_its_standby_costs_clients_nothing() {
     // The promoted server is the store now: meta works on it.
     c.dfs_ok(&["fsck"]);
 }
+
+#[test]
+fn a_mount_cut_off_past_its_lease_is_told_and_gets_a_new_session() {
+    let c = Cluster::start(short_lease());
+    let a = c.mount("a");
+    let b = c.mount("b");
+    std::fs::write(a.join("f"), b"data").unwrap();
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg("import fcntl,sys,time\nf=open(sys.argv[1],'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('held',flush=True)\ntime.sleep(600)")
+        .arg(a.join("f"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "held\n");
+    }
+    let old: Vec<u64> = sessions(&c)
+        .iter()
+        .filter(|s| s["mountpoint"] == a.path.to_str().unwrap())
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    // Cut mount A off (a stopped daemon renews nothing) for longer than the
+    // 2 s lease: meta expires its session and releases its lock.
+    let pid = a.daemon_pid().unwrap();
+    dfs_tests::signal(pid, "STOP");
+    c.wait_until("A's session expires", Duration::from_secs(30), |c| {
+        sessions(c).len() == 1
+    });
+    let taken = python(
+        "import fcntl,sys\nfcntl.lockf(open(sys.argv[1],'r+'), fcntl.LOCK_EX|fcntl.LOCK_NB)\nprint('granted')",
+        &[&b.join("f")],
+    );
+    assert_eq!(taken.trim(), "granted");
+    dfs_tests::signal(pid, "CONT");
+    // A's next call learns it and goes on under a new session.
+    assert_eq!(std::fs::read(a.join("f")).unwrap(), b"data");
+    c.wait_until("A opens a new session", Duration::from_secs(30), |c| {
+        sessions(c).iter().any(|s| {
+            s["mountpoint"] == a.path.to_str().unwrap() && !old.contains(&s["id"].as_u64().unwrap())
+        })
+    });
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(
+        log.contains("meta expired this client's session"),
+        "the mount did not say it lost its session"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
