@@ -738,10 +738,13 @@ impl DfsFs {
         let (ino, orphaned, result) = {
             let mut guard = file.lock().await;
             let mut result = guard.flush(&self.io, false).await;
-            let last_handle = !lock(&self.handles).values().any(|h| Arc::ptr_eq(h, &file));
+            // (Whether this was the file's last handle is asked only on failure:
+            // a scan of the open handles on every close is not needed.)
             let unlocked = if result.is_ok() {
                 crate::append::give_back_if_committed(&self.io, &mut guard).await
-            } else if last_handle {
+            } else if guard.append_lock_held
+                && !lock(&self.handles).values().any(|h| Arc::ptr_eq(h, &file))
+            {
                 // The bytes go with this last handle; so does the turn.
                 crate::append::give_back(&self.io, &mut guard).await
             } else {
