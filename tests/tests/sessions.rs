@@ -7,24 +7,25 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use dfs_tests::{Cluster, Options};
+use dfs_tests::{python, Cluster, Options};
 
-/// Runs a Python script with ARGS; returns its output (asserting success).
-fn python(script: &str, args: &[&Path]) -> String {
-    let out = Command::new("python3")
+/// Starts a Python script that takes something (a lock, an open file) and
+/// prints "held"; returns once it did, with the process still holding it.
+fn hold(script: &str, args: &[&Path]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut holder = Command::new("python3")
         .arg("-c")
         .arg(script)
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "held\n");
+    holder
 }
 
 fn sessions(c: &Cluster) -> Vec<serde_json::Value> {
@@ -186,22 +187,7 @@ fn a_killed_mount_loses_its_locks_and_open_unlinked_files_within_the_lease() {
     let a = c.mount("a");
     let b = c.mount("b");
     std::fs::write(a.join("f"), b"data").unwrap();
-    let mut holder = Command::new("python3")
-        .arg("-c")
-        .arg(HOLD)
-        .arg(a.join("f"))
-        .arg(a.join("gone"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(holder.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "held\n");
-    }
+    let mut holder = hold(HOLD, &[&a.join("f"), &a.join("gone")]);
     let before = sessions(&c);
     let a_session = before
         .iter()
@@ -515,21 +501,10 @@ fn a_mount_cut_off_past_its_lease_is_told_and_gets_a_new_session() {
     let a = c.mount("a");
     let b = c.mount("b");
     std::fs::write(a.join("f"), b"data").unwrap();
-    let mut holder = Command::new("python3")
-        .arg("-c")
-        .arg("import fcntl,sys,time\nf=open(sys.argv[1],'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('held',flush=True)\ntime.sleep(600)")
-        .arg(a.join("f"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(holder.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "held\n");
-    }
+    let mut holder = hold(
+        "import fcntl,sys,time\nf=open(sys.argv[1],'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('held',flush=True)\ntime.sleep(600)",
+        &[&a.join("f")],
+    );
     let old: Vec<u64> = sessions(&c)
         .iter()
         .filter(|s| s["mountpoint"] == a.path.to_str().unwrap())

@@ -103,19 +103,7 @@ print("ok")
 fn appends_from_two_mounts_all_land_whole() {
     let c = cluster();
     let (a, b) = (c.mount("a"), c.mount("b"));
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(APPENDERS)
-        .arg(a.join("log"))
-        .arg(b.join("log"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dfs_tests::python(APPENDERS, &[&a.join("log"), &b.join("log")]);
     // The other mount reads the same: every record once, whole, in order.
     let via_b = std::fs::read(b.join("log")).unwrap();
     assert_eq!(via_b, std::fs::read(a.join("log")).unwrap());
@@ -147,17 +135,5 @@ os.close(fd)
 assert os.path.getsize(os.path.join(a, "z")) == 0, "O_TRUNC did not truncate"
 print("ok")
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&a.path)
-        .arg(&b.path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dfs_tests::python(script, &[&a.path, &b.path]);
 }
