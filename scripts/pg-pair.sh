@@ -10,18 +10,7 @@
 #       DNS name does in production), so clients reconnect to the same address
 #   pg-pair.sh stop DIR                              both down
 set -euo pipefail
-bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
-  echo "PostgreSQL server binaries not found: run scripts/install-deps.sh" >&2
-  exit 1
-fi
-if [ "$(id -u)" = 0 ]; then
-  run() { su postgres -s /bin/sh -c "$*"; }
-  owner=postgres
-else
-  run() { sh -c "$*"; }
-  owner=$(id -un)
-fi
+. "$(dirname "$0")/pg-env.sh"
 cmd=$1 dir=$2
 opts() { # PORT
   echo "-c listen_addresses=127.0.0.1 -p $1 -k '$dir' -c max_connections=200 -c wal_level=replica -c synchronous_standby_names='*' -c synchronous_commit=on"

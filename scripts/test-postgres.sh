@@ -6,19 +6,7 @@
 set -euo pipefail
 port=${DFS_PG_PORT:-55432}
 dir=${DFS_PG_DIR:-/tmp/dfs-test-pg}
-bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
-  echo "PostgreSQL server binaries not found: run scripts/install-deps.sh" >&2
-  exit 1
-fi
-# PostgreSQL refuses to run as root: run it as the 'postgres' user then.
-if [ "$(id -u)" = 0 ]; then
-  run() { su postgres -s /bin/sh -c "$*"; }
-  owner=postgres
-else
-  run() { sh -c "$*"; }
-  owner=$(id -un)
-fi
+. "$(dirname "$0")/pg-env.sh"
 mkdir -p "$dir"
 chown "$owner" "$dir"
 if [ ! -f "$dir/data/PG_VERSION" ]; then
