@@ -36,6 +36,8 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let mut held: Option<LeaderLock> = None;
+    // The connection a follower tries on (a failed try drops it).
+    let mut spare = None;
     loop {
         let still = match held.as_mut() {
             Some(lock) => lock.check().await,
@@ -46,7 +48,7 @@ pub async fn run(
             held = None;
         }
         if held.is_none() {
-            match store.try_lead().await {
+            match store.try_lead(&mut spare).await {
                 Ok(Some(lock)) => {
                     tracing::info!("leading: this server runs repair and expiry");
                     held = Some(lock);

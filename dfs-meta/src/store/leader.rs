@@ -42,18 +42,26 @@ pub struct RepairCommand {
 }
 
 impl Store {
-    /// Takes leadership if no other server holds it.
-    pub async fn try_lead(&self) -> Result<Option<LeaderLock>> {
+    /// Takes leadership if no other server holds it. A follower keeps the
+    /// connection it tried on in `spare`, for its next try.
+    pub async fn try_lead(&self, spare: &mut Option<AnyConnection>) -> Result<Option<LeaderLock>> {
         if self.backend == Backend::Sqlite {
             return Ok(Some(LeaderLock::Local));
         }
-        let mut conn = self.pool.acquire().await?.detach();
+        let mut conn = match spare.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?.detach(),
+        };
         let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
             .fetch_one(&mut conn)
             .await?
             .try_get(0)?;
-        Ok(got.then_some(LeaderLock::Postgres(conn)))
+        if got {
+            return Ok(Some(LeaderLock::Postgres(conn)));
+        }
+        *spare = Some(conn);
+        Ok(None)
     }
 
     /// Queues a copy for `source`'s next heartbeat (replacing an older one
