@@ -561,6 +561,11 @@ impl Cluster {
     /// Mounts with the given mount options (`cache_size=` is also the mount's
     /// memory bound), plus allow_other, a log and the metrics endpoint.
     pub fn mount_with(&self, name: &str, options: &str) -> Mount {
+        self.mount_via(name, options, &self.meta_addrs())
+    }
+
+    /// Mounts like `mount_with`, giving the mount only `meta_addrs`.
+    pub fn mount_via(&self, name: &str, options: &str, meta_addrs: &str) -> Mount {
         let path = self.dir.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
         let log = self.dir.path().join(format!("fuse-{name}.log"));
@@ -577,7 +582,7 @@ impl Cluster {
             options.push_str(",writeback_cache");
         }
         let out = Command::new(bin_dir().join("dfs-fuse"))
-            .arg(self.meta_addrs())
+            .arg(meta_addrs)
             .arg(&path)
             .arg("-o")
             .arg(options)

@@ -217,6 +217,13 @@ impl MetaChannel {
         Ok(())
     }
 
+    /// Which meta connection and session calls go over now: (failover
+    /// generation, session id). A watch stream is good only while it holds.
+    pub fn identity(&self) -> (u64, u64) {
+        let generation = lock(&self.shared.current).generation;
+        (generation, self.session_id())
+    }
+
     /// The current session id (0: none).
     pub fn session_id(&self) -> u64 {
         lock(&self.shared.session).id

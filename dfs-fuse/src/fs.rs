@@ -549,8 +549,8 @@ impl DfsFs {
 
     /// A write to a handle opened with O_APPEND: the bytes go to the end of
     /// the file as the cluster has it, under the file's append lock (see
-    /// `append.rs`), whatever offset the kernel assumed.
-    pub async fn append(&self, fh: u64, data: &[u8]) -> FsResult<u32> {
+    /// `append.rs`), whatever offset (`assumed`) the kernel chose.
+    pub async fn append(&self, fh: u64, assumed: u64, data: &[u8]) -> FsResult<u32> {
         let file = self.file_of(fh)?;
         {
             let mut f = file.lock().await;
@@ -559,6 +559,10 @@ impl DfsFs {
             }
             let end = f.size;
             f.write(&self.io, end, data).await?;
+            if end != assumed {
+                // The kernel now believes the file ends at assumed + len.
+                self.io.coherence.attrs_stale(f.ino);
+            }
             if self.io.memory.writes_over_share() {
                 f.drain(&self.io, true).await?;
             }

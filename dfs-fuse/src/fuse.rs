@@ -17,19 +17,23 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::coherence::Ticket;
 use crate::error::FsError;
 use crate::fs::{Caller, DfsFs, Opened, SetAttr};
 use crate::locks::LockRequest;
 
-/// How long the kernel may cache attributes and entries. Short, so another
-/// mount's changes show up quickly; open() always revalidates the chunk map.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache what comes with no invalidation behind it
+/// (`.` and `..` of a listing); other replies get theirs from `coherence`.
+const TTL: Duration = crate::coherence::SHORT_TTL;
 const BLKSIZE: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     fs: Arc<DfsFs>,
     rt: Handle,
     writeback_cache: bool,
+    /// Per open directory, the ticket taken at opendir: its listing's pages
+    /// are fetched later and kept, so a later ticket would say too little.
+    dir_tickets: std::sync::Mutex<std::collections::HashMap<u64, Ticket>>,
 }
 
 impl FuseAdapter {
@@ -38,6 +42,7 @@ impl FuseAdapter {
             fs,
             rt,
             writeback_cache,
+            dir_tickets: Default::default(),
         }
     }
 
@@ -74,6 +79,53 @@ impl FuseAdapter {
             }
             Errno::from_i32(errno)
         })
+    }
+
+    fn dir_tickets(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Ticket>> {
+        self.dir_tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ticket(&self) -> Ticket {
+        self.fs.io().coherence.ticket()
+    }
+
+    /// Replies with the entry `name` in `parent`, or the errno. Under
+    /// invalidations, a miss is cached too (a negative entry).
+    fn entry(
+        &self,
+        reply: ReplyEntry,
+        ticket: Ticket,
+        parent: INodeNo,
+        name: &OsStr,
+        result: Result<pb::Attr, Errno>,
+    ) {
+        let coherence = &self.fs.io().coherence;
+        match result {
+            Ok(a) => {
+                let ttl = coherence.entry_ttl(ticket, parent.0, name.as_bytes(), a.ino);
+                reply.entry(&ttl, &file_attr(&a), Generation(0))
+            }
+            Err(e) if e == Errno::ENOENT && coherence.caches_misses() => {
+                let ttl = coherence.entry_ttl(ticket, parent.0, name.as_bytes(), 0);
+                if ttl > TTL {
+                    let none = pb::Attr::default();
+                    reply.entry(&ttl, &file_attr(&none), Generation(0))
+                } else {
+                    reply.error(e)
+                }
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn attr(&self, reply: ReplyAttr, ticket: Ticket, result: Result<pb::Attr, Errno>) {
+        match result {
+            Ok(a) => {
+                let ttl = self.fs.io().coherence.attr_ttl(ticket, a.ino);
+                reply.attr(&ttl, &file_attr(&a))
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     /// Whether writes through a handle opened with `flags` go to the end of
@@ -228,14 +280,6 @@ fn flags_of(xflags: u32) -> Option<u32> {
     })
 }
 
-/// Replies with a new or looked-up entry, or the errno.
-fn entry(reply: ReplyEntry, result: Result<pb::Attr, Errno>) {
-    match result {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(e),
-    }
-}
-
 /// Replies with a new file or directory handle, or the errno.
 /// Replies to open. `direct`: the kernel keeps no pages for this handle's
 /// writes (O_APPEND handles, whose bytes may land past the kernel's size).
@@ -255,10 +299,15 @@ fn opened(reply: ReplyOpen, result: Result<Opened, Errno>, direct: bool) {
 }
 
 /// Replies with a file just created and opened (create, O_TMPFILE), or the errno.
-fn created(reply: ReplyCreate, result: Result<(pb::Attr, u64), Errno>, direct: bool) {
+fn created(
+    reply: ReplyCreate,
+    result: Result<(pb::Attr, u64), Errno>,
+    ttl: impl FnOnce(u64) -> Duration,
+    direct: bool,
+) {
     match result {
         Ok((a, fh)) => reply.created(
-            &TTL,
+            &ttl(a.ino),
             &file_attr(&a),
             Generation(0),
             FileHandle(fh),
@@ -309,17 +358,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(
-            reply,
-            self.run("lookup", self.fs.lookup(parent.0, name.as_bytes())),
-        )
+        let ticket = self.ticket();
+        let found = self.run("lookup", self.fs.lookup(parent.0, name.as_bytes()));
+        self.entry(reply, ticket, parent, name, found)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run("getattr", self.fs.getattr(ino.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(e),
-        }
+        let ticket = self.ticket();
+        self.attr(reply, ticket, self.run("getattr", self.fs.getattr(ino.0)))
     }
 
     fn setattr(
@@ -353,10 +399,12 @@ impl Filesystem for FuseAdapter {
             mtime_now,
             flags: None,
         };
-        match self.run("setattr", self.fs.setattr(ino.0, set)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(e),
-        }
+        let ticket = self.ticket();
+        self.attr(
+            reply,
+            ticket,
+            self.run("setattr", self.fs.setattr(ino.0, set)),
+        )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -380,14 +428,13 @@ impl Filesystem for FuseAdapter {
             Ok(k) => k,
             Err(e) => return reply.error(e),
         };
-        entry(
-            reply,
-            self.run(
-                "mknod",
-                self.fs
-                    .create_node(parent.0, name.as_bytes(), k, mode, caller(req), rdev, &[]),
-            ),
-        )
+        let ticket = self.ticket();
+        let made = self.run(
+            "mknod",
+            self.fs
+                .create_node(parent.0, name.as_bytes(), k, mode, caller(req), rdev, &[]),
+        );
+        self.entry(reply, ticket, parent, name, made)
     }
 
     fn mkdir(
@@ -399,6 +446,7 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let ticket = self.ticket();
         let created = self.fs.create_node(
             parent.0,
             name.as_bytes(),
@@ -408,7 +456,8 @@ impl Filesystem for FuseAdapter {
             0,
             &[],
         );
-        entry(reply, self.run("mkdir", created))
+        let made = self.run("mkdir", created);
+        self.entry(reply, ticket, parent, name, made)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -434,6 +483,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let target = target.as_os_str().as_bytes();
+        let ticket = self.ticket();
         let created = self.fs.create_node(
             parent.0,
             link_name.as_bytes(),
@@ -443,7 +493,8 @@ impl Filesystem for FuseAdapter {
             0,
             target,
         );
-        entry(reply, self.run("symlink", created))
+        let made = self.run("symlink", created);
+        self.entry(reply, ticket, parent, link_name, made)
     }
 
     fn rename(
@@ -474,10 +525,9 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(
-            reply,
-            self.run("link", self.fs.link(ino.0, newparent.0, newname.as_bytes())),
-        )
+        let ticket = self.ticket();
+        let made = self.run("link", self.fs.link(ino.0, newparent.0, newname.as_bytes()));
+        self.entry(reply, ticket, newparent, newname, made)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -519,7 +569,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let result = if self.appends_to_cluster_end(flags.0) {
-            self.run("write", self.fs.append(fh.0, data))
+            self.run("write", self.fs.append(fh.0, offset, data))
         } else {
             self.run("write", self.fs.write(fh.0, offset, data))
         };
@@ -680,7 +730,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let ticket = self.ticket();
         let dir = self.run("opendir", self.fs.opendir(ino.0));
+        if let Ok(fh) = &dir {
+            self.dir_tickets().insert(*fh, ticket);
+        }
         opened(
             reply,
             dir.map(|fh| Opened {
@@ -746,6 +800,10 @@ impl Filesystem for FuseAdapter {
             }
         }
         let from = offset.saturating_sub(2) as usize;
+        let ticket = self.dir_tickets().get(&fh.0).copied();
+        // An unknown handle: the listing fails below anyway.
+        let ticket = ticket.unwrap_or_else(|| self.ticket());
+        let coherence = &self.fs.io().coherence;
         match self.run("readdirplus", self.fs.readdir(fh.0, from, 256)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate() {
@@ -755,7 +813,7 @@ impl Filesystem for FuseAdapter {
                         INodeNo(a.ino),
                         (from + i + 3) as u64,
                         name,
-                        &TTL,
+                        &coherence.entry_ttl(ticket, ino.0, &e.name, a.ino),
                         &file_attr(&a),
                         Generation(0),
                     ) {
@@ -777,6 +835,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.fs.releasedir(fh.0);
+        self.dir_tickets().remove(&fh.0);
         reply.ok();
     }
 
@@ -865,11 +924,14 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let ticket = self.ticket();
         let made = self
             .fs
             .create(parent.0, name.as_bytes(), mode, caller(req), flags);
         let direct = self.appends_to_cluster_end(flags);
-        created(reply, self.run("create", made), direct)
+        let coherence = &self.fs.io().coherence;
+        let ttl = |ino| coherence.entry_ttl(ticket, parent.0, name.as_bytes(), ino);
+        created(reply, self.run("create", made), ttl, direct)
     }
 
     fn tmpfile(
@@ -881,9 +943,12 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let ticket = self.ticket();
+        let coherence = &self.fs.io().coherence;
         created(
             reply,
             self.run("tmpfile", self.fs.tmpfile(parent.0, mode, caller(req))),
+            |ino| coherence.attr_ttl(ticket, ino),
             false,
         )
     }

@@ -31,6 +31,9 @@ pub struct Io {
     /// The mount's one memory bound, shared by the cache and write buffers.
     pub memory: Arc<MemoryBudget>,
     pub metrics: Arc<FuseMetrics>,
+    /// How long the kernel may cache entries and attributes, and the
+    /// invalidations that let it.
+    pub coherence: Arc<crate::coherence::Coherence>,
     /// Chunk fetches in flight: at most one per chunk, whoever asks.
     pub fetches: Arc<Mutex<HashMap<u64, Fetch>>>,
 }

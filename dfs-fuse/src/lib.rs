@@ -8,6 +8,7 @@
 pub mod allocator;
 pub mod append;
 pub mod cache;
+pub mod coherence;
 pub mod durability;
 pub mod error;
 pub mod fs;
@@ -89,6 +90,10 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
     }
     let memory = Arc::new(memory::MemoryBudget::new(opts.cache_size));
     let cache = Arc::new(cache::ChunkCache::new(memory.clone(), metrics.clone()));
+    let coherence = Arc::new(coherence::Coherence::new(
+        opts.cache_timeout,
+        metrics.clone(),
+    ));
     let io = Io {
         meta: meta.client(),
         meta_channel: meta,
@@ -96,6 +101,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         cache,
         memory,
         metrics,
+        coherence: coherence.clone(),
         fetches: Default::default(),
     };
     {
@@ -134,6 +140,15 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
     config.clone_fd = true;
     let session =
         fuser::Session::new(adapter, &opts.mountpoint, &config).map_err(MountError::Mount)?;
+    if opts.cache_timeout > coherence::SHORT_TTL {
+        coherence
+            .attach(session.notifier())
+            .map_err(MountError::Runtime)?;
+        rt.spawn(coherence::run_watch(
+            fs.io().meta_channel.clone(),
+            coherence,
+        ));
+    }
     let background = session.spawn().map_err(MountError::Mount)?;
     tracing::info!(mountpoint = %opts.mountpoint.display(), source = %opts.source, "mounted");
 

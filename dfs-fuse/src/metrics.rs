@@ -24,6 +24,8 @@ pub struct FuseMetrics {
     pub meta_retries: IntCounter,
     pub meta_timeouts: IntCounter,
     pub sessions_lost: IntCounter,
+    pub invalidations: IntCounterVec,
+    pub watch_live: IntGauge,
 }
 
 impl FuseMetrics {
@@ -98,6 +100,18 @@ impl FuseMetrics {
                 "dfs_fuse_sessions_lost_total",
                 "sessions meta expired while this mount lived (its locks and orphans were released)",
             ),
+            invalidations: IntCounterVec::new(
+                Opts::new(
+                    "dfs_fuse_invalidations_total",
+                    "kernel cache invalidations passed on from meta, by kind (entry, inode)",
+                ),
+                &["kind"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            watch_live: gauge(
+                "dfs_fuse_watch_live",
+                "1 while meta's invalidations reach this mount (long kernel cache times)",
+            ),
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.cache_hits.clone()),
@@ -116,6 +130,8 @@ impl FuseMetrics {
             Box::new(m.meta_retries.clone()),
             Box::new(m.meta_timeouts.clone()),
             Box::new(m.sessions_lost.clone()),
+            Box::new(m.invalidations.clone()),
+            Box::new(m.watch_live.clone()),
         ];
         register_all(&m.registry, all);
         m

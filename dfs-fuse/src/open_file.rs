@@ -526,6 +526,10 @@ impl OpenFile {
         if let Some(attr) = &map.attr {
             self.signature = ContentSignature::of(attr);
             self.mtime = attr.mtime.unwrap_or(self.mtime);
+            if attr.size > size {
+                // Another mount's bytes reach further: the kernel's size is short.
+                io.coherence.attrs_stale(self.ino);
+            }
             size = size.max(attr.size);
         }
         if final_size {

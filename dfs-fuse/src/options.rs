@@ -23,6 +23,9 @@ pub struct MountOptions {
     /// How long a request waits for some meta to answer (retrying, failing
     /// over) before the application gets ETIMEDOUT.
     pub meta_timeout: std::time::Duration,
+    /// How long the kernel may keep entries and attributes while meta's
+    /// invalidations reach this mount (see `coherence.rs`); 1 s otherwise.
+    pub cache_timeout: std::time::Duration,
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -133,6 +136,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
         log: None,
         source,
         meta_timeout: std::time::Duration::from_secs(60),
+        cache_timeout: std::time::Duration::from_secs(30),
     };
     if opts.meta_addrs.is_empty() {
         return Err(OptionsError::Usage);
@@ -164,6 +168,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
                     .filter(|s| (1..=86_400).contains(s))
                     .ok_or_else(|| OptionsError::BadValue(option.into()))?;
                 opts.meta_timeout = std::time::Duration::from_secs(secs);
+            }
+            ("cache_timeout", Some(v)) => {
+                let secs: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s| *s <= 86_400)
+                    .ok_or_else(|| OptionsError::BadValue(option.into()))?;
+                opts.cache_timeout = std::time::Duration::from_secs(secs);
             }
             (k, None) if GENERIC.contains(&k) => {}
             (k, _) if k.starts_with("x-") || k == "comment" || k == "fsname" || k == "subtype" => {}
@@ -207,6 +219,10 @@ mod tests {
         let o = parse(args("a:1 /m -o meta_timeout=5")).unwrap();
         assert_eq!(o.meta_timeout, std::time::Duration::from_secs(5));
         assert!(parse(args("a:1 /m -o meta_timeout=0")).is_err());
+        assert_eq!(o.cache_timeout, std::time::Duration::from_secs(30));
+        let o = parse(args("a:1 /m -o cache_timeout=600")).unwrap();
+        assert_eq!(o.cache_timeout, std::time::Duration::from_secs(600));
+        assert!(parse(args("a:1 /m -o cache_timeout=x")).is_err());
     }
 
     #[test]

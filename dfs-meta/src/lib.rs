@@ -11,6 +11,7 @@ pub mod repair;
 pub mod service;
 pub mod sessions;
 pub mod store;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,8 +120,30 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let service =
-        service::MetaService::new(store.clone(), config.clone(), repairer, metrics, sessions);
+    let (watchers, bridge) = match store.backend() {
+        store::Backend::Postgres => {
+            let (w, task) =
+                watch::bridged(config.store_url.clone(), metrics.clone(), shutdown.clone());
+            (w, Some(task))
+        }
+        store::Backend::Sqlite => (Arc::new(watch::Watchers::local(metrics.clone())), None),
+    };
+    {
+        // Open watch streams would hold the graceful shutdown forever.
+        let (watchers, shutdown) = (watchers.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            watchers.drop_all("meta stopping");
+        });
+    }
+    let service = service::MetaService::new(
+        store.clone(),
+        config.clone(),
+        repairer,
+        metrics,
+        sessions,
+        watchers,
+    );
     let local = listener.local_addr()?;
     tracing::info!(%local, store = %redact(&config.store_url), chunk_size = store.chunk_size(),
         replication = store.replication(), "dfs-meta serving");
@@ -136,6 +159,9 @@ pub async fn run(
     let _ = worker.await;
     let _ = expiry.await;
     let _ = leading.await;
+    if let Some(bridge) = bridge {
+        let _ = bridge.await;
+    }
     store.close().await;
     tracing::info!("dfs-meta stopped");
     Ok(())

@@ -20,6 +20,8 @@ pub struct MetaMetrics {
     pub repair_queue: IntGauge,
     pub leader: IntGauge,
     pub sessions_expired: IntCounter,
+    pub watchers: IntGauge,
+    pub invalidations_sent: IntCounter,
 }
 
 impl MetaMetrics {
@@ -82,6 +84,14 @@ impl MetaMetrics {
                 "dfs_meta_sessions_expired_total",
                 "client sessions whose lease ran out (their locks and orphans released)",
             ),
+            watchers: gauge(
+                "dfs_meta_watchers",
+                "client sessions receiving cache invalidations from this server",
+            ),
+            invalidations_sent: counter(
+                "dfs_meta_invalidations_sent_total",
+                "entry and inode changes pushed to clients that may cache them",
+            ),
             registry,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -98,6 +108,8 @@ impl MetaMetrics {
             Box::new(m.repair_queue.clone()),
             Box::new(m.leader.clone()),
             Box::new(m.sessions_expired.clone()),
+            Box::new(m.watchers.clone()),
+            Box::new(m.invalidations_sent.clone()),
         ];
         register_all(&m.registry, all);
         m

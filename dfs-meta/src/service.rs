@@ -17,6 +17,7 @@ use crate::store::{
     self, CommitChunk, CreateArgs, HeartbeatInfo, LockKind, LockOutcome, LockRange, LockSpec,
     Origin, RegisterArgs, SessionArgs, SetAttrArgs, Store,
 };
+use crate::watch::{Change, Watchers};
 use crate::Config;
 
 pub struct MetaService {
@@ -25,6 +26,7 @@ pub struct MetaService {
     repairer: Arc<Repairer>,
     metrics: Arc<MetaMetrics>,
     sessions: Arc<Sessions>,
+    watchers: Arc<Watchers>,
     failpoints: Failpoints,
 }
 
@@ -40,6 +42,7 @@ impl MetaService {
         repairer: Arc<Repairer>,
         metrics: Arc<MetaMetrics>,
         sessions: Arc<Sessions>,
+        watchers: Arc<Watchers>,
     ) -> Self {
         MetaService {
             store,
@@ -47,6 +50,7 @@ impl MetaService {
             repairer,
             metrics,
             sessions,
+            watchers,
             failpoints: Failpoints::from_env(),
         }
     }
@@ -99,19 +103,39 @@ impl MetaService {
 
 #[tonic::async_trait]
 impl Meta for MetaService {
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Invalidations, Status>>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        let origin = self.sessions.origin(req.metadata()).await?;
+        self.observe("Watch", async {
+            if origin.session == 0 {
+                return Err(Status::failed_precondition(
+                    "watching needs a session (the dfs-session header)",
+                ));
+            }
+            Ok(self.watchers.register(origin.session))
+        })
+        .await
+    }
+
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
-        self.sessions.origin(req.metadata()).await?;
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("Lookup", async {
-            Ok(attr_reply(&self.store.lookup(r.parent, &r.name).await?))
+            // A miss is cached too (a negative entry): note the parent first.
+            self.watchers.note(origin.session, [r.parent]);
+            let inode = self.store.lookup(r.parent, &r.name).await?;
+            self.watchers.note(origin.session, [inode.ino]);
+            Ok(attr_reply(&inode))
         })
         .await
     }
 
     async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
-        self.sessions.origin(req.metadata()).await?;
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("GetAttr", async {
+            self.watchers.note(origin.session, [r.ino]);
             Ok(attr_reply(&self.store.getattr(r.ino).await?))
         })
         .await
@@ -149,7 +173,15 @@ impl Meta for MetaService {
                 explicit_times: r.atime.is_some() || r.mtime.is_some(),
                 flags: r.flags,
             };
-            Ok(attr_reply(&self.store.setattr(r.ino, args, origin).await?))
+            let inode = self.store.setattr(r.ino, args, origin).await?;
+            let change = if r.size.is_some() {
+                Change::data(r.ino)
+            } else {
+                Change::attrs(r.ino)
+            };
+            self.watchers.publish(origin.session, vec![change]);
+            self.watchers.note(origin.session, [r.ino]);
+            Ok(attr_reply(&inode))
         })
         .await
     }
@@ -168,11 +200,16 @@ impl Meta for MetaService {
                 rdev: r.rdev,
                 symlink_target: r.symlink_target,
             };
+            let (parent, name) = (args.parent, args.name.clone());
             let inode = if r.unnamed {
                 self.store.create_unnamed(args, origin).await?
             } else {
-                self.store.create(args, origin).await?
+                let inode = self.store.create(args, origin).await?;
+                self.watchers
+                    .publish(origin.session, vec![Change::entry(parent, &name)]);
+                inode
             };
+            self.watchers.note(origin.session, [parent, inode.ino]);
             Ok(attr_reply(&inode))
         })
         .await
@@ -183,9 +220,14 @@ impl Meta for MetaService {
         let r = req.into_inner();
         self.observe_mutation("Unlink", origin, async {
             let keep_open = r.keep_open.then_some(origin.session);
-            self.store
+            let ino = self
+                .store
                 .unlink(r.parent, &r.name, keep_open, origin)
                 .await?;
+            self.watchers.publish(
+                origin.session,
+                vec![Change::entry(r.parent, &r.name), Change::attrs(ino)],
+            );
             Ok(pb::Empty {})
         })
         .await
@@ -196,6 +238,8 @@ impl Meta for MetaService {
         let r = req.into_inner();
         self.observe_mutation("Rmdir", origin, async {
             self.store.rmdir(r.parent, &r.name, origin).await?;
+            self.watchers
+                .publish(origin.session, vec![Change::entry(r.parent, &r.name)]);
             Ok(pb::Empty {})
         })
         .await
@@ -216,6 +260,13 @@ impl Meta for MetaService {
                     origin,
                 )
                 .await?;
+            self.watchers.publish(
+                origin.session,
+                vec![
+                    Change::entry(r.parent, &r.name),
+                    Change::entry(r.new_parent, &r.new_name),
+                ],
+            );
             Ok(pb::Empty {})
         })
         .await
@@ -235,12 +286,19 @@ impl Meta for MetaService {
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Link", origin, async {
-            Ok(attr_reply(
-                &self
-                    .store
-                    .link(r.ino, r.new_parent, &r.new_name, origin)
-                    .await?,
-            ))
+            let inode = self
+                .store
+                .link(r.ino, r.new_parent, &r.new_name, origin)
+                .await?;
+            self.watchers.publish(
+                origin.session,
+                vec![
+                    Change::entry(r.new_parent, &r.new_name),
+                    Change::attrs(r.ino),
+                ],
+            );
+            self.watchers.note(origin.session, [r.new_parent, r.ino]);
+            Ok(attr_reply(&inode))
         })
         .await
     }
@@ -257,10 +315,13 @@ impl Meta for MetaService {
     }
 
     async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirReply> {
-        self.sessions.origin(req.metadata()).await?;
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ReadDir", async {
+            self.watchers.note(origin.session, [r.ino]);
             let (entries, more) = self.store.readdir(r.ino, &r.after, r.limit).await?;
+            self.watchers
+                .note(origin.session, entries.iter().map(|e| e.attr.ino));
             Ok(pb::ReadDirReply {
                 entries: entries
                     .iter()
@@ -293,6 +354,8 @@ impl Meta for MetaService {
             self.store
                 .set_xattr(r.ino, &r.name, &r.value, r.flags, origin)
                 .await?;
+            self.watchers
+                .publish(origin.session, vec![Change::attrs(r.ino)]);
             Ok(pb::Empty {})
         })
         .await
@@ -314,6 +377,8 @@ impl Meta for MetaService {
         let r = req.into_inner();
         self.observe_mutation("RemoveXattr", origin, async {
             self.store.remove_xattr(r.ino, &r.name, origin).await?;
+            self.watchers
+                .publish(origin.session, vec![Change::attrs(r.ino)]);
             Ok(pb::Empty {})
         })
         .await
@@ -353,9 +418,10 @@ impl Meta for MetaService {
     }
 
     async fn get_chunks(&self, req: Request<pb::GetChunksRequest>) -> Reply<pb::GetChunksReply> {
-        self.sessions.origin(req.metadata()).await?;
+        let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("GetChunks", async {
+            self.watchers.note(origin.session, [r.ino]);
             let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
             Ok(chunk_map_reply(&map))
         })
@@ -421,6 +487,9 @@ impl Meta for MetaService {
                 .store
                 .commit_write(r.ino, r.size, &chunks, mtime, origin)
                 .await?;
+            self.watchers
+                .publish(origin.session, vec![Change::data(r.ino)]);
+            self.watchers.note(origin.session, [r.ino]);
             if r.return_chunks {
                 let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
                 return Ok(chunk_map_reply(&map));
@@ -445,6 +514,8 @@ impl Meta for MetaService {
                 .store
                 .punch_chunks(r.ino, r.first_index, r.end_index, origin)
                 .await?;
+            self.watchers
+                .publish(origin.session, vec![Change::data(r.ino)]);
             Ok(attr_reply(&inode))
         })
         .await
@@ -748,6 +819,7 @@ impl Meta for MetaService {
         self.observe("CloseSession", async {
             self.store.close_session(r.session_id).await?;
             self.sessions.forget(r.session_id);
+            self.watchers.forget(r.session_id);
             self.sessions.lock_changes.notify_waiters();
             tracing::info!(session = r.session_id, "session closed");
             Ok(pb::Empty {})

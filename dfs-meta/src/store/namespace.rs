@@ -159,15 +159,16 @@ impl Store {
         )
     }
 
-    /// Removes a name. With `keep_open` (the session holding the file open) an
-    /// inode losing its last name becomes an orphan instead of being deleted.
+    /// Removes a name and returns the inode it named. With `keep_open` (the
+    /// session holding the file open) an inode losing its last name becomes
+    /// an orphan instead of being deleted.
     pub async fn unlink(
         &self,
         parent: u64,
         name: &[u8],
         keep_open: Option<u64>,
         origin: Origin,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         validate_name(name)?;
         in_tx_once!(
             self,
@@ -187,10 +188,11 @@ impl Store {
                 inode.require_unpinned("unlink")?;
                 delete_entry(&mut tx, parent, name).await?;
                 touch_dir(&mut tx, parent, 0, now).await?;
-                drop_link(&mut tx, &inode, now, keep_open).await
+                drop_link(&mut tx, &inode, now, keep_open).await?;
+                Ok(ino)
             },
-            replay | _prev | Ok(()),
-            made | _out | 0
+            replay | prev | Ok(prev as u64),
+            made | ino | ino as i64
         )
     }
 

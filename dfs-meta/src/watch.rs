@@ -1,0 +1,488 @@
+//! Cache invalidations (the Watch RPC). Meta remembers, per watching session,
+//! which inodes it handed that session (lookups, attributes, listings), and
+//! pushes each committed change to the sessions that may cache what changed;
+//! the session that made the change is not told (its kernel already knows).
+//! With these, a mount may let the kernel keep entries and attributes far
+//! longer than the 1 s it could trust without them.
+//!
+//! Several metas on one PostgreSQL pass their changes to each other with
+//! NOTIFY (`pg_bridge`). Whenever a meta may have missed changes (its
+//! listening connection broke, a queue overflowed), it ends the streams of its
+//! watchers: each client then drops everything it cached and watches again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dfs_common::shutdown::Shutdown;
+use dfs_proto::pb;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::metrics::MetaMetrics;
+
+/// Messages a watcher may have queued before it counts as too slow (its
+/// stream ends and it starts over).
+const WATCHER_QUEUE: usize = 4096;
+/// Inodes remembered per session; past this, every change goes to it.
+const MAX_INTEREST: usize = 1 << 20;
+/// Changes waiting to go to the other metas.
+const FORWARD_QUEUE: usize = 16 * 1024;
+/// The PostgreSQL NOTIFY channel the metas share.
+const PG_CHANNEL: &str = "dfs_invalidations";
+/// NOTIFY payloads must stay under 8000 bytes; changes are split to fit.
+const NOTICE_CHANGES: usize = 12;
+
+/// One committed change that other sessions may have cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A name in `parent` appeared, went or now names another inode.
+    Entry { parent: u64, name: Vec<u8> },
+    /// An inode's attributes changed; with `data`, its contents too.
+    Inode { ino: u64, data: bool },
+}
+
+impl Change {
+    pub fn entry(parent: u64, name: &[u8]) -> Change {
+        Change::Entry {
+            parent,
+            name: name.to_vec(),
+        }
+    }
+
+    pub fn attrs(ino: u64) -> Change {
+        Change::Inode { ino, data: false }
+    }
+
+    pub fn data(ino: u64) -> Change {
+        Change::Inode { ino, data: true }
+    }
+}
+
+fn to_pb(changes: &[Change]) -> pb::Invalidations {
+    let mut out = pb::Invalidations::default();
+    for c in changes {
+        match c {
+            Change::Entry { parent, name } => out.entries.push(pb::EntryChange {
+                parent: *parent,
+                name: name.clone(),
+            }),
+            Change::Inode { ino, data } => out.inodes.push(pb::InodeChange {
+                ino: *ino,
+                data: *data,
+            }),
+        }
+    }
+    out
+}
+
+fn from_pb(changes: pb::Invalidations) -> Vec<Change> {
+    let entries = changes.entries.into_iter().map(|e| Change::Entry {
+        parent: e.parent,
+        name: e.name,
+    });
+    let inodes = changes.inodes.into_iter().map(|i| Change::Inode {
+        ino: i.ino,
+        data: i.data,
+    });
+    entries.chain(inodes).collect()
+}
+
+struct Watcher {
+    /// Tells a replaced registration from the current one.
+    registration: u64,
+    tx: mpsc::Sender<Result<pb::Invalidations, Status>>,
+    interest: HashSet<u64>,
+    /// The interest set grew too large: every change goes out.
+    everything: bool,
+}
+
+impl Watcher {
+    fn cares(&self, change: &Change) -> bool {
+        self.everything
+            || match change {
+                Change::Entry { parent, .. } => self.interest.contains(parent),
+                Change::Inode { ino, .. } => self.interest.contains(ino),
+            }
+    }
+}
+
+/// The watching sessions on this meta and what each may cache.
+pub struct Watchers {
+    /// Tells this meta's notices from the others' on the shared channel.
+    meta_id: u64,
+    watchers: Mutex<HashMap<u64, Watcher>>,
+    next_registration: AtomicU64,
+    /// False while changes from other metas may be missed: new watchers get
+    /// their hello only once it is true again.
+    ready: tokio::sync::watch::Sender<bool>,
+    forward: Option<mpsc::Sender<pb::InvalidationNotice>>,
+    /// A notice could not be queued for the other metas.
+    forward_lost: AtomicBool,
+    metrics: std::sync::Arc<MetaMetrics>,
+}
+
+impl Watchers {
+    /// Watchers for a meta alone on its store (SQLite): nothing to bridge.
+    pub fn local(metrics: std::sync::Arc<MetaMetrics>) -> Watchers {
+        Watchers::new(None, true, metrics)
+    }
+
+    fn new(
+        forward: Option<mpsc::Sender<pb::InvalidationNotice>>,
+        ready: bool,
+        metrics: std::sync::Arc<MetaMetrics>,
+    ) -> Watchers {
+        Watchers {
+            meta_id: rand::random::<u64>() | 1,
+            watchers: Mutex::new(HashMap::new()),
+            next_registration: AtomicU64::new(1),
+            ready: tokio::sync::watch::Sender::new(ready),
+            forward,
+            forward_lost: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watcher>> {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_changed(&self, watchers: &HashMap<u64, Watcher>) {
+        self.metrics.watchers.set(watchers.len() as i64);
+    }
+
+    /// Starts (or restarts) `session`'s stream. Its first message, once this
+    /// meta hears every other meta's changes, is the hello.
+    pub fn register(&self, session: u64) -> ReceiverStream<Result<pb::Invalidations, Status>> {
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let registration = self.next_registration.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut watchers = self.lock();
+            watchers.insert(
+                session,
+                Watcher {
+                    registration,
+                    tx: tx.clone(),
+                    interest: HashSet::new(),
+                    everything: false,
+                },
+            );
+            self.count_changed(&watchers);
+        }
+        let mut ready = self.ready.subscribe();
+        // Weak: a stream this meta ends (or drops) must not stay open here.
+        let tx = tx.downgrade();
+        tokio::spawn(async move {
+            if ready.wait_for(|r| *r).await.is_ok() {
+                let hello = pb::Invalidations {
+                    hello: true,
+                    ..Default::default()
+                };
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.send(Ok(hello)).await;
+                }
+            }
+        });
+        tracing::debug!(session, registration, "watch started");
+        ReceiverStream::new(rx)
+    }
+
+    /// `session` was handed these inodes (their attributes, or entries in
+    /// them): changes to them go to it from now on.
+    pub fn note(&self, session: u64, inos: impl IntoIterator<Item = u64>) {
+        if session == 0 {
+            return;
+        }
+        let mut watchers = self.lock();
+        let Some(w) = watchers.get_mut(&session) else {
+            return;
+        };
+        if w.everything {
+            return;
+        }
+        w.interest.extend(inos);
+        if w.interest.len() > MAX_INTEREST {
+            w.everything = true;
+            w.interest = HashSet::new();
+        }
+    }
+
+    /// Ends `session`'s stream (closed or expired).
+    pub fn forget(&self, session: u64) {
+        let mut watchers = self.lock();
+        watchers.remove(&session);
+        self.count_changed(&watchers);
+    }
+
+    /// Ends every stream: changes may have been missed (or this meta is
+    /// stopping), so every client drops its caches and watches again.
+    pub fn drop_all(&self, why: &str) {
+        let mut watchers = self.lock();
+        if !watchers.is_empty() {
+            tracing::warn!(
+                watchers = watchers.len(),
+                why,
+                "ending every watch: clients drop their caches"
+            );
+        }
+        watchers.clear();
+        self.count_changed(&watchers);
+    }
+
+    /// A change committed on this meta by `origin` (a session id, 0: none):
+    /// tells this meta's watchers and the other metas.
+    pub fn publish(&self, origin: u64, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.deliver(origin, &changes);
+        if let Some(forward) = &self.forward {
+            for part in changes.chunks(NOTICE_CHANGES) {
+                let notice = pb::InvalidationNotice {
+                    meta_id: self.meta_id,
+                    origin_session: origin,
+                    changes: Some(to_pb(part)),
+                    resync: false,
+                };
+                if forward.try_send(notice).is_err() {
+                    self.forward_lost.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Sends each watcher (but `origin`) the changes it may have cached. A
+    /// watcher too slow to take them, or gone, is dropped.
+    fn deliver(&self, origin: u64, changes: &[Change]) {
+        let mut watchers = self.lock();
+        let mut gone = Vec::new();
+        let mut sent = 0u64;
+        for (session, w) in watchers.iter() {
+            if *session == origin {
+                continue;
+            }
+            let relevant: Vec<Change> = changes.iter().filter(|c| w.cares(c)).cloned().collect();
+            if relevant.is_empty() {
+                continue;
+            }
+            sent += relevant.len() as u64;
+            if w.tx.try_send(Ok(to_pb(&relevant))).is_err() {
+                gone.push((*session, w.registration));
+            }
+        }
+        for (session, registration) in gone {
+            if watchers
+                .get(&session)
+                .is_some_and(|w| w.registration == registration)
+            {
+                tracing::info!(session, "watcher gone or too slow: its stream ends");
+                watchers.remove(&session);
+            }
+        }
+        self.count_changed(&watchers);
+        self.metrics.invalidations_sent.inc_by(sent);
+    }
+}
+
+/// Watchers for a meta sharing PostgreSQL with others, and the task that
+/// passes changes between them (until `shutdown`).
+pub fn bridged(
+    url: String,
+    metrics: std::sync::Arc<MetaMetrics>,
+    shutdown: Shutdown,
+) -> (std::sync::Arc<Watchers>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+    let watchers = std::sync::Arc::new(Watchers::new(Some(tx), false, metrics));
+    let task = tokio::spawn(pg_bridge(url, watchers.clone(), rx, shutdown));
+    (watchers, task)
+}
+
+async fn pg_bridge(
+    url: String,
+    watchers: std::sync::Arc<Watchers>,
+    mut outgoing: mpsc::Receiver<pb::InvalidationNotice>,
+    shutdown: Shutdown,
+) {
+    use sqlx::postgres::{PgConnection, PgListener};
+    use sqlx::Connection;
+    let mut listener: Option<PgListener> = None;
+    let mut sender: Option<PgConnection> = None;
+    loop {
+        if listener.is_none() {
+            match PgListener::connect(&url).await {
+                Ok(mut l) => match l.listen(PG_CHANNEL).await {
+                    Ok(()) => {
+                        listener = Some(l);
+                        watchers.ready.send_replace(true);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN for invalidations"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot connect to LISTEN for invalidations"),
+            }
+        }
+        if sender.is_none() {
+            match PgConnection::connect(&url).await {
+                Ok(c) => sender = Some(c),
+                Err(e) => tracing::warn!(error = %e, "cannot connect to NOTIFY invalidations"),
+            }
+        }
+        let (Some(l), Some(s)) = (listener.as_mut(), sender.as_mut()) else {
+            tokio::select! {
+                _ = shutdown.clone().wait() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.clone().wait() => return,
+            incoming = l.try_recv() => match incoming {
+                Ok(Some(n)) => receive(&watchers, n.payload()),
+                Ok(None) | Err(_) => {
+                    listener = None;
+                    watchers.ready.send_replace(false);
+                    watchers.drop_all("lost the LISTEN connection to PostgreSQL");
+                }
+            },
+            notice = outgoing.recv() => {
+                let Some(mut notice) = notice else { return };
+                if watchers.forward_lost.swap(false, Ordering::Relaxed) {
+                    notice = pb::InvalidationNotice {
+                        meta_id: watchers.meta_id,
+                        resync: true,
+                        ..Default::default()
+                    };
+                }
+                let payload = hex_encode(&notice.encode_to_vec());
+                let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(PG_CHANNEL)
+                    .bind(payload)
+                    .execute(&mut *s)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "cannot NOTIFY the other metas");
+                    sender = None;
+                    watchers.forward_lost.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// A notice from the shared channel (ours included, which is skipped).
+fn receive(watchers: &Watchers, payload: &str) {
+    let notice = hex_decode(payload).and_then(|b| pb::InvalidationNotice::decode(&b[..]).ok());
+    let Some(notice) = notice else {
+        tracing::warn!("undecodable invalidation notice; dropping every cache to be safe");
+        watchers.drop_all("undecodable notice");
+        return;
+    };
+    if notice.meta_id == watchers.meta_id {
+        return;
+    }
+    if notice.resync {
+        watchers.drop_all("another meta lost invalidations");
+        return;
+    }
+    let changes = from_pb(notice.changes.unwrap_or_default());
+    watchers.deliver(notice.origin_session, &changes);
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    fn watchers() -> Watchers {
+        Watchers::local(std::sync::Arc::new(MetaMetrics::new()))
+    }
+
+    async fn next(s: &mut ReceiverStream<Result<pb::Invalidations, Status>>) -> pb::Invalidations {
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+            Ok(Some(Ok(m))) => m,
+            other => panic!("no message: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_go_to_interested_sessions_but_the_origin() {
+        let w = watchers();
+        let mut a = w.register(1);
+        let mut b = w.register(2);
+        assert!(next(&mut a).await.hello);
+        assert!(next(&mut b).await.hello);
+        w.note(1, [10, 11]);
+        w.note(2, [10]);
+        // Session 2 renames in directory 10: only session 1 hears of it.
+        w.publish(2, vec![Change::entry(10, b"x"), Change::attrs(11)]);
+        let got = next(&mut a).await;
+        assert_eq!(got.entries.len(), 1);
+        assert_eq!(got.entries[0].name, b"x");
+        assert_eq!(got.inodes.len(), 1);
+        // Session 2 is not interested in 11 and made the change in 10.
+        w.publish(1, vec![Change::data(11)]);
+        w.publish(1, vec![Change::entry(10, b"y")]);
+        let got = next(&mut b).await;
+        assert_eq!(got.entries[0].name, b"y");
+        assert!(got.inodes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_is_dropped_not_blocking() {
+        let w = watchers();
+        let mut a = w.register(1);
+        w.note(1, [5]);
+        for _ in 0..WATCHER_QUEUE + 10 {
+            w.publish(0, vec![Change::attrs(5)]);
+        }
+        assert!(w.lock().is_empty(), "an overflowing watcher is dropped");
+        // The queued messages drain, then the stream ends.
+        let mut n = 0;
+        while let Some(m) = a.next().await {
+            assert!(m.is_ok());
+            n += 1;
+        }
+        assert!(n <= WATCHER_QUEUE + 1);
+    }
+
+    #[test]
+    fn notices_round_trip_through_hex() {
+        let notice = pb::InvalidationNotice {
+            meta_id: 7,
+            origin_session: 3,
+            changes: Some(to_pb(&[Change::entry(1, b"a\xffb"), Change::data(9)])),
+            resync: false,
+        };
+        let text = hex_encode(&notice.encode_to_vec());
+        let back = pb::InvalidationNotice::decode(&hex_decode(&text).unwrap()[..]).unwrap();
+        assert_eq!(back, notice);
+        assert_eq!(
+            from_pb(back.changes.unwrap()),
+            vec![Change::entry(1, b"a\xffb"), Change::data(9)]
+        );
+        assert!(hex_decode("abc").is_none());
+        assert!(hex_decode("zz").is_none());
+    }
+}
