@@ -76,6 +76,18 @@ pub struct MetaStats {
     pub timeouts: AtomicU64,
     /// Sessions meta had expired, replaced by new ones.
     pub sessions_lost: AtomicU64,
+    /// Calls by method (once per call, however many attempts it took).
+    pub calls: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl MetaStats {
+    /// Calls so far, by method.
+    pub fn calls(&self) -> Vec<(String, u64)> {
+        lock(&self.calls)
+            .iter()
+            .map(|(m, n)| (m.clone(), *n))
+            .collect()
+    }
 }
 
 struct Current {
@@ -350,6 +362,9 @@ impl Shared {
         let (parts, body) = request.into_parts();
         let body = body.collect().await?.to_bytes();
         let method = parts.uri.path().rsplit('/').next().unwrap_or_default();
+        *lock(&self.stats.calls)
+            .entry(method.to_string())
+            .or_default() += 1;
         let mutation = MUTATIONS.contains(&method);
         let mut pending = PendingId::none(&self);
         let deadline = Instant::now() + self.retry_for;

@@ -13,7 +13,7 @@
 //! A reply whose request overlapped an invalidation gets the short TTL: it may
 //! carry what the invalidation was meant to remove.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +24,7 @@ use dfs_client::meta::MetaChannel;
 use dfs_proto::pb;
 use fuser::INodeNo;
 
+use crate::metacache::{Known, MetaCache};
 use crate::metrics::FuseMetrics;
 
 /// What the kernel may cache when no invalidation would reach it.
@@ -67,6 +68,8 @@ pub struct Coherence {
     /// `live`.
     epoch: AtomicU64,
     given: Mutex<Given>,
+    /// Entries and attributes the mount answers itself (see `metacache.rs`).
+    cache: Mutex<MetaCache>,
     work: Mutex<Option<mpsc::Sender<Work>>>,
     notifier: OnceLock<fuser::Notifier>,
     metrics: Arc<FuseMetrics>,
@@ -79,6 +82,7 @@ impl Coherence {
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             given: Mutex::new(Given::default()),
+            cache: Mutex::new(MetaCache::new(cache_timeout.max(SHORT_TTL))),
             work: Mutex::new(None),
             notifier: OnceLock::new(),
             metrics,
@@ -87,6 +91,98 @@ impl Coherence {
 
     fn given(&self) -> std::sync::MutexGuard<'_, Given> {
         self.given.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, MetaCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the mount knows of `name` in `parent` without asking meta.
+    pub fn known(&self, parent: u64, name: &[u8]) -> Option<Known> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.cache().lookup(parent, name)
+    }
+
+    pub fn known_attr(&self, ino: u64) -> Option<pb::Attr> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.cache().attr(ino)
+    }
+
+    pub fn known_ino(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.cache().ino_of(parent, name)
+    }
+
+    /// Runs `learn` on the cache if nothing was invalidated since `ticket`
+    /// was taken (and invalidations are live), else `forget`.
+    fn learn(
+        &self,
+        ticket: Ticket,
+        learn: impl FnOnce(&mut MetaCache),
+        forget: impl FnOnce(&mut MetaCache),
+    ) {
+        let mut cache = self.cache();
+        if self.live.load(Ordering::SeqCst) && self.epoch.load(Ordering::SeqCst) == ticket.0 {
+            learn(&mut cache);
+        } else {
+            forget(&mut cache);
+        }
+    }
+
+    /// Meta said `name` in `parent` names `attr` (None: nothing).
+    pub fn learned_entry(&self, ticket: Ticket, parent: u64, name: &[u8], attr: Option<&pb::Attr>) {
+        self.learn(
+            ticket,
+            |c| c.put_entry(parent, name, attr),
+            |c| c.forget_entry(parent, name),
+        );
+    }
+
+    /// `name` in `parent` names something now, its inode not known here.
+    pub fn learned_unknown_entry(&self, ticket: Ticket, parent: u64, name: &[u8]) {
+        self.learn(
+            ticket,
+            |c| c.put_unknown_entry(parent, name),
+            |c| c.forget_entry(parent, name),
+        );
+    }
+
+    pub fn learned_attr(&self, ticket: Ticket, attr: &pb::Attr) {
+        self.learn(ticket, |c| c.put_attr(attr), |c| c.forget_attr(attr.ino));
+    }
+
+    /// `dir` holds exactly `names`.
+    pub fn learned_listing(&self, ticket: Ticket, dir: u64, names: HashSet<Vec<u8>>) {
+        self.learn(
+            ticket,
+            |c| c.put_complete(dir, names),
+            |c| c.forget_inode(dir),
+        );
+    }
+
+    /// This mount changed something on meta: replies to requests already in
+    /// flight may predate the change, so they must not be cached. Call once
+    /// the change's own results are learned.
+    pub fn mutated(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn forget_entry(&self, parent: u64, name: &[u8]) {
+        self.cache().forget_entry(parent, name);
+    }
+
+    pub fn forget_attr(&self, ino: u64) {
+        self.cache().forget_attr(ino);
+    }
+
+    pub fn forget_inode(&self, ino: u64) {
+        self.cache().forget_inode(ino);
     }
 
     /// Starts passing invalidations to the kernel through `notifier`, on a
@@ -200,6 +296,7 @@ impl Coherence {
     /// of another mount).
     pub fn attrs_stale(&self, ino: u64) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache().forget_attr(ino);
         self.queue(Work::Inode { ino, data: false });
     }
 
@@ -213,6 +310,17 @@ impl Coherence {
             }
             for i in &changes.inodes {
                 given.inodes.remove(&i.ino);
+            }
+        }
+        {
+            let mut cache = self.cache();
+            for e in &changes.entries {
+                // The directory's mtime and ctime moved too.
+                cache.forget_entry(e.parent, &e.name);
+                cache.forget_attr(e.parent);
+            }
+            for i in &changes.inodes {
+                cache.forget_attr(i.ino);
             }
         }
         for e in changes.entries {
@@ -229,6 +337,9 @@ impl Coherence {
     fn set_live(&self, live: bool) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.live.store(live, Ordering::SeqCst);
+        if !live {
+            self.cache().clear();
+        }
         self.metrics.watch_live.set(i64::from(live));
     }
 
@@ -236,6 +347,7 @@ impl Coherence {
     /// while no stream was live went unseen.
     fn resync(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache().clear();
         let given = std::mem::take(&mut *self.given());
         let now = Instant::now();
         for ((parent, name), t) in given.entries {

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, Weak};
 use dfs_proto::pb;
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::coherence::Ticket;
 use crate::error::{FsError, FsResult};
 use crate::io::Io;
+use crate::metacache::Known;
 use crate::open_file::{ContentSignature, OpenFile};
 
 /// Directory entries fetched from meta per page.
@@ -20,6 +22,17 @@ const DIR_PAGE: u32 = 1000;
 const NO_XATTR_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Inodes remembered per inode-keyed cache (no-xattrs, page-cache content).
 const INODES_REMEMBERED: usize = 100_000;
+
+/// Forgets an inode's cached attributes when dropped: after a change to
+/// them whose reply does not carry them (xattrs), whatever its outcome.
+struct AttrsChanged<'a>(&'a crate::coherence::Coherence, u64);
+
+impl Drop for AttrsChanged<'_> {
+    fn drop(&mut self) {
+        self.0.forget_attr(self.1);
+        self.0.mutated();
+    }
+}
 
 /// Attribute changes requested by setattr (a `None` leaves a field alone).
 #[derive(Debug, Default, Clone)]
@@ -48,6 +61,9 @@ struct DirListing {
     ino: u64,
     entries: Vec<pb::DirEntry>,
     more: bool,
+    /// Taken at opendir: if nothing changed since, the whole listing tells
+    /// every name in the directory.
+    ticket: Ticket,
 }
 
 type SharedFile = Arc<AsyncMutex<OpenFile>>;
@@ -175,20 +191,57 @@ impl DfsFs {
         attr
     }
 
+    fn coherence(&self) -> &crate::coherence::Coherence {
+        &self.io.coherence
+    }
+
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<pb::Attr> {
+        match self.coherence().known(parent, name) {
+            Some(Known::Missing) => return Err(FsError::new(libc::ENOENT, "no such entry")),
+            Some(Known::Found(attr)) => return Ok(self.overlay(attr).await),
+            None => {}
+        }
+        let ticket = self.coherence().ticket();
         let reply = self
             .meta()
             .lookup(pb::LookupRequest {
                 parent,
                 name: name.to_vec(),
             })
-            .await?;
-        Ok(self.overlay(attr_of(reply.into_inner())?).await)
+            .await
+            .map_err(FsError::from);
+        match reply {
+            Ok(reply) => {
+                let attr = attr_of(reply.into_inner())?;
+                self.coherence()
+                    .learned_entry(ticket, parent, name, Some(&attr));
+                Ok(self.overlay(attr).await)
+            }
+            Err(e) => {
+                if e.errno() == libc::ENOENT {
+                    self.coherence().learned_entry(ticket, parent, name, None);
+                }
+                Err(e)
+            }
+        }
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<pb::Attr> {
+        if let Some(attr) = self.coherence().known_attr(ino) {
+            return Ok(self.overlay(attr).await);
+        }
+        let ticket = self.coherence().ticket();
         let reply = self.meta().get_attr(pb::GetAttrRequest { ino }).await?;
-        Ok(self.overlay(attr_of(reply.into_inner())?).await)
+        let attr = attr_of(reply.into_inner())?;
+        self.coherence().learned_attr(ticket, &attr);
+        Ok(self.overlay(attr).await)
+    }
+
+    /// A directory's attributes as a change in it left them (from meta's reply).
+    fn learned_dirs(&self, ticket: Ticket, dirs: [Option<&pb::Attr>; 2]) {
+        for dir in dirs.into_iter().flatten() {
+            self.coherence().learned_attr(ticket, dir);
+        }
     }
 
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<pb::Attr> {
@@ -214,7 +267,18 @@ impl DfsFs {
             mtime_now: set.mtime_now,
             flags: set.flags,
         };
-        let attr = attr_of(self.meta().set_attr(request).await?.into_inner())?;
+        let ticket = self.coherence().ticket();
+        let reply = self.meta().set_attr(request).await;
+        let attr = match reply {
+            Ok(r) => attr_of(r.into_inner()),
+            Err(e) => Err(e.into()),
+        };
+        match &attr {
+            Ok(a) => self.coherence().learned_attr(ticket, a),
+            Err(_) => self.coherence().forget_attr(ino),
+        }
+        self.coherence().mutated();
+        let attr = attr?;
         if let Some(g) = guard.as_mut() {
             g.refresh(&self.io).await?;
         }
@@ -244,7 +308,37 @@ impl DfsFs {
             symlink_target: target.to_vec(),
             unnamed: false,
         };
-        let attr = attr_of(self.meta().create(request).await?.into_inner())?;
+        let ticket = self.coherence().ticket();
+        let reply = self.meta().create(request).await;
+        let made = match reply {
+            Ok(r) => {
+                let r = r.into_inner();
+                match r.attr {
+                    Some(attr) => Ok((attr, r.parent)),
+                    None => Err(FsError::new(libc::EIO, "metadata reply without attributes")),
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        match &made {
+            Ok((attr, dir)) => {
+                self.coherence()
+                    .learned_entry(ticket, parent, name, Some(attr));
+                self.learned_dirs(ticket, [dir.as_ref(), None]);
+                if kind == pb::FileKind::Directory {
+                    // Made here just now: every name in it is known (none).
+                    self.coherence()
+                        .learned_listing(ticket, attr.ino, Default::default());
+                }
+            }
+            Err(_) => {
+                // Whatever the cache said of the name, meta knows better.
+                self.coherence().forget_entry(parent, name);
+                self.coherence().forget_attr(parent);
+            }
+        }
+        self.coherence().mutated();
+        let (attr, _) = made?;
         self.note_attr(&attr);
         Ok(attr)
     }
@@ -254,6 +348,9 @@ impl DfsFs {
     async fn open_victim(&self, parent: u64, name: &[u8]) -> Option<SharedFile> {
         if lock(&self.files).is_empty() {
             return None;
+        }
+        if let Some(ino) = self.coherence().known_ino(parent, name) {
+            return self.open_file(ino);
         }
         let request = pb::LookupRequest {
             parent,
@@ -279,20 +376,51 @@ impl DfsFs {
             name: name.to_vec(),
             keep_open: victim.is_some(),
         };
-        self.meta().unlink(request).await?;
+        let ticket = self.coherence().ticket();
+        let reply = self.meta().unlink(request).await;
+        self.name_removed(ticket, parent, name, reply)?;
         if let Some(file) = victim {
             file.lock().await.orphaned = true;
         }
         Ok(())
     }
 
+    /// After an unlink or rmdir: the name is gone, the directory changed.
+    fn name_removed(
+        &self,
+        ticket: Ticket,
+        parent: u64,
+        name: &[u8],
+        reply: Result<tonic::Response<pb::DirChangeReply>, tonic::Status>,
+    ) -> FsResult<pb::DirChangeReply> {
+        let outcome = match reply {
+            Ok(r) => {
+                let r = r.into_inner();
+                self.coherence().learned_entry(ticket, parent, name, None);
+                self.learned_dirs(ticket, [r.parent.as_ref(), None]);
+                self.coherence().forget_inode(r.ino);
+                Ok(r)
+            }
+            Err(e) => {
+                self.coherence().forget_entry(parent, name);
+                self.coherence().forget_attr(parent);
+                Err(e.into())
+            }
+        };
+        self.coherence().mutated();
+        outcome
+    }
+
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.meta()
+        let ticket = self.coherence().ticket();
+        let reply = self
+            .meta()
             .rmdir(pb::RmdirRequest {
                 parent,
                 name: name.to_vec(),
             })
-            .await?;
+            .await;
+        self.name_removed(ticket, parent, name, reply)?;
         Ok(())
     }
 
@@ -313,7 +441,32 @@ impl DfsFs {
             flags,
             keep_open: victim.is_some(),
         };
-        self.meta().rename(request).await?;
+        let ticket = self.coherence().ticket();
+        let reply = match self.meta().rename(request).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                for (dir, name) in [(parent, name), (new_parent, new_name)] {
+                    self.coherence().forget_entry(dir, name);
+                    self.coherence().forget_attr(dir);
+                }
+                self.coherence().mutated();
+                return Err(e.into());
+            }
+        };
+        let c = self.coherence();
+        if flags & libc::RENAME_EXCHANGE != 0 || reply.ino == 0 {
+            // Both names still exist (or a replayed reply tells nothing).
+            c.forget_entry(parent, name);
+            c.forget_entry(new_parent, new_name);
+        } else {
+            c.learned_entry(ticket, parent, name, None);
+            c.learned_unknown_entry(ticket, new_parent, new_name);
+        }
+        for ino in [reply.ino, reply.replaced_ino] {
+            c.forget_attr(ino);
+        }
+        self.learned_dirs(ticket, [reply.parent.as_ref(), reply.new_parent.as_ref()]);
+        c.mutated();
         if let Some(file) = victim {
             file.lock().await.orphaned = true;
         }
@@ -326,7 +479,27 @@ impl DfsFs {
             new_parent,
             new_name: new_name.to_vec(),
         };
-        attr_of(self.meta().link(request).await?.into_inner())
+        let ticket = self.coherence().ticket();
+        let reply = match self.meta().link(request).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                self.coherence().forget_entry(new_parent, new_name);
+                self.coherence().forget_attr(ino);
+                self.coherence().mutated();
+                return Err(e.into());
+            }
+        };
+        let attr = attr_of(reply);
+        match &attr {
+            Ok(a) => {
+                self.coherence()
+                    .learned_entry(ticket, new_parent, new_name, Some(a));
+                self.learned_dirs(ticket, [reply.parent.as_ref(), None]);
+            }
+            Err(_) => self.coherence().forget_entry(new_parent, new_name),
+        }
+        self.coherence().mutated();
+        attr
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -810,6 +983,7 @@ impl DfsFs {
             ino,
             entries: Vec::new(),
             more: true,
+            ticket: self.coherence().ticket(),
         };
         lock(&self.dirs).insert(fh, Arc::new(AsyncMutex::new(listing)));
         Ok(fh)
@@ -836,6 +1010,9 @@ impl DfsFs {
                 .into_inner();
             l.more = page.more;
             l.entries.extend(page.entries);
+            if !l.more {
+                self.learned_listing(&l);
+            }
         }
         let mut page: Vec<pb::DirEntry> = l.entries.iter().skip(from).take(max).cloned().collect();
         drop(l);
@@ -847,6 +1024,18 @@ impl DfsFs {
             }
         }
         Ok(page)
+    }
+
+    /// A listing fetched whole: its names and attributes go to the cache.
+    fn learned_listing(&self, l: &DirListing) {
+        let c = self.coherence();
+        for e in &l.entries {
+            if let Some(attr) = &e.attr {
+                c.learned_entry(l.ticket, l.ino, &e.name, Some(attr));
+            }
+        }
+        let names = l.entries.iter().map(|e| e.name.clone()).collect();
+        c.learned_listing(l.ticket, l.ino, names);
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -870,6 +1059,7 @@ impl DfsFs {
 
     pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
         lock(&self.no_xattrs).pop(&ino);
+        let _changed = AttrsChanged(self.coherence(), ino);
         let request = pb::SetXattrRequest {
             ino,
             name: name.to_vec(),
@@ -893,6 +1083,7 @@ impl DfsFs {
     }
 
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let _changed = AttrsChanged(self.coherence(), ino);
         self.meta()
             .remove_xattr(pb::RemoveXattrRequest {
                 ino,

@@ -16,6 +16,7 @@ pub mod fuse;
 pub mod io;
 pub mod locks;
 pub mod memory;
+pub mod metacache;
 pub mod metrics;
 pub mod open_file;
 pub mod options;

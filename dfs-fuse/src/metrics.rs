@@ -25,6 +25,7 @@ pub struct FuseMetrics {
     pub meta_timeouts: IntCounter,
     pub sessions_lost: IntCounter,
     pub invalidations: IntCounterVec,
+    pub meta_calls: IntCounterVec,
     pub watch_live: IntGauge,
 }
 
@@ -108,6 +109,14 @@ impl FuseMetrics {
                 &["kind"],
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            meta_calls: IntCounterVec::new(
+                Opts::new(
+                    "dfs_fuse_meta_calls_total",
+                    "metadata RPCs this mount made, by method (retries not counted)",
+                ),
+                &["method"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
             watch_live: gauge(
                 "dfs_fuse_watch_live",
                 "1 while meta's invalidations reach this mount (long kernel cache times)",
@@ -131,6 +140,7 @@ impl FuseMetrics {
             Box::new(m.meta_timeouts.clone()),
             Box::new(m.sessions_lost.clone()),
             Box::new(m.invalidations.clone()),
+            Box::new(m.meta_calls.clone()),
             Box::new(m.watch_live.clone()),
         ];
         register_all(&m.registry, all);
@@ -147,6 +157,10 @@ impl FuseMetrics {
             (&self.meta_timeouts, stats.timeouts.load(Relaxed)),
             (&self.sessions_lost, stats.sessions_lost.load(Relaxed)),
         ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        for (method, now) in stats.calls() {
+            let counter = self.meta_calls.with_label_values(&[&method]);
             counter.inc_by(now.saturating_sub(counter.get()));
         }
     }

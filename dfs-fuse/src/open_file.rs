@@ -500,6 +500,7 @@ impl OpenFile {
             &written,
             final_size.then_some(self.size),
         );
+        let ticket = io.coherence.ticket();
         let map = commit(
             &io.meta,
             self.ino,
@@ -509,7 +510,13 @@ impl OpenFile {
             Some(self.mtime),
             true,
         )
-        .await?;
+        .await;
+        match map.as_ref().ok().and_then(|m| m.attr.as_ref()) {
+            Some(attr) => io.coherence.learned_attr(ticket, attr),
+            None => io.coherence.forget_attr(self.ino),
+        }
+        io.coherence.mutated();
+        let map = map?;
         self.committed = map.chunks.into_iter().map(|c| (c.index, c)).collect();
         for (index, (c, data)) in std::mem::take(&mut self.uploaded) {
             io.cache.insert(c.chunk_id, data);
@@ -582,8 +589,10 @@ impl OpenFile {
                     first_index: punch_from,
                     end_index: punch_to,
                 })
-                .await?
-                .into_inner();
+                .await;
+            io.coherence.forget_attr(self.ino);
+            io.coherence.mutated();
+            let reply = reply?.into_inner();
             self.committed
                 .retain(|i, _| !(punch_from..punch_to).contains(i));
             if let Some(attr) = &reply.attr {

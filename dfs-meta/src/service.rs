@@ -72,6 +72,16 @@ impl MetaService {
         Ok(reply)
     }
 
+    /// A directory's attributes after a change in it, for the reply (a
+    /// failure here leaves them out: the client asks when it needs them).
+    async fn dir_attr(&self, ino: u64) -> Option<pb::Attr> {
+        self.store
+            .getattr(ino)
+            .await
+            .ok()
+            .map(|i| crate::convert::attr(&i))
+    }
+
     /// Heartbeats at or after this instant mean "up".
     fn live_cutoff(&self) -> i64 {
         store::now_ms() - self.config.dead_after.as_millis() as i64
@@ -201,21 +211,24 @@ impl Meta for MetaService {
                 symlink_target: r.symlink_target,
             };
             let (parent, name) = (args.parent, args.name.clone());
-            let inode = if r.unnamed {
-                self.store.create_unnamed(args, origin).await?
+            let reply = if r.unnamed {
+                attr_reply(&self.store.create_unnamed(args, origin).await?)
             } else {
                 let inode = self.store.create(args, origin).await?;
                 self.watchers
                     .publish(origin.session, vec![Change::entry(parent, &name)]);
-                inode
+                let mut reply = attr_reply(&inode);
+                reply.parent = self.dir_attr(parent).await;
+                reply
             };
-            self.watchers.note(origin.session, [parent, inode.ino]);
-            Ok(attr_reply(&inode))
+            let ino = reply.attr.as_ref().map_or(0, |a| a.ino);
+            self.watchers.note(origin.session, [parent, ino]);
+            Ok(reply)
         })
         .await
     }
 
-    async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::Empty> {
+    async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::DirChangeReply> {
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Unlink", origin, async {
@@ -228,28 +241,39 @@ impl Meta for MetaService {
                 origin.session,
                 vec![Change::entry(r.parent, &r.name), Change::attrs(ino)],
             );
-            Ok(pb::Empty {})
+            Ok(pb::DirChangeReply {
+                parent: self.dir_attr(r.parent).await,
+                new_parent: None,
+                ino,
+                replaced_ino: 0,
+            })
         })
         .await
     }
 
-    async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Reply<pb::Empty> {
+    async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Reply<pb::DirChangeReply> {
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Rmdir", origin, async {
-            self.store.rmdir(r.parent, &r.name, origin).await?;
+            let ino = self.store.rmdir(r.parent, &r.name, origin).await?;
             self.watchers
                 .publish(origin.session, vec![Change::entry(r.parent, &r.name)]);
-            Ok(pb::Empty {})
+            Ok(pb::DirChangeReply {
+                parent: self.dir_attr(r.parent).await,
+                new_parent: None,
+                ino,
+                replaced_ino: 0,
+            })
         })
         .await
     }
 
-    async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::Empty> {
+    async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::DirChangeReply> {
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Rename", origin, async {
-            self.store
+            let renamed = self
+                .store
                 .rename(
                     r.parent,
                     &r.name,
@@ -260,14 +284,30 @@ impl Meta for MetaService {
                     origin,
                 )
                 .await?;
-            self.watchers.publish(
-                origin.session,
-                vec![
-                    Change::entry(r.parent, &r.name),
-                    Change::entry(r.new_parent, &r.new_name),
-                ],
+            let mut changes = vec![
+                Change::entry(r.parent, &r.name),
+                Change::entry(r.new_parent, &r.new_name),
+            ];
+            // The moved inode's ctime, the replaced one's nlink and ctime.
+            changes.extend(
+                [renamed.moved]
+                    .into_iter()
+                    .chain(renamed.replaced)
+                    .filter(|ino| *ino != 0)
+                    .map(Change::attrs),
             );
-            Ok(pb::Empty {})
+            self.watchers.publish(origin.session, changes);
+            let new_parent = if r.new_parent == r.parent {
+                None
+            } else {
+                self.dir_attr(r.new_parent).await
+            };
+            Ok(pb::DirChangeReply {
+                parent: self.dir_attr(r.parent).await,
+                new_parent,
+                ino: renamed.moved,
+                replaced_ino: renamed.replaced.unwrap_or(0),
+            })
         })
         .await
     }
@@ -298,7 +338,9 @@ impl Meta for MetaService {
                 ],
             );
             self.watchers.note(origin.session, [r.new_parent, r.ino]);
-            Ok(attr_reply(&inode))
+            let mut reply = attr_reply(&inode);
+            reply.parent = self.dir_attr(r.new_parent).await;
+            Ok(reply)
         })
         .await
     }

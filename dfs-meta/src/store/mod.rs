@@ -50,7 +50,7 @@ pub use fsck::{ChunkHealth, ChunkProblem, FsckReport};
 pub use leader::{LeaderLock, RepairCommand};
 pub use locks::{HeldLock, LockKind, LockOutcome, LockRange, LockSpec};
 pub use metrics::StoreMetrics;
-pub use namespace::{CreateArgs, DirEntry, SetAttrArgs};
+pub use namespace::{CreateArgs, DirEntry, Renamed, SetAttrArgs};
 pub use nodes::{
     ClusterCounts, ExtraReplicas, HeartbeatInfo, NodeInfo, NodeRecord, RegisterArgs, RepairItem,
 };

@@ -228,7 +228,8 @@ impl Store {
         Ok(stale.len())
     }
 
-    pub async fn rmdir(&self, parent: u64, name: &[u8], origin: Origin) -> Result<()> {
+    /// Removes an empty directory and returns its inode number.
+    pub async fn rmdir(&self, parent: u64, name: &[u8], origin: Origin) -> Result<u64> {
         validate_name(name)?;
         in_tx_once!(
             self,
@@ -251,15 +252,17 @@ impl Store {
                 }
                 delete_entry(&mut tx, parent, name).await?;
                 touch_dir(&mut tx, parent, -1, now).await?;
-                delete_inode(&mut tx, ino).await
+                delete_inode(&mut tx, ino).await?;
+                Ok(ino)
             },
-            replay | _prev | Ok(()),
-            made | _out | 0
+            replay | prev | Ok(prev as u64),
+            made | ino | ino as i64
         )
     }
 
     /// renameat2(2): its arguments, plus the session holding a replaced
-    /// file open and the request's origin.
+    /// file open and the request's origin. Returns the inodes involved (both
+    /// 0 when the reply of a retried request is replayed).
     #[allow(clippy::too_many_arguments)]
     pub async fn rename(
         &self,
@@ -270,7 +273,7 @@ impl Store {
         flags: u32,
         keep_open: Option<u64>,
         origin: Origin,
-    ) -> Result<()> {
+    ) -> Result<Renamed> {
         validate_name(name)?;
         validate_name(new_name)?;
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
@@ -282,7 +285,7 @@ impl Store {
             self,
             origin,
             |tx| rename_in(&mut tx, parent, name, new_parent, new_name, flags, keep_open).await,
-            replay | _prev | Ok(()),
+            replay | _prev | Ok(Renamed::default()),
             made | _out | 0
         )
     }
@@ -585,7 +588,7 @@ async fn rename_in(
     new_name: &[u8],
     flags: u32,
     keep_open: Option<u64>,
-) -> Result<()> {
+) -> Result<Renamed> {
     let now = Timespec::now();
     require_dir(tx, parent).await?.require_unpinned("rename")?;
     let target_dir = require_dir(tx, new_parent).await?;
@@ -628,7 +631,11 @@ async fn rename_in(
             touch_dir(tx, parent, 0, now).await?;
         }
         set_ctime(tx, src.ino, now).await?;
-        return set_ctime(tx, dst.ino, now).await;
+        set_ctime(tx, dst.ino, now).await?;
+        return Ok(Renamed {
+            moved: src.ino,
+            replaced: Some(dst.ino),
+        });
     }
     if let Some(dst) = &dst {
         if flags & RENAME_NOREPLACE != 0 {
@@ -638,7 +645,7 @@ async fn rename_in(
         }
         if dst.ino == src.ino {
             // Two names of one inode: POSIX says do nothing.
-            return Ok(());
+            return Ok(Renamed::default());
         }
         match (
             src.kind == FileKind::Directory,
@@ -664,7 +671,19 @@ async fn rename_in(
     if parent != new_parent {
         touch_dir(tx, new_parent, moved_dir, now).await?;
     }
-    set_ctime(tx, src.ino, now).await
+    set_ctime(tx, src.ino, now).await?;
+    Ok(Renamed {
+        moved: src.ino,
+        replaced: dst.map(|d| d.ino),
+    })
+}
+
+/// The inodes a rename touched: the one moved and the one whose name it took
+/// (exchanged, or unlinked).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Renamed {
+    pub moved: u64,
+    pub replaced: Option<u64>,
 }
 
 async fn setattr_in(
