@@ -171,18 +171,12 @@ async fn write_down_chain(
 pub async fn upload_chunk(
     meta: &mut crate::Meta,
     channels: &Channels,
+    placements: &crate::Placements,
     data: Bytes,
     durable: bool,
 ) -> Result<UploadedChunk, ClientError> {
     let crc32c = crc32c::crc32c(&data);
-    let placement = meta
-        .place_chunk(pb::PlaceChunkRequest {
-            chunk_id: 0,
-            count: 0,
-            exclude_node_ids: vec![],
-        })
-        .await?
-        .into_inner();
+    let placement = placements.take(meta).await?;
     let chunk_id = placement.chunk_id;
     let replication = placement.replication.max(1) as usize;
     let min_replicas = placement.min_replicas.clamp(1, replication as u32) as usize;
@@ -214,6 +208,7 @@ pub async fn upload_chunk(
                 chunk_id,
                 count: (replication - stored.len()) as u32,
                 exclude_node_ids: failed.iter().chain(stored.iter()).copied().collect(),
+                batch: 0,
             })
             .await;
         match more {

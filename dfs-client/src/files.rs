@@ -197,6 +197,8 @@ async fn upload_into(
     let mut in_flight = FuturesOrdered::new();
     let mut done: VecDeque<(u64, UploadedChunk)> = VecDeque::new();
     let mut total: u64 = 0;
+    // Chunks of one large file: one placement per chunk, none pooled.
+    let placements = crate::Placements::new(1, None);
     let mut committed_size: u64 = 0;
     let mut outcome = PutOutcome {
         attr: pb::Attr::default(),
@@ -215,11 +217,11 @@ async fn upload_into(
             eof = data.len() < chunk_size;
             total += data.len() as u64;
             let mut meta = meta.clone();
-            let channels = channels.clone();
+            let (channels, placements) = (channels.clone(), placements.clone());
             let durable = opts.durable;
             let i = index;
             in_flight.push_back(async move {
-                upload_chunk(&mut meta, &channels, data, durable)
+                upload_chunk(&mut meta, &channels, &placements, data, durable)
                     .await
                     .map(|c| (i, c))
             });

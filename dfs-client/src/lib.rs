@@ -10,7 +10,9 @@ pub mod commit;
 pub mod error;
 pub mod files;
 pub mod meta;
+pub mod placements;
 
 pub use channels::Channels;
 pub use error::ClientError;
 pub use meta::Meta;
+pub use placements::Placements;

@@ -86,6 +86,7 @@ async fn replace(
             chunk_id: chunk.chunk_id,
             count: failed.len() as u32,
             exclude_node_ids: chunk.replicas.iter().map(|r| r.node_id).collect(),
+            batch: 0,
         })
         .await;
     if let Ok(placement) = placement {

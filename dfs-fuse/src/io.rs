@@ -27,6 +27,8 @@ pub struct Io {
     /// The channel under `meta`: the session, and retry counts.
     pub meta_channel: dfs_client::meta::MetaChannel,
     pub channels: Channels,
+    /// Fresh chunk ids and targets, fetched from meta a batch at a time.
+    pub placements: dfs_client::Placements,
     pub cache: Arc<ChunkCache>,
     /// The mount's one memory bound, shared by the cache and write buffers.
     pub memory: Arc<MemoryBudget>,

@@ -52,6 +52,10 @@ pub fn check_mountpoint(opts: &MountOptions) -> Result<(), MountError> {
     }
 }
 
+/// Chunk placements a mount asks meta for at a time: a writer of small
+/// files then places a chunk without a round trip most of the time.
+const PLACEMENT_BATCH: u32 = 16;
+
 /// Mounts and serves until the file system is unmounted or SIGTERM/SIGINT
 /// arrives (then it flushes open files and unmounts).
 pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
@@ -97,6 +101,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
     ));
     let io = Io {
         meta: meta.client(),
+        placements: dfs_client::Placements::new(PLACEMENT_BATCH, Some(meta.clone())),
         meta_channel: meta,
         channels: Channels::new(),
         cache,

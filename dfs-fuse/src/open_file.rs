@@ -384,8 +384,10 @@ impl OpenFile {
         }
         let data = Bytes::from(buf);
         let (mut meta, channels, payload) = (io.meta.clone(), io.channels.clone(), data.clone());
-        let handle =
-            tokio::spawn(async move { upload_chunk(&mut meta, &channels, payload, durable).await });
+        let placements = io.placements.clone();
+        let handle = tokio::spawn(async move {
+            upload_chunk(&mut meta, &channels, &placements, payload, durable).await
+        });
         self.inflight.insert(index, (data, handle));
         Ok(())
     }
@@ -471,7 +473,8 @@ impl OpenFile {
             }
             let data = Bytes::from(merged);
             let mut meta = io.meta.clone();
-            let uploaded = upload_chunk(&mut meta, &io.channels, data.clone(), false).await?;
+            let uploaded =
+                upload_chunk(&mut meta, &io.channels, &io.placements, data.clone(), false).await?;
             self.uploaded.insert(index, (uploaded, data));
             if let Some(e) = self.edits.get_mut(&index) {
                 e.base = now.map(|c| c.chunk_id);

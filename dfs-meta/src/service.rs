@@ -481,17 +481,28 @@ impl Meta for MetaService {
             };
             let placement = self
                 .store
-                .place_chunk(
+                .place_chunks(
                     r.chunk_id,
                     count,
                     &r.exclude_node_ids,
                     self.live_cutoff(),
                     origin.session,
+                    r.batch,
                 )
                 .await?;
+            let targets: Vec<pb::NodeRef> = placement.targets.iter().map(node_ref).collect();
+            let more = placement
+                .more_ids
+                .iter()
+                .map(|id| pb::PlacedChunk {
+                    chunk_id: *id,
+                    targets: targets.clone(),
+                })
+                .collect();
             Ok(pb::PlaceChunkReply {
                 chunk_id: placement.chunk_id,
-                targets: placement.targets.iter().map(node_ref).collect(),
+                more,
+                targets,
                 replication: self.store.replication(),
                 min_replicas: self
                     .config

@@ -129,6 +129,7 @@ conformance!(
     retried_mutations_run_once,
     sessions_hold_orphans_allocations_and_locks,
     locks_exclude_split_and_release,
+    placements_come_in_batches_held_by_the_session,
 );
 
 async fn create_lookup_and_errors(h: Handle) {
@@ -1910,4 +1911,65 @@ async fn locks_exclude_split_and_release(h: Handle) {
     // Deleting the file drops its locks.
     s.unlink(ROOT_INO, b"f", None, Origin::NONE).await.unwrap();
     assert!(s.list_sessions().await.unwrap().is_empty());
+}
+
+async fn placements_come_in_batches_held_by_the_session(h: Handle) {
+    let s = &h.store;
+    three_nodes(s).await;
+    let args = SessionArgs {
+        host: "h1".into(),
+        mountpoint: "/mnt/a".into(),
+        pid: 42,
+        version: "0.1.0".into(),
+        kind: "mount".into(),
+    };
+    let a = s.open_session(&args, 60_000).await.unwrap();
+    let p = s.place_chunks(0, 3, &[], 0, a, 8).await.unwrap();
+    let mut ids: Vec<u64> = std::iter::once(p.chunk_id)
+        .chain(p.more_ids.clone())
+        .collect();
+    assert_eq!(ids.len(), 8);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "distinct ids");
+    assert_eq!(p.targets.len(), 3);
+    // A batch beyond the limit is cut to it; an existing chunk gets no more ids.
+    let big = s.place_chunks(0, 3, &[], 0, a, 10_000).await.unwrap();
+    assert_eq!(
+        big.more_ids.len() as u32 + 1,
+        dfs_meta::store::MAX_PLACE_BATCH
+    );
+    let again = s.place_chunks(p.chunk_id, 1, &[], 0, a, 8).await.unwrap();
+    assert_eq!((again.chunk_id, again.more_ids.len()), (p.chunk_id, 0));
+    // Any id of the batch commits once; the session's end releases the rest.
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
+    let commit = |id: u64, ino: u64| {
+        let targets: Vec<u64> = p.targets.iter().map(|n| n.id).collect();
+        async move {
+            s.commit_write(
+                ino,
+                10,
+                &[CommitChunk {
+                    index: 0,
+                    chunk_id: id,
+                    stored_len: 10,
+                    crc32c: 1,
+                    valid_len: 10,
+                    node_ids: targets,
+                    base: None,
+                }],
+                None,
+                Origin::NONE,
+            )
+            .await
+        }
+    };
+    commit(p.more_ids[3], f.ino).await.unwrap();
+    s.close_session(a).await.unwrap();
+    let g = s.create(file(ROOT_INO, "g"), Origin::NONE).await.unwrap();
+    assert_eq!(
+        errno(commit(p.more_ids[4], g.ino).await.unwrap_err()),
+        libc::EINVAL,
+        "the closed session's unused ids are released"
+    );
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use sqlx::{AnyConnection, Row};
 
-use super::namespace::{next_id, require_inode};
+use super::namespace::{next_ids, require_inode};
 use super::nodes::{live_nodes, NodeRecord};
 use super::rows::{to_i64, FileKind, Inode, Timespec};
 use super::sessions::Origin;
@@ -47,8 +47,13 @@ pub struct CommitChunk {
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub chunk_id: u64,
+    /// More fresh ids of a batch, for the same targets.
+    pub more_ids: Vec<u64>,
     pub targets: Vec<NodeRecord>,
 }
+
+/// Fresh chunk ids one PlaceChunk may allocate.
+pub const MAX_PLACE_BATCH: u32 = 64;
 
 impl Store {
     /// The file's attributes and chunk map in one consistent read.
@@ -111,6 +116,21 @@ impl Store {
         live_cutoff_ms: i64,
         session: u64,
     ) -> Result<Placement> {
+        self.place_chunks(chunk_id, count, exclude, live_cutoff_ms, session, 1)
+            .await
+    }
+
+    /// `place_chunk`, allocating `batch` fresh ids (for the same targets)
+    /// when `chunk_id` is 0.
+    pub async fn place_chunks(
+        &self,
+        chunk_id: u64,
+        count: u32,
+        exclude: &[u64],
+        live_cutoff_ms: i64,
+        session: u64,
+        batch: u32,
+    ) -> Result<Placement> {
         let count = count.clamp(1, 16) as usize;
         let nodes = {
             let mut conn = self.pool.acquire().await?;
@@ -139,23 +159,36 @@ impl Store {
             .iter()
             .filter_map(|id| nodes.iter().find(|n| n.id == *id).cloned())
             .collect();
-        let chunk_id = if chunk_id == 0 {
+        let chunk_ids = if chunk_id == 0 {
+            let batch = i64::from(batch.clamp(1, MAX_PLACE_BATCH));
             in_tx!(self, |tx| {
-                let id = next_id(&mut tx, "chunk").await?;
-                sqlx::query(
-                    "INSERT INTO chunk_allocations (id, allocated_ms, session_id) VALUES ($1, $2, $3)",
-                )
-                .bind(id)
-                .bind(now_ms())
-                .bind(to_i64(session, "session")?)
+                let last = next_ids(&mut tx, "chunk", batch).await?;
+                let mut ids = Vec::with_capacity(batch as usize);
+                for id in last - batch + 1..=last {
+                    sqlx::query(
+                        "INSERT INTO chunk_allocations (id, allocated_ms, session_id) VALUES ($1, $2, $3)",
+                    )
+                    .bind(id)
+                    .bind(now_ms())
+                    .bind(to_i64(session, "session")?)
                     .execute(&mut *tx)
                     .await?;
-                Ok(id as u64)
+                    ids.push(id as u64);
+                }
+                Ok(ids)
             })?
         } else {
-            chunk_id
+            vec![chunk_id]
         };
-        Ok(Placement { chunk_id, targets })
+        let (chunk_id, more_ids) = match chunk_ids.split_first() {
+            Some((first, more)) => (*first, more.to_vec()),
+            None => (chunk_id, Vec::new()),
+        };
+        Ok(Placement {
+            chunk_id,
+            more_ids,
+            targets,
+        })
     }
 
     /// Makes written chunks part of a file and sets its size, in one transaction.

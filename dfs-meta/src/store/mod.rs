@@ -43,7 +43,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 use std::str::FromStr;
 
-pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement};
+pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement, MAX_PLACE_BATCH};
 pub use drain::NodeUsage;
 pub use error::StoreError;
 pub use fsck::{ChunkHealth, ChunkProblem, FsckReport};

@@ -968,8 +968,14 @@ pub(crate) async fn delete_inode(conn: &mut AnyConnection, ino: u64) -> Result<(
 
 /// Takes the next value of a named counter (inode and chunk ids).
 pub(crate) async fn next_id(conn: &mut AnyConnection, counter: &str) -> Result<i64> {
-    let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")
+    next_ids(conn, counter, 1).await
+}
+
+/// Takes `n` ids of `counter` and returns the last (the first is last - n + 1).
+pub(crate) async fn next_ids(conn: &mut AnyConnection, counter: &str, n: i64) -> Result<i64> {
+    let row = sqlx::query("UPDATE counters SET value = value + $2 WHERE name = $1 RETURNING value")
         .bind(counter)
+        .bind(n)
         .fetch_one(&mut *conn)
         .await?;
     Ok(row.try_get::<i64, _>(0)?)

@@ -1,0 +1,104 @@
+//! Round trips per small-file operation, from the mount's own count of meta
+//! calls: what the mount's caches and batched placements save, kept from
+//! coming back unnoticed. Counts, not timings.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dfs_tests::{http_get, Cluster, Mount, Options};
+
+const FILES: usize = 60;
+
+/// dfs_fuse_meta_calls_total by method (the mount publishes them every 2 s).
+fn calls(m: &Mount) -> BTreeMap<String, f64> {
+    std::thread::sleep(Duration::from_millis(2300));
+    let page = http_get(m.metrics.as_ref().unwrap(), "/metrics");
+    page.lines()
+        .filter_map(|l| l.strip_prefix("dfs_fuse_meta_calls_total{method=\""))
+        .filter_map(|l| {
+            let (method, rest) = l.split_once("\"} ")?;
+            Some((method.to_string(), rest.trim().parse().ok()?))
+        })
+        .filter(|(m, _)| m != "RenewSession")
+        .collect()
+}
+
+/// Calls per file between two counts, by method, and in all.
+fn per_file(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> (BTreeMap<String, f64>, f64) {
+    let by: BTreeMap<String, f64> = after
+        .iter()
+        .map(|(m, n)| {
+            (
+                m.clone(),
+                (n - before.get(m).unwrap_or(&0.0)) / FILES as f64,
+            )
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let total = by.values().sum();
+    (by, total)
+}
+
+fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
+}
+
+#[test]
+fn small_file_operations_make_few_round_trips() {
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let m = c.mount("m");
+    c.wait_until("invalidations live", Duration::from_secs(30), |_| {
+        dfs_tests::metric_value(
+            &http_get(m.metrics.as_ref().unwrap(), "/metrics"),
+            "dfs_fuse_watch_live",
+        ) == 1.0
+    });
+    let dir = m.join("small");
+    std::fs::create_dir(&dir).unwrap();
+    let paths: Vec<_> = (0..FILES).map(|i| dir.join(format!("f{i}"))).collect();
+
+    let t0 = calls(&m);
+    for p in &paths {
+        std::fs::write(p, [7u8; 4096]).unwrap();
+    }
+    let t1 = calls(&m);
+    let (create, total) = per_file(&t0, &t1);
+    // Create at open, CommitWrite at close; placements come in batches, and
+    // a name in a directory made here needs no lookup.
+    assert!(total < 2.5, "create: {total:.2} calls per file: {create:?}");
+
+    drop_kernel_caches();
+    let t2 = calls(&m);
+    for p in &paths {
+        assert_eq!(std::fs::metadata(p).unwrap().len(), 4096);
+    }
+    let t3 = calls(&m);
+    let (stat, total) = per_file(&t2, &t3);
+    assert!(total < 0.1, "stat: {total:.2} calls per file: {stat:?}");
+
+    drop_kernel_caches();
+    let t4 = calls(&m);
+    for p in &paths {
+        assert_eq!(std::fs::read(p).unwrap(), [7u8; 4096]);
+    }
+    let t5 = calls(&m);
+    let (read, total) = per_file(&t4, &t5);
+    // Open always fetches a fresh chunk map (close-to-open).
+    assert!(total < 1.1, "read: {total:.2} calls per file: {read:?}");
+
+    let t6 = calls(&m);
+    for p in &paths {
+        std::fs::remove_file(p).unwrap();
+    }
+    let t7 = calls(&m);
+    let (delete, total) = per_file(&t6, &t7);
+    assert!(total < 1.1, "delete: {total:.2} calls per file: {delete:?}");
+}
