@@ -57,9 +57,22 @@ impl Given {
 }
 
 /// Taken before a request goes to meta; says at reply time whether an
-/// invalidation came in between.
+/// invalidation (or, for a read, a change by this mount) came in between.
 #[derive(Debug, Clone, Copy)]
-pub struct Ticket(u64);
+pub struct Ticket {
+    remote: u64,
+    local: u64,
+    /// The reply is to this mount's own change: its results hold whatever
+    /// else this mount did meanwhile (meta ordered them).
+    own: bool,
+}
+
+impl Ticket {
+    /// The same ticket, for a request that changes something.
+    pub fn own(self) -> Ticket {
+        Ticket { own: true, ..self }
+    }
+}
 
 pub struct Coherence {
     long_ttl: Duration,
@@ -67,6 +80,8 @@ pub struct Coherence {
     /// Bumped before each invalidation is applied and at each change of
     /// `live`.
     epoch: AtomicU64,
+    /// Bumped after each change this mount made.
+    local_epoch: AtomicU64,
     given: Mutex<Given>,
     /// Entries and attributes the mount answers itself (see `metacache.rs`).
     cache: Mutex<MetaCache>,
@@ -81,6 +96,7 @@ impl Coherence {
             long_ttl: cache_timeout.max(SHORT_TTL),
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            local_epoch: AtomicU64::new(0),
             given: Mutex::new(Given::default()),
             cache: Mutex::new(MetaCache::new(cache_timeout.max(SHORT_TTL))),
             work: Mutex::new(None),
@@ -128,7 +144,10 @@ impl Coherence {
         forget: impl FnOnce(&mut MetaCache),
     ) {
         let mut cache = self.cache();
-        if self.live.load(Ordering::SeqCst) && self.epoch.load(Ordering::SeqCst) == ticket.0 {
+        if self.live.load(Ordering::SeqCst)
+            && self.epoch.load(Ordering::SeqCst) == ticket.remote
+            && (ticket.own || self.local_epoch.load(Ordering::SeqCst) == ticket.local)
+        {
             learn(&mut cache);
         } else {
             forget(&mut cache);
@@ -170,7 +189,7 @@ impl Coherence {
     /// flight may predate the change, so they must not be cached. Call once
     /// the change's own results are learned.
     pub fn mutated(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.local_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn forget_entry(&self, parent: u64, name: &[u8]) {
@@ -236,7 +255,11 @@ impl Coherence {
     }
 
     pub fn ticket(&self) -> Ticket {
-        Ticket(self.epoch.load(Ordering::SeqCst))
+        Ticket {
+            remote: self.epoch.load(Ordering::SeqCst),
+            local: self.local_epoch.load(Ordering::SeqCst),
+            own: false,
+        }
     }
 
     /// Whether a reply to a request that took `ticket` may carry the long TTL
@@ -246,7 +269,8 @@ impl Coherence {
             return false;
         }
         let mut given = self.given();
-        if self.epoch.load(Ordering::SeqCst) != ticket.0 {
+        // The kernel orders this mount's own operations itself.
+        if self.epoch.load(Ordering::SeqCst) != ticket.remote {
             return false;
         }
         if given.len() >= MAX_GIVEN {

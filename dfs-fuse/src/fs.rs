@@ -267,7 +267,7 @@ impl DfsFs {
             mtime_now: set.mtime_now,
             flags: set.flags,
         };
-        let ticket = self.coherence().ticket();
+        let ticket = self.coherence().ticket().own();
         let reply = self.meta().set_attr(request).await;
         let attr = match reply {
             Ok(r) => attr_of(r.into_inner()),
@@ -308,7 +308,7 @@ impl DfsFs {
             symlink_target: target.to_vec(),
             unnamed: false,
         };
-        let ticket = self.coherence().ticket();
+        let ticket = self.coherence().ticket().own();
         let reply = self.meta().create(request).await;
         let made = match reply {
             Ok(r) => {
@@ -376,7 +376,7 @@ impl DfsFs {
             name: name.to_vec(),
             keep_open: victim.is_some(),
         };
-        let ticket = self.coherence().ticket();
+        let ticket = self.coherence().ticket().own();
         let reply = self.meta().unlink(request).await;
         self.name_removed(ticket, parent, name, reply)?;
         if let Some(file) = victim {
@@ -412,7 +412,7 @@ impl DfsFs {
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        let ticket = self.coherence().ticket();
+        let ticket = self.coherence().ticket().own();
         let reply = self
             .meta()
             .rmdir(pb::RmdirRequest {
@@ -441,7 +441,7 @@ impl DfsFs {
             flags,
             keep_open: victim.is_some(),
         };
-        let ticket = self.coherence().ticket();
+        let ticket = self.coherence().ticket().own();
         let reply = match self.meta().rename(request).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
@@ -479,7 +479,7 @@ impl DfsFs {
             new_parent,
             new_name: new_name.to_vec(),
         };
-        let ticket = self.coherence().ticket();
+        let ticket = self.coherence().ticket().own();
         let reply = match self.meta().link(request).await {
             Ok(r) => r.into_inner(),
             Err(e) => {

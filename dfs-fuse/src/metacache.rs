@@ -100,7 +100,15 @@ impl MetaCache {
         }
     }
 
+    /// Keeps `attr` unless the cache holds a later change of the inode (by
+    /// ctime: replies to concurrent changes may come back out of order).
     pub fn put_attr(&mut self, attr: &pb::Attr) {
+        let key = |a: &pb::Attr| a.ctime.map(|t| (t.sec, t.nsec));
+        if let Some((held, _)) = self.attrs.peek(&attr.ino) {
+            if key(held) > key(attr) {
+                return;
+            }
+        }
         self.attrs.put(attr.ino, (*attr, Instant::now()));
     }
 

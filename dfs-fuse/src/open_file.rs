@@ -503,7 +503,7 @@ impl OpenFile {
             &written,
             final_size.then_some(self.size),
         );
-        let ticket = io.coherence.ticket();
+        let ticket = io.coherence.ticket().own();
         let map = commit(
             &io.meta,
             self.ino,
