@@ -7,8 +7,8 @@ CARGO ?= cargo
 ## run: build and start a local cluster (meta + 3 nodes) in the foreground
 run:
 	scripts/install-deps.sh
-	$(CARGO) build --workspace --bins
-	scripts/run-cluster.sh
+	$(CARGO) build --release --workspace --bins
+	DFS_BIN_DIR=target/release scripts/run-cluster.sh
 
 ## test: the whole test suite (unit, conformance on SQLite and PostgreSQL, end to end)
 test:

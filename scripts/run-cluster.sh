@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: a local cluster in the foreground: dfs-meta (SQLite) and three
 # dfs-node processes on 127.0.0.1, all data under one folder. Ctrl-C stops
-# everything cleanly (SIGTERM to each daemon, then wait).
+# everything cleanly (SIGTERM to each daemon, then wait). The daemons run in
+# sessions of their own, so the terminal's Ctrl-C reaches only this script.
 set -euo pipefail
-bin=${DFS_BIN_DIR:-target/debug}
+bin=${DFS_BIN_DIR:-target/release}
 dir=${DFS_RUN_DIR:-$PWD/run-data}
 meta=127.0.0.1:7000
 mnt=${DFS_MOUNT:-$dir/mnt}
@@ -24,11 +25,11 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$bin/dfs-meta" --listen "$meta" --store "sqlite://$dir/meta.db" --metrics 127.0.0.1:9100 \
+setsid "$bin/dfs-meta" --listen "$meta" --store "sqlite://$dir/meta.db" --metrics 127.0.0.1:9100 \
   2>>"$dir/meta.log" &
 pids+=($!)
 for i in 1 2 3; do
-  "$bin/dfs-node" --listen "127.0.0.1:700$i" --meta "$meta" --data "$dir/node$i" \
+  setsid "$bin/dfs-node" --listen "127.0.0.1:700$i" --meta "$meta" --data "$dir/node$i" \
     --metrics "127.0.0.1:910$i" 2>>"$dir/node$i.log" &
   pids+=($!)
 done
@@ -70,4 +71,4 @@ Press Ctrl-C to stop the cluster.
 INFO
 "$bin/dfs" --meta "$meta" status
 wait -n "${pids[@]}" || true
-echo "a daemon exited; see the logs in $dir" >&2
+echo "a daemon exited on its own; see the logs in $dir" >&2

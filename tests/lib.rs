@@ -665,6 +665,14 @@ pub fn is_mounted(path: &Path) -> bool {
 
 /// A plain HTTP/1.0 GET against 127.0.0.1; returns the body (panics unless 200).
 pub fn http_get(addr: &str, path_and_query: &str) -> String {
+    match try_http_get(addr, path_and_query) {
+        Ok(body) => body,
+        Err(head) => panic!("GET {path_and_query}: {head}"),
+    }
+}
+
+/// `http_get` for a server that may not be ready: the response head unless 200.
+pub fn try_http_get(addr: &str, path_and_query: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -678,11 +686,11 @@ pub fn http_get(addr: &str, path_and_query: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "GET {path_and_query}: {head}"
-    );
-    body.to_string()
+    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+        Ok(body.to_string())
+    } else {
+        Err(head.to_string())
+    }
 }
 
 /// The value of a series in a Prometheus text page, 0 when it is absent (a

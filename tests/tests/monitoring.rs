@@ -165,11 +165,10 @@ fn every_dashboard_panel_and_alert_rule_returns_data() {
         "prometheus scrapes every target",
         Duration::from_secs(60),
         |_| {
-            std::net::TcpStream::connect(&web).is_ok() && {
-                let targets = http_get(&web, "/api/v1/targets?state=active");
-                let up = targets.matches("\"health\":\"up\"").count();
-                up == 5
-            }
+            // 503 while Prometheus is still starting.
+            std::net::TcpStream::connect(&web).is_ok()
+                && dfs_tests::try_http_get(&web, "/api/v1/targets?state=active")
+                    .is_ok_and(|targets| targets.matches("\"health\":\"up\"").count() == 5)
         },
     );
     std::thread::sleep(Duration::from_secs(6));
