@@ -1161,11 +1161,7 @@ async fn full_reports_are_fenced_and_keep_deletions(h: Handle) {
 /// Inserts `rows` into `table` (`columns`) straight through SQL, 300 rows a
 /// statement, in one transaction: test setup for large stores.
 async fn bulk_insert(url: &str, table: &str, columns: &[&str], rows: &[Vec<i64>]) {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    for batch in rows.chunks(300) {
+    let statement = |batch: &[Vec<i64>]| {
         let mut n = 0;
         let values: Vec<String> = batch
             .iter()
@@ -1180,11 +1176,29 @@ async fn bulk_insert(url: &str, table: &str, columns: &[&str], rows: &[Vec<i64>]
                 format!("({})", p.join(", "))
             })
             .collect();
-        let sql = format!(
+        format!(
             "INSERT INTO {table} ({}) VALUES {}",
             columns.join(", "),
             values.join(", ")
-        );
+        )
+    };
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let mut conn = rusqlite::Connection::open(path.split('?').next().unwrap()).unwrap();
+        let tx = conn.transaction().unwrap();
+        for batch in rows.chunks(300) {
+            let sql = statement(batch).replace('$', "?");
+            let values: Vec<i64> = batch.iter().flatten().copied().collect();
+            tx.execute(&sql, rusqlite::params_from_iter(values))
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        return;
+    }
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    for batch in rows.chunks(300) {
+        let sql = statement(batch);
         let mut q = sqlx::query(&sql);
         for v in batch.iter().flatten() {
             q = q.bind(*v);

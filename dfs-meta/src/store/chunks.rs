@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use sqlx::{AnyConnection, Row};
+use super::db::{self, DbConn};
 
 use super::namespace::{next_ids, require_inode};
 use super::nodes::{live_nodes, NodeRecord};
@@ -58,12 +58,12 @@ pub const MAX_PLACE_BATCH: u32 = 64;
 impl Store {
     /// The file's attributes and chunk map in one consistent read.
     pub async fn get_chunks(&self, ino: u64, live_cutoff_ms: i64) -> Result<ChunkMap> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let inode = require_inode(&mut conn, ino).await?;
         if inode.kind == FileKind::Directory {
             return Err(StoreError::IsDir);
         }
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT f.idx, f.chunk_id, c.stored_len, c.crc32c, f.valid_len, n.id, n.addr, n.last_heartbeat_ms
              FROM file_chunks f JOIN chunks c ON c.id = f.chunk_id
              LEFT JOIN replicas r ON r.chunk_id = f.chunk_id
@@ -71,7 +71,7 @@ impl Store {
              WHERE f.ino = $1 ORDER BY f.idx, n.id",
         )
         .bind(to_i64(ino, "inode")?)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await?;
         let mut chunks: Vec<ChunkEntry> = Vec::new();
         for row in rows {
@@ -133,7 +133,7 @@ impl Store {
     ) -> Result<Placement> {
         let count = count.clamp(1, 16) as usize;
         let nodes = {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = self.conn().await?;
             live_nodes(&mut conn, live_cutoff_ms).await?
         };
         // A draining node takes no new chunk.
@@ -165,13 +165,13 @@ impl Store {
                 let last = next_ids(&mut tx, "chunk", batch).await?;
                 let mut ids = Vec::with_capacity(batch as usize);
                 for id in last - batch + 1..=last {
-                    sqlx::query(
+                    db::query(
                         "INSERT INTO chunk_allocations (id, allocated_ms, session_id) VALUES ($1, $2, $3)",
                     )
                     .bind(id)
                     .bind(now_ms())
                     .bind(to_i64(session, "session")?)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                     ids.push(id as u64);
                 }
@@ -236,10 +236,10 @@ impl Store {
                 for c in chunks {
                     let Some(base) = c.base else { continue };
                     let current =
-                        sqlx::query("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2")
+                        db::query("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2")
                             .bind(to_i64(ino, "inode")?)
                             .bind(to_i64(c.index, "chunk index")?)
-                            .fetch_optional(&mut *tx)
+                            .fetch_optional(&mut tx)
                             .await?
                             .map(|r| r.try_get::<i64, _>(0))
                             .transpose()?
@@ -272,7 +272,7 @@ impl Store {
                 inode.version += 1;
                 inode.mtime = mtime.unwrap_or(now);
                 inode.ctime = now;
-                sqlx::query(
+                db::query(
                 "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7 WHERE ino = $1",
             )
             .bind(to_i64(ino, "inode")?)
@@ -282,7 +282,7 @@ impl Store {
             .bind(i64::from(inode.mtime.nsec))
             .bind(now.sec)
             .bind(i64::from(now.nsec))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
                 Ok(inode)
             },
@@ -314,14 +314,14 @@ impl Store {
                 inode.version += 1;
                 inode.mtime = now;
                 inode.ctime = now;
-                sqlx::query(
+                db::query(
                 "UPDATE inodes SET version = $2, mtime_s = $3, mtime_ns = $4, ctime_s = $3, ctime_ns = $4 WHERE ino = $1",
             )
             .bind(to_i64(ino, "inode")?)
             .bind(inode.version as i64)
             .bind(now.sec)
             .bind(i64::from(now.nsec))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
                 Ok(inode)
             },
@@ -332,7 +332,7 @@ impl Store {
 }
 
 /// The inode of a regular file (data changes reach no other kind).
-async fn require_regular(tx: &mut AnyConnection, ino: u64) -> Result<Inode> {
+async fn require_regular(tx: &mut DbConn, ino: u64) -> Result<Inode> {
     let inode = require_inode(tx, ino).await?;
     match inode.kind {
         FileKind::Regular => Ok(inode),
@@ -341,9 +341,9 @@ async fn require_regular(tx: &mut AnyConnection, ino: u64) -> Result<Inode> {
     }
 }
 
-async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> Result<()> {
+async fn commit_chunk_in(tx: &mut DbConn, ino: u64, c: &CommitChunk) -> Result<()> {
     let id = to_i64(c.chunk_id, "chunk id")?;
-    let allocated = sqlx::query("DELETE FROM chunk_allocations WHERE id = $1")
+    let allocated = db::query("DELETE FROM chunk_allocations WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?
@@ -355,7 +355,7 @@ async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> R
         )));
     }
     for node in &c.node_ids {
-        let known = sqlx::query("SELECT 1 FROM nodes WHERE id = $1")
+        let known = db::query("SELECT 1 FROM nodes WHERE id = $1")
             .bind(to_i64(*node, "node id")?)
             .fetch_optional(&mut *tx)
             .await?;
@@ -363,14 +363,14 @@ async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> R
             return Err(StoreError::Invalid(format!("unknown node {node}")));
         }
     }
-    sqlx::query("INSERT INTO chunks (id, stored_len, crc32c) VALUES ($1, $2, $3)")
+    db::query("INSERT INTO chunks (id, stored_len, crc32c) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(c.stored_len as i64)
         .bind(i64::from(c.crc32c))
         .execute(&mut *tx)
         .await?;
     for node in &c.node_ids {
-        sqlx::query("INSERT INTO replicas (chunk_id, node_id, added_ms) VALUES ($1, $2, $3)")
+        db::query("INSERT INTO replicas (chunk_id, node_id, added_ms) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(*node as i64)
             .bind(super::now_ms())
@@ -379,7 +379,7 @@ async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> R
     }
     let index = to_i64(c.index, "chunk index")?;
     release_chunks(tx, ino, index, index.saturating_add(1)).await?;
-    sqlx::query("INSERT INTO file_chunks (ino, idx, chunk_id, valid_len) VALUES ($1, $2, $3, $4)")
+    db::query("INSERT INTO file_chunks (ino, idx, chunk_id, valid_len) VALUES ($1, $2, $3, $4)")
         .bind(ino as i64)
         .bind(index)
         .bind(id)
@@ -392,7 +392,7 @@ async fn commit_chunk_in(tx: &mut AnyConnection, ino: u64, c: &CommitChunk) -> R
 /// Cuts a file's chunk map to `size`: chunks wholly past it are released, the
 /// chunk it ends in keeps only the bytes below it (the rest reads as zeros).
 pub(crate) async fn truncate_map(
-    tx: &mut AnyConnection,
+    tx: &mut DbConn,
     ino: u64,
     size: u64,
     chunk_size: u32,
@@ -402,7 +402,7 @@ pub(crate) async fn truncate_map(
     release_chunks(tx, ino, to_i64(first_gone, "chunk index")?, i64::MAX).await?;
     if !size.is_multiple_of(cs) {
         let last = size / cs;
-        sqlx::query(
+        db::query(
             "UPDATE file_chunks SET valid_len = $3 WHERE ino = $1 AND idx = $2 AND valid_len > $3",
         )
         .bind(to_i64(ino, "inode")?)
@@ -416,11 +416,11 @@ pub(crate) async fn truncate_map(
 
 /// Drops the file's chunks at indices `from..to` and queues their replicas
 /// for deletion on the nodes.
-async fn release_chunks(tx: &mut AnyConnection, ino: u64, from: i64, to: i64) -> Result<()> {
+async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result<()> {
     let ino = to_i64(ino, "inode")?;
     let selected = "SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3";
     for holders in ["replicas", "quarantined_replicas"] {
-        sqlx::query(&format!(
+        db::query(&format!(
             "INSERT INTO gc_replicas (chunk_id, node_id, queued_ms)
              SELECT chunk_id, node_id, CAST($4 AS BIGINT) FROM {holders} WHERE chunk_id IN ({selected})
              ON CONFLICT DO NOTHING"
@@ -438,7 +438,7 @@ async fn release_chunks(tx: &mut AnyConnection, ino: u64, from: i64, to: i64) ->
         format!("DELETE FROM chunks WHERE id IN ({selected})"),
         "DELETE FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3".to_string(),
     ] {
-        sqlx::query(&statement)
+        db::query(&statement)
             .bind(ino)
             .bind(from)
             .bind(to)

@@ -2,7 +2,7 @@
 //! chunks elsewhere, then trims its replicas), undrain, and remove (refused
 //! while any chunk still depends on the node).
 
-use sqlx::{AnyConnection, Row};
+use super::db::{self, DbConn};
 
 use super::nodes::NodeRecord;
 use super::rows::to_i64;
@@ -22,15 +22,15 @@ pub struct NodeUsage {
 impl Store {
     /// The node named by `spec`: its id, or its address.
     pub async fn find_node(&self, spec: &str) -> Result<NodeRecord> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let id: i64 = spec.parse().unwrap_or(-1);
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms, draining
              FROM nodes WHERE id = $1 OR addr = $2 ORDER BY id LIMIT 1",
         )
         .bind(id)
         .bind(spec)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut conn)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("node {spec}")))?;
         super::nodes::node_from_row(&row)
@@ -41,10 +41,10 @@ impl Store {
     /// the chunk has its full count without them.
     pub async fn set_draining(&self, node_id: u64, draining: bool) -> Result<()> {
         in_tx!(self, |tx| {
-            let updated = sqlx::query("UPDATE nodes SET draining = $2 WHERE id = $1")
+            let updated = db::query("UPDATE nodes SET draining = $2 WHERE id = $1")
                 .bind(to_i64(node_id, "node id")?)
                 .bind(i64::from(draining))
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?
                 .rows_affected();
             if updated == 0 {
@@ -56,7 +56,7 @@ impl Store {
 
     pub async fn node_usage(&self, node_id: u64, live_cutoff_ms: i64) -> Result<NodeUsage> {
         let record = self.find_node(&node_id.to_string()).await?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let (replicas, dependent_chunks) =
             usage(&mut conn, node_id, live_cutoff_ms, self.replication).await?;
         Ok(NodeUsage {
@@ -79,14 +79,14 @@ impl Store {
             }
             let node = to_i64(node_id, "node id")?;
             for table in ["replicas", "quarantined_replicas", "gc_replicas"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE node_id = $1"))
+                db::query(&format!("DELETE FROM {table} WHERE node_id = $1"))
                     .bind(node)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
             }
-            let removed = sqlx::query("DELETE FROM nodes WHERE id = $1")
+            let removed = db::query("DELETE FROM nodes WHERE id = $1")
                 .bind(node)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?
                 .rows_affected();
             if removed == 0 {
@@ -99,13 +99,13 @@ impl Store {
 
 /// (replicas on the node, chunks that depend on it).
 async fn usage(
-    conn: &mut AnyConnection,
+    conn: &mut DbConn,
     node_id: u64,
     live_cutoff_ms: i64,
     replication: u32,
 ) -> Result<(u64, u64)> {
     let node = to_i64(node_id, "node id")?;
-    let row = sqlx::query(
+    let row = db::query(
         "SELECT COUNT(*),
            COALESCE(SUM(CASE WHEN (SELECT COUNT(*) FROM replicas o JOIN nodes n ON n.id = o.node_id
                    WHERE o.chunk_id = r.chunk_id AND o.node_id <> $1

@@ -2,6 +2,8 @@
 
 use dfs_proto::NameError;
 
+use super::db::DbError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no such file or directory: {0}")]
@@ -37,11 +39,23 @@ pub enum StoreError {
     #[error("store URL must start with sqlite: or postgres://, got {0}")]
     BadUrl(String),
     #[error("migration {version} failed: {source}")]
-    Migration { version: i64, source: sqlx::Error },
+    Migration { version: i64, source: DbError },
     #[error("store holds data this version cannot read: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Db(DbError::Pg(e))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Db(DbError::Sqlite(e))
+    }
 }
 
 impl StoreError {
@@ -98,11 +112,15 @@ impl StoreError {
     /// A serialization conflict or deadlock: the transaction may simply be run again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Db(sqlx::Error::Database(db)) => matches!(
+            StoreError::Db(DbError::Pg(sqlx::Error::Database(db))) => matches!(
                 db.code().as_deref(),
                 // 23505: two retries of one request raced to record it; the
                 // rerun finds the record.
-                Some("40001") | Some("40P01") | Some("23505") | Some("5") | Some("517") | Some("6")
+                Some("40001") | Some("40P01") | Some("23505")
+            ),
+            StoreError::Db(DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ),
             _ => false,
         }
@@ -120,16 +138,16 @@ impl StoreError {
             return true;
         }
         match self {
-            StoreError::Db(
+            StoreError::Db(DbError::Pg(
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::Tls(_),
-            ) => true,
+            )) => true,
             // PostgreSQL: connection exceptions (08...), and the server
             // shutting down, crashing or starting up (57P01..57P03): a
             // failover in progress.
-            StoreError::Db(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
+            StoreError::Db(DbError::Pg(sqlx::Error::Database(db))) => db.code().is_some_and(|c| {
                 c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
             }),
             _ => false,

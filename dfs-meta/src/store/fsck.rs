@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
+use super::db::{self, DbConn};
 use dfs_proto::ROOT_INO;
-use sqlx::{AnyConnection, Row};
 
 use super::rows::to_i64;
 use super::{Result, Store, StoreError};
@@ -95,8 +95,8 @@ impl Store {
     /// all). Reads only; a consistent view is not needed for a report.
     pub async fn fsck(&self, root: u64, live_cutoff_ms: i64, limit: usize) -> Result<FsckReport> {
         let replication = u64::from(self.replication);
-        let mut conn = self.pool.acquire().await?;
-        let rows = sqlx::query(
+        let mut conn = self.conn().await?;
+        let rows = db::query(
             "SELECT f.ino, f.idx, f.chunk_id,
                (SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
                  WHERE r.chunk_id = f.chunk_id AND n.last_heartbeat_ms >= $1) AS live,
@@ -105,7 +105,7 @@ impl Store {
              FROM file_chunks f ORDER BY f.ino, f.idx",
         )
         .bind(live_cutoff_ms)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await?;
         let mut report = FsckReport::default();
         let mut paths = PathCache::default();
@@ -141,16 +141,16 @@ impl Store {
         report.problems.sort_by_key(|p| (p.health, p.ino, p.index));
         report.truncated = report.problems.len() > limit;
         report.problems.truncate(limit);
-        let scalar = |sql: &'static str| sqlx::query(sql);
+        let scalar = |sql: &'static str| db::query(sql);
         report.orphans = scalar("SELECT COUNT(*) FROM orphans")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await?
             .try_get::<i64, _>(0)? as u64;
         report.abandoned_allocations = scalar(
             "SELECT COUNT(*) FROM chunk_allocations WHERE allocated_ms < $1 AND session_id = 0",
         )
         .bind(super::now_ms() - super::nodes::ALLOCATION_TTL_MS)
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await?
         .try_get::<i64, _>(0)? as u64;
         Ok(report)
@@ -170,7 +170,7 @@ impl PathCache {
     /// has no name: `<orphan INO>`, counted only when checking everything).
     async fn path_under(
         &mut self,
-        conn: &mut AnyConnection,
+        conn: &mut DbConn,
         ino: u64,
         root: u64,
     ) -> Result<Option<String>> {
@@ -181,12 +181,7 @@ impl PathCache {
         Ok(under.then(|| join(&dir, &name)))
     }
 
-    async fn dir_path(
-        &mut self,
-        conn: &mut AnyConnection,
-        dir: u64,
-        root: u64,
-    ) -> Result<(String, bool)> {
+    async fn dir_path(&mut self, conn: &mut DbConn, dir: u64, root: u64) -> Result<(String, bool)> {
         let mut chain = Vec::new();
         let mut cur = dir;
         let (mut path, mut under) = loop {
@@ -220,8 +215,8 @@ fn join(dir: &str, name: &str) -> String {
 }
 
 /// One (parent, name) entry of `ino`, if it has a name.
-async fn entry_of(conn: &mut AnyConnection, ino: u64) -> Result<Option<(u64, String)>> {
-    let row = sqlx::query("SELECT parent, name FROM dentries WHERE ino = $1 LIMIT 1")
+async fn entry_of(conn: &mut DbConn, ino: u64) -> Result<Option<(u64, String)>> {
+    let row = db::query("SELECT parent, name FROM dentries WHERE ino = $1 LIMIT 1")
         .bind(to_i64(ino, "inode")?)
         .fetch_optional(&mut *conn)
         .await?;

@@ -7,7 +7,7 @@
 //! meta takes it on its next try. On SQLite (one meta per store file) the
 //! only server leads.
 
-use sqlx::{AnyConnection, Connection, Row};
+use super::db::{self, DbConn};
 
 use super::rows::to_i64;
 use super::{in_tx, now_ms, Backend, Result, Store};
@@ -19,7 +19,7 @@ const LEADER_LOCK: i64 = 7_468_002;
 /// gives leadership up.
 pub enum LeaderLock {
     Local,
-    Postgres(AnyConnection),
+    Postgres(DbConn),
 }
 
 impl LeaderLock {
@@ -44,15 +44,18 @@ pub struct RepairCommand {
 impl Store {
     /// Takes leadership if no other server holds it. A follower keeps the
     /// connection it tried on in `spare`, for its next try.
-    pub async fn try_lead(&self, spare: &mut Option<AnyConnection>) -> Result<Option<LeaderLock>> {
+    pub async fn try_lead(&self, spare: &mut Option<DbConn>) -> Result<Option<LeaderLock>> {
         if self.backend == Backend::Sqlite {
             return Ok(Some(LeaderLock::Local));
         }
         let mut conn = match spare.take() {
             Some(conn) => conn,
-            None => self.pool.acquire().await?.detach(),
+            None => match self.pool.detached().await? {
+                Some(conn) => conn,
+                None => return Ok(Some(LeaderLock::Local)),
+            },
         };
-        let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
+        let got: bool = db::query("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
             .fetch_one(&mut conn)
             .await?
@@ -76,12 +79,12 @@ impl Store {
             .collect::<Vec<_>>()
             .join(",");
         in_tx!(self, |tx| {
-            sqlx::query("DELETE FROM repair_commands WHERE node_id = $1 AND chunk_id = $2")
+            db::query("DELETE FROM repair_commands WHERE node_id = $1 AND chunk_id = $2")
                 .bind(node)
                 .bind(chunk)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
-            sqlx::query(
+            db::query(
                 "INSERT INTO repair_commands (node_id, chunk_id, targets, stored_len, crc32c, queued_ms)
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -91,7 +94,7 @@ impl Store {
             .bind(command.stored_len as i64)
             .bind(i64::from(command.crc32c))
             .bind(now_ms())
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
             Ok(())
         })
@@ -99,10 +102,10 @@ impl Store {
 
     /// How many copies wait for `source`.
     pub async fn queued_repairs(&self, source: u64) -> Result<usize> {
-        let mut conn = self.pool.acquire().await?;
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM repair_commands WHERE node_id = $1")
+        let mut conn = self.conn().await?;
+        let n: i64 = db::query("SELECT COUNT(*) FROM repair_commands WHERE node_id = $1")
             .bind(to_i64(source, "node id")?)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await?
             .try_get(0)?;
         Ok(n as usize)
@@ -112,13 +115,13 @@ impl Store {
     pub async fn take_repairs(&self, node: u64, limit: usize) -> Result<Vec<RepairCommand>> {
         let key = to_i64(node, "node id")?;
         in_tx!(self, |tx| {
-            let rows = sqlx::query(
+            let rows = db::query(
                 "SELECT chunk_id, targets, stored_len, crc32c FROM repair_commands
                  WHERE node_id = $1 ORDER BY queued_ms LIMIT $2",
             )
             .bind(key)
             .bind(limit as i64)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in &rows {
@@ -136,10 +139,10 @@ impl Store {
                     stored_len: r.try_get::<i64, _>(2)? as u64,
                     crc32c: r.try_get::<i64, _>(3)? as u32,
                 });
-                sqlx::query("DELETE FROM repair_commands WHERE node_id = $1 AND chunk_id = $2")
+                db::query("DELETE FROM repair_commands WHERE node_id = $1 AND chunk_id = $2")
                     .bind(key)
                     .bind(chunk)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
             }
             Ok(out)

@@ -5,7 +5,7 @@
 //! conflict with each other. Locks go when their owner unlocks, closes, or
 //! its session ends.
 
-use sqlx::{AnyConnection, Row};
+use super::db::{self, DbConn};
 
 use super::rows::to_i64;
 use super::{in_tx, Result, Store};
@@ -65,8 +65,8 @@ pub enum LockOutcome {
 }
 
 /// The locks of one kind (fcntl or flock) on an inode.
-async fn held(conn: &mut AnyConnection, ino: i64, flock: bool) -> Result<Vec<HeldLock>> {
-    sqlx::query(
+async fn held(conn: &mut DbConn, ino: i64, flock: bool) -> Result<Vec<HeldLock>> {
+    db::query(
         "SELECT session_id, owner, exclusive, range_start, range_end, pid FROM locks WHERE ino = $1 AND flock = $2",
     )
     .bind(ino)
@@ -163,14 +163,14 @@ impl Store {
             };
             let kept = cut(&mine, if spec.flock { &whole } else { &spec.range });
             let released = kept != mine || spec.kind == LockKind::Unlock && !mine.is_empty();
-            sqlx::query(
+            db::query(
                 "DELETE FROM locks WHERE ino = $1 AND session_id = $2 AND owner = $3 AND flock = $4",
             )
             .bind(ino)
             .bind(session)
             .bind(owner)
             .bind(i64::from(spec.flock))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
             let new = (spec.kind != LockKind::Unlock).then(|| HeldLock {
                 session: spec.session,
@@ -180,7 +180,7 @@ impl Store {
                 pid: spec.pid,
             });
             for l in kept.iter().chain(new.iter()) {
-                sqlx::query(
+                db::query(
                     "INSERT INTO locks (ino, session_id, owner, flock, exclusive, range_start, range_end, pid)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
@@ -192,7 +192,7 @@ impl Store {
                 .bind(l.range.start)
                 .bind(l.range.end)
                 .bind(i64::from(l.pid))
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
             }
             Ok((LockOutcome::Granted, released))

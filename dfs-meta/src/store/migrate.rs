@@ -1,7 +1,7 @@
 //! Schema migrations, embedded in the binary from `migrations/<backend>/`, applied
 //! in order at start-up and recorded in `schema_migrations`.
 
-use sqlx::{AnyPool, Executor, Row};
+use super::db::{self, Pool};
 
 use super::{Backend, FormatOptions, Result, StoreError};
 
@@ -111,31 +111,40 @@ const POSTGRES: &[Migration] = &[
 /// lock keeps two starting meta servers from migrating at once.
 /// Then formats a new store (see `format_if_new`) and returns (chunk_size, replication).
 pub(super) async fn run(
-    pool: &AnyPool,
+    pool: &Pool,
     backend: Backend,
     format: FormatOptions,
 ) -> Result<(u32, u32)> {
-    let mut conn = pool.acquire().await?;
-    if backend == Backend::Postgres {
-        conn.execute("SELECT pg_advisory_lock(7468001)").await?;
-    }
-    let result = match apply(&mut conn, backend).await {
-        Ok(()) => format_if_new(&mut conn, format).await,
+    // The lock lives on a connection of its own, held until the end (SQLite
+    // has one connection and one process: nothing to lock).
+    let mut lock = match backend {
+        Backend::Postgres => {
+            let mut conn = pool.acquire().await?;
+            conn.execute_batch("SELECT pg_advisory_lock(7468001)")
+                .await?;
+            Some(conn)
+        }
+        Backend::Sqlite => None,
+    };
+    let result = match apply(pool, backend).await {
+        Ok(()) => format_if_new(pool, format).await,
         Err(e) => Err(e),
     };
-    if backend == Backend::Postgres {
-        conn.execute("SELECT pg_advisory_unlock(7468001)").await?;
+    if let Some(conn) = lock.as_mut() {
+        conn.execute_batch("SELECT pg_advisory_unlock(7468001)")
+            .await?;
     }
     result
 }
 
-async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<()> {
-    conn.execute(
+async fn apply(pool: &Pool, backend: Backend) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
     )
     .await?;
-    let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
-        .fetch_all(&mut *conn)
+    let applied: Vec<i64> = db::query("SELECT version FROM schema_migrations")
+        .fetch_all(&mut conn)
         .await?
         .iter()
         .map(|r| r.try_get::<i64, _>(0))
@@ -151,24 +160,22 @@ async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<()> {
             )));
         }
     }
+    drop(conn);
     for m in list.iter().filter(|m| !applied.contains(&m.version)) {
         tracing::info!(version = m.version, name = m.name, "applying migration");
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        sqlx::raw_sql(m.sql)
-            .execute(&mut *tx)
+        let mut tx = pool.begin().await?;
+        tx.execute_batch(m.sql)
             .await
             .map_err(|source| StoreError::Migration {
                 version: m.version,
                 source,
             })?;
-        sqlx::query(
-            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
-        )
-        .bind(m.version)
-        .bind(m.name)
-        .bind(super::now_ms())
-        .execute(&mut *tx)
-        .await?;
+        db::query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)")
+            .bind(m.version)
+            .bind(m.name)
+            .bind(super::now_ms())
+            .execute(&mut tx)
+            .await?;
         tx.commit().await?;
     }
     Ok(())
@@ -176,13 +183,10 @@ async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<()> {
 
 /// Writes the format settings and the root directory into a new store, or reads
 /// the settings an existing store was created with. Returns (chunk_size, replication).
-async fn format_if_new(
-    conn: &mut sqlx::AnyConnection,
-    format: FormatOptions,
-) -> Result<(u32, u32)> {
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let existing = sqlx::query("SELECT key, value FROM meta_config")
-        .fetch_all(&mut *tx)
+async fn format_if_new(pool: &Pool, format: FormatOptions) -> Result<(u32, u32)> {
+    let mut tx = pool.begin().await?;
+    let existing = db::query("SELECT key, value FROM meta_config")
+        .fetch_all(&mut tx)
         .await?;
     if !existing.is_empty() {
         let mut chunk_size = None;
@@ -208,22 +212,22 @@ async fn format_if_new(
         ("chunk_size", format.chunk_size.to_string()),
         ("replication", format.replication.to_string()),
     ] {
-        sqlx::query("INSERT INTO meta_config (key, value) VALUES ($1, $2)")
+        db::query("INSERT INTO meta_config (key, value) VALUES ($1, $2)")
             .bind(key)
             .bind(value)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
     }
     for name in ["ino", "chunk", "node"] {
         let start: i64 = if name == "ino" { 1 } else { 0 };
-        sqlx::query("INSERT INTO counters (name, value) VALUES ($1, $2)")
+        db::query("INSERT INTO counters (name, value) VALUES ($1, $2)")
             .bind(name)
             .bind(start)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
     }
     let now = super::rows::Timespec::now();
-    sqlx::query(
+    db::query(
         "INSERT INTO inodes (ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev)
          VALUES ($1, $2, $3, 0, 0, 0, 2, $4, $5, $4, $5, $4, $5, 0, 0)",
     )
@@ -232,7 +236,7 @@ async fn format_if_new(
     .bind(0o755i64)
     .bind(now.sec)
     .bind(i64::from(now.nsec))
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     tx.commit().await?;
     tracing::info!(

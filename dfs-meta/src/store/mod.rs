@@ -10,8 +10,9 @@
 //! - `chunk_allocations`, `gc_replicas`: writes in flight, and replicas
 //!   waiting to be deleted on their node.
 //!
-//! One implementation serves SQLite and PostgreSQL through sqlx's `Any` driver
-//! (all SQL uses `$n` parameters, which both accept). Every multi-row change is
+//! One implementation serves SQLite and PostgreSQL through `db` (all SQL uses
+//! `$n` parameters; SQLite runs inline through rusqlite, PostgreSQL through
+//! sqlx). Every multi-row change is
 //! one transaction: SERIALIZABLE with retry on PostgreSQL; on SQLite one writer
 //! connection serialises them.
 //!
@@ -24,6 +25,7 @@
 //! PostgreSQL keeps its default synchronous commit; `sync` is a no-op there.
 
 mod chunks;
+mod db;
 mod drain;
 mod error;
 mod fsck;
@@ -39,9 +41,7 @@ mod sessions;
 
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
-use std::str::FromStr;
+use db::{DbConn, Pool};
 
 pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement, MAX_PLACE_BATCH};
 pub use drain::NodeUsage;
@@ -85,7 +85,7 @@ impl Default for FormatOptions {
 /// A connected, migrated metadata store.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pool: Pool,
     metrics: StoreMetrics,
     backend: Backend,
     chunk_size: u32,
@@ -100,7 +100,6 @@ impl Store {
     /// file if missing, applies migrations, and formats a new store with `format`.
     /// An existing store keeps the chunk size and replication it was created with.
     pub async fn open(url: &str, format: FormatOptions) -> Result<Store> {
-        sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -117,30 +116,16 @@ impl Store {
         if format.replication == 0 || format.replication > 16 {
             return Err(StoreError::Invalid("replication must be 1..16".into()));
         }
-        let url = match backend {
-            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
-            _ => url.to_string(),
-        };
-        let options = AnyConnectOptions::from_str(&url)?;
         let pool = match backend {
-            // One connection: SQLite has one writer anyway, and this keeps
-            // transactions from ever meeting SQLITE_BUSY.
-            Backend::Sqlite => AnyPoolOptions::new()
-                .max_connections(1)
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000;",
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                }),
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
-        }
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options)
-        .await?;
+            Backend::Sqlite => open_sqlite(url)?,
+            Backend::Postgres => Pool::Pg(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await?,
+            ),
+        };
         let (chunk_size, replication) = migrate::run(&pool, backend, format).await?;
         let store = Store {
             pool,
@@ -161,9 +146,9 @@ impl Store {
     /// have handed out (a node may still hold a chunk written under such an
     /// id), durably.
     async fn skip_unsynced_ids(&self) -> Result<()> {
-        sqlx::query("UPDATE counters SET value = value + $1 WHERE name IN ('ino', 'chunk')")
+        db::query("UPDATE counters SET value = value + $1 WHERE name IN ('ino', 'chunk')")
             .bind(ID_GAP_AFTER_OPEN)
-            .execute(&self.pool)
+            .execute(&mut self.conn().await?)
             .await?;
         self.sync().await
     }
@@ -190,13 +175,13 @@ impl Store {
     }
 
     /// Starts a write transaction with the isolation every namespace change needs.
-    async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            tx.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                .await?;
-        }
-        Ok(tx)
+    async fn begin(&self) -> Result<DbConn> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A connection for reads outside a transaction.
+    async fn conn(&self) -> Result<DbConn> {
+        Ok(self.pool.acquire().await?)
     }
 
     /// Everything committed before this time (ms) is durable (see `sync`).
@@ -212,12 +197,14 @@ impl Store {
         let started_ms = now_ms();
         if self.backend == Backend::Sqlite {
             let started = std::time::Instant::now();
-            let mut conn = self.pool.acquire().await?;
-            let result = conn
-                .execute("PRAGMA wal_checkpoint(PASSIVE)")
-                .await
-                .map(|_| ())
-                .map_err(StoreError::from);
+            let conn = self.conn().await?;
+            // The checkpoint fsyncs: off the runtime's threads.
+            let result = off_runtime(|| match conn.sqlite() {
+                Some(c) => c
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .map_err(StoreError::from),
+                None => Ok(()),
+            });
             self.metrics
                 .observe(started.elapsed(), result.as_ref().err());
             result?;
@@ -229,7 +216,7 @@ impl Store {
 
     /// Checks the database answers (used by health checks).
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         conn.ping().await?;
         Ok(())
     }
@@ -302,6 +289,40 @@ pub(crate) use in_tx_once;
 /// than the transactions an unsynced WAL tail can hold (a checkpoint, which
 /// syncs, runs at the latest every 1000 WAL pages).
 const ID_GAP_AFTER_OPEN: i64 = 1 << 20;
+
+/// Runs `f`, which may block on the disk, without stalling the runtime's
+/// other tasks where the runtime allows (a multi-thread runtime).
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// Opens the SQLite store at a `sqlite:PATH` / `sqlite://PATH` URL (created
+/// if missing): WAL, commits written but fsynced only by `sync`.
+fn open_sqlite(url: &str) -> Result<Pool> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() {
+        return Err(StoreError::BadUrl(url.to_string()));
+    }
+    let conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(Pool::Sqlite(std::sync::Arc::new(tokio::sync::Mutex::new(
+        conn,
+    ))))
+}
 
 /// Milliseconds since the Unix epoch, the clock node heartbeats are kept in.
 pub fn now_ms() -> i64 {

@@ -1,8 +1,8 @@
 //! The namespace: inodes, directory entries, hard links, symlinks, xattrs.
 //! Each public method is one transaction; the `*_in` helpers work inside one.
 
+use super::db::{self, DbConn};
 use dfs_proto::{validate_name, ROOT_INO};
-use sqlx::{AnyConnection, Row};
 
 use super::rows::{
     has_xattrs_column, inode_from_row, to_i64, FileKind, Inode, Timespec, INODE_COLUMNS,
@@ -54,7 +54,7 @@ pub struct DirEntry {
 
 impl Store {
     pub async fn getattr(&self, ino: u64) -> Result<Inode> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         require_inode(&mut conn, ino).await
     }
 
@@ -71,8 +71,8 @@ impl Store {
             .map(|c| format!("i.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut conn = self.pool.acquire().await?;
-        let row = sqlx::query(&format!(
+        let mut conn = self.conn().await?;
+        let row = db::query(&format!(
             "SELECT p.kind AS parent_kind, d.ino AS found, {cols}, {xattrs}
              FROM inodes p
              LEFT JOIN dentries d ON d.parent = p.ino AND d.name = $2
@@ -82,7 +82,7 @@ impl Store {
         ))
         .bind(parent_key)
         .bind(name.to_vec())
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut conn)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("inode {parent}")))?;
         if row.try_get::<i64, _>("parent_kind")? != FileKind::Directory as i64 {
@@ -99,7 +99,7 @@ impl Store {
         if path.len() > dfs_proto::MAX_PATH_LEN {
             return Err(StoreError::Name(dfs_proto::NameError::TooLong(path.len())));
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let mut inode = require_inode(&mut conn, ROOT_INO).await?;
         for part in path
             .split(|&b| b == b'/')
@@ -210,13 +210,13 @@ impl Store {
     /// clients without a session that never came back). Returns how many.
     pub async fn expire_orphans(&self, cutoff_ms: i64) -> Result<usize> {
         let stale: Vec<i64> = {
-            let mut conn = self.pool.acquire().await?;
-            sqlx::query(
+            let mut conn = self.conn().await?;
+            db::query(
                 "SELECT ino FROM orphans o WHERE since_ms < $1 AND NOT EXISTS
                    (SELECT 1 FROM orphan_holders h WHERE h.ino = o.ino AND h.session_id <> 0)",
             )
             .bind(cutoff_ms)
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut conn)
             .await?
             .iter()
             .map(|r| r.try_get::<i64, _>(0))
@@ -321,19 +321,19 @@ impl Store {
                 if inode.nlink == 0 {
                     // An O_TMPFILE (or open unlinked file) linked in: no orphan now.
                     for table in ["orphans", "orphan_holders"] {
-                        sqlx::query(&format!("DELETE FROM {table} WHERE ino = $1"))
+                        db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
                             .bind(to_i64(ino, "inode")?)
-                            .execute(&mut *tx)
+                            .execute(&mut tx)
                             .await?;
                     }
                 }
-                sqlx::query(
+                db::query(
                 "UPDATE inodes SET nlink = nlink + 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1",
             )
             .bind(to_i64(ino, "inode")?)
             .bind(now.sec)
             .bind(i64::from(now.nsec))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
                 require_inode(&mut tx, ino).await
             },
@@ -343,10 +343,10 @@ impl Store {
     }
 
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        let mut conn = self.pool.acquire().await?;
-        let row = sqlx::query("SELECT kind, target FROM inodes WHERE ino = $1")
+        let mut conn = self.conn().await?;
+        let row = db::query("SELECT kind, target FROM inodes WHERE ino = $1")
             .bind(to_i64(ino, "inode")?)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut conn)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("inode {ino}")))?;
         let kind: i64 = row.try_get(0)?;
@@ -366,14 +366,14 @@ impl Store {
         limit: u32,
     ) -> Result<(Vec<DirEntry>, bool)> {
         let limit = limit.clamp(1, 10_000);
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         require_dir(&mut conn, ino).await?;
         let cols = INODE_COLUMNS
             .split(", ")
             .map(|c| format!("i.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let rows = sqlx::query(&format!(
+        let rows = db::query(&format!(
             "SELECT d.name, {cols}, {xattrs} FROM dentries d JOIN inodes i ON i.ino = d.ino
              WHERE d.parent = $1 AND d.name > $2 ORDER BY d.name LIMIT $3",
             xattrs = has_xattrs_column("i")
@@ -381,7 +381,7 @@ impl Store {
         .bind(to_i64(ino, "inode")?)
         .bind(after.to_vec())
         .bind(i64::from(limit) + 1)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await?;
         let more = rows.len() > limit as usize;
         let entries = rows
@@ -408,12 +408,12 @@ impl Store {
     }
 
     pub async fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         require_inode(&mut conn, ino).await?;
-        sqlx::query("SELECT value FROM xattrs WHERE ino = $1 AND name = $2")
+        db::query("SELECT value FROM xattrs WHERE ino = $1 AND name = $2")
             .bind(to_i64(ino, "inode")?)
             .bind(name.to_vec())
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut conn)
             .await?
             .map(|r| r.try_get::<Vec<u8>, _>(0))
             .transpose()?
@@ -445,10 +445,10 @@ impl Store {
                     .await?
                     .require_unpinned("setxattr")?;
                 let key = to_i64(ino, "inode")?;
-                let exists = sqlx::query("SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2")
+                let exists = db::query("SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2")
                     .bind(key)
                     .bind(name.to_vec())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut tx)
                     .await?
                     .is_some();
                 if exists && flags & XATTR_CREATE != 0 {
@@ -462,11 +462,11 @@ impl Store {
                 } else {
                     "INSERT INTO xattrs (ino, name, value) VALUES ($1, $2, $3)"
                 };
-                sqlx::query(sql)
+                db::query(sql)
                     .bind(key)
                     .bind(name.to_vec())
                     .bind(value.to_vec())
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                 set_ctime(&mut tx, ino, now).await
             },
@@ -476,11 +476,11 @@ impl Store {
     }
 
     pub async fn list_xattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         require_inode(&mut conn, ino).await?;
-        sqlx::query("SELECT name FROM xattrs WHERE ino = $1 ORDER BY name")
+        db::query("SELECT name FROM xattrs WHERE ino = $1 ORDER BY name")
             .bind(to_i64(ino, "inode")?)
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut conn)
             .await?
             .iter()
             .map(|r| Ok(r.try_get::<Vec<u8>, _>(0)?))
@@ -496,10 +496,10 @@ impl Store {
                 require_inode(&mut tx, ino)
                     .await?
                     .require_unpinned("removexattr")?;
-                let done = sqlx::query("DELETE FROM xattrs WHERE ino = $1 AND name = $2")
+                let done = db::query("DELETE FROM xattrs WHERE ino = $1 AND name = $2")
                     .bind(to_i64(ino, "inode")?)
                     .bind(name.to_vec())
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::NoXattr);
@@ -515,7 +515,7 @@ impl Store {
 /// Creates an inode named `args.name`, or with `unnamed_holder` (the
 /// session holding it open) an unnamed one: an orphan until linked.
 async fn create_in(
-    tx: &mut AnyConnection,
+    tx: &mut DbConn,
     args: &CreateArgs,
     unnamed_holder: Option<u64>,
 ) -> Result<Inode> {
@@ -545,7 +545,7 @@ async fn create_in(
         0
     };
     let target = (args.kind == FileKind::Symlink).then(|| args.symlink_target.clone());
-    sqlx::query(
+    db::query(
         "INSERT INTO inodes (ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev, target)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $9, $8, $9, 0, $10, $11)",
     )
@@ -570,7 +570,7 @@ async fn create_in(
         insert_entry(tx, args.parent, &args.name, ino as u64).await?;
         touch_dir(tx, args.parent, if is_dir { 1 } else { 0 }, now).await?;
     } else {
-        sqlx::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
+        db::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
             .bind(ino)
             .bind(super::now_ms())
             .execute(&mut *tx)
@@ -581,7 +581,7 @@ async fn create_in(
 }
 
 async fn rename_in(
-    tx: &mut AnyConnection,
+    tx: &mut DbConn,
     parent: u64,
     name: &[u8],
     new_parent: u64,
@@ -687,7 +687,7 @@ pub struct Renamed {
 }
 
 async fn setattr_in(
-    tx: &mut AnyConnection,
+    tx: &mut DbConn,
     chunk_size: u32,
     ino: u64,
     args: &SetAttrArgs,
@@ -753,7 +753,7 @@ async fn setattr_in(
         inode.mtime = t;
     }
     inode.ctime = now;
-    sqlx::query(
+    db::query(
         "UPDATE inodes SET mode = $2, uid = $3, gid = $4, size = $5, atime_s = $6, atime_ns = $7,
          mtime_s = $8, mtime_ns = $9, ctime_s = $10, ctime_ns = $11, version = $12, flags = $13 WHERE ino = $1",
     )
@@ -777,11 +777,11 @@ async fn setattr_in(
 
 // ---- helpers used inside a transaction ----
 
-pub(crate) async fn get_inode(conn: &mut AnyConnection, ino: u64) -> Result<Option<Inode>> {
+pub(crate) async fn get_inode(conn: &mut DbConn, ino: u64) -> Result<Option<Inode>> {
     let Ok(key) = i64::try_from(ino) else {
         return Ok(None);
     };
-    sqlx::query(&format!(
+    db::query(&format!(
         "SELECT {INODE_COLUMNS}, {} FROM inodes WHERE ino = $1",
         has_xattrs_column("inodes")
     ))
@@ -792,13 +792,13 @@ pub(crate) async fn get_inode(conn: &mut AnyConnection, ino: u64) -> Result<Opti
     .transpose()
 }
 
-pub(crate) async fn require_inode(conn: &mut AnyConnection, ino: u64) -> Result<Inode> {
+pub(crate) async fn require_inode(conn: &mut DbConn, ino: u64) -> Result<Inode> {
     get_inode(conn, ino)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("inode {ino}")))
 }
 
-async fn require_dir(conn: &mut AnyConnection, ino: u64) -> Result<Inode> {
+async fn require_dir(conn: &mut DbConn, ino: u64) -> Result<Inode> {
     let inode = require_inode(conn, ino).await?;
     if inode.kind != FileKind::Directory {
         return Err(StoreError::NotDir);
@@ -806,9 +806,9 @@ async fn require_dir(conn: &mut AnyConnection, ino: u64) -> Result<Inode> {
     Ok(inode)
 }
 
-async fn entry_ino(conn: &mut AnyConnection, parent: u64, name: &[u8]) -> Result<Option<u64>> {
+async fn entry_ino(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<Option<u64>> {
     Ok(
-        sqlx::query("SELECT ino FROM dentries WHERE parent = $1 AND name = $2")
+        db::query("SELECT ino FROM dentries WHERE parent = $1 AND name = $2")
             .bind(to_i64(parent, "inode")?)
             .bind(name.to_vec())
             .fetch_optional(&mut *conn)
@@ -820,11 +820,11 @@ async fn entry_ino(conn: &mut AnyConnection, parent: u64, name: &[u8]) -> Result
 }
 
 /// The directory holding directory `ino` (the root is its own parent).
-async fn parent_of(conn: &mut AnyConnection, ino: u64) -> Result<u64> {
+async fn parent_of(conn: &mut DbConn, ino: u64) -> Result<u64> {
     if ino == ROOT_INO {
         return Ok(ROOT_INO);
     }
-    let row = sqlx::query("SELECT parent FROM dentries WHERE ino = $1 LIMIT 1")
+    let row = db::query("SELECT parent FROM dentries WHERE ino = $1 LIMIT 1")
         .bind(to_i64(ino, "inode")?)
         .fetch_optional(&mut *conn)
         .await?
@@ -833,7 +833,7 @@ async fn parent_of(conn: &mut AnyConnection, ino: u64) -> Result<u64> {
 }
 
 /// Whether directory `dir` is `ancestor` or lies below it.
-async fn is_within(conn: &mut AnyConnection, dir: u64, ancestor: u64) -> Result<bool> {
+async fn is_within(conn: &mut DbConn, dir: u64, ancestor: u64) -> Result<bool> {
     let mut cur = dir;
     for _ in 0..100_000 {
         if cur == ancestor {
@@ -847,9 +847,9 @@ async fn is_within(conn: &mut AnyConnection, dir: u64, ancestor: u64) -> Result<
     Err(StoreError::Corrupt("directory loop".into()))
 }
 
-async fn has_entries(conn: &mut AnyConnection, dir: u64) -> Result<bool> {
+async fn has_entries(conn: &mut DbConn, dir: u64) -> Result<bool> {
     Ok(
-        sqlx::query("SELECT 1 FROM dentries WHERE parent = $1 LIMIT 1")
+        db::query("SELECT 1 FROM dentries WHERE parent = $1 LIMIT 1")
             .bind(to_i64(dir, "inode")?)
             .fetch_optional(&mut *conn)
             .await?
@@ -857,8 +857,8 @@ async fn has_entries(conn: &mut AnyConnection, dir: u64) -> Result<bool> {
     )
 }
 
-async fn insert_entry(conn: &mut AnyConnection, parent: u64, name: &[u8], ino: u64) -> Result<()> {
-    sqlx::query("INSERT INTO dentries (parent, name, ino) VALUES ($1, $2, $3)")
+async fn insert_entry(conn: &mut DbConn, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+    db::query("INSERT INTO dentries (parent, name, ino) VALUES ($1, $2, $3)")
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
         .bind(to_i64(ino, "inode")?)
@@ -867,8 +867,8 @@ async fn insert_entry(conn: &mut AnyConnection, parent: u64, name: &[u8], ino: u
     Ok(())
 }
 
-async fn set_entry(conn: &mut AnyConnection, parent: u64, name: &[u8], ino: u64) -> Result<()> {
-    sqlx::query("UPDATE dentries SET ino = $3 WHERE parent = $1 AND name = $2")
+async fn set_entry(conn: &mut DbConn, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+    db::query("UPDATE dentries SET ino = $3 WHERE parent = $1 AND name = $2")
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
         .bind(to_i64(ino, "inode")?)
@@ -877,8 +877,8 @@ async fn set_entry(conn: &mut AnyConnection, parent: u64, name: &[u8], ino: u64)
     Ok(())
 }
 
-async fn delete_entry(conn: &mut AnyConnection, parent: u64, name: &[u8]) -> Result<()> {
-    sqlx::query("DELETE FROM dentries WHERE parent = $1 AND name = $2")
+async fn delete_entry(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<()> {
+    db::query("DELETE FROM dentries WHERE parent = $1 AND name = $2")
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
         .execute(&mut *conn)
@@ -887,13 +887,8 @@ async fn delete_entry(conn: &mut AnyConnection, parent: u64, name: &[u8]) -> Res
 }
 
 /// A directory's contents changed: mtime and ctime move, nlink by `nlink_delta`.
-async fn touch_dir(
-    conn: &mut AnyConnection,
-    dir: u64,
-    nlink_delta: i64,
-    now: Timespec,
-) -> Result<()> {
-    sqlx::query(
+async fn touch_dir(conn: &mut DbConn, dir: u64, nlink_delta: i64, now: Timespec) -> Result<()> {
+    db::query(
         "UPDATE inodes SET nlink = nlink + $2, mtime_s = $3, mtime_ns = $4, ctime_s = $3, ctime_ns = $4 WHERE ino = $1",
     )
     .bind(to_i64(dir, "inode")?)
@@ -905,8 +900,8 @@ async fn touch_dir(
     Ok(())
 }
 
-async fn set_ctime(conn: &mut AnyConnection, ino: u64, now: Timespec) -> Result<()> {
-    sqlx::query("UPDATE inodes SET ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
+async fn set_ctime(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()> {
+    db::query("UPDATE inodes SET ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
         .bind(to_i64(ino, "inode")?)
         .bind(now.sec)
         .bind(i64::from(now.nsec))
@@ -920,7 +915,7 @@ async fn set_ctime(conn: &mut AnyConnection, ino: u64, now: Timespec) -> Result<
 /// (`keep_open`, its session): then it stays as an orphan until that session
 /// releases it or ends.
 async fn drop_link(
-    conn: &mut AnyConnection,
+    conn: &mut DbConn,
     inode: &Inode,
     now: Timespec,
     keep_open: Option<u64>,
@@ -931,7 +926,7 @@ async fn drop_link(
         }
         return drop_one_link(conn, inode.ino, now).await;
     };
-    sqlx::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
+    db::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
         .bind(to_i64(inode.ino, "inode")?)
         .bind(super::now_ms())
         .execute(&mut *conn)
@@ -940,8 +935,8 @@ async fn drop_link(
     drop_one_link(conn, inode.ino, now).await
 }
 
-async fn drop_one_link(conn: &mut AnyConnection, ino: u64, now: Timespec) -> Result<()> {
-    sqlx::query("UPDATE inodes SET nlink = nlink - 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
+async fn drop_one_link(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()> {
+    db::query("UPDATE inodes SET nlink = nlink - 1, ctime_s = $2, ctime_ns = $3 WHERE ino = $1")
         .bind(to_i64(ino, "inode")?)
         .bind(now.sec)
         .bind(i64::from(now.nsec))
@@ -950,16 +945,16 @@ async fn drop_one_link(conn: &mut AnyConnection, ino: u64, now: Timespec) -> Res
     Ok(())
 }
 
-pub(crate) async fn delete_inode(conn: &mut AnyConnection, ino: u64) -> Result<()> {
+pub(crate) async fn delete_inode(conn: &mut DbConn, ino: u64) -> Result<()> {
     super::chunks::truncate_map(conn, ino, 0, 1).await?;
     let key = to_i64(ino, "inode")?;
     for table in ["xattrs", "orphans", "orphan_holders", "locks"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE ino = $1"))
+        db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
             .bind(key)
             .execute(&mut *conn)
             .await?;
     }
-    sqlx::query("DELETE FROM inodes WHERE ino = $1")
+    db::query("DELETE FROM inodes WHERE ino = $1")
         .bind(key)
         .execute(&mut *conn)
         .await?;
@@ -967,13 +962,13 @@ pub(crate) async fn delete_inode(conn: &mut AnyConnection, ino: u64) -> Result<(
 }
 
 /// Takes the next value of a named counter (inode and chunk ids).
-pub(crate) async fn next_id(conn: &mut AnyConnection, counter: &str) -> Result<i64> {
+pub(crate) async fn next_id(conn: &mut DbConn, counter: &str) -> Result<i64> {
     next_ids(conn, counter, 1).await
 }
 
 /// Takes `n` ids of `counter` and returns the last (the first is last - n + 1).
-pub(crate) async fn next_ids(conn: &mut AnyConnection, counter: &str, n: i64) -> Result<i64> {
-    let row = sqlx::query("UPDATE counters SET value = value + $2 WHERE name = $1 RETURNING value")
+pub(crate) async fn next_ids(conn: &mut DbConn, counter: &str, n: i64) -> Result<i64> {
+    let row = db::query("UPDATE counters SET value = value + $2 WHERE name = $1 RETURNING value")
         .bind(counter)
         .bind(n)
         .fetch_one(&mut *conn)

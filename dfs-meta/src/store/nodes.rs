@@ -1,6 +1,6 @@
 //! The node registry, replica bookkeeping, and the reads repair and status need.
 
-use sqlx::{AnyConnection, Row};
+use super::db::{self, DbConn};
 
 use super::rows::to_i64;
 use super::{in_tx, now_ms, Result, Store, StoreError};
@@ -92,29 +92,29 @@ impl Store {
                 // Statistics a bulk change left stale (a node's first report
                 // adds a million rows) make the planner scan the whole table
                 // for each batch of the reconcile: 66 s instead of seconds.
-                sqlx::query("ANALYZE replicas").execute(&mut *tx).await?;
+                db::query("ANALYZE replicas").execute(&mut tx).await?;
             }
             let now = now_ms();
-            let existing = sqlx::query("SELECT id FROM nodes WHERE uuid = $1")
+            let existing = db::query("SELECT id FROM nodes WHERE uuid = $1")
                 .bind(&args.uuid)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?;
             let id = match existing {
                 Some(row) => row.try_get::<i64, _>(0)?,
                 None => {
                     let id = super::namespace::next_id(&mut tx, "node").await?;
-                    sqlx::query(
+                    db::query(
                         "INSERT INTO nodes (id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms)
                          VALUES ($1, $2, '', '', 0, 0, 0, 0)",
                     )
                     .bind(id)
                     .bind(&args.uuid)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                     id
                 }
             };
-            sqlx::query(
+            db::query(
                 "UPDATE nodes SET addr = $2, zone = $3, capacity = $4, used = $5, chunk_count = $6, last_heartbeat_ms = $7 WHERE id = $1",
             )
             .bind(id)
@@ -124,7 +124,7 @@ impl Store {
             .bind(to_i64(args.used, "used")?)
             .bind(args.chunk_ids.len() as i64)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
             let delete = super::reconcile::reconcile(
                 &mut tx,
@@ -149,7 +149,7 @@ impl Store {
     ) -> Result<Option<Vec<u64>>> {
         in_tx!(self, |tx| {
             let id = to_i64(hb.node_id, "node id")?;
-            let updated = sqlx::query(
+            let updated = db::query(
                 "UPDATE nodes SET capacity = $2, used = $3, chunk_count = $4, last_heartbeat_ms = $5 WHERE id = $1",
             )
             .bind(id)
@@ -157,27 +157,27 @@ impl Store {
             .bind(to_i64(hb.used, "used")?)
             .bind(to_i64(hb.chunk_count, "chunk count")?)
             .bind(now_ms())
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
             if updated.rows_affected() == 0 {
                 return Ok(None);
             }
-            let ids: Vec<i64> = sqlx::query(
+            let ids: Vec<i64> = db::query(
                 "SELECT chunk_id FROM gc_replicas WHERE node_id = $1 AND queued_ms < $2
                  ORDER BY chunk_id LIMIT 1000",
             )
             .bind(id)
             .bind(queued_before_ms)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await?
             .iter()
             .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<_, _>>()?;
             for chunk in &ids {
-                sqlx::query("DELETE FROM gc_replicas WHERE node_id = $1 AND chunk_id = $2")
+                db::query("DELETE FROM gc_replicas WHERE node_id = $1 AND chunk_id = $2")
                     .bind(id)
                     .bind(*chunk)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
             }
             Ok(Some(ids.into_iter().map(|v| v as u64).collect()))
@@ -211,30 +211,30 @@ impl Store {
     pub async fn replica_added(&self, chunk_id: u64, node_ids: &[u64]) -> Result<()> {
         in_tx!(self, |tx| {
             let chunk = to_i64(chunk_id, "chunk id")?;
-            let exists = sqlx::query("SELECT 1 FROM chunks WHERE id = $1")
+            let exists = db::query("SELECT 1 FROM chunks WHERE id = $1")
                 .bind(chunk)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?
                 .is_some();
             for node in node_ids {
                 let node = to_i64(*node, "node id")?;
                 let table = if exists { "replicas" } else { "gc_replicas" };
-                let present = sqlx::query(&format!(
+                let present = db::query(&format!(
                     "SELECT 1 FROM {table} WHERE chunk_id = $1 AND node_id = $2"
                 ))
                 .bind(chunk)
                 .bind(node)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?
                 .is_some();
                 if !present && exists {
-                    sqlx::query(
+                    db::query(
                         "INSERT INTO replicas (chunk_id, node_id, added_ms) VALUES ($1, $2, $3)",
                     )
                     .bind(chunk)
                     .bind(node)
                     .bind(now_ms())
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                 } else if !present {
                     queue_deletion(&mut tx, chunk, node).await?;
@@ -253,21 +253,21 @@ impl Store {
         in_tx!(self, |tx| {
             let chunk = to_i64(chunk_id, "chunk id")?;
             let node = to_i64(node_id, "node id")?;
-            let held = sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
+            let held = db::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
                 .bind(chunk)
                 .bind(node)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?
                 .rows_affected();
             if held > 0 {
-                sqlx::query(
+                db::query(
                     "INSERT INTO quarantined_replicas (chunk_id, node_id, since_ms) VALUES ($1, $2, $3)
                      ON CONFLICT DO NOTHING",
                 )
                 .bind(chunk)
                 .bind(node)
                 .bind(now_ms())
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
             }
             Ok(())
@@ -304,11 +304,11 @@ impl Store {
     pub async fn release_quarantine(&self, live_cutoff_ms: i64) -> Result<usize> {
         let replication = i64::from(self.replication);
         let rows: Vec<(i64, i64)> = {
-            let mut conn = self.pool.acquire().await?;
-            sqlx::query(
+            let mut conn = self.conn().await?;
+            db::query(
                 "SELECT chunk_id, node_id FROM quarantined_replicas ORDER BY chunk_id LIMIT 1000",
             )
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut conn)
             .await?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -317,22 +317,20 @@ impl Store {
         let mut released = 0;
         for (chunk, node) in rows {
             let done = in_tx!(self, |tx| {
-                let exists = sqlx::query("SELECT 1 FROM chunks WHERE id = $1")
+                let exists = db::query("SELECT 1 FROM chunks WHERE id = $1")
                     .bind(chunk)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut tx)
                     .await?
                     .is_some();
                 let good = good_replicas(&mut tx, chunk, live_cutoff_ms, None).await?;
                 if exists && good < replication {
                     return Ok(false);
                 }
-                sqlx::query(
-                    "DELETE FROM quarantined_replicas WHERE chunk_id = $1 AND node_id = $2",
-                )
-                .bind(chunk)
-                .bind(node)
-                .execute(&mut *tx)
-                .await?;
+                db::query("DELETE FROM quarantined_replicas WHERE chunk_id = $1 AND node_id = $2")
+                    .bind(chunk)
+                    .bind(node)
+                    .execute(&mut tx)
+                    .await?;
                 queue_deletion(&mut tx, chunk, node).await?;
                 Ok(true)
             })?;
@@ -342,13 +340,13 @@ impl Store {
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
-        let mut conn = self.pool.acquire().await?;
-        let rows = sqlx::query(
+        let mut conn = self.conn().await?;
+        let rows = db::query(
             "SELECT n.id, n.uuid, n.addr, n.zone, n.capacity, n.used, n.chunk_count, n.last_heartbeat_ms, n.draining,
                     (SELECT COUNT(*) FROM replicas r WHERE r.node_id = n.id) AS replicas
              FROM nodes n ORDER BY n.id",
         )
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await?;
         rows.iter()
             .map(|row| {
@@ -361,8 +359,8 @@ impl Store {
     }
 
     pub async fn cluster_counts(&self, live_cutoff_ms: i64) -> Result<ClusterCounts> {
-        let mut conn = self.pool.acquire().await?;
-        let row = sqlx::query(
+        let mut conn = self.conn().await?;
+        let row = db::query(
             "SELECT
                (SELECT COUNT(*) FROM inodes WHERE kind = 1),
                (SELECT COUNT(*) FROM inodes WHERE kind = 2),
@@ -370,7 +368,7 @@ impl Store {
                (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM inodes WHERE kind = 1),
                (SELECT COUNT(*) FROM gc_replicas)",
         )
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await?;
         let live = live_replica_counts(&mut conn, live_cutoff_ms).await?;
         let replication = u64::from(self.replication);
@@ -392,7 +390,7 @@ impl Store {
         live_cutoff_ms: i64,
         limit: usize,
     ) -> Result<Vec<RepairItem>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
         short_chunks(&mut conn, &counts, self.replication, live_cutoff_ms, limit).await
     }
@@ -405,7 +403,7 @@ impl Store {
         live_cutoff_ms: i64,
         limit: usize,
     ) -> Result<(Vec<RepairItem>, Vec<ExtraReplicas>)> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
         let short =
             short_chunks(&mut conn, &counts, self.replication, live_cutoff_ms, limit).await?;
@@ -418,7 +416,7 @@ impl Store {
 /// The chunks of `counts` with fewer live replicas than `replication`, lowest
 /// redundancy first, with their live and down holders.
 async fn short_chunks(
-    conn: &mut AnyConnection,
+    conn: &mut DbConn,
     counts: &[LiveCount],
     replication: u32,
     live_cutoff_ms: i64,
@@ -433,14 +431,14 @@ async fn short_chunks(
     short.truncate(limit);
     let mut items = Vec::with_capacity(short.len());
     for count in short {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT n.id, n.addr, n.last_heartbeat_ms, n.draining FROM replicas r
              JOIN nodes n ON n.id = r.node_id WHERE r.chunk_id = $1",
         )
         .bind(count.chunk_id as i64)
         .fetch_all(&mut *conn)
         .await?;
-        let recorded = sqlx::query("SELECT stored_len, crc32c FROM chunks WHERE id = $1")
+        let recorded = db::query("SELECT stored_len, crc32c FROM chunks WHERE id = $1")
             .bind(count.chunk_id as i64)
             .fetch_one(&mut *conn)
             .await?;
@@ -484,7 +482,7 @@ impl Store {
         live_cutoff_ms: i64,
         limit: usize,
     ) -> Result<Vec<ExtraReplicas>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         let counts = live_replica_counts(&mut conn, live_cutoff_ms).await?;
         extra_chunks(&mut conn, &counts, self.replication, live_cutoff_ms, limit).await
     }
@@ -515,7 +513,7 @@ impl Store {
 /// The chunks of `counts` with more live replicas than `replication`, with
 /// their live holders and each holder's free space.
 async fn extra_chunks(
-    conn: &mut AnyConnection,
+    conn: &mut DbConn,
     counts: &[LiveCount],
     replication: u32,
     live_cutoff_ms: i64,
@@ -532,7 +530,7 @@ async fn extra_chunks(
     extra.truncate(limit);
     let mut items = Vec::with_capacity(extra.len());
     for chunk in extra {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT n.id, n.capacity, n.used, n.draining FROM replicas r JOIN nodes n ON n.id = r.node_id
                      WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 ORDER BY n.id",
         )
@@ -567,8 +565,8 @@ async fn extra_chunks(
 
 /// Moves `node`'s replica of `chunk` to that node's garbage (deleted on its
 /// next heartbeat). Returns false when the node held no such replica.
-async fn replica_to_garbage(conn: &mut AnyConnection, chunk: i64, node: i64) -> Result<bool> {
-    let removed = sqlx::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
+async fn replica_to_garbage(conn: &mut DbConn, chunk: i64, node: i64) -> Result<bool> {
+    let removed = db::query("DELETE FROM replicas WHERE chunk_id = $1 AND node_id = $2")
         .bind(chunk)
         .bind(node)
         .execute(&mut *conn)
@@ -585,12 +583,12 @@ async fn replica_to_garbage(conn: &mut AnyConnection, chunk: i64, node: i64) -> 
 /// are not draining), leaving out `except`'s: what the last-copy guard
 /// checks, in the caller's transaction, before a replica is forgotten.
 pub(crate) async fn good_replicas(
-    conn: &mut AnyConnection,
+    conn: &mut DbConn,
     chunk: i64,
     live_cutoff_ms: i64,
     except: Option<i64>,
 ) -> Result<i64> {
-    Ok(sqlx::query(
+    Ok(db::query(
         "SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
          WHERE r.chunk_id = $1 AND n.last_heartbeat_ms >= $2 AND n.draining = 0
            AND r.node_id <> $3",
@@ -605,8 +603,8 @@ pub(crate) async fn good_replicas(
 
 /// Queues `node`'s copy of `chunk` for deletion (handed out by `heartbeat`
 /// after the grace period, once durable).
-async fn queue_deletion(conn: &mut AnyConnection, chunk: i64, node: i64) -> Result<()> {
-    sqlx::query(
+async fn queue_deletion(conn: &mut DbConn, chunk: i64, node: i64) -> Result<()> {
+    db::query(
         "INSERT INTO gc_replicas (chunk_id, node_id, queued_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )
     .bind(chunk)
@@ -618,11 +616,8 @@ async fn queue_deletion(conn: &mut AnyConnection, chunk: i64, node: i64) -> Resu
 }
 
 /// Nodes whose last heartbeat is at or after `cutoff_ms`.
-pub(crate) async fn live_nodes(
-    conn: &mut AnyConnection,
-    cutoff_ms: i64,
-) -> Result<Vec<NodeRecord>> {
-    sqlx::query(
+pub(crate) async fn live_nodes(conn: &mut DbConn, cutoff_ms: i64) -> Result<Vec<NodeRecord>> {
+    db::query(
         "SELECT id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms, draining FROM nodes WHERE last_heartbeat_ms >= $1 ORDER BY id",
     )
     .bind(cutoff_ms)
@@ -644,8 +639,8 @@ struct LiveCount {
 }
 
 /// The live replica counts of every chunk.
-async fn live_replica_counts(conn: &mut AnyConnection, cutoff_ms: i64) -> Result<Vec<LiveCount>> {
-    sqlx::query(
+async fn live_replica_counts(conn: &mut DbConn, cutoff_ms: i64) -> Result<Vec<LiveCount>> {
+    db::query(
         "SELECT c.id,
            (SELECT COUNT(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
              WHERE r.chunk_id = c.id AND n.last_heartbeat_ms >= $1),
@@ -667,7 +662,7 @@ async fn live_replica_counts(conn: &mut AnyConnection, cutoff_ms: i64) -> Result
     .collect()
 }
 
-pub(crate) fn node_from_row(row: &sqlx::any::AnyRow) -> Result<NodeRecord> {
+pub(crate) fn node_from_row(row: &db::Row) -> Result<NodeRecord> {
     Ok(NodeRecord {
         id: row.try_get::<i64, _>("id")? as u64,
         uuid: row.try_get("uuid")?,

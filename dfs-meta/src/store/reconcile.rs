@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{AnyConnection, Row};
+use super::db::{self, DbConn};
 
 use super::nodes::ALLOCATION_TTL_MS;
 use super::Result;
@@ -20,7 +20,7 @@ const BATCH: usize = 900;
 /// (`listed_after_ms`): a chunk committed meanwhile may be missing from the
 /// list. Returns the chunk ids the node should delete.
 pub(crate) async fn reconcile(
-    tx: &mut AnyConnection,
+    tx: &mut DbConn,
     node: i64,
     reported: &[u64],
     listed_after_ms: i64,
@@ -28,13 +28,13 @@ pub(crate) async fn reconcile(
 ) -> Result<Vec<u64>> {
     // Allocations of a session live as long as it does; only those made
     // outside any session expire by age.
-    sqlx::query("DELETE FROM chunk_allocations WHERE allocated_ms < $1 AND session_id = 0")
+    db::query("DELETE FROM chunk_allocations WHERE allocated_ms < $1 AND session_id = 0")
         .bind(now - ALLOCATION_TTL_MS)
         .execute(&mut *tx)
         .await?;
     // Every replica meta records on the node, with when it was recorded.
     let recorded: HashMap<i64, i64> =
-        sqlx::query("SELECT chunk_id, added_ms FROM replicas WHERE node_id = $1")
+        db::query("SELECT chunk_id, added_ms FROM replicas WHERE node_id = $1")
             .bind(node)
             .fetch_all(&mut *tx)
             .await?
@@ -42,7 +42,7 @@ pub(crate) async fn reconcile(
             .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
             .collect::<Result<_>>()?;
     let queued_for_deletion: HashSet<i64> =
-        sqlx::query("SELECT chunk_id FROM gc_replicas WHERE node_id = $1")
+        db::query("SELECT chunk_id FROM gc_replicas WHERE node_id = $1")
             .bind(node)
             .fetch_all(&mut *tx)
             .await?
@@ -85,7 +85,7 @@ pub(crate) async fn reconcile(
             "INSERT INTO replicas (chunk_id, node_id, added_ms) VALUES {}",
             values.join(", ")
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = db::query(&sql);
         for id in batch {
             query = query.bind(*id).bind(node).bind(now);
         }
@@ -102,7 +102,7 @@ pub(crate) async fn reconcile(
     forget(tx, node, &gone).await?;
     // Deletions queued for this node are covered by this report: the chunks
     // it reported are in `delete`, the others it no longer has.
-    sqlx::query("DELETE FROM gc_replicas WHERE node_id = $1")
+    db::query("DELETE FROM gc_replicas WHERE node_id = $1")
         .bind(node)
         .execute(&mut *tx)
         .await?;
@@ -116,7 +116,7 @@ pub(crate) async fn reconcile(
 /// queued). New files nothing references yet are writes in flight: left to
 /// their commit, or to the next full report.
 pub(crate) async fn apply_changes(
-    tx: &mut AnyConnection,
+    tx: &mut DbConn,
     node: i64,
     added: &[u64],
     removed: &[u64],
@@ -134,7 +134,7 @@ pub(crate) async fn apply_changes(
     added.sort_unstable();
     let referenced = existing(tx, "chunks", &added).await?;
     for id in added.into_iter().filter(|id| referenced.contains(id)) {
-        sqlx::query(
+        db::query(
             "INSERT INTO replicas (chunk_id, node_id, added_ms)
              SELECT $1, $2, $3 WHERE NOT EXISTS
                (SELECT 1 FROM replicas WHERE chunk_id = $1 AND node_id = $2)
@@ -150,13 +150,13 @@ pub(crate) async fn apply_changes(
 }
 
 /// Forgets `node`'s replicas of `ids`: the node no longer has those files.
-async fn forget(tx: &mut AnyConnection, node: i64, ids: &[i64]) -> Result<()> {
+async fn forget(tx: &mut DbConn, node: i64, ids: &[i64]) -> Result<()> {
     for batch in ids.chunks(BATCH) {
         let sql = format!(
             "DELETE FROM replicas WHERE node_id = $1 AND chunk_id IN ({})",
             placeholders(2, batch.len())
         );
-        let mut query = sqlx::query(&sql).bind(node);
+        let mut query = db::query(&sql).bind(node);
         for id in batch {
             query = query.bind(*id);
         }
@@ -174,14 +174,14 @@ fn placeholders(from: usize, n: usize) -> String {
 }
 
 /// Which of `ids` are present as `id` in `table`.
-async fn existing(tx: &mut AnyConnection, table: &str, ids: &[i64]) -> Result<HashSet<i64>> {
+async fn existing(tx: &mut DbConn, table: &str, ids: &[i64]) -> Result<HashSet<i64>> {
     let mut found = HashSet::new();
     for batch in ids.chunks(BATCH) {
         let sql = format!(
             "SELECT id FROM {table} WHERE id IN ({})",
             placeholders(1, batch.len())
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = db::query(&sql);
         for id in batch {
             query = query.bind(*id);
         }

@@ -1,8 +1,7 @@
 //! The store's own types for what rows hold, and decoding a row into them.
 
+use super::db;
 use dfs_proto::inode_flags;
-use sqlx::any::AnyRow;
-use sqlx::Row;
 
 use super::{Result, StoreError};
 
@@ -113,7 +112,7 @@ pub(crate) fn has_xattrs_column(alias: &str) -> String {
     format!("(SELECT COUNT(*) FROM xattrs x WHERE x.ino = {alias}.ino) AS xattr_count")
 }
 
-pub(crate) fn inode_from_row(row: &AnyRow) -> Result<Inode> {
+pub(crate) fn inode_from_row(row: &db::Row) -> Result<Inode> {
     let kind_raw: i64 = row.try_get("kind")?;
     let kind = FileKind::from_i64(kind_raw)
         .ok_or_else(|| StoreError::Corrupt(format!("inode kind {kind_raw}")))?;

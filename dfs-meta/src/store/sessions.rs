@@ -7,7 +7,7 @@
 //! retry after a lost reply gets the first outcome instead of running twice
 //! (`replayed` / `record`, called inside the mutation's own transaction).
 
-use sqlx::{AnyConnection, Row};
+use super::db::{self, DbConn};
 
 use super::namespace::{delete_inode, next_id};
 use super::rows::to_i64;
@@ -59,51 +59,47 @@ pub struct SessionRecord {
 }
 
 /// The outcome a mutation recorded under this request id, if it ran already.
-pub(crate) async fn replayed(conn: &mut AnyConnection, origin: Origin) -> Result<Option<i64>> {
+pub(crate) async fn replayed(conn: &mut DbConn, origin: Origin) -> Result<Option<i64>> {
     let Some((session, request)) = origin.key() else {
         return Ok(None);
     };
     Ok(
-        sqlx::query(
-            "SELECT result FROM session_requests WHERE session_id = $1 AND request_id = $2",
-        )
-        .bind(session)
-        .bind(request)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| r.try_get::<i64, _>(0))
-        .transpose()?,
+        db::query("SELECT result FROM session_requests WHERE session_id = $1 AND request_id = $2")
+            .bind(session)
+            .bind(request)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?,
     )
 }
 
 /// Records that this request's mutation ran (in its transaction), with the
 /// inode it made or 0.
-pub(crate) async fn record(conn: &mut AnyConnection, origin: Origin, result: i64) -> Result<()> {
+pub(crate) async fn record(conn: &mut DbConn, origin: Origin, result: i64) -> Result<()> {
     let Some((session, request)) = origin.key() else {
         return Ok(());
     };
-    sqlx::query(
-        "INSERT INTO session_requests (session_id, request_id, result) VALUES ($1, $2, $3)",
-    )
-    .bind(session)
-    .bind(request)
-    .bind(result)
-    .execute(&mut *conn)
-    .await?;
+    db::query("INSERT INTO session_requests (session_id, request_id, result) VALUES ($1, $2, $3)")
+        .bind(session)
+        .bind(request)
+        .bind(result)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// Session `holder` holds orphan `ino` open (0: a client without a session).
-pub(crate) async fn hold_orphan(conn: &mut AnyConnection, ino: u64, holder: u64) -> Result<()> {
+pub(crate) async fn hold_orphan(conn: &mut DbConn, ino: u64, holder: u64) -> Result<()> {
     let (ino, holder) = (to_i64(ino, "inode")?, to_i64(holder, "session")?);
-    let held = sqlx::query("SELECT 1 FROM orphan_holders WHERE ino = $1 AND session_id = $2")
+    let held = db::query("SELECT 1 FROM orphan_holders WHERE ino = $1 AND session_id = $2")
         .bind(ino)
         .bind(holder)
         .fetch_optional(&mut *conn)
         .await?
         .is_some();
     if !held {
-        sqlx::query("INSERT INTO orphan_holders (ino, session_id) VALUES ($1, $2)")
+        db::query("INSERT INTO orphan_holders (ino, session_id) VALUES ($1, $2)")
             .bind(ino)
             .bind(holder)
             .execute(&mut *conn)
@@ -114,29 +110,25 @@ pub(crate) async fn hold_orphan(conn: &mut AnyConnection, ino: u64, holder: u64)
 
 /// Session `holder` lets go of orphan `ino`; the orphan is deleted once no
 /// holder is left.
-pub(crate) async fn drop_orphan_holder(
-    conn: &mut AnyConnection,
-    ino: u64,
-    holder: u64,
-) -> Result<()> {
+pub(crate) async fn drop_orphan_holder(conn: &mut DbConn, ino: u64, holder: u64) -> Result<()> {
     let key = to_i64(ino, "inode")?;
-    sqlx::query("DELETE FROM orphan_holders WHERE ino = $1 AND session_id = $2")
+    db::query("DELETE FROM orphan_holders WHERE ino = $1 AND session_id = $2")
         .bind(key)
         .bind(to_i64(holder, "session")?)
         .execute(&mut *conn)
         .await?;
-    let orphan = sqlx::query("SELECT 1 FROM orphans WHERE ino = $1")
+    let orphan = db::query("SELECT 1 FROM orphans WHERE ino = $1")
         .bind(key)
         .fetch_optional(&mut *conn)
         .await?
         .is_some();
-    let others: i64 = sqlx::query("SELECT COUNT(*) FROM orphan_holders WHERE ino = $1")
+    let others: i64 = db::query("SELECT COUNT(*) FROM orphan_holders WHERE ino = $1")
         .bind(key)
         .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
     if orphan && others == 0 {
-        let nlink: Option<i64> = sqlx::query("SELECT nlink FROM inodes WHERE ino = $1")
+        let nlink: Option<i64> = db::query("SELECT nlink FROM inodes WHERE ino = $1")
             .bind(key)
             .fetch_optional(&mut *conn)
             .await?
@@ -150,9 +142,9 @@ pub(crate) async fn drop_orphan_holder(
 }
 
 /// Releases everything a session holds and forgets it.
-async fn release_session(conn: &mut AnyConnection, id: u64) -> Result<()> {
+async fn release_session(conn: &mut DbConn, id: u64) -> Result<()> {
     let key = to_i64(id, "session")?;
-    let held: Vec<i64> = sqlx::query("SELECT ino FROM orphan_holders WHERE session_id = $1")
+    let held: Vec<i64> = db::query("SELECT ino FROM orphan_holders WHERE session_id = $1")
         .bind(key)
         .fetch_all(&mut *conn)
         .await?
@@ -165,12 +157,12 @@ async fn release_session(conn: &mut AnyConnection, id: u64) -> Result<()> {
     // The chunk ids of its unfinished writes: a node that stored one
     // reports it as unknown, and it is collected.
     for table in ["chunk_allocations", "locks", "session_requests"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE session_id = $1"))
+        db::query(&format!("DELETE FROM {table} WHERE session_id = $1"))
             .bind(key)
             .execute(&mut *conn)
             .await?;
     }
-    sqlx::query("DELETE FROM sessions WHERE id = $1")
+    db::query("DELETE FROM sessions WHERE id = $1")
         .bind(key)
         .execute(&mut *conn)
         .await?;
@@ -183,7 +175,7 @@ impl Store {
         in_tx!(self, |tx| {
             let id = next_id(&mut tx, "session").await?;
             let now = now_ms();
-            sqlx::query(
+            db::query(
                 "INSERT INTO sessions (id, host, mountpoint, pid, version, kind, since_ms, renewed_ms, expires_ms)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
             )
@@ -195,7 +187,7 @@ impl Store {
             .bind(args.kind.clone())
             .bind(now)
             .bind(now + lease_ms)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
             Ok(id as u64)
         })
@@ -214,23 +206,23 @@ impl Store {
         let key = to_i64(id, "session")?;
         in_tx!(self, |tx| {
             let now = now_ms();
-            let renewed = sqlx::query(
+            let renewed = db::query(
                 "UPDATE sessions SET renewed_ms = $2, expires_ms = $3, open_files = $4 WHERE id = $1 AND expires_ms >= $2",
             )
             .bind(key)
             .bind(now)
             .bind(now + lease_ms)
             .bind(i64::try_from(open_files).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?
             .rows_affected();
             if renewed == 0 {
                 return Ok(None);
             }
-            sqlx::query("DELETE FROM session_requests WHERE session_id = $1 AND request_id < $2")
+            db::query("DELETE FROM session_requests WHERE session_id = $1 AND request_id < $2")
                 .bind(key)
                 .bind(i64::try_from(replied_below).unwrap_or(i64::MAX))
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
             Ok(Some(now + lease_ms))
         })
@@ -238,10 +230,10 @@ impl Store {
 
     /// When a session's lease runs out, or None if it is gone.
     pub async fn session_expiry(&self, id: u64) -> Result<Option<i64>> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(sqlx::query("SELECT expires_ms FROM sessions WHERE id = $1")
+        let mut conn = self.conn().await?;
+        Ok(db::query("SELECT expires_ms FROM sessions WHERE id = $1")
             .bind(to_i64(id, "session")?)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut conn)
             .await?
             .map(|r| r.try_get::<i64, _>(0))
             .transpose()?)
@@ -255,19 +247,19 @@ impl Store {
     /// restart; a node or session that was already stale stays as stale.
     pub async fn carry_over_restart(&self, now: i64) -> Result<i64> {
         in_tx!(self, |tx| {
-            let newest: Option<i64> = sqlx::query("SELECT MAX(last_heartbeat_ms) FROM nodes")
-                .fetch_one(&mut *tx)
+            let newest: Option<i64> = db::query("SELECT MAX(last_heartbeat_ms) FROM nodes")
+                .fetch_one(&mut tx)
                 .await?
                 .try_get(0)?;
             let gap = newest.map_or(0, |n| (now - n).max(0));
             if gap > 0 {
-                sqlx::query("UPDATE nodes SET last_heartbeat_ms = last_heartbeat_ms + $1")
+                db::query("UPDATE nodes SET last_heartbeat_ms = last_heartbeat_ms + $1")
                     .bind(gap)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
-                sqlx::query("UPDATE sessions SET expires_ms = expires_ms + $1")
+                db::query("UPDATE sessions SET expires_ms = expires_ms + $1")
                     .bind(gap)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
             }
             Ok(gap)
@@ -282,10 +274,10 @@ impl Store {
     /// Releases every session whose lease ran out before `now_ms`; returns their ids.
     pub async fn expire_sessions(&self, now_ms: i64) -> Result<Vec<u64>> {
         let expired: Vec<i64> = {
-            let mut conn = self.pool.acquire().await?;
-            sqlx::query("SELECT id FROM sessions WHERE expires_ms < $1")
+            let mut conn = self.conn().await?;
+            db::query("SELECT id FROM sessions WHERE expires_ms < $1")
                 .bind(now_ms)
-                .fetch_all(&mut *conn)
+                .fetch_all(&mut conn)
                 .await?
                 .iter()
                 .map(|r| r.try_get::<i64, _>(0))
@@ -294,10 +286,10 @@ impl Store {
         for id in &expired {
             in_tx!(self, |tx| {
                 // Renewed meanwhile (by another meta): keep it.
-                let still = sqlx::query("SELECT 1 FROM sessions WHERE id = $1 AND expires_ms < $2")
+                let still = db::query("SELECT 1 FROM sessions WHERE id = $1 AND expires_ms < $2")
                     .bind(*id)
                     .bind(now_ms)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut tx)
                     .await?
                     .is_some();
                 if still {
@@ -311,14 +303,14 @@ impl Store {
 
     /// Every session, oldest first.
     pub async fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
-        let mut conn = self.pool.acquire().await?;
-        let rows = sqlx::query(
+        let mut conn = self.conn().await?;
+        let rows = db::query(
             "SELECT s.id, s.host, s.mountpoint, s.pid, s.version, s.kind, s.since_ms, s.renewed_ms, s.expires_ms, s.open_files,
                     (SELECT COUNT(*) FROM locks l WHERE l.session_id = s.id),
                     (SELECT COUNT(*) FROM orphan_holders h WHERE h.session_id = s.id)
              FROM sessions s ORDER BY s.id",
         )
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await?;
         rows.iter()
             .map(|r| {

@@ -1,0 +1,616 @@
+//! The store's one door to SQL: `query(sql).bind(..).execute/fetch_*(conn)`
+//! with `$n` parameters, over SQLite or PostgreSQL.
+//!
+//! SQLite runs through rusqlite on the caller's own thread, holding the one
+//! connection: a statement costs microseconds. (sqlx's SQLite driver sends
+//! every statement to a worker thread and back; with a dozen statements per
+//! transaction those thread hops were most of a metadata call's time.)
+//! PostgreSQL runs through sqlx, whose calls are network round trips anyway.
+
+use std::sync::Arc;
+
+use sqlx::postgres::{PgPool, PgRow, Postgres};
+use sqlx::{Column, Connection, Executor, Row as _, TypeInfo};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// One SQL value, as both engines store the store's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// NULL of an integer column (PostgreSQL types its parameters).
+    Null,
+    NullText,
+    NullBlob,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// The NULL of a parameter's type.
+pub trait NullOf {
+    const NULL: Value;
+}
+
+macro_rules! int_value {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::Int(i64::from(v))
+            }
+        }
+        impl NullOf for $t {
+            const NULL: Value = Value::Null;
+        }
+    )*};
+}
+int_value!(i64, i32, u32, i16, u16, u8, bool);
+
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(v)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::Text(v.to_string())
+    }
+}
+
+impl From<&String> for Value {
+    fn from(v: &String) -> Value {
+        Value::Text(v.clone())
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Value {
+        Value::Blob(v)
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Value {
+        Value::Blob(v.to_vec())
+    }
+}
+
+impl NullOf for String {
+    const NULL: Value = Value::NullText;
+}
+
+impl NullOf for &str {
+    const NULL: Value = Value::NullText;
+}
+
+impl NullOf for Vec<u8> {
+    const NULL: Value = Value::NullBlob;
+}
+
+impl NullOf for &[u8] {
+    const NULL: Value = Value::NullBlob;
+}
+
+impl<T: Into<Value> + NullOf> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(T::NULL, Into::into)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Pg(#[from] sqlx::Error),
+    #[error("column {column}: {problem}")]
+    Decode {
+        column: String,
+        problem: &'static str,
+    },
+    #[error("the query returned no rows")]
+    NoRows,
+}
+
+/// A value a column may be read as.
+pub trait FromValue: Sized {
+    fn from_value(v: &Value) -> Option<Self>;
+}
+
+impl FromValue for i64 {
+    fn from_value(v: &Value) -> Option<i64> {
+        match v {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for bool {
+    fn from_value(v: &Value) -> Option<bool> {
+        i64::from_value(v).map(|i| i != 0)
+    }
+}
+
+impl FromValue for String {
+    fn from_value(v: &Value) -> Option<String> {
+        match v {
+            Value::Text(s) => Some(s.clone()),
+            Value::Blob(b) => String::from_utf8(b.clone()).ok(),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for Vec<u8> {
+    fn from_value(v: &Value) -> Option<Vec<u8>> {
+        match v {
+            Value::Blob(b) => Some(b.clone()),
+            Value::Text(s) => Some(s.clone().into_bytes()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: &Value) -> Option<Option<T>> {
+        match v {
+            Value::Null | Value::NullText | Value::NullBlob => Some(None),
+            other => T::from_value(other).map(Some),
+        }
+    }
+}
+
+/// A column by position or by name.
+pub trait ColumnIndex {
+    fn position(&self, row: &Row) -> Option<usize>;
+    fn describe(&self) -> String;
+}
+
+impl ColumnIndex for usize {
+    fn position(&self, row: &Row) -> Option<usize> {
+        (*self < row.values.len()).then_some(*self)
+    }
+    fn describe(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ColumnIndex for &str {
+    fn position(&self, row: &Row) -> Option<usize> {
+        row.columns.iter().position(|c| c == self)
+    }
+    fn describe(&self) -> String {
+        (*self).to_string()
+    }
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    columns: Arc<Vec<String>>,
+    values: Vec<Value>,
+}
+
+impl Row {
+    pub fn try_get<T: FromValue, I: ColumnIndex>(&self, index: I) -> Result<T, DbError> {
+        let at = index.position(self).ok_or_else(|| DbError::Decode {
+            column: index.describe(),
+            problem: "no such column",
+        })?;
+        T::from_value(&self.values[at]).ok_or_else(|| DbError::Decode {
+            column: index.describe(),
+            problem: "unexpected type",
+        })
+    }
+}
+
+/// What an `execute` did.
+#[derive(Debug, Clone, Copy)]
+pub struct Done {
+    rows: u64,
+}
+
+impl Done {
+    pub fn rows_affected(&self) -> u64 {
+        self.rows
+    }
+}
+
+/// Where connections come from.
+#[derive(Clone)]
+pub enum Pool {
+    /// The one SQLite connection: one writer anyway, and never SQLITE_BUSY.
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Pg(PgPool),
+}
+
+enum Inner {
+    Sqlite(OwnedMutexGuard<rusqlite::Connection>),
+    Pg(sqlx::pool::PoolConnection<Postgres>),
+    PgTx(sqlx::Transaction<'static, Postgres>),
+    /// A connection of its own, outside the pool (the leader's lock).
+    PgOwn(Box<sqlx::PgConnection>),
+}
+
+/// A connection, in a transaction or not. An uncommitted transaction rolls
+/// back when dropped.
+pub struct DbConn {
+    /// None only once `commit` took it.
+    inner: Option<Inner>,
+    sqlite_tx: bool,
+}
+
+impl Pool {
+    pub async fn acquire(&self) -> Result<DbConn, DbError> {
+        let inner = match self {
+            Pool::Sqlite(c) => Inner::Sqlite(c.clone().lock_owned().await),
+            Pool::Pg(p) => Inner::Pg(p.acquire().await?),
+        };
+        Ok(DbConn {
+            inner: Some(inner),
+            sqlite_tx: false,
+        })
+    }
+
+    /// A transaction; on PostgreSQL at SERIALIZABLE isolation.
+    pub async fn begin(&self) -> Result<DbConn, DbError> {
+        match self {
+            Pool::Sqlite(c) => {
+                let guard = c.clone().lock_owned().await;
+                guard.execute_batch("BEGIN IMMEDIATE")?;
+                Ok(DbConn {
+                    inner: Some(Inner::Sqlite(guard)),
+                    sqlite_tx: true,
+                })
+            }
+            Pool::Pg(p) => {
+                let mut tx = p.begin().await?;
+                tx.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                    .await?;
+                Ok(DbConn {
+                    inner: Some(Inner::PgTx(tx)),
+                    sqlite_tx: false,
+                })
+            }
+        }
+    }
+
+    /// A PostgreSQL connection that never goes back to the pool (None on SQLite).
+    pub async fn detached(&self) -> Result<Option<DbConn>, DbError> {
+        match self {
+            Pool::Sqlite(_) => Ok(None),
+            Pool::Pg(p) => {
+                let conn = p.acquire().await?.detach();
+                Ok(Some(DbConn {
+                    inner: Some(Inner::PgOwn(Box::new(conn))),
+                    sqlite_tx: false,
+                }))
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Pool::Pg(p) = self {
+            p.close().await;
+        }
+    }
+}
+
+impl DbConn {
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        match self.inner.take() {
+            Some(Inner::Sqlite(guard)) => {
+                self.sqlite_tx = false;
+                let result = guard.execute_batch("COMMIT");
+                if result.is_err() {
+                    let _ = guard.execute_batch("ROLLBACK");
+                }
+                result?;
+            }
+            Some(Inner::PgTx(tx)) => tx.commit().await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Runs SQL text with no parameters, possibly several statements
+    /// (migrations, pragmas).
+    pub async fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
+        if let Some(Inner::Sqlite(c)) = &self.inner {
+            c.execute_batch(sql)?;
+            return Ok(());
+        }
+        if let Some(pg) = self.pg() {
+            sqlx::raw_sql(sql).execute(pg).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&mut self) -> Result<(), DbError> {
+        if let Some(Inner::Sqlite(c)) = &self.inner {
+            c.query_row("SELECT 1", [], |_| Ok(()))?;
+            return Ok(());
+        }
+        if let Some(pg) = self.pg() {
+            pg.ping().await?;
+        }
+        Ok(())
+    }
+
+    /// The SQLite connection, when that is what this is.
+    pub fn sqlite(&self) -> Option<&rusqlite::Connection> {
+        match &self.inner {
+            Some(Inner::Sqlite(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn pg(&mut self) -> Option<&mut sqlx::PgConnection> {
+        match self.inner.as_mut()? {
+            Inner::Sqlite(_) => None,
+            Inner::Pg(c) => Some(&mut **c),
+            Inner::PgTx(t) => Some(&mut **t),
+            Inner::PgOwn(c) => Some(&mut **c),
+        }
+    }
+}
+
+impl Drop for DbConn {
+    fn drop(&mut self) {
+        if self.sqlite_tx {
+            if let Some(Inner::Sqlite(c)) = &self.inner {
+                let _ = c.execute_batch("ROLLBACK");
+            }
+        }
+    }
+}
+
+/// A statement and its parameters.
+pub struct Query<'q> {
+    sql: &'q str,
+    args: Vec<Value>,
+}
+
+pub fn query(sql: &str) -> Query<'_> {
+    Query {
+        sql,
+        args: Vec::new(),
+    }
+}
+
+/// `$n` parameters as SQLite spells them (`?n`).
+fn sqlite_sql(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql.contains('$') {
+        return sql.into();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c == '$' && !quoted && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null | Value::NullText | Value::NullBlob => ValueRef::Null,
+            Value::Int(i) => ValueRef::Integer(*i),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+fn from_sqlite(v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        // The store keeps no floating point; a REAL is read as its integer part.
+        ValueRef::Real(f) => Value::Int(f as i64),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+fn from_pg(row: &PgRow) -> Result<Row, DbError> {
+    let columns: Vec<String> = row.columns().iter().map(|c| c.name().to_string()).collect();
+    let mut values = Vec::with_capacity(columns.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let decode = |e: sqlx::Error| DbError::Pg(e);
+        let v = match col.type_info().name() {
+            "INT8" => row.try_get::<Option<i64>, _>(i).map_err(decode)?.into(),
+            "INT4" => row.try_get::<Option<i32>, _>(i).map_err(decode)?.into(),
+            "INT2" => row.try_get::<Option<i16>, _>(i).map_err(decode)?.into(),
+            "BOOL" => row.try_get::<Option<bool>, _>(i).map_err(decode)?.into(),
+            "BYTEA" => row.try_get::<Option<Vec<u8>>, _>(i).map_err(decode)?.into(),
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
+                row.try_get::<Option<String>, _>(i).map_err(decode)?.into()
+            }
+            "VOID" => Value::Null,
+            _ => {
+                return Err(DbError::Decode {
+                    column: col.name().to_string(),
+                    problem: "a PostgreSQL type the store does not use",
+                })
+            }
+        };
+        values.push(v);
+    }
+    Ok(Row {
+        columns: Arc::new(columns),
+        values,
+    })
+}
+
+impl<'q> Query<'q> {
+    pub fn bind(mut self, v: impl Into<Value>) -> Self {
+        self.args.push(v.into());
+        self
+    }
+
+    fn pg_query(&self) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        let mut q = sqlx::query(self.sql);
+        for v in &self.args {
+            q = match v {
+                Value::Null => q.bind(None::<i64>),
+                Value::NullText => q.bind(None::<String>),
+                Value::NullBlob => q.bind(None::<Vec<u8>>),
+                Value::Int(i) => q.bind(*i),
+                Value::Text(s) => q.bind(s.clone()),
+                Value::Blob(b) => q.bind(b.clone()),
+            };
+        }
+        q
+    }
+
+    /// Runs the statement on SQLite, handing each row to `each`; returns the
+    /// rows it changed.
+    fn run_sqlite(
+        &self,
+        c: &rusqlite::Connection,
+        mut each: impl FnMut(Row) -> bool,
+    ) -> Result<u64, DbError> {
+        let sql = sqlite_sql(self.sql);
+        let mut stmt = c.prepare_cached(&sql)?;
+        for (i, v) in self.args.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 1, v)?;
+        }
+        let readonly = stmt.readonly();
+        let columns: Arc<Vec<String>> = Arc::new(
+            stmt.column_names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        );
+        let n = columns.len();
+        let mut rows = stmt.raw_query();
+        while let Some(r) = rows.next()? {
+            let mut values = Vec::with_capacity(n);
+            for i in 0..n {
+                values.push(from_sqlite(r.get_ref(i)?));
+            }
+            if !each(Row {
+                columns: columns.clone(),
+                values,
+            }) {
+                break;
+            }
+        }
+        drop(rows);
+        Ok(if readonly { 0 } else { c.changes() })
+    }
+
+    pub async fn execute(self, conn: &mut DbConn) -> Result<Done, DbError> {
+        if let Some(c) = conn.sqlite() {
+            let rows = self.run_sqlite(c, |_| true)?;
+            return Ok(Done { rows });
+        }
+        let q = self.pg_query();
+        let pg = conn.pg().ok_or(DbError::NoRows)?;
+        let done = q.execute(pg).await?;
+        Ok(Done {
+            rows: done.rows_affected(),
+        })
+    }
+
+    pub async fn fetch_all(self, conn: &mut DbConn) -> Result<Vec<Row>, DbError> {
+        if let Some(c) = conn.sqlite() {
+            let mut out = Vec::new();
+            self.run_sqlite(c, |r| {
+                out.push(r);
+                true
+            })?;
+            return Ok(out);
+        }
+        let q = self.pg_query();
+        let pg = conn.pg().ok_or(DbError::NoRows)?;
+        q.fetch_all(pg).await?.iter().map(from_pg).collect()
+    }
+
+    pub async fn fetch_optional(self, conn: &mut DbConn) -> Result<Option<Row>, DbError> {
+        if let Some(c) = conn.sqlite() {
+            let mut out = None;
+            self.run_sqlite(c, |r| {
+                out = Some(r);
+                false
+            })?;
+            return Ok(out);
+        }
+        let q = self.pg_query();
+        let pg = conn.pg().ok_or(DbError::NoRows)?;
+        q.fetch_optional(pg)
+            .await?
+            .as_ref()
+            .map(from_pg)
+            .transpose()
+    }
+
+    pub async fn fetch_one(self, conn: &mut DbConn) -> Result<Row, DbError> {
+        self.fetch_optional(conn).await?.ok_or(DbError::NoRows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_parameters_become_question_marks_outside_quotes() {
+        assert_eq!(
+            sqlite_sql("SELECT a FROM t WHERE x = $1 AND y = '$2' AND z = $10"),
+            "SELECT a FROM t WHERE x = ?1 AND y = '$2' AND z = ?10"
+        );
+        assert_eq!(sqlite_sql("SELECT 1"), "SELECT 1");
+    }
+
+    #[tokio::test]
+    async fn sqlite_round_trip() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let pool = Pool::Sqlite(Arc::new(Mutex::new(c)));
+        let mut tx = pool.begin().await.unwrap();
+        tx.execute_batch("CREATE TABLE t (a INTEGER, b BLOB, c TEXT)")
+            .await
+            .unwrap();
+        let done = query("INSERT INTO t (a, b, c) VALUES ($1, $2, $3)")
+            .bind(5i64)
+            .bind(vec![1u8, 2])
+            .bind(None::<String>)
+            .execute(&mut tx)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+        tx.commit().await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let row = query("SELECT a, b, c FROM t WHERE a = $1")
+            .bind(5i64)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(row.try_get::<i64, _>("a").unwrap(), 5);
+        assert_eq!(row.try_get::<Vec<u8>, _>(1).unwrap(), vec![1, 2]);
+        assert_eq!(row.try_get::<Option<String>, _>("c").unwrap(), None);
+        assert!(row.try_get::<i64, _>("nope").is_err());
+        drop(conn);
+        // A dropped transaction rolls back.
+        let mut tx = pool.begin().await.unwrap();
+        query("DELETE FROM t").execute(&mut tx).await.unwrap();
+        drop(tx);
+        let mut conn = pool.acquire().await.unwrap();
+        let n = query("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n.try_get::<i64, _>(0).unwrap(), 1);
+    }
+}
