@@ -40,7 +40,7 @@ for i in 1 2 3; do
   pids+=($!)
 done
 for _ in $(seq 1 100); do "$bin/dfs" --meta 127.0.0.1:17400 status 2>/dev/null | grep -q "nodes: 3 up" && break; sleep 0.2; done
-"$bin/dfs-fuse" 127.0.0.1:17400 "$base/mnt/dfs" -o "cache_size=$cache,log=$base/logs/dfs-fuse.log"
+"$bin/dfs-fuse" 127.0.0.1:17400 "$base/mnt/dfs" -o "cache_size=$cache,log=$base/logs/dfs-fuse.log,metrics=127.0.0.1:17410"
 fuse_pid=$(pgrep -f "dfs-fuse -f 127.0.0.1:17400 $base/mnt/dfs" | head -n 1)
 bench/peers.sh up
 
@@ -55,6 +55,9 @@ for sys in $systems; do
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac
   echo "== $sys ($dir)" >&2
+  # Let the previous system's background work settle (MooseFS deletes chunks
+  # and dfs collects garbage after their runs; the page cache writes back).
+  sync; sleep 20
   if [ "$sys" = dfs ]; then
     # Peak resident memory of the FUSE daemon during the 1 GiB write.
     export BENCH_DURING_WRITE="bench/peak-rss.sh $fuse_pid $base/logs/dfs-fuse-peak-rss"
@@ -62,6 +65,10 @@ for sys in $systems; do
     unset BENCH_DURING_WRITE
   fi
   bench/workloads.sh "$dir" "$sys" | tee -a "$results"
+  if [ "$sys" = dfs ]; then
+    # What the mount did: requests, meta calls, cache use (for the notes).
+    curl -s http://127.0.0.1:17410/metrics > "$base/logs/dfs-fuse-metrics.txt" || true
+  fi
 done
 if [ -f "$base/logs/dfs-fuse-peak-rss" ]; then
   echo "dfs fuse_peak_rss_1G_write $(cat "$base/logs/dfs-fuse-peak-rss") MiB" | tee -a "$results"

@@ -69,3 +69,6 @@ drop_caches
 t0=$(seconds); ls -l "$work/wide" > /dev/null; t1=$(seconds)
 say ls_l_10k_cold "$(echo "$t1 - $t0" | bc -l | xargs printf '%.2f')" s
 rm -rf "$work"
+
+# Whole trees: cp -r in and out, tar x, git clone, rm -rf.
+"$here/trees.sh" "$dir" "$label"

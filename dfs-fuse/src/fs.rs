@@ -158,6 +158,11 @@ impl DfsFs {
 
     /// Whether a fresh attribute reply said the inode has no xattrs.
     fn known_without_xattrs(&self, ino: u64) -> bool {
+        // While invalidations are live, cached attributes stay true (an
+        // xattr change drops them).
+        if let Some(attr) = self.coherence().known_attr(ino) {
+            return !attr.has_xattrs;
+        }
         lock(&self.no_xattrs)
             .get(&ino)
             .is_some_and(|t| t.elapsed() < NO_XATTR_TTL)
