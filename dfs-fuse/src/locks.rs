@@ -43,8 +43,20 @@ pub struct Locks {
     /// (inode, owner, flock) that took a lock here and may still hold one.
     holders: Mutex<HashSet<(u64, u64, bool)>>,
     /// Waiting lock requests by the kernel's request id: an interrupt fires it.
-    waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    waiters: Mutex<Waiters>,
 }
+
+/// Interrupts may arrive before the request they name is registered (the
+/// kernel sends them at once when a signal comes): those are kept a while.
+#[derive(Default)]
+struct Waiters {
+    waiting: HashMap<u64, oneshot::Sender<()>>,
+    early: HashMap<u64, std::time::Instant>,
+}
+
+/// How long, and how many, interrupts of requests not (yet) waiting are kept.
+const EARLY_INTERRUPT_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+const EARLY_INTERRUPTS: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -64,19 +76,35 @@ impl Locks {
     /// be interrupted. The receiver fires on interrupt.
     pub fn waiting(&self, unique: u64) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(unique, tx);
+        let mut w = lock(&self.waiters);
+        if w.early.remove(&unique).is_some() {
+            // Interrupted before it got here.
+            let _ = tx.send(());
+        } else {
+            w.waiting.insert(unique, tx);
+        }
         rx
     }
 
     pub fn done_waiting(&self, unique: u64) {
-        lock(&self.waiters).remove(&unique);
+        lock(&self.waiters).waiting.remove(&unique);
     }
 
-    /// FUSE_INTERRUPT for request `unique`: a waiting lock request ends (EINTR).
+    /// FUSE_INTERRUPT for request `unique`: a waiting lock request ends (EINTR),
+    /// also one that starts waiting only after the interrupt came.
     pub fn interrupt(&self, unique: u64) {
-        if let Some(tx) = lock(&self.waiters).remove(&unique) {
+        let mut w = lock(&self.waiters);
+        if let Some(tx) = w.waiting.remove(&unique) {
             let _ = tx.send(());
+            return;
         }
+        if w.early.len() >= EARLY_INTERRUPTS {
+            w.early.retain(|_, t| t.elapsed() < EARLY_INTERRUPT_TTL);
+            if w.early.len() >= EARLY_INTERRUPTS {
+                w.early.clear();
+            }
+        }
+        w.early.insert(unique, std::time::Instant::now());
     }
 
     /// Whether `owner` may hold a lock of this kind on `ino` (taken here).
@@ -200,5 +228,26 @@ impl Locks {
             None,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupt_before_the_wait_is_not_lost() {
+        let locks = Locks::default();
+        locks.interrupt(7);
+        let mut fired = locks.waiting(7);
+        assert!(
+            fired.try_recv().is_ok(),
+            "the early interrupt fires the wait"
+        );
+        let mut other = locks.waiting(8);
+        assert!(other.try_recv().is_err());
+        locks.interrupt(8);
+        assert!(other.try_recv().is_ok());
+        locks.done_waiting(8);
     }
 }

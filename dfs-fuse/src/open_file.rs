@@ -431,9 +431,35 @@ impl OpenFile {
                     attempt += 1;
                     self.merge_into_current(io).await?;
                 }
+                // The ids were released (this mount's session expired while
+                // it was cut off): the data is still here, so it goes up again.
+                Err(e) if e.errno() == libc::EKEYEXPIRED && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(ino = self.ino, error = %e, "uploading again under fresh chunk ids");
+                    self.upload_again(io).await?;
+                }
+                Err(e) if e.errno() == libc::EKEYEXPIRED => {
+                    return Err(FsError::new(libc::EIO, e.to_string()))
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Uploads every uploaded-but-uncommitted chunk again, under fresh ids.
+    async fn upload_again(&mut self, io: &Io) -> FsResult<()> {
+        let indices: Vec<u64> = self.uploaded.keys().copied().collect();
+        for index in indices {
+            let Some((_, data)) = self.uploaded.get(&index) else {
+                continue;
+            };
+            let data = data.clone();
+            let mut meta = io.meta.clone();
+            let uploaded =
+                upload_chunk(&mut meta, &io.channels, &io.placements, data.clone(), false).await?;
+            self.uploaded.insert(index, (uploaded, data));
+        }
+        Ok(())
     }
 
     /// After a conflict: for each uploaded chunk whose base is no longer the

@@ -1310,7 +1310,7 @@ async fn bad_commits_change_nothing(h: Handle) {
     };
     assert_eq!(
         errno(commit(12345, 0, 10, 10, nodes.clone()).await.unwrap_err()),
-        libc::EINVAL,
+        libc::EKEYEXPIRED,
         "unallocated id"
     );
     let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
@@ -1367,7 +1367,7 @@ async fn bad_commits_change_nothing(h: Handle) {
                 .await
                 .unwrap_err()
         ),
-        libc::EINVAL,
+        libc::EKEYEXPIRED,
         "chunk reuse"
     );
     let d = s
@@ -1814,7 +1814,7 @@ async fn sessions_hold_orphans_allocations_and_locks(h: Handle) {
         .await;
     assert_eq!(
         errno(commit.unwrap_err()),
-        libc::EINVAL,
+        libc::EKEYEXPIRED,
         "allocation released"
     );
     // An orphan two sessions hold goes only when both let go.
@@ -1983,7 +1983,7 @@ async fn placements_come_in_batches_held_by_the_session(h: Handle) {
     let g = s.create(file(ROOT_INO, "g"), Origin::NONE).await.unwrap();
     assert_eq!(
         errno(commit(p.more_ids[4], g.ino).await.unwrap_err()),
-        libc::EINVAL,
+        libc::EKEYEXPIRED,
         "the closed session's unused ids are released"
     );
 }

@@ -505,6 +505,18 @@ fn a_mount_cut_off_past_its_lease_is_told_and_gets_a_new_session() {
         "import fcntl,sys,time\nf=open(sys.argv[1],'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('held',flush=True)\ntime.sleep(600)",
         &[&a.join("f")],
     );
+    // A writer on A has a chunk uploaded (its id allocated to A's session)
+    // but not committed: it closes only after A comes back.
+    let chunk = Options::default().chunk_size as usize;
+    let data: Vec<u8> = (0..2 * chunk + 1000).map(|i| (i % 251) as u8).collect();
+    let source = c.local("source");
+    std::fs::write(&source, &data).unwrap();
+    let go = c.local("go");
+    let writer = hold(
+        "import os,sys,time\nf=open(sys.argv[2],'wb')\nf.write(open(sys.argv[1],'rb').read())\nf.flush()\nprint('held',flush=True)\nwhile not os.path.exists(sys.argv[3]): time.sleep(0.05)\nf.close()\nprint('closed',flush=True)",
+        &[&source, &a.join("w"), &go],
+    );
+    std::thread::sleep(Duration::from_secs(1));
     let old: Vec<u64> = sessions(&c)
         .iter()
         .filter(|s| s["mountpoint"] == a.path.to_str().unwrap())
@@ -534,6 +546,16 @@ fn a_mount_cut_off_past_its_lease_is_told_and_gets_a_new_session() {
     assert!(
         log.contains("meta expired this client's session"),
         "the mount did not say it lost its session"
+    );
+    // The writer's close succeeds: the chunks whose ids went with the old
+    // session are uploaded again, and every byte is there.
+    std::fs::write(&go, b"").unwrap();
+    let out = writer.wait_with_output().unwrap();
+    assert!(out.status.success(), "the writer's close failed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed");
+    assert!(
+        std::fs::read(b.join("w")).unwrap() == data,
+        "the written data is whole"
     );
     let _ = holder.kill();
     let _ = holder.wait();

@@ -349,7 +349,7 @@ async fn commit_chunk_in(tx: &mut DbConn, ino: u64, c: &CommitChunk) -> Result<(
         .await?
         .rows_affected();
     if allocated == 0 {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::AllocationGone(format!(
             "chunk {} was not allocated, is already committed, or its writer's session ended",
             c.chunk_id
         )));

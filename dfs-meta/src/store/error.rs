@@ -28,6 +28,11 @@ pub enum StoreError {
     Busy(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A write names a chunk id that is not (or no longer) allocated to it:
+    /// its session ended, or the id was committed already. The writer still
+    /// holding the data uploads it again under fresh ids.
+    #[error("{0}")]
+    AllocationGone(String),
     #[error("no such attribute")]
     NoXattr,
     #[error("attribute value too large")]
@@ -73,6 +78,7 @@ impl StoreError {
             StoreError::Unsupported(_) => libc::EOPNOTSUPP,
             StoreError::Busy(_) => libc::EBUSY,
             StoreError::Conflict(_) => libc::ESTALE,
+            StoreError::AllocationGone(_) => libc::EKEYEXPIRED,
             StoreError::NoXattr => libc::ENODATA,
             StoreError::XattrTooBig => libc::E2BIG,
             StoreError::FileTooBig(_) => libc::EFBIG,
@@ -98,6 +104,7 @@ impl StoreError {
             StoreError::Unsupported(_) => "unsupported",
             StoreError::Busy(_) => "busy",
             StoreError::Conflict(_) => "conflict",
+            StoreError::AllocationGone(_) => "allocation_gone",
             StoreError::NoXattr => "no_xattr",
             StoreError::XattrTooBig => "xattr_too_big",
             StoreError::FileTooBig(_) => "file_too_big",
