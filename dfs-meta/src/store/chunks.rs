@@ -4,10 +4,8 @@ use std::collections::HashSet;
 
 use super::db::{self, DbConn};
 
-use super::namespace::{next_ids, require_inode};
-use super::nodes::{live_nodes, NodeRecord};
 use super::rows::{to_i64, FileKind, Inode, Timespec};
-use super::sessions::Origin;
+use super::tables::{live_nodes, next_ids, require_inode, NodeRecord, Origin};
 use super::{in_tx, in_tx_once, now_ms, Result, Store, StoreError};
 use crate::placement::{self, Candidate};
 
@@ -445,5 +443,21 @@ async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result
             .execute(&mut *tx)
             .await?;
     }
+    Ok(())
+}
+
+pub(crate) async fn delete_inode(conn: &mut DbConn, ino: u64) -> Result<()> {
+    truncate_map(conn, ino, 0, 1).await?;
+    let key = to_i64(ino, "inode")?;
+    for table in ["xattrs", "orphans", "orphan_holders", "locks"] {
+        db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    db::query("DELETE FROM inodes WHERE ino = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use super::db::{self, DbConn};
 
-use super::nodes::NodeRecord;
 use super::rows::to_i64;
+use super::tables::NodeRecord;
 use super::{in_tx, Result, Store, StoreError};
 
 /// A node's part in the cluster's redundancy.
@@ -33,7 +33,7 @@ impl Store {
         .fetch_optional(&mut conn)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("node {spec}")))?;
-        super::nodes::node_from_row(&row)
+        super::tables::node_from_row(&row)
     }
 
     /// Marks a node draining (or not): placement skips it, repair counts its

@@ -149,7 +149,7 @@ impl Store {
         report.abandoned_allocations = scalar(
             "SELECT COUNT(*) FROM chunk_allocations WHERE allocated_ms < $1 AND session_id = 0",
         )
-        .bind(super::now_ms() - super::nodes::ALLOCATION_TTL_MS)
+        .bind(super::now_ms() - super::tables::ALLOCATION_TTL_MS)
         .fetch_one(&mut conn)
         .await?
         .try_get::<i64, _>(0)? as u64;

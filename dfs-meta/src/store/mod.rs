@@ -38,6 +38,7 @@ mod nodes;
 mod reconcile;
 mod rows;
 mod sessions;
+mod tables;
 
 use std::time::Duration;
 
@@ -51,11 +52,10 @@ pub use leader::{LeaderLock, RepairCommand};
 pub use locks::{HeldLock, LockKind, LockOutcome, LockRange, LockSpec};
 pub use metrics::StoreMetrics;
 pub use namespace::{CreateArgs, DirEntry, Renamed, SetAttrArgs};
-pub use nodes::{
-    ClusterCounts, ExtraReplicas, HeartbeatInfo, NodeInfo, NodeRecord, RegisterArgs, RepairItem,
-};
+pub use nodes::{ClusterCounts, ExtraReplicas, HeartbeatInfo, NodeInfo, RegisterArgs, RepairItem};
 pub use rows::{FileKind, Inode, Timespec};
-pub use sessions::{Origin, SessionArgs, SessionRecord};
+pub use sessions::{SessionArgs, SessionRecord};
+pub use tables::{NodeRecord, Origin};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -270,7 +270,7 @@ macro_rules! in_tx_once {
     ($store:expr, $origin:expr, |$tx:ident| $body:expr,
      replay |$prev:ident| $replay:expr, made |$out:ident| $made:expr) => {{
         $crate::store::in_tx!($store, |$tx| {
-            if let Some($prev) = $crate::store::sessions::replayed(&mut $tx, $origin).await? {
+            if let Some($prev) = $crate::store::tables::replayed(&mut $tx, $origin).await? {
                 return $replay;
             }
             let $out = async {
@@ -278,7 +278,7 @@ macro_rules! in_tx_once {
                 result
             }
             .await?;
-            $crate::store::sessions::record(&mut $tx, $origin, $made).await?;
+            $crate::store::tables::record(&mut $tx, $origin, $made).await?;
             Ok($out)
         })
     }};

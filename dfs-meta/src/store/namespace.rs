@@ -4,10 +4,12 @@
 use super::db::{self, DbConn};
 use dfs_proto::{validate_name, ROOT_INO};
 
+use super::chunks::delete_inode;
 use super::rows::{
     has_xattrs_column, inode_from_row, to_i64, FileKind, Inode, Timespec, INODE_COLUMNS,
 };
-use super::sessions::{self, Origin};
+use super::sessions;
+use super::tables::{next_id, require_inode, Origin};
 use super::{in_tx, in_tx_once, Result, Store, StoreError};
 
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
@@ -777,27 +779,6 @@ async fn setattr_in(
 
 // ---- helpers used inside a transaction ----
 
-pub(crate) async fn get_inode(conn: &mut DbConn, ino: u64) -> Result<Option<Inode>> {
-    let Ok(key) = i64::try_from(ino) else {
-        return Ok(None);
-    };
-    db::query(&format!(
-        "SELECT {INODE_COLUMNS}, {} FROM inodes WHERE ino = $1",
-        has_xattrs_column("inodes")
-    ))
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?
-    .map(|row| inode_from_row(&row))
-    .transpose()
-}
-
-pub(crate) async fn require_inode(conn: &mut DbConn, ino: u64) -> Result<Inode> {
-    get_inode(conn, ino)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("inode {ino}")))
-}
-
 async fn require_dir(conn: &mut DbConn, ino: u64) -> Result<Inode> {
     let inode = require_inode(conn, ino).await?;
     if inode.kind != FileKind::Directory {
@@ -943,35 +924,4 @@ async fn drop_one_link(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()>
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-pub(crate) async fn delete_inode(conn: &mut DbConn, ino: u64) -> Result<()> {
-    super::chunks::truncate_map(conn, ino, 0, 1).await?;
-    let key = to_i64(ino, "inode")?;
-    for table in ["xattrs", "orphans", "orphan_holders", "locks"] {
-        db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
-            .bind(key)
-            .execute(&mut *conn)
-            .await?;
-    }
-    db::query("DELETE FROM inodes WHERE ino = $1")
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Takes the next value of a named counter (inode and chunk ids).
-pub(crate) async fn next_id(conn: &mut DbConn, counter: &str) -> Result<i64> {
-    next_ids(conn, counter, 1).await
-}
-
-/// Takes `n` ids of `counter` and returns the last (the first is last - n + 1).
-pub(crate) async fn next_ids(conn: &mut DbConn, counter: &str, n: i64) -> Result<i64> {
-    let row = db::query("UPDATE counters SET value = value + $2 WHERE name = $1 RETURNING value")
-        .bind(counter)
-        .bind(n)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(row.try_get::<i64, _>(0)?)
 }

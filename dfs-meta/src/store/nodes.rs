@@ -3,21 +3,8 @@
 use super::db::{self, DbConn};
 
 use super::rows::to_i64;
+use super::tables::{node_from_row, NodeRecord};
 use super::{in_tx, now_ms, Result, Store, StoreError};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRecord {
-    pub id: u64,
-    pub uuid: String,
-    pub addr: String,
-    pub zone: String,
-    pub capacity: u64,
-    pub used: u64,
-    pub chunk_count: u64,
-    pub last_heartbeat_ms: i64,
-    /// Takes no new chunks; its chunks are copied elsewhere (`dfs node drain`).
-    pub draining: bool,
-}
 
 /// A node as `status` shows it: its record and how many replicas meta places on it.
 #[derive(Debug, Clone)]
@@ -74,10 +61,6 @@ pub struct ClusterCounts {
     pub gc_pending: u64,
 }
 
-/// Chunk allocations made outside a session and older than this are
-/// abandoned writes; their chunks are garbage.
-pub(crate) const ALLOCATION_TTL_MS: i64 = 3_600_000;
-
 impl Store {
     /// Registers (or re-registers) a node and reconciles the chunks it reports
     /// with the chunk map. Returns its id and the chunk ids it should delete.
@@ -102,7 +85,7 @@ impl Store {
             let id = match existing {
                 Some(row) => row.try_get::<i64, _>(0)?,
                 None => {
-                    let id = super::namespace::next_id(&mut tx, "node").await?;
+                    let id = super::tables::next_id(&mut tx, "node").await?;
                     db::query(
                         "INSERT INTO nodes (id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms)
                          VALUES ($1, $2, '', '', 0, 0, 0, 0)",
@@ -615,19 +598,6 @@ async fn queue_deletion(conn: &mut DbConn, chunk: i64, node: i64) -> Result<()> 
     Ok(())
 }
 
-/// Nodes whose last heartbeat is at or after `cutoff_ms`.
-pub(crate) async fn live_nodes(conn: &mut DbConn, cutoff_ms: i64) -> Result<Vec<NodeRecord>> {
-    db::query(
-        "SELECT id, uuid, addr, zone, capacity, used, chunk_count, last_heartbeat_ms, draining FROM nodes WHERE last_heartbeat_ms >= $1 ORDER BY id",
-    )
-    .bind(cutoff_ms)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(node_from_row)
-    .collect()
-}
-
 /// Replicas of one chunk on up nodes.
 #[derive(Debug, Clone, Copy)]
 struct LiveCount {
@@ -660,18 +630,4 @@ async fn live_replica_counts(conn: &mut DbConn, cutoff_ms: i64) -> Result<Vec<Li
         })
     })
     .collect()
-}
-
-pub(crate) fn node_from_row(row: &db::Row) -> Result<NodeRecord> {
-    Ok(NodeRecord {
-        id: row.try_get::<i64, _>("id")? as u64,
-        uuid: row.try_get("uuid")?,
-        addr: row.try_get("addr")?,
-        zone: row.try_get("zone")?,
-        capacity: row.try_get::<i64, _>("capacity")? as u64,
-        used: row.try_get::<i64, _>("used")? as u64,
-        chunk_count: row.try_get::<i64, _>("chunk_count")? as u64,
-        last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
-        draining: row.try_get::<i64, _>("draining")? != 0,
-    })
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::db::{self, DbConn};
 
-use super::nodes::ALLOCATION_TTL_MS;
+use super::tables::ALLOCATION_TTL_MS;
 use super::Result;
 
 /// Ids per `IN (...)` list, and rows per multi-row INSERT: well under

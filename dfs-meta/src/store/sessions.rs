@@ -9,31 +9,10 @@
 
 use super::db::{self, DbConn};
 
-use super::namespace::{delete_inode, next_id};
+use super::chunks::delete_inode;
 use super::rows::to_i64;
+use super::tables::next_id;
 use super::{in_tx, now_ms, Result, Store};
-
-/// Who made a request: its session and its request id within it (0: none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Origin {
-    pub session: u64,
-    pub request: u64,
-}
-
-impl Origin {
-    /// A request outside any session (nothing to replay or hold).
-    pub const NONE: Origin = Origin {
-        session: 0,
-        request: 0,
-    };
-
-    fn key(self) -> Option<(i64, i64)> {
-        match (i64::try_from(self.session), i64::try_from(self.request)) {
-            (Ok(s), Ok(r)) if s > 0 && r > 0 => Some((s, r)),
-            _ => None,
-        }
-    }
-}
 
 /// What a client says about itself when it opens a session.
 #[derive(Debug, Clone, Default)]
@@ -56,37 +35,6 @@ pub struct SessionRecord {
     pub open_files: u64,
     pub locks: u64,
     pub orphans: u64,
-}
-
-/// The outcome a mutation recorded under this request id, if it ran already.
-pub(crate) async fn replayed(conn: &mut DbConn, origin: Origin) -> Result<Option<i64>> {
-    let Some((session, request)) = origin.key() else {
-        return Ok(None);
-    };
-    Ok(
-        db::query("SELECT result FROM session_requests WHERE session_id = $1 AND request_id = $2")
-            .bind(session)
-            .bind(request)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()?,
-    )
-}
-
-/// Records that this request's mutation ran (in its transaction), with the
-/// inode it made or 0.
-pub(crate) async fn record(conn: &mut DbConn, origin: Origin, result: i64) -> Result<()> {
-    let Some((session, request)) = origin.key() else {
-        return Ok(());
-    };
-    db::query("INSERT INTO session_requests (session_id, request_id, result) VALUES ($1, $2, $3)")
-        .bind(session)
-        .bind(request)
-        .bind(result)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// Session `holder` holds orphan `ino` open (0: a client without a session).
