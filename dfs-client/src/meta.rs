@@ -362,9 +362,15 @@ impl Shared {
         let (parts, body) = request.into_parts();
         let body = body.collect().await?.to_bytes();
         let method = parts.uri.path().rsplit('/').next().unwrap_or_default();
-        *lock(&self.stats.calls)
-            .entry(method.to_string())
-            .or_default() += 1;
+        {
+            let mut calls = lock(&self.stats.calls);
+            match calls.get_mut(method) {
+                Some(n) => *n += 1,
+                None => {
+                    calls.insert(method.to_string(), 1);
+                }
+            }
+        }
         let mutation = MUTATIONS.contains(&method);
         let mut pending = PendingId::none(&self);
         let deadline = Instant::now() + self.retry_for;

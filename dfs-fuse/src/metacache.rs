@@ -118,17 +118,27 @@ impl MetaCache {
             (parent, name.to_vec()),
             (attr.map(|a| a.ino), Instant::now()),
         );
-        if let Some(a) = attr {
-            self.put_attr(a);
-        }
-        let mut grew = false;
-        if let Some((names, _)) = self.complete.get_mut(&parent) {
-            if attr.is_some() {
-                grew = names.insert(name.to_vec());
-            } else if names.remove(name) {
-                self.complete_names -= 1;
+        match attr {
+            Some(a) => {
+                self.put_attr(a);
+                self.add_name(parent, name);
+            }
+            None => {
+                if let Some((names, _)) = self.complete.get_mut(&parent) {
+                    if names.remove(name) {
+                        self.complete_names -= 1;
+                    }
+                }
             }
         }
+    }
+
+    /// `name` exists in `parent`: a complete listing of it gains the name.
+    fn add_name(&mut self, parent: u64, name: &[u8]) {
+        let grew = match self.complete.get_mut(&parent) {
+            Some((names, _)) => names.insert(name.to_vec()),
+            None => false,
+        };
         if grew {
             self.complete_names += 1;
             self.bound_complete();
@@ -139,14 +149,7 @@ impl MetaCache {
     /// (a rename's target).
     pub fn put_unknown_entry(&mut self, parent: u64, name: &[u8]) {
         self.entries.pop(&(parent, name.to_vec()));
-        let mut grew = false;
-        if let Some((names, _)) = self.complete.get_mut(&parent) {
-            grew = names.insert(name.to_vec());
-        }
-        if grew {
-            self.complete_names += 1;
-            self.bound_complete();
-        }
+        self.add_name(parent, name);
     }
 
     /// `dir` holds exactly `names` (it was just made, or listed whole).

@@ -67,6 +67,17 @@ fn fmt() -> FormatOptions {
     }
 }
 
+/// What a mount at /mnt/a says when it opens a session.
+fn mount_session() -> SessionArgs {
+    SessionArgs {
+        host: "h1".into(),
+        mountpoint: "/mnt/a".into(),
+        pid: 42,
+        version: "0.1.0".into(),
+        kind: "mount".into(),
+    }
+}
+
 fn errno(e: StoreError) -> i32 {
     e.errno()
 }
@@ -1739,13 +1750,7 @@ async fn retried_mutations_run_once(h: Handle) {
 async fn sessions_hold_orphans_allocations_and_locks(h: Handle) {
     let s = &h.store;
     three_nodes(s).await;
-    let args = SessionArgs {
-        host: "h1".into(),
-        mountpoint: "/mnt/a".into(),
-        pid: 42,
-        version: "0.1.0".into(),
-        kind: "mount".into(),
-    };
+    let args = mount_session();
     let a = s.open_session(&args, 60_000).await.unwrap();
     let b = s.open_session(&args, 60_000).await.unwrap();
     // Session a holds an unlinked open file, a lock and a chunk allocation.
@@ -1930,13 +1935,7 @@ async fn locks_exclude_split_and_release(h: Handle) {
 async fn placements_come_in_batches_held_by_the_session(h: Handle) {
     let s = &h.store;
     three_nodes(s).await;
-    let args = SessionArgs {
-        host: "h1".into(),
-        mountpoint: "/mnt/a".into(),
-        pid: 42,
-        version: "0.1.0".into(),
-        kind: "mount".into(),
-    };
+    let args = mount_session();
     let a = s.open_session(&args, 60_000).await.unwrap();
     let p = s.place_chunks(0, 3, &[], 0, a, 8).await.unwrap();
     let mut ids: Vec<u64> = std::iter::once(p.chunk_id)

@@ -427,7 +427,7 @@ fn from_pg(row: &PgRow) -> Result<Row, DbError> {
     let columns: Vec<String> = row.columns().iter().map(|c| c.name().to_string()).collect();
     let mut values = Vec::with_capacity(columns.len());
     for (i, col) in row.columns().iter().enumerate() {
-        let decode = |e: sqlx::Error| DbError::Pg(e);
+        let decode = DbError::Pg;
         let v = match col.type_info().name() {
             "INT8" => row.try_get::<Option<i64>, _>(i).map_err(decode)?.into(),
             "INT4" => row.try_get::<Option<i32>, _>(i).map_err(decode)?.into(),
@@ -459,16 +459,16 @@ impl<'q> Query<'q> {
         self
     }
 
-    fn pg_query(&self) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn pg_query(self) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
         let mut q = sqlx::query(self.sql);
-        for v in &self.args {
+        for v in self.args {
             q = match v {
                 Value::Null => q.bind(None::<i64>),
                 Value::NullText => q.bind(None::<String>),
                 Value::NullBlob => q.bind(None::<Vec<u8>>),
-                Value::Int(i) => q.bind(*i),
-                Value::Text(s) => q.bind(s.clone()),
-                Value::Blob(b) => q.bind(b.clone()),
+                Value::Int(i) => q.bind(i),
+                Value::Text(s) => q.bind(s),
+                Value::Blob(b) => q.bind(b),
             };
         }
         q
