@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use dfs_client::files::{self, resolve, with_path, PutOptions};
+use dfs_client::error::Refusal;
+use dfs_client::files::{self, resolve, PutOptions};
 use dfs_client::Meta;
 use dfs_client::{Channels, ClientError};
 use dfs_proto::pb;
@@ -144,7 +145,7 @@ async fn node_admin(meta: &mut Meta, action: NodeAction) -> Result<()> {
     };
     let reply = call(name, node.clone())
         .await
-        .map_err(|s| with_path(s.into(), &format!("node {node}")))?;
+        .map_err(|s| ClientError::from(s).with_path(&format!("node {node}")))?;
     if reply.removed {
         println!("node {} ({}) removed", reply.node_id, reply.addr);
         return Ok(());
@@ -182,7 +183,7 @@ async fn fsck(meta: &mut Meta, path: &str, repair: bool, json: bool) -> Result<(
             repair,
         })
         .await
-        .map_err(|s| with_path(s.into(), path))?
+        .map_err(|s| ClientError::from(s).with_path(path))?
         .into_inner();
     let at_risk: Vec<&pb::FsckProblem> = r.problems.iter().filter(|p| p.at_risk).collect();
     if json {
@@ -261,14 +262,11 @@ async fn fsck(meta: &mut Meta, path: &str, repair: bool, json: bool) -> Result<(
     }
     let mut files: Vec<&str> = at_risk.iter().map(|p| p.path.as_str()).collect();
     files.dedup();
-    Err(ClientError::Remote {
-        errno: libc::EIO,
-        message: format!(
-            "{} chunks of {} files at risk or lost",
-            at_risk.len(),
-            files.len()
-        ),
-    })
+    Err(ClientError::DataAtRisk(format!(
+        "{} chunks of {} files at risk or lost",
+        at_risk.len(),
+        files.len()
+    )))
 }
 
 async fn status(meta: &mut Meta, json: bool) -> Result<()> {
@@ -456,7 +454,7 @@ async fn ls(meta: &mut Meta, path: &str, long: bool) -> Result<()> {
     let entries = if attr.kind == pb::FileKind::Directory as i32 {
         list_all(meta, attr.ino)
             .await
-            .map_err(|e| with_path(e, path))?
+            .map_err(|e| e.with_path(path))?
     } else {
         vec![pb::DirEntry {
             name: path.as_bytes().to_vec(),
@@ -563,10 +561,7 @@ async fn mkdir(meta: &mut Meta, path: &str, parents: bool) -> Result<()> {
                 Ok(r) => {
                     let a = r.into_inner().attr.unwrap_or_default();
                     if a.kind != pb::FileKind::Directory as i32 {
-                        return Err(ClientError::Remote {
-                            errno: libc::ENOTDIR,
-                            message: format!("{so_far}: not a directory"),
-                        });
+                        return Err(ClientError::refused(so_far, Refusal::NotADirectory));
                     }
                     if last {
                         return Ok(());
@@ -575,7 +570,7 @@ async fn mkdir(meta: &mut Meta, path: &str, parents: bool) -> Result<()> {
                     continue;
                 }
                 Err(s) if dfs_proto::errno_of(&s) == libc::ENOENT && parents => {}
-                Err(s) => return Err(with_path(s.into(), &so_far)),
+                Err(s) => return Err(ClientError::from(s).with_path(&so_far)),
             }
         }
         let created = meta
@@ -591,17 +586,14 @@ async fn mkdir(meta: &mut Meta, path: &str, parents: bool) -> Result<()> {
                 unnamed: false,
             })
             .await
-            .map_err(|s| with_path(s.into(), &so_far))?;
+            .map_err(|s| ClientError::from(s).with_path(&so_far))?;
         parent = created.into_inner().attr.unwrap_or_default().ino;
     }
     Ok(())
 }
 
 fn exists(path: &str) -> ClientError {
-    ClientError::Remote {
-        errno: libc::EEXIST,
-        message: format!("{path}: already exists"),
-    }
+    ClientError::refused(path, Refusal::Exists)
 }
 
 async fn rm(meta: &mut Meta, path: &str, recursive: bool) -> Result<()> {
@@ -610,20 +602,20 @@ async fn rm(meta: &mut Meta, path: &str, recursive: bool) -> Result<()> {
     let attr = resolve(meta, path).await?;
     if attr.kind == pb::FileKind::Directory as i32 {
         if !recursive {
-            return Err(ClientError::Remote {
-                errno: libc::EISDIR,
-                message: format!("{path}: is a directory (use -r)"),
-            });
+            return Err(ClientError::refused(
+                format!("{path} (use -r)"),
+                Refusal::IsADirectory,
+            ));
         }
         remove_tree(meta, attr.ino)
             .await
-            .map_err(|e| with_path(e, path))?;
+            .map_err(|e| e.with_path(path))?;
         meta.rmdir(pb::RmdirRequest {
             parent: parent.ino,
             name: name.as_bytes().to_vec(),
         })
         .await
-        .map_err(|s| with_path(s.into(), path))?;
+        .map_err(|s| ClientError::from(s).with_path(path))?;
     } else {
         meta.unlink(pb::UnlinkRequest {
             parent: parent.ino,
@@ -631,7 +623,7 @@ async fn rm(meta: &mut Meta, path: &str, recursive: bool) -> Result<()> {
             keep_open: false,
         })
         .await
-        .map_err(|s| with_path(s.into(), path))?;
+        .map_err(|s| ClientError::from(s).with_path(path))?;
     }
     Ok(())
 }
@@ -705,12 +697,7 @@ async fn put(meta: &mut Meta, local: &str, path: &str, force: bool, fsync: bool)
     let target = match resolve(meta, path).await {
         Ok(a) if a.kind == pb::FileKind::Directory as i32 => match &local_name {
             Some(n) if local != "-" => format!("{}/{}", path.trim_end_matches('/'), n),
-            _ => {
-                return Err(ClientError::Remote {
-                    errno: libc::EISDIR,
-                    message: format!("{path}: is a directory"),
-                })
-            }
+            _ => return Err(ClientError::refused(path, Refusal::IsADirectory)),
         },
         _ => path.to_string(),
     };
@@ -727,10 +714,7 @@ async fn put(meta: &mut Meta, local: &str, path: &str, force: bool, fsync: bool)
             .map_err(|e| local_error(local, e))?;
         let m = file.metadata().await.map_err(|e| local_error(local, e))?;
         if m.is_dir() {
-            return Err(ClientError::Remote {
-                errno: libc::EISDIR,
-                message: format!("{local}: is a directory"),
-            });
+            return Err(ClientError::refused(local, Refusal::IsADirectory));
         }
         (Box::new(file), Some(m.len()), m.mode() & 0o7777)
     };
@@ -761,9 +745,9 @@ async fn put(meta: &mut Meta, local: &str, path: &str, force: bool, fsync: bool)
 }
 
 fn local_error(path: &str, e: std::io::Error) -> ClientError {
-    ClientError::Remote {
-        errno: e.raw_os_error().unwrap_or(libc::EIO),
-        message: format!("{path}: {e}"),
+    ClientError::LocalFile {
+        path: path.to_string(),
+        source: e,
     }
 }
 

@@ -8,6 +8,7 @@ use dfs_proto::pb::{self, write_chunk_request::Msg, NodeRef, WriteChunkRequest, 
 use dfs_proto::zero_runs;
 use prost::bytes::{Bytes, BytesMut};
 
+use crate::error::Shortfall;
 use crate::{Channels, ClientError};
 
 /// Size of the data messages a chunk travels in; small enough to pipeline down the chain.
@@ -231,12 +232,9 @@ pub async fn upload_chunk(
             min_replicas,
             detail
         );
-        // ENOSPC only when space is what ran out: no node could be placed,
-        // or every node that failed was full. Stalls and errors are EIO.
-        return Err(if errnos.iter().all(|e| *e == libc::ENOSPC) {
-            ClientError::NoSpace(message)
-        } else {
-            ClientError::WriteFailed(message)
+        return Err(ClientError::ReplicationShortfall {
+            cause: shortfall_cause(&errnos),
+            message,
         });
     }
     Ok(UploadedChunk {
@@ -246,6 +244,17 @@ pub async fn upload_chunk(
         node_ids: stored,
         replication: replication as u32,
     })
+}
+
+/// Why a write fell short, from the errnos of the nodes that failed it:
+/// space ran out only if no node could be placed at all or every node that
+/// failed was full. A stall, a timeout or an I/O error is not a full disk.
+fn shortfall_cause(errnos: &[i32]) -> Shortfall {
+    if errnos.iter().all(|e| *e == libc::ENOSPC) {
+        Shortfall::NoSpace
+    } else {
+        Shortfall::NodesFailed
+    }
 }
 
 /// Reads one replica's range of a chunk (the node checks its block checksums).
@@ -424,4 +433,25 @@ async fn read_verified(
         chunk_id: chunk.chunk_id,
         detail: problems.join("; "),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_full_disks_make_a_shortfall_enospc() {
+        // No node could be placed at all: the cluster is out of space.
+        assert_eq!(shortfall_cause(&[]), Shortfall::NoSpace);
+        assert_eq!(
+            shortfall_cause(&[libc::ENOSPC, libc::ENOSPC]),
+            Shortfall::NoSpace
+        );
+        // One node timed out: that is a fault, not a full cluster.
+        assert_eq!(
+            shortfall_cause(&[libc::ENOSPC, libc::ETIMEDOUT]),
+            Shortfall::NodesFailed
+        );
+        assert_eq!(shortfall_cause(&[libc::EIO]), Shortfall::NodesFailed);
+    }
 }

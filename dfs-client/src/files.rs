@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::chunk_io::{read_chunk, upload_chunk, UploadedChunk};
 use crate::commit::{commit, commit_size, Written};
+use crate::error::Refusal;
 use crate::{Channels, ClientError};
 
 /// Chunks transferred at once by one put or get (bounds memory to this many chunks).
@@ -63,9 +64,12 @@ pub fn split_path(path: &str) -> Result<(&str, &str), ClientError> {
         Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
         None => ("", trimmed),
     };
-    dfs_proto::validate_name(name.as_bytes()).map_err(|e| ClientError::Remote {
-        errno: e.errno(),
-        message: format!("{path}: {e}"),
+    dfs_proto::validate_name(name.as_bytes()).map_err(|e| {
+        let refusal = Refusal::BadName {
+            errno: e.errno(),
+            reason: e.to_string(),
+        };
+        ClientError::refused(path, refusal)
     })?;
     Ok((if parent.is_empty() { "/" } else { parent }, name))
 }
@@ -76,33 +80,11 @@ pub async fn resolve(meta: &mut crate::Meta, path: &str) -> Result<pb::Attr, Cli
             path: path.as_bytes().to_vec(),
         })
         .await
-        .map_err(|s| with_path(s.into(), path))?;
-    reply.into_inner().attr.ok_or_else(|| ClientError::Remote {
-        errno: libc::EIO,
-        message: "reply without attributes".into(),
-    })
-}
-
-/// Prefixes a remote error's message with the path it concerns.
-pub fn with_path(e: ClientError, path: &str) -> ClientError {
-    match e {
-        ClientError::Remote { errno, message } => ClientError::Remote {
-            errno,
-            message: format!(
-                "{path}: {}",
-                if message.is_empty() {
-                    strerror(errno)
-                } else {
-                    message
-                }
-            ),
-        },
-        other => other,
-    }
-}
-
-fn strerror(errno: i32) -> String {
-    std::io::Error::from_raw_os_error(errno).to_string()
+        .map_err(|s| ClientError::from(s).with_path(path))?;
+    reply
+        .into_inner()
+        .attr
+        .ok_or_else(|| ClientError::BadReply("reply without attributes".into()))
 }
 
 /// Uploads everything `reader` yields to `path`.
@@ -116,19 +98,11 @@ pub async fn put(
     let (parent_path, name) = split_path(path)?;
     let parent = resolve(meta, parent_path).await?;
     if parent.kind != pb::FileKind::Directory as i32 {
-        return Err(ClientError::Remote {
-            errno: libc::ENOTDIR,
-            message: format!("{parent_path}: not a directory"),
-        });
+        return Err(ClientError::refused(parent_path, Refusal::NotADirectory));
     }
     if !opts.overwrite {
         match resolve(meta, path).await {
-            Ok(_) => {
-                return Err(ClientError::Remote {
-                    errno: libc::EEXIST,
-                    message: format!("{path}: already exists"),
-                })
-            }
+            Ok(_) => return Err(ClientError::refused(path, Refusal::Exists)),
             Err(e) if e.errno() == libc::ENOENT => {}
             Err(e) => return Err(e),
         }
@@ -149,10 +123,7 @@ pub async fn put(
         .await?
         .into_inner()
         .attr
-        .ok_or_else(|| ClientError::Remote {
-            errno: libc::EIO,
-            message: "reply without attributes".into(),
-        })?;
+        .ok_or_else(|| ClientError::BadReply("reply without attributes".into()))?;
     let result = async {
         let outcome = upload_into(meta, channels, temp.ino, &mut reader, &opts).await?;
         meta.rename(pb::RenameRequest {
@@ -164,7 +135,7 @@ pub async fn put(
             keep_open: false,
         })
         .await
-        .map_err(|s| with_path(s.into(), path))?;
+        .map_err(|s| ClientError::from(s).with_path(path))?;
         if opts.durable {
             // The file's name and chunk map must be on meta's disk too.
             meta.sync(pb::Empty {}).await?;
@@ -253,10 +224,9 @@ async fn upload_into(
             let cs = chunk_size as u64;
             let size = commit_size(cs, committed_size, &written, last.then_some(total));
             let reply = commit(meta, ino, cs, size, &written, None, false).await?;
-            outcome.attr = reply.attr.ok_or_else(|| ClientError::Remote {
-                errno: libc::EIO,
-                message: "reply without attributes".into(),
-            })?;
+            outcome.attr = reply
+                .attr
+                .ok_or_else(|| ClientError::BadReply("reply without attributes".into()))?;
             committed_size = size;
         }
     }
@@ -293,16 +263,10 @@ pub async fn get(
 ) -> Result<u64, ClientError> {
     let attr = resolve(meta, path).await?;
     if attr.kind == pb::FileKind::Directory as i32 {
-        return Err(ClientError::Remote {
-            errno: libc::EISDIR,
-            message: format!("{path}: is a directory"),
-        });
+        return Err(ClientError::refused(path, Refusal::IsADirectory));
     }
     if attr.kind != pb::FileKind::Regular as i32 {
-        return Err(ClientError::Remote {
-            errno: libc::EINVAL,
-            message: format!("{path}: not a regular file"),
-        });
+        return Err(ClientError::refused(path, Refusal::NotRegularFile));
     }
     let map = meta
         .get_chunks(pb::GetChunksRequest { ino: attr.ino })

@@ -57,11 +57,9 @@ pub async fn take(io: &Io, file: &mut OpenFile) -> FsResult<bool> {
     file.flush(io, false).await?;
     loop {
         let reply = io
-            .meta
-            .clone()
+            .files
             .lock(request(file.ino, pb::LockType::Write))
-            .await?
-            .into_inner();
+            .await?;
         if reply.granted {
             break;
         }
@@ -87,8 +85,7 @@ pub async fn give_back(io: &Io, file: &mut OpenFile) -> FsResult<()> {
     if !file.append_lock_held {
         return Ok(());
     }
-    io.meta
-        .clone()
+    io.files
         .lock(request(file.ino, pb::LockType::Unlock))
         .await?;
     file.append_lock_held = false;

@@ -8,7 +8,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use dfs_client::chunk_io::write_chain;
 use dfs_proto::pb;
 
 use crate::error::{FsError, FsResult};
@@ -33,21 +32,9 @@ pub async fn sync_replicas<'a>(
         }
     }
     let calls = by_node.into_iter().map(|(addr, ids)| {
-        let channels = io.channels.clone();
-        async move {
-            let deadline = sync_deadline(ids.len());
-            let request = pb::SyncChunksRequest { chunk_ids: ids };
-            let synced = match channels.chunk(&addr) {
-                Ok(mut client) => {
-                    matches!(
-                        tokio::time::timeout(deadline, client.sync_chunks(request)).await,
-                        Ok(Ok(_))
-                    )
-                }
-                Err(_) => false,
-            };
-            (addr, synced)
-        }
+        let deadline = sync_deadline(ids.len());
+        let call = io.chunks.sync(addr.clone(), ids, deadline);
+        async move { (addr, call.await.is_ok()) }
     });
     let synced: HashSet<String> = futures::future::join_all(calls)
         .await
@@ -80,8 +67,8 @@ async fn replace(
         failed = ?failed.iter().map(|r| &r.addr).collect::<Vec<_>>(),
         "replicas did not confirm fsync: replacing them"
     );
-    let mut meta = io.meta.clone();
-    let placement = meta
+    let placement = io
+        .files
         .place_chunk(pb::PlaceChunkRequest {
             chunk_id: chunk.chunk_id,
             count: failed.len() as u32,
@@ -101,40 +88,32 @@ async fn replace(
             ..chunk.clone()
         };
         let data = io.chunk_bytes(&good).await?;
-        let targets = placement.into_inner().targets;
-        let outcome = write_chain(
-            &io.channels,
-            chunk.chunk_id,
-            &data,
-            chunk.crc32c,
-            true,
-            &targets,
-        )
-        .await;
-        if !outcome.stored.is_empty() {
-            meta.replica_added(pb::ReplicaAddedRequest {
-                chunk_id: chunk.chunk_id,
-                node_ids: outcome.stored,
-            })
-            .await?;
+        let stored = io
+            .chunks
+            .copy(chunk.chunk_id, data, chunk.crc32c, placement.targets)
+            .await;
+        if !stored.is_empty() {
+            io.files
+                .replica_added(pb::ReplicaAddedRequest {
+                    chunk_id: chunk.chunk_id,
+                    node_ids: stored,
+                })
+                .await?;
         }
     }
     for replica in failed {
-        meta.forget_replica(pb::ForgetReplicaRequest {
-            chunk_id: chunk.chunk_id,
-            node_id: replica.node_id,
-        })
-        .await
-        .map_err(|s| {
-            FsError::new(
-                libc::EIO,
-                format!(
-                    "chunk {} could not be made durable: {}",
-                    chunk.chunk_id,
-                    s.message()
-                ),
-            )
-        })?;
+        io.files
+            .forget_replica(pb::ForgetReplicaRequest {
+                chunk_id: chunk.chunk_id,
+                node_id: replica.node_id,
+            })
+            .await
+            .map_err(|e| {
+                FsError::new(
+                    libc::EIO,
+                    format!("chunk {} could not be made durable: {e}", chunk.chunk_id),
+                )
+            })?;
     }
     Ok(())
 }

@@ -70,6 +70,10 @@ type SharedFile = Arc<AsyncMutex<OpenFile>>;
 
 pub struct DfsFs {
     io: Io,
+    /// Namespace calls go straight to meta.
+    meta: dfs_client::Meta,
+    /// The channel under `meta`: the session, and retry counts.
+    meta_channel: dfs_client::meta::MetaChannel,
     /// The open file of each inode while any handle holds it. Handles own the
     /// file (strong references), so a late release can never pull a file out
     /// from under a new open of the same inode.
@@ -132,9 +136,11 @@ fn attr_of(reply: pb::AttrReply) -> FsResult<pb::Attr> {
 }
 
 impl DfsFs {
-    pub fn new(io: Io) -> DfsFs {
+    pub fn new(io: Io, meta_channel: dfs_client::meta::MetaChannel) -> DfsFs {
         DfsFs {
             io,
+            meta: meta_channel.client(),
+            meta_channel,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -172,8 +178,12 @@ impl DfsFs {
         &self.io
     }
 
-    fn meta(&self) -> dfs_client::Meta {
-        self.io.meta.clone()
+    pub(crate) fn meta(&self) -> dfs_client::Meta {
+        self.meta.clone()
+    }
+
+    pub fn meta_channel(&self) -> &dfs_client::meta::MetaChannel {
+        &self.meta_channel
     }
 
     fn open_file(&self, ino: u64) -> Option<SharedFile> {
@@ -568,7 +578,7 @@ impl DfsFs {
             handles.insert(fh, file);
             handles.len()
         };
-        self.io.meta_channel.set_open_files(open as u64);
+        self.meta_channel.set_open_files(open as u64);
         fh
     }
 
@@ -902,7 +912,7 @@ impl DfsFs {
     }
 
     async fn sync_meta(&self) -> FsResult<()> {
-        let mut meta = self.io.meta.clone();
+        let mut meta = self.meta.clone();
         meta.sync(pb::Empty {}).await?;
         Ok(())
     }
@@ -911,7 +921,7 @@ impl DfsFs {
         let removed = {
             let mut handles = lock(&self.handles);
             let file = handles.remove(&fh);
-            self.io.meta_channel.set_open_files(handles.len() as u64);
+            self.meta_channel.set_open_files(handles.len() as u64);
             file
         };
         let Some(file) = removed else {
@@ -961,7 +971,7 @@ impl DfsFs {
 
     /// Ends this mount's session: meta releases its locks and orphans now.
     pub async fn close_session(&self) -> FsResult<()> {
-        Ok(self.io.meta_channel.close_session().await?)
+        Ok(self.meta_channel.close_session().await?)
     }
 
     /// Flushes every open file (unmount, shutdown).

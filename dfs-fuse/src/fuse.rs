@@ -142,7 +142,7 @@ impl FuseAdapter {
         if !sleep {
             let op = if lock.flock { "flock" } else { "setlk" };
             let result = self.run(op, async {
-                fs.locks.set(&fs.io().meta, lock, false, None).await
+                fs.locks.set(&fs.meta(), lock, false, None).await
             });
             return empty(reply, result);
         }
@@ -151,7 +151,7 @@ impl FuseAdapter {
         self.rt.spawn(async move {
             let result = fs
                 .locks
-                .set(&fs.io().meta, lock, true, Some(interrupted))
+                .set(&fs.meta(), lock, true, Some(interrupted))
                 .await;
             fs.locks.done_waiting(unique);
             match result {
@@ -593,7 +593,7 @@ impl Filesystem for FuseAdapter {
             let unlocked = self
                 .fs
                 .locks
-                .release_owner(&self.fs.io().meta, ino.0, lock_owner.0, false)
+                .release_owner(&self.fs.meta(), ino.0, lock_owner.0, false)
                 .await;
             flushed.and(unlocked)
         });
@@ -617,7 +617,7 @@ impl Filesystem for FuseAdapter {
                 Some(owner) => {
                     self.fs
                         .locks
-                        .release_owner(&self.fs.io().meta, ino.0, owner.0, true)
+                        .release_owner(&self.fs.meta(), ino.0, owner.0, true)
                         .await
                 }
                 None => Ok(()),
@@ -649,7 +649,7 @@ impl Filesystem for FuseAdapter {
             pid,
         };
         let fs = &self.fs;
-        match self.run("getlk", fs.locks.test(&fs.io().meta, lock)) {
+        match self.run("getlk", fs.locks.test(&fs.meta(), lock)) {
             Ok(Some(c)) => reply.locked(c.start, c.end, c.typ, c.pid),
             Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
             Err(e) => reply.error(e),

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use dfs_client::chunk_io::{read_chunk, read_chunk_range};
-use dfs_client::{Channels, ClientError};
+use dfs_client::ClientError;
 use dfs_proto::pb;
 use prost::bytes::Bytes;
 
+use crate::backend::{ChunkStore, FileMeta};
 use crate::cache::ChunkCache;
 use crate::error::{FsError, FsResult};
 use crate::memory::MemoryBudget;
@@ -23,12 +23,10 @@ type Fetch = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
 /// What the file system shares with every open file: the cluster and the cache.
 #[derive(Clone)]
 pub struct Io {
-    pub meta: dfs_client::Meta,
-    /// The channel under `meta`: the session, and retry counts.
-    pub meta_channel: dfs_client::meta::MetaChannel,
-    pub channels: Channels,
-    /// Fresh chunk ids and targets, fetched from meta a batch at a time.
-    pub placements: dfs_client::Placements,
+    /// Metadata calls of the data path (`backend::Cluster`, or a fake).
+    pub files: Arc<dyn FileMeta>,
+    /// Chunk uploads and reads (`backend::Cluster`, or a fake).
+    pub chunks: Arc<dyn ChunkStore>,
     pub cache: Arc<ChunkCache>,
     /// The mount's one memory bound, shared by the cache and write buffers.
     pub memory: Arc<MemoryBudget>,
@@ -71,8 +69,7 @@ impl Io {
                 .or_insert_with(|| {
                     let (io, chunk) = (self.clone(), chunk.clone());
                     async move {
-                        let mut meta = io.meta.clone();
-                        let result = match read_chunk(Some(&mut meta), &io.channels, &chunk).await {
+                        let result = match io.chunks.read(chunk).await {
                             Ok(data) => {
                                 if prefetch {
                                     io.cache.insert_prefetched(id, data.clone());
@@ -197,16 +194,15 @@ impl Io {
             // blocks around it measured slower (5,700 and 4,100 against 9,500
             // IOPS of 4 KiB random reads).
             let from_block = first + run_start;
-            let mut meta = self.meta.clone();
-            let data = read_chunk_range(
-                Some(&mut meta),
-                &self.channels,
-                chunk,
-                (from_block * BLOCK) as u64,
-                ((i - run_start) * BLOCK) as u64,
-            )
-            .await
-            .map_err(FsError::from)?;
+            let data = self
+                .chunks
+                .read_range(
+                    chunk.clone(),
+                    (from_block * BLOCK) as u64,
+                    ((i - run_start) * BLOCK) as u64,
+                )
+                .await
+                .map_err(FsError::from)?;
             for (k, slot) in found[run_start..i].iter_mut().enumerate() {
                 let from = (k * BLOCK).min(data.len());
                 let block = data.slice(from..(from + BLOCK).min(data.len()));

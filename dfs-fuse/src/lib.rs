@@ -7,10 +7,13 @@
 
 pub mod allocator;
 pub mod append;
+pub mod backend;
 pub mod cache;
 pub mod coherence;
 pub mod durability;
 pub mod error;
+#[cfg(test)]
+mod fake;
 pub mod fs;
 pub mod fuse;
 pub mod io;
@@ -99,11 +102,14 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         opts.cache_timeout,
         metrics.clone(),
     ));
-    let io = Io {
+    let cluster = Arc::new(backend::Cluster {
         meta: meta.client(),
-        placements: dfs_client::Placements::new(PLACEMENT_BATCH, Some(meta.clone())),
-        meta_channel: meta,
         channels: Channels::new(),
+        placements: dfs_client::Placements::new(PLACEMENT_BATCH, Some(meta.clone())),
+    });
+    let io = Io {
+        files: cluster.clone(),
+        chunks: cluster,
         cache,
         memory,
         metrics,
@@ -111,7 +117,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         fetches: Default::default(),
     };
     {
-        let (metrics, channel) = (io.metrics.clone(), io.meta_channel.clone());
+        let (metrics, channel) = (io.metrics.clone(), meta.clone());
         rt.spawn(async move {
             loop {
                 metrics.record_meta_stats(channel.stats());
@@ -119,7 +125,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
             }
         });
     }
-    let fs = Arc::new(fs::DfsFs::new(io));
+    let fs = Arc::new(fs::DfsFs::new(io, meta));
     let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone(), opts.writeback_cache);
 
     let mut config = fuser::Config::default();
@@ -150,10 +156,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         coherence
             .attach(session.notifier())
             .map_err(MountError::Runtime)?;
-        rt.spawn(coherence::run_watch(
-            fs.io().meta_channel.clone(),
-            coherence,
-        ));
+        rt.spawn(coherence::run_watch(fs.meta_channel().clone(), coherence));
     }
     let background = session.spawn().map_err(MountError::Mount)?;
     tracing::info!(mountpoint = %opts.mountpoint.display(), source = %opts.source, "mounted");

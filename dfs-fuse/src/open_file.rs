@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use dfs_client::chunk_io::{upload_chunk, UploadedChunk};
-use dfs_client::commit::{commit, commit_size, Written};
+use dfs_client::chunk_io::UploadedChunk;
+use dfs_client::commit::{commit_size, committed_chunks, Written};
 use dfs_proto::{pb, zero_runs};
 use prost::bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -128,11 +128,7 @@ pub struct OpenFile {
 impl OpenFile {
     /// Opens with a fresh chunk map from meta (close-to-open consistency).
     pub async fn load(io: &Io, ino: u64) -> FsResult<OpenFile> {
-        let mut meta = io.meta.clone();
-        let map = meta
-            .get_chunks(pb::GetChunksRequest { ino })
-            .await?
-            .into_inner();
+        let map = io.files.get_chunks(ino).await?;
         let attr = map.attr.unwrap_or(pb::Attr {
             ino,
             ..Default::default()
@@ -383,11 +379,7 @@ impl OpenFile {
             self.finish_one_upload().await?;
         }
         let data = Bytes::from(buf);
-        let (mut meta, channels, payload) = (io.meta.clone(), io.channels.clone(), data.clone());
-        let placements = io.placements.clone();
-        let handle = tokio::spawn(async move {
-            upload_chunk(&mut meta, &channels, &placements, payload, durable).await
-        });
+        let handle = tokio::spawn(io.chunks.upload(data.clone(), durable));
         self.inflight.insert(index, (data, handle));
         Ok(())
     }
@@ -454,9 +446,7 @@ impl OpenFile {
                 continue;
             };
             let data = data.clone();
-            let mut meta = io.meta.clone();
-            let uploaded =
-                upload_chunk(&mut meta, &io.channels, &io.placements, data.clone(), false).await?;
+            let uploaded = io.chunks.upload(data.clone(), false).await?;
             self.uploaded.insert(index, (uploaded, data));
         }
         Ok(())
@@ -498,9 +488,7 @@ impl OpenFile {
                 merged[from..to].copy_from_slice(&ours[from..to]);
             }
             let data = Bytes::from(merged);
-            let mut meta = io.meta.clone();
-            let uploaded =
-                upload_chunk(&mut meta, &io.channels, &io.placements, data.clone(), false).await?;
+            let uploaded = io.chunks.upload(data.clone(), false).await?;
             self.uploaded.insert(index, (uploaded, data));
             if let Some(e) = self.edits.get_mut(&index) {
                 e.base = now.map(|c| c.chunk_id);
@@ -530,16 +518,14 @@ impl OpenFile {
             final_size.then_some(self.size),
         );
         let ticket = io.coherence.ticket().own();
-        let map = commit(
-            &io.meta,
-            self.ino,
-            cs,
+        let request = pb::CommitWriteRequest {
+            ino: self.ino,
             size,
-            &written,
-            Some(self.mtime),
-            true,
-        )
-        .await;
+            chunks: committed_chunks(cs, size, &written),
+            mtime: Some(self.mtime),
+            return_chunks: true,
+        };
+        let map = io.files.commit_write(request).await;
         match map.as_ref().ok().and_then(|m| m.attr.as_ref()) {
             Some(attr) => io.coherence.learned_attr(ticket, attr),
             None => io.coherence.forget_attr(self.ino),
@@ -611,8 +597,8 @@ impl OpenFile {
         let punch_from = if whole(first) { first } else { first + 1 };
         let punch_to = if whole(last) { last + 1 } else { last };
         if punch_from < punch_to {
-            let mut meta = io.meta.clone();
-            let reply = meta
+            let reply = io
+                .files
                 .punch_hole(pb::PunchHoleRequest {
                     ino: self.ino,
                     first_index: punch_from,
@@ -621,7 +607,7 @@ impl OpenFile {
                 .await;
             io.coherence.forget_attr(self.ino);
             io.coherence.mutated();
-            let reply = reply?.into_inner();
+            let reply = reply?;
             self.committed
                 .retain(|i, _| !(punch_from..punch_to).contains(i));
             if let Some(attr) = &reply.attr {
@@ -817,3 +803,7 @@ impl Drop for OpenFile {
         self.memory.adjust_buffered(-self.reported_dirty);
     }
 }
+
+#[cfg(test)]
+#[path = "open_file_tests.rs"]
+mod tests;

@@ -1,0 +1,235 @@
+//! The open-file state machine against an in-memory cluster that fails on
+//! purpose (`crate::fake`): buffering, upload, put-back on failure, commit,
+//! conflicts with other writers, lost replies, released ids, vanished
+//! chunks, fsync replacing a replica, and read planning.
+
+use super::*;
+use crate::fake::{FakeCluster, Fault, Op, CHUNK_SIZE};
+
+const INO: u64 = 7;
+const CS: usize = CHUNK_SIZE as usize;
+
+/// A byte pattern that differs per writer and offset.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+async fn open(io: &Io) -> OpenFile {
+    OpenFile::load(io, INO).await.expect("open")
+}
+
+/// What a fresh open reads back through the data path (plan, then fetch).
+async fn read_back(io: &Io, len: usize) -> Vec<u8> {
+    let mut file = open(io).await;
+    let plan = file.plan_read(io, 0, len as u32 + 100);
+    io.complete_read(plan).await.expect("read")
+}
+
+fn cluster() -> (FakeCluster, Io) {
+    let cluster = FakeCluster::default();
+    cluster.create(INO);
+    let io = cluster.io();
+    (cluster, io)
+}
+
+#[tokio::test]
+async fn written_bytes_are_committed_and_read_back() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    let data = pattern(1, 3 * CS + 100);
+    file.write(&io, 0, &data).await.unwrap();
+    // Three full chunks went up in the background; nothing is committed
+    // before the flush.
+    assert!(file.has_changes());
+    file.flush(&io, false).await.unwrap();
+    assert!(!file.has_changes());
+    assert_eq!(cluster.content(INO), data);
+    assert_eq!(read_back(&io, data.len()).await, data);
+    assert_eq!(io.metrics.dirty_bytes.get(), 0, "buffers are released");
+}
+
+#[tokio::test]
+async fn reads_see_buffered_bytes_over_committed_ones_and_zeros_in_holes() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    file.write(&io, 0, &pattern(1, CS)).await.unwrap();
+    file.flush(&io, false).await.unwrap();
+    // Not flushed: a write in the middle of chunk 0 and one past a hole.
+    file.write(&io, 10, b"hello").await.unwrap();
+    file.write(&io, 3 * CS as u64, b"end").await.unwrap();
+    let plan = file.plan_read(&io, 0, 4 * CS as u32);
+    let out = io.complete_read(plan).await.unwrap();
+    let mut want = pattern(1, CS);
+    want[10..15].copy_from_slice(b"hello");
+    want.resize(3 * CS, 0);
+    want.extend_from_slice(b"end");
+    assert_eq!(out, want);
+    // The cluster still has only what was flushed.
+    assert_eq!(cluster.content(INO), pattern(1, CS));
+}
+
+#[tokio::test]
+async fn a_failed_upload_keeps_the_bytes_and_the_next_flush_commits_them() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    let data = pattern(2, 2 * CS + 7);
+    cluster.fail_next(Op::Upload, Fault::NoSpace);
+    file.write(&io, 0, &data).await.unwrap();
+    let err = file.flush(&io, false).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    // Nothing was committed over the missing chunk, and the bytes are still here.
+    assert!(cluster.content(INO).is_empty());
+    assert!(file.has_changes());
+    let plan = file.plan_read(&io, 0, data.len() as u32);
+    assert_eq!(io.complete_read(plan).await.unwrap(), data);
+    file.flush(&io, false).await.unwrap();
+    assert_eq!(cluster.content(INO), data);
+}
+
+#[tokio::test]
+async fn stalled_nodes_read_as_eio_not_enospc() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    cluster.fail_next(Op::Upload, Fault::NodesFailed);
+    file.write(&io, 0, &pattern(3, 100)).await.unwrap();
+    let err = file.flush(&io, false).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    file.flush(&io, false).await.unwrap();
+    assert_eq!(cluster.content(INO), pattern(3, 100));
+}
+
+#[tokio::test]
+async fn a_commit_whose_reply_was_lost_is_committed_again_correctly() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    file.write(&io, 0, &pattern(4, CS)).await.unwrap();
+    file.flush(&io, false).await.unwrap();
+    let data = pattern(5, CS + 50);
+    file.write(&io, 0, &data).await.unwrap();
+    // Meta committed, the reply never came back: the mount cannot tell.
+    cluster.fail_next(Op::Commit, Fault::LostReply);
+    assert!(file.flush(&io, false).await.is_err());
+    // The next flush finds its own commit in place (a stale base to meta)
+    // and merges its bytes onto it: the content is what was written.
+    file.flush(&io, false).await.unwrap();
+    assert_eq!(cluster.content(INO), data);
+    assert_eq!(read_back(&io, data.len()).await, data);
+}
+
+#[tokio::test]
+async fn a_commit_that_timed_out_is_tried_again_by_the_next_flush() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    let data = pattern(6, 2 * CS);
+    file.write(&io, 0, &data).await.unwrap();
+    cluster.fail_next(Op::Commit, Fault::Timeout);
+    let err = file.flush(&io, false).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ETIMEDOUT);
+    assert!(cluster.content(INO).is_empty());
+    file.flush(&io, false).await.unwrap();
+    assert_eq!(cluster.content(INO), data);
+}
+
+#[tokio::test]
+async fn another_writers_bytes_in_the_same_chunk_survive_a_conflict() {
+    let (cluster, io_a) = cluster();
+    let io_b = cluster.io();
+    let mut a = open(&io_a).await;
+    a.write(&io_a, 0, &pattern(7, CS)).await.unwrap();
+    a.flush(&io_a, false).await.unwrap();
+    // Two mounts open the same file and change different bytes of chunk 0.
+    let mut b = open(&io_b).await;
+    a.write(&io_a, 0, b"AAAA").await.unwrap();
+    b.write(&io_b, 100, b"BBBB").await.unwrap();
+    a.flush(&io_a, false).await.unwrap();
+    b.flush(&io_b, false).await.unwrap();
+    let mut want = pattern(7, CS);
+    want[0..4].copy_from_slice(b"AAAA");
+    want[100..104].copy_from_slice(b"BBBB");
+    assert_eq!(cluster.content(INO), want);
+}
+
+#[tokio::test]
+async fn released_ids_are_uploaded_again_under_fresh_ones() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    let data = pattern(8, 2 * CS + 1);
+    file.write(&io, 0, &data).await.unwrap();
+    let uploads_before = cluster.calls("upload");
+    // The session expired while the mount was cut off: meta released the
+    // ids of every chunk uploaded but not committed.
+    cluster.fail_next(Op::Commit, Fault::IdsReleased);
+    file.flush(&io, false).await.unwrap();
+    assert_eq!(cluster.content(INO), data);
+    // The last chunk's first upload, then all three again.
+    assert_eq!(cluster.calls("upload"), uploads_before + 1 + 3);
+}
+
+#[tokio::test]
+async fn a_vanished_chunk_is_read_from_the_new_map() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    file.write(&io, 0, &pattern(9, CS)).await.unwrap();
+    file.flush(&io, false).await.unwrap();
+    // A reader on another mount (its cache does not have the chunk).
+    let io_r = cluster.io();
+    let mut reader = open(&io_r).await;
+    // Another mount replaces chunk 0; the old chunk is deleted from the nodes.
+    cluster.vanish(INO, 0);
+    cluster.write_elsewhere(INO, 0, &pattern(10, CS));
+    // The read with the old map finds the chunk gone (not an I/O error)...
+    let plan = reader.plan_read(&io_r, 0, CS as u32);
+    let err = io_r.complete_read(plan).await.unwrap_err();
+    assert!(err.is_chunk_gone(), "{err}");
+    // ...and a partial write into it starts from the new chunk's bytes.
+    reader.write(&io_r, 5, b"xyz").await.unwrap();
+    reader.flush(&io_r, false).await.unwrap();
+    let mut want = pattern(10, CS);
+    want[5..8].copy_from_slice(b"xyz");
+    assert_eq!(cluster.content(INO), want);
+}
+
+#[tokio::test]
+async fn fsync_replaces_a_replica_that_cannot_sync() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    file.write(&io, 0, &pattern(11, 100)).await.unwrap();
+    cluster.unsyncable("node2");
+    file.flush(&io, true).await.unwrap();
+    let chunk_id = open(&io).await.committed[&0].chunk_id;
+    // A new durable copy on node 4, and meta forgets node 2's.
+    assert_eq!(cluster.added(), vec![(chunk_id, vec![4])]);
+    assert_eq!(cluster.forgotten(), vec![(chunk_id, 2)]);
+}
+
+#[tokio::test]
+async fn fsync_fails_when_meta_will_not_forget_an_unsynced_replica() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    file.write(&io, 0, &pattern(12, 100)).await.unwrap();
+    cluster.unsyncable("node1");
+    // Meta refuses (it would leave the chunk short of durable copies).
+    cluster.fail_next(Op::ForgetReplica, Fault::Refused);
+    let err = file.flush(&io, true).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+}
+
+#[tokio::test]
+async fn zero_range_punches_whole_chunks_and_zeroes_edges() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    let data = pattern(13, 3 * CS);
+    file.write(&io, 0, &data).await.unwrap();
+    file.flush(&io, false).await.unwrap();
+    // From the middle of chunk 0 to the middle of chunk 2.
+    let (from, len) = (CS as u64 / 2, 2 * CS as u64);
+    file.zero_range(&io, from, len).await.unwrap();
+    let mut want = data.clone();
+    want[from as usize..(from + len) as usize].fill(0);
+    assert_eq!(cluster.content(INO), want);
+    let map = open(&io).await;
+    assert!(!map.committed.contains_key(&1), "chunk 1 became a hole");
+    assert_eq!(file.seek_data_or_hole(0, true).unwrap(), CS as u64);
+}
