@@ -206,6 +206,11 @@ async fn fsck(meta: &mut Meta, path: &str, repair: bool, json: bool) -> Result<(
             "orphans": r.orphans, "abandoned_allocations": r.abandoned_allocations,
             "problems": problems, "problems_truncated": r.problems_truncated,
             "repairs_planned": r.repairs_planned, "quarantine_released": r.quarantine_released,
+            "stray_chunks": r.stray_chunks, "strays_queued": r.strays_queued,
+            "strays": r.strays.iter().map(|s| serde_json::json!({
+                "node_id": s.node_id, "addr": s.addr, "chunk_id": s.chunk_id,
+            })).collect::<Vec<_>>(),
+            "unlisted_nodes": r.unlisted_nodes,
         });
         println!("{doc}");
     } else {
@@ -247,6 +252,26 @@ async fn fsck(meta: &mut Meta, path: &str, repair: bool, json: bool) -> Result<(
         }
         if r.problems_truncated {
             println!("(more problems not listed)");
+        }
+        if path.is_empty() || path == "/" {
+            println!(
+                "chunk files on nodes that meta does not know: {}{}",
+                r.stray_chunks,
+                if repair {
+                    format!(" ({} queued for deletion)", r.strays_queued)
+                } else {
+                    String::new()
+                }
+            );
+            for s in &r.strays {
+                println!(
+                    "stray: chunk {} on node {} ({})",
+                    s.chunk_id, s.node_id, s.addr
+                );
+            }
+            for addr in &r.unlisted_nodes {
+                println!("node {addr} did not list its chunks: its strays are unknown");
+            }
         }
         println!(
             "status: {}",

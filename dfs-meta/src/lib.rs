@@ -11,6 +11,7 @@ pub mod repair;
 pub mod service;
 pub mod sessions;
 pub mod store;
+pub mod strays;
 pub mod watch;
 
 use std::sync::Arc;

@@ -703,6 +703,12 @@ impl Meta for MetaService {
                 .store
                 .fsck(root.ino, self.live_cutoff(), FSCK_PROBLEMS)
                 .await?;
+            // Strays belong to no path: only a check of the whole tree looks.
+            let strays = if root.ino == dfs_proto::ROOT_INO {
+                crate::strays::scan(&self.store, self.live_cutoff(), r.repair).await?
+            } else {
+                Default::default()
+            };
             Ok(pb::FsckReply {
                 files: report.files,
                 chunks: report.chunks,
@@ -733,6 +739,23 @@ impl Meta for MetaService {
                 problems_truncated: report.truncated,
                 repairs_planned: planned,
                 quarantine_released: released,
+                stray_chunks: strays.strays.len() as u64,
+                strays_queued: if r.repair {
+                    strays.strays.len() as u64
+                } else {
+                    0
+                },
+                strays: strays
+                    .strays
+                    .iter()
+                    .take(FSCK_PROBLEMS)
+                    .map(|s| pb::FsckStray {
+                        node_id: s.node_id,
+                        addr: s.addr.clone(),
+                        chunk_id: s.chunk_id,
+                    })
+                    .collect(),
+                unlisted_nodes: strays.unlisted,
             })
         })
         .await

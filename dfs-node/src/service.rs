@@ -46,6 +46,9 @@ impl ChunkService {
 }
 
 /// Runs a blocking disk step on the blocking pool.
+/// Chunk ids per ListChunks message (about 400 KB).
+const LIST_PAGE: usize = 50_000;
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
 ) -> Result<T, Status> {
@@ -259,6 +262,31 @@ impl Chunk for ChunkService {
         let store = self.store.clone();
         blocking(move || store.sync(&ids)).await?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    type ListChunksStream = ReceiverStream<Result<pb::ListChunksReply, Status>>;
+
+    /// Every chunk id on this node's disk, in pages (fsck compares them with
+    /// what meta knows).
+    async fn list_chunks(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<Self::ListChunksStream>, Status> {
+        let store = self.store.clone();
+        let mut ids = blocking(move || store.list()).await?;
+        ids.sort_unstable();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            for page in ids.chunks(LIST_PAGE) {
+                let reply = pb::ListChunksReply {
+                    chunk_ids: page.to_vec(),
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn node_info(

@@ -467,6 +467,63 @@ fn fsck_names_the_files_at_risk() {
 }
 
 #[test]
+fn fsck_lists_chunk_files_meta_does_not_know_and_repair_deletes_them() {
+    let c = Cluster::start(Options {
+        gc_grace_secs: Some(1),
+        ..Options::default()
+    });
+    let f = c.random_file("f", 5000);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    // A chunk file no file references: a copy of a real one under an id
+    // meta never handed out (left behind by a crash, or a restored disk).
+    let real = chunk_files(&c, 1, "chunks");
+    let (some_chunk, _) = real.iter().next().expect("node 1 holds a chunk");
+    let stray_id: u64 = 0x00ff_ffff_0000;
+    let stray = c
+        .node_data(1)
+        .join("chunks")
+        .join(format!("{:02x}", stray_id % 256))
+        .join(format!("{stray_id:016x}"));
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::copy(some_chunk, &stray).unwrap();
+    // Listed with its node; not data at risk (exit 0), and nothing deleted yet.
+    let text = c.dfs_ok(&["fsck"]);
+    assert!(
+        text.contains("chunk files on nodes that meta does not know: 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("stray: chunk {stray_id} on node")),
+        "{text}"
+    );
+    assert!(text.contains("status: HEALTHY"), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
+    assert_eq!(doc["stray_chunks"], 1, "{doc}");
+    assert_eq!(doc["strays"][0]["chunk_id"], stray_id, "{doc}");
+    assert!(stray.exists(), "fsck without --repair changes nothing");
+    // A subtree check does not look at the nodes.
+    let sub: serde_json::Value =
+        serde_json::from_str(&c.dfs_ok(&["--json", "fsck", "/f"])).unwrap();
+    assert_eq!(sub["stray_chunks"], 0, "{sub}");
+    // --repair queues its deletion: the node deletes it with a heartbeat,
+    // and every real chunk file stays.
+    let text = c.dfs_ok(&["fsck", "--repair"]);
+    assert!(text.contains("(1 queued for deletion)"), "{text}");
+    c.wait_until("the stray is deleted", Duration::from_secs(30), |_| {
+        !stray.exists()
+    });
+    assert_eq!(chunk_files(&c, 1, "chunks"), real);
+    let text = c.dfs_ok(&["fsck"]);
+    assert!(
+        text.contains("chunk files on nodes that meta does not know: 0"),
+        "{text}"
+    );
+    let out = c.local("back");
+    c.dfs_ok(&["get", "/f", out.to_str().unwrap()]);
+    assert!(same_bytes(&f, &out));
+}
+
+#[test]
 fn a_drained_node_hands_its_chunks_over_and_can_be_removed() {
     let c = Cluster::start(Options {
         nodes: 4,

@@ -38,6 +38,7 @@ mod nodes;
 mod reconcile;
 mod rows;
 mod sessions;
+mod strays;
 mod tables;
 
 use std::time::Duration;

@@ -586,7 +586,7 @@ pub(crate) async fn good_replicas(
 
 /// Queues `node`'s copy of `chunk` for deletion (handed out by `heartbeat`
 /// after the grace period, once durable).
-async fn queue_deletion(conn: &mut DbConn, chunk: i64, node: i64) -> Result<()> {
+pub(crate) async fn queue_deletion(conn: &mut DbConn, chunk: i64, node: i64) -> Result<()> {
     db::query(
         "INSERT INTO gc_replicas (chunk_id, node_id, queued_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )

@@ -174,7 +174,7 @@ fn placeholders(from: usize, n: usize) -> String {
 }
 
 /// Which of `ids` are present as `id` in `table`.
-async fn existing(tx: &mut DbConn, table: &str, ids: &[i64]) -> Result<HashSet<i64>> {
+pub(crate) async fn existing(tx: &mut DbConn, table: &str, ids: &[i64]) -> Result<HashSet<i64>> {
     let mut found = HashSet::new();
     for batch in ids.chunks(BATCH) {
         let sql = format!(
