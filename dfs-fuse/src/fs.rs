@@ -2,7 +2,7 @@
 //! calls go to meta, file data goes through `OpenFile`. Every method is async
 //! and returns an errno-carrying `FsError`; `fuse.rs` only translates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -77,8 +77,11 @@ pub struct DfsFs {
     /// The open file of each inode while any handle holds it. Handles own the
     /// file (strong references), so a late release can never pull a file out
     /// from under a new open of the same inode.
-    files: Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>,
+    files: Arc<Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>>,
     handles: Mutex<HashMap<u64, SharedFile>>,
+    /// Files open here whose last name is gone: orphans on meta that this
+    /// mount releases at their last close (`release_orphan_if_closed`).
+    orphans: OrphanKeeper,
     dirs: Mutex<HashMap<u64, Arc<AsyncMutex<DirListing>>>>,
     next_fh: AtomicU64,
     /// Inodes whose latest attributes said "no xattrs", and when: `ls -l` asks
@@ -137,12 +140,19 @@ fn attr_of(reply: pb::AttrReply) -> FsResult<pb::Attr> {
 
 impl DfsFs {
     pub fn new(io: Io, meta_channel: dfs_client::meta::MetaChannel) -> DfsFs {
+        let files: Arc<Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>> = Default::default();
+        let meta = meta_channel.client();
         DfsFs {
             io,
-            meta: meta_channel.client(),
+            meta: meta.clone(),
             meta_channel,
-            files: Mutex::new(HashMap::new()),
+            files: files.clone(),
             handles: Mutex::new(HashMap::new()),
+            orphans: OrphanKeeper {
+                files,
+                orphans: Default::default(),
+                meta,
+            },
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             no_xattrs: Mutex::new(inode_lru()),
@@ -395,7 +405,7 @@ impl DfsFs {
         let reply = self.meta().unlink(request).await;
         self.name_removed(ticket, parent, name, reply)?;
         if let Some(file) = victim {
-            file.lock().await.orphaned = true;
+            self.orphaned(file).await?;
         }
         Ok(())
     }
@@ -483,7 +493,7 @@ impl DfsFs {
         self.learned_dirs(ticket, [reply.parent.as_ref(), reply.new_parent.as_ref()]);
         c.mutated();
         if let Some(file) = victim {
-            file.lock().await.orphaned = true;
+            self.orphaned(file).await?;
         }
         Ok(())
     }
@@ -695,7 +705,7 @@ impl DfsFs {
             self.add_handle(file)
         };
         if unnamed {
-            self.file_of(fh)?.lock().await.orphaned = true;
+            self.orphaned(self.file_of(fh)?).await?;
         }
         Ok(fh)
     }
@@ -743,7 +753,7 @@ impl DfsFs {
         {
             let mut f = file.lock().await;
             if crate::append::take(&self.io, &mut f).await? {
-                self.give_back_append_lock_later(file.clone());
+                self.give_back_append_lock_later(&file);
             }
             let end = f.size;
             f.write(&self.io, end, data).await?;
@@ -766,29 +776,54 @@ impl DfsFs {
     /// and give the lock back, so appenders on other mounts get their turn.
     /// A failed commit keeps the lock (the bytes must land at this end) and
     /// tries again a moment later; the error reaches the next flush.
-    fn give_back_append_lock_later(&self, file: SharedFile) {
+    fn give_back_append_lock_later(&self, file: &SharedFile) {
         let io = self.io.clone();
+        // Not a handle: when the last one closes, its release gives the lock
+        // back, and this task must not keep the file open (an orphan would
+        // then never be released).
+        let file = Arc::downgrade(file);
+        let orphans = self.orphans.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(crate::append::HOLD).await;
+                let Some(file) = file.upgrade() else {
+                    return;
+                };
                 let mut f = file.lock().await;
                 if !f.append_lock_held {
                     return;
                 }
-                match f.flush(&io, false).await {
-                    Ok(()) => match crate::append::give_back_if_committed(&io, &mut f).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::warn!(ino = f.ino, error = %e, "cannot give the append lock back")
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(ino = f.ino, error = %e, "committing appends failed; keeping the append lock");
-                        f.defer_error(e);
-                    }
+                let ino = f.ino;
+                let done = Self::give_back_now(&io, &mut f).await;
+                drop(f);
+                drop(file);
+                // Its last close may have come while this task held it.
+                if let Err(e) = orphans.release_if_closed(ino).await {
+                    tracing::warn!(ino, error = %e, "cannot release an orphan");
+                }
+                if done {
+                    return;
                 }
             }
         });
+    }
+
+    /// One attempt of `give_back_append_lock_later`; true when done.
+    async fn give_back_now(io: &Io, f: &mut OpenFile) -> bool {
+        match f.flush(io, false).await {
+            Ok(()) => match crate::append::give_back_if_committed(io, f).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(ino = f.ino, error = %e, "cannot give the append lock back");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(ino = f.ino, error = %e, "committing appends failed; keeping the append lock");
+                f.defer_error(e);
+                false
+            }
+        }
     }
 
     /// Has open files that nobody is using right now upload their buffers, so
@@ -927,7 +962,7 @@ impl DfsFs {
         let Some(file) = removed else {
             return Ok(());
         };
-        let (ino, orphaned, result) = {
+        let (ino, result) = {
             let mut guard = file.lock().await;
             let mut result = guard.flush(&self.io, false).await;
             // (Whether this was the file's last handle is asked only on failure:
@@ -943,7 +978,7 @@ impl DfsFs {
                 Ok(())
             };
             result = result.and(unlocked);
-            (guard.ino, guard.orphaned, result)
+            (guard.ino, result)
         };
         drop(file);
         if result.is_err() {
@@ -953,20 +988,20 @@ impl DfsFs {
             // changes later by itself.
             lock(&self.page_cache_content).pop(&ino);
         }
-        let last = {
-            let mut files = lock(&self.files);
-            let last = files.get(&ino).is_some_and(|w| w.strong_count() == 0);
-            if last {
-                files.remove(&ino);
-            }
-            last
-        };
-        if last && orphaned {
-            self.meta()
-                .release_orphan(pb::ReleaseOrphanRequest { ino })
-                .await?;
-        }
+        // The last close of a file whose last name is gone releases it.
+        self.orphans.release_if_closed(ino).await?;
         result
+    }
+
+    /// A file open here lost its last name (or never had one): meta keeps it
+    /// for this mount until its last close here.
+    async fn orphaned(&self, file: SharedFile) -> FsResult<()> {
+        let ino = file.lock().await.ino;
+        lock(&self.orphans.orphans).insert(ino);
+        drop(file);
+        // Its last handle may have closed while meta removed the name: then
+        // no later close will release it.
+        self.orphans.release_if_closed(ino).await
     }
 
     /// Ends this mount's session: meta releases its locks and orphans now.
@@ -1105,6 +1140,38 @@ impl DfsFs {
                 name: name.to_vec(),
             })
             .await?;
+        Ok(())
+    }
+}
+
+/// The files this mount holds open whose last name is gone: orphans on meta,
+/// each released once no handle (and no task) holds it any more.
+#[derive(Clone)]
+struct OrphanKeeper {
+    files: Arc<Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>>,
+    orphans: Arc<Mutex<HashSet<u64>>>,
+    meta: dfs_client::Meta,
+}
+
+impl OrphanKeeper {
+    /// Releases an orphan of this mount once nothing holds it open. Called
+    /// after every last close, every orphaning and every background task
+    /// that held the file, so whichever comes last releases it, exactly once.
+    async fn release_if_closed(&self, ino: u64) -> FsResult<()> {
+        let release = {
+            let mut files = lock(&self.files);
+            let open = files.get(&ino).is_some_and(|w| w.strong_count() > 0);
+            if !open {
+                files.remove(&ino);
+            }
+            !open && lock(&self.orphans).remove(&ino)
+        };
+        if release {
+            self.meta
+                .clone()
+                .release_orphan(pb::ReleaseOrphanRequest { ino })
+                .await?;
+        }
         Ok(())
     }
 }

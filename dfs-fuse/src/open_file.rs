@@ -108,8 +108,6 @@ pub struct OpenFile {
     changed: bool,
     /// A failure in a drain nobody was waiting for, reported by the next flush.
     pending_error: Option<FsError>,
-    /// Its last name was removed while open here: release it on meta at the last close.
-    pub orphaned: bool,
     /// Buffered bytes last added to the `dfs_fuse_dirty_bytes` gauge and the memory budget.
     reported_dirty: i64,
     metrics: Arc<FuseMetrics>,
@@ -157,7 +155,6 @@ impl OpenFile {
             uploaded: BTreeMap::new(),
             changed: false,
             pending_error: None,
-            orphaned: false,
             reported_dirty: 0,
             metrics: io.metrics.clone(),
             memory: io.memory.clone(),

@@ -560,3 +560,33 @@ fn a_mount_cut_off_past_its_lease_is_told_and_gets_a_new_session() {
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+#[test]
+fn files_appended_then_removed_leave_no_orphan_behind() {
+    let c = Cluster::start(Options::default());
+    let m = c.mount("mnt");
+    // An append takes the file's append lock and gives it back a moment
+    // later, from a task that holds the file meanwhile: the file's last
+    // close and its removal must still release it on meta.
+    for i in 0..10 {
+        let path = m.join(&format!("f{i}"));
+        std::fs::write(&path, b"start").unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b" and more").unwrap();
+        drop(f);
+        std::fs::remove_file(&path).unwrap();
+    }
+    let orphans = |c: &Cluster| -> u64 {
+        let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
+        doc["orphans"].as_u64().unwrap()
+    };
+    c.wait_until(
+        "every removed file is released",
+        Duration::from_secs(30),
+        |c| orphans(c) == 0,
+    );
+    assert!(c.dfs_ok(&["--json", "status"]).contains("\"files\":0"));
+}
