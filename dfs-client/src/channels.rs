@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dfs_proto::pb::chunk_client::ChunkClient;
 use tonic::transport::{Channel, Endpoint};
@@ -23,14 +23,37 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
         .initial_connection_window_size(Some(16 << 20)))
 }
 
+/// How long a node that kept a write waiting is passed over by new writes.
+const SLOW_FOR: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Default)]
 pub struct Channels {
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Nodes that recently kept a write waiting past its patience, and when.
+    slow: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
 impl Channels {
     pub fn new() -> Channels {
         Channels::default()
+    }
+
+    /// A node kept a write waiting (stalled, or a hung disk): new writes
+    /// pass it over for a while instead of each waiting for it again.
+    pub fn mark_slow(&self, node_id: u64) {
+        let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
+        slow.insert(node_id, Instant::now());
+    }
+
+    /// The node answered a write: it is not passed over any more.
+    pub fn mark_answering(&self, node_id: u64) {
+        let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
+        slow.remove(&node_id);
+    }
+
+    pub fn is_slow(&self, node_id: u64) -> bool {
+        let slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
+        slow.get(&node_id).is_some_and(|t| t.elapsed() < SLOW_FOR)
     }
 
     /// A chunk-service client for the node at `addr`.

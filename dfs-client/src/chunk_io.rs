@@ -165,10 +165,22 @@ async fn write_down_chain(
     }
 }
 
+/// How long a small write waits for a node before a spare node is asked to
+/// take its replica too (a hedged write): a stalled node (SIGSTOP, a hung
+/// disk) then costs a writer this long, not the whole transfer deadline.
+fn write_patience(durable: bool) -> Duration {
+    Duration::from_millis(if durable { 3_000 } else { 1_500 })
+}
+
 /// Writes one chunk to as many nodes as the cluster wants. Nodes that fail are
-/// replaced by others while any are left; the write succeeds when every wanted
-/// replica holds the data, or (with too few nodes up) at least the cluster's
-/// minimum does. Otherwise it fails and nothing refers to the chunk.
+/// replaced by others while any are left; a small chunk whose node is slow
+/// past `write_patience` is also sent to a spare node, and the first copies
+/// to land count; nodes that were that slow are passed over by the next
+/// writes for a while (`Channels::mark_slow`). Without a spare node, the
+/// write stops waiting for a slow one after four times its patience once
+/// the minimum is stored (a degraded write). The write succeeds when every wanted replica holds the
+/// data, or (with too few nodes up) at least the cluster's minimum does.
+/// Otherwise it fails and nothing refers to the chunk.
 pub async fn upload_chunk(
     meta: &mut crate::Meta,
     channels: &Channels,
@@ -176,47 +188,128 @@ pub async fn upload_chunk(
     data: Bytes,
     durable: bool,
 ) -> Result<UploadedChunk, ClientError> {
+    use futures::stream::{FuturesUnordered, StreamExt};
     let crc32c = crc32c::crc32c(&data);
     let placement = placements.take(meta).await?;
     let chunk_id = placement.chunk_id;
     let replication = placement.replication.max(1) as usize;
     let min_replicas = placement.min_replicas.clamp(1, replication as u32) as usize;
-    let mut targets = placement.targets;
+    let fan_out = data.len() <= FAN_OUT_MAX;
     let mut stored: Vec<u64> = Vec::new();
     let mut failed: HashSet<u64> = HashSet::new();
+    // Nodes written to that have not answered yet.
+    let mut pending: HashSet<u64> = HashSet::new();
     let mut errors: Vec<String> = Vec::new();
     let mut errnos: Vec<i32> = Vec::new();
-    for _ in 0..MAX_WRITE_ROUNDS {
-        let outcome = write_chain(channels, chunk_id, &data, crc32c, durable, &targets).await;
+    let mut writes = FuturesUnordered::new();
+    let start = |targets: Vec<NodeRef>, pending: &mut HashSet<u64>| {
+        let groups: Vec<Vec<NodeRef>> = if fan_out {
+            targets.into_iter().map(|t| vec![t]).collect()
+        } else {
+            vec![targets]
+        };
+        groups
+            .into_iter()
+            .map(|group| {
+                pending.extend(group.iter().map(|t| t.node_id));
+                let data = &data;
+                async move {
+                    let outcome =
+                        write_down_chain(channels, chunk_id, data, crc32c, durable, &group).await;
+                    (group, outcome)
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut targets = placement.targets;
+    if fan_out && targets.iter().any(|t| channels.is_slow(t.node_id)) {
+        // Nodes that just kept writes waiting: spare nodes take their place
+        // where there are any (the slow ones are tried only if not).
+        let (slow, mut fresh): (Vec<NodeRef>, Vec<NodeRef>) = targets
+            .into_iter()
+            .partition(|t| channels.is_slow(t.node_id));
+        let exclude = slow.iter().chain(&fresh).map(|t| t.node_id).collect();
+        let spares = place_more(meta, chunk_id, slow.len(), exclude)
+            .await
+            .unwrap_or_default();
+        let missing = slow.len().saturating_sub(spares.len());
+        fresh.extend(spares);
+        fresh.extend(slow.into_iter().take(missing));
+        targets = fresh;
+    }
+    writes.extend(start(targets, &mut pending));
+    let mut rounds = 1;
+    let mut hedged = false;
+    let mut no_spares = false;
+    let give_up_slow_at = tokio::time::Instant::now() + 4 * write_patience(durable);
+    loop {
+        let patience = tokio::time::sleep(write_patience(durable));
+        let can_hedge = fan_out && !hedged && !pending.is_empty() && rounds < MAX_WRITE_ROUNDS;
+        let answer = tokio::select! {
+            answer = writes.next() => answer,
+            () = patience, if can_hedge => {
+                // Slow nodes: spare nodes take their replicas too.
+                hedged = true;
+                rounds += 1;
+                let exclude = failed.iter().chain(&stored).chain(&pending).copied().collect();
+                let want = pending.len().min(replication.saturating_sub(stored.len()));
+                tracing::info!(chunk_id, slow = ?pending, "slow replica write: a spare node takes a copy too");
+                for node in &pending {
+                    channels.mark_slow(*node);
+                }
+                match place_more(meta, chunk_id, want, exclude).await {
+                    Ok(targets) if !targets.is_empty() => writes.extend(start(targets, &mut pending)),
+                    _ => no_spares = true,
+                }
+                continue;
+            }
+            // No spare node, enough copies, and the slow ones still silent
+            // long after: a degraded write (repair makes the missing copies
+            // later) instead of waiting out the transfer deadline.
+            () = tokio::time::sleep_until(give_up_slow_at), if no_spares && stored.len() >= min_replicas => {
+                tracing::info!(chunk_id, slow = ?pending, "slow replica write: committing without it");
+                break;
+            }
+        };
+        let Some((group, outcome)) = answer else {
+            // Every write answered and too few copies: place more.
+            if stored.len() >= replication || rounds >= MAX_WRITE_ROUNDS {
+                break;
+            }
+            rounds += 1;
+            hedged = false;
+            let exclude = failed.iter().chain(&stored).copied().collect();
+            match place_more(meta, chunk_id, replication - stored.len(), exclude).await {
+                Ok(targets) if !targets.is_empty() => writes.extend(start(targets, &mut pending)),
+                Ok(_) => break,
+                Err(e) if e.errno() == libc::ENOSPC => break,
+                Err(e) => return Err(e),
+            }
+            continue;
+        };
+        for t in &group {
+            pending.remove(&t.node_id);
+        }
         for f in &outcome.failed {
             tracing::warn!(chunk_id, node = f.node_id, error = %f.reason, "replica write failed");
             failed.insert(f.node_id);
             errnos.push(f.errno);
             errors.push(format!("node {}: {}", f.node_id, f.reason));
         }
-        stored.extend(
-            outcome
-                .stored
-                .iter()
-                .filter(|id| !stored.contains(id))
-                .collect::<Vec<_>>(),
-        );
-        if stored.len() >= replication {
+        for id in outcome.stored {
+            channels.mark_answering(id);
+            if !stored.contains(&id) {
+                stored.push(id);
+            }
+        }
+        if no_spares && stored.len() >= min_replicas && pending.iter().all(|n| channels.is_slow(*n))
+        {
             break;
         }
-        let more = meta
-            .place_chunk(pb::PlaceChunkRequest {
-                chunk_id,
-                count: (replication - stored.len()) as u32,
-                exclude_node_ids: failed.iter().chain(stored.iter()).copied().collect(),
-                batch: 0,
-            })
-            .await;
-        match more {
-            Ok(p) if !p.get_ref().targets.is_empty() => targets = p.into_inner().targets,
-            Ok(_) => break,
-            Err(s) if dfs_proto::errno_of(&s) == libc::ENOSPC => break,
-            Err(s) => return Err(s.into()),
+        if stored.len() >= replication {
+            // Writes still in flight (a slow node) are dropped: if one lands
+            // anyway, the extra copy is trimmed later.
+            break;
         }
     }
     if stored.len() < min_replicas {
@@ -244,6 +337,27 @@ pub async fn upload_chunk(
         node_ids: stored,
         replication: replication as u32,
     })
+}
+
+/// `count` more targets for a chunk, none of `exclude`.
+async fn place_more(
+    meta: &mut crate::Meta,
+    chunk_id: u64,
+    count: usize,
+    exclude: Vec<u64>,
+) -> Result<Vec<NodeRef>, ClientError> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let reply = meta
+        .place_chunk(pb::PlaceChunkRequest {
+            chunk_id,
+            count: count as u32,
+            exclude_node_ids: exclude,
+            batch: 0,
+        })
+        .await?;
+    Ok(reply.into_inner().targets)
 }
 
 /// Why a write fell short, from the errnos of the nodes that failed it:

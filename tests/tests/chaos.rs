@@ -3,9 +3,10 @@
 //! rename, unlink, fsync, read back), checked against an in-memory model after
 //! every step, while a controller injects node faults the cluster must ride
 //! through: `kill -9` and restart, SIGSTOP/SIGCONT (a gray failure), a
-//! node out of file descriptors (prlimit), a flipped byte in a stored
-//! chunk, and `kill -9` of meta with a restart. (A node with a full disk is tested apart, in faults.rs: kept full
-//! during this run it makes two faults at once.) With four nodes and one fault at a
+//! node out of file descriptors (prlimit), a node whose disk fills up (its
+//! data directory is a small tmpfs; a ballast file takes every free byte,
+//! then goes), a flipped byte in a stored chunk, and `kill -9` of meta with
+//! a restart. With four nodes and one fault at a
 //! time every fault is within the tolerance, so the run fails unless
 //! applications saw no error, no byte was lost, and `dfs fsck` is clean at
 //! the end.
@@ -154,14 +155,45 @@ fn chunk_files(data: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// Writes `path` until the disk it is on has no byte left; returns its size.
+fn fill_disk(path: &Path) -> u64 {
+    use std::io::Write;
+    let Ok(mut f) = std::fs::File::create(path) else {
+        return 0;
+    };
+    let block = vec![0x42u8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match f.write(&block) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => written += n as u64,
+        }
+    }
+    let _ = f.flush();
+    written
+}
+
 /// Injects one fault on a random node and takes it back: `kill -9` then a
 /// restart, SIGSTOP then SIGCONT, or the open-file limit lowered to what is
-/// open, then restored; or `kill -9` of meta, restarted after the hold
+/// open, then restored; the small disk filled, then freed; or `kill -9` of
+/// meta, restarted after the hold
 /// (clients wait and retry: no error may reach the workload).
 fn inject(c: &mut Cluster, rng: &mut StdRng, hold: Duration, flipped: &mut usize) -> String {
     let i = rng.gen_range(0..c.opts.nodes);
     let pid = c.node_pid(i).unwrap();
-    match rng.gen_range(0..5) {
+    match rng.gen_range(0..6) {
+        5 => {
+            // Only the last node's disk is small enough to fill.
+            let i = c.opts.nodes - 1;
+            let ballast = c.node_data(i).join("ballast");
+            let filled = fill_disk(&ballast);
+            std::thread::sleep(hold);
+            let _ = std::fs::remove_file(&ballast);
+            format!(
+                "node {i}'s disk full ({} MiB of ballast) for {hold:?}",
+                filled >> 20
+            )
+        }
         4 => {
             c.kill_meta();
             std::thread::sleep(hold);
@@ -230,6 +262,12 @@ fn workload_rides_through_node_faults() {
         chunk_size: 1 << 20,
         ..Options::default()
     });
+    // The last node's data lives on a small disk that a fault fills up. It
+    // claims a large capacity, so placement keeps choosing it while full.
+    // (1 GiB: the workload's garbage waiting for the deletion grace period
+    // alone can take a few hundred MiB, which would keep it full throughout.)
+    let _small = dfs_tests::onto_small_disk(&mut c, nodes - 1, "1g");
+    c.wait_nodes_up(nodes);
     let m = c.mount("mnt");
     let tally = Tally::default();
     let mut flipped = 0;
@@ -308,6 +346,22 @@ fn workload_rides_through_node_faults() {
     c.wait_until("dfs fsck is clean", Duration::from_secs(90), |c| {
         c.dfs(&["fsck"]).status.success()
     });
+    // Every file is closed: meta keeps no unlinked file for the mount (a
+    // leaked orphan holds its chunks, and their space, until unmount).
+    let orphans = |c: &Cluster| -> u64 {
+        let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
+        doc["orphans"].as_u64().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while orphans(&c) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let leaked = orphans(&c);
+    eprintln!("chaos: {leaked} orphans left after every file was closed");
+    assert_eq!(
+        leaked, 0,
+        "unlinked files still held after their last close"
+    );
     let errors = tally.errors.into_inner().unwrap();
     let lost = tally.lost.into_inner().unwrap();
     eprintln!(
