@@ -33,14 +33,19 @@ bench/peers.sh down  # leftovers of an earlier run
 rm -rf "$base/dfs" "$base/local" "$base/logs" "$base/mnt/dfs" "$base/bindfs-src"
 mkdir -p "$base/dfs" "$base/local" "$base/logs" "$base/mnt/dfs"
 
+# dfs as deployed: mutual TLS on every connection (scripts/pki.sh).
+pki=$base/dfs/pki
+scripts/pki.sh "$bin" "$pki" 3
+export DFS_TLS_DIR=$pki
 "$bin/dfs-meta" --listen 127.0.0.1:17400 --store "sqlite://$base/dfs/meta.db" 2>> "$base/logs/dfs-meta.log" &
 pids+=($!)
 for i in 1 2 3; do
-  "$bin/dfs-node" --listen "127.0.0.1:1740$i" --meta 127.0.0.1:17400 --data "$base/dfs/node$i" 2>> "$base/logs/dfs-node$i.log" &
+  "$bin/dfs-node" --listen "127.0.0.1:1740$i" --meta 127.0.0.1:17400 --data "$base/dfs/node$i" \
+    --cert "$pki/node$i.crt" --key "$pki/node$i.key" 2>> "$base/logs/dfs-node$i.log" &
   pids+=($!)
 done
 for _ in $(seq 1 100); do "$bin/dfs" --meta 127.0.0.1:17400 status 2>/dev/null | grep -q "nodes: 3 up" && break; sleep 0.2; done
-"$bin/dfs-fuse" 127.0.0.1:17400 "$base/mnt/dfs" -o "cache_size=$cache,log=$base/logs/dfs-fuse.log,metrics=127.0.0.1:17410"
+"$bin/dfs-fuse" 127.0.0.1:17400 "$base/mnt/dfs" -o "cache_size=$cache,log=$base/logs/dfs-fuse.log,metrics=127.0.0.1:17410,ca=$pki/ca.crt,cert=$pki/client.crt,key=$pki/client.key"
 fuse_pid=$(pgrep -f "dfs-fuse -f 127.0.0.1:17400 $base/mnt/dfs" | head -n 1)
 bench/peers.sh up
 

@@ -9,6 +9,10 @@ dir=${DFS_RUN_DIR:-$PWD/run-data}
 meta=127.0.0.1:7000
 mnt=${DFS_MOUNT:-$dir/mnt}
 mkdir -p "$dir" "$mnt"
+# Mutual TLS everywhere: a CA and certificates under $dir/pki, made once.
+pki=$dir/pki
+scripts/pki.sh "$bin" "$pki" 3
+export DFS_TLS_DIR=$pki
 pids=()
 stop() {
   trap - INT TERM EXIT
@@ -18,6 +22,8 @@ stop() {
   if grep -q " $mnt fuse.dfs " /proc/mounts 2>/dev/null; then
     umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
   fi
+  # Its daemon closes its session with meta before exiting: meta stays up for that.
+  for _ in $(seq 1 50); do pgrep -f "dfs-fuse -f $meta $mnt" >/dev/null || break; sleep 0.1; done
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   echo "stopped. Data is kept in $dir (delete it for a fresh cluster)."
@@ -30,7 +36,8 @@ setsid "$bin/dfs-meta" --listen "$meta" --store "sqlite://$dir/meta.db" --metric
 pids+=($!)
 for i in 1 2 3; do
   setsid "$bin/dfs-node" --listen "127.0.0.1:700$i" --meta "$meta" --data "$dir/node$i" \
-    --metrics "127.0.0.1:910$i" 2>>"$dir/node$i.log" &
+    --metrics "127.0.0.1:910$i" --cert "$pki/node$i.crt" --key "$pki/node$i.key" \
+    2>>"$dir/node$i.log" &
   pids+=($!)
 done
 
@@ -46,7 +53,7 @@ if ! "$bin/dfs" --meta "$meta" status 2>/dev/null | grep -q "nodes: 3 up"; then
 fi
 
 mount_note="mounted at       $mnt"
-if ! "$bin/dfs-fuse" "$meta" "$mnt" -o "cache_size=256M,log=$dir/fuse.log,metrics=127.0.0.1:9104"; then
+if ! "$bin/dfs-fuse" "$meta" "$mnt" -o "cache_size=256M,log=$dir/fuse.log,metrics=127.0.0.1:9104,ca=$pki/ca.crt,cert=$pki/client.crt,key=$pki/client.key"; then
   mount_note="NOT mounted (see $dir/fuse.log; /dev/fuse and root or fusermount3 are needed)"
 fi
 
@@ -57,12 +64,13 @@ dfs local cluster is up (data and logs in $dir)
   storage nodes    127.0.0.1:7001-7003  metrics http://127.0.0.1:9101-9103/metrics
   $mount_note   metrics http://127.0.0.1:9104/metrics
   monitoring       make monitor (Prometheus on http://127.0.0.1:9190)
+  certificates     $pki (mutual TLS; the CA's key is ca.key)
 
 Use the mounted directory like any other, in another terminal:
   cp -r /etc/ssl $mnt/ && ls -l $mnt/ssl && cat $mnt/ssl/openssl.cnf | head
 
-Or the admin tool:
-  export DFS_META=$meta PATH=$PWD/$bin:\$PATH
+Or the admin tool (with the admin certificate from $pki):
+  export DFS_META=$meta DFS_TLS_DIR=$pki PATH=$PWD/$bin:\$PATH
   dfs status
   dfs stat /ssl/openssl.cnf
   dfs put /etc/services /services && dfs get /services /tmp/services.copy

@@ -104,6 +104,8 @@ pub struct Cluster {
     nodes: Vec<(String, Option<Child>)>,
     /// Extra command-line arguments per node index (`set_node_args`).
     node_args: std::collections::HashMap<usize, Vec<String>>,
+    /// The cluster's CA and certificates (None: DFS_TEST_INSECURE=1, plaintext).
+    pub pki: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -127,7 +129,9 @@ impl Cluster {
             extra_metas: Vec::new(),
             nodes: Vec::new(),
             node_args: Default::default(),
+            pki: None,
         };
+        c.pki = make_pki(c.dir.path());
         c.start_meta();
         for _ in 0..opts.nodes {
             c.add_node();
@@ -159,8 +163,9 @@ impl Cluster {
         let i = self.extra_metas.len();
         let child = self.spawn_meta(&addr, &format!("meta{}", i + 1), None);
         self.extra_metas.push((addr.clone(), Some(child)));
-        self.wait_until("the added meta answers", Duration::from_secs(30), |_| {
+        self.wait_until("the added meta answers", Duration::from_secs(30), |c| {
             Command::new(bin_dir().join("dfs"))
+                .args(c.tls_args("admin"))
                 .args(["--meta", &addr, "status"])
                 .output()
                 .is_ok_and(|o| o.status.success())
@@ -197,6 +202,7 @@ impl Cluster {
             cmd.args(["--gc-grace-secs", &g.to_string()]);
         }
         cmd.args(&self.opts.meta_args);
+        cmd.args(self.tls_args("meta"));
         cmd.envs(self.opts.meta_env.iter().cloned());
         cmd.args(["--listen", addr, "--store", &self.store_url])
             .args(["--chunk-size", &self.opts.chunk_size.to_string()])
@@ -242,6 +248,7 @@ impl Cluster {
         let data = self.node_data(i);
         let mut cmd = Command::new(bin_dir().join("dfs-node"));
         cmd.args(self.node_args.get(&i).into_iter().flatten());
+        cmd.args(self.tls_args(&format!("node{i}")));
         if let Some(m) = self.node_metrics.get(i) {
             cmd.args(["--metrics", m]);
         }
@@ -308,6 +315,7 @@ impl Cluster {
             args.extend(["--gc-grace-secs".to_string(), g.to_string()]);
         }
         args.extend(self.opts.meta_args.iter().cloned());
+        args.extend(self.tls_args("meta"));
         let log = self.dir.path().join("meta.log");
         let env = self.opts.meta_env.clone();
         let launcher = self.launcher.as_mut().expect("the launcher runs");
@@ -334,10 +342,82 @@ impl Cluster {
         }
     }
 
+    /// The certificate arguments of a program holding certificate `name`
+    /// (`--insecure` when the cluster runs without TLS).
+    pub fn tls_args(&self, name: &str) -> Vec<String> {
+        match &self.pki {
+            Some(pki) => {
+                if !pki.join(format!("{name}.crt")).exists() {
+                    issue(pki, name);
+                }
+                vec![
+                    "--tls-dir".into(),
+                    pki.display().to_string(),
+                    "--cert".into(),
+                    pki.join(format!("{name}.crt")).display().to_string(),
+                    "--key".into(),
+                    pki.join(format!("{name}.key")).display().to_string(),
+                ]
+            }
+            None => vec!["--insecure".into()],
+        }
+    }
+
+    /// The mount options for certificate `name` (`client` for mounts).
+    pub fn tls_mount_options(&self, name: &str) -> String {
+        match &self.pki {
+            Some(pki) => {
+                if !pki.join(format!("{name}.crt")).exists() {
+                    issue(pki, name);
+                }
+                format!(
+                    "ca={},cert={},key={}",
+                    pki.join("ca.crt").display(),
+                    pki.join(format!("{name}.crt")).display(),
+                    pki.join(format!("{name}.key")).display()
+                )
+            }
+            None => "insecure".into(),
+        }
+    }
+
+    /// A raw gRPC channel to the server of `role` at `addr`, presenting
+    /// certificate `cert` (None: none at all). Plaintext when the cluster is.
+    pub async fn grpc_channel(
+        &self,
+        addr: &str,
+        role: dfs_auth::Role,
+        cert: Option<&str>,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let Some(pki) = &self.pki else {
+            return Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await;
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(pki.join("ca.crt")).unwrap(),
+            ))
+            .domain_name(role.server_name());
+        if let Some(name) = cert {
+            if !pki.join(format!("{name}.crt")).exists() {
+                issue(pki, name);
+            }
+            let read = |ext: &str| std::fs::read(pki.join(format!("{name}.{ext}"))).unwrap();
+            tls = tls.identity(Identity::from_pem(read("crt"), read("key")));
+        }
+        Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
     /// Runs the `dfs` CLI against this cluster.
     pub fn dfs(&self, args: &[&str]) -> Output {
         Command::new(bin_dir().join("dfs"))
             .env("DFS_META", self.meta_addrs())
+            .args(self.tls_args("admin"))
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -566,6 +646,23 @@ impl Cluster {
 
     /// Mounts like `mount_with`, giving the mount only `meta_addrs`.
     pub fn mount_via(&self, name: &str, options: &str, meta_addrs: &str) -> Mount {
+        self.try_mount(name, options, meta_addrs, "client")
+            .unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    /// Mounts with certificate `cert` (issued on first use: `client`, or a
+    /// name of your choosing); the error is the mount command's stderr.
+    pub fn mount_as(&self, name: &str, cert: &str) -> Result<Mount, String> {
+        self.try_mount(name, "cache_size=64M", &self.meta_addrs(), cert)
+    }
+
+    fn try_mount(
+        &self,
+        name: &str,
+        options: &str,
+        meta_addrs: &str,
+        cert: &str,
+    ) -> Result<Mount, String> {
         let path = self.dir.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
         let log = self.dir.path().join(format!("fuse-{name}.log"));
@@ -573,7 +670,11 @@ impl Cluster {
             .opts
             .metrics
             .then(|| format!("127.0.0.1:{}", free_port()));
-        let mut options = format!("{options},allow_other,log={}", log.display());
+        let mut options = format!(
+            "{options},allow_other,log={},{}",
+            log.display(),
+            self.tls_mount_options(cert)
+        );
         if let Some(m) = &metrics {
             options.push_str(&format!(",metrics={m}"));
         }
@@ -588,12 +689,10 @@ impl Cluster {
             .arg(options)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "mount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Mount { path, log, metrics }
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Mount { path, log, metrics })
     }
 }
 
@@ -653,6 +752,31 @@ impl Drop for Mount {
 }
 
 /// Whether anything is mounted at `path`.
+/// A CA for one test cluster, in DIR/pki (none with DFS_TEST_INSECURE=1:
+/// the whole suite then runs in plaintext, for debugging).
+fn make_pki(dir: &Path) -> Option<PathBuf> {
+    if std::env::var("DFS_TEST_INSECURE").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    let pki = dir.join("pki");
+    dfs_auth::pki::init_ca(&pki, "test CA").unwrap();
+    Some(pki)
+}
+
+/// Issues certificate `name` from the test CA. Its role is the name's
+/// prefix: meta, node (node0, node1...), admin, or else client.
+pub fn issue(pki: &Path, name: &str) {
+    let role = [
+        dfs_auth::Role::Meta,
+        dfs_auth::Role::Node,
+        dfs_auth::Role::Admin,
+    ]
+    .into_iter()
+    .find(|r| name.starts_with(r.as_str()))
+    .unwrap_or(dfs_auth::Role::Client);
+    dfs_auth::pki::issue(pki, pki, role, name, &[], 30).unwrap();
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let target = path.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")

@@ -12,9 +12,36 @@ use dfs_proto::pb;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::format::{bytes, date, kind_name, mode_string};
-use crate::{Cli, Command, NodeAction};
+use crate::{CaAction, Cli, Command, NodeAction};
 
 type Result<T> = std::result::Result<T, ClientError>;
+
+/// `dfs ca init` and `dfs ca issue`: local files only, no cluster.
+pub fn ca(action: &CaAction) -> std::result::Result<(), dfs_auth::AuthError> {
+    match action {
+        CaAction::Init { dir, name } => {
+            let cert = dfs_auth::pki::init_ca(dir, name)?;
+            println!("created {} (and its key beside it)", cert.display());
+        }
+        CaAction::Issue {
+            dir,
+            role,
+            name,
+            hosts,
+            days,
+            out,
+        } => {
+            let out = out.as_deref().unwrap_or(dir);
+            let issued = dfs_auth::pki::issue(dir, out, *role, name, hosts, *days)?;
+            println!(
+                "issued {} ({role}, valid {days} days) and {}",
+                issued.cert.display(),
+                issued.key.display()
+            );
+        }
+    }
+    Ok(())
+}
 
 pub async fn run(cli: Cli) -> Result<()> {
     let channel = dfs_client::meta::connect(
@@ -62,6 +89,8 @@ async fn run_command(cli: Cli, meta: &mut Meta) -> Result<()> {
         } => put(meta, &local, &path, force, fsync).await,
         Command::Get { path, local } => get(meta, &path, &local).await,
         Command::Fsck { path, repair } => fsck(meta, &path, repair, cli.json).await,
+        // Handled before any connection (`ca`).
+        Command::Ca { .. } => Ok(()),
         Command::Node { action } => node_admin(meta, action).await,
     }
 }

@@ -28,6 +28,10 @@ pub struct Cli {
     /// One JSON document on stdout, for scripts (status, nodes, stat, fsck).
     #[arg(long, global = true)]
     json: bool,
+    /// Certificates: by default TLS_DIR/admin.crt when it exists, else
+    /// TLS_DIR/client.crt (and the key beside it), with TLS_DIR/ca.crt.
+    #[command(flatten)]
+    tls: dfs_auth::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +89,11 @@ pub enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// The cluster's certificate authority: create it, issue certificates.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Check that every chunk of the files below PATH has its replicas.
     /// Exit 0 when healthy, 1 when data is at risk or lost (each path named).
     Fsck {
@@ -94,6 +103,35 @@ pub enum Command {
         /// of waiting for meta's background rounds.
         #[arg(long)]
         repair: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaAction {
+    /// Create a new CA in DIR (ca.crt, and ca.key readable by root only).
+    Init {
+        dir: std::path::PathBuf,
+        /// The CA's name.
+        #[arg(long, default_value = "dfs cluster CA")]
+        name: String,
+    },
+    /// Issue a certificate and key for NAME with a role, signed by the CA
+    /// in DIR: written as NAME.crt and NAME.key in DIR (or --out).
+    Issue {
+        dir: std::path::PathBuf,
+        /// meta, node, client or admin.
+        #[arg(long)]
+        role: dfs_auth::Role,
+        name: String,
+        /// A DNS name or IP address the holder serves on (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = dfs_auth::pki::DEFAULT_DAYS)]
+        days: u32,
+        /// Directory to write to instead of DIR.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -115,15 +153,45 @@ pub enum NodeAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // `dfs stat PATH | head`: a closed pipe ends the process quietly, as for
-    // any Unix tool, instead of a panic in println!.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread
-    // of ours writes; no handler is installed.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // `dfs ls -l / | head`: a closed stdout ends the tool quietly (status
+    // 141, as SIGPIPE would), as for any Unix tool, instead of a panic in
+    // println!. Not by restoring SIGPIPE's default disposition: that also
+    // kills the tool when a server resets a TLS connection it writes to.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
+    if let Command::Ca { action } = &cli.command {
+        return match commands::ca(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dfs: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let name = if cli.tls.tls_dir.join("admin.crt").exists() {
+        "admin"
+    } else {
+        "client"
+    };
+    match cli.tls.files(name).map(|f| f.client()).transpose() {
+        Ok(tls) => dfs_client::channels::use_tls(tls),
+        Err(e) => {
+            eprintln!("dfs: {e} (give --tls-dir, --cert/--key/--ca, or --insecure)");
+            return ExitCode::from(2);
+        }
+    }
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,20 +1,44 @@
 //! One lazily connected gRPC channel per node address, shared by all requests.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use dfs_auth::{ClientTls, Role};
 use dfs_proto::pb::chunk_client::ChunkClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ClientError;
 
-/// Largest gRPC message either side accepts (chunk data travels in smaller pieces).
-pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest chunk-service message either side accepts: data travels in pieces
+/// of at most 1 MiB, and nothing else is large.
+pub const MAX_MESSAGE: usize = 4 << 20;
+/// Largest message to meta (a node's registration lists its chunk ids) and
+/// from meta (a very large file's chunk map), as meta accepts and sends.
+pub const MAX_META_REQUEST: usize = 16 << 20;
+pub const MAX_META_REPLY: usize = 64 << 20;
 
-pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| ClientError::BadAddress(addr.to_string()))?
+/// How this process connects to servers: mutual TLS, or plaintext for a
+/// cluster run `--insecure`. Set once at startup (`use_tls`).
+static TLS: OnceLock<Option<ClientTls>> = OnceLock::new();
+
+/// Sets this process's client certificates (None: plaintext). Call once,
+/// before the first connection; later calls change nothing.
+pub fn use_tls(tls: Option<ClientTls>) {
+    let _ = TLS.set(tls);
+}
+
+/// A channel endpoint to the server of `role` at `addr`.
+pub fn endpoint(addr: &str, role: Role) -> Result<Endpoint, ClientError> {
+    let bad = |_| ClientError::BadAddress(addr.to_string());
+    let endpoint = match TLS.get() {
+        Some(Some(tls)) => Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(bad)?
+            .tls_config(tls.to(role))
+            .map_err(|e| ClientError::BadAddress(format!("{addr}: {e}")))?,
+        _ => Endpoint::from_shared(format!("http://{addr}")).map_err(bad)?,
+    };
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -62,7 +86,7 @@ impl Channels {
         let channel = match map.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = endpoint(addr)?.connect_lazy();
+                let c = endpoint(addr, Role::Node)?.connect_lazy();
                 map.insert(addr.to_string(), c.clone());
                 c
             }

@@ -68,6 +68,7 @@ pub const FAN_OUT_MAX: usize = 256 * 1024;
 /// Stores `data` on every target: small chunks are sent to each target in
 /// parallel, larger ones stream to `targets[0]`, which stores and forwards them
 /// down the chain (each byte leaves the client once).
+/// `token`: the client's write token for `targets` (None between nodes).
 pub async fn write_chain(
     channels: &Channels,
     chunk_id: u64,
@@ -75,20 +76,21 @@ pub async fn write_chain(
     crc32c: u32,
     durable: bool,
     targets: &[NodeRef],
+    token: Option<&pb::ChunkToken>,
 ) -> ChainOutcome {
+    let chunk = ChunkWrite {
+        chunk_id,
+        data,
+        crc32c,
+        durable,
+        token,
+    };
     if data.len() > FAN_OUT_MAX || targets.len() < 2 {
-        return write_down_chain(channels, chunk_id, data, crc32c, durable, targets).await;
+        return write_down_chain(channels, &chunk, targets).await;
     }
-    let writes = targets.iter().map(|t| {
-        write_down_chain(
-            channels,
-            chunk_id,
-            data,
-            crc32c,
-            durable,
-            std::slice::from_ref(t),
-        )
-    });
+    let writes = targets
+        .iter()
+        .map(|t| write_down_chain(channels, &chunk, std::slice::from_ref(t)));
     let mut outcome = ChainOutcome::default();
     for one in futures::future::join_all(writes).await {
         outcome.stored.extend(one.stored);
@@ -97,15 +99,23 @@ pub async fn write_chain(
     outcome
 }
 
+/// One chunk on its way to nodes.
+struct ChunkWrite<'a> {
+    chunk_id: u64,
+    data: &'a Bytes,
+    crc32c: u32,
+    durable: bool,
+    token: Option<&'a pb::ChunkToken>,
+}
+
 /// Streams `data` to `targets[0]`, which stores it and forwards it to the rest.
 async fn write_down_chain(
     channels: &Channels,
-    chunk_id: u64,
-    data: &Bytes,
-    crc32c: u32,
-    durable: bool,
+    chunk: &ChunkWrite<'_>,
     targets: &[NodeRef],
 ) -> ChainOutcome {
+    let (chunk_id, data, crc32c, durable) =
+        (chunk.chunk_id, chunk.data, chunk.crc32c, chunk.durable);
     let Some(first) = targets.first() else {
         return ChainOutcome::default();
     };
@@ -129,6 +139,7 @@ async fn write_down_chain(
             crc32c,
             durable,
             forward: targets[1..].to_vec(),
+            token: chunk.token.cloned(),
         })),
     };
     let pieces = zero_runs::split(data, PIECE)
@@ -202,42 +213,64 @@ pub async fn upload_chunk(
     let mut errors: Vec<String> = Vec::new();
     let mut errnos: Vec<i32> = Vec::new();
     let mut writes = FuturesUnordered::new();
-    let start = |targets: Vec<NodeRef>, pending: &mut HashSet<u64>| {
+    // Writes to `targets` under `token` (each placement comes with its own).
+    let start = |more: Targets, pending: &mut HashSet<u64>| {
         let groups: Vec<Vec<NodeRef>> = if fan_out {
-            targets.into_iter().map(|t| vec![t]).collect()
+            more.targets.into_iter().map(|t| vec![t]).collect()
         } else {
-            vec![targets]
+            vec![more.targets]
         };
         groups
             .into_iter()
             .map(|group| {
                 pending.extend(group.iter().map(|t| t.node_id));
-                let data = &data;
+                let (data, token) = (&data, more.token.clone());
                 async move {
-                    let outcome =
-                        write_down_chain(channels, chunk_id, data, crc32c, durable, &group).await;
+                    let chunk = ChunkWrite {
+                        chunk_id,
+                        data,
+                        crc32c,
+                        durable,
+                        token: token.as_ref(),
+                    };
+                    let outcome = write_down_chain(channels, &chunk, &group).await;
                     (group, outcome)
                 }
             })
             .collect::<Vec<_>>()
     };
-    let mut targets = placement.targets;
-    if fan_out && targets.iter().any(|t| channels.is_slow(t.node_id)) {
+    let first = Targets {
+        targets: placement.targets,
+        token: placement.token,
+    };
+    if fan_out && first.targets.iter().any(|t| channels.is_slow(t.node_id)) {
         // Nodes that just kept writes waiting: spare nodes take their place
         // where there are any (the slow ones are tried only if not).
-        let (slow, mut fresh): (Vec<NodeRef>, Vec<NodeRef>) = targets
-            .into_iter()
+        let (slow, fresh): (Vec<NodeRef>, Vec<NodeRef>) = first
+            .targets
+            .iter()
+            .cloned()
             .partition(|t| channels.is_slow(t.node_id));
         let exclude = slow.iter().chain(&fresh).map(|t| t.node_id).collect();
         let spares = place_more(meta, chunk_id, slow.len(), exclude)
             .await
             .unwrap_or_default();
-        let missing = slow.len().saturating_sub(spares.len());
-        fresh.extend(spares);
-        fresh.extend(slow.into_iter().take(missing));
-        targets = fresh;
+        let missing = slow.len().saturating_sub(spares.targets.len());
+        let kept = fresh
+            .into_iter()
+            .chain(slow.into_iter().take(missing))
+            .collect();
+        writes.extend(start(
+            Targets {
+                targets: kept,
+                token: first.token,
+            },
+            &mut pending,
+        ));
+        writes.extend(start(spares, &mut pending));
+    } else {
+        writes.extend(start(first, &mut pending));
     }
-    writes.extend(start(targets, &mut pending));
     let mut rounds = 1;
     let mut hedged = false;
     let mut no_spares = false;
@@ -258,7 +291,7 @@ pub async fn upload_chunk(
                     channels.mark_slow(*node);
                 }
                 match place_more(meta, chunk_id, want, exclude).await {
-                    Ok(targets) if !targets.is_empty() => writes.extend(start(targets, &mut pending)),
+                    Ok(more) if !more.targets.is_empty() => writes.extend(start(more, &mut pending)),
                     _ => no_spares = true,
                 }
                 continue;
@@ -280,7 +313,7 @@ pub async fn upload_chunk(
             hedged = false;
             let exclude = failed.iter().chain(&stored).copied().collect();
             match place_more(meta, chunk_id, replication - stored.len(), exclude).await {
-                Ok(targets) if !targets.is_empty() => writes.extend(start(targets, &mut pending)),
+                Ok(more) if !more.targets.is_empty() => writes.extend(start(more, &mut pending)),
                 Ok(_) => break,
                 Err(e) if e.errno() == libc::ENOSPC => break,
                 Err(e) => return Err(e),
@@ -339,15 +372,22 @@ pub async fn upload_chunk(
     })
 }
 
+/// Nodes to write a chunk to, and the token that lets this client.
+#[derive(Debug, Default)]
+struct Targets {
+    targets: Vec<NodeRef>,
+    token: Option<pb::ChunkToken>,
+}
+
 /// `count` more targets for a chunk, none of `exclude`.
 async fn place_more(
     meta: &mut crate::Meta,
     chunk_id: u64,
     count: usize,
     exclude: Vec<u64>,
-) -> Result<Vec<NodeRef>, ClientError> {
+) -> Result<Targets, ClientError> {
     if count == 0 {
-        return Ok(Vec::new());
+        return Ok(Targets::default());
     }
     let reply = meta
         .place_chunk(pb::PlaceChunkRequest {
@@ -356,8 +396,12 @@ async fn place_more(
             exclude_node_ids: exclude,
             batch: 0,
         })
-        .await?;
-    Ok(reply.into_inner().targets)
+        .await?
+        .into_inner();
+    Ok(Targets {
+        targets: reply.targets,
+        token: reply.token,
+    })
 }
 
 /// Why a write fell short, from the errnos of the nodes that failed it:
@@ -375,7 +419,7 @@ fn shortfall_cause(errnos: &[i32]) -> Shortfall {
 pub async fn read_replica(
     channels: &Channels,
     addr: &str,
-    chunk_id: u64,
+    chunk: &pb::ChunkRef,
     offset: u64,
     length: u64,
 ) -> Result<Bytes, ClientError> {
@@ -383,9 +427,10 @@ pub async fn read_replica(
     let call = async {
         let mut stream = client
             .read_chunk(pb::ReadChunkRequest {
-                chunk_id,
+                chunk_id: chunk.chunk_id,
                 offset,
                 length,
+                token: chunk.read_token.clone(),
             })
             .await?
             .into_inner();
@@ -461,8 +506,7 @@ async fn read_verified(
     let read = |replica: &'_ pb::NodeRef| {
         let replica = replica.clone();
         async move {
-            let result =
-                read_replica(channels, &replica.addr, chunk.chunk_id, offset, length).await;
+            let result = read_replica(channels, &replica.addr, chunk, offset, length).await;
             (replica, result)
         }
     };
@@ -514,7 +558,9 @@ async fn read_verified(
                 bad.push(replica.node_id);
             }
             Err(e) => {
-                if e.errno() == libc::ENOENT {
+                // Gone from the node, or this map's token expired: either
+                // way a fresh chunk map is what the caller needs.
+                if e.errno() == libc::ENOENT || e.errno() == libc::EKEYEXPIRED {
                     missing += 1;
                 }
                 problems.push(format!("{}: {e}", replica.addr))

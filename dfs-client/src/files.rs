@@ -277,6 +277,7 @@ pub async fn get(
     let count = size.div_ceil(cs);
     let mut by_index: std::collections::HashMap<u64, pb::ChunkRef> =
         map.chunks.into_iter().map(|c| (c.index, c)).collect();
+    let ino = attr.ino;
     let fetches = (0..count).map(|index| {
         let chunk = by_index.remove(&index);
         let len = cs.min(size - index * cs) as usize;
@@ -285,7 +286,23 @@ pub async fn get(
         async move {
             let mut out = BytesMut::zeroed(len);
             if let Some(chunk) = chunk {
-                let data = read_chunk(Some(&mut meta), &channels, &chunk).await?;
+                let data = match read_chunk(Some(&mut meta), &channels, &chunk).await {
+                    // A long download outlived the map's read tokens (or the
+                    // file changed): the same chunk under a fresh map, if the
+                    // file still has it; a changed file is an error.
+                    Err(ClientError::ChunkGone { chunk_id }) => {
+                        let fresh = meta
+                            .get_chunks(pb::GetChunksRequest { ino })
+                            .await?
+                            .into_inner()
+                            .chunks
+                            .into_iter()
+                            .find(|c| c.index == chunk.index && c.chunk_id == chunk_id)
+                            .ok_or(ClientError::ChunkGone { chunk_id })?;
+                        read_chunk(Some(&mut meta), &channels, &fresh).await?
+                    }
+                    other => other?,
+                };
                 let valid = (chunk.valid_len as usize).min(data.len()).min(len);
                 out[..valid].copy_from_slice(&data[..valid]);
             }

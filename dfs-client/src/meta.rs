@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dfs_auth::Role;
 use dfs_proto::pb::{self, meta_client::MetaClient};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
@@ -30,7 +31,7 @@ use tonic::body::BoxBody;
 use tonic::transport::Channel;
 use tower_service::Service;
 
-use crate::channels::{endpoint, MAX_MESSAGE};
+use crate::channels::{endpoint, MAX_META_REPLY, MAX_META_REQUEST};
 use crate::ClientError;
 
 /// The metadata client every part of dfs uses.
@@ -135,7 +136,7 @@ pub async fn connect(addrs: &[String], retry_for: Duration) -> Result<MetaChanne
     }
     let mut errors = Vec::new();
     for (index, addr) in addrs.iter().enumerate() {
-        match endpoint(addr)?.connect().await {
+        match endpoint(addr, Role::Meta)?.connect().await {
             Ok(channel) => {
                 let shared = Arc::new(Shared {
                     addrs: addrs.to_vec(),
@@ -171,7 +172,7 @@ pub fn connect_lazy(addrs: &[String], retry_for: Duration) -> Result<MetaChannel
         addrs: addrs.to_vec(),
         current: Mutex::new(Current {
             index: 0,
-            channel: endpoint(first)?.connect_lazy(),
+            channel: endpoint(first, Role::Meta)?.connect_lazy(),
             generation: 0,
         }),
         retry_for,
@@ -186,8 +187,8 @@ pub fn connect_lazy(addrs: &[String], retry_for: Duration) -> Result<MetaChannel
 
 fn client(channel: MetaChannel) -> Meta {
     MetaClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(MAX_META_REPLY)
+        .max_encoding_message_size(MAX_META_REQUEST)
 }
 
 /// A list of addresses as the mount and the CLI take it: `HOST:PORT,HOST:PORT`.
@@ -304,7 +305,7 @@ impl Shared {
             return;
         }
         let index = (c.index + 1) % self.addrs.len();
-        if let Ok(e) = endpoint(&self.addrs[index]) {
+        if let Ok(e) = endpoint(&self.addrs[index], Role::Meta) {
             c.channel = e.connect_lazy();
             c.index = index;
             c.generation += 1;

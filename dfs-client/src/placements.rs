@@ -27,6 +27,8 @@ pub struct Placement {
     pub targets: Vec<pb::NodeRef>,
     pub replication: u32,
     pub min_replicas: u32,
+    /// Lets this client write the chunk to `targets`.
+    pub token: Option<pb::ChunkToken>,
 }
 
 struct Batch {
@@ -89,6 +91,7 @@ impl Placements {
             targets: reply.targets,
             replication: reply.replication,
             min_replicas: reply.min_replicas,
+            token: reply.token,
         };
         let ready: VecDeque<Placement> = reply
             .more
@@ -98,6 +101,7 @@ impl Placements {
                 targets: m.targets,
                 replication: reply.replication,
                 min_replicas: reply.min_replicas,
+                token: m.token,
             })
             .collect();
         if !ready.is_empty() {

@@ -47,12 +47,14 @@ pub trait ChunkStore: Send + Sync {
     fn sync(&self, addr: String, chunk_ids: Vec<u64>, deadline: Duration) -> Call<()>;
     /// Writes an existing chunk's bytes to `targets` (a replacement
     /// replica); answers with the nodes that stored it.
+    /// `token` is the write token of the placement that chose `targets`.
     fn copy(
         &self,
         chunk_id: u64,
         data: Bytes,
         crc32c: u32,
         targets: Vec<pb::NodeRef>,
+        token: Option<pb::ChunkToken>,
     ) -> BoxFuture<'static, Vec<u64>>;
 }
 
@@ -158,10 +160,12 @@ impl ChunkStore for Cluster {
         data: Bytes,
         crc32c: u32,
         targets: Vec<pb::NodeRef>,
+        token: Option<pb::ChunkToken>,
     ) -> BoxFuture<'static, Vec<u64>> {
         let channels = self.channels.clone();
         async move {
-            write_chain(&channels, chunk_id, &data, crc32c, true, &targets)
+            let t = token.as_ref();
+            write_chain(&channels, chunk_id, &data, crc32c, true, &targets, t)
                 .await
                 .stored
         }

@@ -90,7 +90,13 @@ async fn replace(
         let data = io.chunk_bytes(&good).await?;
         let stored = io
             .chunks
-            .copy(chunk.chunk_id, data, chunk.crc32c, placement.targets)
+            .copy(
+                chunk.chunk_id,
+                data,
+                chunk.crc32c,
+                placement.targets,
+                placement.token,
+            )
             .await;
         if !stored.is_empty() {
             io.files

@@ -271,6 +271,7 @@ impl FakeCluster {
                         crc32c: c.crc32c,
                         valid_len: c.valid_len,
                         replicas: replicas(),
+                        read_token: None,
                     },
                 );
             }
@@ -480,6 +481,7 @@ impl ChunkStore for FakeCluster {
         _data: Bytes,
         _crc32c: u32,
         targets: Vec<pb::NodeRef>,
+        _token: Option<pb::ChunkToken>,
     ) -> BoxFuture<'static, Vec<u64>> {
         async move { targets.iter().map(|t| t.node_id).collect() }.boxed()
     }

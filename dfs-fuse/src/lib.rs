@@ -43,6 +43,8 @@ pub enum MountError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] dfs_common::metrics_http::MetricsError),
+    #[error("certificates (or -o insecure): {0}")]
+    Tls(#[from] dfs_auth::AuthError),
 }
 
 /// Checks the mount point before anything else, with a clear message.
@@ -68,6 +70,11 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         .enable_all()
         .build()
         .map_err(MountError::Runtime)?;
+    let tls = match &opts.tls {
+        Some(files) => Some(files.client()?),
+        None => None,
+    };
+    dfs_client::channels::use_tls(tls);
     let meta = rt.block_on(async {
         let meta = dfs_client::meta::connect(&opts.meta_addrs, opts.meta_timeout)
             .await
@@ -182,12 +189,20 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
             tracing::warn!(error = %e, "unmount failed (busy?)");
         }
     }
-    // Locks and unlinked open files go now rather than when the lease runs out.
-    if let Err(e) = rt.block_on(fs.close_session()) {
-        tracing::warn!(error = %e, "cannot close the session");
+    // Locks and unlinked open files go now rather than when the lease runs
+    // out; not for long, though: a meta that is going away too (a cluster
+    // being stopped) must not keep the process alive, the lease ends anyway.
+    let close = async { tokio::time::timeout(CLOSE_SESSION_FOR, fs.close_session()).await };
+    match rt.block_on(close) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot close the session"),
+        Err(_) => tracing::warn!("no meta answered the session's close; its lease will end it"),
     }
     Ok(())
 }
+
+/// How long an unmounted daemon tries to close its session.
+const CLOSE_SESSION_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Resolves once `mountpoint` no longer appears in /proc/self/mountinfo.
 async fn wait_unmounted(mountpoint: &std::path::Path) {

@@ -26,6 +26,9 @@ pub struct MountOptions {
     /// How long the kernel may keep entries and attributes while meta's
     /// invalidations reach this mount (see `coherence.rs`); 1 s otherwise.
     pub cache_timeout: std::time::Duration,
+    /// This mount's certificate, key and the cluster CA (`-o cert=,key=,ca=`,
+    /// by default `/etc/dfs/client.*`); None with `-o insecure` (plaintext).
+    pub tls: Option<dfs_auth::TlsFiles>,
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -137,7 +140,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
         source,
         meta_timeout: std::time::Duration::from_secs(60),
         cache_timeout: std::time::Duration::from_secs(30),
+        tls: Some(dfs_auth::TlsFiles::under(
+            std::path::Path::new(dfs_auth::tls::DEFAULT_DIR),
+            "client",
+        )),
     };
+    let mut insecure = false;
     if opts.meta_addrs.is_empty() {
         return Err(OptionsError::Usage);
     }
@@ -160,6 +168,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
                     parse_size(v).ok_or_else(|| OptionsError::BadValue(option.into()))?
             }
             ("metrics", Some(v)) => opts.metrics = Some(v.to_string()),
+            ("insecure", None) => insecure = true,
+            ("ca", Some(v)) | ("cert", Some(v)) | ("key", Some(v)) if !v.is_empty() => {
+                if let Some(tls) = opts.tls.as_mut() {
+                    let path = PathBuf::from(v);
+                    match key {
+                        "ca" => tls.ca = path,
+                        "cert" => tls.cert = path,
+                        _ => tls.key = path,
+                    }
+                }
+            }
             ("log", Some(v)) => opts.log = Some(PathBuf::from(v)),
             ("meta_timeout", Some(v)) => {
                 let secs: u64 = v
@@ -181,6 +200,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
             (k, _) if k.starts_with("x-") || k == "comment" || k == "fsname" || k == "subtype" => {}
             _ => return Err(OptionsError::Unknown(option.to_string())),
         }
+    }
+    if insecure {
+        opts.tls = None;
     }
     Ok(opts)
 }

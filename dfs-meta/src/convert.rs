@@ -82,3 +82,25 @@ pub fn node_ref(n: &NodeRecord) -> pb::NodeRef {
         addr: n.addr.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a client sends as a time or a kind is taken back
+        /// exactly, or refused with INVALID_ARGUMENT: never a panic.
+        #[test]
+        fn times_and_kinds_convert_or_are_refused(sec in any::<i64>(), nsec in any::<u32>(), kind in any::<i32>()) {
+            match ts_from_pb(&pb::Timespec { sec, nsec }) {
+                Ok(t) => prop_assert_eq!(ts_to_pb(t), pb::Timespec { sec, nsec }),
+                Err(s) => prop_assert_eq!(s.code(), tonic::Code::InvalidArgument),
+            }
+            match kind_from_pb(kind) {
+                Ok(k) => prop_assert_eq!(kind_to_pb(k) as i32, kind),
+                Err(s) => prop_assert_eq!(s.code(), tonic::Code::InvalidArgument),
+            }
+        }
+    }
+}

@@ -2,7 +2,9 @@
 //! live in SQL (`store`); `service` is the thin gRPC adapter; `repair` plans
 //! re-replication of chunks that lost copies.
 
+pub mod auth;
 pub mod convert;
+pub mod exports;
 pub mod failpoints;
 pub mod leader;
 pub mod metrics;
@@ -45,6 +47,10 @@ pub struct Config {
     /// A session not renewed within this is over: its locks, orphans and
     /// chunk allocations are released.
     pub session_lease: Duration,
+    /// Certificates for mutual TLS (None: plaintext, no authentication).
+    pub tls: Option<dfs_auth::TlsFiles>,
+    /// What each client certificate may do with files.
+    pub exports: Arc<exports::Exports>,
 }
 
 impl Default for Config {
@@ -60,6 +66,8 @@ impl Default for Config {
             orphan_ttl: Duration::from_secs(24 * 3600),
             gc_grace: Duration::from_secs(10),
             session_lease: Duration::from_secs(30),
+            tls: None,
+            exports: Default::default(),
         }
     }
 }
@@ -74,7 +82,18 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("cannot read the listener address: {0}")]
     Io(#[from] std::io::Error),
+    #[error("certificates: {0}")]
+    Tls(#[from] dfs_auth::AuthError),
 }
+
+/// Largest request meta reads: a node's registration lists its chunk ids
+/// (1,000,000 take about 5 MB); nothing else comes near.
+const MAX_REQUEST: usize = 16 << 20;
+/// Largest reply meta sends (a chunk map of a very large file, a listing page).
+const MAX_REPLY: usize = 64 << 20;
+/// Calls in progress on one connection (a mount multiplexes all of its own
+/// on one: FUSE requests, lock waits, the invalidation stream).
+const MAX_CALLS_PER_CONNECTION: usize = 1024;
 
 /// Serves the metadata API on `listener` until `shutdown` fires, then stops the
 /// repair worker and closes the store.
@@ -137,6 +156,13 @@ pub async fn run(
             watchers.drop_all("meta stopping");
         });
     }
+    let (server_tls, client_tls) = match &config.tls {
+        Some(files) => (Some(files.server()?), Some(files.client()?)),
+        None => {
+            tracing::warn!("running without TLS: anyone who reaches the port may do anything");
+            (None, None)
+        }
+    };
     let service = service::MetaService::new(
         store.clone(),
         config.clone(),
@@ -144,17 +170,25 @@ pub async fn run(
         metrics,
         sessions,
         watchers,
-    );
+    )
+    .with_node_tls(client_tls);
     let local = listener.local_addr()?;
     tracing::info!(%local, store = %redact(&config.store_url), chunk_size = store.chunk_size(),
         replication = store.replication(), "dfs-meta serving");
     let incoming = dfs_common::incoming::nodelay_incoming(listener);
-    tonic::transport::Server::builder()
-        .add_service(
-            MetaServer::new(service)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
+    let mut server = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
+    let enforce = server_tls.is_some();
+    if let Some(tls) = server_tls {
+        server = server.tls_config(tls)?;
+    }
+    let meta = MetaServer::new(service)
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(MAX_REPLY);
+    server
+        .add_service(dfs_auth::Authorized::new(meta, auth::policy, enforce))
         .serve_with_incoming_shutdown(incoming, shutdown.wait())
         .await?;
     let _ = worker.await;

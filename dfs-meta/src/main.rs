@@ -44,6 +44,12 @@ struct Args {
     /// Heartbeat interval nodes are told to use, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     heartbeat_ms: u64,
+    /// Exports file: what each client certificate may do with files (see
+    /// README, Security). Without it every client certificate may do everything.
+    #[arg(long)]
+    exports: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: dfs_auth::TlsArgs,
 }
 
 #[tokio::main]
@@ -64,6 +70,11 @@ async fn main() -> anyhow::Result<()> {
         session_lease: Duration::from_secs(args.session_lease_secs.clamp(1, 3600)),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 60_000)),
         repair_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 2_000)),
+        tls: args.tls.files("meta"),
+        exports: std::sync::Arc::new(match &args.exports {
+            Some(path) => dfs_meta::exports::Exports::load(path).map_err(anyhow::Error::msg)?,
+            None => Default::default(),
+        }),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

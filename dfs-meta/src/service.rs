@@ -8,6 +8,7 @@ use std::time::Instant;
 use dfs_proto::pb::{self, meta_server::Meta};
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::convert::{attr_reply, kind_from_pb, node_ref, ts_from_pb};
 use crate::failpoints::Failpoints;
 use crate::metrics::MetaMetrics;
@@ -28,6 +29,8 @@ pub struct MetaService {
     sessions: Arc<Sessions>,
     watchers: Arc<Watchers>,
     failpoints: Failpoints,
+    /// How meta connects to nodes (fsck's chunk listings); None: plaintext.
+    node_tls: Option<dfs_auth::ClientTls>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -52,7 +55,44 @@ impl MetaService {
             sessions,
             watchers,
             failpoints: Failpoints::from_env(),
+            node_tls: None,
         }
+    }
+
+    /// The export rule for this request's caller. None: no limits (an admin,
+    /// or a meta run `--insecure`); a client no rule names may not touch files.
+    fn export<T>(&self, req: &Request<T>) -> Result<Option<&crate::exports::Rule>, Status> {
+        match dfs_auth::authz::caller(req) {
+            Some(id) if id.role == dfs_auth::Role::Client => self
+                .config
+                .exports
+                .for_client(&id.name)
+                .map(Some)
+                .ok_or_else(|| {
+                    Status::permission_denied(format!("no export for certificate {:?}", id.name))
+                }),
+            _ => Ok(None),
+        }
+    }
+
+    /// `export`, for a change: refused (EROFS) on a read-only export.
+    fn check_write<T>(&self, req: &Request<T>) -> Result<Option<&crate::exports::Rule>, Status> {
+        let export = self.export(req)?;
+        if let Some(e) = export {
+            e.check_write()?;
+        }
+        Ok(export)
+    }
+
+    /// Signs chunk tokens for `holder` (a certificate name).
+    fn tokens<'a>(&'a self, holder: &'a str) -> auth::Tokens<'a> {
+        auth::Tokens::new(self.store.token_key(), holder)
+    }
+
+    /// Connects to nodes with this process's certificate.
+    pub fn with_node_tls(mut self, tls: Option<dfs_auth::ClientTls>) -> Self {
+        self.node_tls = tls;
+        self
     }
 
     /// Runs a mutation's body like `observe`. With the `drop_reply`
@@ -116,6 +156,7 @@ impl Meta for MetaService {
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Invalidations, Status>>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        self.export(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         self.observe("Watch", async {
             if origin.session == 0 {
@@ -129,6 +170,7 @@ impl Meta for MetaService {
     }
 
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
+        self.export(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("Lookup", async {
@@ -142,6 +184,7 @@ impl Meta for MetaService {
     }
 
     async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
+        self.export(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("GetAttr", async {
@@ -152,6 +195,7 @@ impl Meta for MetaService {
     }
 
     async fn resolve_path(&self, req: Request<pb::ResolvePathRequest>) -> Reply<pb::AttrReply> {
+        self.export(&req)?;
         self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ResolvePath", async {
@@ -161,14 +205,15 @@ impl Meta for MetaService {
     }
 
     async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
+        let export = self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("SetAttr", origin, async {
             let now = store::Timespec::now();
             let args = SetAttrArgs {
                 mode: r.mode,
-                uid: r.uid,
-                gid: r.gid,
+                uid: r.uid.map(|u| export.map_or(u, |e| e.uid(u))),
+                gid: r.gid.map(|g| export.map_or(g, |e| e.gid(g))),
                 size: r.size,
                 atime: if r.atime_now {
                     Some(now)
@@ -197,16 +242,30 @@ impl Meta for MetaService {
     }
 
     async fn create(&self, req: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
+        let export = self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Create", origin, async {
+            let kind = kind_from_pb(r.kind)?;
+            if let Some(e) = export {
+                let device = matches!(
+                    kind,
+                    store::FileKind::CharDevice | store::FileKind::BlockDevice
+                );
+                if device && !e.may_create_devices() {
+                    return Err(dfs_proto::status_from_errno(
+                        libc::EPERM,
+                        "a squashed export may not create device nodes",
+                    ));
+                }
+            }
             let args = CreateArgs {
                 parent: r.parent,
                 name: r.name,
-                kind: kind_from_pb(r.kind)?,
+                kind,
                 mode: r.mode,
-                uid: r.uid,
-                gid: r.gid,
+                uid: export.map_or(r.uid, |e| e.uid(r.uid)),
+                gid: export.map_or(r.gid, |e| e.gid(r.gid)),
                 rdev: r.rdev,
                 symlink_target: r.symlink_target,
             };
@@ -229,6 +288,7 @@ impl Meta for MetaService {
     }
 
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::DirChangeReply> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Unlink", origin, async {
@@ -252,6 +312,7 @@ impl Meta for MetaService {
     }
 
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Reply<pb::DirChangeReply> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Rmdir", origin, async {
@@ -269,6 +330,7 @@ impl Meta for MetaService {
     }
 
     async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::DirChangeReply> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Rename", origin, async {
@@ -313,6 +375,7 @@ impl Meta for MetaService {
     }
 
     async fn release_orphan(&self, req: Request<pb::ReleaseOrphanRequest>) -> Reply<pb::Empty> {
+        self.export(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("ReleaseOrphan", origin, async {
@@ -323,6 +386,7 @@ impl Meta for MetaService {
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("Link", origin, async {
@@ -346,6 +410,7 @@ impl Meta for MetaService {
     }
 
     async fn read_link(&self, req: Request<pb::ReadLinkRequest>) -> Reply<pb::ReadLinkReply> {
+        self.export(&req)?;
         self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ReadLink", async {
@@ -357,6 +422,7 @@ impl Meta for MetaService {
     }
 
     async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirReply> {
+        self.export(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ReadDir", async {
@@ -379,6 +445,7 @@ impl Meta for MetaService {
     }
 
     async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
+        self.export(&req)?;
         self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("GetXattr", async {
@@ -390,6 +457,7 @@ impl Meta for MetaService {
     }
 
     async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Reply<pb::Empty> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("SetXattr", origin, async {
@@ -404,6 +472,7 @@ impl Meta for MetaService {
     }
 
     async fn list_xattr(&self, req: Request<pb::ListXattrRequest>) -> Reply<pb::ListXattrReply> {
+        self.export(&req)?;
         self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("ListXattr", async {
@@ -415,6 +484,7 @@ impl Meta for MetaService {
     }
 
     async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("RemoveXattr", origin, async {
@@ -460,18 +530,22 @@ impl Meta for MetaService {
     }
 
     async fn get_chunks(&self, req: Request<pb::GetChunksRequest>) -> Reply<pb::GetChunksReply> {
+        self.export(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
+        let holder = auth::holder(&req);
         let r = req.into_inner();
         self.observe("GetChunks", async {
             self.watchers.note(origin.session, [r.ino]);
             let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
-            Ok(chunk_map_reply(&map))
+            Ok(chunk_map_reply(&map, &self.tokens(&holder)))
         })
         .await
     }
 
     async fn place_chunk(&self, req: Request<pb::PlaceChunkRequest>) -> Reply<pb::PlaceChunkReply> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
+        let holder = auth::holder(&req);
         let r = req.into_inner();
         self.observe("PlaceChunk", async {
             let count = if r.count == 0 {
@@ -491,17 +565,20 @@ impl Meta for MetaService {
                 )
                 .await?;
             let targets: Vec<pb::NodeRef> = placement.targets.iter().map(node_ref).collect();
+            let tokens = self.tokens(&holder);
             let more = placement
                 .more_ids
                 .iter()
                 .map(|id| pb::PlacedChunk {
                     chunk_id: *id,
+                    token: Some(tokens.write(*id, &targets)),
                     targets: targets.clone(),
                 })
                 .collect();
             Ok(pb::PlaceChunkReply {
                 chunk_id: placement.chunk_id,
                 more,
+                token: Some(tokens.write(placement.chunk_id, &targets)),
                 targets,
                 replication: self.store.replication(),
                 min_replicas: self
@@ -517,7 +594,9 @@ impl Meta for MetaService {
         &self,
         req: Request<pb::CommitWriteRequest>,
     ) -> Reply<pb::GetChunksReply> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
+        let holder = auth::holder(&req);
         let r = req.into_inner();
         self.observe_mutation("CommitWrite", origin, async {
             let chunks: Vec<CommitChunk> = r
@@ -545,7 +624,7 @@ impl Meta for MetaService {
             self.watchers.note(origin.session, [r.ino]);
             if r.return_chunks {
                 let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
-                return Ok(chunk_map_reply(&map));
+                return Ok(chunk_map_reply(&map, &self.tokens(&holder)));
             }
             Ok(pb::GetChunksReply {
                 attr: Some(crate::convert::attr(&inode)),
@@ -557,6 +636,7 @@ impl Meta for MetaService {
     }
 
     async fn punch_hole(&self, req: Request<pb::PunchHoleRequest>) -> Reply<pb::AttrReply> {
+        self.check_write(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe_mutation("PunchHole", origin, async {
@@ -587,6 +667,7 @@ impl Meta for MetaService {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Reply<pb::RegisterNodeReply> {
+        let cert_name = auth::node_name(auth::caller(&req).as_ref());
         let r = req.into_inner();
         self.observe("RegisterNode", async {
             let addr = r.addr.clone();
@@ -594,6 +675,7 @@ impl Meta for MetaService {
                 .store
                 .register_node(RegisterArgs {
                     uuid: r.uuid,
+                    cert_name,
                     addr: r.addr,
                     zone: r.zone,
                     capacity: r.capacity_bytes,
@@ -609,14 +691,19 @@ impl Meta for MetaService {
                 node_id,
                 delete_chunk_ids: delete,
                 heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+                token_key: self.store.token_key().to_vec(),
             })
         })
         .await
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatReply> {
+        let cert_name = auth::node_name(auth::caller(&req).as_ref());
         let r = req.into_inner();
         self.observe("Heartbeat", async {
+            if let Some(name) = &cert_name {
+                self.store.check_node_certificate(r.node_id, name).await?;
+            }
             // Deletions go out after the grace period, and only for changes
             // already on meta's disk: a power cut cannot bring back a file
             // whose chunks a node has deleted.
@@ -691,6 +778,9 @@ impl Meta for MetaService {
     }
 
     async fn fsck(&self, req: Request<pb::FsckRequest>) -> Reply<pb::FsckReply> {
+        if req.get_ref().repair {
+            auth::require_admin(auth::caller(&req).as_ref(), "fsck --repair")?;
+        }
         let r = req.into_inner();
         self.observe("Fsck", async {
             let root = self.store.resolve_path(&r.path).await?;
@@ -705,7 +795,13 @@ impl Meta for MetaService {
                 .await?;
             // Strays belong to no path: only a check of the whole tree looks.
             let strays = if root.ino == dfs_proto::ROOT_INO {
-                crate::strays::scan(&self.store, self.live_cutoff(), r.repair).await?
+                crate::strays::scan(
+                    &self.store,
+                    self.live_cutoff(),
+                    r.repair,
+                    self.node_tls.as_ref(),
+                )
+                .await?
             } else {
                 Default::default()
             };
@@ -842,6 +938,7 @@ impl Meta for MetaService {
         &self,
         req: Request<pb::OpenSessionRequest>,
     ) -> Reply<pb::OpenSessionReply> {
+        self.export(&req)?;
         let r = req.into_inner();
         self.observe("OpenSession", async {
             let args = SessionArgs {
@@ -930,6 +1027,7 @@ impl Meta for MetaService {
     }
 
     async fn lock(&self, req: Request<pb::LockRequest>) -> Reply<pb::LockReply> {
+        self.export(&req)?;
         let origin = self.sessions.origin(req.metadata()).await?;
         let r = req.into_inner();
         self.observe("Lock", async {
@@ -1012,8 +1110,9 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A waiter looks again at least this often (releases on another meta).
 const LOCK_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A file's chunk map as the wire carries it.
-fn chunk_map_reply(map: &crate::store::ChunkMap) -> pb::GetChunksReply {
+/// A file's chunk map as the wire carries it, each chunk with a read token
+/// for `holder`.
+fn chunk_map_reply(map: &crate::store::ChunkMap, tokens: &auth::Tokens<'_>) -> pb::GetChunksReply {
     pb::GetChunksReply {
         attr: Some(crate::convert::attr(&map.inode)),
         chunk_size: map.chunk_size,
@@ -1034,6 +1133,7 @@ fn chunk_map_reply(map: &crate::store::ChunkMap) -> pb::GetChunksReply {
                         addr: addr.clone(),
                     })
                     .collect(),
+                read_token: Some(tokens.read(c.chunk_id)),
             })
             .collect(),
     }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use dfs_auth::{ClientTls, Role};
 use dfs_proto::pb;
 use dfs_proto::pb::chunk_client::ChunkClient;
 
@@ -33,6 +34,7 @@ pub async fn scan(
     store: &Store,
     live_cutoff_ms: i64,
     queue: bool,
+    tls: Option<&ClientTls>,
 ) -> Result<StrayScan, StoreError> {
     let nodes = store.list_nodes().await?;
     let mut scan = StrayScan::default();
@@ -41,7 +43,7 @@ pub async fn scan(
         .map(|n| &n.record)
         .filter(|n| n.last_heartbeat_ms >= live_cutoff_ms)
     {
-        let ids = match tokio::time::timeout(LIST_DEADLINE, list(&node.addr)).await {
+        let ids = match tokio::time::timeout(LIST_DEADLINE, list(&node.addr, tls)).await {
             Ok(Ok(ids)) => ids,
             Ok(Err(e)) => {
                 tracing::warn!(node = node.id, addr = %node.addr, error = %e, "node did not list its chunks");
@@ -65,10 +67,16 @@ pub async fn scan(
     Ok(scan)
 }
 
-async fn list(addr: &str) -> Result<Vec<u64>, tonic::Status> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5));
+async fn list(addr: &str, tls: Option<&ClientTls>) -> Result<Vec<u64>, tonic::Status> {
+    let bad = |e: tonic::transport::Error| tonic::Status::invalid_argument(e.to_string());
+    let endpoint = match tls {
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(bad)?
+            .tls_config(tls.to(Role::Node))
+            .map_err(bad)?,
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(bad)?,
+    }
+    .connect_timeout(Duration::from_secs(5));
     let channel = endpoint
         .connect()
         .await

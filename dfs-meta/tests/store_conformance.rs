@@ -128,6 +128,8 @@ conformance!(
     draining_nodes_hand_over_and_leave,
     full_reports_are_fenced_and_keep_deletions,
     a_node_with_many_chunks_registers_in_batches,
+    a_node_is_bound_to_its_first_certificate,
+    nul_bytes_are_refused_in_symlink_targets_and_xattr_names,
     heartbeats_carry_chunk_changes,
     bad_commits_change_nothing,
     node_reconcile,
@@ -703,6 +705,7 @@ async fn three_nodes(s: &Store) -> Vec<u64> {
         let (id, del) = s
             .register_node(RegisterArgs {
                 uuid: format!("uuid-{i}"),
+                cert_name: None,
                 addr: format!("127.0.0.1:{}", 7001 + i),
                 zone: String::new(),
                 capacity: 1 << 40,
@@ -722,6 +725,7 @@ async fn three_nodes(s: &Store) -> Vec<u64> {
 async fn fourth_node(s: &Store) -> u64 {
     s.register_node(RegisterArgs {
         uuid: "uuid-3".into(),
+        cert_name: None,
         addr: "127.0.0.1:7004".into(),
         zone: String::new(),
         capacity: 1 << 40,
@@ -1135,6 +1139,7 @@ async fn full_reports_are_fenced_and_keep_deletions(h: Handle) {
     let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
     let report = |i: usize, chunk_ids: Vec<u64>, listed_after_ms: i64| RegisterArgs {
         uuid: format!("uuid-{i}"),
+        cert_name: None,
         addr: format!("127.0.0.1:{}", 7001 + i),
         zone: String::new(),
         capacity: 1 << 40,
@@ -1229,6 +1234,7 @@ async fn a_node_with_many_chunks_registers_in_batches(h: Handle) {
         .unwrap_or(20_000);
     let args = |chunk_ids: Vec<u64>| RegisterArgs {
         uuid: "big".into(),
+        cert_name: None,
         addr: "127.0.0.1:7009".into(),
         zone: String::new(),
         capacity: 1 << 40,
@@ -1409,6 +1415,7 @@ async fn node_reconcile(h: Handle) {
     let (id, del) = s
         .register_node(RegisterArgs {
             uuid: "uuid-0".into(),
+            cert_name: None,
             addr: "127.0.0.1:7001".into(),
             zone: String::new(),
             capacity: 1 << 40,
@@ -1426,6 +1433,7 @@ async fn node_reconcile(h: Handle) {
     let (_, del) = s
         .register_node(RegisterArgs {
             uuid: "uuid-0".into(),
+            cert_name: None,
             addr: "127.0.0.1:7001".into(),
             zone: String::new(),
             capacity: 1 << 40,
@@ -1493,6 +1501,7 @@ async fn extra_replicas_are_trimmed(h: Handle) {
     let (fourth, _) = s
         .register_node(RegisterArgs {
             uuid: "uuid-3".into(),
+            cert_name: None,
             addr: "127.0.0.1:7004".into(),
             zone: String::new(),
             capacity: 1 << 40,
@@ -1985,4 +1994,54 @@ async fn placements_come_in_batches_held_by_the_session(h: Handle) {
         libc::EKEYEXPIRED,
         "the closed session's unused ids are released"
     );
+}
+
+async fn a_node_is_bound_to_its_first_certificate(h: Handle) {
+    let s = &h.store;
+    let args = |cert: Option<&str>| RegisterArgs {
+        uuid: "bound-node".into(),
+        cert_name: cert.map(str::to_string),
+        addr: "127.0.0.1:1".into(),
+        zone: String::new(),
+        capacity: 1 << 30,
+        used: 0,
+        chunk_ids: vec![],
+        listed_after_ms: i64::MAX,
+    };
+    let (id, _) = s.register_node(args(Some("node-a"))).await.unwrap();
+    // The same certificate registers it again; another may not take its uuid.
+    assert_eq!(s.register_node(args(Some("node-a"))).await.unwrap().0, id);
+    let err = s.register_node(args(Some("node-b"))).await.unwrap_err();
+    assert_eq!(errno(err), libc::EPERM);
+    assert!(s.check_node_certificate(id, "node-a").await.is_ok());
+    let err = s.check_node_certificate(id, "node-b").await.unwrap_err();
+    assert_eq!(errno(err), libc::EPERM);
+    // Nothing about the node changed by the refused registration.
+    let nodes = s.list_nodes().await.unwrap();
+    assert_eq!(
+        nodes
+            .iter()
+            .filter(|n| n.record.uuid == "bound-node")
+            .count(),
+        1
+    );
+}
+
+async fn nul_bytes_are_refused_in_symlink_targets_and_xattr_names(h: Handle) {
+    let s = &h.store;
+    let mut link = node(ROOT_INO, "l", FileKind::Symlink);
+    link.symlink_target = b"a\0b".to_vec();
+    let err = s.create(link, Origin::NONE).await.unwrap_err();
+    assert_eq!(errno(err), libc::EINVAL);
+    assert!(
+        s.lookup(ROOT_INO, b"l").await.is_err(),
+        "nothing was created"
+    );
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
+    let err = s
+        .set_xattr(f.ino, b"user.a\0b", b"v", 0, Origin::NONE)
+        .await
+        .unwrap_err();
+    assert_eq!(errno(err), libc::EINVAL);
+    assert!(s.list_xattr(f.ino).await.unwrap().is_empty());
 }

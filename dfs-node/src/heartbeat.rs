@@ -81,6 +81,7 @@ impl MetaLink {
             .await?
             .into_inner();
         self.identity.set_node_id(reply.node_id);
+        self.identity.set_token_key(reply.token_key);
         tracing::info!(
             node_id = reply.node_id,
             garbage = reply.delete_chunk_ids.len(),
@@ -264,7 +265,7 @@ impl Copier {
                 if data.len() as u64 == command.stored_len && crc == command.crc32c =>
             {
                 let outcome =
-                    write_chain(&self.channels, id, &data, crc, true, &command.targets).await;
+                    write_chain(&self.channels, id, &data, crc, true, &command.targets, None).await;
                 for f in &outcome.failed {
                     tracing::warn!(chunk = id, node = f.node_id, error = %f.reason, "repair copy failed");
                 }

@@ -2,6 +2,7 @@
 //! (`chunk_store`), serves and pipelines chunk writes (`service`), and talks to
 //! meta: registration, heartbeats, garbage deletion and repair copies (`heartbeat`).
 
+pub mod capability;
 pub mod chunk_store;
 mod disk_space;
 pub mod heartbeat;
@@ -29,6 +30,8 @@ pub struct Config {
     /// Capacity to offer instead of the disk's free space (tests, shared disks).
     pub capacity: Option<u64>,
     pub scrub: scrub::ScrubConfig,
+    /// Certificates for mutual TLS (None: plaintext, no authentication).
+    pub tls: Option<dfs_auth::TlsFiles>,
 }
 
 /// Who this node is: a uuid kept in its data directory (so a restarted node is
@@ -38,9 +41,25 @@ pub struct NodeIdentity {
     pub advertise: String,
     pub zone: String,
     node_id: AtomicU64,
+    /// The key meta signs chunk tokens with (from registration).
+    token_key: std::sync::RwLock<Option<std::sync::Arc<Vec<u8>>>>,
 }
 
 impl NodeIdentity {
+    pub fn token_key(&self) -> Option<std::sync::Arc<Vec<u8>>> {
+        self.token_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_token_key(&self, key: Vec<u8>) {
+        if key.is_empty() {
+            return;
+        }
+        *self.token_key.write().unwrap_or_else(|p| p.into_inner()) = Some(std::sync::Arc::new(key));
+    }
+
     pub fn node_id(&self) -> u64 {
         self.node_id.load(Ordering::Relaxed)
     }
@@ -65,6 +84,22 @@ pub enum RunError {
     Metrics(#[from] dfs_common::metrics_http::MetricsError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("certificates: {0}")]
+    Tls(#[from] dfs_auth::AuthError),
+}
+
+/// The roles each Chunk method serves. Chunks move between clients and
+/// nodes (writes, reads, forwarding, repair copies); only meta lists a
+/// node's chunks, and deletions come only from meta (with heartbeats; the
+/// DeleteChunks call is meta's too).
+pub fn policy(method: &str) -> &'static [dfs_auth::Role] {
+    use dfs_auth::Role::{Admin, Client, Meta, Node};
+    match method {
+        "WriteChunk" | "ReadChunk" | "SyncChunks" => &[Client, Admin, Node],
+        "NodeInfo" => &[Client, Admin, Node, Meta],
+        "ListChunks" | "DeleteChunks" => &[Meta],
+        _ => &[],
+    }
 }
 
 fn load_uuid(dir: &std::path::Path) -> Result<String, RunError> {
@@ -117,7 +152,23 @@ pub async fn run(
         advertise: config.advertise.clone(),
         zone: config.zone.clone(),
         node_id: AtomicU64::new(0),
+        token_key: Default::default(),
     });
+    // This node's certificate for every connection it makes (meta, other
+    // nodes) and for the clients it serves.
+    let server_tls = match &config.tls {
+        Some(files) => {
+            dfs_client::channels::use_tls(Some(files.client()?));
+            Some(files.server()?)
+        }
+        None => {
+            tracing::warn!(
+                "running without TLS: anyone who reaches the port may read and write chunks"
+            );
+            dfs_client::channels::use_tls(None);
+            None
+        }
+    };
     let channels = Channels::new();
     // Several metas (HOST:PORT,HOST:PORT) fail over; a call no meta answers
     // is given up after a few seconds (the next heartbeat tries again).
@@ -154,14 +205,21 @@ pub async fn run(
     let link_task = tokio::spawn(link.run(shutdown.clone()));
     tracing::info!(addr = %config.advertise, chunks = store.chunk_count(), data = %config.data_dir.display(), "dfs-node serving");
     let service = service::ChunkService::new(store, channels, identity, metrics);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
-        .add_service(
-            ChunkServer::new(service)
-                .max_decoding_message_size(dfs_client::channels::MAX_MESSAGE)
-                .max_encoding_message_size(dfs_client::channels::MAX_MESSAGE),
-        )
+        .concurrency_limit_per_connection(1024)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
+    let enforce = server_tls.is_some();
+    if let Some(tls) = server_tls {
+        server = server.tls_config(tls)?;
+    }
+    let chunks = ChunkServer::new(service)
+        .max_decoding_message_size(dfs_client::channels::MAX_MESSAGE)
+        .max_encoding_message_size(dfs_client::channels::MAX_MESSAGE);
+    server
+        .add_service(dfs_auth::Authorized::new(chunks, policy, enforce))
         .serve_with_incoming_shutdown(
             dfs_common::incoming::nodelay_incoming(listener),
             shutdown.wait(),

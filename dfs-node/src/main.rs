@@ -33,6 +33,8 @@ struct Args {
     /// Seconds between two full scrub passes.
     #[arg(long, default_value_t = 24 * 3600)]
     scrub_pause_secs: u64,
+    #[command(flatten)]
+    tls: dfs_auth::TlsArgs,
 }
 
 #[tokio::main]
@@ -64,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             bytes_per_sec: args.scrub_bytes_per_sec,
             pause: std::time::Duration::from_secs(args.scrub_pause_secs),
         },
+        tls: args.tls.files("node"),
     };
     let (trigger, shutdown) = dfs_common::shutdown::channel();
     tokio::spawn(dfs_common::shutdown::on_signals(trigger));

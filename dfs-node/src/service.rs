@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use dfs_auth::ChunkOp;
 use dfs_client::chunk_io::downstream_deadline_for;
 use dfs_client::Channels;
 use dfs_proto::pb::{self, chunk_server::Chunk, write_chunk_request::Msg, WriteChunkRequest};
@@ -65,6 +66,7 @@ impl Chunk for ChunkService {
         req: Request<Streaming<WriteChunkRequest>>,
     ) -> Result<Response<pb::WriteChunkReply>, Status> {
         let start = Instant::now();
+        let caller = dfs_auth::authz::caller(&req).cloned();
         let mut stream = req.into_inner();
         let header = match stream.message().await?.and_then(|m| m.msg) {
             Some(Msg::Header(h)) => h,
@@ -74,6 +76,14 @@ impl Chunk for ChunkService {
                 ))
             }
         };
+        crate::capability::check(
+            &self.identity,
+            caller.as_ref(),
+            ChunkOp::Write,
+            header.chunk_id,
+            header.token.as_ref(),
+            &header.forward,
+        )?;
         if header.forward.len() > 15 {
             return Err(Status::invalid_argument("replication chain too long"));
         }
@@ -193,7 +203,16 @@ impl Chunk for ChunkService {
         &self,
         req: Request<pb::ReadChunkRequest>,
     ) -> Result<Response<Self::ReadChunkStream>, Status> {
+        let caller = dfs_auth::authz::caller(&req).cloned();
         let r = req.into_inner();
+        crate::capability::check(
+            &self.identity,
+            caller.as_ref(),
+            ChunkOp::Read,
+            r.chunk_id,
+            r.token.as_ref(),
+            &[],
+        )?;
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
         let metrics = self.metrics.clone();

@@ -310,18 +310,19 @@ fn mount_command_and_umount() {
     let script = format!(
         r#"set -u
 mount --bind {fake} {sbin}
-mount -t fuse.dfs {meta} {mnt} -o rw,_netdev,allow_other,cache_size=32M,log={log} || exit 10
+mount -t fuse.dfs {meta} {mnt} -o rw,_netdev,allow_other,cache_size=32M,log={log},{tls} || exit 10
 cd {mnt} && echo via-mount > f && grep -qx via-mount f || exit 11
 cd / && umount {mnt} || exit 12
 mountpoint -q {mnt} && exit 13
-mount -t fuse.dfs 127.0.0.1:1 {mnt} 2>&1 && exit 14
-mount -t fuse.dfs {meta} /nonexistent-dfs 2>/dev/null && exit 15
+mount -t fuse.dfs 127.0.0.1:1 {mnt} -o {tls} 2>&1 && exit 14
+mount -t fuse.dfs {meta} /nonexistent-dfs -o {tls} 2>/dev/null && exit 15
 echo all-done"#,
         fake = fake_sbin.display(),
         sbin = helper_dir.display(),
         meta = c.meta_addr,
         mnt = mnt.display(),
         log = log.display(),
+        tls = c.tls_mount_options("client"),
     );
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "bash", "-c", &script])
@@ -496,13 +497,12 @@ fn large_directories_list_every_entry_once() {
 
 /// Creates `n` empty files named `entry-NNNNNN` in directory `parent` over gRPC,
 /// 16 at a time (the mount is not what this measures; its listing is).
-fn create_entries_over_grpc(meta_addr: &str, parent: u64, n: usize) {
+fn create_entries_over_grpc(c: &Cluster, parent: u64, n: usize) {
     use dfs_proto::pb;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{meta_addr}"))
-            .unwrap()
-            .connect()
+        let channel = c
+            .grpc_channel(&c.meta_addr, dfs_auth::Role::Meta, Some("client"))
             .await
             .unwrap();
         let mut tasks = Vec::new();
@@ -539,7 +539,7 @@ fn a_100k_entry_directory_lists_in_pages() {
     let ino = std::fs::metadata(m.join("huge")).unwrap().ino();
     let n = 100_000;
     let started = std::time::Instant::now();
-    create_entries_over_grpc(&c.meta_addr, ino, n);
+    create_entries_over_grpc(&c, ino, n);
     eprintln!("created {n} entries in {:?}", started.elapsed());
     let started = std::time::Instant::now();
     let meta_metrics = c.meta_metrics.clone().unwrap();

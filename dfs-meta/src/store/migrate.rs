@@ -57,6 +57,11 @@ const SQLITE: &[Migration] = &[
         name: "repair_queue",
         sql: include_str!("../../../migrations/sqlite/0009_repair_queue.sql"),
     },
+    Migration {
+        version: 10,
+        name: "node_certs",
+        sql: include_str!("../../../migrations/sqlite/0010_node_certs.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -104,6 +109,11 @@ const POSTGRES: &[Migration] = &[
         version: 9,
         name: "repair_queue",
         sql: include_str!("../../../migrations/postgres/0009_repair_queue.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "node_certs",
+        sql: include_str!("../../../migrations/postgres/0010_node_certs.sql"),
     },
 ];
 

@@ -94,6 +94,8 @@ pub struct Store {
     /// Every transaction committed before this time (ms) is on disk: the
     /// start of the last successful `sync`.
     durable_before_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// The key chunk tokens are signed with (`dfs_auth::token`).
+    token_key: std::sync::Arc<Vec<u8>>,
 }
 
 impl Store {
@@ -128,19 +130,69 @@ impl Store {
             ),
         };
         let (chunk_size, replication) = migrate::run(&pool, backend, format).await?;
-        let store = Store {
+        let mut store = Store {
             pool,
             metrics: StoreMetrics::new(),
             backend,
             chunk_size,
             replication,
             durable_before_ms: Default::default(),
+            token_key: Default::default(),
         };
+        store.token_key = std::sync::Arc::new(store.load_token_key().await?);
         if backend == Backend::Sqlite {
             store.skip_unsynced_ids().await?;
         }
         store.sync().await?;
         Ok(store)
+    }
+
+    /// The key chunk tokens are signed with: made once per cluster, kept in
+    /// meta_config, so every meta of a PostgreSQL store signs alike, and
+    /// tokens outlive a meta restart.
+    async fn load_token_key(&self) -> Result<Vec<u8>> {
+        const KEY: &str = "chunk_token_key";
+        let read = async {
+            let mut conn = self.conn().await?;
+            let row = db::query("SELECT value FROM meta_config WHERE key = $1")
+                .bind(KEY)
+                .fetch_optional(&mut conn)
+                .await?;
+            match row {
+                Some(r) => Ok::<_, StoreError>(Some(r.try_get::<String, _>(0)?)),
+                None => Ok(None),
+            }
+        };
+        let hex = match read.await? {
+            Some(hex) => hex,
+            None => {
+                let key: [u8; dfs_auth::token::KEY_LEN] = rand::random();
+                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                // (One connection: SQLite's store has only one.)
+                let mut conn = self.conn().await?;
+                // Another meta may have made one meanwhile: keep the first.
+                db::query(
+                    "INSERT INTO meta_config (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(KEY)
+                .bind(&hex)
+                .execute(&mut conn)
+                .await?;
+                db::query("SELECT value FROM meta_config WHERE key = $1")
+                    .bind(KEY)
+                    .fetch_one(&mut conn)
+                    .await?
+                    .try_get::<String, _>(0)?
+            }
+        };
+        (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| StoreError::Invalid("meta_config's chunk_token_key is not hex".into()))
+    }
+
+    pub fn token_key(&self) -> &[u8] {
+        &self.token_key
     }
 
     /// Moves the id counters past any id a transaction lost in a power cut may

@@ -128,10 +128,11 @@ impl Store {
         validate_name(&args.name)?;
         if args.kind == FileKind::Symlink
             && (args.symlink_target.is_empty()
-                || args.symlink_target.len() > dfs_proto::MAX_PATH_LEN)
+                || args.symlink_target.len() > dfs_proto::MAX_PATH_LEN
+                || args.symlink_target.contains(&0))
         {
             return Err(StoreError::Invalid(
-                "symlink target must be 1..4095 bytes".into(),
+                "symlink target must be 1..4095 bytes without NUL".into(),
             ));
         }
         in_tx_once!(
@@ -430,9 +431,9 @@ impl Store {
         flags: u32,
         origin: Origin,
     ) -> Result<()> {
-        if name.is_empty() || name.len() > 255 {
+        if name.is_empty() || name.len() > 255 || name.contains(&0) {
             return Err(StoreError::Invalid(
-                "xattr name must be 1..255 bytes".into(),
+                "xattr name must be 1..255 bytes without NUL".into(),
             ));
         }
         if value.len() > MAX_XATTR_VALUE {

@@ -16,6 +16,9 @@ pub struct NodeInfo {
 #[derive(Debug, Clone)]
 pub struct RegisterArgs {
     pub uuid: String,
+    /// The caller's certificate name (None: an insecure cluster). A node is
+    /// bound to the first one it registers with; others are refused.
+    pub cert_name: Option<String>,
     pub addr: String,
     pub zone: String,
     pub capacity: u64,
@@ -78,12 +81,23 @@ impl Store {
                 db::query("ANALYZE replicas").execute(&mut tx).await?;
             }
             let now = now_ms();
-            let existing = db::query("SELECT id FROM nodes WHERE uuid = $1")
+            let existing = db::query("SELECT id, cert_name FROM nodes WHERE uuid = $1")
                 .bind(&args.uuid)
                 .fetch_optional(&mut tx)
                 .await?;
             let id = match existing {
-                Some(row) => row.try_get::<i64, _>(0)?,
+                Some(row) => {
+                    let bound: Option<String> = row.try_get(1)?;
+                    if let (Some(bound), Some(name)) = (&bound, &args.cert_name) {
+                        if bound != name {
+                            return Err(StoreError::NotPermitted(format!(
+                                "node {} belongs to certificate {bound:?}, not {name:?}",
+                                args.uuid
+                            )));
+                        }
+                    }
+                    row.try_get::<i64, _>(0)?
+                }
                 None => {
                     let id = super::tables::next_id(&mut tx, "node").await?;
                     db::query(
@@ -97,6 +111,13 @@ impl Store {
                     id
                 }
             };
+            if let Some(name) = &args.cert_name {
+                db::query("UPDATE nodes SET cert_name = $2 WHERE id = $1 AND cert_name IS NULL")
+                    .bind(id)
+                    .bind(name)
+                    .execute(&mut tx)
+                    .await?;
+            }
             db::query(
                 "UPDATE nodes SET addr = $2, zone = $3, capacity = $4, used = $5, chunk_count = $6, last_heartbeat_ms = $7 WHERE id = $1",
             )
@@ -119,6 +140,26 @@ impl Store {
             .await?;
             Ok((id as u64, delete))
         })
+    }
+
+    /// Refuses a caller whose certificate is not the one node `node_id` is
+    /// bound to (an unknown node passes: it is told to register).
+    pub async fn check_node_certificate(&self, node_id: u64, cert_name: &str) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let row = db::query("SELECT cert_name FROM nodes WHERE id = $1")
+            .bind(to_i64(node_id, "node id")?)
+            .fetch_optional(&mut conn)
+            .await?;
+        let bound: Option<String> = match row {
+            Some(row) => row.try_get(0)?,
+            None => None,
+        };
+        match bound {
+            Some(bound) if bound != cert_name => Err(StoreError::NotPermitted(format!(
+                "node {node_id} belongs to certificate {bound:?}, not {cert_name:?}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Records a heartbeat. Returns None for a node meta does not know (it must

@@ -1,0 +1,98 @@
+//! The role check in front of a gRPC service: the caller's certificate names
+//! a role, and each method lists the roles it serves. A caller without a
+//! certificate is UNAUTHENTICATED; one whose role the method does not serve
+//! is PERMISSION_DENIED; neither reaches a handler. Allowed calls carry the
+//! caller's `Identity` in the request's extensions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tonic::body::BoxBody;
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+use tower_service::Service;
+
+use crate::{Identity, Role};
+
+/// The roles that may call a method (by its name, as in `/pkg.Service/Method`).
+/// Methods the policy does not know are refused.
+pub type Policy = fn(method: &str) -> &'static [Role];
+
+/// A gRPC service behind the role check. Without enforcement (a cluster run
+/// `--insecure`, for debugging) every call passes, with no identity.
+#[derive(Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    policy: Policy,
+    enforce: bool,
+}
+
+impl<S> Authorized<S> {
+    pub fn new(inner: S, policy: Policy, enforce: bool) -> Authorized<S> {
+        Authorized {
+            inner,
+            policy,
+            enforce,
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for Authorized<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// Checks one request; on success puts the caller's identity in it.
+fn check<B>(req: &mut http::Request<B>, policy: Policy) -> Result<(), Status> {
+    let certs = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs());
+    let Some(der) = certs.as_ref().and_then(|c| c.first()) else {
+        return Err(Status::unauthenticated(
+            "a client certificate of the cluster CA is required",
+        ));
+    };
+    let identity = Identity::from_der(der).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+    if !policy(method).contains(&identity.role) {
+        tracing::warn!(role = %identity.role, name = %identity.name, method, "call refused");
+        return Err(Status::permission_denied(format!(
+            "a {} certificate may not call {method}",
+            identity.role
+        )));
+    }
+    req.extensions_mut().insert(identity);
+    Ok(())
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for Authorized<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<BoxBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<BoxBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if self.enforce {
+            if let Err(status) = check(&mut req, self.policy) {
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+/// The identity an allowed call came with (None when not enforcing).
+pub fn caller<T>(req: &tonic::Request<T>) -> Option<&Identity> {
+    req.extensions().get::<Identity>()
+}

@@ -1,0 +1,218 @@
+//! Exports: what each client certificate may do with files, in the manner of
+//! NFS's `/etc/exports` and MooseFS's `mfsexports.cfg`. One rule per line:
+//!
+//! ```text
+//! # CLIENT   PATH  OPTIONS
+//! backup     /     ro
+//! web-*      /     rw,all_squash,anonuid=33,anongid=33
+//! *          /     rw,root_squash
+//! ```
+//!
+//! CLIENT is a certificate name (CN), a prefix ending in `*`, or `*`; the
+//! first rule that matches applies, and a client no rule matches may not
+//! touch files. Options: `ro` or `rw` (default), `root_squash` (uid and gid 0
+//! become the anonymous ones), `all_squash` (every uid and gid does),
+//! `no_root_squash` (default), `anonuid=N`, `anongid=N` (default 65534).
+//! Squashed clients may not create device nodes. Admin certificates are
+//! not subject to exports. Only `/` can be exported for now: subtrees are
+//! refused when the file is read, rather than half enforced.
+
+use tonic::Status;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Squash {
+    None,
+    Root,
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// A certificate name, or a prefix when it ends in `*`.
+    pattern: String,
+    pub read_only: bool,
+    pub squash: Squash,
+    pub anon_uid: u32,
+    pub anon_gid: u32,
+}
+
+const NOBODY: u32 = 65534;
+
+impl Rule {
+    fn matches(&self, name: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => self.pattern == name,
+        }
+    }
+
+    /// Changes are refused on a read-only export (EROFS).
+    pub fn check_write(&self) -> Result<(), Status> {
+        if self.read_only {
+            return Err(dfs_proto::status_from_errno(
+                libc::EROFS,
+                "read-only export",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The owner a file gets (or a chown sets) for a uid the client asked for.
+    pub fn uid(&self, uid: u32) -> u32 {
+        match self.squash {
+            Squash::All => self.anon_uid,
+            Squash::Root if uid == 0 => self.anon_uid,
+            _ => uid,
+        }
+    }
+
+    pub fn gid(&self, gid: u32) -> u32 {
+        match self.squash {
+            Squash::All => self.anon_gid,
+            Squash::Root if gid == 0 => self.anon_gid,
+            _ => gid,
+        }
+    }
+
+    /// Whether this client may make character or block devices.
+    pub fn may_create_devices(&self) -> bool {
+        self.squash == Squash::None
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exports {
+    rules: Vec<Rule>,
+}
+
+impl Default for Exports {
+    /// No exports file: every client certificate may do everything.
+    fn default() -> Exports {
+        Exports {
+            rules: vec![Rule {
+                pattern: "*".into(),
+                read_only: false,
+                squash: Squash::None,
+                anon_uid: NOBODY,
+                anon_gid: NOBODY,
+            }],
+        }
+    }
+}
+
+impl Exports {
+    pub fn load(path: &std::path::Path) -> Result<Exports, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Exports::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Exports, String> {
+        let mut rules = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let at = |e: String| format!("line {}: {e}", n + 1);
+            let mut fields = line.split_whitespace();
+            let (Some(pattern), Some(path)) = (fields.next(), fields.next()) else {
+                return Err(at("expected CLIENT PATH [OPTIONS]".into()));
+            };
+            if path != "/" {
+                return Err(at(format!(
+                    "exporting a subtree ({path}) is not supported yet: only /"
+                )));
+            }
+            if pattern.is_empty() || pattern[..pattern.len() - 1].contains('*') {
+                return Err(at(format!("bad client pattern {pattern:?}")));
+            }
+            let mut rule = Rule {
+                pattern: pattern.to_string(),
+                read_only: false,
+                squash: Squash::None,
+                anon_uid: NOBODY,
+                anon_gid: NOBODY,
+            };
+            for option in fields.next().unwrap_or("rw").split(',') {
+                let number = |v: &str| {
+                    v.parse::<u32>()
+                        .map_err(|_| at(format!("bad number in {option}")))
+                };
+                match option.split_once('=') {
+                    None if option == "ro" => rule.read_only = true,
+                    None if option == "rw" => rule.read_only = false,
+                    None if option == "root_squash" => rule.squash = Squash::Root,
+                    None if option == "all_squash" => rule.squash = Squash::All,
+                    None if option == "no_root_squash" => rule.squash = Squash::None,
+                    Some(("anonuid", v)) => rule.anon_uid = number(v)?,
+                    Some(("anongid", v)) => rule.anon_gid = number(v)?,
+                    _ => return Err(at(format!("unknown option {option:?}"))),
+                }
+            }
+            if fields.next().is_some() {
+                return Err(at("options are one comma-separated field".into()));
+            }
+            rules.push(rule);
+        }
+        Ok(Exports { rules })
+    }
+
+    /// The rule for a client certificate name (None: it may not touch files).
+    pub fn for_client(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_matching_rule_applies() {
+        let e = Exports::parse(
+            "# comment\nbackup / ro\nweb-* / rw,all_squash,anonuid=33,anongid=34\n* / root_squash\n",
+        )
+        .unwrap();
+        let backup = e.for_client("backup").unwrap();
+        assert!(backup.check_write().is_err());
+        let web = e.for_client("web-1").unwrap();
+        assert!(web.check_write().is_ok());
+        assert_eq!((web.uid(1000), web.gid(0)), (33, 34));
+        assert!(!web.may_create_devices());
+        let other = e.for_client("laptop").unwrap();
+        assert_eq!(
+            (other.uid(0), other.uid(1000), other.gid(0)),
+            (NOBODY, 1000, NOBODY)
+        );
+        assert!(Exports::parse("only / ro")
+            .unwrap()
+            .for_client("else")
+            .is_none());
+    }
+
+    proptest::proptest! {
+        /// An exports file is read or refused with a line number: never a panic.
+        #[test]
+        fn any_text_parses_or_is_refused(text in "\\PC{0,200}") {
+            if let Err(e) = Exports::parse(&text) {
+                proptest::prop_assert!(e.starts_with("line "), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_lines_are_refused_with_their_number() {
+        for bad in [
+            "x",
+            "x /data ro",
+            "x / rw,frobnicate",
+            "x / anonuid=-1",
+            "a*b / rw",
+            "x / rw extra",
+        ] {
+            let e = Exports::parse(&format!("# ok\n{bad}\n")).unwrap_err();
+            assert!(e.starts_with("line 2:"), "{bad}: {e}");
+        }
+        assert_eq!(Exports::parse("").unwrap().for_client("x"), None);
+    }
+}

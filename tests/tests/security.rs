@@ -1,0 +1,603 @@
+//! Who may do what: every connection is mutual TLS with certificates of the
+//! cluster's CA, and each RPC serves only the roles it names.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dfs_auth::Role;
+use dfs_proto::pb;
+use dfs_proto::pb::chunk_client::ChunkClient;
+use dfs_proto::pb::meta_client::MetaClient;
+use dfs_tests::{Cluster, Options};
+use tonic::Code;
+
+fn cluster() -> Cluster {
+    let c = Cluster::start(Options::default());
+    assert!(
+        c.pki.is_some(),
+        "the suite runs with TLS unless DFS_TEST_INSECURE=1"
+    );
+    c
+}
+
+/// The code a call failed with; a connection that could not be made at all
+/// (the server refused the handshake) counts as UNAVAILABLE.
+async fn meta_call<T>(
+    c: &Cluster,
+    cert: Option<&str>,
+    call: impl AsyncFnOnce(MetaClient<tonic::transport::Channel>) -> Result<T, tonic::Status>,
+) -> Result<T, Code> {
+    let channel = match c.grpc_channel(&c.meta_addr, Role::Meta, cert).await {
+        Ok(ch) => ch,
+        Err(_) => return Err(Code::Unavailable),
+    };
+    call(MetaClient::new(channel)).await.map_err(|s| s.code())
+}
+
+async fn node_call<T>(
+    c: &Cluster,
+    i: usize,
+    cert: Option<&str>,
+    call: impl AsyncFnOnce(ChunkClient<tonic::transport::Channel>) -> Result<T, tonic::Status>,
+) -> Result<T, Code> {
+    let channel = match c.grpc_channel(c.node_addr(i), Role::Node, cert).await {
+        Ok(ch) => ch,
+        Err(_) => return Err(Code::Unavailable),
+    };
+    call(ChunkClient::new(channel)).await.map_err(|s| s.code())
+}
+
+fn denied<T>(r: Result<T, Code>) -> bool {
+    r.err() == Some(Code::PermissionDenied)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+#[test]
+fn callers_without_a_certificate_are_refused_everywhere() {
+    let c = cluster();
+    rt().block_on(async {
+        let refused = meta_call(&c, None, async |mut m| m.stat_fs(pb::Empty {}).await).await;
+        assert!(
+            refused.is_err(),
+            "meta served a caller without a certificate"
+        );
+        for i in 0..c.opts.nodes {
+            let refused = node_call(&c, i, None, async |mut n| {
+                n.read_chunk(pb::ReadChunkRequest {
+                    chunk_id: 1,
+                    offset: 0,
+                    length: 1,
+                    token: None,
+                })
+                .await
+            })
+            .await;
+            assert!(
+                refused.is_err(),
+                "node {i} served a caller without a certificate"
+            );
+        }
+        // Plaintext gRPC does not even reach a handler.
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", c.meta_addr))
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(ch) = plain {
+            assert!(MetaClient::new(ch).stat_fs(pb::Empty {}).await.is_err());
+        }
+    });
+    // The same with the CLI: without certificates it cannot work.
+    let out = std::process::Command::new(dfs_tests::bin_dir().join("dfs"))
+        .env("DFS_META", &c.meta_addr)
+        .args(["--insecure", "--meta-timeout", "2", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // With a client certificate, files work.
+    let ok = rt().block_on(meta_call(&c, Some("client"), async |mut m| {
+        m.stat_fs(pb::Empty {}).await
+    }));
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn a_client_certificate_cannot_call_node_or_admin_rpcs() {
+    let c = cluster();
+    rt().block_on(async {
+        let client = Some("client");
+        assert!(denied(
+            meta_call(&c, client, async |mut m| {
+                m.register_node(pb::RegisterNodeRequest {
+                    uuid: "intruder".into(),
+                    addr: "127.0.0.1:9".into(),
+                    capacity_bytes: 1 << 50,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(denied(
+            meta_call(&c, client, async |mut m| {
+                m.heartbeat(pb::HeartbeatRequest {
+                    node_id: 1,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(denied(
+            meta_call(&c, client, async |mut m| {
+                m.node_admin(pb::NodeAdminRequest {
+                    node: "1".into(),
+                    action: "drain".into(),
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(denied(
+            meta_call(&c, client, async |mut m| {
+                m.fsck(pb::FsckRequest {
+                    path: b"/".to_vec(),
+                    repair: true,
+                })
+                .await
+            })
+            .await
+        ));
+        // Reading the cluster's health is fine.
+        assert!(meta_call(&c, client, async |mut m| {
+            m.fsck(pb::FsckRequest {
+                path: b"/".to_vec(),
+                repair: false,
+            })
+            .await
+        })
+        .await
+        .is_ok());
+        // On a node: clients neither list nor delete chunks.
+        assert!(denied(
+            node_call(&c, 0, client, async |mut n| {
+                n.delete_chunks(pb::DeleteChunksRequest {
+                    chunk_ids: vec![1, 2, 3],
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(denied(
+            node_call(&c, 0, client, async |mut n| n
+                .list_chunks(pb::Empty {})
+                .await)
+            .await
+        ));
+        // A node certificate is no file client either.
+        assert!(denied(
+            meta_call(&c, Some("node0"), async |mut m| {
+                m.create(pb::CreateRequest {
+                    parent: dfs_proto::ROOT_INO,
+                    name: b"x".to_vec(),
+                    kind: pb::FileKind::Regular as i32,
+                    mode: 0o644,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+        ));
+    });
+    // Nothing changed: no intruder node, nothing draining, no file.
+    let nodes = c.dfs_ok(&["--json", "nodes"]);
+    assert!(
+        !nodes.contains("intruder") && !nodes.contains("127.0.0.1:9"),
+        "{nodes}"
+    );
+    assert!(!nodes.contains("\"draining\":true"), "{nodes}");
+    assert_eq!(c.dfs_ok(&["ls", "/"]).trim(), "");
+    // The admin certificate (what `dfs` uses here) may drain.
+    c.dfs_ok(&["node", "drain", "--no-wait", c.node_addr(0)]);
+    c.dfs_ok(&["node", "undrain", c.node_addr(0)]);
+}
+
+#[test]
+fn a_node_cannot_register_with_another_nodes_uuid() {
+    let c = cluster();
+    let uuid = std::fs::read_to_string(c.node_data(0).join("node-uuid")).unwrap();
+    let before = c.dfs_ok(&["--json", "nodes"]);
+    let result = rt().block_on(meta_call(&c, Some("node1"), async |mut m| {
+        m.register_node(pb::RegisterNodeRequest {
+            uuid: uuid.trim().to_string(),
+            addr: "127.0.0.1:9".into(),
+            capacity_bytes: 1 << 50,
+            ..Default::default()
+        })
+        .await
+    }));
+    assert_eq!(result.err(), Some(Code::PermissionDenied));
+    // Node 0 keeps its address; nothing points at the impostor's.
+    let after = c.dfs_ok(&["--json", "nodes"]);
+    assert!(
+        after.contains(c.node_addr(0)) && !after.contains("127.0.0.1:9"),
+        "{after}"
+    );
+    assert_eq!(
+        before.matches("\"id\"").count(),
+        after.matches("\"id\"").count()
+    );
+    // Nor heartbeat as node 0.
+    let node0: serde_json::Value = serde_json::from_str(&after).unwrap();
+    let id = node0
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["addr"] == c.node_addr(0))
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let beat = rt().block_on(meta_call(&c, Some("node1"), async |mut m| {
+        m.heartbeat(pb::HeartbeatRequest {
+            node_id: id,
+            ..Default::default()
+        })
+        .await
+    }));
+    assert_eq!(beat.err(), Some(Code::PermissionDenied));
+}
+
+#[test]
+fn clients_accept_only_the_server_role_they_asked_for() {
+    let c = cluster();
+    // A node's certificate is not a meta's: connecting to a node's address
+    // as if it were meta fails the handshake.
+    let wrong = rt().block_on(c.grpc_channel(c.node_addr(0), Role::Meta, Some("client")));
+    assert!(wrong.is_err(), "a node passed as meta");
+}
+
+#[test]
+fn dfs_ca_creates_a_ca_and_issues_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let dfs = |args: &[&str]| {
+        std::process::Command::new(dfs_tests::bin_dir().join("dfs"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let p = pki.to_str().unwrap();
+    assert!(dfs(&["ca", "init", p]).status.success());
+    assert!(
+        !dfs(&["ca", "init", p]).status.success(),
+        "a CA is never overwritten"
+    );
+    let out = dfs(&[
+        "ca", "issue", p, "--role", "node", "n1", "--host", "10.0.0.5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pki.join("n1.crt").exists() && pki.join("n1.key").exists());
+    let bad = dfs(&["ca", "issue", p, "--role", "root", "x"]);
+    assert!(!bad.status.success());
+    assert!(!pki.join("x.crt").exists());
+}
+
+/// Reads a whole chunk from node `i` with `token`, as certificate `cert`.
+async fn read_with(
+    c: &Cluster,
+    i: usize,
+    cert: &str,
+    chunk_id: u64,
+    token: Option<pb::ChunkToken>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let channel = c
+        .grpc_channel(c.node_addr(i), Role::Node, Some(cert))
+        .await
+        .unwrap();
+    let mut stream = ChunkClient::new(channel)
+        .read_chunk(pb::ReadChunkRequest {
+            chunk_id,
+            offset: 0,
+            length: 1 << 20,
+            token,
+        })
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(m) = stream.message().await? {
+        data.extend_from_slice(&m.data);
+    }
+    Ok(data)
+}
+
+/// The key meta signs chunk tokens with, read from its SQLite store (only
+/// a test can: it stands for a forger who stole it, or for meta itself).
+fn token_key(c: &Cluster) -> Vec<u8> {
+    let path = c.store_url.trim_start_matches("sqlite://");
+    let db = rusqlite::Connection::open(path).unwrap();
+    let hex: String = db
+        .query_row(
+            "SELECT value FROM meta_config WHERE key = 'chunk_token_key'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn nodes_serve_clients_only_with_a_valid_chunk_token() {
+    let c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        ..Options::default()
+    });
+    let f = c.random_file("f", (1 << 20) + 1000);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    rt().block_on(async {
+        let mut meta = MetaClient::new(
+            c.grpc_channel(&c.meta_addr, Role::Meta, Some("client"))
+                .await
+                .unwrap(),
+        );
+        let ino = meta
+            .resolve_path(pb::ResolvePathRequest {
+                path: b"/f".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .attr
+            .unwrap()
+            .ino;
+        let map = meta
+            .get_chunks(pb::GetChunksRequest { ino })
+            .await
+            .unwrap()
+            .into_inner();
+        let (a, b) = (&map.chunks[0], &map.chunks[1]);
+        let holder = c.node_index(a.replicas[0].node_id);
+        let token = a.read_token.clone();
+        assert!(token.is_some(), "chunk maps carry read tokens");
+        // The token meta gave: the chunk reads.
+        let data = read_with(&c, holder, "client", a.chunk_id, token.clone())
+            .await
+            .unwrap();
+        assert_eq!(data, std::fs::read(&f).unwrap()[..1 << 20]);
+        let code = |r: Result<Vec<u8>, tonic::Status>| r.err().map(|s| s.code());
+        // No token, a forged one, another chunk's, another certificate's.
+        assert_eq!(
+            code(read_with(&c, holder, "client", a.chunk_id, None).await),
+            Some(Code::PermissionDenied)
+        );
+        let mut forged = token.clone().unwrap();
+        forged.mac[0] ^= 1;
+        assert_eq!(
+            code(read_with(&c, holder, "client", a.chunk_id, Some(forged)).await),
+            Some(Code::PermissionDenied)
+        );
+        let b_holder = c.node_index(b.replicas[0].node_id);
+        assert_eq!(
+            code(read_with(&c, b_holder, "client", b.chunk_id, token.clone()).await),
+            Some(Code::PermissionDenied),
+            "a token of chunk {} read chunk {}",
+            a.chunk_id,
+            b.chunk_id
+        );
+        assert_eq!(
+            code(read_with(&c, holder, "client2", a.chunk_id, token.clone()).await),
+            Some(Code::PermissionDenied),
+            "a token made out to another certificate"
+        );
+        // An expired token (signed with the real key, so only the expiry is
+        // wrong): refused, with EKEYEXPIRED (readers then fetch a new map).
+        let key = token_key(&c);
+        let expired_at = 1_000;
+        let grant = dfs_auth::Grant {
+            op: dfs_auth::ChunkOp::Read,
+            chunk_id: a.chunk_id,
+            expires_ms: expired_at,
+            holder: "client",
+            targets: vec![],
+        };
+        let expired = pb::ChunkToken {
+            expires_ms: expired_at,
+            mac: dfs_auth::token::sign(&key, &grant),
+            targets: vec![],
+        };
+        let err = read_with(&c, holder, "client", a.chunk_id, Some(expired))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(dfs_proto::errno_of(&err), libc::EKEYEXPIRED);
+        // A write token names the nodes a write may go to: a client cannot
+        // make a node forward anywhere else.
+        let placed = meta
+            .place_chunk(pb::PlaceChunkRequest {
+                chunk_id: 0,
+                count: 0,
+                exclude_node_ids: vec![],
+                batch: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let head = c.node_index(placed.targets[0].node_id);
+        let channel = c
+            .grpc_channel(c.node_addr(head), Role::Node, Some("client"))
+            .await
+            .unwrap();
+        let write = |forward: Vec<pb::NodeRef>| {
+            let header = pb::WriteChunkRequest {
+                msg: Some(pb::write_chunk_request::Msg::Header(pb::WriteHeader {
+                    chunk_id: placed.chunk_id,
+                    length: 4,
+                    crc32c: crc32c::crc32c(b"abcd"),
+                    durable: false,
+                    forward,
+                    token: placed.token.clone(),
+                })),
+            };
+            let data = pb::WriteChunkRequest {
+                msg: Some(pb::write_chunk_request::Msg::Data(b"abcd".to_vec().into())),
+            };
+            let mut client = ChunkClient::new(channel.clone());
+            async move {
+                client
+                    .write_chunk(futures::stream::iter(vec![header, data]))
+                    .await
+            }
+        };
+        let evil = vec![pb::NodeRef {
+            node_id: placed.targets[1].node_id,
+            addr: "127.0.0.1:9".into(),
+        }];
+        assert_eq!(
+            write(evil).await.err().map(|s| s.code()),
+            Some(Code::PermissionDenied)
+        );
+        // The placement's own chain is fine.
+        let reply = write(placed.targets[1..].to_vec())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.stored.len(), placed.targets.len(), "{reply:?}");
+    });
+}
+
+#[test]
+fn exports_make_clients_read_only_or_squash_their_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let exports = dir.path().join("exports");
+    std::fs::write(
+        &exports,
+        "# who        path  options\n\
+         reader       /     ro\n\
+         squashed     /     rw,root_squash,anonuid=4242,anongid=4343\n\
+         client       /     rw\n",
+    )
+    .unwrap();
+    let c = Cluster::start(Options {
+        meta_args: vec!["--exports".into(), exports.display().to_string()],
+        ..Options::default()
+    });
+    c.dfs_ok(&["mkdir", "/d"]);
+    let f = c.random_file("f", 1000);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/d/f"]);
+    // A read-only export: reading works, every change is EROFS.
+    let ro = c.mount_as("ro", "reader").unwrap();
+    assert!(std::fs::read(ro.join("d/f")).unwrap() == std::fs::read(&f).unwrap());
+    for result in [
+        std::fs::write(ro.join("d/new"), b"x").map(|_| ()),
+        std::fs::remove_file(ro.join("d/f")),
+        std::fs::create_dir(ro.join("e")),
+        std::fs::rename(ro.join("d/f"), ro.join("d/g")),
+    ] {
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    }
+    // Root squash: what root (this test) creates belongs to the anonymous ids,
+    // a chown to root too; device nodes are refused.
+    let sq = c.mount_as("sq", "squashed").unwrap();
+    std::fs::write(sq.join("d/mine"), b"x").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(sq.join("d/mine")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (4242, 4343));
+    let out = std::process::Command::new("chown")
+        .arg("0:0")
+        .arg(sq.join("d/mine"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = std::fs::metadata(sq.join("d/mine")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (4242, 4343));
+    let mknod = std::process::Command::new("mknod")
+        .arg(sq.join("d/dev"))
+        .args(["c", "1", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        !mknod.status.success(),
+        "a squashed client made a device node"
+    );
+    // A certificate no rule names cannot mount at all.
+    let err = c.mount_as("stranger", "stranger").err().expect("refused");
+    assert!(err.contains("export"), "{err}");
+    // An unsquashed, read-write client keeps root's ownership.
+    let rw = c.mount("rw");
+    std::fs::write(rw.join("d/root-owned"), b"x").unwrap();
+    assert_eq!(std::fs::metadata(rw.join("d/root-owned")).unwrap().uid(), 0);
+    // Nothing the read-only client tried happened.
+    let names = c.dfs_ok(&["ls", "/d"]);
+    assert!(
+        !names.contains("new") && names.contains('f') && !names.contains('g'),
+        "{names}"
+    );
+}
+
+#[test]
+fn malformed_or_oversize_requests_are_refused_and_change_nothing() {
+    let c = cluster();
+    rt().block_on(async {
+        let create = |name: Vec<u8>, kind: pb::FileKind, target: Vec<u8>| pb::CreateRequest {
+            parent: dfs_proto::ROOT_INO,
+            name,
+            kind: kind as i32,
+            mode: 0o644,
+            symlink_target: target,
+            ..Default::default()
+        };
+        let client = Some("client");
+        let code = |r: Result<tonic::Response<pb::AttrReply>, Code>| r.err();
+        // Malformed: a slash or NUL in a name, NUL in a symlink target, an
+        // unknown kind.
+        for bad in [
+            create(b"a/b".to_vec(), pb::FileKind::Regular, vec![]),
+            create(b"a\0b".to_vec(), pb::FileKind::Regular, vec![]),
+            create(b"l".to_vec(), pb::FileKind::Symlink, b"x\0y".to_vec()),
+            pb::CreateRequest {
+                kind: 99,
+                ..create(b"k".to_vec(), pb::FileKind::Regular, vec![])
+            },
+        ] {
+            let r = meta_call(&c, client, async |mut m| m.create(bad).await).await;
+            assert_eq!(code(r), Some(Code::InvalidArgument));
+        }
+        // An xattr name with NUL.
+        let f = meta_call(&c, client, async |mut m| {
+            m.create(create(b"f".to_vec(), pb::FileKind::Regular, vec![]))
+                .await
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+        let r = meta_call(&c, client, async |mut m| {
+            m.set_xattr(pb::SetXattrRequest {
+                ino: f.ino,
+                name: b"user.a\0b".to_vec(),
+                value: b"v".to_vec(),
+                flags: 0,
+            })
+            .await
+        })
+        .await;
+        assert_eq!(r.err(), Some(Code::InvalidArgument));
+        // Oversize: a 20 MiB metadata request is refused before a handler.
+        let huge = create(vec![b'n'; 20 << 20], pb::FileKind::Regular, vec![]);
+        let r = meta_call(&c, client, async |mut m| m.create(huge).await).await;
+        assert!(r.is_err(), "a 20 MiB request was served");
+    });
+    // Only the one good file exists, without xattrs.
+    assert_eq!(c.dfs_ok(&["ls", "/"]).trim(), "f");
+}
