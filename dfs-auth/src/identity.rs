@@ -34,3 +34,18 @@ impl Identity {
         Ok(Identity { role, name })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever bytes a peer presents as a certificate are read or refused,
+        /// never a panic (TLS verified the chain, but this parser runs too).
+        #[test]
+        fn any_bytes_are_read_or_refused(der in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Identity::from_der(&der);
+        }
+    }
+}
