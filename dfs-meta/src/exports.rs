@@ -12,8 +12,10 @@
 //! first rule that matches applies, and a client no rule matches may not
 //! touch files. Options: `ro` or `rw` (default), `root_squash` (uid and gid 0
 //! become the anonymous ones), `all_squash` (every uid and gid does),
-//! `no_root_squash` (default), `anonuid=N`, `anongid=N` (default 65534).
-//! Squashed clients may not create device nodes. Admin certificates are
+//! `no_root_squash` (default), `anonuid=N`, `anongid=N` (default 65534),
+//! `uids=A-B[:C-D...]` and `gids=...` (the only owners, after squashing, that
+//! the client may give files; others are EPERM). Squashed clients may not
+//! create device nodes. Admin certificates are
 //! not subject to exports. Only `/` can be exported for now: subtrees are
 //! refused when the file is read, rather than half enforced.
 
@@ -34,9 +36,31 @@ pub struct Rule {
     pub squash: Squash,
     pub anon_uid: u32,
     pub anon_gid: u32,
+    /// Owners the client may give files (None: any).
+    uids: Option<Vec<(u32, u32)>>,
+    gids: Option<Vec<(u32, u32)>>,
 }
 
 const NOBODY: u32 = 65534;
+
+/// `A-B:C:D-E` as inclusive ranges.
+fn parse_ranges(v: &str) -> Option<Vec<(u32, u32)>> {
+    v.split(':')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+                (a <= b).then_some((a, b))
+            }
+            None => part.parse().ok().map(|n| (n, n)),
+        })
+        .collect()
+}
+
+fn allowed(ranges: &Option<Vec<(u32, u32)>>, id: u32) -> bool {
+    ranges
+        .as_ref()
+        .is_none_or(|r| r.iter().any(|(a, b)| (*a..=*b).contains(&id)))
+}
 
 impl Rule {
     fn matches(&self, name: &str) -> bool {
@@ -57,27 +81,43 @@ impl Rule {
         Ok(())
     }
 
-    /// The owner a file gets (or a chown sets) for a uid the client asked for.
-    pub fn uid(&self, uid: u32) -> u32 {
-        match self.squash {
+    /// The owner a file gets (or a chown sets) for a uid the client asked
+    /// for; EPERM when the export does not allow it.
+    pub fn uid(&self, uid: u32) -> Result<u32, Status> {
+        let uid = match self.squash {
             Squash::All => self.anon_uid,
             Squash::Root if uid == 0 => self.anon_uid,
             _ => uid,
+        };
+        if !allowed(&self.uids, uid) {
+            return Err(not_allowed("uid", uid));
         }
+        Ok(uid)
     }
 
-    pub fn gid(&self, gid: u32) -> u32 {
-        match self.squash {
+    pub fn gid(&self, gid: u32) -> Result<u32, Status> {
+        let gid = match self.squash {
             Squash::All => self.anon_gid,
             Squash::Root if gid == 0 => self.anon_gid,
             _ => gid,
+        };
+        if !allowed(&self.gids, gid) {
+            return Err(not_allowed("gid", gid));
         }
+        Ok(gid)
     }
 
     /// Whether this client may make character or block devices.
     pub fn may_create_devices(&self) -> bool {
         self.squash == Squash::None
     }
+}
+
+fn not_allowed(what: &str, id: u32) -> Status {
+    dfs_proto::status_from_errno(
+        libc::EPERM,
+        format!("{what} {id} is not allowed by this export"),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +135,8 @@ impl Default for Exports {
                 squash: Squash::None,
                 anon_uid: NOBODY,
                 anon_gid: NOBODY,
+                uids: None,
+                gids: None,
             }],
         }
     }
@@ -132,6 +174,8 @@ impl Exports {
                 squash: Squash::None,
                 anon_uid: NOBODY,
                 anon_gid: NOBODY,
+                uids: None,
+                gids: None,
             };
             for option in fields.next().unwrap_or("rw").split(',') {
                 let number = |v: &str| {
@@ -146,6 +190,16 @@ impl Exports {
                     None if option == "no_root_squash" => rule.squash = Squash::None,
                     Some(("anonuid", v)) => rule.anon_uid = number(v)?,
                     Some(("anongid", v)) => rule.anon_gid = number(v)?,
+                    Some(("uids", v)) => {
+                        rule.uids = Some(
+                            parse_ranges(v).ok_or_else(|| at(format!("bad ranges in {option}")))?,
+                        )
+                    }
+                    Some(("gids", v)) => {
+                        rule.gids = Some(
+                            parse_ranges(v).ok_or_else(|| at(format!("bad ranges in {option}")))?,
+                        )
+                    }
                     _ => return Err(at(format!("unknown option {option:?}"))),
                 }
             }
@@ -177,13 +231,23 @@ mod tests {
         assert!(backup.check_write().is_err());
         let web = e.for_client("web-1").unwrap();
         assert!(web.check_write().is_ok());
-        assert_eq!((web.uid(1000), web.gid(0)), (33, 34));
+        assert_eq!((web.uid(1000).unwrap(), web.gid(0).unwrap()), (33, 34));
         assert!(!web.may_create_devices());
         let other = e.for_client("laptop").unwrap();
-        assert_eq!(
-            (other.uid(0), other.uid(1000), other.gid(0)),
-            (NOBODY, 1000, NOBODY)
+        let ids = (
+            other.uid(0).unwrap(),
+            other.uid(1000).unwrap(),
+            other.gid(0).unwrap(),
         );
+        assert_eq!(ids, (NOBODY, 1000, NOBODY));
+        let limited = Exports::parse("dev / rw,uids=1000-1999:3000,gids=100")
+            .unwrap()
+            .for_client("dev")
+            .cloned()
+            .unwrap();
+        assert!(limited.uid(1500).is_ok() && limited.uid(3000).is_ok());
+        assert!(limited.uid(0).is_err() && limited.uid(2000).is_err());
+        assert!(limited.gid(100).is_ok() && limited.gid(101).is_err());
         assert!(Exports::parse("only / ro")
             .unwrap()
             .for_client("else")
@@ -207,6 +271,8 @@ mod tests {
             "x /data ro",
             "x / rw,frobnicate",
             "x / anonuid=-1",
+            "x / uids=5-1",
+            "x / gids=a",
             "a*b / rw",
             "x / rw extra",
         ] {

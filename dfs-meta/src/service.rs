@@ -212,8 +212,14 @@ impl Meta for MetaService {
             let now = store::Timespec::now();
             let args = SetAttrArgs {
                 mode: r.mode,
-                uid: r.uid.map(|u| export.map_or(u, |e| e.uid(u))),
-                gid: r.gid.map(|g| export.map_or(g, |e| e.gid(g))),
+                uid: match (r.uid, export) {
+                    (Some(u), Some(e)) => Some(e.uid(u)?),
+                    (u, _) => u,
+                },
+                gid: match (r.gid, export) {
+                    (Some(g), Some(e)) => Some(e.gid(g)?),
+                    (g, _) => g,
+                },
                 size: r.size,
                 atime: if r.atime_now {
                     Some(now)
@@ -264,8 +270,8 @@ impl Meta for MetaService {
                 name: r.name,
                 kind,
                 mode: r.mode,
-                uid: export.map_or(r.uid, |e| e.uid(r.uid)),
-                gid: export.map_or(r.gid, |e| e.gid(r.gid)),
+                uid: export.map_or(Ok(r.uid), |e| e.uid(r.uid))?,
+                gid: export.map_or(Ok(r.gid), |e| e.gid(r.gid))?,
                 rdev: r.rdev,
                 symlink_target: r.symlink_target,
             };

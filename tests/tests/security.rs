@@ -480,6 +480,7 @@ fn exports_make_clients_read_only_or_squash_their_owners() {
         "# who        path  options\n\
          reader       /     ro\n\
          squashed     /     rw,root_squash,anonuid=4242,anongid=4343\n\
+         limited      /     rw,uids=1000-1999,gids=1000-1999\n\
          client       /     rw\n",
     )
     .unwrap();
@@ -505,7 +506,7 @@ fn exports_make_clients_read_only_or_squash_their_owners() {
     // a chown to root too; device nodes are refused.
     let sq = c.mount_as("sq", "squashed").unwrap();
     std::fs::write(sq.join("d/mine"), b"x").unwrap();
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let m = std::fs::metadata(sq.join("d/mine")).unwrap();
     assert_eq!((m.uid(), m.gid()), (4242, 4343));
     let out = std::process::Command::new("chown")
@@ -536,6 +537,33 @@ fn exports_make_clients_read_only_or_squash_their_owners() {
     let rw = c.mount("rw");
     std::fs::write(rw.join("d/root-owned"), b"x").unwrap();
     assert_eq!(std::fs::metadata(rw.join("d/root-owned")).unwrap().uid(), 0);
+    // An export that allows only some owners: root may not create files,
+    // nor give one away to root; uid 1500 may.
+    std::fs::create_dir(rw.join("open")).unwrap();
+    std::fs::set_permissions(rw.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let lim = c.mount_as("lim", "limited").unwrap();
+    let denied = std::fs::write(lim.join("open/by-root"), b"x").unwrap_err();
+    assert_eq!(denied.raw_os_error(), Some(libc::EPERM), "{denied}");
+    let as_1500 = std::process::Command::new("setpriv")
+        .args(["--reuid=1500", "--regid=1500", "--clear-groups", "touch"])
+        .arg(lim.join("open/by-1500"))
+        .output()
+        .unwrap();
+    assert!(
+        as_1500.status.success(),
+        "{}",
+        String::from_utf8_lossy(&as_1500.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(lim.join("open/by-1500")).unwrap().uid(),
+        1500
+    );
+    let chown = std::process::Command::new("chown")
+        .arg("0")
+        .arg(lim.join("open/by-1500"))
+        .output()
+        .unwrap();
+    assert!(!chown.status.success(), "gave a file to root");
     // Nothing the read-only client tried happened.
     let names = c.dfs_ok(&["ls", "/d"]);
     assert!(
