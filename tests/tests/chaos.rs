@@ -315,6 +315,7 @@ fn workload_rides_through_node_faults() {
     });
     // Everything closed: a fresh mount must read exactly the model.
     let fresh = c.mount("fresh");
+    let mut bytes_lost = 0u64;
     for w in &writers {
         let w = w.lock().unwrap();
         let dir = fresh.join(w.dir.file_name().unwrap().to_str().unwrap());
@@ -334,12 +335,15 @@ fn workload_rides_through_node_faults() {
                 .push(format!("{}: names {got:?}, want {want:?}", dir.display()));
         }
         for (name, data) in &w.model {
-            if std::fs::read(dir.join(name)).ok().as_ref() != Some(data) {
-                tally
-                    .lost
-                    .lock()
-                    .unwrap()
-                    .push(format!("{}/{name} differs on a fresh mount", dir.display()));
+            let got = std::fs::read(dir.join(name)).unwrap_or_default();
+            if got != *data {
+                let differing = got.iter().zip(data).filter(|(a, b)| a != b).count()
+                    + got.len().abs_diff(data.len());
+                bytes_lost += differing as u64;
+                tally.lost.lock().unwrap().push(format!(
+                    "{}/{name} differs on a fresh mount ({differing} bytes)",
+                    dir.display()
+                ));
             }
         }
     }
@@ -365,7 +369,7 @@ fn workload_rides_through_node_faults() {
     let errors = tally.errors.into_inner().unwrap();
     let lost = tally.lost.into_inner().unwrap();
     eprintln!(
-        "chaos: {} operations, {} faults injected, {} errors seen by applications, {} losses",
+        "chaos: {} operations, {} faults injected, {} errors seen by applications, {} losses ({bytes_lost} bytes lost)",
         tally.ops.load(Ordering::Relaxed),
         tally.faults.load(Ordering::Relaxed),
         errors.len(),
@@ -379,6 +383,6 @@ fn workload_rides_through_node_faults() {
     // Errors first: a failed operation leaves the file unlike the model,
     // which later reads count as losses.
     assert!(errors.is_empty(), "applications saw errors: {errors:#?}");
-    assert!(lost.is_empty(), "data lost: {lost:#?}");
+    assert!(lost.is_empty() && bytes_lost == 0, "data lost: {lost:#?}");
     assert_eq!(dropped, 0, "healthy replicas reported bad");
 }
