@@ -3,7 +3,8 @@
 # Idempotent and quick when everything is present; `apt-get update` runs only
 # when something is missing (or always with DFS_APT_UPDATE=1, as CI does).
 set -euo pipefail
-packages=(postgresql postgresql-client fuse3 psmisc rsync attr e2fsprogs git prometheus)
+# gcc: bundled SQLite and ring (TLS) compile C.
+packages=(postgresql postgresql-client fuse3 psmisc rsync attr e2fsprogs git prometheus gcc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
