@@ -8,6 +8,7 @@ pub mod exports;
 pub mod failpoints;
 pub mod leader;
 pub mod metrics;
+pub mod node_client;
 pub mod placement;
 pub mod repair;
 pub mod service;

@@ -89,6 +89,23 @@ impl MetaService {
         auth::Tokens::new(self.store.token_key(), holder)
     }
 
+    /// Asks the node holding a replica to read it again: true only when it
+    /// finds it corrupt (a node that cannot answer confirms nothing).
+    async fn node_confirms_corrupt(&self, chunk_id: u64, node_id: u64) -> bool {
+        let Ok(node) = self.store.find_node(&node_id.to_string()).await else {
+            return false;
+        };
+        let check = async {
+            let mut client =
+                crate::node_client::connect(&node.addr, self.node_tls.as_ref()).await?;
+            client.check_chunk(pb::CheckChunkRequest { chunk_id }).await
+        };
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(10), check).await,
+            Ok(Ok(reply)) if reply.get_ref().corrupt
+        )
+    }
+
     /// Connects to nodes with this process's certificate.
     pub fn with_node_tls(mut self, tls: Option<dfs_auth::ClientTls>) -> Self {
         self.node_tls = tls;
@@ -774,8 +791,19 @@ impl Meta for MetaService {
     }
 
     async fn report_bad_replica(&self, req: Request<pb::BadReplicaRequest>) -> Reply<pb::Empty> {
+        // A node reports what its own reads found; a client's report is
+        // only believed once the holding node confirms it.
+        let from_client = auth::caller(&req).is_some_and(|id| id.role != dfs_auth::Role::Node);
         let r = req.into_inner();
         self.observe("ReportBadReplica", async {
+            if from_client && !self.node_confirms_corrupt(r.chunk_id, r.node_id).await {
+                tracing::info!(
+                    chunk = r.chunk_id,
+                    node = r.node_id,
+                    "bad-replica report not confirmed by its node: ignored"
+                );
+                return Ok(pb::Empty {});
+            }
             tracing::warn!(chunk = r.chunk_id, node = r.node_id, "bad replica reported");
             self.store.quarantine_replica(r.chunk_id, r.node_id).await?;
             Ok(pb::Empty {})

@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use dfs_auth::{ClientTls, Role};
+use dfs_auth::ClientTls;
 use dfs_proto::pb;
-use dfs_proto::pb::chunk_client::ChunkClient;
 
 use crate::store::{Store, StoreError};
 
@@ -68,20 +67,8 @@ pub async fn scan(
 }
 
 async fn list(addr: &str, tls: Option<&ClientTls>) -> Result<Vec<u64>, tonic::Status> {
-    let bad = |e: tonic::transport::Error| tonic::Status::invalid_argument(e.to_string());
-    let endpoint = match tls {
-        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(bad)?
-            .tls_config(tls.to(Role::Node))
-            .map_err(bad)?,
-        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(bad)?,
-    }
-    .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut stream = ChunkClient::new(channel)
+    let mut stream = crate::node_client::connect(addr, tls)
+        .await?
         .list_chunks(pb::Empty {})
         .await?
         .into_inner();

@@ -357,6 +357,24 @@ impl ChunkStore {
     }
 
     /// Moves a bad chunk aside so it is never served; returns the error to report.
+    /// Reads chunk `id` whole against its block checksums: Ok(true) when
+    /// intact, Ok(false) when corrupt (moved aside now, or before).
+    pub fn check(&self, id: u64) -> Result<bool> {
+        if self
+            .root
+            .join("corrupt")
+            .join(format!("{id:016x}"))
+            .exists()
+        {
+            return Ok(false);
+        }
+        match self.read(id, 0, u64::MAX, |_| true) {
+            Ok(()) => Ok(true),
+            Err(ChunkError::Corrupt { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn corrupt(&self, id: u64, reason: String) -> ChunkError {
         tracing::error!(chunk = id, %reason, "corrupt chunk moved aside");
         let path = self.path(id);

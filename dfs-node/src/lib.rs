@@ -97,7 +97,7 @@ pub fn policy(method: &str) -> &'static [dfs_auth::Role] {
     match method {
         "WriteChunk" | "ReadChunk" | "SyncChunks" => &[Client, Admin, Node],
         "NodeInfo" => &[Client, Admin, Node, Meta],
-        "ListChunks" | "DeleteChunks" => &[Meta],
+        "ListChunks" | "DeleteChunks" | "CheckChunk" => &[Meta],
         _ => &[],
     }
 }

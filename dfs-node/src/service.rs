@@ -308,6 +308,25 @@ impl Chunk for ChunkService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn check_chunk(
+        &self,
+        req: Request<pb::CheckChunkRequest>,
+    ) -> Result<Response<pb::CheckChunkReply>, Status> {
+        let id = req.into_inner().chunk_id;
+        let store = self.store.clone();
+        match blocking(move || store.check(id)).await {
+            Ok(intact) => Ok(Response::new(pb::CheckChunkReply {
+                intact,
+                corrupt: !intact,
+            })),
+            // Missing: neither intact nor corrupt.
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                Ok(Response::new(pb::CheckChunkReply::default()))
+            }
+            Err(s) => Err(s),
+        }
+    }
+
     async fn node_info(
         &self,
         _req: Request<pb::Empty>,

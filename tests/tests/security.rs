@@ -629,3 +629,51 @@ fn malformed_or_oversize_requests_are_refused_and_change_nothing() {
     // Only the one good file exists, without xattrs.
     assert_eq!(c.dfs_ok(&["ls", "/"]).trim(), "f");
 }
+
+#[test]
+fn a_clients_bad_replica_report_counts_only_when_the_node_confirms_it() {
+    let c = Cluster::start(Options::default());
+    let f = c.random_file("f", 100_000);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    let chunks = dfs_tests::stat_chunks(&c.dfs_ok(&["stat", "/f"]));
+    let (_, replicas) = &chunks[0];
+    let chunk_id: u64 = {
+        let stat: serde_json::Value =
+            serde_json::from_str(&c.dfs_ok(&["stat", "/f", "--json"])).unwrap();
+        stat["chunks"][0]["id"].as_u64().unwrap()
+    };
+    let report = |node_id: u64| {
+        rt().block_on(meta_call(&c, Some("client"), async |mut m| {
+            m.report_bad_replica(pb::BadReplicaRequest { chunk_id, node_id })
+                .await
+        }))
+    };
+    // A lie about a healthy replica: accepted quietly, and nothing changes.
+    let healthy = replicas[0].0;
+    assert!(report(healthy).is_ok());
+    let after = dfs_tests::stat_chunks(&c.dfs_ok(&["stat", "/f"]));
+    assert_eq!(
+        after, chunks,
+        "a healthy replica was quarantined on a client's word"
+    );
+    assert!(c.dfs_ok(&["fsck"]).contains("status: HEALTHY"));
+    // A replica that really is corrupt: its node confirms, meta quarantines it.
+    let bad = replicas[1].0;
+    let i = c.node_index(bad);
+    let path = c
+        .node_data(i)
+        .join("chunks")
+        .join(format!("{:02x}", chunk_id % 256))
+        .join(format!("{chunk_id:016x}"));
+    let mut raw = std::fs::read(&path).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0x5a;
+    std::fs::write(&path, raw).unwrap();
+    assert!(report(bad).is_ok());
+    let stat = c.dfs_ok(&["stat", "/f"]);
+    let now = dfs_tests::stat_chunks(&stat);
+    assert!(
+        !now[0].1.iter().any(|(id, good)| *id == bad && *good),
+        "the corrupt replica still counts: {stat}"
+    );
+}
