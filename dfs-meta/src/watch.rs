@@ -16,6 +16,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use dfs_common::shutdown::Shutdown;
+
+use crate::hex::{hex_decode, hex_encode};
 use dfs_proto::pb;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -388,26 +390,6 @@ fn receive(watchers: &Watchers, payload: &str) {
     }
     let changes = from_pb(notice.changes.unwrap_or_default());
     watchers.deliver(notice.origin_session, &changes);
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

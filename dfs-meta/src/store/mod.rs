@@ -167,7 +167,7 @@ impl Store {
             Some(hex) => hex,
             None => {
                 let key: [u8; dfs_auth::token::KEY_LEN] = rand::random();
-                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                let hex = crate::hex::hex_encode(&key);
                 // (One connection: SQLite's store has only one.)
                 let mut conn = self.conn().await?;
                 // Another meta may have made one meanwhile: keep the first.
@@ -185,10 +185,8 @@ impl Store {
                     .try_get::<String, _>(0)?
             }
         };
-        (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| StoreError::Invalid("meta_config's chunk_token_key is not hex".into()))
+        crate::hex::hex_decode(&hex)
+            .ok_or_else(|| StoreError::Invalid("meta_config's chunk_token_key is not hex".into()))
     }
 
     pub fn token_key(&self) -> &[u8] {
