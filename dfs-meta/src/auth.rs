@@ -46,11 +46,6 @@ pub fn require_admin(caller: Option<&Identity>, what: &str) -> Result<(), Status
     }
 }
 
-/// The certificate name a node's calls must come from (None: insecure).
-pub fn node_name(caller: Option<&Identity>) -> Option<String> {
-    caller.map(|id| id.name.clone())
-}
-
 /// How long a chunk token lasts. A reader holding a chunk map longer gets
 /// "expired" from the node and reads the map again (with fresh tokens).
 pub const TOKEN_TTL_MS: i64 = 10 * 60 * 1000;

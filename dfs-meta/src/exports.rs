@@ -56,12 +56,6 @@ fn parse_ranges(v: &str) -> Option<Vec<(u32, u32)>> {
         .collect()
 }
 
-fn allowed(ranges: &Option<Vec<(u32, u32)>>, id: u32) -> bool {
-    ranges
-        .as_ref()
-        .is_none_or(|r| r.iter().any(|(a, b)| (*a..=*b).contains(&id)))
-}
-
 impl Rule {
     fn matches(&self, name: &str) -> bool {
         match self.pattern.strip_suffix('*') {
@@ -84,40 +78,42 @@ impl Rule {
     /// The owner a file gets (or a chown sets) for a uid the client asked
     /// for; EPERM when the export does not allow it.
     pub fn uid(&self, uid: u32) -> Result<u32, Status> {
-        let uid = match self.squash {
-            Squash::All => self.anon_uid,
-            Squash::Root if uid == 0 => self.anon_uid,
-            _ => uid,
-        };
-        if !allowed(&self.uids, uid) {
-            return Err(not_allowed("uid", uid));
-        }
-        Ok(uid)
+        self.owner("uid", uid, self.anon_uid, &self.uids)
     }
 
     pub fn gid(&self, gid: u32) -> Result<u32, Status> {
-        let gid = match self.squash {
-            Squash::All => self.anon_gid,
-            Squash::Root if gid == 0 => self.anon_gid,
-            _ => gid,
+        self.owner("gid", gid, self.anon_gid, &self.gids)
+    }
+
+    /// `id` squashed to `anon` as the rule says, then checked against `allowed`.
+    fn owner(
+        &self,
+        what: &str,
+        id: u32,
+        anon: u32,
+        allowed: &Option<Vec<(u32, u32)>>,
+    ) -> Result<u32, Status> {
+        let id = match self.squash {
+            Squash::All => anon,
+            Squash::Root if id == 0 => anon,
+            _ => id,
         };
-        if !allowed(&self.gids, gid) {
-            return Err(not_allowed("gid", gid));
+        let ok = allowed
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|(a, b)| (*a..=*b).contains(&id)));
+        if !ok {
+            return Err(dfs_proto::status_from_errno(
+                libc::EPERM,
+                format!("{what} {id} is not allowed by this export"),
+            ));
         }
-        Ok(gid)
+        Ok(id)
     }
 
     /// Whether this client may make character or block devices.
     pub fn may_create_devices(&self) -> bool {
         self.squash == Squash::None
     }
-}
-
-fn not_allowed(what: &str, id: u32) -> Status {
-    dfs_proto::status_from_errno(
-        libc::EPERM,
-        format!("{what} {id} is not allowed by this export"),
-    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

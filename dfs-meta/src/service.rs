@@ -690,7 +690,7 @@ impl Meta for MetaService {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Reply<pb::RegisterNodeReply> {
-        let cert_name = auth::node_name(auth::caller(&req).as_ref());
+        let cert_name = auth::caller(&req).map(|id| id.name);
         let r = req.into_inner();
         self.observe("RegisterNode", async {
             let addr = r.addr.clone();
@@ -721,7 +721,7 @@ impl Meta for MetaService {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatReply> {
-        let cert_name = auth::node_name(auth::caller(&req).as_ref());
+        let cert_name = auth::caller(&req).map(|id| id.name);
         let r = req.into_inner();
         self.observe("Heartbeat", async {
             if let Some(name) = &cert_name {

@@ -42,15 +42,13 @@ pub async fn scan(
         .map(|n| &n.record)
         .filter(|n| n.last_heartbeat_ms >= live_cutoff_ms)
     {
-        let ids = match tokio::time::timeout(LIST_DEADLINE, list(&node.addr, tls)).await {
-            Ok(Ok(ids)) => ids,
-            Ok(Err(e)) => {
+        let listed = tokio::time::timeout(LIST_DEADLINE, list(&node.addr, tls))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timed out")));
+        let ids = match listed {
+            Ok(ids) => ids,
+            Err(e) => {
                 tracing::warn!(node = node.id, addr = %node.addr, error = %e, "node did not list its chunks");
-                scan.unlisted.push(node.addr.clone());
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!(node = node.id, addr = %node.addr, "node did not list its chunks in time");
                 scan.unlisted.push(node.addr.clone());
                 continue;
             }
