@@ -345,40 +345,41 @@ impl Cluster {
     /// The certificate arguments of a program holding certificate `name`
     /// (`--insecure` when the cluster runs without TLS).
     pub fn tls_args(&self, name: &str) -> Vec<String> {
-        match &self.pki {
-            Some(pki) => {
-                if !pki.join(format!("{name}.crt")).exists() {
-                    issue(pki, name);
-                }
-                vec![
-                    "--tls-dir".into(),
-                    pki.display().to_string(),
-                    "--cert".into(),
-                    pki.join(format!("{name}.crt")).display().to_string(),
-                    "--key".into(),
-                    pki.join(format!("{name}.key")).display().to_string(),
-                ]
-            }
+        match self.cert(name) {
+            Some((pki, crt, key)) => vec![
+                "--tls-dir".into(),
+                pki.display().to_string(),
+                "--cert".into(),
+                crt.display().to_string(),
+                "--key".into(),
+                key.display().to_string(),
+            ],
             None => vec!["--insecure".into()],
         }
     }
 
     /// The mount options for certificate `name` (`client` for mounts).
     pub fn tls_mount_options(&self, name: &str) -> String {
-        match &self.pki {
-            Some(pki) => {
-                if !pki.join(format!("{name}.crt")).exists() {
-                    issue(pki, name);
-                }
-                format!(
-                    "ca={},cert={},key={}",
-                    pki.join("ca.crt").display(),
-                    pki.join(format!("{name}.crt")).display(),
-                    pki.join(format!("{name}.key")).display()
-                )
-            }
+        match self.cert(name) {
+            Some((pki, crt, key)) => format!(
+                "ca={},cert={},key={}",
+                pki.join("ca.crt").display(),
+                crt.display(),
+                key.display()
+            ),
             None => "insecure".into(),
         }
+    }
+
+    /// The CA directory and certificate `name`'s files, issued on first use
+    /// (None: the cluster runs without TLS).
+    fn cert(&self, name: &str) -> Option<(&Path, PathBuf, PathBuf)> {
+        let pki = self.pki.as_deref()?;
+        let crt = pki.join(format!("{name}.crt"));
+        if !crt.exists() {
+            issue(pki, name);
+        }
+        Some((pki, crt, pki.join(format!("{name}.key"))))
     }
 
     /// A raw gRPC channel to the server of `role` at `addr`, presenting
@@ -400,12 +401,9 @@ impl Cluster {
                 std::fs::read(pki.join("ca.crt")).unwrap(),
             ))
             .domain_name(role.server_name());
-        if let Some(name) = cert {
-            if !pki.join(format!("{name}.crt")).exists() {
-                issue(pki, name);
-            }
-            let read = |ext: &str| std::fs::read(pki.join(format!("{name}.{ext}"))).unwrap();
-            tls = tls.identity(Identity::from_pem(read("crt"), read("key")));
+        if let Some((_, crt, key)) = cert.and_then(|name| self.cert(name)) {
+            let read = |p: PathBuf| std::fs::read(p).unwrap();
+            tls = tls.identity(Identity::from_pem(read(crt), read(key)));
         }
         Endpoint::from_shared(format!("https://{addr}"))?
             .tls_config(tls)?
