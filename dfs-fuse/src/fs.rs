@@ -370,12 +370,13 @@ impl DfsFs {
 
     /// The inode behind `name` if this mount holds it open (one lookup, made
     /// only while files are open at all).
-    async fn open_victim(&self, parent: u64, name: &[u8]) -> Option<SharedFile> {
+    async fn open_victim(&self, parent: u64, name: &[u8]) -> Option<u64> {
         if lock(&self.files).is_empty() {
             return None;
         }
+        let open_here = |ino: u64| self.open_file(ino).map(|_| ino);
         if let Some(ino) = self.coherence().known_ino(parent, name) {
-            return self.open_file(ino);
+            return open_here(ino);
         }
         let request = pb::LookupRequest {
             parent,
@@ -389,7 +390,7 @@ impl DfsFs {
             .into_inner()
             .attr?
             .ino;
-        self.open_file(ino)
+        open_here(ino)
     }
 
     /// Removes a name. A file this mount holds open stays readable and writable
@@ -404,8 +405,8 @@ impl DfsFs {
         let ticket = self.coherence().ticket().own();
         let reply = self.meta().unlink(request).await;
         self.name_removed(ticket, parent, name, reply)?;
-        if let Some(file) = victim {
-            self.orphaned(file).await?;
+        if let Some(ino) = victim {
+            self.orphaned(ino).await?;
         }
         Ok(())
     }
@@ -492,8 +493,8 @@ impl DfsFs {
         }
         self.learned_dirs(ticket, [reply.parent.as_ref(), reply.new_parent.as_ref()]);
         c.mutated();
-        if let Some(file) = victim {
-            self.orphaned(file).await?;
+        if let Some(ino) = victim {
+            self.orphaned(ino).await?;
         }
         Ok(())
     }
@@ -705,7 +706,7 @@ impl DfsFs {
             self.add_handle(file)
         };
         if unnamed {
-            self.orphaned(self.file_of(fh)?).await?;
+            self.orphaned(attr.ino).await?;
         }
         Ok(fh)
     }
@@ -995,10 +996,8 @@ impl DfsFs {
 
     /// A file open here lost its last name (or never had one): meta keeps it
     /// for this mount until its last close here.
-    async fn orphaned(&self, file: SharedFile) -> FsResult<()> {
-        let ino = file.lock().await.ino;
+    async fn orphaned(&self, ino: u64) -> FsResult<()> {
         lock(&self.orphans.orphans).insert(ino);
-        drop(file);
         // Its last handle may have closed while meta removed the name: then
         // no later close will release it.
         self.orphans.release_if_closed(ino).await
