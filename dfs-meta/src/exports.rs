@@ -16,8 +16,13 @@
 //! `uids=A-B[:C-D...]` and `gids=...` (the only owners, after squashing, that
 //! the client may give files; others are EPERM). Squashed clients may not
 //! create device nodes. Admin certificates are
-//! not subject to exports. Only `/` can be exported for now: subtrees are
-//! refused when the file is read, rather than half enforced.
+//! not subject to exports.
+//!
+//! PATH is the directory the client sees as its root. Below `/`, meta maps
+//! that directory to inode 1 for the client and refuses (ENOENT) any inode
+//! outside it; `..` at the client's root stays there. The path is looked up
+//! again when it may have changed (see `view`), so renaming the exported
+//! directory moves the export with the name.
 
 use tonic::Status;
 
@@ -32,6 +37,8 @@ pub enum Squash {
 pub struct Rule {
     /// A certificate name, or a prefix when it ends in `*`.
     pattern: String,
+    /// The directory the client sees as its root (`/`: the whole tree).
+    pub path: String,
     pub read_only: bool,
     pub squash: Squash,
     pub anon_uid: u32,
@@ -42,6 +49,20 @@ pub struct Rule {
 }
 
 const NOBODY: u32 = 65534;
+
+/// An exported path without repeated or trailing slashes; None unless it is
+/// absolute and free of `.`, `..` and NUL.
+fn normal_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    if parts
+        .iter()
+        .any(|p| *p == "." || *p == ".." || p.contains('\0'))
+    {
+        return None;
+    }
+    Some(format!("/{}", parts.join("/")))
+}
 
 /// `A-B:C:D-E` as inclusive ranges.
 fn parse_ranges(v: &str) -> Option<Vec<(u32, u32)>> {
@@ -127,6 +148,7 @@ impl Default for Exports {
         Exports {
             rules: vec![Rule {
                 pattern: "*".into(),
+                path: "/".into(),
                 read_only: false,
                 squash: Squash::None,
                 anon_uid: NOBODY,
@@ -156,16 +178,17 @@ impl Exports {
             let (Some(pattern), Some(path)) = (fields.next(), fields.next()) else {
                 return Err(at("expected CLIENT PATH [OPTIONS]".into()));
             };
-            if path != "/" {
-                return Err(at(format!(
-                    "exporting a subtree ({path}) is not supported yet: only /"
-                )));
-            }
+            let path = normal_path(path).ok_or_else(|| {
+                at(format!(
+                    "bad path {path:?}: absolute, without . or .. (a subtree's root)"
+                ))
+            })?;
             if pattern.is_empty() || pattern[..pattern.len() - 1].contains('*') {
                 return Err(at(format!("bad client pattern {pattern:?}")));
             }
             let mut rule = Rule {
                 pattern: pattern.to_string(),
+                path,
                 read_only: false,
                 squash: Squash::None,
                 anon_uid: NOBODY,
@@ -244,6 +267,8 @@ mod tests {
         assert!(limited.uid(1500).is_ok() && limited.uid(3000).is_ok());
         assert!(limited.uid(0).is_err() && limited.uid(2000).is_err());
         assert!(limited.gid(100).is_ok() && limited.gid(101).is_err());
+        let sub = Exports::parse("team /srv//team/ rw").unwrap();
+        assert_eq!(sub.for_client("team").unwrap().path, "/srv/team");
         assert!(Exports::parse("only / ro")
             .unwrap()
             .for_client("else")
@@ -264,7 +289,9 @@ mod tests {
     fn bad_lines_are_refused_with_their_number() {
         for bad in [
             "x",
-            "x /data ro",
+            "x data ro",
+            "x /a/../b ro",
+            "x /a/./b ro",
             "x / rw,frobnicate",
             "x / anonuid=-1",
             "x / uids=5-1",

@@ -16,6 +16,7 @@ pub mod service;
 pub mod sessions;
 pub mod store;
 pub mod strays;
+pub mod view;
 pub mod watch;
 
 use std::sync::Arc;

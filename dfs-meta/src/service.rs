@@ -18,6 +18,7 @@ use crate::store::{
     self, CommitChunk, CreateArgs, HeartbeatInfo, LockKind, LockOutcome, LockRange, LockSpec,
     Origin, RegisterArgs, SessionArgs, SetAttrArgs, Store,
 };
+use crate::view::{Roots, View};
 use crate::watch::{Change, Watchers};
 use crate::Config;
 
@@ -29,11 +30,16 @@ pub struct MetaService {
     sessions: Arc<Sessions>,
     watchers: Arc<Watchers>,
     failpoints: Failpoints,
+    /// Exported subtrees' root directories.
+    roots: Roots,
     /// How meta connects to nodes (fsck's chunk listings); None: plaintext.
     node_tls: Option<dfs_auth::ClientTls>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// How long meta waits for a node to confirm what a client reported.
+const NODE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Problems an fsck reply lists at most.
 const FSCK_PROBLEMS: usize = 10_000;
@@ -55,33 +61,32 @@ impl MetaService {
             sessions,
             watchers,
             failpoints: Failpoints::from_env(),
+            roots: Roots::default(),
             node_tls: None,
         }
     }
 
-    /// The export rule for this request's caller. None: no limits (an admin,
-    /// or a meta run `--insecure`); a client no rule names may not touch files.
-    fn export<T>(&self, req: &Request<T>) -> Result<Option<&crate::exports::Rule>, Status> {
-        match dfs_auth::authz::caller(req) {
-            Some(id) if id.role == dfs_auth::Role::Client => self
-                .config
-                .exports
-                .for_client(&id.name)
-                .map(Some)
-                .ok_or_else(|| {
+    /// The caller's view of the namespace (its export rule and subtree)
+    /// and its request's origin. A client no rule names may not touch
+    /// files; with `write`, a read-only export answers EROFS.
+    async fn view<T>(&self, req: &Request<T>, write: bool) -> Result<(View<'_>, Origin), Status> {
+        let rule = match dfs_auth::authz::caller(req) {
+            Some(id) if id.role == dfs_auth::Role::Client => {
+                Some(self.config.exports.for_client(&id.name).ok_or_else(|| {
                     Status::permission_denied(format!("no export for certificate {:?}", id.name))
-                }),
-            _ => Ok(None),
+                })?)
+            }
+            _ => None,
+        };
+        if let (true, Some(rule)) = (write, rule) {
+            rule.check_write()?;
         }
-    }
-
-    /// `export`, for a change: refused (EROFS) on a read-only export.
-    fn check_write<T>(&self, req: &Request<T>) -> Result<Option<&crate::exports::Rule>, Status> {
-        let export = self.export(req)?;
-        if let Some(e) = export {
-            e.check_write()?;
-        }
-        Ok(export)
+        let origin = self.sessions.origin(req.metadata()).await?;
+        let root = match rule {
+            Some(rule) => self.roots.root(&self.store, &rule.path).await?,
+            None => dfs_proto::ROOT_INO,
+        };
+        Ok((View::new(rule, root, origin.session, &self.store), origin))
     }
 
     /// Signs chunk tokens for `holder` (a certificate name).
@@ -89,21 +94,52 @@ impl MetaService {
         auth::Tokens::new(self.store.token_key(), holder)
     }
 
-    /// Asks the node holding a replica to read it again: true only when it
-    /// finds it corrupt (a node that cannot answer confirms nothing).
-    async fn node_confirms_corrupt(&self, chunk_id: u64, node_id: u64) -> bool {
-        let Ok(node) = self.store.find_node(&node_id.to_string()).await else {
-            return false;
+    /// Asks the node holding a replica to read it again: Some(true) when
+    /// it is there and intact, Some(false) when the node finds it corrupt,
+    /// None when missing or the node cannot answer (which confirms nothing).
+    async fn node_check(&self, chunk_id: u64, node_id: u64) -> Option<bool> {
+        let reply = self
+            .node_call(node_id, |mut c| async move {
+                c.check_chunk(pb::CheckChunkRequest { chunk_id }).await
+            })
+            .await?;
+        match (reply.intact, reply.corrupt) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Whether the node holding a replica syncs it to disk when meta asks.
+    async fn node_syncs(&self, chunk_id: u64, node_id: u64) -> bool {
+        self.node_call(node_id, |mut c| async move {
+            c.sync_chunks(pb::SyncChunksRequest {
+                chunk_ids: vec![chunk_id],
+            })
+            .await
+        })
+        .await
+        .is_some()
+    }
+
+    /// One call to node `node_id`, within NODE_CHECK_TIMEOUT (None: no answer).
+    async fn node_call<R, F>(
+        &self,
+        node_id: u64,
+        call: impl FnOnce(dfs_proto::pb::chunk_client::ChunkClient<tonic::transport::Channel>) -> F,
+    ) -> Option<R>
+    where
+        F: Future<Output = Result<Response<R>, Status>>,
+    {
+        let node = self.store.find_node(&node_id.to_string()).await.ok()?;
+        let attempt = async {
+            let client = crate::node_client::connect(&node.addr, self.node_tls.as_ref()).await?;
+            call(client).await
         };
-        let check = async {
-            let mut client =
-                crate::node_client::connect(&node.addr, self.node_tls.as_ref()).await?;
-            client.check_chunk(pb::CheckChunkRequest { chunk_id }).await
-        };
-        matches!(
-            tokio::time::timeout(std::time::Duration::from_secs(10), check).await,
-            Ok(Ok(reply)) if reply.get_ref().corrupt
-        )
+        match tokio::time::timeout(NODE_CHECK_TIMEOUT, attempt).await {
+            Ok(Ok(reply)) => Some(reply.into_inner()),
+            _ => None,
+        }
     }
 
     /// Connects to nodes with this process's certificate.
@@ -173,59 +209,59 @@ impl Meta for MetaService {
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Invalidations, Status>>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
-        self.export(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, false).await?;
         self.observe("Watch", async {
             if origin.session == 0 {
                 return Err(Status::failed_precondition(
                     "watching needs a session (the dfs-session header)",
                 ));
             }
-            Ok(self.watchers.register(origin.session))
+            Ok(self.watchers.register(origin.session, view.root()))
         })
         .await
     }
 
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
-        self.export(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("Lookup", async {
+            let parent = view.ino(r.parent).await?;
             // A miss is cached too (a negative entry): note the parent first.
-            self.watchers.note(origin.session, [r.parent]);
-            let inode = self.store.lookup(r.parent, &r.name).await?;
+            self.watchers.note(origin.session, [parent]);
+            let inode = self.store.lookup(parent, &r.name).await?;
             self.watchers.note(origin.session, [inode.ino]);
-            Ok(attr_reply(&inode))
+            Ok(view.attr_reply(attr_reply(&inode)))
         })
         .await
     }
 
     async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
-        self.export(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("GetAttr", async {
-            self.watchers.note(origin.session, [r.ino]);
-            Ok(attr_reply(&self.store.getattr(r.ino).await?))
+            let ino = view.ino(r.ino).await?;
+            self.watchers.note(origin.session, [ino]);
+            Ok(view.attr_reply(attr_reply(&self.store.getattr(ino).await?)))
         })
         .await
     }
 
     async fn resolve_path(&self, req: Request<pb::ResolvePathRequest>) -> Reply<pb::AttrReply> {
-        self.export(&req)?;
-        self.sessions.origin(req.metadata()).await?;
+        let (view, _) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("ResolvePath", async {
-            Ok(attr_reply(&self.store.resolve_path(&r.path).await?))
+            let inode = self.store.resolve_path_in(view.root(), &r.path).await?;
+            Ok(view.attr_reply(attr_reply(&inode)))
         })
         .await
     }
 
     async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
-        let export = self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
-        let r = req.into_inner();
+        let (view, origin) = self.view(&req, true).await?;
+        let export = view.rule;
+        let mut r = req.into_inner();
         self.observe_mutation("SetAttr", origin, async {
+            r.ino = view.ino(r.ino).await?;
             let now = store::Timespec::now();
             let args = SetAttrArgs {
                 mode: r.mode,
@@ -259,14 +295,14 @@ impl Meta for MetaService {
             };
             self.watchers.publish(origin.session, vec![change]);
             self.watchers.note(origin.session, [r.ino]);
-            Ok(attr_reply(&inode))
+            Ok(view.attr_reply(attr_reply(&inode)))
         })
         .await
     }
 
     async fn create(&self, req: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
-        let export = self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, true).await?;
+        let export = view.rule;
         let r = req.into_inner();
         self.observe_mutation("Create", origin, async {
             let kind = kind_from_pb(r.kind)?;
@@ -283,7 +319,7 @@ impl Meta for MetaService {
                 }
             }
             let args = CreateArgs {
-                parent: r.parent,
+                parent: view.ino(r.parent).await?,
                 name: r.name,
                 kind,
                 mode: r.mode,
@@ -305,58 +341,61 @@ impl Meta for MetaService {
             };
             let ino = reply.attr.as_ref().map_or(0, |a| a.ino);
             self.watchers.note(origin.session, [parent, ino]);
-            Ok(reply)
+            Ok(view.attr_reply(reply))
         })
         .await
     }
 
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::DirChangeReply> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
-        let r = req.into_inner();
+        let (view, origin) = self.view(&req, true).await?;
+        let mut r = req.into_inner();
         self.observe_mutation("Unlink", origin, async {
+            r.parent = view.ino(r.parent).await?;
             let keep_open = r.keep_open.then_some(origin.session);
             let ino = self
                 .store
                 .unlink(r.parent, &r.name, keep_open, origin)
                 .await?;
+            self.roots.changed();
             self.watchers.publish(
                 origin.session,
                 vec![Change::entry(r.parent, &r.name), Change::attrs(ino)],
             );
-            Ok(pb::DirChangeReply {
+            Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
                 new_parent: None,
                 ino,
                 replaced_ino: 0,
-            })
+            }))
         })
         .await
     }
 
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Reply<pb::DirChangeReply> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
-        let r = req.into_inner();
+        let (view, origin) = self.view(&req, true).await?;
+        let mut r = req.into_inner();
         self.observe_mutation("Rmdir", origin, async {
+            r.parent = view.ino(r.parent).await?;
             let ino = self.store.rmdir(r.parent, &r.name, origin).await?;
+            self.roots.changed();
             self.watchers
                 .publish(origin.session, vec![Change::entry(r.parent, &r.name)]);
-            Ok(pb::DirChangeReply {
+            Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
                 new_parent: None,
                 ino,
                 replaced_ino: 0,
-            })
+            }))
         })
         .await
     }
 
     async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::DirChangeReply> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
-        let r = req.into_inner();
+        let (view, origin) = self.view(&req, true).await?;
+        let mut r = req.into_inner();
         self.observe_mutation("Rename", origin, async {
+            r.parent = view.ino(r.parent).await?;
+            r.new_parent = view.ino(r.new_parent).await?;
             let renamed = self
                 .store
                 .rename(
@@ -369,6 +408,7 @@ impl Meta for MetaService {
                     origin,
                 )
                 .await?;
+            self.roots.changed();
             let mut changes = vec![
                 Change::entry(r.parent, &r.name),
                 Change::entry(r.new_parent, &r.new_name),
@@ -387,32 +427,33 @@ impl Meta for MetaService {
             } else {
                 self.dir_attr(r.new_parent).await
             };
-            Ok(pb::DirChangeReply {
+            Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
                 new_parent,
                 ino: renamed.moved,
                 replaced_ino: renamed.replaced.unwrap_or(0),
-            })
+            }))
         })
         .await
     }
 
     async fn release_orphan(&self, req: Request<pb::ReleaseOrphanRequest>) -> Reply<pb::Empty> {
-        self.export(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe_mutation("ReleaseOrphan", origin, async {
-            self.store.release_orphan(r.ino, origin.session).await?;
+            let ino = view.ino(r.ino).await?;
+            self.store.release_orphan(ino, origin.session).await?;
             Ok(pb::Empty {})
         })
         .await
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
-        let r = req.into_inner();
+        let (view, origin) = self.view(&req, true).await?;
+        let mut r = req.into_inner();
         self.observe_mutation("Link", origin, async {
+            r.ino = view.ino(r.ino).await?;
+            r.new_parent = view.ino(r.new_parent).await?;
             let inode = self
                 .store
                 .link(r.ino, r.new_parent, &r.new_name, origin)
@@ -427,30 +468,29 @@ impl Meta for MetaService {
             self.watchers.note(origin.session, [r.new_parent, r.ino]);
             let mut reply = attr_reply(&inode);
             reply.parent = self.dir_attr(r.new_parent).await;
-            Ok(reply)
+            Ok(view.attr_reply(reply))
         })
         .await
     }
 
     async fn read_link(&self, req: Request<pb::ReadLinkRequest>) -> Reply<pb::ReadLinkReply> {
-        self.export(&req)?;
-        self.sessions.origin(req.metadata()).await?;
+        let (view, _) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("ReadLink", async {
             Ok(pb::ReadLinkReply {
-                target: self.store.readlink(r.ino).await?,
+                target: self.store.readlink(view.ino(r.ino).await?).await?,
             })
         })
         .await
     }
 
     async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirReply> {
-        self.export(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("ReadDir", async {
-            self.watchers.note(origin.session, [r.ino]);
-            let (entries, more) = self.store.readdir(r.ino, &r.after, r.limit).await?;
+            let ino = view.ino(r.ino).await?;
+            self.watchers.note(origin.session, [ino]);
+            let (entries, more) = self.store.readdir(ino, &r.after, r.limit).await?;
             self.watchers
                 .note(origin.session, entries.iter().map(|e| e.attr.ino));
             Ok(pb::ReadDirReply {
@@ -458,7 +498,7 @@ impl Meta for MetaService {
                     .iter()
                     .map(|e| pb::DirEntry {
                         name: e.name.clone(),
-                        attr: Some(crate::convert::attr(&e.attr)),
+                        attr: view.attr(Some(crate::convert::attr(&e.attr))),
                     })
                     .collect(),
                 more,
@@ -468,22 +508,24 @@ impl Meta for MetaService {
     }
 
     async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
-        self.export(&req)?;
-        self.sessions.origin(req.metadata()).await?;
+        let (view, _) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("GetXattr", async {
             Ok(pb::GetXattrReply {
-                value: self.store.get_xattr(r.ino, &r.name).await?,
+                value: self
+                    .store
+                    .get_xattr(view.ino(r.ino).await?, &r.name)
+                    .await?,
             })
         })
         .await
     }
 
     async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Reply<pb::Empty> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
-        let r = req.into_inner();
+        let (view, origin) = self.view(&req, true).await?;
+        let mut r = req.into_inner();
         self.observe_mutation("SetXattr", origin, async {
+            r.ino = view.ino(r.ino).await?;
             self.store
                 .set_xattr(r.ino, &r.name, &r.value, r.flags, origin)
                 .await?;
@@ -495,22 +537,21 @@ impl Meta for MetaService {
     }
 
     async fn list_xattr(&self, req: Request<pb::ListXattrRequest>) -> Reply<pb::ListXattrReply> {
-        self.export(&req)?;
-        self.sessions.origin(req.metadata()).await?;
+        let (view, _) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("ListXattr", async {
             Ok(pb::ListXattrReply {
-                names: self.store.list_xattr(r.ino).await?,
+                names: self.store.list_xattr(view.ino(r.ino).await?).await?,
             })
         })
         .await
     }
 
     async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
-        let r = req.into_inner();
+        let (view, origin) = self.view(&req, true).await?;
+        let mut r = req.into_inner();
         self.observe_mutation("RemoveXattr", origin, async {
+            r.ino = view.ino(r.ino).await?;
             self.store.remove_xattr(r.ino, &r.name, origin).await?;
             self.watchers
                 .publish(origin.session, vec![Change::attrs(r.ino)]);
@@ -553,24 +594,30 @@ impl Meta for MetaService {
     }
 
     async fn get_chunks(&self, req: Request<pb::GetChunksRequest>) -> Reply<pb::GetChunksReply> {
-        self.export(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, false).await?;
         let holder = auth::holder(&req);
         let r = req.into_inner();
         self.observe("GetChunks", async {
-            self.watchers.note(origin.session, [r.ino]);
-            let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
-            Ok(chunk_map_reply(&map, &self.tokens(&holder)))
+            let ino = view.ino(r.ino).await?;
+            self.watchers.note(origin.session, [ino]);
+            let map = self.store.get_chunks(ino, self.live_cutoff()).await?;
+            Ok(chunk_map_reply(&map, &self.tokens(&holder), &view))
         })
         .await
     }
 
     async fn place_chunk(&self, req: Request<pb::PlaceChunkRequest>) -> Reply<pb::PlaceChunkReply> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, true).await?;
         let holder = auth::holder(&req);
         let r = req.into_inner();
         self.observe("PlaceChunk", async {
+            // More copies of an existing chunk: only of one the caller may name.
+            if r.chunk_id != 0 && !view.chunk(r.chunk_id).await? {
+                return Err(dfs_proto::status_from_errno(
+                    libc::ENOENT,
+                    format!("chunk {}: not one of this client's", r.chunk_id),
+                ));
+            }
             let count = if r.count == 0 {
                 self.store.replication()
             } else {
@@ -617,11 +664,11 @@ impl Meta for MetaService {
         &self,
         req: Request<pb::CommitWriteRequest>,
     ) -> Reply<pb::GetChunksReply> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, true).await?;
         let holder = auth::holder(&req);
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         self.observe_mutation("CommitWrite", origin, async {
+            r.ino = view.ino(r.ino).await?;
             let chunks: Vec<CommitChunk> = r
                 .chunks
                 .iter()
@@ -647,10 +694,10 @@ impl Meta for MetaService {
             self.watchers.note(origin.session, [r.ino]);
             if r.return_chunks {
                 let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
-                return Ok(chunk_map_reply(&map, &self.tokens(&holder)));
+                return Ok(chunk_map_reply(&map, &self.tokens(&holder), &view));
             }
             Ok(pb::GetChunksReply {
-                attr: Some(crate::convert::attr(&inode)),
+                attr: view.attr(Some(crate::convert::attr(&inode))),
                 chunk_size: self.store.chunk_size(),
                 chunks: Vec::new(),
             })
@@ -659,10 +706,10 @@ impl Meta for MetaService {
     }
 
     async fn punch_hole(&self, req: Request<pb::PunchHoleRequest>) -> Reply<pb::AttrReply> {
-        self.check_write(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
-        let r = req.into_inner();
+        let (view, origin) = self.view(&req, true).await?;
+        let mut r = req.into_inner();
         self.observe_mutation("PunchHole", origin, async {
+            r.ino = view.ino(r.ino).await?;
             if r.first_index >= r.end_index {
                 return Err(Status::invalid_argument("empty chunk range"));
             }
@@ -672,7 +719,7 @@ impl Meta for MetaService {
                 .await?;
             self.watchers
                 .publish(origin.session, vec![Change::data(r.ino)]);
-            Ok(attr_reply(&inode))
+            Ok(view.attr_reply(attr_reply(&inode)))
         })
         .await
     }
@@ -766,8 +813,31 @@ impl Meta for MetaService {
     }
 
     async fn replica_added(&self, req: Request<pb::ReplicaAddedRequest>) -> Reply<pb::Empty> {
-        let r = req.into_inner();
+        let (view, _) = self.view(&req, true).await?;
+        let from_client = auth::caller(&req).is_some_and(|id| id.role == dfs_auth::Role::Client);
+        let mut r = req.into_inner();
         self.observe("ReplicaAdded", async {
+            // A client's claim (the copies an fsync made) counts only for a
+            // chunk it may name, and only for copies their node confirms:
+            // a phantom replica would later let trimming drop a real one.
+            if from_client {
+                if !view.chunk(r.chunk_id).await? {
+                    return Ok(pb::Empty {});
+                }
+                let mut confirmed = Vec::new();
+                for node_id in r.node_ids {
+                    if self.node_check(r.chunk_id, node_id).await == Some(true) {
+                        confirmed.push(node_id);
+                    } else {
+                        tracing::info!(
+                            chunk = r.chunk_id,
+                            node = node_id,
+                            "replica a client added not confirmed by its node: ignored"
+                        );
+                    }
+                }
+                r.node_ids = confirmed;
+            }
             self.store.replica_added(r.chunk_id, &r.node_ids).await?;
             self.repairer.finished(r.chunk_id, r.node_ids.len());
             Ok(pb::Empty {})
@@ -776,8 +846,18 @@ impl Meta for MetaService {
     }
 
     async fn forget_replica(&self, req: Request<pb::ForgetReplicaRequest>) -> Reply<pb::Empty> {
+        let (view, _) = self.view(&req, true).await?;
+        let from_client = auth::caller(&req).is_some_and(|id| id.role == dfs_auth::Role::Client);
         let r = req.into_inner();
         self.observe("ForgetReplica", async {
+            // A client forgets a replica that did not confirm its fsync.
+            // Meta asks that node to sync the chunk itself: if it can, the
+            // copy is durable after all and stays.
+            if from_client
+                && (!view.chunk(r.chunk_id).await? || self.node_syncs(r.chunk_id, r.node_id).await)
+            {
+                return Ok(pb::Empty {});
+            }
             let keep = self
                 .config
                 .min_write_replicas
@@ -793,10 +873,14 @@ impl Meta for MetaService {
     async fn report_bad_replica(&self, req: Request<pb::BadReplicaRequest>) -> Reply<pb::Empty> {
         // A node reports what its own reads found; a client's report is
         // only believed once the holding node confirms it.
+        let (view, _) = self.view(&req, false).await?;
         let from_client = auth::caller(&req).is_some_and(|id| id.role != dfs_auth::Role::Node);
         let r = req.into_inner();
         self.observe("ReportBadReplica", async {
-            if from_client && !self.node_confirms_corrupt(r.chunk_id, r.node_id).await {
+            if from_client && !view.chunk(r.chunk_id).await? {
+                return Ok(pb::Empty {});
+            }
+            if from_client && self.node_check(r.chunk_id, r.node_id).await != Some(false) {
                 tracing::info!(
                     chunk = r.chunk_id,
                     node = r.node_id,
@@ -814,6 +898,12 @@ impl Meta for MetaService {
     async fn fsck(&self, req: Request<pb::FsckRequest>) -> Reply<pb::FsckReply> {
         if req.get_ref().repair {
             auth::require_admin(auth::caller(&req).as_ref(), "fsck --repair")?;
+        }
+        // Its report names paths and inodes anywhere in the tree.
+        if !self.view(&req, false).await?.0.is_whole() {
+            return Err(Status::permission_denied(
+                "fsck needs an admin certificate or an export of /",
+            ));
         }
         let r = req.into_inner();
         self.observe("Fsck", async {
@@ -972,7 +1062,9 @@ impl Meta for MetaService {
         &self,
         req: Request<pb::OpenSessionRequest>,
     ) -> Reply<pb::OpenSessionReply> {
-        self.export(&req)?;
+        // A client its exports do not admit (or whose exported directory
+        // is missing) is refused here, at mount time.
+        self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("OpenSession", async {
             let args = SessionArgs {
@@ -1061,8 +1153,7 @@ impl Meta for MetaService {
     }
 
     async fn lock(&self, req: Request<pb::LockRequest>) -> Reply<pb::LockReply> {
-        self.export(&req)?;
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("Lock", async {
             if origin.session == 0 {
@@ -1074,7 +1165,7 @@ impl Meta for MetaService {
             let range = LockRange::new(r.start, r.end)
                 .ok_or_else(|| Status::invalid_argument("lock range ends before it starts"))?;
             let spec = LockSpec {
-                ino: r.ino,
+                ino: view.ino(r.ino).await?,
                 session: origin.session,
                 owner: r.owner,
                 flock: r.flock,
@@ -1146,9 +1237,13 @@ const LOCK_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A file's chunk map as the wire carries it, each chunk with a read token
 /// for `holder`.
-fn chunk_map_reply(map: &crate::store::ChunkMap, tokens: &auth::Tokens<'_>) -> pb::GetChunksReply {
+fn chunk_map_reply(
+    map: &crate::store::ChunkMap,
+    tokens: &auth::Tokens<'_>,
+    view: &View<'_>,
+) -> pb::GetChunksReply {
     pb::GetChunksReply {
-        attr: Some(crate::convert::attr(&map.inode)),
+        attr: view.attr(Some(crate::convert::attr(&map.inode))),
         chunk_size: map.chunk_size,
         chunks: map
             .chunks

@@ -18,7 +18,7 @@ use std::time::Duration;
 use dfs_common::shutdown::Shutdown;
 
 use crate::hex::{hex_decode, hex_encode};
-use dfs_proto::pb;
+use dfs_proto::{pb, ROOT_INO};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -100,9 +100,27 @@ struct Watcher {
     interest: HashSet<u64>,
     /// The interest set grew too large: every change goes out.
     everything: bool,
+    /// The real inode this session sees as inode 1 (an exported subtree's
+    /// root; ROOT_INO for the whole tree).
+    root: u64,
 }
 
 impl Watcher {
+    /// A change as this session names it (its root is inode 1).
+    fn as_seen(&self, change: &Change) -> Change {
+        let seen = |ino: u64| if ino == self.root { ROOT_INO } else { ino };
+        match change {
+            Change::Entry { parent, name } => Change::Entry {
+                parent: seen(*parent),
+                name: name.clone(),
+            },
+            Change::Inode { ino, data } => Change::Inode {
+                ino: seen(*ino),
+                data: *data,
+            },
+        }
+    }
+
     fn cares(&self, change: &Change) -> bool {
         self.everything
             || match change {
@@ -159,7 +177,11 @@ impl Watchers {
 
     /// Starts (or restarts) `session`'s stream. Its first message, once this
     /// meta hears every other meta's changes, is the hello.
-    pub fn register(&self, session: u64) -> ReceiverStream<Result<pb::Invalidations, Status>> {
+    pub fn register(
+        &self,
+        session: u64,
+        root: u64,
+    ) -> ReceiverStream<Result<pb::Invalidations, Status>> {
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         let registration = self.next_registration.fetch_add(1, Ordering::Relaxed);
         {
@@ -171,6 +193,7 @@ impl Watchers {
                     tx: tx.clone(),
                     interest: HashSet::new(),
                     everything: false,
+                    root,
                 },
             );
             self.count_changed(&watchers);
@@ -208,6 +231,14 @@ impl Watchers {
         }
         w.interest.extend(inos);
         if w.interest.len() > MAX_INTEREST {
+            if w.root != ROOT_INO {
+                // Every change would name what lies outside its subtree:
+                // end the stream instead (the client drops its caches and
+                // watches again, with an empty interest).
+                watchers.remove(&session);
+                self.count_changed(&watchers);
+                return;
+            }
             w.everything = true;
             w.interest = HashSet::new();
         }
@@ -267,7 +298,11 @@ impl Watchers {
             if *session == origin {
                 continue;
             }
-            let relevant: Vec<Change> = changes.iter().filter(|c| w.cares(c)).cloned().collect();
+            let relevant: Vec<Change> = changes
+                .iter()
+                .filter(|c| w.cares(c))
+                .map(|c| w.as_seen(c))
+                .collect();
             if relevant.is_empty() {
                 continue;
             }
@@ -411,8 +446,8 @@ mod tests {
     #[tokio::test]
     async fn changes_go_to_interested_sessions_but_the_origin() {
         let w = watchers();
-        let mut a = w.register(1);
-        let mut b = w.register(2);
+        let mut a = w.register(1, ROOT_INO);
+        let mut b = w.register(2, ROOT_INO);
         assert!(next(&mut a).await.hello);
         assert!(next(&mut b).await.hello);
         w.note(1, [10, 11]);
@@ -432,9 +467,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_subtree_session_hears_its_root_as_inode_1_and_nothing_outside() {
+        let w = watchers();
+        let mut a = w.register(1, 40);
+        assert!(next(&mut a).await.hello);
+        w.note(1, [40, 41]);
+        w.publish(
+            0,
+            vec![Change::entry(ROOT_INO, b"secret"), Change::entry(40, b"x")],
+        );
+        w.publish(0, vec![Change::data(40), Change::attrs(41)]);
+        let got = next(&mut a).await;
+        assert_eq!((got.entries.len(), got.entries[0].parent), (1, ROOT_INO));
+        assert_eq!(got.entries[0].name, b"x");
+        let got = next(&mut a).await;
+        let inos: Vec<u64> = got.inodes.iter().map(|i| i.ino).collect();
+        assert_eq!(inos, vec![ROOT_INO, 41]);
+        // Too much to track: the stream ends rather than send every change.
+        w.note(1, 1000..1000 + MAX_INTEREST as u64);
+        assert!(w.lock().is_empty());
+        assert!(a.next().await.is_none());
+    }
+
+    #[tokio::test]
     async fn a_slow_watcher_is_dropped_not_blocking() {
         let w = watchers();
-        let mut a = w.register(1);
+        let mut a = w.register(1, ROOT_INO);
         w.note(1, [5]);
         for _ in 0..WATCHER_QUEUE + 10 {
             w.publish(0, vec![Change::attrs(5)]);

@@ -95,7 +95,8 @@ pub enum RunError {
 pub fn policy(method: &str) -> &'static [dfs_auth::Role] {
     use dfs_auth::Role::{Admin, Client, Meta, Node};
     match method {
-        "WriteChunk" | "ReadChunk" | "SyncChunks" => &[Client, Admin, Node],
+        "WriteChunk" | "ReadChunk" => &[Client, Admin, Node],
+        "SyncChunks" => &[Client, Admin, Node, Meta],
         "NodeInfo" => &[Client, Admin, Node, Meta],
         "ListChunks" | "DeleteChunks" | "CheckChunk" => &[Meta],
         _ => &[],

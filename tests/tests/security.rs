@@ -50,6 +50,10 @@ fn denied<T>(r: Result<T, Code>) -> bool {
     r.err() == Some(Code::PermissionDenied)
 }
 
+fn not_found<T>(r: Result<T, Code>) -> bool {
+    r.err() == Some(Code::NotFound)
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
@@ -573,6 +577,206 @@ fn exports_make_clients_read_only_or_squash_their_owners() {
 }
 
 #[test]
+fn a_subtree_export_confines_its_client_to_that_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let exports = dir.path().join("exports");
+    std::fs::write(
+        &exports,
+        "team    /projects/team  rw\n\
+         ghost   /nowhere        rw\n\
+         client  /               rw\n",
+    )
+    .unwrap();
+    let c = Cluster::start(Options {
+        meta_args: vec!["--exports".into(), exports.display().to_string()],
+        ..Options::default()
+    });
+    c.dfs_ok(&["mkdir", "/projects"]);
+    c.dfs_ok(&["mkdir", "/projects/team"]);
+    let f = c.random_file("f", 100_000);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/secret"]);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/projects/team/shared"]);
+    // Through a mount: the export's directory is the root, and what the
+    // client makes lands in it.
+    let t = c.mount_as("team", "team").unwrap();
+    let names: Vec<String> = std::fs::read_dir(t.join(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["shared".to_string()]);
+    assert!(std::fs::read(t.join("shared")).unwrap() == std::fs::read(&f).unwrap());
+    std::fs::create_dir(t.join("sub")).unwrap();
+    std::fs::write(t.join("sub/new"), b"hello").unwrap();
+    std::fs::rename(t.join("sub/new"), t.join("new")).unwrap();
+    let out = dir.path().join("out");
+    c.dfs_ok(&["get", "/projects/team/new", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"hello");
+    // A file open while unlinked (an orphan the client holds) stays usable.
+    {
+        use std::io::{Read, Seek, Write};
+        let mut open = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(t.join("tmp"))
+            .unwrap();
+        open.write_all(b"before").unwrap();
+        open.sync_all().unwrap();
+        std::fs::remove_file(t.join("tmp")).unwrap();
+        open.write_all(b" after").unwrap();
+        open.sync_all().unwrap();
+        open.rewind().unwrap();
+        let mut back = String::new();
+        open.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "before after");
+    }
+    // Raw calls with the subtree's certificate: inodes and chunks outside
+    // it do not exist for it, whatever their numbers.
+    let team = Some("team");
+    rt().block_on(async {
+        let c = &c;
+        let whole = |path: &'static str| async move {
+            meta_call(c, Some("client"), async |mut m| {
+                m.resolve_path(pb::ResolvePathRequest {
+                    path: path.as_bytes().to_vec(),
+                })
+                .await
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .attr
+            .unwrap()
+            .ino
+        };
+        let (secret, projects, shared) = (
+            whole("/secret").await,
+            whole("/projects").await,
+            whole("/projects/team/shared").await,
+        );
+        let secret_chunk = meta_call(c, Some("client"), async |mut m| {
+            m.get_chunks(pb::GetChunksRequest { ino: secret }).await
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chunks[0]
+            .chunk_id;
+        let root = meta_call(c, team, async |mut m| {
+            m.get_attr(pb::GetAttrRequest {
+                ino: dfs_proto::ROOT_INO,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+        assert_eq!(root.into_inner().attr.unwrap().ino, dfs_proto::ROOT_INO);
+        let resolved = meta_call(c, team, async |mut m| {
+            m.resolve_path(pb::ResolvePathRequest {
+                path: b"/../../shared".to_vec(),
+            })
+            .await
+        })
+        .await
+        .unwrap();
+        assert_eq!(resolved.into_inner().attr.unwrap().ino, shared);
+        assert!(not_found(
+            meta_call(c, team, async |mut m| {
+                m.resolve_path(pb::ResolvePathRequest {
+                    path: b"/../../secret".to_vec(),
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(not_found(
+            meta_call(c, team, async |mut m| {
+                m.get_attr(pb::GetAttrRequest { ino: secret }).await
+            })
+            .await
+        ));
+        assert!(not_found(
+            meta_call(c, team, async |mut m| {
+                m.read_dir(pb::ReadDirRequest {
+                    ino: projects,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(not_found(
+            meta_call(c, team, async |mut m| {
+                m.get_chunks(pb::GetChunksRequest { ino: secret }).await
+            })
+            .await
+        ));
+        assert!(not_found(
+            meta_call(c, team, async |mut m| {
+                m.set_attr(pb::SetAttrRequest {
+                    ino: secret,
+                    mode: Some(0o777),
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(not_found(
+            meta_call(c, team, async |mut m| {
+                m.link(pb::LinkRequest {
+                    ino: secret,
+                    new_parent: dfs_proto::ROOT_INO,
+                    new_name: b"stolen".to_vec(),
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(not_found(
+            meta_call(c, team, async |mut m| {
+                m.rename(pb::RenameRequest {
+                    parent: dfs_proto::ROOT_INO,
+                    name: b"shared".to_vec(),
+                    new_parent: projects,
+                    new_name: b"escaped".to_vec(),
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(not_found(
+            meta_call(c, team, async |mut m| {
+                m.place_chunk(pb::PlaceChunkRequest {
+                    chunk_id: secret_chunk,
+                    count: 1,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+        ));
+        assert!(denied(
+            meta_call(c, team, async |mut m| {
+                m.fsck(pb::FsckRequest::default()).await
+            })
+            .await
+        ));
+    });
+    // Nothing outside changed.
+    assert_eq!(c.dfs_ok(&["ls", "/projects"]).trim(), "team");
+    let root_names = c.dfs_ok(&["ls", "/"]);
+    assert!(!root_names.contains("stolen"), "{root_names}");
+    assert!(c.dfs_ok(&["stat", "/secret"]).contains("mode"));
+    assert!(!c.dfs_ok(&["stat", "/secret"]).contains("777"));
+    // An export whose directory does not exist cannot be mounted.
+    let err = c.mount_as("ghost", "ghost").err().expect("refused");
+    assert!(err.contains("exported directory"), "{err}");
+}
+
+#[test]
 fn malformed_or_oversize_requests_are_refused_and_change_nothing() {
     let c = cluster();
     rt().block_on(async {
@@ -675,5 +879,73 @@ fn a_clients_bad_replica_report_counts_only_when_the_node_confirms_it() {
     assert!(
         !now[0].1.iter().any(|(id, good)| *id == bad && *good),
         "the corrupt replica still counts: {stat}"
+    );
+}
+
+#[test]
+fn a_clients_replica_claims_count_only_when_the_nodes_confirm_them() {
+    let c = Cluster::start(Options {
+        nodes: 4,
+        ..Options::default()
+    });
+    c.wait_nodes_up(4);
+    let f = c.random_file("f", 100_000);
+    c.dfs_ok(&["put", f.to_str().unwrap(), "/f"]);
+    let chunks = dfs_tests::stat_chunks(&c.dfs_ok(&["stat", "/f"]));
+    let holders: Vec<u64> = chunks[0].1.iter().map(|(id, _)| *id).collect();
+    let stat: serde_json::Value =
+        serde_json::from_str(&c.dfs_ok(&["stat", "/f", "--json"])).unwrap();
+    let chunk_id = stat["chunks"][0]["id"].as_u64().unwrap();
+    let outsider: u64 = c
+        .dfs_ok(&["nodes"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .find(|id| !holders.contains(id))
+        .expect("a fourth node");
+    rt().block_on(async {
+        // A phantom copy on a node that has none: accepted quietly, not recorded.
+        meta_call(&c, Some("client"), async |mut m| {
+            m.replica_added(pb::ReplicaAddedRequest {
+                chunk_id,
+                node_ids: vec![outsider],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+        // "Could not sync" about a healthy copy: its node syncs it for meta,
+        // so it stays.
+        meta_call(&c, Some("client"), async |mut m| {
+            m.forget_replica(pb::ForgetReplicaRequest {
+                chunk_id,
+                node_id: holders[0],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(
+        dfs_tests::stat_chunks(&c.dfs_ok(&["stat", "/f"])),
+        chunks,
+        "a client's unconfirmed claim changed the replicas"
+    );
+    // The same claims from an admin (who is trusted) take effect: the test
+    // can tell.
+    rt().block_on(async {
+        meta_call(&c, Some("admin"), async |mut m| {
+            m.forget_replica(pb::ForgetReplicaRequest {
+                chunk_id,
+                node_id: holders[0],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    });
+    let after = dfs_tests::stat_chunks(&c.dfs_ok(&["stat", "/f"]));
+    assert!(
+        !after[0].1.iter().any(|(id, _)| *id == holders[0]),
+        "{after:?}"
     );
 }

@@ -39,6 +39,7 @@ mod reconcile;
 mod rows;
 mod sessions;
 mod strays;
+mod subtree;
 mod tables;
 
 use std::time::Duration;

@@ -98,11 +98,17 @@ impl Store {
 
     /// Walks an absolute path from the root ("/" and "" name the root).
     pub async fn resolve_path(&self, path: &[u8]) -> Result<Inode> {
+        self.resolve_path_in(ROOT_INO, path).await
+    }
+
+    /// `resolve_path` with directory `base` as the root: `..` never leads
+    /// above it (an exported subtree's clients resolve paths this way).
+    pub async fn resolve_path_in(&self, base: u64, path: &[u8]) -> Result<Inode> {
         if path.len() > dfs_proto::MAX_PATH_LEN {
             return Err(StoreError::Name(dfs_proto::NameError::TooLong(path.len())));
         }
         let mut conn = self.conn().await?;
-        let mut inode = require_inode(&mut conn, ROOT_INO).await?;
+        let mut inode = require_inode(&mut conn, base).await?;
         for part in path
             .split(|&b| b == b'/')
             .filter(|p| !p.is_empty() && *p != b".")
@@ -111,6 +117,9 @@ impl Store {
                 return Err(StoreError::NotDir);
             }
             if part == b".." {
+                if inode.ino == base {
+                    continue;
+                }
                 let parent = parent_of(&mut conn, inode.ino).await?;
                 inode = require_inode(&mut conn, parent).await?;
                 continue;
