@@ -394,7 +394,7 @@ async fn sessions(meta: &mut Meta, json: bool) -> Result<()> {
                     "pid": s.pid, "version": s.version, "kind": s.kind,
                     "since_ms": s.since_ms, "renewed_ms": s.renewed_ms,
                     "expires_ms": s.expires_ms, "open_files": s.open_files,
-                    "locks": s.locks, "orphans": s.orphans,
+                    "locks": s.locks, "orphans": s.orphans, "owner": s.owner,
                 })
             })
             .collect();
@@ -402,8 +402,8 @@ async fn sessions(meta: &mut Meta, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>6}  {:<5}  {:<16}  {:>7}  {:<8}  {:<19}  {:>7}  {:>5}  {:>5}  {:>7}  MOUNT POINT",
-        "ID", "KIND", "HOST", "PID", "VERSION", "SINCE", "RENEWED", "OPEN", "LOCKS", "ORPHANS"
+        "{:>6}  {:<5}  {:<12}  {:<16}  {:>7}  {:<8}  {:<19}  {:>7}  {:>5}  {:>5}  {:>7}  MOUNT POINT",
+        "ID", "KIND", "CERTIFICATE", "HOST", "PID", "VERSION", "SINCE", "RENEWED", "OPEN", "LOCKS", "ORPHANS"
     );
     for s in &list {
         let since = pb::Timespec {
@@ -411,9 +411,10 @@ async fn sessions(meta: &mut Meta, json: bool) -> Result<()> {
             nsec: 0,
         };
         println!(
-            "{:>6}  {:<5}  {:<16}  {:>7}  {:<8}  {:<19}  {:>6}s  {:>5}  {:>5}  {:>7}  {}",
+            "{:>6}  {:<5}  {:<12}  {:<16}  {:>7}  {:<8}  {:<19}  {:>6}s  {:>5}  {:>5}  {:>7}  {}",
             s.session_id,
             s.kind,
+            if s.owner.is_empty() { "-" } else { &s.owner },
             s.host,
             s.pid,
             s.version,

@@ -183,7 +183,7 @@ impl Exports {
                     "bad path {path:?}: absolute, without . or .. (a subtree's root)"
                 ))
             })?;
-            if pattern.is_empty() || pattern[..pattern.len() - 1].contains('*') {
+            if pattern.strip_suffix('*').unwrap_or(pattern).contains('*') {
                 return Err(at(format!("bad client pattern {pattern:?}")));
             }
             let mut rule = Rule {

@@ -41,6 +41,13 @@ type Reply<T> = Result<Response<T>, Status>;
 /// How long meta waits for a node to confirm what a client reported.
 const NODE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Chunks one node may report when it registers (8 bytes of meta's memory
+/// each while the registration runs; 400 TB of 4 MiB chunks).
+const MAX_REGISTERED_CHUNKS: usize = 100_000_000;
+/// Garbage chunk ids one registration reply carries (8 MiB); a node with more
+/// is told the rest at its next full report.
+const MAX_REGISTER_DELETES: usize = 1_000_000;
+
 /// Problems an fsck reply lists at most.
 const FSCK_PROBLEMS: usize = 10_000;
 
@@ -81,7 +88,10 @@ impl MetaService {
         if let (true, Some(rule)) = (write, rule) {
             rule.check_write()?;
         }
-        let origin = self.sessions.origin(req.metadata()).await?;
+        let origin = self
+            .sessions
+            .origin(req.metadata(), dfs_auth::authz::caller(req))
+            .await?;
         let root = match rule {
             Some(rule) => self.roots.root(&self.store, &rule.path).await?,
             None => dfs_proto::ROOT_INO,
@@ -735,13 +745,25 @@ impl Meta for MetaService {
 
     async fn register_node(
         &self,
-        req: Request<pb::RegisterNodeRequest>,
+        req: Request<tonic::Streaming<pb::RegisterNodeRequest>>,
     ) -> Reply<pb::RegisterNodeReply> {
         let cert_name = auth::caller(&req).map(|id| id.name);
-        let r = req.into_inner();
+        let mut pages = req.into_inner();
         self.observe("RegisterNode", async {
+            let mut r = pages
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("an empty registration"))?;
+            while let Some(page) = pages.message().await? {
+                if r.chunk_ids.len() + page.chunk_ids.len() > MAX_REGISTERED_CHUNKS {
+                    return Err(Status::invalid_argument(format!(
+                        "a node may report at most {MAX_REGISTERED_CHUNKS} chunks"
+                    )));
+                }
+                r.chunk_ids.extend(page.chunk_ids);
+            }
             let addr = r.addr.clone();
-            let (node_id, delete) = self
+            let (node_id, mut delete) = self
                 .store
                 .register_node(RegisterArgs {
                     uuid: r.uuid,
@@ -757,6 +779,7 @@ impl Meta for MetaService {
             // A node id must never be handed out twice, even across a power cut.
             self.store.sync().await?;
             tracing::info!(node_id, %addr, deletes = delete.len(), "node registered");
+            delete.truncate(MAX_REGISTER_DELETES);
             Ok(pb::RegisterNodeReply {
                 node_id,
                 delete_chunk_ids: delete,
@@ -1065,6 +1088,7 @@ impl Meta for MetaService {
         // A client its exports do not admit (or whose exported directory
         // is missing) is refused here, at mount time.
         self.view(&req, false).await?;
+        let owner = auth::holder(&req);
         let r = req.into_inner();
         self.observe("OpenSession", async {
             let args = SessionArgs {
@@ -1073,10 +1097,12 @@ impl Meta for MetaService {
                 pid: r.pid,
                 version: r.version,
                 kind: r.kind,
+                owner,
             };
             let lease_ms = self.sessions.lease_ms();
             let id = self.store.open_session(&args, lease_ms).await?;
-            self.sessions.renewed(id, store::now_ms() + lease_ms);
+            self.sessions
+                .opened(id, store::now_ms() + lease_ms, args.owner.clone());
             tracing::info!(session = id, host = %args.host, mountpoint = %args.mountpoint,
                 kind = %args.kind, "session opened");
             Ok(pb::OpenSessionReply {
@@ -1091,7 +1117,11 @@ impl Meta for MetaService {
         &self,
         req: Request<pb::RenewSessionRequest>,
     ) -> Reply<pb::RenewSessionReply> {
+        let caller = auth::caller(&req);
         let r = req.into_inner();
+        self.sessions
+            .check_owner(r.session_id, caller.as_ref())
+            .await?;
         self.observe("RenewSession", async {
             let renewed = self
                 .store
@@ -1114,7 +1144,11 @@ impl Meta for MetaService {
     }
 
     async fn close_session(&self, req: Request<pb::CloseSessionRequest>) -> Reply<pb::Empty> {
+        let caller = auth::caller(&req);
         let r = req.into_inner();
+        self.sessions
+            .check_owner(r.session_id, caller.as_ref())
+            .await?;
         self.observe("CloseSession", async {
             self.store.close_session(r.session_id).await?;
             self.sessions.forget(r.session_id);
@@ -1145,6 +1179,7 @@ impl Meta for MetaService {
                         open_files: s.open_files,
                         locks: s.locks,
                         orphans: s.orphans,
+                        owner: s.args.owner,
                     })
                     .collect(),
             })

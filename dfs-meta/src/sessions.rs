@@ -11,17 +11,25 @@ use tokio::sync::Notify;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use dfs_auth::{Identity, Role};
+
 use crate::store::{self, Origin, Store};
 
 /// Live sessions as far as this server knows, and lock waiters.
 pub struct Sessions {
     store: Store,
     pub lease: Duration,
-    /// Session id -> lease expiry (ms) last seen; a miss or a passed expiry
-    /// asks the store (another meta may have renewed it).
-    known: Mutex<HashMap<u64, i64>>,
+    /// Session id -> lease expiry (ms) last seen and owner; a miss or a
+    /// passed expiry asks the store (another meta may have renewed it).
+    known: Mutex<HashMap<u64, Known>>,
     /// Signalled whenever a lock may have been released.
     pub lock_changes: Notify,
+}
+
+#[derive(Clone)]
+struct Known {
+    expires_ms: i64,
+    owner: String,
 }
 
 impl Sessions {
@@ -34,7 +42,7 @@ impl Sessions {
         }
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<u64, i64>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Known>> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -42,9 +50,16 @@ impl Sessions {
         self.lease.as_millis() as i64
     }
 
-    /// Remembers a session's new expiry (after open or renew).
+    /// Remembers a session just opened by `owner`.
+    pub fn opened(&self, id: u64, expires_ms: i64, owner: String) {
+        self.known().insert(id, Known { expires_ms, owner });
+    }
+
+    /// Remembers a session's new expiry.
     pub fn renewed(&self, id: u64, expires_ms: i64) {
-        self.known().insert(id, expires_ms);
+        if let Some(k) = self.known().get_mut(&id) {
+            k.expires_ms = expires_ms;
+        }
     }
 
     pub fn forget(&self, id: u64) {
@@ -54,23 +69,61 @@ impl Sessions {
     /// The origin a request names. A request of a session that expired
     /// fails with the "session expired" status, so its client learns it
     /// lost what the session held; one without a session passes.
-    pub async fn origin(&self, metadata: &MetadataMap) -> Result<Origin, Status> {
+    pub async fn origin(
+        &self,
+        metadata: &MetadataMap,
+        caller: Option<&Identity>,
+    ) -> Result<Origin, Status> {
         let (session, request) = dfs_proto::session::request_ids(metadata);
         if session == 0 {
             return Ok(Origin::NONE);
         }
+        match self.live(session).await? {
+            Some(owner) => {
+                owns(&owner, session, caller)?;
+                Ok(Origin { session, request })
+            }
+            None => Err(dfs_proto::session::session_expired(session)),
+        }
+    }
+
+    /// Refuses (PERMISSION_DENIED) a caller that is not the owner of a
+    /// session it names (renew, close); a session gone passes.
+    pub async fn check_owner(&self, session: u64, caller: Option<&Identity>) -> Result<(), Status> {
+        match self.live(session).await? {
+            Some(owner) => owns(&owner, session, caller),
+            None => Ok(()),
+        }
+    }
+
+    /// The owner of a live session; None once it expired (or never was).
+    async fn live(&self, session: u64) -> Result<Option<String>, Status> {
         let now = store::now_ms();
-        let cached = self.known().get(&session).copied();
-        if cached.is_none_or(|expires| expires < now) {
-            match self.store.session_expiry(session).await? {
-                Some(expires) if expires >= now => self.renewed(session, expires),
+        let cached = self.known().get(&session).cloned();
+        match cached {
+            Some(k) if k.expires_ms >= now => Ok(Some(k.owner)),
+            _ => match self.store.session_lease(session).await? {
+                Some((expires_ms, owner)) if expires_ms >= now => {
+                    self.opened(session, expires_ms, owner.clone());
+                    Ok(Some(owner))
+                }
                 _ => {
                     self.forget(session);
-                    return Err(dfs_proto::session::session_expired(session));
+                    Ok(None)
                 }
-            }
+            },
         }
-        Ok(Origin { session, request })
+    }
+}
+
+/// Only the certificate that opened a session acts in it (an admin may act
+/// in any; without TLS there are no names to compare).
+fn owns(owner: &str, session: u64, caller: Option<&Identity>) -> Result<(), Status> {
+    match caller {
+        Some(id) if id.role != Role::Admin && id.name != owner => Err(Status::permission_denied(
+            format!("session {session} belongs to another certificate"),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -75,6 +75,7 @@ fn mount_session() -> SessionArgs {
         pid: 42,
         version: "0.1.0".into(),
         kind: "mount".into(),
+        owner: "client".into(),
     }
 }
 

@@ -67,17 +67,18 @@ impl MetaLink {
             .map_err(|e| tonic::Status::internal(e.to_string()))?
             .map_err(tonic::Status::from)?;
         let (capacity, used) = self.capacity();
+        let first = pb::RegisterNodeRequest {
+            uuid: self.identity.uuid.clone(),
+            addr: self.identity.advertise.clone(),
+            zone: self.identity.zone.clone(),
+            capacity_bytes: capacity,
+            used_bytes: used,
+            chunk_ids: Vec::new(),
+            listed_after_ms: fence,
+        };
         let reply = self
             .meta
-            .register_node(pb::RegisterNodeRequest {
-                uuid: self.identity.uuid.clone(),
-                addr: self.identity.advertise.clone(),
-                zone: self.identity.zone.clone(),
-                capacity_bytes: capacity,
-                used_bytes: used,
-                chunk_ids,
-                listed_after_ms: fence,
-            })
+            .register_node(tokio_stream::iter(registration_pages(first, chunk_ids)))
             .await?
             .into_inner();
         self.identity.set_node_id(reply.node_id);
@@ -292,5 +293,47 @@ impl Copier {
             tracing::warn!(error = %e.message(), "could not report the bad chunk");
         }
         Vec::new()
+    }
+}
+
+/// Chunk ids per registration message (about 1 MiB).
+const REGISTER_PAGE: usize = 128 * 1024;
+
+/// A registration as messages: `first` with the first page of `chunk_ids`,
+/// then one message per further page.
+fn registration_pages(
+    first: pb::RegisterNodeRequest,
+    chunk_ids: Vec<u64>,
+) -> Vec<pb::RegisterNodeRequest> {
+    let mut pages = chunk_ids.chunks(REGISTER_PAGE);
+    let mut messages = vec![pb::RegisterNodeRequest {
+        chunk_ids: pages.next().map(<[u64]>::to_vec).unwrap_or_default(),
+        ..first
+    }];
+    messages.extend(pages.map(|page| pb::RegisterNodeRequest {
+        chunk_ids: page.to_vec(),
+        ..Default::default()
+    }));
+    messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_is_paged_and_names_the_node_first() {
+        let first = pb::RegisterNodeRequest {
+            uuid: "u".into(),
+            ..Default::default()
+        };
+        let ids: Vec<u64> = (0..REGISTER_PAGE as u64 * 2 + 5).collect();
+        let pages = registration_pages(first.clone(), ids.clone());
+        assert_eq!(pages.len(), 3);
+        assert_eq!(pages[0].uuid, "u");
+        assert!(pages[1..].iter().all(|p| p.uuid.is_empty()));
+        let back: Vec<u64> = pages.iter().flat_map(|p| p.chunk_ids.clone()).collect();
+        assert_eq!(back, ids);
+        assert_eq!(registration_pages(first, Vec::new()).len(), 1);
     }
 }

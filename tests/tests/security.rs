@@ -113,12 +113,12 @@ fn a_client_certificate_cannot_call_node_or_admin_rpcs() {
         let client = Some("client");
         assert!(denied(
             meta_call(&c, client, async |mut m| {
-                m.register_node(pb::RegisterNodeRequest {
+                m.register_node(tokio_stream::iter([pb::RegisterNodeRequest {
                     uuid: "intruder".into(),
                     addr: "127.0.0.1:9".into(),
                     capacity_bytes: 1 << 50,
                     ..Default::default()
-                })
+                }]))
                 .await
             })
             .await
@@ -213,12 +213,12 @@ fn a_node_cannot_register_with_another_nodes_uuid() {
     let uuid = std::fs::read_to_string(c.node_data(0).join("node-uuid")).unwrap();
     let before = c.dfs_ok(&["--json", "nodes"]);
     let result = rt().block_on(meta_call(&c, Some("node1"), async |mut m| {
-        m.register_node(pb::RegisterNodeRequest {
+        m.register_node(tokio_stream::iter([pb::RegisterNodeRequest {
             uuid: uuid.trim().to_string(),
             addr: "127.0.0.1:9".into(),
             capacity_bytes: 1 << 50,
             ..Default::default()
-        })
+        }]))
         .await
     }));
     assert_eq!(result.err(), Some(Code::PermissionDenied));
@@ -948,4 +948,91 @@ fn a_clients_replica_claims_count_only_when_the_nodes_confirm_them() {
         !after[0].1.iter().any(|(id, _)| *id == holders[0]),
         "{after:?}"
     );
+}
+
+#[test]
+fn a_session_serves_only_the_certificate_that_opened_it() {
+    let c = cluster();
+    let m = c.mount("m");
+    std::fs::write(m.join("f"), b"x").unwrap();
+    let list: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "sessions"])).unwrap();
+    let session = list[0]["id"].as_u64().unwrap();
+    assert_eq!(list[0]["owner"], "client");
+    rt().block_on(async {
+        // Another client certificate naming that session in a request, or
+        // closing it, is refused.
+        let in_session = meta_call(&c, Some("intruder"), async |mut m| {
+            let mut req = tonic::Request::new(pb::GetAttrRequest {
+                ino: dfs_proto::ROOT_INO,
+            });
+            req.metadata_mut().insert(
+                dfs_proto::session::SESSION_HEADER,
+                session.to_string().parse().unwrap(),
+            );
+            m.get_attr(req).await
+        })
+        .await;
+        assert!(denied(in_session));
+        let close = meta_call(&c, Some("intruder"), async |mut m| {
+            m.close_session(pb::CloseSessionRequest {
+                session_id: session,
+            })
+            .await
+        })
+        .await;
+        assert!(denied(close));
+        // Without a session the intruder is an ordinary client.
+        assert!(meta_call(&c, Some("intruder"), async |mut m| {
+            m.get_attr(pb::GetAttrRequest {
+                ino: dfs_proto::ROOT_INO,
+            })
+            .await
+        })
+        .await
+        .is_ok());
+    });
+    let list: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "sessions"])).unwrap();
+    assert_eq!(list[0]["id"].as_u64(), Some(session), "{list}");
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), b"x");
+}
+
+#[test]
+fn a_registration_comes_in_pages_and_meta_reads_them_all() {
+    let c = cluster();
+    // A new node whose chunks meta does not know, reported in three pages:
+    // every one of them comes back as garbage to delete.
+    let ids: Vec<u64> = (1_000_000..1_000_030).collect();
+    let pages: Vec<pb::RegisterNodeRequest> = ids
+        .chunks(10)
+        .enumerate()
+        .map(|(i, page)| pb::RegisterNodeRequest {
+            uuid: if i == 0 {
+                "paged".into()
+            } else {
+                String::new()
+            },
+            addr: if i == 0 {
+                "127.0.0.1:9".into()
+            } else {
+                String::new()
+            },
+            chunk_ids: page.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    let reply = rt()
+        .block_on(meta_call(&c, Some("node-paged"), async |mut m| {
+            m.register_node(tokio_stream::iter(pages)).await
+        }))
+        .unwrap()
+        .into_inner();
+    let mut deletes = reply.delete_chunk_ids;
+    deletes.sort_unstable();
+    assert_eq!(deletes, ids);
+    // No message at all is not a registration.
+    let empty = rt().block_on(meta_call(&c, Some("node-paged"), async |mut m| {
+        m.register_node(tokio_stream::iter(Vec::<pb::RegisterNodeRequest>::new()))
+            .await
+    }));
+    assert_eq!(empty.err(), Some(Code::InvalidArgument));
 }

@@ -56,6 +56,9 @@ fn sessions_are_listed_and_end_with_their_mount() {
         assert_eq!(s["mountpoint"], m.path.to_str().unwrap());
         assert_eq!(s["pid"].as_u64(), m.daemon_pid().map(u64::from));
         assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+        if c.pki.is_some() {
+            assert_eq!(s["owner"], "client");
+        }
     }
     // The table form names the mount points too.
     let table = c.dfs_ok(&["sessions"]);

@@ -62,6 +62,11 @@ const SQLITE: &[Migration] = &[
         name: "node_certs",
         sql: include_str!("../../../migrations/sqlite/0010_node_certs.sql"),
     },
+    Migration {
+        version: 11,
+        name: "session_owners",
+        sql: include_str!("../../../migrations/sqlite/0011_session_owners.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -114,6 +119,11 @@ const POSTGRES: &[Migration] = &[
         version: 10,
         name: "node_certs",
         sql: include_str!("../../../migrations/postgres/0010_node_certs.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "session_owners",
+        sql: include_str!("../../../migrations/postgres/0011_session_owners.sql"),
     },
 ];
 

@@ -22,6 +22,9 @@ pub struct SessionArgs {
     pub pid: u32,
     pub version: String,
     pub kind: String,
+    /// The certificate name that opened it ("" without TLS): only it, or an
+    /// admin, may act in the session.
+    pub owner: String,
 }
 
 /// A session as `dfs sessions` lists it.
@@ -124,8 +127,8 @@ impl Store {
             let id = next_id(&mut tx, "session").await?;
             let now = now_ms();
             db::query(
-                "INSERT INTO sessions (id, host, mountpoint, pid, version, kind, since_ms, renewed_ms, expires_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+                "INSERT INTO sessions (id, host, mountpoint, pid, version, kind, since_ms, renewed_ms, expires_ms, cert_name)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
             )
             .bind(id)
             .bind(args.host.clone())
@@ -135,6 +138,7 @@ impl Store {
             .bind(args.kind.clone())
             .bind(now)
             .bind(now + lease_ms)
+            .bind(args.owner.clone())
             .execute(&mut tx)
             .await?;
             Ok(id as u64)
@@ -176,15 +180,15 @@ impl Store {
         })
     }
 
-    /// When a session's lease runs out, or None if it is gone.
-    pub async fn session_expiry(&self, id: u64) -> Result<Option<i64>> {
+    /// A session's lease expiry (ms) and owner, if it exists.
+    pub async fn session_lease(&self, id: u64) -> Result<Option<(i64, String)>> {
         let mut conn = self.conn().await?;
-        Ok(db::query("SELECT expires_ms FROM sessions WHERE id = $1")
+        db::query("SELECT expires_ms, cert_name FROM sessions WHERE id = $1")
             .bind(to_i64(id, "session")?)
             .fetch_optional(&mut conn)
             .await?
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()?)
+            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+            .transpose()
     }
 
     /// A meta server starts: what was alive when meta last heard from it
@@ -253,7 +257,7 @@ impl Store {
     pub async fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
         let mut conn = self.conn().await?;
         let rows = db::query(
-            "SELECT s.id, s.host, s.mountpoint, s.pid, s.version, s.kind, s.since_ms, s.renewed_ms, s.expires_ms, s.open_files,
+            "SELECT s.id, s.host, s.mountpoint, s.pid, s.version, s.kind, s.since_ms, s.renewed_ms, s.expires_ms, s.open_files, s.cert_name,
                     (SELECT COUNT(*) FROM locks l WHERE l.session_id = s.id),
                     (SELECT COUNT(*) FROM orphan_holders h WHERE h.session_id = s.id)
              FROM sessions s ORDER BY s.id",
@@ -270,13 +274,14 @@ impl Store {
                         pid: r.try_get::<i64, _>(3)? as u32,
                         version: r.try_get(4)?,
                         kind: r.try_get(5)?,
+                        owner: r.try_get(10)?,
                     },
                     since_ms: r.try_get(6)?,
                     renewed_ms: r.try_get(7)?,
                     expires_ms: r.try_get(8)?,
                     open_files: r.try_get::<i64, _>(9)? as u64,
-                    locks: r.try_get::<i64, _>(10)? as u64,
-                    orphans: r.try_get::<i64, _>(11)? as u64,
+                    locks: r.try_get::<i64, _>(11)? as u64,
+                    orphans: r.try_get::<i64, _>(12)? as u64,
                 })
             })
             .collect()
