@@ -54,6 +54,8 @@ pub struct Config {
     pub tls: Option<dfs_auth::TlsFiles>,
     /// What each client certificate may do with files.
     pub exports: Arc<exports::Exports>,
+    /// Connections served at once.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             session_lease: Duration::from_secs(30),
             tls: None,
             exports: Default::default(),
+            max_connections: dfs_common::incoming::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -178,7 +181,7 @@ pub async fn run(
     let local = listener.local_addr()?;
     tracing::info!(%local, store = %redact(&config.store_url), chunk_size = store.chunk_size(),
         replication = store.replication(), "dfs-meta serving");
-    let incoming = dfs_common::incoming::nodelay_incoming(listener);
+    let incoming = dfs_common::incoming::limited_incoming(listener, config.max_connections);
     let mut server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

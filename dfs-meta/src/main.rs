@@ -48,6 +48,9 @@ struct Args {
     /// README, Security). Without it every client certificate may do everything.
     #[arg(long)]
     exports: Option<std::path::PathBuf>,
+    /// Connections served at once; more wait to be accepted until one closes.
+    #[arg(long, default_value_t = dfs_common::incoming::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     #[command(flatten)]
     tls: dfs_auth::TlsArgs,
 }
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 60_000)),
         repair_interval: Duration::from_millis(args.heartbeat_ms.clamp(100, 2_000)),
         tls: args.tls.files("meta"),
+        max_connections: args.max_connections,
         exports: std::sync::Arc::new(match &args.exports {
             Some(path) => dfs_meta::exports::Exports::load(path).map_err(anyhow::Error::msg)?,
             None => Default::default(),

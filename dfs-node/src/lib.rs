@@ -32,6 +32,8 @@ pub struct Config {
     pub scrub: scrub::ScrubConfig,
     /// Certificates for mutual TLS (None: plaintext, no authentication).
     pub tls: Option<dfs_auth::TlsFiles>,
+    /// Connections served at once.
+    pub max_connections: usize,
 }
 
 /// Who this node is: a uuid kept in its data directory (so a restarted node is
@@ -222,7 +224,7 @@ pub async fn run(
     server
         .add_service(dfs_auth::Authorized::new(chunks, policy, enforce))
         .serve_with_incoming_shutdown(
-            dfs_common::incoming::nodelay_incoming(listener),
+            dfs_common::incoming::limited_incoming(listener, config.max_connections),
             shutdown.wait(),
         )
         .await?;

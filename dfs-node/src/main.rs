@@ -33,6 +33,9 @@ struct Args {
     /// Seconds between two full scrub passes.
     #[arg(long, default_value_t = 24 * 3600)]
     scrub_pause_secs: u64,
+    /// Connections served at once; more wait to be accepted until one closes.
+    #[arg(long, default_value_t = dfs_common::incoming::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     #[command(flatten)]
     tls: dfs_auth::TlsArgs,
 }
@@ -67,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
             pause: std::time::Duration::from_secs(args.scrub_pause_secs),
         },
         tls: args.tls.files("node"),
+        max_connections: args.max_connections,
     };
     let (trigger, shutdown) = dfs_common::shutdown::channel();
     tokio::spawn(dfs_common::shutdown::on_signals(trigger));

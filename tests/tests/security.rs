@@ -1036,3 +1036,38 @@ fn a_registration_comes_in_pages_and_meta_reads_them_all() {
     }));
     assert_eq!(empty.err(), Some(Code::InvalidArgument));
 }
+
+#[test]
+fn a_server_serves_at_most_its_connection_limit_and_the_rest_wait() {
+    let mut c = cluster();
+    assert!(c.stop_node(0));
+    c.set_node_args(0, &["--max-connections", "2"]);
+    c.restart_node(0);
+    c.wait_nodes_up(3);
+    let addr = c.node_addr(0).to_string();
+    rt().block_on(async {
+        let wait = std::time::Duration::from_secs(2);
+        let connect = || async {
+            tokio::time::timeout(wait, c.grpc_channel(&addr, Role::Node, Some("client"))).await
+        };
+        let info = |ch: tonic::transport::Channel| async move {
+            ChunkClient::new(ch).node_info(pb::Empty {}).await.is_ok()
+        };
+        let a = connect().await.unwrap().unwrap();
+        let b = connect().await.unwrap().unwrap();
+        assert!(info(a.clone()).await && info(b.clone()).await);
+        // A third connection is not accepted (its TLS handshake waits)...
+        assert!(connect().await.is_err(), "a third connection was served");
+        // ...until one of the two closes.
+        drop(a);
+        let mut served = false;
+        for _ in 0..20 {
+            if let Ok(Ok(ch)) = connect().await {
+                served = info(ch).await;
+                break;
+            }
+        }
+        assert!(served, "no connection served after one closed");
+        assert!(info(b).await);
+    });
+}
