@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test chaos build lint fmt clean install monitor bench
+.PHONY: run test chaos build lint fmt clean install monitor bench fuzz
 
 ## run: build and start a local cluster (meta + 3 nodes) in the foreground
 run:
@@ -25,6 +25,10 @@ chaos:
 ## bench: dfs vs local disk, bindfs and MooseFS on this machine; writes docs/BENCHMARKS.md
 bench:
 	bench/run.sh
+
+## fuzz: build the fuzz targets (fuzz/README.md runs them with cargo-fuzz on nightly)
+fuzz:
+	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --manifest-path fuzz/Cargo.toml
 
 ## monitor: a real Prometheus scraping the `make run` cluster (run it in a second terminal)
 monitor:

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod node_client;
 pub mod placement;
 pub mod repair;
+pub mod request;
 pub mod service;
 pub mod sessions;
 pub mod store;

@@ -9,14 +9,15 @@ use dfs_proto::pb::{self, meta_server::Meta};
 use tonic::{Request, Response, Status};
 
 use crate::auth;
-use crate::convert::{attr_reply, kind_from_pb, node_ref, ts_from_pb};
+use crate::convert::{attr_reply, node_ref};
 use crate::failpoints::Failpoints;
 use crate::metrics::MetaMetrics;
 use crate::repair::Repairer;
+use crate::request;
 use crate::sessions::Sessions;
 use crate::store::{
-    self, CommitChunk, CreateArgs, HeartbeatInfo, LockKind, LockOutcome, LockRange, LockSpec,
-    Origin, RegisterArgs, SessionArgs, SetAttrArgs, Store,
+    self, CreateArgs, HeartbeatInfo, LockOutcome, LockSpec, Origin, RegisterArgs, SessionArgs,
+    SetAttrArgs, Store,
 };
 use crate::view::{Roots, View};
 use crate::watch::{Change, Watchers};
@@ -235,10 +236,11 @@ impl Meta for MetaService {
         let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("Lookup", async {
+            let r = request::Lookup::try_from(r)?;
             let parent = view.ino(r.parent).await?;
             // A miss is cached too (a negative entry): note the parent first.
             self.watchers.note(origin.session, [parent]);
-            let inode = self.store.lookup(parent, &r.name).await?;
+            let inode = self.store.lookup(parent, r.name.bytes()).await?;
             self.watchers.note(origin.session, [inode.ino]);
             Ok(view.attr_reply(attr_reply(&inode)))
         })
@@ -260,6 +262,7 @@ impl Meta for MetaService {
         let (view, _) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("ResolvePath", async {
+            let r = request::ResolvePath::try_from(r)?;
             let inode = self.store.resolve_path_in(view.root(), &r.path).await?;
             Ok(view.attr_reply(attr_reply(&inode)))
         })
@@ -269,8 +272,9 @@ impl Meta for MetaService {
     async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
         let (view, origin) = self.view(&req, true).await?;
         let export = view.rule;
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("SetAttr", origin, async {
+            let mut r = request::SetAttr::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
             let now = store::Timespec::now();
             let args = SetAttrArgs {
@@ -284,17 +288,9 @@ impl Meta for MetaService {
                     (g, _) => g,
                 },
                 size: r.size,
-                atime: if r.atime_now {
-                    Some(now)
-                } else {
-                    r.atime.as_ref().map(ts_from_pb).transpose()?
-                },
-                mtime: if r.mtime_now {
-                    Some(now)
-                } else {
-                    r.mtime.as_ref().map(ts_from_pb).transpose()?
-                },
-                explicit_times: r.atime.is_some() || r.mtime.is_some(),
+                atime: r.atime.resolve(now),
+                mtime: r.mtime.resolve(now),
+                explicit_times: r.explicit_times(),
                 flags: r.flags,
             };
             let inode = self.store.setattr(r.ino, args, origin).await?;
@@ -315,7 +311,8 @@ impl Meta for MetaService {
         let export = view.rule;
         let r = req.into_inner();
         self.observe_mutation("Create", origin, async {
-            let kind = kind_from_pb(r.kind)?;
+            let r = request::Create::try_from(r)?;
+            let kind = r.kind;
             if let Some(e) = export {
                 let device = matches!(
                     kind,
@@ -328,9 +325,10 @@ impl Meta for MetaService {
                     ));
                 }
             }
+            let unnamed = r.name.is_none();
             let args = CreateArgs {
                 parent: view.ino(r.parent).await?,
-                name: r.name,
+                name: r.name.map(request::Name::into_bytes).unwrap_or_default(),
                 kind,
                 mode: r.mode,
                 uid: export.map_or(Ok(r.uid), |e| e.uid(r.uid))?,
@@ -339,7 +337,7 @@ impl Meta for MetaService {
                 symlink_target: r.symlink_target,
             };
             let (parent, name) = (args.parent, args.name.clone());
-            let reply = if r.unnamed {
+            let reply = if unnamed {
                 attr_reply(&self.store.create_unnamed(args, origin).await?)
             } else {
                 let inode = self.store.create(args, origin).await?;
@@ -358,18 +356,19 @@ impl Meta for MetaService {
 
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::DirChangeReply> {
         let (view, origin) = self.view(&req, true).await?;
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("Unlink", origin, async {
+            let mut r = request::Unlink::try_from(r)?;
             r.parent = view.ino(r.parent).await?;
             let keep_open = r.keep_open.then_some(origin.session);
             let ino = self
                 .store
-                .unlink(r.parent, &r.name, keep_open, origin)
+                .unlink(r.parent, r.name.bytes(), keep_open, origin)
                 .await?;
             self.roots.changed();
             self.watchers.publish(
                 origin.session,
-                vec![Change::entry(r.parent, &r.name), Change::attrs(ino)],
+                vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
             );
             Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
@@ -383,13 +382,16 @@ impl Meta for MetaService {
 
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Reply<pb::DirChangeReply> {
         let (view, origin) = self.view(&req, true).await?;
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("Rmdir", origin, async {
+            let mut r = request::Rmdir::try_from(r)?;
             r.parent = view.ino(r.parent).await?;
-            let ino = self.store.rmdir(r.parent, &r.name, origin).await?;
+            let ino = self.store.rmdir(r.parent, r.name.bytes(), origin).await?;
             self.roots.changed();
-            self.watchers
-                .publish(origin.session, vec![Change::entry(r.parent, &r.name)]);
+            self.watchers.publish(
+                origin.session,
+                vec![Change::entry(r.parent, r.name.bytes())],
+            );
             Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
                 new_parent: None,
@@ -402,17 +404,18 @@ impl Meta for MetaService {
 
     async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::DirChangeReply> {
         let (view, origin) = self.view(&req, true).await?;
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("Rename", origin, async {
+            let mut r = request::Rename::try_from(r)?;
             r.parent = view.ino(r.parent).await?;
             r.new_parent = view.ino(r.new_parent).await?;
             let renamed = self
                 .store
                 .rename(
                     r.parent,
-                    &r.name,
+                    r.name.bytes(),
                     r.new_parent,
-                    &r.new_name,
+                    r.new_name.bytes(),
                     r.flags,
                     r.keep_open.then_some(origin.session),
                     origin,
@@ -420,8 +423,8 @@ impl Meta for MetaService {
                 .await?;
             self.roots.changed();
             let mut changes = vec![
-                Change::entry(r.parent, &r.name),
-                Change::entry(r.new_parent, &r.new_name),
+                Change::entry(r.parent, r.name.bytes()),
+                Change::entry(r.new_parent, r.new_name.bytes()),
             ];
             // The moved inode's ctime, the replaced one's nlink and ctime.
             changes.extend(
@@ -460,18 +463,19 @@ impl Meta for MetaService {
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
         let (view, origin) = self.view(&req, true).await?;
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("Link", origin, async {
+            let mut r = request::Link::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
             r.new_parent = view.ino(r.new_parent).await?;
             let inode = self
                 .store
-                .link(r.ino, r.new_parent, &r.new_name, origin)
+                .link(r.ino, r.new_parent, r.new_name.bytes(), origin)
                 .await?;
             self.watchers.publish(
                 origin.session,
                 vec![
-                    Change::entry(r.new_parent, &r.new_name),
+                    Change::entry(r.new_parent, r.new_name.bytes()),
                     Change::attrs(r.ino),
                 ],
             );
@@ -498,6 +502,7 @@ impl Meta for MetaService {
         let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("ReadDir", async {
+            let r = request::ReadDir::try_from(r)?;
             let ino = view.ino(r.ino).await?;
             self.watchers.note(origin.session, [ino]);
             let (entries, more) = self.store.readdir(ino, &r.after, r.limit).await?;
@@ -521,10 +526,11 @@ impl Meta for MetaService {
         let (view, _) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("GetXattr", async {
+            let r = request::XattrOf::try_from(r)?;
             Ok(pb::GetXattrReply {
                 value: self
                     .store
-                    .get_xattr(view.ino(r.ino).await?, &r.name)
+                    .get_xattr(view.ino(r.ino).await?, r.name.bytes())
                     .await?,
             })
         })
@@ -533,11 +539,12 @@ impl Meta for MetaService {
 
     async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Reply<pb::Empty> {
         let (view, origin) = self.view(&req, true).await?;
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("SetXattr", origin, async {
+            let mut r = request::SetXattr::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
             self.store
-                .set_xattr(r.ino, &r.name, &r.value, r.flags, origin)
+                .set_xattr(r.ino, r.name.bytes(), &r.value, r.flags, origin)
                 .await?;
             self.watchers
                 .publish(origin.session, vec![Change::attrs(r.ino)]);
@@ -559,10 +566,13 @@ impl Meta for MetaService {
 
     async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
         let (view, origin) = self.view(&req, true).await?;
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("RemoveXattr", origin, async {
+            let mut r = request::XattrOf::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
-            self.store.remove_xattr(r.ino, &r.name, origin).await?;
+            self.store
+                .remove_xattr(r.ino, r.name.bytes(), origin)
+                .await?;
             self.watchers
                 .publish(origin.session, vec![Change::attrs(r.ino)]);
             Ok(pb::Empty {})
@@ -621,6 +631,7 @@ impl Meta for MetaService {
         let holder = auth::holder(&req);
         let r = req.into_inner();
         self.observe("PlaceChunk", async {
+            let r = request::Place::try_from(r)?;
             // More copies of an existing chunk: only of one the caller may name.
             if r.chunk_id != 0 && !view.chunk(r.chunk_id).await? {
                 return Err(dfs_proto::status_from_errno(
@@ -628,17 +639,13 @@ impl Meta for MetaService {
                     format!("chunk {}: not one of this client's", r.chunk_id),
                 ));
             }
-            let count = if r.count == 0 {
-                self.store.replication()
-            } else {
-                r.count
-            };
+            let count = r.count.unwrap_or_else(|| self.store.replication());
             let placement = self
                 .store
                 .place_chunks(
                     r.chunk_id,
                     count,
-                    &r.exclude_node_ids,
+                    &r.exclude,
                     self.live_cutoff(),
                     origin.session,
                     r.batch,
@@ -676,28 +683,13 @@ impl Meta for MetaService {
     ) -> Reply<pb::GetChunksReply> {
         let (view, origin) = self.view(&req, true).await?;
         let holder = auth::holder(&req);
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("CommitWrite", origin, async {
+            let mut r = request::Commit::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
-            let chunks: Vec<CommitChunk> = r
-                .chunks
-                .iter()
-                .map(|c| CommitChunk {
-                    index: c.index,
-                    chunk_id: c.chunk_id,
-                    stored_len: c.stored_len,
-                    crc32c: c.crc32c,
-                    valid_len: c.valid_len,
-                    node_ids: c.node_ids.clone(),
-                    base: c
-                        .check_base
-                        .then_some((c.base_chunk_id != 0).then_some(c.base_chunk_id)),
-                })
-                .collect();
-            let mtime = r.mtime.as_ref().map(ts_from_pb).transpose()?;
             let inode = self
                 .store
-                .commit_write(r.ino, r.size, &chunks, mtime, origin)
+                .commit_write(r.ino, r.size, &r.chunks, r.mtime, origin)
                 .await?;
             self.watchers
                 .publish(origin.session, vec![Change::data(r.ino)]);
@@ -717,12 +709,10 @@ impl Meta for MetaService {
 
     async fn punch_hole(&self, req: Request<pb::PunchHoleRequest>) -> Reply<pb::AttrReply> {
         let (view, origin) = self.view(&req, true).await?;
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         self.observe_mutation("PunchHole", origin, async {
+            let mut r = request::PunchHole::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
-            if r.first_index >= r.end_index {
-                return Err(Status::invalid_argument("empty chunk range"));
-            }
             let inode = self
                 .store
                 .punch_chunks(r.ino, r.first_index, r.end_index, origin)
@@ -1197,20 +1187,14 @@ impl Meta for MetaService {
                     "locks need a session",
                 ));
             }
-            let range = LockRange::new(r.start, r.end)
-                .ok_or_else(|| Status::invalid_argument("lock range ends before it starts"))?;
+            let r = request::Lock::try_from(r)?;
             let spec = LockSpec {
                 ino: view.ino(r.ino).await?,
                 session: origin.session,
                 owner: r.owner,
                 flock: r.flock,
-                kind: match pb::LockType::try_from(r.r#type) {
-                    Ok(pb::LockType::Unlock) => LockKind::Unlock,
-                    Ok(pb::LockType::Read) => LockKind::Read,
-                    Ok(pb::LockType::Write) => LockKind::Write,
-                    Err(_) => return Err(Status::invalid_argument("unknown lock type")),
-                },
-                range,
+                kind: r.kind,
+                range: r.range,
                 pid: r.pid,
             };
             // A waiter sleeps until a lock is released somewhere (or a
