@@ -378,7 +378,12 @@ impl Shared {
         let mut backoff = FIRST_BACKOFF;
         let mut renewed_session = false;
         loop {
-            let session = lock(&self.session).id;
+            // Opening a session is outside any: naming the old one would get
+            // "expired" again, and reopening from inside the reopen recurse.
+            let session = match method {
+                "OpenSession" => 0,
+                _ => lock(&self.session).id,
+            };
             if mutation && session != 0 && pending.id == 0 {
                 pending = PendingId::new(&self);
             }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::convert::{attr_reply, node_ref};
+use crate::exports::Rule;
 use crate::failpoints::Failpoints;
 use crate::metrics::MetaMetrics;
 use crate::repair::Repairer;
@@ -74,10 +75,10 @@ impl MetaService {
         }
     }
 
-    /// The caller's view of the namespace (its export rule and subtree)
-    /// and its request's origin. A client no rule names may not touch
-    /// files; with `write`, a read-only export answers EROFS.
-    async fn view<T>(&self, req: &Request<T>, write: bool) -> Result<(View<'_>, Origin), Status> {
+    /// The export rule for this request's caller. None: no limits (an
+    /// admin, or a meta run `--insecure`); a client no rule names may not
+    /// touch files. With `write`, a read-only export answers EROFS.
+    fn rule<T>(&self, req: &Request<T>, write: bool) -> Result<Option<&Rule>, Status> {
         let rule = match dfs_auth::authz::caller(req) {
             Some(id) if id.role == dfs_auth::Role::Client => {
                 Some(self.config.exports.for_client(&id.name).ok_or_else(|| {
@@ -89,14 +90,26 @@ impl MetaService {
         if let (true, Some(rule)) = (write, rule) {
             rule.check_write()?;
         }
+        Ok(rule)
+    }
+
+    /// The real inode of the directory `rule` exports (the root without one).
+    async fn export_root(&self, rule: Option<&Rule>) -> Result<u64, Status> {
+        match rule {
+            Some(rule) => self.roots.root(&self.store, &rule.path).await,
+            None => Ok(dfs_proto::ROOT_INO),
+        }
+    }
+
+    /// The caller's view of the namespace (its export rule and subtree)
+    /// and its request's origin, the session checked.
+    async fn view<T>(&self, req: &Request<T>, write: bool) -> Result<(View<'_>, Origin), Status> {
+        let rule = self.rule(req, write)?;
         let origin = self
             .sessions
             .origin(req.metadata(), dfs_auth::authz::caller(req))
             .await?;
-        let root = match rule {
-            Some(rule) => self.roots.root(&self.store, &rule.path).await?,
-            None => dfs_proto::ROOT_INO,
-        };
+        let root = self.export_root(rule).await?;
         Ok((View::new(rule, root, origin.session, &self.store), origin))
     }
 
@@ -1076,8 +1089,9 @@ impl Meta for MetaService {
         req: Request<pb::OpenSessionRequest>,
     ) -> Reply<pb::OpenSessionReply> {
         // A client its exports do not admit (or whose exported directory
-        // is missing) is refused here, at mount time.
-        self.view(&req, false).await?;
+        // is missing) is refused here, at mount time. (Any session the
+        // request names is not checked: this opens a new one.)
+        self.export_root(self.rule(&req, false)?).await?;
         let owner = auth::holder(&req);
         let r = req.into_inner();
         self.observe("OpenSession", async {
