@@ -88,7 +88,25 @@ where
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         }
-        Box::pin(self.inner.call(req))
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = response.await?;
+            oversize_is_invalid_argument(&mut response);
+            Ok(response)
+        })
+    }
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE, before any
+/// handler runs. To a caller that is a malformed request: INVALID_ARGUMENT,
+/// like every other. (No dfs handler answers OUT_OF_RANGE.)
+fn oversize_is_invalid_argument(response: &mut http::Response<BoxBody>) {
+    let headers = response.headers_mut();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|s| s.as_bytes() == b"11")
+    {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
 }
 

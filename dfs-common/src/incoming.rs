@@ -26,6 +26,11 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 /// Connections a daemon serves at once unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
+/// The longest a call may take on a server (a caller's own `grpc-timeout`
+/// may be shorter): no slow or stuck peer holds a call's resources for
+/// good. Generous, so that a node registering millions of chunks finishes.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(300);
+
 /// How long accepting pauses after an error (out of descriptors, say).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 

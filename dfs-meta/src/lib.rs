@@ -185,6 +185,7 @@ pub async fn run(
     let incoming = dfs_common::incoming::limited_incoming(listener, config.max_connections);
     let mut server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .timeout(dfs_common::incoming::CALL_DEADLINE)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
     let enforce = server_tls.is_some();

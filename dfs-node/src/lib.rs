@@ -212,6 +212,7 @@ pub async fn run(
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .concurrency_limit_per_connection(1024)
+        .timeout(dfs_common::incoming::CALL_DEADLINE)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
     let enforce = server_tls.is_some();

@@ -828,8 +828,18 @@ fn malformed_or_oversize_requests_are_refused_and_change_nothing() {
         // Oversize: a 20 MiB metadata request is refused before a handler.
         let huge = create(vec![b'n'; 20 << 20], pb::FileKind::Regular, vec![]);
         let r = meta_call(&c, client, async |mut m| m.create(huge).await).await;
-        assert!(r.is_err(), "a 20 MiB request was served");
+        assert_eq!(r.err(), Some(Code::InvalidArgument), "a 20 MiB request");
     });
+    // A 5 MiB message to a node (its limit is 4 MiB) is refused the same way.
+    let r = rt().block_on(node_call(&c, 0, Some("client"), async |mut n| {
+        n.write_chunk(tokio_stream::iter([pb::WriteChunkRequest {
+            msg: Some(pb::write_chunk_request::Msg::Data(
+                vec![7u8; 5 << 20].into(),
+            )),
+        }]))
+        .await
+    }));
+    assert_eq!(r.err(), Some(Code::InvalidArgument));
     // Only the one good file exists, without xattrs.
     assert_eq!(c.dfs_ok(&["ls", "/"]).trim(), "f");
 }
