@@ -8,9 +8,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use dfs_common::incoming::PeerInfo;
 use tonic::body::BoxBody;
 use tonic::server::NamedService;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 use tower_service::Service;
 
@@ -47,8 +47,8 @@ impl<S: NamedService> NamedService for Authorized<S> {
 fn check<B>(req: &mut http::Request<B>, policy: Policy) -> Result<(), Status> {
     let certs = req
         .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|i| i.peer_certs());
+        .get::<PeerInfo>()
+        .and_then(|i| i.certs.clone());
     let Some(der) = certs.as_ref().and_then(|c| c.first()) else {
         return Err(Status::unauthenticated(
             "a client certificate of the cluster CA is required",

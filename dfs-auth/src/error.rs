@@ -19,6 +19,8 @@ pub enum AuthError {
     NoRole(String),
     #[error("unknown role {0:?} (meta, node, client or admin)")]
     UnknownRole(String),
+    #[error("TLS setup: {0}")]
+    Tls(String),
 }
 
 impl AuthError {

@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
 
 use crate::{AuthError, Role};
 
@@ -36,10 +37,34 @@ impl TlsFiles {
         Ok((ca, identity))
     }
 
-    /// A server that requires every client to present a certificate of the CA.
-    pub fn server(&self) -> Result<ServerTlsConfig, AuthError> {
-        let (ca, identity) = self.read()?;
-        Ok(ServerTlsConfig::new().identity(identity).client_ca_root(ca))
+    /// A server that requires every client to present a certificate of the
+    /// CA. (The handshake runs in `dfs_common::incoming`, with a deadline.)
+    pub fn server(&self) -> Result<TlsAcceptor, AuthError> {
+        use tokio_rustls::rustls::server::WebPkiClientVerifier;
+        use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+        let read = |p: &PathBuf| std::fs::read(p).map_err(AuthError::file(p));
+        let tls = |e: &dyn std::fmt::Display| AuthError::Tls(e.to_string());
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &read(&self.ca)?[..]) {
+            roots
+                .add(cert.map_err(AuthError::file(&self.ca))?)
+                .map_err(|e| tls(&e))?;
+        }
+        let verifier = WebPkiClientVerifier::builder(roots.into())
+            .build()
+            .map_err(|e| tls(&e))?;
+        let chain = rustls_pemfile::certs(&mut &read(&self.cert)?[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(AuthError::file(&self.cert))?;
+        let key = rustls_pemfile::private_key(&mut &read(&self.key)?[..])
+            .map_err(AuthError::file(&self.key))?
+            .ok_or_else(|| AuthError::Tls(format!("{}: no private key", self.key.display())))?;
+        let mut config = ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| tls(&e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(TlsAcceptor::from(std::sync::Arc::new(config)))
     }
 
     /// The client side: this certificate, and the CA that servers must show.

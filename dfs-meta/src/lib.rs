@@ -182,19 +182,18 @@ pub async fn run(
     let local = listener.local_addr()?;
     tracing::info!(%local, store = %redact(&config.store_url), chunk_size = store.chunk_size(),
         replication = store.replication(), "dfs-meta serving");
-    let incoming = dfs_common::incoming::limited_incoming(listener, config.max_connections);
-    let mut server = tonic::transport::Server::builder()
+    let enforce = server_tls.is_some();
+    let incoming =
+        dfs_common::incoming::limited_incoming(listener, config.max_connections, server_tls);
+    let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .timeout(dfs_common::incoming::CALL_DEADLINE)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
-    let enforce = server_tls.is_some();
-    if let Some(tls) = server_tls {
-        server = server.tls_config(tls)?;
-    }
     let meta = MetaServer::new(service)
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_REPLY);
+    let mut server = server;
     server
         .add_service(dfs_auth::Authorized::new(meta, auth::policy, enforce))
         .serve_with_incoming_shutdown(incoming, shutdown.wait())

@@ -641,10 +641,18 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
 
-    /// A refusal names INVALID_ARGUMENT (with or without an errno), never
+    /// A refusal is INVALID_ARGUMENT or carries the errno POSIX gives a bad
+    /// argument (ENOENT for an empty name, ENAMETOOLONG, E2BIG, EFBIG), never
     /// anything that would read as a server fault.
     fn refused_properly(s: &Status) -> bool {
-        s.code() == tonic::Code::InvalidArgument
+        let bad_argument = [
+            libc::EINVAL,
+            libc::ENOENT,
+            libc::ENAMETOOLONG,
+            libc::E2BIG,
+            libc::EFBIG,
+        ];
+        s.code() == tonic::Code::InvalidArgument || bad_argument.contains(&dfs_proto::errno_of(s))
     }
 
     fn names() -> impl Strategy<Value = Vec<u8>> {

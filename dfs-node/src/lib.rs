@@ -216,16 +216,13 @@ pub async fn run(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
     let enforce = server_tls.is_some();
-    if let Some(tls) = server_tls {
-        server = server.tls_config(tls)?;
-    }
     let chunks = ChunkServer::new(service)
         .max_decoding_message_size(dfs_client::channels::MAX_MESSAGE)
         .max_encoding_message_size(dfs_client::channels::MAX_MESSAGE);
     server
         .add_service(dfs_auth::Authorized::new(chunks, policy, enforce))
         .serve_with_incoming_shutdown(
-            dfs_common::incoming::limited_incoming(listener, config.max_connections),
+            dfs_common::incoming::limited_incoming(listener, config.max_connections, server_tls),
             shutdown.wait(),
         )
         .await?;

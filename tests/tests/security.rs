@@ -1081,3 +1081,29 @@ fn a_server_serves_at_most_its_connection_limit_and_the_rest_wait() {
         assert!(info(b).await);
     });
 }
+
+#[test]
+fn a_peer_that_never_finishes_its_handshake_loses_its_slot() {
+    let mut c = cluster();
+    assert!(c.stop_node(0));
+    c.set_node_args(0, &["--max-connections", "1"]);
+    c.restart_node(0);
+    c.wait_nodes_up(3);
+    let addr = c.node_addr(0).to_string();
+    // A bare TCP connection that never starts TLS takes the only slot...
+    let idle = std::net::TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    rt().block_on(async {
+        let connect = |secs| {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(secs),
+                c.grpc_channel(&addr, Role::Node, Some("client")),
+            )
+        };
+        assert!(connect(2).await.is_err(), "served past the limit");
+        // ...until the handshake deadline (10 s) frees it, idle peer and all.
+        let ch = connect(20).await.expect("slot never freed").unwrap();
+        assert!(ChunkClient::new(ch).node_info(pb::Empty {}).await.is_ok());
+    });
+    drop(idle);
+}
