@@ -11,7 +11,8 @@ use dfs_proto::{pb, status_from_errno, MAX_NAME_LEN, MAX_PATH_LEN};
 use tonic::Status;
 
 use crate::store::{
-    CommitChunk, FileKind, LockKind, LockRange, Timespec, MAX_PLACE_BATCH, MAX_XATTR_VALUE,
+    CommitChunk, CreateArgs, FileKind, LockKind, LockRange, Timespec, MAX_PLACE_BATCH,
+    MAX_XATTR_VALUE,
 };
 
 /// Chunks one commit may name (a 4 MiB chunk each: 64 GiB of writes).
@@ -196,16 +197,11 @@ impl TryFrom<pb::SetAttrRequest> for SetAttr {
     }
 }
 
+/// A create, as the store takes it (the name empty for an unnamed file).
 pub struct Create {
-    pub parent: u64,
-    /// None for an unnamed file (O_TMPFILE).
-    pub name: Option<Name>,
-    pub kind: FileKind,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u32,
-    pub symlink_target: Vec<u8>,
+    pub args: CreateArgs,
+    /// open(O_TMPFILE): a regular file with no name.
+    pub unnamed: bool,
 }
 
 impl TryFrom<pb::CreateRequest> for Create {
@@ -217,9 +213,9 @@ impl TryFrom<pb::CreateRequest> for Create {
             if kind != FileKind::Regular {
                 return Err(invalid("an unnamed file is a regular file"));
             }
-            None
+            Vec::new()
         } else {
-            Some(r.name.try_into()?)
+            Name::try_from(r.name)?.into_bytes()
         };
         let target_ok = !r.symlink_target.is_empty()
             && r.symlink_target.len() <= MAX_PATH_LEN
@@ -228,14 +224,17 @@ impl TryFrom<pb::CreateRequest> for Create {
             return Err(invalid("symlink target must be 1..4095 bytes without NUL"));
         }
         Ok(Create {
-            parent: r.parent,
-            name,
-            kind,
-            mode: r.mode,
-            uid: r.uid,
-            gid: r.gid,
-            rdev: r.rdev,
-            symlink_target: r.symlink_target,
+            args: CreateArgs {
+                parent: r.parent,
+                name,
+                kind,
+                mode: r.mode,
+                uid: r.uid,
+                gid: r.gid,
+                rdev: r.rdev,
+                symlink_target: r.symlink_target,
+            },
+            unnamed: r.unnamed,
         })
     }
 }

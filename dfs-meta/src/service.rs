@@ -17,8 +17,8 @@ use crate::repair::Repairer;
 use crate::request;
 use crate::sessions::Sessions;
 use crate::store::{
-    self, CreateArgs, HeartbeatInfo, LockOutcome, LockSpec, Origin, RegisterArgs, SessionArgs,
-    SetAttrArgs, Store,
+    self, HeartbeatInfo, LockOutcome, LockSpec, Origin, RegisterArgs, SessionArgs, SetAttrArgs,
+    Store,
 };
 use crate::view::{Roots, View};
 use crate::watch::{Change, Watchers};
@@ -324,11 +324,10 @@ impl Meta for MetaService {
         let export = view.rule;
         let r = req.into_inner();
         self.observe_mutation("Create", origin, async {
-            let r = request::Create::try_from(r)?;
-            let kind = r.kind;
+            let request::Create { mut args, unnamed } = request::Create::try_from(r)?;
             if let Some(e) = export {
                 let device = matches!(
-                    kind,
+                    args.kind,
                     store::FileKind::CharDevice | store::FileKind::BlockDevice
                 );
                 if device && !e.may_create_devices() {
@@ -338,17 +337,11 @@ impl Meta for MetaService {
                     ));
                 }
             }
-            let unnamed = r.name.is_none();
-            let args = CreateArgs {
-                parent: view.ino(r.parent).await?,
-                name: r.name.map(request::Name::into_bytes).unwrap_or_default(),
-                kind,
-                mode: r.mode,
-                uid: export.map_or(Ok(r.uid), |e| e.uid(r.uid))?,
-                gid: export.map_or(Ok(r.gid), |e| e.gid(r.gid))?,
-                rdev: r.rdev,
-                symlink_target: r.symlink_target,
-            };
+            args.parent = view.ino(args.parent).await?;
+            if let Some(e) = export {
+                args.uid = e.uid(args.uid)?;
+                args.gid = e.gid(args.gid)?;
+            }
             let (parent, name) = (args.parent, args.name.clone());
             let reply = if unnamed {
                 attr_reply(&self.store.create_unnamed(args, origin).await?)
