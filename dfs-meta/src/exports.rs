@@ -78,6 +78,20 @@ fn parse_ranges(v: &str) -> Option<Vec<(u32, u32)>> {
 }
 
 impl Rule {
+    /// `pattern` exporting `path` read-write, nothing squashed, any owner.
+    fn new(pattern: &str, path: String) -> Rule {
+        Rule {
+            pattern: pattern.to_string(),
+            path,
+            read_only: false,
+            squash: Squash::None,
+            anon_uid: NOBODY,
+            anon_gid: NOBODY,
+            uids: None,
+            gids: None,
+        }
+    }
+
     fn matches(&self, name: &str) -> bool {
         match self.pattern.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
@@ -146,16 +160,7 @@ impl Default for Exports {
     /// No exports file: every client certificate may do everything.
     fn default() -> Exports {
         Exports {
-            rules: vec![Rule {
-                pattern: "*".into(),
-                path: "/".into(),
-                read_only: false,
-                squash: Squash::None,
-                anon_uid: NOBODY,
-                anon_gid: NOBODY,
-                uids: None,
-                gids: None,
-            }],
+            rules: vec![Rule::new("*", "/".into())],
         }
     }
 }
@@ -186,16 +191,7 @@ impl Exports {
             if pattern.strip_suffix('*').unwrap_or(pattern).contains('*') {
                 return Err(at(format!("bad client pattern {pattern:?}")));
             }
-            let mut rule = Rule {
-                pattern: pattern.to_string(),
-                path,
-                read_only: false,
-                squash: Squash::None,
-                anon_uid: NOBODY,
-                anon_gid: NOBODY,
-                uids: None,
-                gids: None,
-            };
+            let mut rule = Rule::new(pattern, path);
             for option in fields.next().unwrap_or("rw").split(',') {
                 let number = |v: &str| {
                     v.parse::<u32>()
