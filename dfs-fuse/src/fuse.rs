@@ -1,12 +1,23 @@
 //! The `fuser::Filesystem` adapter: it only translates. Each call decodes the
 //! kernel request, runs the matching `DfsFs` method on the tokio runtime,
 //! and replies with attributes or the errno.
+//!
+//! Requests that go to meta or the nodes are served by `serve`: what needs
+//! no round trip (a cache hit) is answered on the FUSE thread; what must
+//! wait goes on as a runtime task that replies when its answer arrives. No
+//! FUSE thread parks on the network, and the answer is not handed back to
+//! a parked thread (one thread wake-up fewer per round trip).
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
 
 use dfs_proto::{inode_flags, pb};
 use fuser::{
@@ -17,7 +28,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::coherence::Ticket;
+use crate::coherence::{Coherence, Ticket};
 use crate::error::FsError;
 use crate::fs::{Caller, DfsFs, Opened, SetAttr};
 use crate::locks::LockRequest;
@@ -33,7 +44,50 @@ pub struct FuseAdapter {
     writeback_cache: bool,
     /// Per open directory, the ticket taken at opendir: its listing's pages
     /// are fetched later and kept, so a later ticket would say too little.
-    dir_tickets: std::sync::Mutex<std::collections::HashMap<u64, Ticket>>,
+    dir_tickets: Arc<Mutex<std::collections::HashMap<u64, Ticket>>>,
+}
+
+/// Where a served request's future first runs.
+#[derive(Clone, Copy)]
+enum Start {
+    /// Polled once on the FUSE thread: often answered from the mount's
+    /// caches with no hand-off at all.
+    Here,
+    /// Always a round trip: straight to a runtime task.
+    Task,
+}
+
+/// Counts a finished request in the metrics and logs, and maps its error
+/// (or its panic: EIO for that request, not a dead thread) to the errno.
+fn conclude<T>(
+    fs: &DfsFs,
+    op: &'static str,
+    start: Instant,
+    outcome: std::thread::Result<Result<T, FsError>>,
+) -> Result<T, Errno> {
+    let result = outcome.unwrap_or_else(|_| {
+        tracing::error!(op, "request handler panicked; answering EIO");
+        Err(FsError::new(libc::EIO, "internal error"))
+    });
+    let metrics = &fs.io().metrics;
+    metrics.requests.with_label_values(&[op]).inc();
+    metrics
+        .request_seconds
+        .with_label_values(&[op])
+        .observe(start.elapsed().as_secs_f64());
+    result.map_err(|e| {
+        let errno = e.errno();
+        metrics
+            .errors
+            .with_label_values(&[op, crate::metrics::errno_name(errno)])
+            .inc();
+        if errno == libc::EIO || errno == libc::ENOSPC || errno == libc::ETIMEDOUT {
+            tracing::warn!(op, errno, error = %e, "request failed");
+        } else {
+            tracing::debug!(op, errno, error = %e, "request failed");
+        }
+        Errno::from_i32(errno)
+    })
 }
 
 impl FuseAdapter {
@@ -46,86 +100,83 @@ impl FuseAdapter {
         }
     }
 
-    /// Runs one request. A panic in it becomes EIO for that request instead of
-    /// killing a worker thread (which would hang every later request).
+    /// Runs one request to its end on this FUSE thread (requests that
+    /// rarely wait, or whose reply borrows the kernel's buffer).
     fn run<T>(
         &self,
         op: &'static str,
-        f: impl std::future::Future<Output = Result<T, FsError>>,
+        f: impl Future<Output = Result<T, FsError>>,
     ) -> Result<T, Errno> {
-        let start = std::time::Instant::now();
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.rt.block_on(f)));
-        let result = outcome.unwrap_or_else(|_| {
-            tracing::error!(op, "request handler panicked; answering EIO");
-            Err(FsError::new(libc::EIO, "internal error"))
-        });
-        let metrics = &self.fs.io().metrics;
-        metrics.requests.with_label_values(&[op]).inc();
-        metrics
-            .request_seconds
-            .with_label_values(&[op])
-            .observe(start.elapsed().as_secs_f64());
-        result.map_err(|e| {
-            let errno = e.errno();
-            metrics
-                .errors
-                .with_label_values(&[op, crate::metrics::errno_name(errno)])
-                .inc();
-            if errno == libc::EIO || errno == libc::ENOSPC || errno == libc::ETIMEDOUT {
-                tracing::warn!(op, errno, error = %e, "request failed");
-            } else {
-                tracing::debug!(op, errno, error = %e, "request failed");
-            }
-            Errno::from_i32(errno)
-        })
+        let start = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.rt.block_on(f)));
+        conclude(&self.fs, op, start, outcome)
     }
 
-    fn dir_tickets(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Ticket>> {
-        self.dir_tickets.lock().unwrap_or_else(|p| p.into_inner())
+    /// Serves one request without parking this FUSE thread on a round trip
+    /// (see the module): `answer` gets the outcome, here or on the runtime.
+    fn serve<T, F>(
+        &self,
+        op: &'static str,
+        first: Start,
+        f: F,
+        answer: impl FnOnce(&DfsFs, Result<T, Errno>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        F: Future<Output = Result<T, FsError>> + Send + 'static,
+    {
+        let start = Instant::now();
+        let fs = self.fs.clone();
+        let finish = move |outcome| {
+            let result = conclude(&fs, op, start, outcome);
+            answer(&fs, result)
+        };
+        let mut f = Box::pin(AssertUnwindSafe(f).catch_unwind());
+        if let Start::Here = first {
+            let _runtime = self.rt.enter();
+            // The task that takes over (if any) polls again with its own
+            // waker, which replaces this one wherever it was registered.
+            let waker = futures::task::noop_waker();
+            if let Poll::Ready(outcome) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
+                return finish(outcome);
+            }
+        }
+        self.rt.spawn(async move { finish(f.await) });
+    }
+
+    /// `serve` for requests answered with the entry `name` in `parent`.
+    fn serve_entry(
+        &self,
+        op: &'static str,
+        first: Start,
+        parent: u64,
+        name: &OsStr,
+        f: impl Future<Output = Result<pb::Attr, FsError>> + Send + 'static,
+        reply: ReplyEntry,
+    ) {
+        let ticket = self.ticket();
+        let name = name.as_bytes().to_vec();
+        self.serve(op, first, f, move |fs, made| {
+            entry(&fs.io().coherence, reply, ticket, parent, &name, made)
+        });
+    }
+
+    /// `serve` for requests answered "done" or the errno.
+    fn serve_empty(
+        &self,
+        op: &'static str,
+        first: Start,
+        f: impl Future<Output = Result<(), FsError>> + Send + 'static,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(op, first, f, move |_, done| empty(reply, done));
+    }
+
+    fn dir_tickets(&self) -> MutexGuard<'_, std::collections::HashMap<u64, Ticket>> {
+        lock_tickets(&self.dir_tickets)
     }
 
     fn ticket(&self) -> Ticket {
         self.fs.io().coherence.ticket()
-    }
-
-    /// Replies with the entry `name` in `parent`, or the errno. Under
-    /// invalidations, a miss is cached too (a negative entry).
-    fn entry(
-        &self,
-        reply: ReplyEntry,
-        ticket: Ticket,
-        parent: INodeNo,
-        name: &OsStr,
-        result: Result<pb::Attr, Errno>,
-    ) {
-        let coherence = &self.fs.io().coherence;
-        match result {
-            Ok(a) => {
-                let ttl = coherence.entry_ttl(ticket, parent.0, name.as_bytes(), a.ino);
-                reply.entry(&ttl, &file_attr(&a), Generation(0))
-            }
-            Err(e) if e == Errno::ENOENT && coherence.caches_misses() => {
-                let ttl = coherence.entry_ttl(ticket, parent.0, name.as_bytes(), 0);
-                if ttl > TTL {
-                    let none = pb::Attr::default();
-                    reply.entry(&ttl, &file_attr(&none), Generation(0))
-                } else {
-                    reply.error(e)
-                }
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn attr(&self, reply: ReplyAttr, ticket: Ticket, result: Result<pb::Attr, Errno>) {
-        match result {
-            Ok(a) => {
-                let ttl = self.fs.io().coherence.attr_ttl(ticket, a.ino);
-                reply.attr(&ttl, &file_attr(&a))
-            }
-            Err(e) => reply.error(e),
-        }
     }
 
     /// Whether writes through a handle opened with `flags` go to the end of
@@ -159,6 +210,50 @@ impl FuseAdapter {
                 Err(e) => reply.error(Errno::from_i32(e.errno())),
             }
         });
+    }
+}
+
+fn lock_tickets(
+    tickets: &Mutex<std::collections::HashMap<u64, Ticket>>,
+) -> MutexGuard<'_, std::collections::HashMap<u64, Ticket>> {
+    tickets.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Replies with the entry `name` in `parent`, or the errno. Under
+/// invalidations, a miss is cached too (a negative entry).
+fn entry(
+    coherence: &Coherence,
+    reply: ReplyEntry,
+    ticket: Ticket,
+    parent: u64,
+    name: &[u8],
+    result: Result<pb::Attr, Errno>,
+) {
+    match result {
+        Ok(a) => {
+            let ttl = coherence.entry_ttl(ticket, parent, name, a.ino);
+            reply.entry(&ttl, &file_attr(&a), Generation(0))
+        }
+        Err(e) if e == Errno::ENOENT && coherence.caches_misses() => {
+            let ttl = coherence.entry_ttl(ticket, parent, name, 0);
+            if ttl > TTL {
+                let none = pb::Attr::default();
+                reply.entry(&ttl, &file_attr(&none), Generation(0))
+            } else {
+                reply.error(e)
+            }
+        }
+        Err(e) => reply.error(e),
+    }
+}
+
+fn attr(coherence: &Coherence, reply: ReplyAttr, ticket: Ticket, result: Result<pb::Attr, Errno>) {
+    match result {
+        Ok(a) => {
+            let ttl = coherence.attr_ttl(ticket, a.ino);
+            reply.attr(&ttl, &file_attr(&a))
+        }
+        Err(e) => reply.error(e),
     }
 }
 
@@ -358,14 +453,20 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let ticket = self.ticket();
-        let found = self.run("lookup", self.fs.lookup(parent.0, name.as_bytes()));
-        self.entry(reply, ticket, parent, name, found)
+        let (fs, asked) = (self.fs.clone(), name.as_bytes().to_vec());
+        let found = async move { fs.lookup(parent.0, &asked).await };
+        self.serve_entry("lookup", Start::Here, parent.0, name, found, reply);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ticket = self.ticket();
-        self.attr(reply, ticket, self.run("getattr", self.fs.getattr(ino.0)))
+        let fs = self.fs.clone();
+        self.serve(
+            "getattr",
+            Start::Here,
+            async move { fs.getattr(ino.0).await },
+            move |fs, got| attr(&fs.io().coherence, reply, ticket, got),
+        );
     }
 
     fn setattr(
@@ -400,11 +501,13 @@ impl Filesystem for FuseAdapter {
             flags: None,
         };
         let ticket = self.ticket();
-        self.attr(
-            reply,
-            ticket,
-            self.run("setattr", self.fs.setattr(ino.0, set)),
-        )
+        let fs = self.fs.clone();
+        self.serve(
+            "setattr",
+            Start::Task,
+            async move { fs.setattr(ino.0, set).await },
+            move |fs, set| attr(&fs.io().coherence, reply, ticket, set),
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -428,13 +531,12 @@ impl Filesystem for FuseAdapter {
             Ok(k) => k,
             Err(e) => return reply.error(e),
         };
-        let ticket = self.ticket();
-        let made = self.run(
-            "mknod",
-            self.fs
-                .create_node(parent.0, name.as_bytes(), k, mode, caller(req), rdev, &[]),
-        );
-        self.entry(reply, ticket, parent, name, made)
+        let (fs, asked, who) = (self.fs.clone(), name.as_bytes().to_vec(), caller(req));
+        let made = async move {
+            fs.create_node(parent.0, &asked, k, mode, who, rdev, &[])
+                .await
+        };
+        self.serve_entry("mknod", Start::Task, parent.0, name, made, reply);
     }
 
     fn mkdir(
@@ -446,32 +548,25 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let ticket = self.ticket();
-        let created = self.fs.create_node(
-            parent.0,
-            name.as_bytes(),
-            pb::FileKind::Directory,
-            mode,
-            caller(req),
-            0,
-            &[],
-        );
-        let made = self.run("mkdir", created);
-        self.entry(reply, ticket, parent, name, made)
+        let (fs, asked, who) = (self.fs.clone(), name.as_bytes().to_vec(), caller(req));
+        let made = async move {
+            let dir = pb::FileKind::Directory;
+            fs.create_node(parent.0, &asked, dir, mode, who, 0, &[])
+                .await
+        };
+        self.serve_entry("mkdir", Start::Task, parent.0, name, made, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            self.run("unlink", self.fs.unlink(parent.0, name.as_bytes())),
-        )
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        let gone = async move { fs.unlink(parent.0, &name).await };
+        self.serve_empty("unlink", Start::Task, gone, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            self.run("rmdir", self.fs.rmdir(parent.0, name.as_bytes())),
-        )
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        let gone = async move { fs.rmdir(parent.0, &name).await };
+        self.serve_empty("rmdir", Start::Task, gone, reply);
     }
 
     fn symlink(
@@ -482,19 +577,14 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let target = target.as_os_str().as_bytes();
-        let ticket = self.ticket();
-        let created = self.fs.create_node(
-            parent.0,
-            link_name.as_bytes(),
-            pb::FileKind::Symlink,
-            0o777,
-            caller(req),
-            0,
-            target,
-        );
-        let made = self.run("symlink", created);
-        self.entry(reply, ticket, parent, link_name, made)
+        let target = target.as_os_str().as_bytes().to_vec();
+        let (fs, asked, who) = (self.fs.clone(), link_name.as_bytes().to_vec(), caller(req));
+        let made = async move {
+            let link = pb::FileKind::Symlink;
+            fs.create_node(parent.0, &asked, link, 0o777, who, 0, &target)
+                .await
+        };
+        self.serve_entry("symlink", Start::Task, parent.0, link_name, made, reply);
     }
 
     fn rename(
@@ -507,14 +597,13 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let renamed = self.fs.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
-        );
-        empty(reply, self.run("rename", renamed))
+        let fs = self.fs.clone();
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        let renamed = async move {
+            fs.rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                .await
+        };
+        self.serve_empty("rename", Start::Task, renamed, reply);
     }
 
     fn link(
@@ -525,18 +614,20 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let ticket = self.ticket();
-        let made = self.run("link", self.fs.link(ino.0, newparent.0, newname.as_bytes()));
-        self.entry(reply, ticket, newparent, newname, made)
+        let (fs, asked) = (self.fs.clone(), newname.as_bytes().to_vec());
+        let made = async move { fs.link(ino.0, newparent.0, &asked).await };
+        self.serve_entry("link", Start::Task, newparent.0, newname, made, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let direct = self.appends_to_cluster_end(flags.0);
-        opened(
-            reply,
-            self.run("open", self.fs.open(ino.0, flags.0)),
-            direct,
-        )
+        let fs = self.fs.clone();
+        self.serve(
+            "open",
+            Start::Here,
+            async move { fs.open(ino.0, flags.0).await },
+            move |_, open| opened(reply, open, direct),
+        );
     }
 
     fn read(
@@ -588,16 +679,16 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         // close(2): the data first, then the process's fcntl locks on the file.
-        let result = self.run("flush", async {
-            let flushed = self.fs.flush(fh.0).await;
-            let unlocked = self
-                .fs
+        let fs = self.fs.clone();
+        let closed = async move {
+            let flushed = fs.flush(fh.0).await;
+            let unlocked = fs
                 .locks
-                .release_owner(&self.fs.meta(), ino.0, lock_owner.0, false)
+                .release_owner(&fs.meta(), ino.0, lock_owner.0, false)
                 .await;
             flushed.and(unlocked)
-        });
-        empty(reply, result)
+        };
+        self.serve_empty("flush", Start::Here, closed, reply);
     }
 
     fn release(
@@ -611,20 +702,20 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         // The last close of an open file description drops its flock lock.
-        let result = self.run("release", async {
-            let released = self.fs.release(fh.0).await;
+        let fs = self.fs.clone();
+        let released = async move {
+            let released = fs.release(fh.0).await;
             let unlocked = match lock_owner {
                 Some(owner) => {
-                    self.fs
-                        .locks
-                        .release_owner(&self.fs.meta(), ino.0, owner.0, true)
+                    fs.locks
+                        .release_owner(&fs.meta(), ino.0, owner.0, true)
                         .await
                 }
                 None => Ok(()),
             };
             released.and(unlocked)
-        });
-        empty(reply, result)
+        };
+        self.serve_empty("release", Start::Here, released, reply);
     }
 
     fn getlk(
@@ -715,7 +806,13 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.run("fsync", self.fs.fsync(fh.0)))
+        let fs = self.fs.clone();
+        self.serve_empty(
+            "fsync",
+            Start::Here,
+            async move { fs.fsync(fh.0).await },
+            reply,
+        );
     }
 
     fn fsyncdir(
@@ -731,18 +828,22 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let ticket = self.ticket();
-        let dir = self.run("opendir", self.fs.opendir(ino.0));
-        if let Ok(fh) = &dir {
-            self.dir_tickets().insert(*fh, ticket);
-        }
-        opened(
-            reply,
-            dir.map(|fh| Opened {
-                fh,
-                keep_cache: false,
-            }),
-            false,
-        )
+        let (fs, tickets) = (self.fs.clone(), self.dir_tickets.clone());
+        self.serve(
+            "opendir",
+            Start::Here,
+            async move { fs.opendir(ino.0).await },
+            move |_, dir| {
+                if let Ok(fh) = &dir {
+                    lock_tickets(&tickets).insert(*fh, ticket);
+                }
+                let dir = dir.map(|fh| Opened {
+                    fh,
+                    keep_cache: false,
+                });
+                opened(reply, dir, false)
+            },
+        );
     }
 
     fn readdir(
@@ -788,42 +889,48 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        if offset < 2 {
-            let me = match self.run("readdirplus", self.fs.getattr(ino.0)) {
-                Ok(a) => file_attr(&a),
-                Err(e) => return reply.error(e),
-            };
-            for (off, name) in [(1u64, "."), (2, "..")].iter().filter(|(o, _)| *o > offset) {
-                if reply.add(ino, *off, name, &TTL, &me, Generation(0)) {
-                    return reply.ok();
-                }
-            }
-        }
         let from = offset.saturating_sub(2) as usize;
         let ticket = self.dir_tickets().get(&fh.0).copied();
         // An unknown handle: the listing fails below anyway.
         let ticket = ticket.unwrap_or_else(|| self.ticket());
-        let coherence = &self.fs.io().coherence;
-        match self.run("readdirplus", self.fs.readdir(fh.0, from, 256)) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate() {
-                    let a = e.attr.unwrap_or_default();
-                    let name = OsStr::from_bytes(&e.name);
-                    if reply.add(
-                        INodeNo(a.ino),
-                        (from + i + 3) as u64,
-                        name,
-                        &coherence.entry_ttl(ticket, ino.0, &e.name, a.ino),
-                        &file_attr(&a),
-                        Generation(0),
-                    ) {
-                        break;
+        let fs = self.fs.clone();
+        let listed = async move {
+            let me = match offset < 2 {
+                true => Some(fs.getattr(ino.0).await?),
+                false => None,
+            };
+            Ok((me, fs.readdir(fh.0, from, 256).await?))
+        };
+        self.serve("readdirplus", Start::Here, listed, move |fs, listed| {
+            let (me, entries) = match listed {
+                Ok(listed) => listed,
+                Err(e) => return reply.error(e),
+            };
+            if let Some(me) = me {
+                let me = file_attr(&me);
+                for (off, name) in [(1u64, "."), (2, "..")].iter().filter(|(o, _)| *o > offset) {
+                    if reply.add(ino, *off, name, &TTL, &me, Generation(0)) {
+                        return reply.ok();
                     }
                 }
-                reply.ok()
             }
-            Err(e) => reply.error(e),
-        }
+            let coherence = &fs.io().coherence;
+            for (i, e) in entries.iter().enumerate() {
+                let a = e.attr.unwrap_or_default();
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(
+                    INodeNo(a.ino),
+                    (from + i + 3) as u64,
+                    name,
+                    &coherence.entry_ttl(ticket, ino.0, &e.name, a.ino),
+                    &file_attr(&a),
+                    Generation(0),
+                ) {
+                    break;
+                }
+            }
+            reply.ok()
+        });
     }
 
     fn releasedir(
@@ -840,22 +947,28 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.run("statfs", self.fs.statfs()) {
-            Ok(s) => {
-                let bsize = 4096u64;
-                reply.statfs(
-                    s.total_bytes / bsize,
-                    s.free_bytes / bsize,
-                    s.free_bytes / bsize,
-                    s.files,
-                    u64::from(u32::MAX),
-                    bsize as u32,
-                    255,
-                    bsize as u32,
-                )
-            }
-            Err(e) => reply.error(e),
-        }
+        let fs = self.fs.clone();
+        self.serve(
+            "statfs",
+            Start::Here,
+            async move { fs.statfs().await },
+            move |_, stats| match stats {
+                Ok(s) => {
+                    let bsize = 4096u64;
+                    reply.statfs(
+                        s.total_bytes / bsize,
+                        s.free_bytes / bsize,
+                        s.free_bytes / bsize,
+                        s.files,
+                        u64::from(u32::MAX),
+                        bsize as u32,
+                        255,
+                        bsize as u32,
+                    )
+                }
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn setxattr(
@@ -925,13 +1038,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let ticket = self.ticket();
-        let made = self
-            .fs
-            .create(parent.0, name.as_bytes(), mode, caller(req), flags);
+        let (fs, asked, who) = (self.fs.clone(), name.as_bytes().to_vec(), caller(req));
+        let name = asked.clone();
+        let made = async move { fs.create(parent.0, &asked, mode, who, flags).await };
         let direct = self.appends_to_cluster_end(flags);
-        let coherence = &self.fs.io().coherence;
-        let ttl = |ino| coherence.entry_ttl(ticket, parent.0, name.as_bytes(), ino);
-        created(reply, self.run("create", made), ttl, direct)
+        self.serve("create", Start::Task, made, move |fs, made| {
+            let coherence = &fs.io().coherence;
+            let ttl = |ino| coherence.entry_ttl(ticket, parent.0, &name, ino);
+            created(reply, made, ttl, direct)
+        });
     }
 
     fn tmpfile(
