@@ -5,9 +5,10 @@
 //! data. Reads verify every block they touch before returning a byte of it; a
 //! chunk that fails is moved to `corrupt/` and never served again.
 //!
-//! Writes go to `tmp/` and are renamed into place only once the length and
-//! crc32c match what the writer announced; with `durable`, the file and its
-//! directory are fsynced before the write counts. Ids are numbers, so a path is
+//! Writes go to a file of their own (a recycled one from `spare/`, see
+//! `recycle.rs`, or a new one in `tmp/`) and are renamed into place only once
+//! the length and crc32c match what the writer announced; with `durable`, the
+//! file and its directory are fsynced before the write counts. Ids are numbers, so a path is
 //! always built from digits, never from client text.
 
 use std::collections::HashSet;
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dfs_proto::zero_runs;
+
+use crate::recycle::{Readers, Spares, MAX_SPARES};
 
 const MAGIC: &[u8; 8] = b"DFSCHNK1";
 const HEADER_LEN: u64 = 32;
@@ -71,6 +74,8 @@ pub struct ChunkStore {
     used_bytes: AtomicU64,
     /// Chunks installed and gone since the last heartbeat (`take_changes`).
     changes: std::sync::Mutex<ChunkChanges>,
+    spares: Spares,
+    readers: Readers,
 }
 
 /// Chunk files that appeared and disappeared, for the next heartbeat.
@@ -112,6 +117,8 @@ impl ChunkStore {
             chunk_count: AtomicU64::new(0),
             changes: Default::default(),
             used_bytes: AtomicU64::new(0),
+            spares: Spares::open(&root.join("spare"), MAX_SPARES)?,
+            readers: Readers::default(),
         };
         let mut count = 0;
         let mut bytes = 0;
@@ -199,11 +206,17 @@ impl ChunkStore {
                 "chunk of {length} bytes exceeds {MAX_CHUNK}"
             )));
         }
-        let tmp = self.root.join("tmp").join(format!(
-            "{id:016x}.{:x}",
-            std::process::id() as u64 ^ nanos()
-        ));
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let (mut file, tmp) = match self.spares.take() {
+            Some(spare) => (OpenOptions::new().write(true).open(&spare)?, spare),
+            None => {
+                let tmp = self.root.join("tmp").join(format!(
+                    "{id:016x}.{:x}",
+                    std::process::id() as u64 ^ nanos()
+                ));
+                let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                (file, tmp)
+            }
+        };
         let blocks = length.div_ceil(BLOCK);
         file.seek(SeekFrom::Start(HEADER_LEN + 4 * blocks))?;
         Ok(ChunkWriter {
@@ -273,6 +286,7 @@ impl ChunkStore {
         length: u64,
         mut sink: impl FnMut(Vec<u8>) -> bool,
     ) -> Result<()> {
+        let _reading = self.readers.start(id);
         let mut file = match File::open(self.path(id)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ChunkError::NotFound(id)),
@@ -351,6 +365,7 @@ impl ChunkStore {
 
     /// Length and whole-chunk crc32c of a stored chunk (header only, not verified against data).
     pub fn describe(&self, id: u64) -> Result<(u64, u32)> {
+        let _reading = self.readers.start(id);
         let mut file = File::open(self.path(id)).map_err(|_| ChunkError::NotFound(id))?;
         let (h, _) = self.read_header(id, &mut file)?;
         Ok((h.length, h.crc32c))
@@ -421,7 +436,7 @@ impl ChunkStore {
             let _ = fs::remove_file(self.root.join("corrupt").join(format!("{id:016x}")));
             let path = self.path(id);
             if let Ok(meta) = fs::metadata(&path) {
-                match fs::remove_file(&path) {
+                match self.remove_chunk_file(id, &path) {
                     Ok(()) => {
                         deleted += 1;
                         self.chunk_count.fetch_sub(1, Ordering::Relaxed);
@@ -434,6 +449,22 @@ impl ChunkStore {
             }
         }
         Ok(deleted)
+    }
+
+    /// Removes a chunk's file: into the spare pool when no one is reading
+    /// it and the pool has room, deleted otherwise.
+    fn remove_chunk_file(&self, id: u64, path: &Path) -> io::Result<()> {
+        let adopted = self.readers.unless_read(id, || {
+            self.spares.has_room().then(|| self.spares.adopt(path))
+        });
+        match adopted {
+            Some(Some(Ok(spare))) => {
+                self.spares.keep(spare);
+                Ok(())
+            }
+            Some(Some(Err(e))) if e.kind() == io::ErrorKind::NotFound => Err(e),
+            _ => fs::remove_file(path),
+        }
     }
 }
 
@@ -589,6 +620,53 @@ mod tests {
             true
         })?;
         Ok(out)
+    }
+
+    #[test]
+    fn a_deleted_chunk_file_is_reused_by_the_next_write() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        write(&store, 1, &[1u8; 200_000]).unwrap();
+        let inode = fs::metadata(store.path(1)).unwrap().ino();
+        assert_eq!(store.delete(&[1]).unwrap(), 1);
+        assert_eq!(store.spares.len(), 1);
+        assert!(matches!(
+            read_all(&store, 1, 0, 10),
+            Err(ChunkError::NotFound(1))
+        ));
+        let data: Vec<u8> = (0..5_000u32).map(|i| (i % 253) as u8).collect();
+        write(&store, 2, &data).unwrap();
+        assert_eq!(fs::metadata(store.path(2)).unwrap().ino(), inode);
+        assert_eq!(store.spares.len(), 0);
+        assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), data);
+        assert_eq!(
+            store.used_bytes(),
+            fs::metadata(store.path(2)).unwrap().len()
+        );
+        assert_eq!(store.chunk_count(), 1);
+    }
+
+    #[test]
+    fn a_chunk_deleted_while_read_is_read_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 3 % 251) as u8).collect();
+        write(&store, 9, &data).unwrap();
+        let mut out = Vec::new();
+        store
+            .read(9, 0, u64::MAX, |piece| {
+                if out.is_empty() {
+                    assert_eq!(store.delete(&[9]).unwrap(), 1);
+                }
+                out.extend_from_slice(&piece);
+                true
+            })
+            .unwrap();
+        assert_eq!(out, data);
+        // Deleted outright, not emptied for reuse under the reader.
+        assert_eq!(store.spares.len(), 0);
+        assert!(!store.path(9).exists());
     }
 
     #[test]

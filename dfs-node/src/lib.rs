@@ -7,6 +7,7 @@ pub mod chunk_store;
 mod disk_space;
 pub mod heartbeat;
 pub mod metrics;
+mod recycle;
 pub mod scrub;
 pub mod service;
 
