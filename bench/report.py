@@ -52,6 +52,19 @@ def fmt(v):
     return "n/a" if v is None else (f"{v:.2f}" if v < 10 else f"{v:.0f}")
 
 workloads = [w for w in units if w != "fuse_peak_rss_1G_write"]
+# The small-file workloads again with meta on PostgreSQL (target: ≥ 1× MooseFS).
+pg_rows = ["| workload | unit | MooseFS (goal 3) | dfs (SQLite) | dfs (PostgreSQL) | PostgreSQL vs MooseFS | target | met |",
+           "|---|---|---|---|---|---|---|---|"]
+for w in workloads:
+    if ("dfs-pg", w) not in figures:
+        continue
+    r = ratio(w, "dfs-pg", "moosefs")
+    met = "n/a" if r is None else ("yes" if r >= 1.0 else f"no ({r:.2f}×)")
+    pg_rows.append(f"| {w} | {units[w]} | " + " | ".join(fmt(figures.get((s, w))) for s in ["moosefs", "dfs", "dfs-pg"])
+                   + f" | {fmt(r)}× | ≥ 1× MooseFS | {met} |")
+pg_table = "" if len(pg_rows) == 2 else (
+    "With meta on PostgreSQL (its own server, PostgreSQL's defaults: fsync on), the same\n"
+    "cluster otherwise, the small-file workloads:\n\n" + "\n".join(pg_rows) + "\n")
 rows = ["| workload | unit | local disk | bindfs (FUSE) | MooseFS (goal 3) | dfs | dfs vs MooseFS | dfs vs local | target | met |",
         "|---|---|---|---|---|---|---|---|---|---|"]
 for w in workloads:
@@ -104,4 +117,5 @@ time divided by dfs's).
 
 FUSE daemon peak RSS during the 1 GiB write: {rss_line}.
 
+{pg_table}
 {notes}""")

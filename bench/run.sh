@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 base=${BENCH_DIR:-/tmp/dfs-bench}
 export BENCH_DIR=$base BENCH_LOGS=$base/logs
-systems=${BENCH_SYSTEMS:-local bindfs moosefs dfs}
+systems=${BENCH_SYSTEMS:-local bindfs moosefs dfs dfs-pg}
 cache=512M
 
-need=(fio bindfs moosefs-master moosefs-chunkserver moosefs-client moosefs-cli bc iproute2 fuse3)
+need=(fio bindfs moosefs-master moosefs-chunkserver moosefs-client moosefs-cli bc iproute2 fuse3 postgresql)
 missing=()
 for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,17 +21,21 @@ cargo build --release --workspace --bins
 bin=$repo/target/release
 
 pids=()
+pg=$base/pg
 cleanup() {
   set +e
-  mountpoint -q "$base/mnt/dfs" && { umount "$base/mnt/dfs" || umount -l "$base/mnt/dfs"; }
+  for m in "$base/mnt/dfs" "$base/mnt/dfs-pg"; do
+    mountpoint -q "$m" && { umount "$m" || umount -l "$m"; }
+  done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
+  [ -f "$pg/data/PG_VERSION" ] && (. scripts/pg-env.sh && run "'$bin/pg_ctl' -D '$pg/data' -m fast stop" >/dev/null 2>&1)
   bench/peers.sh down
 }
 trap cleanup EXIT
 bench/peers.sh down  # leftovers of an earlier run
-rm -rf "$base/dfs" "$base/local" "$base/logs" "$base/mnt/dfs" "$base/bindfs-src"
-mkdir -p "$base/dfs" "$base/local" "$base/logs" "$base/mnt/dfs"
+rm -rf "$base/dfs" "$base/dfs-pg" "$base/local" "$base/logs" "$base/mnt/dfs" "$base/mnt/dfs-pg" "$base/bindfs-src" "$pg"
+mkdir -p "$base/dfs" "$base/dfs-pg" "$base/local" "$base/logs" "$base/mnt/dfs" "$base/mnt/dfs-pg"
 
 # dfs as deployed: mutual TLS on every connection (scripts/pki.sh).
 pki=$base/dfs/pki
@@ -47,6 +51,29 @@ done
 for _ in $(seq 1 100); do "$bin/dfs" --meta 127.0.0.1:17400 status 2>/dev/null | grep -q "nodes: 3 up" && break; sleep 0.2; done
 "$bin/dfs-fuse" 127.0.0.1:17400 "$base/mnt/dfs" -o "cache_size=$cache,log=$base/logs/dfs-fuse.log,metrics=127.0.0.1:17410,ca=$pki/ca.crt,cert=$pki/client.crt,key=$pki/client.key"
 fuse_pid=$(pgrep -f "dfs-fuse -f 127.0.0.1:17400 $base/mnt/dfs" | head -n 1)
+
+# dfs-pg: the same cluster with meta on PostgreSQL, for the small-file
+# workloads. A server of its own with PostgreSQL's defaults (fsync on:
+# a commit is on disk when meta acknowledges it), not the test server.
+if [[ " $systems " == *" dfs-pg "* ]]; then
+  (
+    . scripts/pg-env.sh
+    mkdir -p "$pg" && chown "$owner" "$pg"
+    run "'$bin/initdb' -D '$pg/data' -U dfs --auth=trust -E UTF8 >'$pg/initdb.log' 2>&1"
+    run "'$bin/pg_ctl' -D '$pg/data' -l '$pg/server.log' -w -t 60 \
+        -o \"-c listen_addresses=127.0.0.1 -p 17550 -k '$pg' -c max_connections=100\" start" >/dev/null
+  )
+  "$bin/dfs-meta" --listen 127.0.0.1:17500 --store "postgres://dfs@127.0.0.1:17550/postgres" \
+    2>> "$base/logs/dfs-pg-meta.log" &
+  pids+=($!)
+  for i in 1 2 3; do
+    "$bin/dfs-node" --listen "127.0.0.1:1750$i" --meta 127.0.0.1:17500 --data "$base/dfs-pg/node$i" \
+      --cert "$pki/node$i.crt" --key "$pki/node$i.key" 2>> "$base/logs/dfs-pg-node$i.log" &
+    pids+=($!)
+  done
+  for _ in $(seq 1 100); do "$bin/dfs" --meta 127.0.0.1:17500 status 2>/dev/null | grep -q "nodes: 3 up" && break; sleep 0.2; done
+  "$bin/dfs-fuse" 127.0.0.1:17500 "$base/mnt/dfs-pg" -o "cache_size=$cache,log=$base/logs/dfs-pg-fuse.log,ca=$pki/ca.crt,cert=$pki/client.crt,key=$pki/client.key"
+fi
 bench/peers.sh up
 
 results=$base/results.txt
@@ -57,6 +84,7 @@ for sys in $systems; do
     bindfs) dir=$base/mnt/bindfs ;;
     moosefs) dir=$base/mnt/mfs ;;
     dfs) dir=$base/mnt/dfs ;;
+    dfs-pg) dir=$base/mnt/dfs-pg ;;
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac
   echo "== $sys ($dir)" >&2
@@ -68,6 +96,13 @@ for sys in $systems; do
     export BENCH_DURING_WRITE="bench/peak-rss.sh $fuse_pid $base/logs/dfs-fuse-peak-rss"
   else
     unset BENCH_DURING_WRITE
+  fi
+  if [ "$sys" = dfs-pg ]; then
+    # Meta on PostgreSQL: the small-file workloads only.
+    mkdir -p "$dir/bench-$sys"
+    python3 bench/smallfiles.py "$dir/bench-$sys/small" "$sys" 10000 | tee -a "$results"
+    rm -rf "$dir/bench-$sys"
+    continue
   fi
   bench/workloads.sh "$dir" "$sys" | tee -a "$results"
   if [ "$sys" = dfs ]; then
