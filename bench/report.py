@@ -99,7 +99,7 @@ print(f"""# Benchmarks
 
 Produced by `{command}` on {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.
 Machine: {os.cpu_count()} cores, {sh("free -g | awk '/Mem:/ {print $2}'")} GiB RAM, Linux {platform.release()},
-disk `{sh("df -h /tmp | tail -n 1 | awk '{print $1, $2}'")}`. All four systems ran in this one invocation,
+disk `{sh("df -h /tmp | tail -n 1 | awk '{print $1, $2}'")}`. All the systems ran in this one invocation,
 one after another, on the same disk. Absolute numbers drift on shared machines; compare the
 ratios within this run.
 
@@ -109,6 +109,8 @@ ratios within this run.
   Its chunkservers do not fsync by default.
 - **dfs**: meta (SQLite) + 3 nodes + `dfs-fuse` (release build), 3 replicas,
   close = on every replica, fsync = fsynced on every replica.
+- **dfs-pg**: the same, with meta on PostgreSQL (a server of its own, fsync on); the
+  small-file workloads only.
 
 Ratios are speed ratios: above 1 means dfs is faster (for times, the other system's
 time divided by dfs's).
