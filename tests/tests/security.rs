@@ -472,6 +472,57 @@ fn nodes_serve_clients_only_with_a_valid_chunk_token() {
             .unwrap()
             .into_inner();
         assert_eq!(reply.stored.len(), placed.targets.len(), "{reply:?}");
+        // The last node of a chain (every node of a small write's fan-out)
+        // takes a small chunk whole: more bytes than announced, or a wrong
+        // checksum, is refused and stores nothing.
+        let small = meta
+            .place_chunk(pb::PlaceChunkRequest {
+                chunk_id: 0,
+                count: 0,
+                exclude_node_ids: vec![],
+                batch: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let last = small.targets[0].clone();
+        let channel = c
+            .grpc_channel(
+                c.node_addr(c.node_index(last.node_id)),
+                Role::Node,
+                Some("client"),
+            )
+            .await
+            .unwrap();
+        let send = |data: &'static [u8], crc32c: u32| {
+            let header = pb::WriteChunkRequest {
+                msg: Some(pb::write_chunk_request::Msg::Header(pb::WriteHeader {
+                    chunk_id: small.chunk_id,
+                    length: 4,
+                    crc32c,
+                    durable: false,
+                    forward: vec![],
+                    token: small.token.clone(),
+                })),
+            };
+            let data = pb::WriteChunkRequest {
+                msg: Some(pb::write_chunk_request::Msg::Data(data.to_vec().into())),
+            };
+            let mut client = ChunkClient::new(channel.clone());
+            async move {
+                client
+                    .write_chunk(futures::stream::iter(vec![header, data]))
+                    .await
+            }
+        };
+        let good = crc32c::crc32c(b"abcd");
+        let too_long = send(b"abcdef", good).await.unwrap_err();
+        assert_eq!(dfs_proto::errno_of(&too_long), libc::EINVAL, "{too_long:?}");
+        let wrong = send(b"abcd", good ^ 1).await.unwrap_err();
+        assert_eq!(dfs_proto::errno_of(&wrong), libc::EINVAL, "{wrong:?}");
+        // Nothing of either stayed: the right bytes go in under the same id.
+        let reply = send(b"abcd", good).await.unwrap().into_inner();
+        assert_eq!(reply.stored, vec![last.node_id]);
     });
 }
 
