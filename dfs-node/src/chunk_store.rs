@@ -161,6 +161,11 @@ impl ChunkStore {
         self.chunk_count.load(Ordering::Relaxed)
     }
 
+    /// Emptied chunk files waiting in `spare/` for the next writes.
+    pub fn spare_files(&self) -> usize {
+        self.spares.len()
+    }
+
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Relaxed)
     }
@@ -630,7 +635,7 @@ mod tests {
         write(&store, 1, &[1u8; 200_000]).unwrap();
         let inode = fs::metadata(store.path(1)).unwrap().ino();
         assert_eq!(store.delete(&[1]).unwrap(), 1);
-        assert_eq!(store.spares.len(), 1);
+        assert_eq!(store.spare_files(), 1);
         assert!(matches!(
             read_all(&store, 1, 0, 10),
             Err(ChunkError::NotFound(1))
@@ -638,7 +643,7 @@ mod tests {
         let data: Vec<u8> = (0..5_000u32).map(|i| (i % 253) as u8).collect();
         write(&store, 2, &data).unwrap();
         assert_eq!(fs::metadata(store.path(2)).unwrap().ino(), inode);
-        assert_eq!(store.spares.len(), 0);
+        assert_eq!(store.spare_files(), 0);
         assert_eq!(read_all(&store, 2, 0, u64::MAX).unwrap(), data);
         assert_eq!(
             store.used_bytes(),
@@ -665,7 +670,7 @@ mod tests {
             .unwrap();
         assert_eq!(out, data);
         // Deleted outright, not emptied for reuse under the reader.
-        assert_eq!(store.spares.len(), 0);
+        assert_eq!(store.spare_files(), 0);
         assert!(!store.path(9).exists());
     }
 

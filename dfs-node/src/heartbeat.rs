@@ -47,6 +47,9 @@ impl MetaLink {
         self.metrics.capacity_bytes.set(capacity as i64);
         self.metrics.used_bytes.set(used as i64);
         self.metrics.chunks.set(self.store.chunk_count() as i64);
+        self.metrics
+            .spare_files
+            .set(self.store.spare_files() as i64);
         (capacity, used)
     }
 

@@ -13,6 +13,7 @@ pub struct NodeMetrics {
     pub write_seconds: Histogram,
     pub read_seconds: Histogram,
     pub chunks: IntGauge,
+    pub spare_files: IntGauge,
     pub used_bytes: IntGauge,
     pub capacity_bytes: IntGauge,
     pub disk_free_bytes: IntGauge,
@@ -59,6 +60,10 @@ impl NodeMetrics {
                 9,
             ),
             chunks: gauge("dfs_node_chunks", "chunks stored"),
+            spare_files: gauge(
+                "dfs_node_spare_files",
+                "emptied chunk files kept for the next writes (spare/)",
+            ),
             used_bytes: gauge("dfs_node_used_bytes", "bytes used by chunk files"),
             capacity_bytes: gauge("dfs_node_capacity_bytes", "capacity this node offers"),
             disk_free_bytes: gauge(
@@ -96,6 +101,7 @@ impl NodeMetrics {
             Box::new(m.write_seconds.clone()),
             Box::new(m.read_seconds.clone()),
             Box::new(m.chunks.clone()),
+            Box::new(m.spare_files.clone()),
             Box::new(m.used_bytes.clone()),
             Box::new(m.capacity_bytes.clone()),
             Box::new(m.disk_free_bytes.clone()),

@@ -99,7 +99,6 @@ impl Spares {
         }
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.free).len()
     }

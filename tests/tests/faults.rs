@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use dfs_tests::{stat_chunks, Cluster, Options};
+use dfs_tests::{http_get, metric_value, stat_chunks, Cluster, Options};
 
 #[test]
 fn fsync_with_a_stalled_replica_replaces_it_and_succeeds() {
@@ -147,6 +147,7 @@ fn a_reader_whose_chunks_were_deleted_reads_the_new_map() {
     let c = Cluster::start(Options {
         chunk_size: 1 << 20,
         gc_grace_secs: Some(1),
+        metrics: true,
         ..Options::default()
     });
     let (a, b) = (c.mount("a"), c.mount("b"));
@@ -170,6 +171,31 @@ fn a_reader_whose_chunks_were_deleted_reads_the_new_map() {
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut got).expect("no EIO for a changed file");
     assert!(got == new, "the new content");
+    // The deleted chunks' files were kept emptied for reuse (recycle.rs), and
+    // the next writes fill them with their own bytes.
+    let spares = |c: &Cluster| -> f64 {
+        c.node_metrics
+            .iter()
+            .map(|m| metric_value(&http_get(m, "/metrics"), "dfs_node_spare_files"))
+            .sum()
+    };
+    c.wait_until("spare files reported", Duration::from_secs(30), |c| {
+        spares(c) > 0.0
+    });
+    let before = spares(&c);
+    let third: Vec<u8> = (0..3 << 20).map(|i| (i % 131) as u8).collect();
+    std::fs::write(b.join("g"), &third).unwrap();
+    c.wait_until("spare files taken", Duration::from_secs(30), |c| {
+        spares(c) < before
+    });
+    assert!(
+        std::fs::read(a.join("g")).unwrap() == third,
+        "a recycled file's new bytes"
+    );
+    assert!(
+        std::fs::read(a.join("f")).unwrap() == new,
+        "the other file untouched"
+    );
 }
 
 #[test]
