@@ -319,6 +319,46 @@ async fn read_with(
     Ok(data)
 }
 
+/// Writes `data` as `placed`'s chunk, announced as 4 bytes with `crc32c`, to
+/// the node behind `channel` (as "client"), which forwards it to `forward`.
+async fn write_announced_4(
+    channel: &tonic::transport::Channel,
+    placed: &pb::PlaceChunkReply,
+    forward: Vec<pb::NodeRef>,
+    data: &[u8],
+    crc32c: u32,
+) -> Result<tonic::Response<pb::WriteChunkReply>, tonic::Status> {
+    let header = pb::WriteChunkRequest {
+        msg: Some(pb::write_chunk_request::Msg::Header(pb::WriteHeader {
+            chunk_id: placed.chunk_id,
+            length: 4,
+            crc32c,
+            durable: false,
+            forward,
+            token: placed.token.clone(),
+        })),
+    };
+    let data = pb::WriteChunkRequest {
+        msg: Some(pb::write_chunk_request::Msg::Data(data.to_vec().into())),
+    };
+    ChunkClient::new(channel.clone())
+        .write_chunk(futures::stream::iter(vec![header, data]))
+        .await
+}
+
+/// A new chunk id and its targets, from meta.
+async fn place_new_chunk(meta: &mut MetaClient<tonic::transport::Channel>) -> pb::PlaceChunkReply {
+    meta.place_chunk(pb::PlaceChunkRequest {
+        chunk_id: 0,
+        count: 0,
+        exclude_node_ids: vec![],
+        batch: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// The key meta signs chunk tokens with, read from its SQLite store (only
 /// a test can: it stands for a forger who stole it, or for meta itself).
 fn token_key(c: &Cluster) -> Vec<u8> {
@@ -422,42 +462,14 @@ fn nodes_serve_clients_only_with_a_valid_chunk_token() {
         assert_eq!(dfs_proto::errno_of(&err), libc::EKEYEXPIRED);
         // A write token names the nodes a write may go to: a client cannot
         // make a node forward anywhere else.
-        let placed = meta
-            .place_chunk(pb::PlaceChunkRequest {
-                chunk_id: 0,
-                count: 0,
-                exclude_node_ids: vec![],
-                batch: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let placed = place_new_chunk(&mut meta).await;
         let head = c.node_index(placed.targets[0].node_id);
         let channel = c
             .grpc_channel(c.node_addr(head), Role::Node, Some("client"))
             .await
             .unwrap();
-        let write = |forward: Vec<pb::NodeRef>| {
-            let header = pb::WriteChunkRequest {
-                msg: Some(pb::write_chunk_request::Msg::Header(pb::WriteHeader {
-                    chunk_id: placed.chunk_id,
-                    length: 4,
-                    crc32c: crc32c::crc32c(b"abcd"),
-                    durable: false,
-                    forward,
-                    token: placed.token.clone(),
-                })),
-            };
-            let data = pb::WriteChunkRequest {
-                msg: Some(pb::write_chunk_request::Msg::Data(b"abcd".to_vec().into())),
-            };
-            let mut client = ChunkClient::new(channel.clone());
-            async move {
-                client
-                    .write_chunk(futures::stream::iter(vec![header, data]))
-                    .await
-            }
-        };
+        let good = crc32c::crc32c(b"abcd");
+        let write = |forward| write_announced_4(&channel, &placed, forward, b"abcd", good);
         let evil = vec![pb::NodeRef {
             node_id: placed.targets[1].node_id,
             addr: "127.0.0.1:9".into(),
@@ -475,16 +487,7 @@ fn nodes_serve_clients_only_with_a_valid_chunk_token() {
         // The last node of a chain (every node of a small write's fan-out)
         // takes a small chunk whole: more bytes than announced, or a wrong
         // checksum, is refused and stores nothing.
-        let small = meta
-            .place_chunk(pb::PlaceChunkRequest {
-                chunk_id: 0,
-                count: 0,
-                exclude_node_ids: vec![],
-                batch: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let small = place_new_chunk(&mut meta).await;
         let last = small.targets[0].clone();
         let channel = c
             .grpc_channel(
@@ -494,28 +497,8 @@ fn nodes_serve_clients_only_with_a_valid_chunk_token() {
             )
             .await
             .unwrap();
-        let send = |data: &'static [u8], crc32c: u32| {
-            let header = pb::WriteChunkRequest {
-                msg: Some(pb::write_chunk_request::Msg::Header(pb::WriteHeader {
-                    chunk_id: small.chunk_id,
-                    length: 4,
-                    crc32c,
-                    durable: false,
-                    forward: vec![],
-                    token: small.token.clone(),
-                })),
-            };
-            let data = pb::WriteChunkRequest {
-                msg: Some(pb::write_chunk_request::Msg::Data(data.to_vec().into())),
-            };
-            let mut client = ChunkClient::new(channel.clone());
-            async move {
-                client
-                    .write_chunk(futures::stream::iter(vec![header, data]))
-                    .await
-            }
-        };
-        let good = crc32c::crc32c(b"abcd");
+        let send =
+            |data: &'static [u8], crc32c| write_announced_4(&channel, &small, vec![], data, crc32c);
         let too_long = send(b"abcdef", good).await.unwrap_err();
         assert_eq!(dfs_proto::errno_of(&too_long), libc::EINVAL, "{too_long:?}");
         let wrong = send(b"abcd", good ^ 1).await.unwrap_err();
