@@ -41,15 +41,21 @@ mkdir -p "$base/dfs" "$base/dfs-pg" "$base/local" "$base/logs" "$base/mnt/dfs" "
 pki=$base/dfs/pki
 scripts/pki.sh "$bin" "$pki" 3
 export DFS_TLS_DIR=$pki
-"$bin/dfs-meta" --listen 127.0.0.1:17400 --store "sqlite://$base/dfs/meta.db" 2>> "$base/logs/dfs-meta.log" &
-pids+=($!)
-for i in 1 2 3; do
-  "$bin/dfs-node" --listen "127.0.0.1:1740$i" --meta 127.0.0.1:17400 --data "$base/dfs/node$i" \
-    --cert "$pki/node$i.crt" --key "$pki/node$i.key" 2>> "$base/logs/dfs-node$i.log" &
+# start_dfs NAME PORTS STORE [MOUNT_OPTION,]: meta on 127.0.0.1:${PORTS}00 with
+# STORE, 3 nodes on ${PORTS}01-03, all 3 up, then mounted at $base/mnt/NAME.
+start_dfs() {
+  local name=$1 meta=127.0.0.1:${2}00 store=$3 extra=${4:-}
+  "$bin/dfs-meta" --listen "$meta" --store "$store" 2>> "$base/logs/$name-meta.log" &
   pids+=($!)
-done
-for _ in $(seq 1 100); do "$bin/dfs" --meta 127.0.0.1:17400 status 2>/dev/null | grep -q "nodes: 3 up" && break; sleep 0.2; done
-"$bin/dfs-fuse" 127.0.0.1:17400 "$base/mnt/dfs" -o "cache_size=$cache,log=$base/logs/dfs-fuse.log,metrics=127.0.0.1:17410,ca=$pki/ca.crt,cert=$pki/client.crt,key=$pki/client.key"
+  for i in 1 2 3; do
+    "$bin/dfs-node" --listen "127.0.0.1:${2}0$i" --meta "$meta" --data "$base/$name/node$i" \
+      --cert "$pki/node$i.crt" --key "$pki/node$i.key" 2>> "$base/logs/$name-node$i.log" &
+    pids+=($!)
+  done
+  for _ in $(seq 1 100); do "$bin/dfs" --meta "$meta" status 2>/dev/null | grep -q "nodes: 3 up" && break; sleep 0.2; done
+  "$bin/dfs-fuse" "$meta" "$base/mnt/$name" -o "cache_size=$cache,log=$base/logs/$name-fuse.log,${extra}ca=$pki/ca.crt,cert=$pki/client.crt,key=$pki/client.key"
+}
+start_dfs dfs 174 "sqlite://$base/dfs/meta.db" "metrics=127.0.0.1:17410,"
 fuse_pid=$(pgrep -f "dfs-fuse -f 127.0.0.1:17400 $base/mnt/dfs" | head -n 1)
 
 # dfs-pg: the same cluster with meta on PostgreSQL, for the small-file
@@ -63,16 +69,7 @@ if [[ " $systems " == *" dfs-pg "* ]]; then
     run "'$bin/pg_ctl' -D '$pg/data' -l '$pg/server.log' -w -t 60 \
         -o \"-c listen_addresses=127.0.0.1 -p 17550 -k '$pg' -c max_connections=100\" start" >/dev/null
   )
-  "$bin/dfs-meta" --listen 127.0.0.1:17500 --store "postgres://dfs@127.0.0.1:17550/postgres" \
-    2>> "$base/logs/dfs-pg-meta.log" &
-  pids+=($!)
-  for i in 1 2 3; do
-    "$bin/dfs-node" --listen "127.0.0.1:1750$i" --meta 127.0.0.1:17500 --data "$base/dfs-pg/node$i" \
-      --cert "$pki/node$i.crt" --key "$pki/node$i.key" 2>> "$base/logs/dfs-pg-node$i.log" &
-    pids+=($!)
-  done
-  for _ in $(seq 1 100); do "$bin/dfs" --meta 127.0.0.1:17500 status 2>/dev/null | grep -q "nodes: 3 up" && break; sleep 0.2; done
-  "$bin/dfs-fuse" 127.0.0.1:17500 "$base/mnt/dfs-pg" -o "cache_size=$cache,log=$base/logs/dfs-pg-fuse.log,ca=$pki/ca.crt,cert=$pki/client.crt,key=$pki/client.key"
+  start_dfs dfs-pg 175 "postgres://dfs@127.0.0.1:17550/postgres"
 fi
 bench/peers.sh up
 
