@@ -459,15 +459,16 @@ impl ChunkStore {
     /// Removes a chunk's file: into the spare pool when no one is reading
     /// it and the pool has room, deleted otherwise.
     fn remove_chunk_file(&self, id: u64, path: &Path) -> io::Result<()> {
-        let adopted = self.readers.unless_read(id, || {
-            self.spares.has_room().then(|| self.spares.adopt(path))
-        });
+        let adopted = self
+            .readers
+            .unless_read(id, || self.spares.adopt(path))
+            .flatten();
         match adopted {
-            Some(Some(Ok(spare))) => {
+            Some(Ok(spare)) => {
                 self.spares.keep(spare);
                 Ok(())
             }
-            Some(Some(Err(e))) if e.kind() == io::ErrorKind::NotFound => Err(e),
+            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => Err(e),
             _ => fs::remove_file(path),
         }
     }

@@ -68,18 +68,16 @@ impl Spares {
         lock(&self.free).pop()
     }
 
-    /// Whether the pool has room for one more.
-    pub fn has_room(&self) -> bool {
-        lock(&self.free).len() < self.max
-    }
-
     /// Moves the file at `path` into the pool's directory under a new name
     /// (the first half of `keep`; the caller makes sure no one reads it).
-    pub fn adopt(&self, path: &Path) -> io::Result<PathBuf> {
+    /// None: the pool is full, the file stays where it is.
+    pub fn adopt(&self, path: &Path) -> Option<io::Result<PathBuf>> {
+        if lock(&self.free).len() >= self.max {
+            return None;
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let spare = self.dir.join(format!("{n:016x}"));
-        fs::rename(path, &spare)?;
-        Ok(spare)
+        Some(fs::rename(path, &spare).map(|()| spare))
     }
 
     /// Empties an adopted file and puts it in the pool; when that fails or
@@ -159,12 +157,12 @@ mod tests {
         assert!(spares.take().is_none());
         let chunk = dir.path().join("chunk");
         fs::write(&chunk, b"old chunk bytes").unwrap();
-        let adopted = spares.adopt(&chunk).unwrap();
+        let adopted = spares.adopt(&chunk).unwrap().unwrap();
         assert!(!chunk.exists());
         spares.keep(adopted);
         let reused = spares.take().unwrap();
         assert_eq!(fs::metadata(&reused).unwrap().len(), 0);
-        spares.keep(spares.adopt(&reused).unwrap());
+        spares.keep(spares.adopt(&reused).unwrap().unwrap());
         // A file being filled when the node stopped is not reused.
         fs::write(pool.join("00000000000000ff"), b"half").unwrap();
         let again = Spares::open(&pool, 2).unwrap();
@@ -175,7 +173,7 @@ mod tests {
         again.keep(kept.clone());
         let next = dir.path().join("next");
         fs::write(&next, b"x").unwrap();
-        let named = again.adopt(&next).unwrap();
+        let named = again.adopt(&next).unwrap().unwrap();
         assert_ne!(named, kept);
         assert!(kept.exists() && named.exists());
     }
@@ -187,7 +185,9 @@ mod tests {
         for i in 0..3 {
             let f = dir.path().join(format!("c{i}"));
             fs::write(&f, b"data").unwrap();
-            spares.keep(spares.adopt(&f).unwrap());
+            if let Some(adopted) = spares.adopt(&f) {
+                spares.keep(adopted.unwrap());
+            }
         }
         assert_eq!(spares.len(), 1);
         assert_eq!(fs::read_dir(dir.path().join("spare")).unwrap().count(), 1);
