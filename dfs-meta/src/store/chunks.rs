@@ -4,8 +4,9 @@ use std::collections::HashSet;
 
 use super::db::{self, DbConn};
 
+use super::ids::Counter;
 use super::rows::{to_i64, FileKind, Inode, Timespec};
-use super::tables::{live_nodes, next_ids, require_inode, NodeRecord, Origin};
+use super::tables::{live_nodes, require_inode, NodeRecord, Origin};
 use super::{in_tx, in_tx_once, now_ms, Result, Store, StoreError};
 use crate::placement::{self, Candidate};
 
@@ -159,21 +160,25 @@ impl Store {
             .collect();
         let chunk_ids = if chunk_id == 0 {
             let batch = i64::from(batch.clamp(1, MAX_PLACE_BATCH));
+            let ids = self.take_ids(Counter::Chunk, batch).await?;
+            let (first, last) = (*ids.start(), *ids.end());
             in_tx!(self, |tx| {
-                let last = next_ids(&mut tx, "chunk", batch).await?;
-                let mut ids = Vec::with_capacity(batch as usize);
-                for id in last - batch + 1..=last {
-                    db::query(
-                        "INSERT INTO chunk_allocations (id, allocated_ms, session_id) VALUES ($1, $2, $3)",
-                    )
-                    .bind(id)
+                // One multi-row INSERT: ids first..=last.
+                let rows = (0..batch)
+                    .map(|i| format!("(${}, $1, $2)", i + 3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO chunk_allocations (id, allocated_ms, session_id) VALUES {rows}"
+                );
+                let mut q = db::query(&sql)
                     .bind(now_ms())
-                    .bind(to_i64(session, "session")?)
-                    .execute(&mut tx)
-                    .await?;
-                    ids.push(id as u64);
+                    .bind(to_i64(session, "session")?);
+                for id in first..=last {
+                    q = q.bind(id);
                 }
-                Ok(ids)
+                q.execute(&mut tx).await?;
+                Ok((first..=last).map(|id| id as u64).collect::<Vec<_>>())
             })?
         } else {
             vec![chunk_id]
@@ -229,20 +234,15 @@ impl Store {
                 let now = Timespec::now();
                 let mut inode = require_regular(&mut tx, ino).await?;
                 inode.require_mutable("write")?;
+                // Everything the commit checks, read before anything is written.
+                let mut found = Vec::with_capacity(chunks.len());
+                for c in chunks {
+                    found.push(commit_check(&mut tx, ino, c).await?);
+                }
                 // Another client committed over a chunk this writer started
                 // from: nothing changes, the writer merges and tries again.
-                for c in chunks {
-                    let Some(base) = c.base else { continue };
-                    let current =
-                        db::query("SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2")
-                            .bind(to_i64(ino, "inode")?)
-                            .bind(to_i64(c.index, "chunk index")?)
-                            .fetch_optional(&mut tx)
-                            .await?
-                            .map(|r| r.try_get::<i64, _>(0))
-                            .transpose()?
-                            .map(|id| id as u64);
-                    if current != base {
+                for (c, f) in chunks.iter().zip(&found) {
+                    if c.base.is_some_and(|base| base != f.current) {
                         return Err(StoreError::Conflict(format!(
                             "chunk {} of inode {ino} changed since it was read",
                             c.index
@@ -262,10 +262,25 @@ impl Store {
                         ));
                     }
                 }
-                for c in chunks {
-                    commit_chunk_in(&mut tx, ino, c).await?;
+                for (c, f) in chunks.iter().zip(&found) {
+                    if !f.allocated {
+                        return Err(StoreError::AllocationGone(format!(
+                            "chunk {} was not allocated, is already committed, or its writer's session ended",
+                            c.chunk_id
+                        )));
+                    }
+                    if f.known_nodes != c.node_ids.len() {
+                        return Err(StoreError::Invalid(format!(
+                            "chunk {}: unknown node in {:?}",
+                            c.chunk_id, c.node_ids
+                        )));
+                    }
                 }
-                truncate_map(&mut tx, ino, size, self.chunk_size).await?;
+                for (c, f) in chunks.iter().zip(&found) {
+                    commit_chunk_in(&mut tx, ino, c, f.current).await?;
+                }
+                // No chunk lies past `size`: the file's chunks lay within
+                // its old size, and each committed one ends within the new.
                 inode.size = size;
                 inode.version += 1;
                 inode.mtime = mtime.unwrap_or(now);
@@ -280,7 +295,7 @@ impl Store {
             .bind(i64::from(inode.mtime.nsec))
             .bind(now.sec)
             .bind(i64::from(now.nsec))
-            .execute(&mut tx)
+            .defer(&mut tx)
             .await?;
                 Ok(inode)
             },
@@ -339,50 +354,78 @@ async fn require_regular(tx: &mut DbConn, ino: u64) -> Result<Inode> {
     }
 }
 
-async fn commit_chunk_in(tx: &mut DbConn, ino: u64, c: &CommitChunk) -> Result<()> {
-    let id = to_i64(c.chunk_id, "chunk id")?;
-    let allocated = db::query("DELETE FROM chunk_allocations WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if allocated == 0 {
-        return Err(StoreError::AllocationGone(format!(
-            "chunk {} was not allocated, is already committed, or its writer's session ended",
-            c.chunk_id
-        )));
-    }
+/// What a commit of chunk `c` finds in the store.
+struct CommitFound {
+    /// The chunk at its index now.
+    current: Option<u64>,
+    /// Its id is allocated and not yet committed.
+    allocated: bool,
+    /// How many of its nodes are registered.
+    known_nodes: usize,
+}
+
+/// Reads what `commit_chunk_in` needs to know about `c`, in one query.
+async fn commit_check(tx: &mut DbConn, ino: u64, c: &CommitChunk) -> Result<CommitFound> {
+    let nodes = db::placeholders(4, c.node_ids.len());
+    let sql = format!(
+        "SELECT (SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2),
+                (SELECT COUNT(*) FROM chunk_allocations WHERE id = $3),
+                (SELECT COUNT(*) FROM nodes WHERE id IN ({nodes}))"
+    );
+    let mut q = db::query(&sql)
+        .bind(to_i64(ino, "inode")?)
+        .bind(to_i64(c.index, "chunk index")?)
+        .bind(to_i64(c.chunk_id, "chunk id")?);
     for node in &c.node_ids {
-        let known = db::query("SELECT 1 FROM nodes WHERE id = $1")
-            .bind(to_i64(*node, "node id")?)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::Invalid(format!("unknown node {node}")));
-        }
+        q = q.bind(to_i64(*node, "node id")?);
     }
+    let row = q.fetch_one(&mut *tx).await?;
+    Ok(CommitFound {
+        current: row.try_get::<Option<i64>, _>(0)?.map(|id| id as u64),
+        allocated: row.try_get::<i64, _>(1)? > 0,
+        known_nodes: row.try_get::<i64, _>(2)? as usize,
+    })
+}
+
+/// Puts chunk `c` (checked by `commit_check`) at its index of the file,
+/// releasing `current`, the chunk there before. Deferred writes only.
+async fn commit_chunk_in(
+    tx: &mut DbConn,
+    ino: u64,
+    c: &CommitChunk,
+    current: Option<u64>,
+) -> Result<()> {
+    let id = to_i64(c.chunk_id, "chunk id")?;
+    let index = to_i64(c.index, "chunk index")?;
+    if current.is_some() {
+        release_chunks(tx, ino, index, index.saturating_add(1)).await?;
+    }
+    db::query("DELETE FROM chunk_allocations WHERE id = $1")
+        .bind(id)
+        .defer(&mut *tx)
+        .await?;
     db::query("INSERT INTO chunks (id, stored_len, crc32c) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(c.stored_len as i64)
         .bind(i64::from(c.crc32c))
-        .execute(&mut *tx)
+        .defer(&mut *tx)
         .await?;
+    let rows = (0..c.node_ids.len())
+        .map(|i| format!("($1, ${}, $2)", i + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("INSERT INTO replicas (chunk_id, node_id, added_ms) VALUES {rows}");
+    let mut q = db::query(&sql).bind(id).bind(super::now_ms());
     for node in &c.node_ids {
-        db::query("INSERT INTO replicas (chunk_id, node_id, added_ms) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(*node as i64)
-            .bind(super::now_ms())
-            .execute(&mut *tx)
-            .await?;
+        q = q.bind(to_i64(*node, "node id")?);
     }
-    let index = to_i64(c.index, "chunk index")?;
-    release_chunks(tx, ino, index, index.saturating_add(1)).await?;
+    q.defer(&mut *tx).await?;
     db::query("INSERT INTO file_chunks (ino, idx, chunk_id, valid_len) VALUES ($1, $2, $3, $4)")
-        .bind(ino as i64)
+        .bind(to_i64(ino, "inode")?)
         .bind(index)
         .bind(id)
         .bind(c.valid_len as i64)
-        .execute(&mut *tx)
+        .defer(&mut *tx)
         .await?;
     Ok(())
 }
@@ -406,30 +449,30 @@ pub(crate) async fn truncate_map(
         .bind(to_i64(ino, "inode")?)
         .bind(last as i64)
         .bind((size - last * cs) as i64)
-        .execute(&mut *tx)
+        .defer(&mut *tx)
         .await?;
     }
     Ok(())
 }
 
 /// Drops the file's chunks at indices `from..to` and queues their replicas
-/// for deletion on the nodes.
+/// for deletion on the nodes (deferred writes: one round trip on PostgreSQL,
+/// sent with the caller's next ones).
 async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result<()> {
     let ino = to_i64(ino, "inode")?;
     let selected = "SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3";
-    for holders in ["replicas", "quarantined_replicas"] {
-        db::query(&format!(
-            "INSERT INTO gc_replicas (chunk_id, node_id, queued_ms)
-             SELECT chunk_id, node_id, CAST($4 AS BIGINT) FROM {holders} WHERE chunk_id IN ({selected})
-             ON CONFLICT DO NOTHING"
-        ))
-        .bind(ino)
-        .bind(from)
-        .bind(to)
-        .bind(super::now_ms())
-        .execute(&mut *tx)
-        .await?;
-    }
+    db::query(&format!(
+        "INSERT INTO gc_replicas (chunk_id, node_id, queued_ms)
+         SELECT chunk_id, node_id, CAST($4 AS BIGINT) FROM replicas WHERE chunk_id IN ({selected})
+         UNION SELECT chunk_id, node_id, CAST($4 AS BIGINT) FROM quarantined_replicas WHERE chunk_id IN ({selected})
+         ON CONFLICT DO NOTHING"
+    ))
+    .bind(ino)
+    .bind(from)
+    .bind(to)
+    .bind(super::now_ms())
+    .defer(&mut *tx)
+    .await?;
     for statement in [
         format!("DELETE FROM replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM quarantined_replicas WHERE chunk_id IN ({selected})"),
@@ -440,7 +483,7 @@ async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result
             .bind(ino)
             .bind(from)
             .bind(to)
-            .execute(&mut *tx)
+            .defer(&mut *tx)
             .await?;
     }
     Ok(())
@@ -449,15 +492,11 @@ async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result
 pub(crate) async fn delete_inode(conn: &mut DbConn, ino: u64) -> Result<()> {
     truncate_map(conn, ino, 0, 1).await?;
     let key = to_i64(ino, "inode")?;
-    for table in ["xattrs", "orphans", "orphan_holders", "locks"] {
+    for table in ["xattrs", "orphans", "orphan_holders", "locks", "inodes"] {
         db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
             .bind(key)
-            .execute(&mut *conn)
+            .defer(&mut *conn)
             .await?;
     }
-    db::query("DELETE FROM inodes WHERE ino = $1")
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }

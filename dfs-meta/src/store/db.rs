@@ -5,12 +5,15 @@
 //! connection: a statement costs microseconds. (sqlx's SQLite driver sends
 //! every statement to a worker thread and back; with a dozen statements per
 //! transaction those thread hops were most of a metadata call's time.)
-//! PostgreSQL runs through sqlx, whose calls are network round trips anyway.
+//! PostgreSQL runs through sqlx, whose calls are network round trips: there a
+//! write whose outcome the caller does not need may be `defer`red, and the
+//! deferred writes go to the server together, as one statement, before the
+//! next statement or the commit (see `DbConn::defer`).
 
 use std::sync::Arc;
 
 use sqlx::postgres::{PgPool, PgRow, Postgres};
-use sqlx::{Column, Connection, Executor, Row as _, TypeInfo};
+use sqlx::{Column, Connection, Row as _, TypeInfo};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// One SQL value, as both engines store the store's columns.
@@ -238,6 +241,96 @@ pub struct DbConn {
     /// None only once `commit` took it.
     inner: Option<Inner>,
     sqlite_tx: bool,
+    /// Deferred writes not yet sent (PostgreSQL only).
+    pending: Deferred,
+}
+
+/// Writes waiting to go to PostgreSQL in one round trip.
+#[derive(Default)]
+struct Deferred {
+    statements: Vec<(String, Vec<Value>)>,
+    /// The tables the statements write.
+    written: Vec<String>,
+}
+
+impl Deferred {
+    /// Whether `sql` names a table a pending statement writes: then it must
+    /// wait until they ran, since statements sent together do not see each
+    /// other's changes.
+    fn touches(&self, sql: &str) -> bool {
+        !self.written.is_empty()
+            && words(sql).any(|w| self.written.iter().any(|t| t.eq_ignore_ascii_case(w)))
+    }
+
+    /// The pending statements as one: data-modifying CTEs run in order of
+    /// writing, each with its parameters renumbered after the ones before.
+    fn combined(&mut self) -> Option<(String, Vec<Value>)> {
+        self.written.clear();
+        let mut statements = std::mem::take(&mut self.statements);
+        if statements.len() <= 1 {
+            return statements.pop();
+        }
+        let mut sql = String::from("WITH ");
+        let mut args = Vec::new();
+        for (i, (text, values)) in statements.into_iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("w{i} AS ("));
+            sql.push_str(&renumber(&text, args.len()));
+            sql.push(')');
+            args.extend(values);
+        }
+        sql.push_str(" SELECT 1");
+        Some((sql, args))
+    }
+}
+
+/// `$from, $from+1, ...`: `n` numbered placeholders.
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The identifier words of an SQL text.
+fn words(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+}
+
+/// The table an INSERT, UPDATE or DELETE writes.
+fn written_table(sql: &str) -> Option<String> {
+    let mut w = words(sql);
+    let table = match w.next()?.to_ascii_uppercase().as_str() {
+        "INSERT" | "DELETE" => w.nth(1)?,
+        "UPDATE" => w.next()?,
+        _ => return None,
+    };
+    Some(table.to_ascii_lowercase())
+}
+
+/// `$n` parameters outside quotes shifted to `$(n + by)`.
+fn renumber(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        out.push(c);
+        if c == '$' && !quoted && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = 0usize;
+            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                n = n * 10 + d as usize;
+                chars.next();
+            }
+            out.push_str(&(n + by).to_string());
+        }
+    }
+    out
 }
 
 impl Pool {
@@ -246,10 +339,7 @@ impl Pool {
             Pool::Sqlite(c) => Inner::Sqlite(c.clone().lock_owned().await),
             Pool::Pg(p) => Inner::Pg(p.acquire().await?),
         };
-        Ok(DbConn {
-            inner: Some(inner),
-            sqlite_tx: false,
-        })
+        Ok(DbConn::new(inner, false))
     }
 
     /// A transaction; on PostgreSQL at SERIALIZABLE isolation.
@@ -258,19 +348,11 @@ impl Pool {
             Pool::Sqlite(c) => {
                 let guard = c.clone().lock_owned().await;
                 guard.execute_batch("BEGIN IMMEDIATE")?;
-                Ok(DbConn {
-                    inner: Some(Inner::Sqlite(guard)),
-                    sqlite_tx: true,
-                })
+                Ok(DbConn::new(Inner::Sqlite(guard), true))
             }
             Pool::Pg(p) => {
-                let mut tx = p.begin().await?;
-                tx.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                    .await?;
-                Ok(DbConn {
-                    inner: Some(Inner::PgTx(tx)),
-                    sqlite_tx: false,
-                })
+                let tx = p.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?;
+                Ok(DbConn::new(Inner::PgTx(tx), false))
             }
         }
     }
@@ -281,10 +363,7 @@ impl Pool {
             Pool::Sqlite(_) => Ok(None),
             Pool::Pg(p) => {
                 let conn = p.acquire().await?.detach();
-                Ok(Some(DbConn {
-                    inner: Some(Inner::PgOwn(Box::new(conn))),
-                    sqlite_tx: false,
-                }))
+                Ok(Some(DbConn::new(Inner::PgOwn(Box::new(conn)), false)))
             }
         }
     }
@@ -297,7 +376,28 @@ impl Pool {
 }
 
 impl DbConn {
+    fn new(inner: Inner, sqlite_tx: bool) -> DbConn {
+        DbConn {
+            inner: Some(inner),
+            sqlite_tx,
+            pending: Deferred::default(),
+        }
+    }
+
+    /// Sends the deferred writes, if any.
+    async fn flush(&mut self) -> Result<(), DbError> {
+        let Some((sql, args)) = self.pending.combined() else {
+            return Ok(());
+        };
+        let q = Query { sql: &sql, args }.pg_query();
+        if let Some(pg) = self.pg() {
+            q.execute(pg).await?;
+        }
+        Ok(())
+    }
+
     pub async fn commit(mut self) -> Result<(), DbError> {
+        self.flush().await?;
         match self.inner.take() {
             Some(Inner::Sqlite(guard)) => {
                 self.sqlite_tx = false;
@@ -320,6 +420,7 @@ impl DbConn {
             c.execute_batch(sql)?;
             return Ok(());
         }
+        self.flush().await?;
         if let Some(pg) = self.pg() {
             sqlx::raw_sql(sql).execute(pg).await?;
         }
@@ -516,6 +617,7 @@ impl<'q> Query<'q> {
             let rows = self.run_sqlite(c, |_| true)?;
             return Ok(Done { rows });
         }
+        conn.flush().await?;
         let q = self.pg_query();
         let pg = conn.pg().ok_or(DbError::NoRows)?;
         let done = q.execute(pg).await?;
@@ -533,6 +635,7 @@ impl<'q> Query<'q> {
             })?;
             return Ok(out);
         }
+        conn.flush().await?;
         let q = self.pg_query();
         let pg = conn.pg().ok_or(DbError::NoRows)?;
         q.fetch_all(pg).await?.iter().map(from_pg).collect()
@@ -547,6 +650,7 @@ impl<'q> Query<'q> {
             })?;
             return Ok(out);
         }
+        conn.flush().await?;
         let q = self.pg_query();
         let pg = conn.pg().ok_or(DbError::NoRows)?;
         q.fetch_optional(pg)
@@ -554,6 +658,29 @@ impl<'q> Query<'q> {
             .as_ref()
             .map(from_pg)
             .transpose()
+    }
+
+    /// Runs a write whose outcome the caller does not need. On PostgreSQL it
+    /// waits and goes to the server with the other deferred writes, before
+    /// the connection's next statement or commit, all as one statement (one
+    /// round trip). Order and effect are those of running each in turn: a
+    /// write that names a table a waiting one writes first sends those.
+    /// Its error, if any, comes from that later call. On SQLite, and outside
+    /// a transaction (nothing would send it if the connection were dropped),
+    /// it runs now.
+    pub async fn defer(self, conn: &mut DbConn) -> Result<(), DbError> {
+        let table = written_table(self.sql);
+        let Some(table) = table.filter(|_| matches!(conn.inner, Some(Inner::PgTx(_)))) else {
+            return self.execute(conn).await.map(|_| ());
+        };
+        if conn.pending.touches(self.sql) {
+            conn.flush().await?;
+        }
+        conn.pending
+            .statements
+            .push((self.sql.to_string(), self.args));
+        conn.pending.written.push(table);
+        Ok(())
     }
 
     pub async fn fetch_one(self, conn: &mut DbConn) -> Result<Row, DbError> {
@@ -572,6 +699,58 @@ mod tests {
             "SELECT a FROM t WHERE x = ?1 AND y = '$2' AND z = ?10"
         );
         assert_eq!(sqlite_sql("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn deferred_writes_combine_in_order_with_renumbered_parameters() {
+        let mut d = Deferred::default();
+        assert!(d.combined().is_none());
+        d.statements.push((
+            "DELETE FROM a WHERE x = $1 AND y = '$1'".into(),
+            vec![Value::Int(1)],
+        ));
+        d.statements.push((
+            "UPDATE b SET v = $2 WHERE k = $1".into(),
+            vec![Value::Int(2), Value::Int(3)],
+        ));
+        d.written = vec!["a".into(), "b".into()];
+        let (sql, args) = d.combined().unwrap();
+        assert_eq!(
+            sql,
+            "WITH w0 AS (DELETE FROM a WHERE x = $1 AND y = '$1'), \
+             w1 AS (UPDATE b SET v = $3 WHERE k = $2) SELECT 1"
+        );
+        assert_eq!(args, vec![Value::Int(1), Value::Int(2), Value::Int(3)]);
+        assert!(d.statements.is_empty() && d.written.is_empty());
+        // One statement goes as it is.
+        d.statements.push(("DELETE FROM a".into(), vec![]));
+        assert_eq!(d.combined().unwrap().0, "DELETE FROM a");
+    }
+
+    #[test]
+    fn a_write_naming_a_pending_table_waits_for_it() {
+        assert_eq!(
+            written_table("INSERT INTO gc_replicas (a) VALUES ($1)").as_deref(),
+            Some("gc_replicas")
+        );
+        assert_eq!(
+            written_table("UPDATE Inodes SET a = 1").as_deref(),
+            Some("inodes")
+        );
+        assert_eq!(
+            written_table("DELETE FROM chunks WHERE id = 1").as_deref(),
+            Some("chunks")
+        );
+        assert_eq!(written_table("SELECT 1 FROM chunks"), None);
+        let d = Deferred {
+            statements: vec![("DELETE FROM replicas".into(), vec![])],
+            written: vec!["replicas".into()],
+        };
+        assert!(d.touches("INSERT INTO gc SELECT chunk_id FROM replicas"));
+        assert!(d.touches("DELETE FROM REPLICAS"));
+        // A longer name that contains it is another table.
+        assert!(!d.touches("DELETE FROM gc_replicas WHERE chunk_id = $1"));
+        assert!(!Deferred::default().touches("DELETE FROM replicas"));
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ mod db;
 mod drain;
 mod error;
 mod fsck;
+mod ids;
 mod leader;
 mod locks;
 mod metrics;
@@ -97,6 +98,8 @@ pub struct Store {
     durable_before_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// The key chunk tokens are signed with (`dfs_auth::token`).
     token_key: std::sync::Arc<Vec<u8>>,
+    /// Inode and chunk ids taken ahead (`ids`).
+    ids: std::sync::Arc<ids::IdBlocks>,
 }
 
 impl Store {
@@ -125,6 +128,10 @@ impl Store {
             Backend::Postgres => Pool::Pg(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(16)
+                    // Not a ping (a round trip) before each use: a broken
+                    // connection fails its statement (UNAVAILABLE, which
+                    // clients retry) and sqlx drops it when it comes back.
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect(url)
                     .await?,
@@ -139,6 +146,7 @@ impl Store {
             replication,
             durable_before_ms: Default::default(),
             token_key: Default::default(),
+            ids: Default::default(),
         };
         store.token_key = std::sync::Arc::new(store.load_token_key().await?);
         if backend == Backend::Sqlite {

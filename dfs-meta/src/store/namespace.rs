@@ -2,14 +2,18 @@
 //! Each public method is one transaction; the `*_in` helpers work inside one.
 
 use super::db::{self, DbConn};
+use std::sync::LazyLock;
+
 use dfs_proto::{validate_name, ROOT_INO};
 
 use super::chunks::delete_inode;
+use super::ids::Counter;
 use super::rows::{
-    has_xattrs_column, inode_from_row, to_i64, FileKind, Inode, Timespec, INODE_COLUMNS,
+    has_xattrs_column, inode_columns_as, inode_from_prefixed, inode_from_row, to_i64, FileKind,
+    Inode, Timespec, INODE_COLUMNS,
 };
 use super::sessions;
-use super::tables::{next_id, require_inode, Origin};
+use super::tables::{require_inode, Origin};
 use super::{in_tx, in_tx_once, Result, Store, StoreError};
 
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
@@ -64,36 +68,11 @@ impl Store {
     /// the entry and the inode together: a lookup is the most frequent call).
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
         validate_name(name)?;
-        let not_found = || StoreError::NotFound(String::from_utf8_lossy(name).into_owned());
-        let Ok(parent_key) = i64::try_from(parent) else {
-            return Err(StoreError::NotFound(format!("inode {parent}")));
-        };
-        let cols = INODE_COLUMNS
-            .split(", ")
-            .map(|c| format!("i.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let mut conn = self.conn().await?;
-        let row = db::query(&format!(
-            "SELECT p.kind AS parent_kind, d.ino AS found, {cols}, {xattrs}
-             FROM inodes p
-             LEFT JOIN dentries d ON d.parent = p.ino AND d.name = $2
-             LEFT JOIN inodes i ON i.ino = d.ino
-             WHERE p.ino = $1",
-            xattrs = has_xattrs_column("i")
-        ))
-        .bind(parent_key)
-        .bind(name.to_vec())
-        .fetch_optional(&mut conn)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("inode {parent}")))?;
-        if row.try_get::<i64, _>("parent_kind")? != FileKind::Directory as i64 {
-            return Err(StoreError::NotDir);
-        }
-        if row.try_get::<Option<i64>, _>("found")?.is_none() {
-            return Err(not_found());
-        }
-        inode_from_row(&row)
+        dir_and_entry(&mut conn, parent, name)
+            .await?
+            .1
+            .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))
     }
 
     /// Walks an absolute path from the root ("/" and "" name the root).
@@ -144,10 +123,11 @@ impl Store {
                 "symlink target must be 1..4095 bytes without NUL".into(),
             ));
         }
+        let ino = *self.take_ids(Counter::Ino, 1).await?.start();
         in_tx_once!(
             self,
             origin,
-            |tx| create_in(&mut tx, &args, None).await,
+            |tx| create_in(&mut tx, ino, &args, None).await,
             replay | ino | require_inode(&mut tx, ino as u64).await,
             made | inode | inode.ino as i64
         )
@@ -162,10 +142,11 @@ impl Store {
                 "an unnamed file is a regular file".into(),
             ));
         }
+        let ino = *self.take_ids(Counter::Ino, 1).await?.start();
         in_tx_once!(
             self,
             origin,
-            |tx| create_in(&mut tx, &args, Some(origin.session)).await,
+            |tx| create_in(&mut tx, ino, &args, Some(origin.session)).await,
             replay | ino | require_inode(&mut tx, ino as u64).await,
             made | inode | inode.ino as i64
         )
@@ -187,13 +168,12 @@ impl Store {
             origin,
             |tx| {
                 let now = Timespec::now();
-                require_dir(&mut tx, parent)
-                    .await?
-                    .require_unpinned("unlink")?;
-                let ino = entry_ino(&mut tx, parent, name).await?.ok_or_else(|| {
+                let (dir, entry) = dir_and_entry(&mut tx, parent, name).await?;
+                dir.require_unpinned("unlink")?;
+                let inode = entry.ok_or_else(|| {
                     StoreError::NotFound(String::from_utf8_lossy(name).into_owned())
                 })?;
-                let inode = require_inode(&mut tx, ino).await?;
+                let ino = inode.ino;
                 if inode.kind == FileKind::Directory {
                     return Err(StoreError::IsDir);
                 }
@@ -248,13 +228,12 @@ impl Store {
             origin,
             |tx| {
                 let now = Timespec::now();
-                require_dir(&mut tx, parent)
-                    .await?
-                    .require_unpinned("rmdir")?;
-                let ino = entry_ino(&mut tx, parent, name).await?.ok_or_else(|| {
+                let (dir, entry) = dir_and_entry(&mut tx, parent, name).await?;
+                dir.require_unpinned("rmdir")?;
+                let inode = entry.ok_or_else(|| {
                     StoreError::NotFound(String::from_utf8_lossy(name).into_owned())
                 })?;
-                let inode = require_inode(&mut tx, ino).await?;
+                let ino = inode.ino;
                 if inode.kind != FileKind::Directory {
                     return Err(StoreError::NotDir);
                 }
@@ -526,16 +505,22 @@ impl Store {
 
 /// Creates an inode named `args.name`, or with `unnamed_holder` (the
 /// session holding it open) an unnamed one: an orphan until linked.
+/// Makes inode `ino` (a fresh id) as `args` say.
 async fn create_in(
     tx: &mut DbConn,
+    ino: i64,
     args: &CreateArgs,
     unnamed_holder: Option<u64>,
 ) -> Result<Inode> {
     let named = unnamed_holder.is_none();
     let now = Timespec::now();
-    let parent = require_dir(tx, args.parent).await?;
+    let (parent, existing) = if named {
+        dir_and_entry(tx, args.parent, &args.name).await?
+    } else {
+        (require_dir(tx, args.parent).await?, None)
+    };
     parent.require_mutable("create")?;
-    if named && entry_ino(tx, args.parent, &args.name).await?.is_some() {
+    if existing.is_some() {
         return Err(StoreError::Exists(
             String::from_utf8_lossy(&args.name).into_owned(),
         ));
@@ -549,7 +534,6 @@ async fn create_in(
             mode |= S_ISGID;
         }
     }
-    let ino = next_id(tx, "ino").await?;
     let is_dir = args.kind == FileKind::Directory;
     let size = if args.kind == FileKind::Symlink {
         args.symlink_target.len() as i64
@@ -557,6 +541,11 @@ async fn create_in(
         0
     };
     let target = (args.kind == FileKind::Symlink).then(|| args.symlink_target.clone());
+    let nlink: i64 = match (named, is_dir) {
+        (false, _) => 0,
+        (true, true) => 2,
+        (true, false) => 1,
+    };
     db::query(
         "INSERT INTO inodes (ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev, target)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $9, $8, $9, 0, $10, $11)",
@@ -567,16 +556,12 @@ async fn create_in(
     .bind(i64::from(args.uid))
     .bind(i64::from(gid))
     .bind(size)
-    .bind(match (named, is_dir) {
-        (false, _) => 0i64,
-        (true, true) => 2,
-        (true, false) => 1,
-    })
+    .bind(nlink)
     .bind(now.sec)
     .bind(i64::from(now.nsec))
     .bind(i64::from(args.rdev))
     .bind(target)
-    .execute(&mut *tx)
+    .defer(&mut *tx)
     .await?;
     if named {
         insert_entry(tx, args.parent, &args.name, ino as u64).await?;
@@ -589,7 +574,23 @@ async fn create_in(
             .await?;
         sessions::hold_orphan(tx, ino as u64, unnamed_holder.unwrap_or(0)).await?;
     }
-    require_inode(tx, ino as u64).await
+    // What the INSERT above wrote (no read back: it may still be deferred).
+    Ok(Inode {
+        ino: ino as u64,
+        kind: args.kind,
+        mode,
+        uid: args.uid,
+        gid,
+        size: size as u64,
+        nlink: nlink as u32,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        version: 0,
+        rdev: args.rdev,
+        has_xattrs: false,
+        flags: 0,
+    })
 }
 
 async fn rename_in(
@@ -797,6 +798,44 @@ async fn require_dir(conn: &mut DbConn, ino: u64) -> Result<Inode> {
     Ok(inode)
 }
 
+/// Directory `parent` and the inode its entry `name` names (None: no such
+/// entry), in one query: the directory, the entry and the inode together.
+async fn dir_and_entry(
+    conn: &mut DbConn,
+    parent: u64,
+    name: &[u8],
+) -> Result<(Inode, Option<Inode>)> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT d.ino AS found, {}, {} FROM inodes p
+             LEFT JOIN dentries d ON d.parent = p.ino AND d.name = $2
+             LEFT JOIN inodes i ON i.ino = d.ino
+             WHERE p.ino = $1",
+            inode_columns_as("p", "p_"),
+            inode_columns_as("i", "c_")
+        )
+    });
+    let no_dir = || StoreError::NotFound(format!("inode {parent}"));
+    let key = i64::try_from(parent).map_err(|_| no_dir())?;
+    let row = db::query(&SQL)
+        .bind(key)
+        .bind(name.to_vec())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(no_dir)?;
+    let dir = inode_from_prefixed(&row, "p_")?;
+    if dir.kind != FileKind::Directory {
+        return Err(StoreError::NotDir);
+    }
+    let Some(found) = row.try_get::<Option<i64>, _>("found")? else {
+        return Ok((dir, None));
+    };
+    if row.try_get::<Option<i64>, _>("c_ino")?.is_none() {
+        return Err(StoreError::NotFound(format!("inode {found}")));
+    }
+    Ok((dir, Some(inode_from_prefixed(&row, "c_")?)))
+}
+
 async fn entry_ino(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<Option<u64>> {
     Ok(
         db::query("SELECT ino FROM dentries WHERE parent = $1 AND name = $2")
@@ -853,7 +892,7 @@ async fn insert_entry(conn: &mut DbConn, parent: u64, name: &[u8], ino: u64) -> 
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
         .bind(to_i64(ino, "inode")?)
-        .execute(&mut *conn)
+        .defer(&mut *conn)
         .await?;
     Ok(())
 }
@@ -863,7 +902,7 @@ async fn set_entry(conn: &mut DbConn, parent: u64, name: &[u8], ino: u64) -> Res
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
         .bind(to_i64(ino, "inode")?)
-        .execute(&mut *conn)
+        .defer(&mut *conn)
         .await?;
     Ok(())
 }
@@ -872,7 +911,7 @@ async fn delete_entry(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<()>
     db::query("DELETE FROM dentries WHERE parent = $1 AND name = $2")
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
-        .execute(&mut *conn)
+        .defer(&mut *conn)
         .await?;
     Ok(())
 }
@@ -886,7 +925,7 @@ async fn touch_dir(conn: &mut DbConn, dir: u64, nlink_delta: i64, now: Timespec)
     .bind(nlink_delta)
     .bind(now.sec)
     .bind(i64::from(now.nsec))
-    .execute(&mut *conn)
+    .defer(&mut *conn)
     .await?;
     Ok(())
 }
@@ -896,7 +935,7 @@ async fn set_ctime(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()> {
         .bind(to_i64(ino, "inode")?)
         .bind(now.sec)
         .bind(i64::from(now.nsec))
-        .execute(&mut *conn)
+        .defer(&mut *conn)
         .await?;
     Ok(())
 }
@@ -931,7 +970,7 @@ async fn drop_one_link(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()>
         .bind(to_i64(ino, "inode")?)
         .bind(now.sec)
         .bind(i64::from(now.nsec))
-        .execute(&mut *conn)
+        .defer(&mut *conn)
         .await?;
     Ok(())
 }

@@ -186,25 +186,23 @@ impl Store {
             if updated.rows_affected() == 0 {
                 return Ok(None);
             }
-            let ids: Vec<i64> = db::query(
-                "SELECT chunk_id FROM gc_replicas WHERE node_id = $1 AND queued_ms < $2
-                 ORDER BY chunk_id LIMIT 1000",
+            // Up to 1,000 queued deletions leave the queue in one statement.
+            let ids = db::query(
+                "DELETE FROM gc_replicas WHERE node_id = $1 AND chunk_id IN
+                   (SELECT chunk_id FROM gc_replicas WHERE node_id = $1 AND queued_ms < $2
+                    ORDER BY chunk_id LIMIT 1000)
+                 RETURNING chunk_id",
             )
             .bind(id)
             .bind(queued_before_ms)
             .fetch_all(&mut tx)
             .await?
             .iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .collect::<Result<_, _>>()?;
-            for chunk in &ids {
-                db::query("DELETE FROM gc_replicas WHERE node_id = $1 AND chunk_id = $2")
-                    .bind(id)
-                    .bind(*chunk)
-                    .execute(&mut tx)
-                    .await?;
-            }
-            Ok(Some(ids.into_iter().map(|v| v as u64).collect()))
+            .map(|r| r.try_get::<i64, _>(0).map(|v| v as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+            let mut ids = ids;
+            ids.sort_unstable();
+            Ok(Some(ids))
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::db::{self, DbConn};
+use super::db::{self, placeholders, DbConn};
 
 use super::tables::ALLOCATION_TTL_MS;
 use super::Result;
@@ -132,19 +132,20 @@ pub(crate) async fn apply_changes(
         .filter_map(|id| i64::try_from(*id).ok())
         .collect();
     added.sort_unstable();
-    let referenced = existing(tx, "chunks", &added).await?;
-    for id in added.into_iter().filter(|id| referenced.contains(id)) {
-        db::query(
+    added.dedup();
+    for batch in added.chunks(BATCH) {
+        let sql = format!(
             "INSERT INTO replicas (chunk_id, node_id, added_ms)
-             SELECT $1, $2, $3 WHERE NOT EXISTS
-               (SELECT 1 FROM replicas WHERE chunk_id = $1 AND node_id = $2)
-             AND NOT EXISTS (SELECT 1 FROM gc_replicas WHERE chunk_id = $1 AND node_id = $2)",
-        )
-        .bind(id)
-        .bind(node)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+             SELECT c.id, $1, $2 FROM chunks c WHERE c.id IN ({})
+               AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.chunk_id = c.id AND r.node_id = $1)
+               AND NOT EXISTS (SELECT 1 FROM gc_replicas g WHERE g.chunk_id = c.id AND g.node_id = $1)",
+            placeholders(3, batch.len())
+        );
+        let mut query = db::query(&sql).bind(node).bind(now);
+        for id in batch {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -163,14 +164,6 @@ async fn forget(tx: &mut DbConn, node: i64, ids: &[i64]) -> Result<()> {
         query.execute(&mut *tx).await?;
     }
     Ok(())
-}
-
-/// `$from, $from+1, ...`: `n` numbered placeholders.
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Which of `ids` are present as `id` in `table`.

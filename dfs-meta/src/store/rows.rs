@@ -112,31 +112,51 @@ pub(crate) fn has_xattrs_column(alias: &str) -> String {
     format!("(SELECT COUNT(*) FROM xattrs x WHERE x.ino = {alias}.ino) AS xattr_count")
 }
 
+/// The columns of inode table `alias`, each named `{prefix}{column}` (for
+/// `inode_from_prefixed`), when one row carries several inodes.
+pub(crate) fn inode_columns_as(alias: &str, prefix: &str) -> String {
+    INODE_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c} AS {prefix}{c}"))
+        .chain(std::iter::once(format!(
+            "(SELECT COUNT(*) FROM xattrs x WHERE x.ino = {alias}.ino) AS {prefix}xattr_count"
+        )))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn inode_from_row(row: &db::Row) -> Result<Inode> {
-    let kind_raw: i64 = row.try_get("kind")?;
+    inode_from_prefixed(row, "")
+}
+
+/// The inode in the columns named `{prefix}{column}` (`inode_columns_as`).
+pub(crate) fn inode_from_prefixed(row: &db::Row, prefix: &str) -> Result<Inode> {
+    let int =
+        |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(format!("{prefix}{c}").as_str())?) };
+    let kind_raw = int("kind")?;
     let kind = FileKind::from_i64(kind_raw)
         .ok_or_else(|| StoreError::Corrupt(format!("inode kind {kind_raw}")))?;
     let ts = |s: &str, ns: &str| -> Result<Timespec> {
         Ok(Timespec {
-            sec: row.try_get(s)?,
-            nsec: row.try_get::<i64, _>(ns)? as u32,
+            sec: int(s)?,
+            nsec: int(ns)? as u32,
         })
     };
     Ok(Inode {
-        ino: row.try_get::<i64, _>("ino")? as u64,
+        ino: int("ino")? as u64,
         kind,
-        mode: row.try_get::<i64, _>("mode")? as u32,
-        uid: row.try_get::<i64, _>("uid")? as u32,
-        gid: row.try_get::<i64, _>("gid")? as u32,
-        size: row.try_get::<i64, _>("size")? as u64,
-        nlink: row.try_get::<i64, _>("nlink")? as u32,
+        mode: int("mode")? as u32,
+        uid: int("uid")? as u32,
+        gid: int("gid")? as u32,
+        size: int("size")? as u64,
+        nlink: int("nlink")? as u32,
         atime: ts("atime_s", "atime_ns")?,
         mtime: ts("mtime_s", "mtime_ns")?,
         ctime: ts("ctime_s", "ctime_ns")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-        rdev: row.try_get::<i64, _>("rdev")? as u32,
-        has_xattrs: row.try_get::<i64, _>("xattr_count")? > 0,
-        flags: row.try_get::<i64, _>("flags")? as u32,
+        version: int("version")? as u64,
+        rdev: int("rdev")? as u32,
+        has_xattrs: int("xattr_count")? > 0,
+        flags: int("flags")? as u32,
     })
 }
 

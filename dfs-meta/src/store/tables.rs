@@ -136,7 +136,7 @@ pub(crate) async fn record(conn: &mut DbConn, origin: Origin, result: i64) -> Re
         .bind(session)
         .bind(request)
         .bind(result)
-        .execute(&mut *conn)
+        .defer(&mut *conn)
         .await?;
     Ok(())
 }
