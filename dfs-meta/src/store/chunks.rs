@@ -1,11 +1,12 @@
 //! The chunk map: which immutable chunks make up a file, and where they live.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use super::db::{self, DbConn};
 
 use super::ids::Counter;
-use super::rows::{to_i64, FileKind, Inode, Timespec};
+use super::rows::{inode_columns_as, inode_from_prefixed, to_i64, FileKind, Inode, Timespec};
 use super::tables::{live_nodes, require_inode, NodeRecord, Origin};
 use super::{in_tx, in_tx_once, now_ms, Result, Store, StoreError};
 use crate::placement::{self, Candidate};
@@ -57,29 +58,45 @@ pub const MAX_PLACE_BATCH: u32 = 64;
 impl Store {
     /// The file's attributes and chunk map in one consistent read.
     pub async fn get_chunks(&self, ino: u64, live_cutoff_ms: i64) -> Result<ChunkMap> {
+        // One query: the inode (evaluated once, in its own SELECT) with its
+        // chunks and their replicas, a row per replica.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT f.idx, f.chunk_id, c.stored_len, c.crc32c, f.valid_len, n.id, n.addr,
+                        n.last_heartbeat_ms, i.*
+                 FROM (SELECT {} FROM inodes WHERE ino = $1) i
+                 LEFT JOIN file_chunks f ON f.ino = i.i_ino
+                 LEFT JOIN chunks c ON c.id = f.chunk_id
+                 LEFT JOIN replicas r ON r.chunk_id = f.chunk_id
+                 LEFT JOIN nodes n ON n.id = r.node_id
+                 ORDER BY f.idx, n.id",
+                inode_columns_as("inodes", "i_")
+            )
+        });
+        let Ok(key) = i64::try_from(ino) else {
+            return Err(StoreError::NotFound(format!("inode {ino}")));
+        };
         let mut conn = self.conn().await?;
-        let inode = require_inode(&mut conn, ino).await?;
+        let rows = db::query(&SQL).bind(key).fetch_all(&mut conn).await?;
+        let Some(first) = rows.first() else {
+            return Err(StoreError::NotFound(format!("inode {ino}")));
+        };
+        let inode = inode_from_prefixed(first, "i_")?;
         if inode.kind == FileKind::Directory {
             return Err(StoreError::IsDir);
         }
-        let rows = db::query(
-            "SELECT f.idx, f.chunk_id, c.stored_len, c.crc32c, f.valid_len, n.id, n.addr, n.last_heartbeat_ms
-             FROM file_chunks f JOIN chunks c ON c.id = f.chunk_id
-             LEFT JOIN replicas r ON r.chunk_id = f.chunk_id
-             LEFT JOIN nodes n ON n.id = r.node_id
-             WHERE f.ino = $1 ORDER BY f.idx, n.id",
-        )
-        .bind(to_i64(ino, "inode")?)
-        .fetch_all(&mut conn)
-        .await?;
         let mut chunks: Vec<ChunkEntry> = Vec::new();
         for row in rows {
+            // No chunk (an empty file), or a map entry without its chunk row.
+            let Some(stored_len) = row.try_get::<Option<i64>, _>(2)? else {
+                continue;
+            };
             let index = row.try_get::<i64, _>(0)? as u64;
             if chunks.last().map(|c| c.index) != Some(index) {
                 chunks.push(ChunkEntry {
                     index,
                     chunk_id: row.try_get::<i64, _>(1)? as u64,
-                    stored_len: row.try_get::<i64, _>(2)? as u64,
+                    stored_len: stored_len as u64,
                     crc32c: row.try_get::<i64, _>(3)? as u32,
                     valid_len: row.try_get::<i64, _>(4)? as u64,
                     replicas: Vec::new(),
