@@ -1729,6 +1729,20 @@ async fn retried_mutations_run_once(h: Handle) {
     s.rmdir(ROOT_INO, b"d", from(sid, 7)).await.unwrap();
     s.rmdir(ROOT_INO, b"d", from(sid, 7)).await.unwrap();
     assert_eq!(errno(s.getattr(d.ino).await.unwrap_err()), libc::ENOENT);
+    // A replay whose body would succeed again (a chmod) changes nothing.
+    let m = s.create(file(ROOT_INO, "m"), from(sid, 9)).await.unwrap();
+    let chmod = |mode: u32| SetAttrArgs {
+        mode: Some(mode),
+        ..Default::default()
+    };
+    s.setattr(m.ino, chmod(0o600), from(sid, 10)).await.unwrap();
+    s.setattr(m.ino, chmod(0o640), from(sid, 11)).await.unwrap();
+    s.setattr(m.ino, chmod(0o600), from(sid, 10)).await.unwrap();
+    assert_eq!(
+        s.getattr(m.ino).await.unwrap().mode & 0o7777,
+        0o640,
+        "a replayed chmod did not run again"
+    );
     // A failed mutation records nothing: its retry runs (and fails) again.
     assert_eq!(
         errno(

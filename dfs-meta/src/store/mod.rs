@@ -326,18 +326,39 @@ pub(crate) use in_tx;
 /// request (`$origin`) already ran, the transaction only evaluates `$replay`
 /// (with `$prev`, the recorded result); otherwise it runs `$body` and records
 /// `$made` (computed from its output `$out`) in the same transaction.
+///
+/// On PostgreSQL, where the look is a round trip and a retried request is
+/// rare, the first run does not look for the record first: one that is a
+/// replay either fails
+/// in the body (the name exists now, the allocation is gone), and then the
+/// record is looked for before the error is returned, or succeeds, and then
+/// its record collides with the first one's at commit (unique violation,
+/// retryable) and the rerun looks first. SQLite looks first every time.
 macro_rules! in_tx_once {
     ($store:expr, $origin:expr, |$tx:ident| $body:expr,
      replay |$prev:ident| $replay:expr, made |$out:ident| $made:expr) => {{
+        let mut runs: u32 = 0;
         $crate::store::in_tx!($store, |$tx| {
-            if let Some($prev) = $crate::store::tables::replayed(&mut $tx, $origin).await? {
-                return $replay;
+            runs += 1;
+            let looked = runs > 1 || $store.backend == $crate::store::Backend::Sqlite;
+            if looked {
+                if let Some($prev) = $crate::store::tables::replayed(&mut $tx, $origin).await? {
+                    return $replay;
+                }
             }
-            let $out = async {
-                let result: $crate::store::Result<_> = $body;
-                result
-            }
-            .await?;
+            let result: $crate::store::Result<_> = async { $body }.await;
+            let $out = match result {
+                Ok(out) => out,
+                // (After a database error the transaction may be aborted:
+                // the error is returned as it is, and a rerun looks first.)
+                Err(e) if !looked && !matches!(e, $crate::store::StoreError::Db(_)) => {
+                    if let Some($prev) = $crate::store::tables::replayed(&mut $tx, $origin).await? {
+                        return $replay;
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             $crate::store::tables::record(&mut $tx, $origin, $made).await?;
             Ok($out)
         })
