@@ -248,6 +248,11 @@ pub async fn run_worker(
             ),
             Err(e) => tracing::warn!(error = %e, "releasing quarantined replicas failed"),
         }
+        match repairer.store.refresh_statistics().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(tables = n, "analyzed tables with stale statistics"),
+            Err(e) => tracing::warn!(error = %e, "analyzing tables failed"),
+        }
         let orphan_cutoff = store::now_ms() - repairer.config.orphan_ttl.as_millis() as i64;
         match repairer.store.expire_orphans(orphan_cutoff).await {
             Ok(0) => {}

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use dfs_meta::store::{
-    CommitChunk, CreateArgs, FileKind, HeartbeatInfo, LockKind, LockOutcome, LockRange, LockSpec,
-    Origin, RegisterArgs, SessionArgs, SetAttrArgs, Store, StoreError, Timespec,
+    Backend, CommitChunk, CreateArgs, FileKind, HeartbeatInfo, LockKind, LockOutcome, LockRange,
+    LockSpec, Origin, RegisterArgs, SessionArgs, SetAttrArgs, Store, StoreError, Timespec,
 };
 use dfs_meta::FormatOptions;
 use dfs_proto::ROOT_INO;
@@ -144,6 +144,7 @@ conformance!(
     sessions_hold_orphans_allocations_and_locks,
     locks_exclude_split_and_release,
     placements_come_in_batches_held_by_the_session,
+    stale_statistics_are_refreshed,
 );
 
 async fn create_lookup_and_errors(h: Handle) {
@@ -2040,6 +2041,33 @@ async fn a_node_is_bound_to_its_first_certificate(h: Handle) {
             .count(),
         1
     );
+}
+
+async fn stale_statistics_are_refreshed(h: Handle) {
+    let s = &h.store;
+    for i in 0..600 {
+        s.create(file(ROOT_INO, &format!("s{i}")), Origin::NONE)
+            .await
+            .unwrap();
+    }
+    if s.backend() == Backend::Sqlite {
+        assert_eq!(s.refresh_statistics().await.unwrap(), 0, "nothing to do");
+        return;
+    }
+    // PostgreSQL's activity counters arrive within about a second.
+    let mut analyzed = 0;
+    for _ in 0..50 {
+        analyzed += s.refresh_statistics().await.unwrap();
+        if analyzed >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        analyzed >= 2,
+        "inodes and dentries grew by 600 rows: {analyzed}"
+    );
+    assert_eq!(s.refresh_statistics().await.unwrap(), 0, "fresh now");
 }
 
 async fn nul_bytes_are_refused_in_symlink_targets_and_xattr_names(h: Handle) {

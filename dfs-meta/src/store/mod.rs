@@ -39,6 +39,7 @@ mod nodes;
 mod reconcile;
 mod rows;
 mod sessions;
+mod statistics;
 mod strays;
 mod subtree;
 mod tables;
