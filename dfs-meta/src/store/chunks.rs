@@ -312,7 +312,7 @@ impl Store {
             .bind(i64::from(inode.mtime.nsec))
             .bind(now.sec)
             .bind(i64::from(now.nsec))
-            .defer(&mut tx)
+            .defer_row(&mut tx, to_i64(ino, "inode")?)
             .await?;
                 Ok(inode)
             },
@@ -512,7 +512,7 @@ pub(crate) async fn delete_inode(conn: &mut DbConn, ino: u64) -> Result<()> {
     for table in ["xattrs", "orphans", "orphan_holders", "locks", "inodes"] {
         db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
             .bind(key)
-            .defer(&mut *conn)
+            .defer_row(&mut *conn, key)
             .await?;
     }
     Ok(())

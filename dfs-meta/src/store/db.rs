@@ -249,17 +249,31 @@ pub struct DbConn {
 #[derive(Default)]
 struct Deferred {
     statements: Vec<(String, Vec<Value>)>,
-    /// The tables the statements write.
-    written: Vec<String>,
+    /// The table each statement writes, and the one row of it, when the
+    /// statement touches only that row there (`Query::defer_row`).
+    written: Vec<(String, Option<i64>)>,
 }
 
 impl Deferred {
     /// Whether `sql` names a table a pending statement writes: then it must
     /// wait until they ran, since statements sent together do not see each
-    /// other's changes.
-    fn touches(&self, sql: &str) -> bool {
-        !self.written.is_empty()
-            && words(sql).any(|w| self.written.iter().any(|t| t.eq_ignore_ascii_case(w)))
+    /// other's changes. `row`: `sql` touches only that row of its own table
+    /// `table`, so there it waits only for a pending write of the whole
+    /// table or of the same row.
+    fn touches(&self, sql: &str, row: Option<(&str, i64)>) -> bool {
+        words(sql).any(|w| {
+            self.written.iter().any(|(t, key)| {
+                if !t.eq_ignore_ascii_case(w) {
+                    return false;
+                }
+                match (row, key) {
+                    (Some((table, k)), Some(pending)) if table.eq_ignore_ascii_case(t) => {
+                        k == *pending
+                    }
+                    _ => true,
+                }
+            })
+        })
     }
 
     /// The pending statements as one: data-modifying CTEs run in order of
@@ -669,17 +683,30 @@ impl<'q> Query<'q> {
     /// a transaction (nothing would send it if the connection were dropped),
     /// it runs now.
     pub async fn defer(self, conn: &mut DbConn) -> Result<(), DbError> {
+        self.defer_as(conn, None).await
+    }
+
+    /// `defer` for a write that touches only the rows keyed `key` of the
+    /// table it writes (`WHERE ino = $1`, or an INSERT of such a row) and
+    /// reads no other row of it: it goes with waiting writes of other keys'
+    /// rows of that table.
+    pub async fn defer_row(self, conn: &mut DbConn, key: i64) -> Result<(), DbError> {
+        self.defer_as(conn, Some(key)).await
+    }
+
+    async fn defer_as(self, conn: &mut DbConn, key: Option<i64>) -> Result<(), DbError> {
         let table = written_table(self.sql);
         let Some(table) = table.filter(|_| matches!(conn.inner, Some(Inner::PgTx(_)))) else {
             return self.execute(conn).await.map(|_| ());
         };
-        if conn.pending.touches(self.sql) {
+        let row = key.map(|k| (table.as_str(), k));
+        if conn.pending.touches(self.sql, row) {
             conn.flush().await?;
         }
         conn.pending
             .statements
             .push((self.sql.to_string(), self.args));
-        conn.pending.written.push(table);
+        conn.pending.written.push((table, key));
         Ok(())
     }
 
@@ -713,7 +740,7 @@ mod tests {
             "UPDATE b SET v = $2 WHERE k = $1".into(),
             vec![Value::Int(2), Value::Int(3)],
         ));
-        d.written = vec!["a".into(), "b".into()];
+        d.written = vec![("a".into(), None), ("b".into(), None)];
         let (sql, args) = d.combined().unwrap();
         assert_eq!(
             sql,
@@ -744,13 +771,27 @@ mod tests {
         assert_eq!(written_table("SELECT 1 FROM chunks"), None);
         let d = Deferred {
             statements: vec![("DELETE FROM replicas".into(), vec![])],
-            written: vec!["replicas".into()],
+            written: vec![("replicas".into(), None)],
         };
-        assert!(d.touches("INSERT INTO gc SELECT chunk_id FROM replicas"));
-        assert!(d.touches("DELETE FROM REPLICAS"));
+        assert!(d.touches("INSERT INTO gc SELECT chunk_id FROM replicas", None));
+        assert!(d.touches("DELETE FROM REPLICAS", None));
         // A longer name that contains it is another table.
-        assert!(!d.touches("DELETE FROM gc_replicas WHERE chunk_id = $1"));
-        assert!(!Deferred::default().touches("DELETE FROM replicas"));
+        assert!(!d.touches("DELETE FROM gc_replicas WHERE chunk_id = $1", None));
+        assert!(!Deferred::default().touches("DELETE FROM replicas", None));
+        // A write of one row waits for the whole table's, not for other rows'.
+        assert!(d.touches(
+            "DELETE FROM replicas WHERE chunk_id = $1",
+            Some(("replicas", 7))
+        ));
+        let rows = Deferred {
+            statements: vec![("UPDATE inodes SET nlink = 1 WHERE ino = $1".into(), vec![])],
+            written: vec![("inodes".into(), Some(1))],
+        };
+        let delete = "DELETE FROM inodes WHERE ino = $1";
+        assert!(!rows.touches(delete, Some(("inodes", 2))));
+        assert!(rows.touches(delete, Some(("inodes", 1))), "the same row");
+        assert!(rows.touches(delete, None), "a write of any row");
+        assert!(rows.touches("INSERT INTO x SELECT ino FROM inodes", Some(("x", 2))));
     }
 
     #[tokio::test]

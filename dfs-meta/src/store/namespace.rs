@@ -561,7 +561,7 @@ async fn create_in(
     .bind(i64::from(now.nsec))
     .bind(i64::from(args.rdev))
     .bind(target)
-    .defer(&mut *tx)
+    .defer_row(&mut *tx, ino)
     .await?;
     if named {
         insert_entry(tx, args.parent, &args.name, ino as u64).await?;
@@ -925,7 +925,7 @@ async fn touch_dir(conn: &mut DbConn, dir: u64, nlink_delta: i64, now: Timespec)
     .bind(nlink_delta)
     .bind(now.sec)
     .bind(i64::from(now.nsec))
-    .defer(&mut *conn)
+    .defer_row(&mut *conn, to_i64(dir, "inode")?)
     .await?;
     Ok(())
 }
@@ -935,7 +935,7 @@ async fn set_ctime(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()> {
         .bind(to_i64(ino, "inode")?)
         .bind(now.sec)
         .bind(i64::from(now.nsec))
-        .defer(&mut *conn)
+        .defer_row(&mut *conn, to_i64(ino, "inode")?)
         .await?;
     Ok(())
 }
@@ -970,7 +970,7 @@ async fn drop_one_link(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()>
         .bind(to_i64(ino, "inode")?)
         .bind(now.sec)
         .bind(i64::from(now.nsec))
-        .defer(&mut *conn)
+        .defer_row(&mut *conn, to_i64(ino, "inode")?)
         .await?;
     Ok(())
 }
