@@ -695,8 +695,8 @@ impl<'q> Query<'q> {
     }
 
     async fn defer_as(self, conn: &mut DbConn, key: Option<i64>) -> Result<(), DbError> {
-        let table = written_table(self.sql);
-        let Some(table) = table.filter(|_| matches!(conn.inner, Some(Inner::PgTx(_)))) else {
+        let in_pg_tx = matches!(conn.inner, Some(Inner::PgTx(_)));
+        let Some(table) = in_pg_tx.then(|| written_table(self.sql)).flatten() else {
             return self.execute(conn).await.map(|_| ());
         };
         let row = key.map(|k| (table.as_str(), k));
