@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use prometheus::IntCounter;
 use sqlx::postgres::{PgPool, PgRow, Postgres};
 use sqlx::{Column, Connection, Row as _, TypeInfo};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -219,9 +220,17 @@ impl Done {
     }
 }
 
-/// Where connections come from.
+/// Where connections come from, and the count of statements they sent.
 #[derive(Clone)]
-pub enum Pool {
+pub struct Pool {
+    engine: Engine,
+    /// Statements sent to the database (a round trip each on PostgreSQL;
+    /// deferred writes sent together count once).
+    statements: IntCounter,
+}
+
+#[derive(Clone)]
+enum Engine {
     /// The one SQLite connection: one writer anyway, and never SQLITE_BUSY.
     Sqlite(Arc<Mutex<rusqlite::Connection>>),
     Pg(PgPool),
@@ -243,6 +252,7 @@ pub struct DbConn {
     sqlite_tx: bool,
     /// Deferred writes not yet sent (PostgreSQL only).
     pending: Deferred,
+    statements: IntCounter,
 }
 
 /// Writes waiting to go to PostgreSQL in one round trip.
@@ -348,61 +358,80 @@ fn renumber(sql: &str, by: usize) -> String {
 }
 
 impl Pool {
+    /// The one SQLite connection; statements counted in `statements`.
+    pub fn sqlite(conn: rusqlite::Connection, statements: IntCounter) -> Pool {
+        Pool {
+            engine: Engine::Sqlite(Arc::new(Mutex::new(conn))),
+            statements,
+        }
+    }
+
+    /// A PostgreSQL pool; statements counted in `statements`.
+    pub fn pg(pool: PgPool, statements: IntCounter) -> Pool {
+        Pool {
+            engine: Engine::Pg(pool),
+            statements,
+        }
+    }
+
+    fn conn(&self, inner: Inner, sqlite_tx: bool) -> DbConn {
+        DbConn {
+            inner: Some(inner),
+            sqlite_tx,
+            pending: Deferred::default(),
+            statements: self.statements.clone(),
+        }
+    }
+
     pub async fn acquire(&self) -> Result<DbConn, DbError> {
-        let inner = match self {
-            Pool::Sqlite(c) => Inner::Sqlite(c.clone().lock_owned().await),
-            Pool::Pg(p) => Inner::Pg(p.acquire().await?),
+        let inner = match &self.engine {
+            Engine::Sqlite(c) => Inner::Sqlite(c.clone().lock_owned().await),
+            Engine::Pg(p) => Inner::Pg(p.acquire().await?),
         };
-        Ok(DbConn::new(inner, false))
+        Ok(self.conn(inner, false))
     }
 
     /// A transaction; on PostgreSQL at SERIALIZABLE isolation.
     pub async fn begin(&self) -> Result<DbConn, DbError> {
-        match self {
-            Pool::Sqlite(c) => {
+        self.statements.inc();
+        match &self.engine {
+            Engine::Sqlite(c) => {
                 let guard = c.clone().lock_owned().await;
                 guard.execute_batch("BEGIN IMMEDIATE")?;
-                Ok(DbConn::new(Inner::Sqlite(guard), true))
+                Ok(self.conn(Inner::Sqlite(guard), true))
             }
-            Pool::Pg(p) => {
+            Engine::Pg(p) => {
                 let tx = p.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?;
-                Ok(DbConn::new(Inner::PgTx(tx), false))
+                Ok(self.conn(Inner::PgTx(tx), false))
             }
         }
     }
 
     /// A PostgreSQL connection that never goes back to the pool (None on SQLite).
     pub async fn detached(&self) -> Result<Option<DbConn>, DbError> {
-        match self {
-            Pool::Sqlite(_) => Ok(None),
-            Pool::Pg(p) => {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(None),
+            Engine::Pg(p) => {
                 let conn = p.acquire().await?.detach();
-                Ok(Some(DbConn::new(Inner::PgOwn(Box::new(conn)), false)))
+                Ok(Some(self.conn(Inner::PgOwn(Box::new(conn)), false)))
             }
         }
     }
 
     pub async fn close(&self) {
-        if let Pool::Pg(p) = self {
+        if let Engine::Pg(p) = &self.engine {
             p.close().await;
         }
     }
 }
 
 impl DbConn {
-    fn new(inner: Inner, sqlite_tx: bool) -> DbConn {
-        DbConn {
-            inner: Some(inner),
-            sqlite_tx,
-            pending: Deferred::default(),
-        }
-    }
-
     /// Sends the deferred writes, if any.
     async fn flush(&mut self) -> Result<(), DbError> {
         let Some((sql, args)) = self.pending.combined() else {
             return Ok(());
         };
+        self.statements.inc();
         let q = Query { sql: &sql, args }.pg_query();
         if let Some(pg) = self.pg() {
             q.execute(pg).await?;
@@ -412,6 +441,9 @@ impl DbConn {
 
     pub async fn commit(mut self) -> Result<(), DbError> {
         self.flush().await?;
+        if self.sqlite_tx || matches!(self.inner, Some(Inner::PgTx(_))) {
+            self.statements.inc();
+        }
         match self.inner.take() {
             Some(Inner::Sqlite(guard)) => {
                 self.sqlite_tx = false;
@@ -430,6 +462,7 @@ impl DbConn {
     /// Runs SQL text with no parameters, possibly several statements
     /// (migrations, pragmas).
     pub async fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
+        self.statements.inc();
         if let Some(Inner::Sqlite(c)) = &self.inner {
             c.execute_batch(sql)?;
             return Ok(());
@@ -442,6 +475,7 @@ impl DbConn {
     }
 
     pub async fn ping(&mut self) -> Result<(), DbError> {
+        self.statements.inc();
         if let Some(Inner::Sqlite(c)) = &self.inner {
             c.query_row("SELECT 1", [], |_| Ok(()))?;
             return Ok(());
@@ -627,6 +661,7 @@ impl<'q> Query<'q> {
     }
 
     pub async fn execute(self, conn: &mut DbConn) -> Result<Done, DbError> {
+        conn.statements.inc();
         if let Some(c) = conn.sqlite() {
             let rows = self.run_sqlite(c, |_| true)?;
             return Ok(Done { rows });
@@ -641,6 +676,7 @@ impl<'q> Query<'q> {
     }
 
     pub async fn fetch_all(self, conn: &mut DbConn) -> Result<Vec<Row>, DbError> {
+        conn.statements.inc();
         if let Some(c) = conn.sqlite() {
             let mut out = Vec::new();
             self.run_sqlite(c, |r| {
@@ -656,6 +692,7 @@ impl<'q> Query<'q> {
     }
 
     pub async fn fetch_optional(self, conn: &mut DbConn) -> Result<Option<Row>, DbError> {
+        conn.statements.inc();
         if let Some(c) = conn.sqlite() {
             let mut out = None;
             self.run_sqlite(c, |r| {
@@ -797,7 +834,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_round_trip() {
         let c = rusqlite::Connection::open_in_memory().unwrap();
-        let pool = Pool::Sqlite(Arc::new(Mutex::new(c)));
+        let pool = Pool::sqlite(c, IntCounter::new("t", "t").unwrap());
         let mut tx = pool.begin().await.unwrap();
         tx.execute_batch("CREATE TABLE t (a INTEGER, b BLOB, c TEXT)")
             .await

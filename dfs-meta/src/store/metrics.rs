@@ -1,5 +1,5 @@
 //! What the store records about itself: transaction latency, conflict retries,
-//! and errors by kind (names `dfs_meta_store_*`).
+//! statements sent, and errors by kind (names `dfs_meta_store_*`).
 
 use std::time::Duration;
 
@@ -12,6 +12,9 @@ pub struct StoreMetrics {
     pub transaction_seconds: Histogram,
     pub retries: IntCounter,
     pub errors: IntCounterVec,
+    /// Statements sent to the database: a round trip each on PostgreSQL
+    /// (deferred writes sent together count once).
+    pub statements: IntCounter,
 }
 
 impl StoreMetrics {
@@ -38,6 +41,11 @@ impl StoreMetrics {
                 &["kind"],
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            statements: IntCounter::new(
+                "dfs_meta_store_statements_total",
+                "statements sent to the database (a round trip each on PostgreSQL)",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         }
     }
 
@@ -53,6 +61,7 @@ impl StoreMetrics {
             Box::new(self.transaction_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(self.retries.clone()),
             Box::new(self.errors.clone()),
+            Box::new(self.statements.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::warn!(error = %e, "metric registration failed");

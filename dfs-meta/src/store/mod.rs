@@ -124,9 +124,10 @@ impl Store {
         if format.replication == 0 || format.replication > 16 {
             return Err(StoreError::Invalid("replication must be 1..16".into()));
         }
+        let metrics = StoreMetrics::new();
         let pool = match backend {
-            Backend::Sqlite => open_sqlite(url)?,
-            Backend::Postgres => Pool::Pg(
+            Backend::Sqlite => open_sqlite(url, metrics.statements.clone())?,
+            Backend::Postgres => Pool::pg(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(16)
                     // Not a ping (a round trip) before each use: a broken
@@ -136,12 +137,13 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect(url)
                     .await?,
+                metrics.statements.clone(),
             ),
         };
         let (chunk_size, replication) = migrate::run(&pool, backend, format).await?;
         let mut store = Store {
             pool,
-            metrics: StoreMetrics::new(),
+            metrics,
             backend,
             chunk_size,
             replication,
@@ -386,7 +388,7 @@ fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
 
 /// Opens the SQLite store at a `sqlite:PATH` / `sqlite://PATH` URL (created
 /// if missing): WAL, commits written but fsynced only by `sync`.
-fn open_sqlite(url: &str) -> Result<Pool> {
+fn open_sqlite(url: &str, statements: prometheus::IntCounter) -> Result<Pool> {
     let path = url
         .trim_start_matches("sqlite:")
         .trim_start_matches("//")
@@ -401,9 +403,7 @@ fn open_sqlite(url: &str) -> Result<Pool> {
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000;",
     )?;
     conn.set_prepared_statement_cache_capacity(256);
-    Ok(Pool::Sqlite(std::sync::Arc::new(tokio::sync::Mutex::new(
-        conn,
-    ))))
+    Ok(Pool::sqlite(conn, statements))
 }
 
 /// Milliseconds since the Unix epoch, the clock node heartbeats are kept in.
