@@ -249,13 +249,9 @@ impl Store {
             origin,
             |tx| {
                 let now = Timespec::now();
-                let mut inode = require_regular(&mut tx, ino).await?;
-                inode.require_mutable("write")?;
                 // Everything the commit checks, read before anything is written.
-                let mut found = Vec::with_capacity(chunks.len());
-                for c in chunks {
-                    found.push(commit_check(&mut tx, ino, c).await?);
-                }
+                let (mut inode, found) = commit_reads(&mut tx, ino, chunks).await?;
+                inode.require_mutable("write")?;
                 // Another client committed over a chunk this writer started
                 // from: nothing changes, the writer merges and tries again.
                 for (c, f) in chunks.iter().zip(&found) {
@@ -363,7 +359,11 @@ impl Store {
 
 /// The inode of a regular file (data changes reach no other kind).
 async fn require_regular(tx: &mut DbConn, ino: u64) -> Result<Inode> {
-    let inode = require_inode(tx, ino).await?;
+    regular(require_inode(tx, ino).await?)
+}
+
+/// `inode` if it is a regular file.
+fn regular(inode: Inode) -> Result<Inode> {
     match inode.kind {
         FileKind::Regular => Ok(inode),
         FileKind::Directory => Err(StoreError::IsDir),
@@ -381,14 +381,51 @@ struct CommitFound {
     known_nodes: usize,
 }
 
-/// Reads what `commit_chunk_in` needs to know about `c`, in one query.
-async fn commit_check(tx: &mut DbConn, ino: u64, c: &CommitChunk) -> Result<CommitFound> {
+/// The file a commit goes to (a regular file) and what `commit_chunk_in`
+/// needs to know about each chunk: the inode and the first chunk in one
+/// query, each further chunk in one more.
+async fn commit_reads(
+    tx: &mut DbConn,
+    ino: u64,
+    chunks: &[CommitChunk],
+) -> Result<(Inode, Vec<CommitFound>)> {
+    let Some((first, more)) = chunks.split_first() else {
+        return Ok((require_regular(tx, ino).await?, Vec::new()));
+    };
+    let Some(row) = commit_check(tx, ino, first, Some(&inode_columns_as("inodes", "i_"))).await?
+    else {
+        return Err(StoreError::NotFound(format!("inode {ino}")));
+    };
+    let inode = regular(inode_from_prefixed(&row, "i_")?)?;
+    let mut found = vec![commit_found(&row)?];
+    for c in more {
+        // (A SELECT without FROM always returns its one row.)
+        let row = commit_check(tx, ino, c, None)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a commit check returned no row".into()))?;
+        found.push(commit_found(&row)?);
+    }
+    Ok((inode, found))
+}
+
+/// Reads what `commit_chunk_in` needs to know about `c`, in one query;
+/// with `inode_columns`, from the file's row (no row: no such inode).
+async fn commit_check(
+    tx: &mut DbConn,
+    ino: u64,
+    c: &CommitChunk,
+    inode_columns: Option<&str>,
+) -> Result<Option<db::Row>> {
     let nodes = db::placeholders(4, c.node_ids.len());
-    let sql = format!(
-        "SELECT (SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2),
-                (SELECT COUNT(*) FROM chunk_allocations WHERE id = $3),
-                (SELECT COUNT(*) FROM nodes WHERE id IN ({nodes}))"
+    let checks = format!(
+        "(SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2) AS c_current,
+         (SELECT COUNT(*) FROM chunk_allocations WHERE id = $3) AS c_allocated,
+         (SELECT COUNT(*) FROM nodes WHERE id IN ({nodes})) AS c_known"
     );
+    let sql = match inode_columns {
+        Some(columns) => format!("SELECT {columns}, {checks} FROM inodes WHERE ino = $1"),
+        None => format!("SELECT {checks}"),
+    };
     let mut q = db::query(&sql)
         .bind(to_i64(ino, "inode")?)
         .bind(to_i64(c.index, "chunk index")?)
@@ -396,11 +433,16 @@ async fn commit_check(tx: &mut DbConn, ino: u64, c: &CommitChunk) -> Result<Comm
     for node in &c.node_ids {
         q = q.bind(to_i64(*node, "node id")?);
     }
-    let row = q.fetch_one(&mut *tx).await?;
+    Ok(q.fetch_optional(&mut *tx).await?)
+}
+
+fn commit_found(row: &db::Row) -> Result<CommitFound> {
     Ok(CommitFound {
-        current: row.try_get::<Option<i64>, _>(0)?.map(|id| id as u64),
-        allocated: row.try_get::<i64, _>(1)? > 0,
-        known_nodes: row.try_get::<i64, _>(2)? as usize,
+        current: row
+            .try_get::<Option<i64>, _>("c_current")?
+            .map(|id| id as u64),
+        allocated: row.try_get::<i64, _>("c_allocated")? > 0,
+        known_nodes: row.try_get::<i64, _>("c_known")? as usize,
     })
 }
 
