@@ -41,15 +41,7 @@ async fn postgres() -> Option<Handle> {
         return None;
     };
     let db = format!("dfs_t_{}", rand::random::<u64>());
-    let out = std::process::Command::new("psql")
-        .args([admin.as_str(), "-qc", &format!("CREATE DATABASE {db}")])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "create database: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    psql(&admin, &format!("CREATE DATABASE {db}"));
     let base = admin.rsplit_once('/').unwrap().0;
     let url = format!("{base}/{db}");
     let store = Store::open(&url, fmt()).await.unwrap();
@@ -58,6 +50,19 @@ async fn postgres() -> Option<Handle> {
         url,
         _dir: None,
     })
+}
+
+/// Runs `sql` with psql on the database at `url`; panics if it fails.
+fn psql(url: &str, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args([url, "-qc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn fmt() -> FormatOptions {
@@ -2152,19 +2157,10 @@ async fn stale_statistics_are_refreshed(h: Handle) {
     if s.backend() == Backend::Postgres {
         // Autovacuum, busy with the suite's other databases, must not
         // analyze these two first.
-        let out = std::process::Command::new("psql")
-            .args([
-                h.url.as_str(),
-                "-qc",
-                "ALTER TABLE inodes SET (autovacuum_enabled = off); \
-                 ALTER TABLE dentries SET (autovacuum_enabled = off)",
-            ])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        psql(
+            &h.url,
+            "ALTER TABLE inodes SET (autovacuum_enabled = off); \
+             ALTER TABLE dentries SET (autovacuum_enabled = off)",
         );
     }
     for i in 0..600 {

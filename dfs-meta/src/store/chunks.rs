@@ -392,8 +392,8 @@ async fn commit_reads(
     let Some((first, more)) = chunks.split_first() else {
         return Ok((require_regular(tx, ino).await?, Vec::new()));
     };
-    let Some(row) = commit_check(tx, ino, first, Some(&inode_columns_as("inodes", "i_"))).await?
-    else {
+    static INODE: LazyLock<String> = LazyLock::new(|| inode_columns_as("inodes", "i_"));
+    let Some(row) = commit_check(tx, ino, first, Some(&INODE)).await? else {
         return Err(StoreError::NotFound(format!("inode {ino}")));
     };
     let inode = regular(inode_from_prefixed(&row, "i_")?)?;

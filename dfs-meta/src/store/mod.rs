@@ -332,11 +332,11 @@ pub(crate) use in_tx;
 ///
 /// On PostgreSQL, where the look is a round trip and a retried request is
 /// rare, the first run does not look for the record first: one that is a
-/// replay either fails
-/// in the body (the name exists now, the allocation is gone), and then the
-/// record is looked for before the error is returned, or succeeds, and then
-/// its record collides with the first one's at commit (unique violation,
-/// retryable) and the rerun looks first. SQLite looks first every time.
+/// replay either fails in the body (the name exists now, the allocation is
+/// gone), and then the record is looked for before the error is returned,
+/// or succeeds, and then its record collides with the first one's at commit
+/// (unique violation, retryable) and the rerun looks first. SQLite looks
+/// first every time.
 macro_rules! in_tx_once {
     ($store:expr, $origin:expr, |$tx:ident| $body:expr,
      replay |$prev:ident| $replay:expr, made |$out:ident| $made:expr) => {{

@@ -9,8 +9,7 @@ use dfs_proto::{validate_name, ROOT_INO};
 use super::chunks::delete_inode;
 use super::ids::Counter;
 use super::rows::{
-    has_xattrs_column, inode_columns_as, inode_from_prefixed, inode_from_row, to_i64, FileKind,
-    Inode, Timespec, INODE_COLUMNS,
+    inode_columns_as, inode_from_prefixed, inode_from_row, to_i64, FileKind, Inode, Timespec,
 };
 use super::sessions;
 use super::tables::{require_inode, Origin};
@@ -359,21 +358,19 @@ impl Store {
         let limit = limit.clamp(1, 10_000);
         let mut conn = self.conn().await?;
         require_dir(&mut conn, ino).await?;
-        let cols = INODE_COLUMNS
-            .split(", ")
-            .map(|c| format!("i.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rows = db::query(&format!(
-            "SELECT d.name, {cols}, {xattrs} FROM dentries d JOIN inodes i ON i.ino = d.ino
-             WHERE d.parent = $1 AND d.name > $2 ORDER BY d.name LIMIT $3",
-            xattrs = has_xattrs_column("i")
-        ))
-        .bind(to_i64(ino, "inode")?)
-        .bind(after.to_vec())
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&mut conn)
-        .await?;
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT d.name, {} FROM dentries d JOIN inodes i ON i.ino = d.ino
+                 WHERE d.parent = $1 AND d.name > $2 ORDER BY d.name LIMIT $3",
+                inode_columns_as("i", "")
+            )
+        });
+        let rows = db::query(&SQL)
+            .bind(to_i64(ino, "inode")?)
+            .bind(after.to_vec())
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&mut conn)
+            .await?;
         let more = rows.len() > limit as usize;
         let entries = rows
             .iter()
@@ -503,9 +500,9 @@ impl Store {
     }
 }
 
-/// Creates an inode named `args.name`, or with `unnamed_holder` (the
-/// session holding it open) an unnamed one: an orphan until linked.
-/// Makes inode `ino` (a fresh id) as `args` say.
+/// Creates inode `ino` (a fresh id) named `args.name`, or with
+/// `unnamed_holder` (the session holding it open) an unnamed one: an orphan
+/// until linked.
 async fn create_in(
     tx: &mut DbConn,
     ino: i64,

@@ -103,17 +103,13 @@ impl Inode {
     }
 }
 
-/// The column list `inode_from_row` expects, for SELECTs (prefix with a table alias as needed).
-pub(crate) const INODE_COLUMNS: &str =
+/// An inode's columns, as `inode_from_row` reads them (with `xattr_count`).
+const INODE_COLUMNS: &str =
     "ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev, flags";
 
-/// Appended to a SELECT of `INODE_COLUMNS` from `inodes` aliased `alias`.
-pub(crate) fn has_xattrs_column(alias: &str) -> String {
-    format!("(SELECT COUNT(*) FROM xattrs x WHERE x.ino = {alias}.ino) AS xattr_count")
-}
-
-/// The columns of inode table `alias`, each named `{prefix}{column}` (for
-/// `inode_from_prefixed`), when one row carries several inodes.
+/// The columns of inode table `alias`, each named `{prefix}{column}`, for
+/// `inode_from_prefixed` (a prefix tells apart several inodes in one row;
+/// with none, `inode_from_row` reads them).
 pub(crate) fn inode_columns_as(alias: &str, prefix: &str) -> String {
     INODE_COLUMNS
         .split(", ")
@@ -131,8 +127,14 @@ pub(crate) fn inode_from_row(row: &db::Row) -> Result<Inode> {
 
 /// The inode in the columns named `{prefix}{column}` (`inode_columns_as`).
 pub(crate) fn inode_from_prefixed(row: &db::Row, prefix: &str) -> Result<Inode> {
-    let int =
-        |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(format!("{prefix}{c}").as_str())?) };
+    // (No allocation per column without a prefix: readdir decodes thousands.)
+    let int = |c: &str| -> Result<i64> {
+        Ok(if prefix.is_empty() {
+            row.try_get::<i64, _>(c)?
+        } else {
+            row.try_get::<i64, _>(format!("{prefix}{c}").as_str())?
+        })
+    };
     let kind_raw = int("kind")?;
     let kind = FileKind::from_i64(kind_raw)
         .ok_or_else(|| StoreError::Corrupt(format!("inode kind {kind_raw}")))?;

@@ -4,22 +4,27 @@
 //! (namespace -> chunks -> tables, sessions -> chunks, nodes -> reconcile).
 
 use super::db::{self, DbConn};
-use super::rows::{has_xattrs_column, inode_from_row, Inode, INODE_COLUMNS};
+use std::sync::LazyLock;
+
+use super::rows::{inode_columns_as, inode_from_row, Inode};
 use super::{Result, StoreError};
 
 pub(crate) async fn get_inode(conn: &mut DbConn, ino: u64) -> Result<Option<Inode>> {
     let Ok(key) = i64::try_from(ino) else {
         return Ok(None);
     };
-    db::query(&format!(
-        "SELECT {INODE_COLUMNS}, {} FROM inodes WHERE ino = $1",
-        has_xattrs_column("inodes")
-    ))
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?
-    .map(|row| inode_from_row(&row))
-    .transpose()
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM inodes WHERE ino = $1",
+            inode_columns_as("inodes", "")
+        )
+    });
+    db::query(&SQL)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| inode_from_row(&row))
+        .transpose()
 }
 
 pub(crate) async fn require_inode(conn: &mut DbConn, ino: u64) -> Result<Inode> {
