@@ -525,7 +525,7 @@ fn fsck_lists_chunk_files_meta_does_not_know_and_repair_deletes_them() {
 
 #[test]
 fn a_drained_node_hands_its_chunks_over_and_can_be_removed() {
-    let c = Cluster::start(Options {
+    let mut c = Cluster::start(Options {
         nodes: 4,
         chunk_size: 1 << 20,
         ..Options::default()
@@ -569,6 +569,10 @@ fn a_drained_node_hands_its_chunks_over_and_can_be_removed() {
     let refused = c.dfs(&["node", "remove", &busy.to_string()]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("depend"));
+    // As the README says: stop the drained node's process, then remove it (a
+    // removed node that still runs registers again as a new, empty node).
+    let index = c.node_index(node);
+    assert!(c.stop_node(index), "the drained node stops cleanly");
     assert!(c
         .dfs_ok(&["node", "remove", &node.to_string()])
         .contains("removed"));
