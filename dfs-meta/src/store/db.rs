@@ -13,6 +13,8 @@
 use std::sync::Arc;
 
 use prometheus::IntCounter;
+
+use super::checkpoint::Checkpointer;
 use sqlx::postgres::{PgPool, PgRow, Postgres};
 use sqlx::{Column, Connection, Row as _, TypeInfo};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -113,6 +115,8 @@ pub enum DbError {
     },
     #[error("the query returned no rows")]
     NoRows,
+    #[error("cannot start the store's {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
 }
 
 /// A value a column may be read as.
@@ -231,8 +235,9 @@ pub struct Pool {
 
 #[derive(Clone)]
 enum Engine {
-    /// The one SQLite connection: one writer anyway, and never SQLITE_BUSY.
-    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    /// The one SQLite connection (one writer anyway, and never SQLITE_BUSY),
+    /// and the checkpoints beside it.
+    Sqlite(Arc<Mutex<rusqlite::Connection>>, Arc<Checkpointer>),
     Pg(PgPool),
 }
 
@@ -253,6 +258,8 @@ pub struct DbConn {
     /// Deferred writes not yet sent (PostgreSQL only).
     pending: Deferred,
     statements: IntCounter,
+    /// Told of each SQLite commit.
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 /// Writes waiting to go to PostgreSQL in one round trip.
@@ -358,11 +365,24 @@ fn renumber(sql: &str, by: usize) -> String {
 }
 
 impl Pool {
-    /// The one SQLite connection; statements counted in `statements`.
-    pub fn sqlite(conn: rusqlite::Connection, statements: IntCounter) -> Pool {
+    /// The one SQLite connection, checkpointed by `checkpointer`; statements
+    /// counted in `statements`.
+    pub fn sqlite(
+        conn: rusqlite::Connection,
+        checkpointer: Checkpointer,
+        statements: IntCounter,
+    ) -> Pool {
         Pool {
-            engine: Engine::Sqlite(Arc::new(Mutex::new(conn))),
+            engine: Engine::Sqlite(Arc::new(Mutex::new(conn)), Arc::new(checkpointer)),
             statements,
+        }
+    }
+
+    /// The SQLite checkpointer (None on PostgreSQL).
+    pub fn checkpointer(&self) -> Option<&Checkpointer> {
+        match &self.engine {
+            Engine::Sqlite(_, c) => Some(c),
+            Engine::Pg(_) => None,
         }
     }
 
@@ -380,12 +400,16 @@ impl Pool {
             sqlite_tx,
             pending: Deferred::default(),
             statements: self.statements.clone(),
+            checkpointer: match &self.engine {
+                Engine::Sqlite(_, c) if sqlite_tx => Some(c.clone()),
+                _ => None,
+            },
         }
     }
 
     pub async fn acquire(&self) -> Result<DbConn, DbError> {
         let inner = match &self.engine {
-            Engine::Sqlite(c) => Inner::Sqlite(c.clone().lock_owned().await),
+            Engine::Sqlite(c, _) => Inner::Sqlite(c.clone().lock_owned().await),
             Engine::Pg(p) => Inner::Pg(p.acquire().await?),
         };
         Ok(self.conn(inner, false))
@@ -395,7 +419,7 @@ impl Pool {
     pub async fn begin(&self) -> Result<DbConn, DbError> {
         self.statements.inc();
         match &self.engine {
-            Engine::Sqlite(c) => {
+            Engine::Sqlite(c, _) => {
                 let guard = c.clone().lock_owned().await;
                 guard.execute_batch("BEGIN IMMEDIATE")?;
                 Ok(self.conn(Inner::Sqlite(guard), true))
@@ -410,7 +434,7 @@ impl Pool {
     /// A PostgreSQL connection that never goes back to the pool (None on SQLite).
     pub async fn detached(&self) -> Result<Option<DbConn>, DbError> {
         match &self.engine {
-            Engine::Sqlite(_) => Ok(None),
+            Engine::Sqlite(..) => Ok(None),
             Engine::Pg(p) => {
                 let conn = p.acquire().await?.detach();
                 Ok(Some(self.conn(Inner::PgOwn(Box::new(conn)), false)))
@@ -452,6 +476,9 @@ impl DbConn {
                     let _ = guard.execute_batch("ROLLBACK");
                 }
                 result?;
+                if let Some(c) = &self.checkpointer {
+                    c.committed();
+                }
             }
             Some(Inner::PgTx(tx)) => tx.commit().await?,
             _ => {}
@@ -525,27 +552,6 @@ pub fn query(sql: &str) -> Query<'_> {
         sql,
         args: Vec::new(),
     }
-}
-
-/// `$n` parameters as SQLite spells them (`?n`).
-fn sqlite_sql(sql: &str) -> std::borrow::Cow<'_, str> {
-    if !sql.contains('$') {
-        return sql.into();
-    }
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        if c == '\'' {
-            quoted = !quoted;
-        }
-        if c == '$' && !quoted && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('?');
-        } else {
-            out.push(c);
-        }
-    }
-    out.into()
 }
 
 impl rusqlite::ToSql for Value {
@@ -630,10 +636,18 @@ impl<'q> Query<'q> {
         c: &rusqlite::Connection,
         mut each: impl FnMut(Row) -> bool,
     ) -> Result<u64, DbError> {
-        let sql = sqlite_sql(self.sql);
-        let mut stmt = c.prepare_cached(&sql)?;
-        for (i, v) in self.args.iter().enumerate() {
-            stmt.raw_bind_parameter(i + 1, v)?;
+        // SQLite reads `$n` as a parameter named "$n" (numbered in order of
+        // first use), so each is bound by its name: no rewrite of the SQL.
+        let mut stmt = c.prepare_cached(self.sql)?;
+        for i in 1..=stmt.parameter_count() {
+            let name = stmt.parameter_name(i).unwrap_or_default();
+            let arg = name
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|n| self.args.get(n))
+                .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_string()))?;
+            stmt.raw_bind_parameter(i, arg)?;
         }
         let readonly = stmt.readonly();
         let columns: Arc<Vec<String>> = Arc::new(
@@ -757,15 +771,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dollar_parameters_become_question_marks_outside_quotes() {
-        assert_eq!(
-            sqlite_sql("SELECT a FROM t WHERE x = $1 AND y = '$2' AND z = $10"),
-            "SELECT a FROM t WHERE x = ?1 AND y = '$2' AND z = ?10"
-        );
-        assert_eq!(sqlite_sql("SELECT 1"), "SELECT 1");
-    }
-
-    #[test]
     fn deferred_writes_combine_in_order_with_renumbered_parameters() {
         let mut d = Deferred::default();
         assert!(d.combined().is_none());
@@ -834,7 +839,8 @@ mod tests {
     #[tokio::test]
     async fn sqlite_round_trip() {
         let c = rusqlite::Connection::open_in_memory().unwrap();
-        let pool = Pool::sqlite(c, IntCounter::new("t", "t").unwrap());
+        let checkpointer = Checkpointer::start(":memory:").unwrap();
+        let pool = Pool::sqlite(c, checkpointer, IntCounter::new("t", "t").unwrap());
         let mut tx = pool.begin().await.unwrap();
         tx.execute_batch("CREATE TABLE t (a INTEGER, b BLOB, c TEXT)")
             .await
@@ -858,6 +864,22 @@ mod tests {
         assert_eq!(row.try_get::<Vec<u8>, _>(1).unwrap(), vec![1, 2]);
         assert_eq!(row.try_get::<Option<String>, _>("c").unwrap(), None);
         assert!(row.try_get::<i64, _>("nope").is_err());
+        // `$n` binds the n-th value wherever and however often it appears,
+        // and is only text inside quotes.
+        let row = query("SELECT $2 - $1 AS d, '$1' AS q, $1 + $1 AS s")
+            .bind(10i64)
+            .bind(3i64)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(row.try_get::<i64, _>("d").unwrap(), -7);
+        assert_eq!(row.try_get::<String, _>("q").unwrap(), "$1");
+        assert_eq!(row.try_get::<i64, _>("s").unwrap(), 20);
+        assert!(query("SELECT $2")
+            .bind(1i64)
+            .fetch_one(&mut conn)
+            .await
+            .is_err());
         drop(conn);
         // A dropped transaction rolls back.
         let mut tx = pool.begin().await.unwrap();

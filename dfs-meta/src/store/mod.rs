@@ -18,12 +18,14 @@
 //!
 //! Durability: SQLite runs in WAL mode with `synchronous=NORMAL`, so a commit
 //! is written to the WAL (it survives a crash of the process) but not fsynced;
-//! `sync` forces everything committed so far to disk and is what a client's
-//! `fsync` ends with. A power loss may therefore drop the newest unsynced
+//! a thread checkpoints (and so fsyncs) every few dozen commits and after a
+//! quiet second (`checkpoint`), and `sync` forces everything committed so far
+//! to disk and is what a client's `fsync` ends with. A power loss may therefore drop the newest unsynced
 //! transactions, so ids handed out by them must never be handed out again: each
 //! open skips ahead in the inode and chunk counters (`ID_GAP_AFTER_OPEN`).
 //! PostgreSQL keeps its default synchronous commit; `sync` is a no-op there.
 
+mod checkpoint;
 mod chunks;
 mod db;
 mod drain;
@@ -260,12 +262,10 @@ impl Store {
         let started_ms = now_ms();
         if self.backend == Backend::Sqlite {
             let started = std::time::Instant::now();
-            let conn = self.conn().await?;
-            // The checkpoint fsyncs: off the runtime's threads.
-            let result = off_runtime(|| match conn.sqlite() {
-                Some(c) => c
-                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    .map_err(StoreError::from),
+            // On the checkpointer's connection, so transactions go on; it
+            // fsyncs: off the runtime's threads.
+            let result = off_runtime(|| match self.pool.checkpointer() {
+                Some(c) => c.checkpoint().map_err(StoreError::from),
                 None => Ok(()),
             });
             self.metrics
@@ -370,9 +370,10 @@ macro_rules! in_tx_once {
 pub(crate) use in_tx_once;
 
 /// How far the inode and chunk counters jump at each SQLite open: more ids
-/// than the transactions an unsynced WAL tail can hold (a checkpoint, which
-/// syncs, runs at the latest every 1000 WAL pages).
-const ID_GAP_AFTER_OPEN: i64 = 1 << 20;
+/// than the transactions an unsynced WAL tail can hold, each taking at most a
+/// block of 1,024 (a checkpoint, which syncs, runs at the latest when the WAL
+/// reaches `checkpoint::WAL_BACKSTOP_PAGES`, 10,000 pages: 2^24 > 10,000 × 1,024).
+const ID_GAP_AFTER_OPEN: i64 = 1 << 24;
 
 /// Runs `f`, which may block on the disk, without stalling the runtime's
 /// other tasks where the runtime allows (a multi-thread runtime).
@@ -399,11 +400,14 @@ fn open_sqlite(url: &str, statements: prometheus::IntCounter) -> Result<Pool> {
         return Err(StoreError::BadUrl(url.to_string()));
     }
     let conn = rusqlite::Connection::open(path)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000;",
-    )?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000;
+         PRAGMA wal_autocheckpoint={};",
+        checkpoint::WAL_BACKSTOP_PAGES
+    ))?;
     conn.set_prepared_statement_cache_capacity(256);
-    Ok(Pool::sqlite(conn, statements))
+    let checkpointer = checkpoint::Checkpointer::start(path)?;
+    Ok(Pool::sqlite(conn, checkpointer, statements))
 }
 
 /// Milliseconds since the Unix epoch, the clock node heartbeats are kept in.
