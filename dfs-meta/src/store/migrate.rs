@@ -67,6 +67,12 @@ const SQLITE: &[Migration] = &[
         name: "session_owners",
         sql: include_str!("../../../migrations/sqlite/0011_session_owners.sql"),
     },
+    // SQLite only: PostgreSQL tables have no rowid.
+    Migration {
+        version: 12,
+        name: "without_rowid",
+        sql: include_str!("../../../migrations/sqlite/0012_without_rowid.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -265,4 +271,90 @@ async fn format_if_new(pool: &Pool, format: FormatOptions) -> Result<(u32, u32)>
         "formatted new store"
     );
     Ok((format.chunk_size, format.replication))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_rowid_keeps_every_row_of_an_existing_store() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let (old, new) = SQLITE.split_at(SQLITE.len() - 1);
+        assert_eq!(new[0].name, "without_rowid");
+        for m in old {
+            c.execute_batch(m.sql).unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO dentries VALUES (1, x'6131', 5), (1, x'6132', 6);
+             INSERT INTO file_chunks VALUES (5, 0, 70, 4096), (5, 1, 71, 100);
+             INSERT INTO replicas VALUES (70, 1, 9), (70, 2, 9);
+             INSERT INTO gc_replicas VALUES (80, 3, 7);
+             INSERT INTO session_requests VALUES (4, 11, 5);",
+        )
+        .unwrap();
+        c.execute_batch(new[0].sql).unwrap();
+        let dump = |sql: &str| -> Vec<String> {
+            let mut stmt = c.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            stmt.query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join(","))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        };
+        assert_eq!(dump("SELECT ino FROM dentries ORDER BY name").len(), 2);
+        assert_eq!(
+            dump("SELECT parent, ino FROM dentries WHERE name = x'6132'"),
+            ["Integer(1),Integer(6)"]
+        );
+        assert_eq!(
+            dump("SELECT idx, chunk_id, valid_len FROM file_chunks ORDER BY idx"),
+            [
+                "Integer(0),Integer(70),Integer(4096)",
+                "Integer(1),Integer(71),Integer(100)"
+            ]
+        );
+        assert_eq!(
+            dump("SELECT node_id, added_ms FROM replicas ORDER BY node_id"),
+            ["Integer(1),Integer(9)", "Integer(2),Integer(9)"]
+        );
+        assert_eq!(
+            dump("SELECT * FROM gc_replicas"),
+            ["Integer(80),Integer(3),Integer(7)"]
+        );
+        assert_eq!(
+            dump("SELECT * FROM session_requests"),
+            ["Integer(4),Integer(11),Integer(5)"]
+        );
+        // The keys and the indexes still hold; the tables have no rowid now.
+        assert!(c
+            .execute("INSERT INTO file_chunks VALUES (6, 0, 70, 1)", [])
+            .is_err());
+        assert!(c
+            .execute("INSERT INTO dentries VALUES (1, x'6131', 9)", [])
+            .is_err());
+        for index in ["dentries_by_ino", "replicas_by_node", "gc_replicas_by_node"] {
+            assert_eq!(
+                dump(&format!(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND name = '{index}'"
+                ))
+                .len(),
+                1
+            );
+        }
+        for table in [
+            "dentries",
+            "file_chunks",
+            "replicas",
+            "gc_replicas",
+            "session_requests",
+        ] {
+            assert!(c.prepare(&format!("SELECT rowid FROM {table}")).is_err());
+        }
+    }
 }
