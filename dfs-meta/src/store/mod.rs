@@ -370,10 +370,11 @@ macro_rules! in_tx_once {
 pub(crate) use in_tx_once;
 
 /// How far the inode and chunk counters jump at each SQLite open: more ids
-/// than the transactions an unsynced WAL tail can hold, each taking at most a
-/// block of 1,024 (a checkpoint, which syncs, runs at the latest when the WAL
-/// reaches `checkpoint::WAL_BACKSTOP_PAGES`, 10,000 pages: 2^24 > 10,000 × 1,024).
-const ID_GAP_AFTER_OPEN: i64 = 1 << 24;
+/// than the transactions an unsynced WAL tail can hold (a checkpoint, which
+/// syncs, runs at the latest when the WAL reaches
+/// `checkpoint::WAL_BACKSTOP_PAGES`, 1,000 pages), each taking at most a block
+/// of 1,024 ids: 2^20.
+const ID_GAP_AFTER_OPEN: i64 = 1 << 20;
 
 /// Runs `f`, which may block on the disk, without stalling the runtime's
 /// other tasks where the runtime allows (a multi-thread runtime).
