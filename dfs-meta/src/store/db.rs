@@ -13,11 +13,11 @@
 use std::sync::Arc;
 
 use prometheus::IntCounter;
-
-use super::checkpoint::Checkpointer;
 use sqlx::postgres::{PgPool, PgRow, Postgres};
 use sqlx::{Column, Connection, Row as _, TypeInfo};
 use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::checkpoint::Checkpointer;
 
 /// One SQL value, as both engines store the store's columns.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,9 +20,10 @@
 //! is written to the WAL (it survives a crash of the process) but not fsynced;
 //! a thread checkpoints (and so fsyncs) every few dozen commits and after a
 //! quiet second (`checkpoint`), and `sync` forces everything committed so far
-//! to disk and is what a client's `fsync` ends with. A power loss may therefore drop the newest unsynced
-//! transactions, so ids handed out by them must never be handed out again: each
-//! open skips ahead in the inode and chunk counters (`ID_GAP_AFTER_OPEN`).
+//! to disk and is what a client's `fsync` ends with. A power loss may
+//! therefore drop the newest unsynced transactions, so ids handed out by them
+//! must never be handed out again: each open skips ahead in the inode and
+//! chunk counters (`ID_GAP_AFTER_OPEN`).
 //! PostgreSQL keeps its default synchronous commit; `sync` is a no-op there.
 
 mod checkpoint;

@@ -3,9 +3,9 @@
 //! of a request and its record. Modules above use these in one direction
 //! (namespace -> chunks -> tables, sessions -> chunks, nodes -> reconcile).
 
-use super::db::{self, DbConn};
 use std::sync::LazyLock;
 
+use super::db::{self, DbConn};
 use super::rows::{inode_columns_as, inode_from_row, Inode};
 use super::{Result, StoreError};
 
