@@ -77,6 +77,7 @@ pub async fn commit(
         chunks: committed_chunks(chunk_size, size, written),
         mtime,
         return_chunks,
+        attrs: None,
     };
     Ok(meta.clone().commit_write(request).await?.into_inner())
 }

@@ -79,6 +79,9 @@ struct FakeFile {
     size: u64,
     version: u64,
     chunks: BTreeMap<u64, pb::ChunkRef>,
+    /// Permission bits and mtime as the last commit that set them left them.
+    mode: u32,
+    mtime: Option<pb::Timespec>,
 }
 
 #[derive(Default)]
@@ -150,6 +153,14 @@ impl FakeCluster {
     }
 
     /// The file's content as meta and the nodes have it now.
+    /// The file's attributes as meta has them (as a fresh open sees them).
+    pub fn attr(&self, ino: u64) -> pb::Attr {
+        self.with(|s| {
+            let file = s.files.get(&ino).cloned().unwrap_or_default();
+            map_of(ino, &file).attr.unwrap_or_default()
+        })
+    }
+
     pub fn content(&self, ino: u64) -> Vec<u8> {
         self.with(|s| {
             let file = s.files.get(&ino).cloned().unwrap_or_default();
@@ -218,10 +229,11 @@ fn map_of(ino: u64, file: &FakeFile) -> pb::GetChunksReply {
             kind: pb::FileKind::Regular as i32,
             size: file.size,
             version: file.version,
-            mtime: Some(pb::Timespec {
+            mode: file.mode,
+            mtime: file.mtime.or(Some(pb::Timespec {
                 sec: file.version as i64,
                 nsec: 0,
-            }),
+            })),
             ..Default::default()
         }),
         chunk_size: CHUNK_SIZE,
@@ -277,6 +289,10 @@ impl FakeCluster {
             }
             file.size = file.size.max(req.size);
             file.version += 1;
+            file.mtime = req.mtime.or(file.mtime);
+            if let Some(mode) = req.attrs.as_ref().and_then(|a| a.mode) {
+                file.mode = mode;
+            }
             let reply = map_of(req.ino, file);
             for c in &req.chunks {
                 s.uncommitted.remove(&c.chunk_id);
@@ -308,6 +324,7 @@ impl FakeCluster {
             }],
             mtime: None,
             return_chunks: true,
+            attrs: None,
         };
         let _ = self.apply_commit(&request);
     }

@@ -13,7 +13,7 @@ use crate::coherence::Ticket;
 use crate::error::{FsError, FsResult};
 use crate::io::Io;
 use crate::metacache::Known;
-use crate::open_file::{ContentSignature, OpenFile};
+use crate::open_file::{now, AttrChange, ContentSignature, OpenFile};
 
 /// Directory entries fetched from meta per page.
 const DIR_PAGE: u32 = 1000;
@@ -271,6 +271,11 @@ impl DfsFs {
 
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<pb::Attr> {
         let file = self.open_file(ino);
+        if let Some(f) = &file {
+            if let Some(attr) = self.held_setattr(ino, f, &set).await? {
+                return Ok(attr);
+            }
+        }
         // A size change lands on committed data: flush what this mount holds first.
         let mut guard = match &file {
             Some(f) if set.size.is_some() => {
@@ -308,7 +313,41 @@ impl DfsFs {
             g.refresh(&self.io).await?;
         }
         drop(guard);
+        if let (Some(f), Some(mtime)) = (&file, attr.mtime) {
+            if set.mtime.is_some() || set.mtime_now {
+                // Pending writes here would otherwise commit their own time over it.
+                f.lock().await.set_mtime(mtime);
+            }
+        }
         Ok(self.overlay(attr).await)
+    }
+
+    /// setattr answered by this mount and sent with the file's next commit
+    /// (`OpenFile::hold_attrs` says when); None: it goes to meta now.
+    async fn held_setattr(
+        &self,
+        ino: u64,
+        file: &SharedFile,
+        set: &SetAttr,
+    ) -> FsResult<Option<pb::Attr>> {
+        if set.size.is_some() || set.flags.is_some() {
+            return Ok(None);
+        }
+        let current = self.getattr(ino).await?;
+        let change = AttrChange {
+            mode: set.mode,
+            uid: set.uid,
+            gid: set.gid,
+            atime: set.atime.or_else(|| set.atime_now.then(now)),
+            mtime: set.mtime.or_else(|| set.mtime_now.then(now)),
+        };
+        let mut f = file.lock().await;
+        if !f.hold_attrs(&current, change) {
+            return Ok(None);
+        }
+        let mut attr = current;
+        f.overlay(&mut attr);
+        Ok(Some(attr))
     }
 
     #[allow(clippy::too_many_arguments)]

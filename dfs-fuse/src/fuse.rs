@@ -504,7 +504,8 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         self.serve(
             "setattr",
-            Start::Task,
+            // Held for the commit of a file being written: answered here.
+            Start::Here,
             async move { fs.setattr(ino.0, set).await },
             move |fs, set| attr(&fs.io().coherence, reply, ticket, set),
         );

@@ -121,6 +121,26 @@ pub struct OpenFile {
     last_write_at: Option<std::time::Instant>,
     /// This mount holds the file's append lock on meta (`append.rs`).
     pub append_lock_held: bool,
+    /// chmod, chown and utimes held for the next commit (`hold_attrs`).
+    held_attrs: Option<HeldAttrs>,
+}
+
+/// Attribute changes answered by this mount and sent with the next commit.
+#[derive(Debug, Clone)]
+struct HeldAttrs {
+    changes: pb::AttrChanges,
+    /// When the last of them was made: the file's ctime until the commit.
+    ctime: pb::Timespec,
+}
+
+/// An attribute change `OpenFile::hold_attrs` may take.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<pb::Timespec>,
+    pub mtime: Option<pb::Timespec>,
 }
 
 impl OpenFile {
@@ -163,6 +183,7 @@ impl OpenFile {
             last_write_index: None,
             last_write_at: None,
             append_lock_held: false,
+            held_attrs: None,
         }
     }
 
@@ -210,10 +231,66 @@ impl OpenFile {
             attr.size = self.size;
             attr.version = attr.version.max(self.signature.version);
             attr.mtime = Some(self.mtime);
-            let ctime = attr.ctime.unwrap_or_default();
-            if (self.mtime.sec, self.mtime.nsec) > (ctime.sec, ctime.nsec) {
-                attr.ctime = Some(self.mtime);
-            }
+            raise_ctime(attr, self.mtime);
+        }
+        if let Some(held) = &self.held_attrs {
+            let c = &held.changes;
+            attr.mode = c.mode.unwrap_or(attr.mode);
+            attr.uid = c.uid.unwrap_or(attr.uid);
+            attr.gid = c.gid.unwrap_or(attr.gid);
+            attr.atime = c.atime.or(attr.atime);
+            raise_ctime(attr, held.ctime);
+        }
+    }
+
+    /// Answers chmod, chown and utimes here and sends them with the next
+    /// commit instead of one SetAttr round trip each (`tar x` makes three
+    /// per file), when nobody can tell the difference: the file has never
+    /// had committed content and this mount's data for it is pending, so
+    /// other clients see an empty file until the commit brings the data and
+    /// these attributes together. `current`: the file's attributes now.
+    /// Refused (false, nothing held) for a chown to another owner or group
+    /// (meta may map or refuse it by export), a file with inode flags or
+    /// under an append lock, or when a commit is not certain to follow.
+    pub fn hold_attrs(&mut self, current: &pb::Attr, change: AttrChange) -> bool {
+        let owner_kept = change.uid.is_none_or(|u| u == current.uid)
+            && change.gid.is_none_or(|g| g == current.gid);
+        let nothing = change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && change.atime.is_none()
+            && change.mtime.is_none();
+        if nothing
+            || !owner_kept
+            || !self.changed
+            || self.committed_size != 0
+            || self.inode_flags != 0
+            || current.flags != 0
+            || self.append_lock_held
+        {
+            return false;
+        }
+        let held = self.held_attrs.get_or_insert_with(|| HeldAttrs {
+            changes: pb::AttrChanges::default(),
+            ctime: pb::Timespec::default(),
+        });
+        let c = &mut held.changes;
+        c.mode = change.mode.map(|m| m & 0o7777).or(c.mode);
+        c.uid = change.uid.or(c.uid);
+        c.gid = change.gid.or(c.gid);
+        c.atime = change.atime.or(c.atime);
+        held.ctime = now();
+        if let Some(t) = change.mtime {
+            self.mtime = t;
+        }
+        true
+    }
+
+    /// An mtime meta set (utimes while this mount's writes are pending):
+    /// the commit carries it instead of the last write's time.
+    pub fn set_mtime(&mut self, mtime: pb::Timespec) {
+        if self.changed {
+            self.mtime = mtime;
         }
     }
 
@@ -521,6 +598,7 @@ impl OpenFile {
             chunks: committed_chunks(cs, size, &written),
             mtime: Some(self.mtime),
             return_chunks: true,
+            attrs: self.held_attrs.as_ref().map(|h| h.changes),
         };
         let map = io.files.commit_write(request).await;
         match map.as_ref().ok().and_then(|m| m.attr.as_ref()) {
@@ -529,6 +607,7 @@ impl OpenFile {
         }
         io.coherence.mutated();
         let map = map?;
+        self.held_attrs = None;
         self.committed = map.chunks.into_iter().map(|c| (c.index, c)).collect();
         for (index, (c, data)) in std::mem::take(&mut self.uploaded) {
             io.cache.insert(c.chunk_id, data);
@@ -784,7 +863,16 @@ impl OpenFile {
 }
 
 /// The current time as meta stores it.
-fn now() -> pb::Timespec {
+/// Moves `attr`'s ctime up to `t` if that is later.
+fn raise_ctime(attr: &mut pb::Attr, t: pb::Timespec) {
+    let ctime = attr.ctime.unwrap_or_default();
+    if (t.sec, t.nsec) > (ctime.sec, ctime.nsec) {
+        attr.ctime = Some(t);
+    }
+}
+
+/// The local clock as a timestamp.
+pub fn now() -> pb::Timespec {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -233,3 +233,79 @@ async fn zero_range_punches_whole_chunks_and_zeroes_edges() {
     assert!(!map.committed.contains_key(&1), "chunk 1 became a hole");
     assert_eq!(file.seek_data_or_hole(0, true).unwrap(), CS as u64);
 }
+
+fn at(sec: i64) -> pb::Timespec {
+    pb::Timespec { sec, nsec: 0 }
+}
+
+#[tokio::test]
+async fn attributes_held_while_new_data_is_pending_arrive_with_its_commit() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    let created = cluster.attr(INO);
+    file.write(&io, 0, b"content").await.unwrap();
+    // tar x: futimens, fchown to the same owner, fchmod, then close.
+    let change = AttrChange {
+        mode: Some(0o100644),
+        uid: Some(created.uid),
+        gid: Some(created.gid),
+        atime: Some(at(1_000)),
+        mtime: Some(at(2_000)),
+    };
+    assert!(file.hold_attrs(&created, change));
+    // This mount already shows them; meta does not have them yet.
+    let mut shown = created;
+    file.overlay(&mut shown);
+    assert_eq!(
+        (shown.mode, shown.mtime, shown.atime),
+        (0o644, Some(at(2_000)), Some(at(1_000)))
+    );
+    assert_ne!(cluster.attr(INO).mode, 0o644);
+    file.flush(&io, false).await.unwrap();
+    let committed = cluster.attr(INO);
+    assert_eq!(committed.mode, 0o644, "the mode went with the commit");
+    assert_eq!(
+        committed.mtime,
+        Some(at(2_000)),
+        "the commit kept the set mtime"
+    );
+    assert_eq!(cluster.content(INO), b"content");
+}
+
+#[tokio::test]
+async fn attributes_go_to_meta_at_once_when_holding_them_could_be_seen() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    let attr = cluster.attr(INO);
+    let chmod = AttrChange {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    // Nothing pending: no commit would carry them.
+    assert!(!file.hold_attrs(&attr, chmod));
+    file.write(&io, 0, b"first").await.unwrap();
+    // A chown to another owner: meta's export rules decide it.
+    let chown = AttrChange {
+        uid: Some(attr.uid + 1),
+        ..Default::default()
+    };
+    assert!(!file.hold_attrs(&attr, chown));
+    file.flush(&io, false).await.unwrap();
+    // Content others can read already: a chmod must reach them now.
+    file.write(&io, 5, b" more").await.unwrap();
+    assert!(!file.hold_attrs(&cluster.attr(INO), chmod));
+}
+
+#[tokio::test]
+async fn an_mtime_set_by_meta_while_writes_are_pending_is_the_one_committed() {
+    let (cluster, io) = cluster();
+    let mut file = open(&io).await;
+    file.write(&io, 0, b"data").await.unwrap();
+    file.set_mtime(at(3_000));
+    file.flush(&io, false).await.unwrap();
+    assert_eq!(cluster.attr(INO).mtime, Some(at(3_000)));
+    // A later write moves it again.
+    file.write(&io, 4, b"more").await.unwrap();
+    file.flush(&io, false).await.unwrap();
+    assert_ne!(cluster.attr(INO).mtime, Some(at(3_000)));
+}

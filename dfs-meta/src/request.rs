@@ -11,8 +11,8 @@ use dfs_proto::{pb, status_from_errno, MAX_NAME_LEN, MAX_PATH_LEN};
 use tonic::Status;
 
 use crate::store::{
-    CommitChunk, CreateArgs, FileKind, LockKind, LockRange, Timespec, MAX_PLACE_BATCH,
-    MAX_XATTR_VALUE,
+    CommitChunk, CreateArgs, FileKind, LockKind, LockRange, OwnerChanges, Timespec,
+    MAX_PLACE_BATCH, MAX_XATTR_VALUE,
 };
 
 /// Chunks one commit may name (a 4 MiB chunk each: 64 GiB of writes).
@@ -435,6 +435,8 @@ pub struct Commit {
     pub chunks: Vec<CommitChunk>,
     pub mtime: Option<Timespec>,
     pub return_chunks: bool,
+    /// The writer's chmod, chown and atime, applied with the commit.
+    pub attrs: OwnerChanges,
 }
 
 impl TryFrom<pb::CommitWriteRequest> for Commit {
@@ -479,6 +481,15 @@ impl TryFrom<pb::CommitWriteRequest> for Commit {
             chunks,
             mtime: r.mtime.as_ref().map(time).transpose()?,
             return_chunks: r.return_chunks,
+            attrs: match r.attrs {
+                Some(a) => OwnerChanges {
+                    mode: a.mode,
+                    uid: a.uid,
+                    gid: a.gid,
+                    atime: a.atime.as_ref().map(time).transpose()?,
+                },
+                None => OwnerChanges::NONE,
+            },
         })
     }
 }

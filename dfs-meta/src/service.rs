@@ -290,16 +290,11 @@ impl Meta for MetaService {
             let mut r = request::SetAttr::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
             let now = store::Timespec::now();
+            let (uid, gid) = exported_owner(export, r.uid, r.gid)?;
             let args = SetAttrArgs {
                 mode: r.mode,
-                uid: match (r.uid, export) {
-                    (Some(u), Some(e)) => Some(e.uid(u)?),
-                    (u, _) => u,
-                },
-                gid: match (r.gid, export) {
-                    (Some(g), Some(e)) => Some(e.gid(g)?),
-                    (g, _) => g,
-                },
+                uid,
+                gid,
                 size: r.size,
                 atime: r.atime.resolve(now),
                 mtime: r.mtime.resolve(now),
@@ -689,13 +684,15 @@ impl Meta for MetaService {
     ) -> Reply<pb::GetChunksReply> {
         let (view, origin) = self.view(&req, true).await?;
         let holder = auth::holder(&req);
+        let export = view.rule;
         let r = req.into_inner();
         self.observe_mutation("CommitWrite", origin, async {
             let mut r = request::Commit::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
+            (r.attrs.uid, r.attrs.gid) = exported_owner(export, r.attrs.uid, r.attrs.gid)?;
             let inode = self
                 .store
-                .commit_write(r.ino, r.size, &r.chunks, r.mtime, origin)
+                .commit_write_with(r.ino, r.size, &r.chunks, r.mtime, r.attrs, origin)
                 .await?;
             self.watchers
                 .publish(origin.session, vec![Change::data(r.ino)]);
@@ -1263,6 +1260,22 @@ const LOCK_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A file's chunk map as the wire carries it, each chunk with a read token
 /// for `holder`.
+/// The owner a chown asks for, as the caller's export maps it (EPERM when
+/// the export does not allow it).
+fn exported_owner(
+    export: Option<&Rule>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(Option<u32>, Option<u32>), Status> {
+    let Some(e) = export else {
+        return Ok((uid, gid));
+    };
+    Ok((
+        uid.map(|u| e.uid(u)).transpose()?,
+        gid.map(|g| e.gid(g)).transpose()?,
+    ))
+}
+
 fn chunk_map_reply(
     map: &crate::store::ChunkMap,
     tokens: &auth::Tokens<'_>,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use dfs_meta::store::{
     Backend, CommitChunk, CreateArgs, FileKind, HeartbeatInfo, LockKind, LockOutcome, LockRange,
-    LockSpec, Origin, RegisterArgs, SessionArgs, SetAttrArgs, Store, StoreError, Timespec,
+    LockSpec, Origin, OwnerChanges, RegisterArgs, SessionArgs, SetAttrArgs, Store, StoreError,
+    Timespec,
 };
 use dfs_meta::FormatOptions;
 use dfs_proto::ROOT_INO;
@@ -152,6 +153,7 @@ conformance!(
     stale_statistics_are_refreshed,
     small_file_calls_take_few_statements,
     one_commit_of_several_chunks,
+    commits_carry_attribute_changes,
 );
 
 async fn create_lookup_and_errors(h: Handle) {
@@ -2205,4 +2207,87 @@ async fn nul_bytes_are_refused_in_symlink_targets_and_xattr_names(h: Handle) {
         .unwrap_err();
     assert_eq!(errno(err), libc::EINVAL);
     assert!(s.list_xattr(f.ino).await.unwrap().is_empty());
+}
+
+/// A commit applies the chmod, chown and atime its writer held back, with
+/// SetAttr's rules, in the same transaction as the data.
+async fn commits_carry_attribute_changes(h: Handle) {
+    let s = &h.store;
+    three_nodes(s).await;
+    let f = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
+    let chunk = |p: &dfs_meta::store::Placement| CommitChunk {
+        index: 0,
+        chunk_id: p.chunk_id,
+        stored_len: 10,
+        crc32c: 42,
+        valid_len: 10,
+        node_ids: p.targets.iter().map(|n| n.id).collect(),
+        base: None,
+    };
+    let at = |sec| Timespec { sec, nsec: 7 };
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
+    let attrs = OwnerChanges {
+        mode: Some(0o4755),
+        uid: Some(f.uid),
+        gid: Some(f.gid),
+        atime: Some(at(1_000)),
+    };
+    let done = s
+        .commit_write_with(
+            f.ino,
+            10,
+            &[chunk(&p)],
+            Some(at(2_000)),
+            attrs,
+            Origin::NONE,
+        )
+        .await
+        .unwrap();
+    let now = s.getattr(f.ino).await.unwrap();
+    assert_eq!((now.mode, now.uid, now.size), (0o4755, f.uid, 10));
+    assert_eq!((now.atime, now.mtime), (at(1_000), at(2_000)));
+    assert_eq!(done.mode, now.mode, "the reply shows them");
+    // A chown to another owner clears setuid, as SetAttr's does.
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
+    let chown = OwnerChanges {
+        uid: Some(f.uid + 1),
+        ..OwnerChanges::NONE
+    };
+    s.commit_write_with(f.ino, 10, &[chunk(&p)], None, chown, Origin::NONE)
+        .await
+        .unwrap();
+    let now = s.getattr(f.ino).await.unwrap();
+    assert_eq!((now.mode, now.uid), (0o755, f.uid + 1));
+    // Not on a pinned file: nothing of the commit lands.
+    s.setattr(
+        f.ino,
+        SetAttrArgs {
+            flags: Some(dfs_proto::inode_flags::APPEND),
+            ..Default::default()
+        },
+        Origin::NONE,
+    )
+    .await
+    .unwrap();
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
+    let mut grow = chunk(&p);
+    grow.index = 1;
+    let chmod = OwnerChanges {
+        mode: Some(0o600),
+        ..OwnerChanges::NONE
+    };
+    let e = s
+        .commit_write_with(
+            f.ino,
+            u64::from(CS) + 10,
+            &[grow],
+            None,
+            chmod,
+            Origin::NONE,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(errno(e), libc::EPERM);
+    let now = s.getattr(f.ino).await.unwrap();
+    assert_eq!((now.mode, now.size), (0o755, 10));
 }

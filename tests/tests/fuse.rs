@@ -246,6 +246,106 @@ fn tar_git_and_rsync_work_inside() {
     );
 }
 
+/// chmod, chown and utimes made on a new file before its first close (as
+/// `tar x` and `cp -p` do) are answered by the mount and travel with the
+/// file's commit: they must show at once, stay after the close (not be
+/// overwritten by the write's own time), and reach other mounts with the data.
+/// On a file whose content others can already read, a chmod reaches them
+/// before the close.
+#[test]
+fn attributes_set_on_a_file_being_written_stick() {
+    use std::fs::{File, FileTimes, OpenOptions, Permissions};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let c = cluster();
+    let a = c.mount("a");
+    let b = c.mount("b");
+    let work = c.dir.path();
+    let src = work.join("src");
+    std::fs::create_dir(&src).unwrap();
+    let old = |days: u64| UNIX_EPOCH + Duration::from_secs(1_500_000_000 + days * 86_400);
+    for (i, mode) in [0o640, 0o755, 0o600, 0o444].iter().enumerate() {
+        let path = src.join(format!("f{i}"));
+        std::fs::write(&path, format!("content {i}\n").repeat(i * 50 + 1)).unwrap();
+        let f = File::open(&path).unwrap();
+        f.set_times(
+            FileTimes::new()
+                .set_modified(old(i as u64))
+                .set_accessed(old(9)),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(*mode)).unwrap();
+    }
+    sh(
+        work,
+        &format!(
+            "tar -C src -cf t.tar . && mkdir {0}/x && tar -C {0}/x -xf t.tar",
+            a.path.display()
+        ),
+    );
+    let shown = |root: &Path, i: usize| {
+        let m = std::fs::metadata(root.join(format!("f{i}"))).unwrap();
+        (
+            m.mode() & 0o7777,
+            m.mtime(),
+            std::fs::read(root.join(format!("f{i}"))).unwrap(),
+        )
+    };
+    for i in 0..4 {
+        let want = shown(&src, i);
+        assert_eq!(
+            shown(&a.join("x"), i),
+            want,
+            "f{i} on the mount that extracted it"
+        );
+        assert_eq!(shown(&b.join("x"), i), want, "f{i} on another mount");
+    }
+
+    // The same by hand: the open file shows them at once, and they stay.
+    let path = a.join("by-hand");
+    let mut f = File::create(&path).unwrap();
+    f.write_all(b"some bytes").unwrap();
+    f.set_permissions(Permissions::from_mode(0o751)).unwrap();
+    f.set_times(FileTimes::new().set_modified(old(3))).unwrap();
+    let meta = f.metadata().unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.modified().unwrap()),
+        (0o751, old(3))
+    );
+    drop(f);
+    for m in [&a, &b] {
+        let meta = std::fs::metadata(m.join("by-hand")).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.modified().unwrap(), meta.len()),
+            (0o751, old(3), 10)
+        );
+    }
+    // A write after the utimes moves mtime again.
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.set_times(FileTimes::new().set_modified(old(4))).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    let after = std::fs::metadata(b.join("by-hand"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(
+        after > SystemTime::now() - Duration::from_secs(60),
+        "mtime of the last write"
+    );
+
+    // Content others can read: a chmod reaches them while the writer still has it open.
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"?").unwrap();
+    f.set_permissions(Permissions::from_mode(0o600)).unwrap();
+    c.wait_until(
+        "the chmod reaches the other mount",
+        Duration::from_secs(10),
+        |_| std::fs::metadata(b.join("by-hand")).unwrap().mode() & 0o7777 == 0o600,
+    );
+    drop(f);
+    assert_eq!(std::fs::read(b.join("by-hand")).unwrap(), b"some bytes!?");
+}
+
 #[test]
 fn a_node_killed_during_a_large_copy_loses_nothing() {
     let mut c = cluster();

@@ -6,7 +6,9 @@ use std::sync::LazyLock;
 use super::db::{self, DbConn};
 
 use super::ids::Counter;
-use super::rows::{inode_columns_as, inode_from_prefixed, to_i64, FileKind, Inode, Timespec};
+use super::rows::{
+    inode_columns_as, inode_from_prefixed, to_i64, FileKind, Inode, OwnerChanges, Timespec,
+};
 use super::tables::{live_nodes, require_inode, NodeRecord, Origin};
 use super::{in_tx, in_tx_once, now_ms, Result, Store, StoreError};
 use crate::placement::{self, Candidate};
@@ -221,6 +223,22 @@ impl Store {
         mtime: Option<Timespec>,
         origin: Origin,
     ) -> Result<Inode> {
+        self.commit_write_with(ino, size, chunks, mtime, OwnerChanges::NONE, origin)
+            .await
+    }
+
+    /// `commit_write`, also applying `attrs`: the chmod, chown and utimes a
+    /// writer made while this commit's data was its own (in the same
+    /// transaction, so the data and its attributes appear together).
+    pub async fn commit_write_with(
+        &self,
+        ino: u64,
+        size: u64,
+        chunks: &[CommitChunk],
+        mtime: Option<Timespec>,
+        attrs: OwnerChanges,
+        origin: Origin,
+    ) -> Result<Inode> {
         if size > dfs_proto::MAX_FILE_SIZE {
             return Err(StoreError::FileTooBig(size));
         }
@@ -252,6 +270,9 @@ impl Store {
                 // Everything the commit checks, read before anything is written.
                 let (mut inode, found) = commit_reads(&mut tx, ino, chunks).await?;
                 inode.require_mutable("write")?;
+                if !attrs.is_empty() {
+                    inode.require_unpinned("setattr")?;
+                }
                 // Another client committed over a chunk this writer started
                 // from: nothing changes, the writer merges and tries again.
                 for (c, f) in chunks.iter().zip(&found) {
@@ -298,18 +319,40 @@ impl Store {
                 inode.version += 1;
                 inode.mtime = mtime.unwrap_or(now);
                 inode.ctime = now;
-                db::query(
-                "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7 WHERE ino = $1",
-            )
-            .bind(to_i64(ino, "inode")?)
-            .bind(size as i64)
-            .bind(inode.version as i64)
-            .bind(inode.mtime.sec)
-            .bind(i64::from(inode.mtime.nsec))
-            .bind(now.sec)
-            .bind(i64::from(now.nsec))
-            .defer_row(&mut tx, to_i64(ino, "inode")?)
-            .await?;
+                if attrs.is_empty() {
+                    db::query(
+                    "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7 WHERE ino = $1",
+                )
+                .bind(to_i64(ino, "inode")?)
+                .bind(size as i64)
+                .bind(inode.version as i64)
+                .bind(inode.mtime.sec)
+                .bind(i64::from(inode.mtime.nsec))
+                .bind(now.sec)
+                .bind(i64::from(now.nsec))
+                .defer_row(&mut tx, to_i64(ino, "inode")?)
+                .await?;
+                } else {
+                    attrs.apply(&mut inode);
+                    db::query(
+                    "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7,
+                     mode = $8, uid = $9, gid = $10, atime_s = $11, atime_ns = $12 WHERE ino = $1",
+                )
+                .bind(to_i64(ino, "inode")?)
+                .bind(size as i64)
+                .bind(inode.version as i64)
+                .bind(inode.mtime.sec)
+                .bind(i64::from(inode.mtime.nsec))
+                .bind(now.sec)
+                .bind(i64::from(now.nsec))
+                .bind(i64::from(inode.mode))
+                .bind(i64::from(inode.uid))
+                .bind(i64::from(inode.gid))
+                .bind(inode.atime.sec)
+                .bind(i64::from(inode.atime.nsec))
+                .defer_row(&mut tx, to_i64(ino, "inode")?)
+                .await?;
+                }
                 Ok(inode)
             },
             replay | _prev | require_inode(&mut tx, ino).await,

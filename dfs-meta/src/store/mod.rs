@@ -60,7 +60,7 @@ pub use locks::{HeldLock, LockKind, LockOutcome, LockRange, LockSpec};
 pub use metrics::StoreMetrics;
 pub use namespace::{CreateArgs, DirEntry, Renamed, SetAttrArgs, MAX_XATTR_VALUE};
 pub use nodes::{ClusterCounts, ExtraReplicas, HeartbeatInfo, NodeInfo, RegisterArgs, RepairItem};
-pub use rows::{FileKind, Inode, Timespec};
+pub use rows::{FileKind, Inode, OwnerChanges, Timespec};
 pub use sessions::{SessionArgs, SessionRecord};
 pub use tables::{NodeRecord, Origin};
 

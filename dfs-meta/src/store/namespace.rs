@@ -9,7 +9,8 @@ use dfs_proto::{validate_name, ROOT_INO};
 use super::chunks::delete_inode;
 use super::ids::Counter;
 use super::rows::{
-    inode_columns_as, inode_from_prefixed, inode_from_row, to_i64, FileKind, Inode, Timespec,
+    inode_columns_as, inode_from_prefixed, inode_from_row, to_i64, FileKind, Inode, OwnerChanges,
+    Timespec, S_ISGID,
 };
 use super::sessions;
 use super::tables::{require_inode, Origin};
@@ -21,9 +22,6 @@ const XATTR_CREATE: u32 = 1;
 const XATTR_REPLACE: u32 = 2;
 const RENAME_NOREPLACE: u32 = 1;
 const RENAME_EXCHANGE: u32 = 2;
-const S_ISUID: u32 = 0o4000;
-const S_ISGID: u32 = 0o2000;
-const S_IXGRP: u32 = 0o010;
 
 #[derive(Debug, Clone)]
 pub struct CreateArgs {
@@ -738,27 +736,13 @@ async fn setattr_in(
             inode.mtime = now;
         }
     }
-    if let Some(mode) = args.mode {
-        inode.mode = mode & 0o7777;
+    OwnerChanges {
+        mode: args.mode,
+        uid: args.uid,
+        gid: args.gid,
+        atime: args.atime,
     }
-    let owner_changed =
-        args.uid.is_some_and(|u| u != inode.uid) || args.gid.is_some_and(|g| g != inode.gid);
-    if let Some(uid) = args.uid {
-        inode.uid = uid;
-    }
-    if let Some(gid) = args.gid {
-        inode.gid = gid;
-    }
-    // chown clears setuid, and setgid when it means "setgid" (group-executable).
-    if owner_changed && inode.kind != FileKind::Directory && args.mode.is_none() {
-        inode.mode &= !S_ISUID;
-        if inode.mode & S_IXGRP != 0 {
-            inode.mode &= !S_ISGID;
-        }
-    }
-    if let Some(t) = args.atime {
-        inode.atime = t;
-    }
+    .apply(&mut inode);
     if let Some(t) = args.mtime {
         inode.mtime = t;
     }

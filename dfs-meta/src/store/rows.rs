@@ -166,3 +166,55 @@ pub(crate) fn inode_from_prefixed(row: &db::Row, prefix: &str) -> Result<Inode> 
 pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64> {
     i64::try_from(v).map_err(|_| StoreError::Invalid(format!("{what} {v} is too large")))
 }
+
+pub const S_ISUID: u32 = 0o4000;
+pub const S_ISGID: u32 = 0o2000;
+const S_IXGRP: u32 = 0o010;
+
+/// chmod, chown and an access time: what SetAttr and a commit carrying a
+/// writer's attribute changes (`Store::commit_write_with`) both apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerChanges {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<Timespec>,
+}
+
+impl OwnerChanges {
+    pub const NONE: OwnerChanges = OwnerChanges {
+        mode: None,
+        uid: None,
+        gid: None,
+        atime: None,
+    };
+
+    pub fn is_empty(&self) -> bool {
+        *self == OwnerChanges::NONE
+    }
+
+    /// Applies the changes to `inode` (ctime is the caller's).
+    pub fn apply(&self, inode: &mut Inode) {
+        if let Some(mode) = self.mode {
+            inode.mode = mode & 0o7777;
+        }
+        let owner_changed =
+            self.uid.is_some_and(|u| u != inode.uid) || self.gid.is_some_and(|g| g != inode.gid);
+        if let Some(uid) = self.uid {
+            inode.uid = uid;
+        }
+        if let Some(gid) = self.gid {
+            inode.gid = gid;
+        }
+        // chown clears setuid, and setgid when it means "setgid" (group-executable).
+        if owner_changed && inode.kind != FileKind::Directory && self.mode.is_none() {
+            inode.mode &= !S_ISUID;
+            if inode.mode & S_IXGRP != 0 {
+                inode.mode &= !S_ISGID;
+            }
+        }
+        if let Some(t) = self.atime {
+            inode.atime = t;
+        }
+    }
+}
