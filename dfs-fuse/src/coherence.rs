@@ -310,6 +310,11 @@ impl Coherence {
         }
     }
 
+    /// How long an entry or attribute may be cached under invalidations.
+    pub fn cache_timeout(&self) -> Duration {
+        self.long_ttl
+    }
+
     /// Whether negative entries may be cached (only under invalidations).
     pub fn caches_misses(&self) -> bool {
         self.live.load(Ordering::SeqCst)

@@ -93,6 +93,8 @@ pub struct DfsFs {
     chunk_size: AtomicU32,
     /// fcntl and flock locks, kept by meta for every mount.
     pub locks: crate::locks::Locks,
+    /// Directories whose lookups keep missing the cache, listed instead.
+    refill: crate::refill::Refill,
 }
 
 /// An open file handle, and whether the kernel may keep its cached pages.
@@ -142,6 +144,7 @@ impl DfsFs {
     pub fn new(io: Io, meta_channel: dfs_client::meta::MetaChannel) -> DfsFs {
         let files: Arc<Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>> = Default::default();
         let meta = meta_channel.client();
+        let refill = crate::refill::Refill::new(io.coherence.cache_timeout());
         DfsFs {
             io,
             meta: meta.clone(),
@@ -159,6 +162,7 @@ impl DfsFs {
             chunk_size: AtomicU32::new(0),
             page_cache_content: Mutex::new(inode_lru()),
             locks: Default::default(),
+            refill,
         }
     }
 
@@ -221,7 +225,15 @@ impl DfsFs {
     }
 
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<pb::Attr> {
-        match self.coherence().known(parent, name) {
+        let mut known = self.coherence().known(parent, name);
+        if known.is_none() && self.coherence().caches_misses() && self.refill.missed(parent) {
+            // Many names of this directory wanted and not known: list it.
+            if let Err(e) = self.list_into_cache(parent).await {
+                tracing::debug!(dir = parent, error = %e, "listing for lookups failed");
+            }
+            known = self.coherence().known(parent, name);
+        }
+        match known {
             Some(Known::Missing) => return Err(FsError::new(libc::ENOENT, "no such entry")),
             Some(Known::Found(attr)) => return Ok(self.overlay(attr).await),
             None => {}
@@ -1086,21 +1098,7 @@ impl DfsFs {
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))?;
         let mut l = listing.lock().await;
         while l.more && l.entries.len() < from + max {
-            let after = l.entries.last().map(|e| e.name.clone()).unwrap_or_default();
-            let page = self
-                .meta()
-                .read_dir(pb::ReadDirRequest {
-                    ino: l.ino,
-                    after,
-                    limit: DIR_PAGE,
-                })
-                .await?
-                .into_inner();
-            l.more = page.more;
-            l.entries.extend(page.entries);
-            if !l.more {
-                self.learned_listing(&l);
-            }
+            self.next_page(&mut l).await?;
         }
         let mut page: Vec<pb::DirEntry> = l.entries.iter().skip(from).take(max).cloned().collect();
         drop(l);
@@ -1112,6 +1110,54 @@ impl DfsFs {
             }
         }
         Ok(page)
+    }
+
+    /// The listing's next page from meta; once it has them all, the cache
+    /// learns them.
+    async fn next_page(&self, l: &mut DirListing) -> FsResult<()> {
+        let after = l.entries.last().map(|e| e.name.clone()).unwrap_or_default();
+        let page = self
+            .meta()
+            .read_dir(pb::ReadDirRequest {
+                ino: l.ino,
+                after,
+                limit: DIR_PAGE,
+            })
+            .await?
+            .into_inner();
+        l.more = page.more;
+        l.entries.extend(page.entries);
+        if !l.more {
+            self.learned_listing(l);
+        }
+        Ok(())
+    }
+
+    /// Lists `dir` into the cache for lookups that keep missing there
+    /// (`refill.rs`): the whole directory, or its first pages, whose names
+    /// are then known but not the absence of others.
+    async fn list_into_cache(&self, dir: u64) -> FsResult<()> {
+        let mut l = DirListing {
+            ino: dir,
+            entries: Vec::new(),
+            more: true,
+            ticket: self.coherence().ticket(),
+        };
+        for _ in 0..crate::refill::MAX_PAGES {
+            if !l.more {
+                return Ok(());
+            }
+            self.next_page(&mut l).await?;
+        }
+        if l.more {
+            let c = self.coherence();
+            for e in &l.entries {
+                if let Some(attr) = &e.attr {
+                    c.learned_entry(l.ticket, dir, &e.name, Some(attr));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A listing fetched whole: its names and attributes go to the cache.

@@ -23,6 +23,7 @@ pub mod metacache;
 pub mod metrics;
 pub mod open_file;
 pub mod options;
+pub mod refill;
 
 use std::sync::Arc;
 

@@ -102,3 +102,42 @@ fn small_file_operations_make_few_round_trips() {
     let (delete, total) = per_file(&t6, &t7);
     assert!(total < 1.1, "delete: {total:.2} calls per file: {delete:?}");
 }
+
+/// Once the caches have forgotten a directory's names (`cache_timeout`), a
+/// program that stats them all lists the directory instead of looking each
+/// name up (`dfs-fuse/src/refill.rs`).
+#[test]
+fn stats_after_the_cache_expired_list_the_directory_once() {
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let m = c.mount_with("m", "cache_timeout=2");
+    c.wait_until("invalidations live", Duration::from_secs(30), |_| {
+        dfs_tests::metric_value(
+            &http_get(m.metrics.as_ref().unwrap(), "/metrics"),
+            "dfs_fuse_watch_live",
+        ) == 1.0
+    });
+    let dir = m.join("old");
+    std::fs::create_dir(&dir).unwrap();
+    let paths: Vec<_> = (0..FILES).map(|i| dir.join(format!("f{i}"))).collect();
+    for (i, p) in paths.iter().enumerate() {
+        std::fs::write(p, vec![1u8; i]).unwrap();
+    }
+    // Past the mount's and the kernel's cache time.
+    std::thread::sleep(Duration::from_millis(2500));
+    drop_kernel_caches();
+    let t0 = calls(&m);
+    for (i, p) in paths.iter().enumerate() {
+        assert_eq!(std::fs::metadata(p).unwrap().len(), i as u64);
+    }
+    assert!(!dir.join("absent").exists());
+    let t1 = calls(&m);
+    let (stat, total) = per_file(&t0, &t1);
+    assert!(
+        stat.get("ReadDir").copied().unwrap_or(0.0) > 0.0,
+        "the directory was listed: {stat:?}"
+    );
+    assert!(total < 0.3, "stat: {total:.2} calls per file: {stat:?}");
+}
