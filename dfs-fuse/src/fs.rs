@@ -297,6 +297,22 @@ impl DfsFs {
             }
             _ => None,
         };
+        if let (None, Some(f)) = (&guard, &file) {
+            // Changes held for the commit land first, then this one over them
+            // (a chown's setuid clearing, the kernel's mode, a later chmod).
+            let held = f.lock().await.take_held_attrs();
+            if let Some(h) = held {
+                let request = pb::SetAttrRequest {
+                    ino,
+                    mode: h.mode,
+                    uid: h.uid,
+                    gid: h.gid,
+                    atime: h.atime,
+                    ..Default::default()
+                };
+                self.meta().set_attr(request).await?;
+            }
+        }
         let request = pb::SetAttrRequest {
             ino,
             mode: set.mode,

@@ -286,6 +286,11 @@ impl OpenFile {
         true
     }
 
+    /// The held attribute changes, no longer held: the caller sends them.
+    pub fn take_held_attrs(&mut self) -> Option<pb::AttrChanges> {
+        self.held_attrs.take().map(|h| h.changes)
+    }
+
     /// An mtime meta set (utimes while this mount's writes are pending):
     /// the commit carries it instead of the last write's time.
     pub fn set_mtime(&mut self, mtime: pb::Timespec) {

@@ -333,6 +333,22 @@ fn attributes_set_on_a_file_being_written_stick() {
         "mtime of the last write"
     );
 
+    // A chown to another group after a held chmod: its setuid clearing lands last.
+    let mut f = File::create(a.join("setuid")).unwrap();
+    f.write_all(b"#!/bin/sh\n").unwrap();
+    f.set_permissions(Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::fchown(&f, None, Some(1)).unwrap();
+    assert_eq!(
+        f.metadata().unwrap().mode() & 0o7777,
+        0o755,
+        "chown cleared setuid"
+    );
+    drop(f);
+    for m in [&a, &b] {
+        let meta = std::fs::metadata(m.join("setuid")).unwrap();
+        assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o755, 1));
+    }
+
     // Content others can read: a chmod reaches them while the writer still has it open.
     let mut f = OpenOptions::new().append(true).open(&path).unwrap();
     f.write_all(b"?").unwrap();
