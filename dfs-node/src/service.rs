@@ -25,6 +25,12 @@ const READ_PIECE: usize = 1 << 20;
 /// Chunks up to this size that this node stores last in its chain are
 /// gathered in memory and stored in one step (`store_gathered`).
 const GATHER_MAX: u64 = 256 * 1024;
+/// A gathered chunk up to this size that need not be durable is written on
+/// the request's own thread: it only reaches the page cache (tens of
+/// microseconds), less than the hand-off to the blocking pool and back, two
+/// thread wake-ups. 4 KiB creates on 3 nodes sharing 2 cores: 425 -> 481
+/// files/s. Durable writes (fsync) and larger chunks still go to the pool.
+const INLINE_MAX: u64 = 64 * 1024;
 
 pub struct ChunkService {
     store: Arc<ChunkStore>,
@@ -65,8 +71,9 @@ async fn blocking<T: Send + 'static>(
 impl ChunkService {
     /// Stores a small chunk this node is the last of its chain for: its
     /// pieces are gathered (at most the announced length, which is at most
-    /// `GATHER_MAX`) and written, checked and installed in one step on the
-    /// blocking pool, instead of one hand-off there and back per piece.
+    /// `GATHER_MAX`) and written, checked and installed in one step: on this
+    /// thread up to `INLINE_MAX` when not durable, otherwise on the blocking
+    /// pool, instead of one hand-off there and back per piece.
     /// Returns the bytes received.
     async fn store_gathered(
         &self,
@@ -91,7 +98,7 @@ impl ChunkService {
         }
         let store = self.store.clone();
         let (crc, durable) = (header.crc32c, header.durable);
-        blocking(move || {
+        let work = move || {
             let mut writer = store.begin_write(id, length, crc)?;
             for piece in pieces {
                 match piece {
@@ -101,8 +108,12 @@ impl ChunkService {
                 }
             }
             writer.finish(&store, durable)
-        })
-        .await?;
+        };
+        if !durable && length <= INLINE_MAX {
+            work().map_err(Status::from)?;
+        } else {
+            blocking(work).await?;
+        }
         Ok(bytes)
     }
 }
