@@ -319,22 +319,8 @@ impl Store {
                 inode.version += 1;
                 inode.mtime = mtime.unwrap_or(now);
                 inode.ctime = now;
-                if attrs.is_empty() {
-                    db::query(
-                    "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7 WHERE ino = $1",
-                )
-                .bind(to_i64(ino, "inode")?)
-                .bind(size as i64)
-                .bind(inode.version as i64)
-                .bind(inode.mtime.sec)
-                .bind(i64::from(inode.mtime.nsec))
-                .bind(now.sec)
-                .bind(i64::from(now.nsec))
-                .defer_row(&mut tx, to_i64(ino, "inode")?)
-                .await?;
-                } else {
-                    attrs.apply(&mut inode);
-                    db::query(
+                attrs.apply(&mut inode);
+                db::query(
                     "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7,
                      mode = $8, uid = $9, gid = $10, atime_s = $11, atime_ns = $12 WHERE ino = $1",
                 )
@@ -352,7 +338,6 @@ impl Store {
                 .bind(i64::from(inode.atime.nsec))
                 .defer_row(&mut tx, to_i64(ino, "inode")?)
                 .await?;
-                }
                 Ok(inode)
             },
             replay | _prev | require_inode(&mut tx, ino).await,
