@@ -1095,12 +1095,7 @@ impl DfsFs {
             return Err(FsError::new(libc::ENOTDIR, "not a directory"));
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let listing = DirListing {
-            ino,
-            entries: Vec::new(),
-            more: true,
-            ticket: self.coherence().ticket(),
-        };
+        let listing = self.new_listing(ino);
         lock(&self.dirs).insert(fh, Arc::new(AsyncMutex::new(listing)));
         Ok(fh)
     }
@@ -1153,12 +1148,7 @@ impl DfsFs {
     /// (`refill.rs`): the whole directory, or its first pages, whose names
     /// are then known but not the absence of others.
     async fn list_into_cache(&self, dir: u64) -> FsResult<()> {
-        let mut l = DirListing {
-            ino: dir,
-            entries: Vec::new(),
-            more: true,
-            ticket: self.coherence().ticket(),
-        };
+        let mut l = self.new_listing(dir);
         for _ in 0..crate::refill::MAX_PAGES {
             if !l.more {
                 return Ok(());
@@ -1166,26 +1156,38 @@ impl DfsFs {
             self.next_page(&mut l).await?;
         }
         if l.more {
-            let c = self.coherence();
-            for e in &l.entries {
-                if let Some(attr) = &e.attr {
-                    c.learned_entry(l.ticket, dir, &e.name, Some(attr));
-                }
-            }
+            // Partial: the names seen are known, not the absence of others.
+            self.learned_entries(&l);
         }
         Ok(())
     }
 
-    /// A listing fetched whole: its names and attributes go to the cache.
-    fn learned_listing(&self, l: &DirListing) {
+    /// A listing of `ino` with nothing fetched yet.
+    fn new_listing(&self, ino: u64) -> DirListing {
+        DirListing {
+            ino,
+            entries: Vec::new(),
+            more: true,
+            ticket: self.coherence().ticket(),
+        }
+    }
+
+    /// The names and attributes a listing fetched so far go to the cache.
+    fn learned_entries(&self, l: &DirListing) {
         let c = self.coherence();
         for e in &l.entries {
             if let Some(attr) = &e.attr {
                 c.learned_entry(l.ticket, l.ino, &e.name, Some(attr));
             }
         }
+    }
+
+    /// A listing fetched whole: its names and attributes go to the cache, and
+    /// that the directory holds no others.
+    fn learned_listing(&self, l: &DirListing) {
+        self.learned_entries(l);
         let names = l.entries.iter().map(|e| e.name.clone()).collect();
-        c.learned_listing(l.ticket, l.ino, names);
+        self.coherence().learned_listing(l.ticket, l.ino, names);
     }
 
     pub fn releasedir(&self, fh: u64) {
