@@ -11,7 +11,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::coherence::Ticket;
 use crate::error::{FsError, FsResult};
-use crate::io::Io;
+use crate::io::{Io, ReadData};
 use crate::metacache::Known;
 use crate::open_file::{now, AttrChange, ContentSignature, OpenFile};
 
@@ -778,7 +778,7 @@ impl DfsFs {
         Ok(fh)
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         let file = self.file_of(fh)?;
         let plan = file.lock().await.plan_read(&self.io, offset, size);
         let data = match self.io.complete_read(plan).await {

@@ -10,6 +10,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::io::IoSlice;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -643,7 +644,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         match self.run("read", self.fs.read(fh.0, offset, size)) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                let parts: Vec<IoSlice> = data.parts().iter().map(|p| IoSlice::new(p)).collect();
+                reply.data_vectored(&parts)
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -17,7 +17,7 @@ use prost::bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use crate::error::{FsError, FsResult};
-use crate::io::{copy_within, Io, PendingRead, Piece};
+use crate::io::{Io, Part, PendingRead, Piece};
 use crate::memory::MemoryBudget;
 use crate::metrics::FuseMetrics;
 
@@ -801,22 +801,18 @@ impl OpenFile {
         self.near_reads = if near { self.near_reads + 1 } else { 0 };
         let sequential = offset == 0 || offset == self.last_read_end || self.near_reads >= 2;
         let mut plan = PendingRead {
-            out: Vec::new(),
-            pieces: Vec::new(),
+            parts: Vec::new(),
             sequential,
         };
         if offset >= end {
             return plan;
         }
         let cs = self.chunk_size;
-        plan.out.reserve((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
             let index = pos / cs;
             let within = (pos - index * cs) as usize;
             let take = ((cs - within as u64).min(end - pos)) as usize;
-            let at = plan.out.len();
-            zero_runs::zero_extend(&mut plan.out, at + take);
             let buffered: Option<&[u8]> = if let Some(buf) = self.dirty.get(&index) {
                 Some(buf)
             } else if let Some((data, _)) = self.inflight.get(&index) {
@@ -829,14 +825,22 @@ impl OpenFile {
             match (buffered, self.committed.get(&index)) {
                 // Bytes past what the source holds (a hole, or past a chunk's
                 // valid length) stay zero.
-                (Some(src), _) => copy_within(&mut plan.out[at..at + take], src, within),
-                (None, Some(chunk)) => plan.pieces.push(Piece {
+                (Some(src), _) => {
+                    let avail = src.len().saturating_sub(within).min(take);
+                    if avail > 0 {
+                        let copy = Bytes::copy_from_slice(&src[within..within + avail]);
+                        plan.parts.push(Part::Bytes(copy));
+                    }
+                    if take > avail {
+                        plan.parts.push(Part::Zeros(take - avail));
+                    }
+                }
+                (None, Some(chunk)) => plan.parts.push(Part::Fetch(Piece {
                     chunk: chunk.clone(),
                     within,
                     take,
-                    at,
-                }),
-                (None, None) => {}
+                })),
+                (None, None) => plan.parts.push(Part::Zeros(take)),
             }
             pos += take as u64;
         }

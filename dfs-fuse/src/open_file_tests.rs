@@ -24,7 +24,7 @@ async fn open(io: &Io) -> OpenFile {
 async fn read_back(io: &Io, len: usize) -> Vec<u8> {
     let mut file = open(io).await;
     let plan = file.plan_read(io, 0, len as u32 + 100);
-    io.complete_read(plan).await.expect("read")
+    io.complete_read(plan).await.expect("read").to_vec()
 }
 
 fn cluster() -> (FakeCluster, Io) {
@@ -60,7 +60,7 @@ async fn reads_see_buffered_bytes_over_committed_ones_and_zeros_in_holes() {
     file.write(&io, 10, b"hello").await.unwrap();
     file.write(&io, 3 * CS as u64, b"end").await.unwrap();
     let plan = file.plan_read(&io, 0, 4 * CS as u32);
-    let out = io.complete_read(plan).await.unwrap();
+    let out = io.complete_read(plan).await.unwrap().to_vec();
     let mut want = pattern(1, CS);
     want[10..15].copy_from_slice(b"hello");
     want.resize(3 * CS, 0);
@@ -68,6 +68,27 @@ async fn reads_see_buffered_bytes_over_committed_ones_and_zeros_in_holes() {
     assert_eq!(out, want);
     // The cluster still has only what was flushed.
     assert_eq!(cluster.content(INO), pattern(1, CS));
+}
+
+#[tokio::test]
+async fn a_random_read_is_served_from_blocks_in_order() {
+    let (_cluster, io) = cluster();
+    let mut file = open(&io).await;
+    let data = pattern(4, 5 * CS + 100);
+    file.write(&io, 0, &data).await.unwrap();
+    file.flush(&io, false).await.unwrap();
+    let mut reader = open(&io).await;
+    // Not at 0 and not after a previous read: a random read, fetched as the
+    // blocks it touches, across chunk boundaries.
+    let (from, len) = (CS + CS / 3, 2 * CS);
+    let plan = reader.plan_read(&io, from as u64, len as u32);
+    assert!(!plan.sequential);
+    let out = io.complete_read(plan).await.unwrap();
+    assert_eq!(out.to_vec(), data[from..from + len]);
+    // A read running past the end stops at the end.
+    let tail = data.len() - 10;
+    let plan = reader.plan_read(&io, tail as u64, CS as u32);
+    assert_eq!(io.complete_read(plan).await.unwrap().to_vec(), data[tail..]);
 }
 
 #[tokio::test]
@@ -83,7 +104,7 @@ async fn a_failed_upload_keeps_the_bytes_and_the_next_flush_commits_them() {
     assert!(cluster.content(INO).is_empty());
     assert!(file.has_changes());
     let plan = file.plan_read(&io, 0, data.len() as u32);
-    assert_eq!(io.complete_read(plan).await.unwrap(), data);
+    assert_eq!(io.complete_read(plan).await.unwrap().to_vec(), data);
     file.flush(&io, false).await.unwrap();
     assert_eq!(cluster.content(INO), data);
 }

@@ -209,6 +209,12 @@ impl ReplyData {
         self.reply.send_ll(&ll::ResponseSlice(data));
     }
 
+    /// Reply to a request with data in several pieces, written to the kernel
+    /// in one `writev` without first copying them together (dfs patch).
+    pub fn data_vectored(self, parts: &[IoSlice<'_>]) {
+        self.reply.send_ll(&ll::ResponseSlices(parts));
+    }
+
     /// Reply to a request with the given error code
     pub fn error(self, err: Errno) {
         self.reply.error(err);
