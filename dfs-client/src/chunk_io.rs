@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dfs_proto::pb::{self, write_chunk_request::Msg, NodeRef, WriteChunkRequest, WriteHeader};
 use dfs_proto::zero_runs;
-use prost::bytes::{Bytes, BytesMut};
+use prost::bytes::Bytes;
 
 use crate::error::Shortfall;
 use crate::{Channels, ClientError};
@@ -434,17 +434,18 @@ pub async fn read_replica(
             })
             .await?
             .into_inner();
-        let mut buf = BytesMut::with_capacity(length as usize);
+        let mut buf = crate::buffers::take(length as usize);
         while let Some(msg) = stream.message().await? {
             if msg.data.is_empty() {
                 let zeros =
                     (msg.zeros as usize).min(length as usize - buf.len().min(length as usize));
-                buf.resize(buf.len() + zeros, 0);
+                let to = buf.len() + zeros;
+                zero_runs::zero_extend(&mut buf, to);
             } else {
                 buf.extend_from_slice(&msg.data);
             }
         }
-        Ok::<_, ClientError>(buf.freeze())
+        Ok::<_, ClientError>(crate::buffers::freeze(buf))
     };
     tokio::time::timeout(deadline_for(length as usize), call)
         .await

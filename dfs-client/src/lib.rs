@@ -4,6 +4,7 @@
 //! checksum-verified chunk reads that fall back across replicas. The metadata
 //! channel (`meta`) fails over between metas and retries what no meta answered.
 
+pub mod buffers;
 pub mod channels;
 pub mod chunk_io;
 pub mod commit;

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use dfs_client::buffers;
 use dfs_client::chunk_io::UploadedChunk;
 use dfs_client::commit::{commit_size, committed_chunks, Written};
 use dfs_proto::{pb, zero_runs};
@@ -33,6 +34,9 @@ const COMMIT_EVERY: usize = 4;
 /// How far from the previous read's end a read still counts as part of a scan
 /// (twice the kernel's largest readahead).
 const SCAN_WINDOW: u64 = 2 << 20;
+/// A first write into a new chunk this large (glibc's mmap threshold in the
+/// mount) starts from a pooled whole-chunk buffer (`dfs_client::buffers`).
+const LARGE_WRITE: usize = 128 * 1024;
 
 /// What identifies a file's content as meta last reported it: any data change
 /// (a commit bumps `version`; a truncate moves size and mtime) changes it.
@@ -321,7 +325,12 @@ impl OpenFile {
             let take = ((cs - within as u64).min(end - pos)) as usize;
             let piece = &data[(pos - offset) as usize..(pos - offset) as usize + take];
             if !self.dirty.contains_key(&index) {
-                let base = self.base_of(io, index).await?;
+                let mut base = self.base_of(io, index).await?;
+                if base.is_empty() && take >= LARGE_WRITE {
+                    // A large writer fills whole chunks: a reused buffer
+                    // spares the faults of a fresh mapping.
+                    base = buffers::take(cs as usize);
+                }
                 self.dirty.insert(index, base);
                 let from = self.committed.get(&index).map(|c| c.chunk_id);
                 self.edits.entry(index).or_insert_with(|| ChunkEdit {
@@ -457,7 +466,7 @@ impl OpenFile {
         while self.inflight.len() >= MAX_INFLIGHT {
             self.finish_one_upload().await?;
         }
-        let data = Bytes::from(buf);
+        let data = buffers::freeze(buf);
         let handle = tokio::spawn(io.chunks.upload(data.clone(), durable));
         self.inflight.insert(index, (data, handle));
         Ok(())
