@@ -235,18 +235,21 @@ impl ChunkStore {
             block_crcs: Vec::with_capacity(blocks as usize),
             block_crc: 0,
             block_fill: 0,
+            installed: false,
         })
     }
 
-    /// Moves a finished write into place.
-    fn install(&self, w: ChunkWriter, durable: bool) -> Result<()> {
+    /// Moves a finished write into place. `size` is the temp file's length
+    /// (`finish` set it). The common case, a new id in an existing
+    /// directory, costs one stat and one rename.
+    fn install(&self, mut w: ChunkWriter, size: u64, durable: bool) -> Result<()> {
         let final_path = self.path(w.id);
         let dir = final_path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
-        fs::create_dir_all(&dir)?;
-        if final_path.exists() {
+        let mut previous = fs::metadata(&final_path).ok().map(|m| m.len());
+        if previous.is_some() {
             // Ids are written once: a retried write may bring the same bytes
             // again, never others (a reused id would change a file's data).
             match self.describe(w.id) {
@@ -260,11 +263,17 @@ impl ChunkStore {
                 // Unreadable or corrupt (now moved aside): the new copy replaces it.
                 Err(_) => {}
             }
+            // After the check: a corrupt copy was just moved aside by `describe`.
+            previous = fs::metadata(&final_path).ok().map(|m| m.len());
         }
-        // After the check: a corrupt copy was just moved aside by `describe`.
-        let previous = fs::metadata(&final_path).ok().map(|m| m.len());
-        let size = fs::metadata(&w.tmp)?.len();
-        fs::rename(&w.tmp, &final_path)?;
+        match fs::rename(&w.tmp, &final_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {
+                fs::create_dir_all(&dir)?;
+                fs::rename(&w.tmp, &final_path)?;
+            }
+            other => other?,
+        }
+        w.installed = true;
         if durable {
             File::open(&dir)?.sync_all()?;
         }
@@ -283,13 +292,15 @@ impl ChunkStore {
     }
 
     /// Reads `length` bytes at `offset` (clamped to the chunk), verifying every
-    /// block touched, and hands them to `sink` in pieces. `sink` returns false to stop.
+    /// block touched, and hands them to `sink` in pieces (borrowed from one
+    /// buffer reused for every block, which is neither zeroed nor reallocated
+    /// per block). `sink` returns false to stop.
     pub fn read(
         &self,
         id: u64,
         offset: u64,
         length: u64,
-        mut sink: impl FnMut(Vec<u8>) -> bool,
+        mut sink: impl FnMut(&[u8]) -> bool,
     ) -> Result<()> {
         let _reading = self.readers.start(id);
         let mut file = match File::open(self.path(id)) {
@@ -304,16 +315,18 @@ impl ChunkStore {
         }
         let data_start = HEADER_LEN + 4 * table.len() as u64;
         let mut block = offset / BLOCK;
+        let mut buf = Vec::with_capacity(BLOCK as usize);
         while block * BLOCK < end {
             let block_start = block * BLOCK;
-            let block_len = BLOCK.min(header.length - block_start) as usize;
-            let mut buf = vec![0u8; block_len];
+            let block_len = BLOCK.min(header.length - block_start);
             let mut verified = false;
             // A mismatch is read once more before the chunk counts as corrupt:
             // only a mismatch the disk repeats moves the chunk aside.
             for _ in 0..2 {
                 file.seek(SeekFrom::Start(data_start + block_start))?;
-                if !read_or_short(&mut file, &mut buf)? {
+                buf.clear();
+                (&mut file).take(block_len).read_to_end(&mut buf)?;
+                if (buf.len() as u64) < block_len {
                     return Err(self.corrupt(id, format!("short block {block}")));
                 }
                 if crc32c::crc32c(&buf) == table[block as usize] {
@@ -325,13 +338,8 @@ impl ChunkStore {
                 return Err(self.corrupt(id, format!("block {block} checksum mismatch")));
             }
             let from = offset.saturating_sub(block_start) as usize;
-            let to = (end - block_start).min(block_len as u64) as usize;
-            let piece = if from == 0 && to == block_len {
-                buf
-            } else {
-                buf[from..to].to_vec()
-            };
-            if !sink(piece) {
+            let to = (end - block_start).min(block_len) as usize;
+            if !sink(&buf[from..to]) {
                 return Ok(());
             }
             block += 1;
@@ -487,6 +495,8 @@ pub struct ChunkWriter {
     block_crcs: Vec<u32>,
     block_crc: u32,
     block_fill: u64,
+    /// Renamed into place: the temp name is gone.
+    installed: bool,
 }
 
 impl ChunkWriter {
@@ -571,21 +581,25 @@ impl ChunkWriter {
         header.resize(HEADER_LEN as usize, 0);
         // A chunk that ends in zeros ends in a hole: the file still has its full size.
         let blocks = self.block_crcs.len() as u64;
-        self.file.set_len(HEADER_LEN + 4 * blocks + self.length)?;
+        let size = HEADER_LEN + 4 * blocks + self.length;
+        self.file.set_len(size)?;
         self.file.seek(SeekFrom::Start(0))?;
         self.file.write_all(&header)?;
         self.file.write_all(&table)?;
         if durable {
             self.file.sync_all()?;
         }
-        store.install(self, durable)
+        store.install(self, size, durable)
     }
 }
 
 impl Drop for ChunkWriter {
     fn drop(&mut self) {
-        // Unfinished or installed: either way the temp name must not linger.
-        let _ = fs::remove_file(&self.tmp);
+        // An unfinished write's temp file must not linger (an installed
+        // one was renamed away).
+        if !self.installed {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -622,7 +636,7 @@ mod tests {
     fn read_all(store: &ChunkStore, id: u64, off: u64, len: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         store.read(id, off, len, |p| {
-            out.extend_from_slice(&p);
+            out.extend_from_slice(p);
             true
         })?;
         Ok(out)
@@ -665,7 +679,7 @@ mod tests {
                 if out.is_empty() {
                     assert_eq!(store.delete(&[9]).unwrap(), 1);
                 }
-                out.extend_from_slice(&piece);
+                out.extend_from_slice(piece);
                 true
             })
             .unwrap();

@@ -256,7 +256,7 @@ impl Copier {
             let (len, crc) = store.describe(id)?;
             let mut data = Vec::with_capacity(len as usize);
             store.read(id, 0, len, |p| {
-                data.extend_from_slice(&p);
+                data.extend_from_slice(p);
                 true
             })?;
             Ok::<_, crate::chunk_store::ChunkError>((Bytes::from(data), crc))

@@ -296,7 +296,7 @@ impl Chunk for ChunkService {
                 tx.blocking_send(Ok(reply.into())).is_ok()
             };
             let result = store.read(r.chunk_id, r.offset, r.length, |piece| {
-                let zero = zero_runs::is_zero(&piece);
+                let zero = zero_runs::is_zero(piece);
                 // Bytes and zero runs do not mix in one reply.
                 if zero != (pending.zeros > 0)
                     && !pending.is_empty()
@@ -307,7 +307,7 @@ impl Chunk for ChunkService {
                 if zero {
                     pending.zeros += piece.len() as u64;
                 } else {
-                    pending.data.extend_from_slice(&piece);
+                    pending.data.extend_from_slice(piece);
                 }
                 if pending.data.len() >= READ_PIECE {
                     return send(std::mem::take(&mut pending), &mut sent);
