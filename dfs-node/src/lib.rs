@@ -212,6 +212,9 @@ pub async fn run(
     let mut server = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        // Chunk pieces (512 KiB) arrive in a few large DATA frames instead
+        // of 16 KiB ones: 6% less node CPU per GiB written (bench/NOTES.md).
+        .max_frame_size(Some(1 << 20))
         .concurrency_limit_per_connection(1024)
         .timeout(dfs_common::incoming::CALL_DEADLINE)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
