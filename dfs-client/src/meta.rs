@@ -3,8 +3,9 @@
 //! and the nodes gets the same behaviour without each call site knowing:
 //!
 //! - **Failover and retry.** It knows several meta addresses. A call that
-//!   finds no meta answering (refused, reset, timed out, or meta saying
-//!   UNAVAILABLE, as when its database is away) is sent again, to the next
+//!   finds no meta answering (refused, reset, timed out, a reply cut off
+//!   after its headers, or meta saying UNAVAILABLE, as when its database is
+//!   away) is sent again, to the next
 //!   address, with backoff, for up to `retry_for`; only then does it fail,
 //!   with ETIMEDOUT. An error meta gave (ENOENT, EEXIST...) is final.
 //! - **Sessions.** With a session open, every call names it and a renewal
@@ -408,7 +409,14 @@ impl Shared {
             .await;
             let failure = match outcome {
                 Ok(Ok(response)) => match Answer::of(&response) {
-                    Answer::Final => return Ok(response),
+                    Answer::Final if STREAMED_REPLIES.contains(&method) => return Ok(response),
+                    // A meta that dies between a reply's headers and its end
+                    // answered nothing the caller can use: try again (a
+                    // mutation's request id gets the first run's outcome).
+                    Answer::Final => match read_whole(response).await {
+                        Ok(whole) => return Ok(whole),
+                        Err(cut) => cut,
+                    },
                     Answer::SessionExpired if !renewed_session && session != 0 => {
                         renewed_session = true;
                         self.reopen_session(session).await?;
@@ -495,6 +503,28 @@ impl Answer {
     }
 }
 
+/// Methods whose reply is a stream, handed on as it comes.
+const STREAMED_REPLIES: &[&str] = &["Watch"];
+
+/// A unary reply read to its end, data and trailers (where gRPC puts the
+/// status), so a connection lost mid-reply is a failed attempt, not an error
+/// for the caller. Err: why the reply was cut short.
+async fn read_whole(response: http::Response<BoxBody>) -> Result<http::Response<BoxBody>, String> {
+    let (parts, body) = response.into_parts();
+    let collected = match tokio::time::timeout(ATTEMPT_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => collected,
+        Ok(Err(e)) => return Err(format!("reply cut short: {}", e.message())),
+        Err(_) => return Err("reply cut short: no end within the attempt's time".into()),
+    };
+    let trailers = collected.trailers().cloned();
+    let mut frames = vec![Ok(http_body::Frame::data(collected.to_bytes()))];
+    if let Some(trailers) = trailers {
+        frames.push(Ok(http_body::Frame::trailers(trailers)));
+    }
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
+    Ok(http::Response::from_parts(parts, body))
+}
+
 fn full(bytes: Bytes) -> BoxBody {
     http_body_util::Full::new(bytes)
         .map_err(|never| match never {})
@@ -535,5 +565,100 @@ impl Service<http::Request<BoxBody>> for MetaChannel {
 
     fn call(&mut self, request: http::Request<BoxBody>) -> Self::Future {
         Box::pin(self.shared.clone().send(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use futures::StreamExt;
+    use prost::Message;
+
+    /// A plaintext gRPC server that answers every call with `reply`, except
+    /// that it cuts the body of the first one short after the headers (as a
+    /// meta killed mid-reply does). Returns its address and a call counter.
+    async fn cutting_server(reply: pb::StatFsReply) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (counter, reply) = (counter.clone(), reply);
+                let service = hyper::service::service_fn(move |_req| {
+                    let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+                    let mut message = vec![0u8];
+                    message.extend_from_slice(&(reply.encoded_len() as u32).to_be_bytes());
+                    reply.encode(&mut message).unwrap();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    type Frames = std::pin::Pin<
+                        Box<
+                            dyn futures::Stream<
+                                    Item = Result<http_body::Frame<Bytes>, std::io::Error>,
+                                > + Send,
+                        >,
+                    >;
+                    let frames: Frames = if first {
+                        // Headers and part of the message go out, then the
+                        // connection's stream dies.
+                        let part = Bytes::copy_from_slice(&message[..3]);
+                        Box::pin(
+                            futures::stream::iter([Ok(http_body::Frame::data(part))]).chain(
+                                futures::stream::once(async {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    Err(std::io::Error::other("meta killed"))
+                                }),
+                            ),
+                        )
+                    } else {
+                        Box::pin(futures::stream::iter([
+                            Ok(http_body::Frame::data(Bytes::from(message))),
+                            Ok(http_body::Frame::trailers(trailers)),
+                        ]))
+                    };
+                    let body = http_body_util::StreamBody::new(frames);
+                    let response = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap();
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+                );
+            }
+        });
+        (addr, calls)
+    }
+
+    #[tokio::test]
+    async fn a_reply_cut_short_after_its_headers_is_asked_again() {
+        let reply = pb::StatFsReply {
+            total_bytes: 7,
+            files: 3,
+            ..Default::default()
+        };
+        let (addr, calls) = cutting_server(reply).await;
+        let channel = connect(&[addr], Duration::from_secs(10)).await.unwrap();
+        let got = channel
+            .client()
+            .stat_fs(pb::Empty {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got, reply);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the cut reply was asked again"
+        );
     }
 }
