@@ -404,19 +404,19 @@ impl Shared {
             let (mut channel, generation, addr) = self.current();
             let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, async {
                 futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-                channel.call(attempt).await
+                let response = channel.call(attempt).await?;
+                if STREAMED_REPLIES.contains(&method) {
+                    return Ok(response);
+                }
+                // A meta that dies between a reply's headers and its end
+                // answered nothing the caller can use: a failed attempt (a
+                // mutation's request id gets the first run's outcome).
+                read_whole(response).await.map_err(BoxError::from)
             })
             .await;
             let failure = match outcome {
                 Ok(Ok(response)) => match Answer::of(&response) {
-                    Answer::Final if STREAMED_REPLIES.contains(&method) => return Ok(response),
-                    // A meta that dies between a reply's headers and its end
-                    // answered nothing the caller can use: try again (a
-                    // mutation's request id gets the first run's outcome).
-                    Answer::Final => match read_whole(response).await {
-                        Ok(whole) => return Ok(whole),
-                        Err(cut) => cut,
-                    },
+                    Answer::Final => return Ok(response),
                     Answer::SessionExpired if !renewed_session && session != 0 => {
                         renewed_session = true;
                         self.reopen_session(session).await?;
@@ -507,15 +507,13 @@ impl Answer {
 const STREAMED_REPLIES: &[&str] = &["Watch"];
 
 /// A unary reply read to its end, data and trailers (where gRPC puts the
-/// status), so a connection lost mid-reply is a failed attempt, not an error
-/// for the caller. Err: why the reply was cut short.
-async fn read_whole(response: http::Response<BoxBody>) -> Result<http::Response<BoxBody>, String> {
+/// status), so a connection lost mid-reply fails the attempt instead of the
+/// caller's decoding.
+async fn read_whole(
+    response: http::Response<BoxBody>,
+) -> Result<http::Response<BoxBody>, tonic::Status> {
     let (parts, body) = response.into_parts();
-    let collected = match tokio::time::timeout(ATTEMPT_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => collected,
-        Ok(Err(e)) => return Err(format!("reply cut short: {}", e.message())),
-        Err(_) => return Err("reply cut short: no end within the attempt's time".into()),
-    };
+    let collected = body.collect().await?;
     let trailers = collected.trailers().cloned();
     let mut frames = vec![Ok(http_body::Frame::data(collected.to_bytes()))];
     if let Some(trailers) = trailers {
