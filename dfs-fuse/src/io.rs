@@ -118,8 +118,9 @@ pub struct Piece {
 
 /// One stretch of a read, in order.
 pub enum Part {
-    /// Bytes already at hand (copied from this file's write buffers).
-    Bytes(Bytes),
+    /// `bytes[range]` of a buffer at hand (this file's unwritten or
+    /// uncommitted data); past the buffer's end the range reads as zeros.
+    Buffered(Bytes, Range<usize>),
     /// A hole, or bytes past what a buffer holds.
     Zeros(usize),
     /// Bytes of a committed chunk, still to be fetched.
@@ -158,7 +159,8 @@ impl ReadData {
         &self.parts
     }
 
-    /// The bytes in one buffer (tests, and callers that need them whole).
+    /// The bytes in one buffer.
+    #[cfg(test)]
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len);
         for part in &self.parts {
@@ -205,7 +207,7 @@ impl Io {
         let mut out = ReadData::default();
         for part in plan.parts {
             match part {
-                Part::Bytes(bytes) => out.push(bytes),
+                Part::Buffered(bytes, range) => out.push_range(&bytes, range, usize::MAX),
                 Part::Zeros(n) => out.push_zeros(n),
                 Part::Fetch(piece) => self.read_piece(&piece, plan.sequential, &mut out).await?,
             }

@@ -822,27 +822,24 @@ impl OpenFile {
             let index = pos / cs;
             let within = (pos - index * cs) as usize;
             let take = ((cs - within as u64).min(end - pos)) as usize;
-            let buffered: Option<&[u8]> = if let Some(buf) = self.dirty.get(&index) {
-                Some(buf)
+            // Buffered bytes win over committed ones. A buffer still being
+            // written is copied (only what this read wants); one uploading or
+            // uploaded is shared.
+            let buffered = if let Some(buf) = self.dirty.get(&index) {
+                let wanted = &buf[within.min(buf.len())..(within + take).min(buf.len())];
+                Some((Bytes::copy_from_slice(wanted), 0))
             } else if let Some((data, _)) = self.inflight.get(&index) {
-                Some(data)
+                Some((data.clone(), within))
             } else if let Some((_, data)) = self.uploaded.get(&index) {
-                Some(data)
+                Some((data.clone(), within))
             } else {
                 None
             };
             match (buffered, self.committed.get(&index)) {
                 // Bytes past what the source holds (a hole, or past a chunk's
-                // valid length) stay zero.
-                (Some(src), _) => {
-                    let avail = src.len().saturating_sub(within).min(take);
-                    if avail > 0 {
-                        let copy = Bytes::copy_from_slice(&src[within..within + avail]);
-                        plan.parts.push(Part::Bytes(copy));
-                    }
-                    if take > avail {
-                        plan.parts.push(Part::Zeros(take - avail));
-                    }
+                // valid length) read as zeros.
+                (Some((bytes, start)), _) => {
+                    plan.parts.push(Part::Buffered(bytes, start..start + take))
                 }
                 (None, Some(chunk)) => plan.parts.push(Part::Fetch(Piece {
                     chunk: chunk.clone(),
