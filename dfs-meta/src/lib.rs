@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod node_client;
 pub mod placement;
+pub mod purge;
 pub mod repair;
 pub mod request;
 pub mod service;
@@ -140,6 +141,12 @@ pub async fn run(
         leadership.clone(),
         shutdown.clone(),
     ));
+    let purging = tokio::spawn(purge::run(
+        store.clone(),
+        leadership.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let sessions = Arc::new(sessions::Sessions::new(store.clone(), config.session_lease));
     let expiry = tokio::spawn(sessions::run_expiry(
         sessions.clone(),
@@ -200,6 +207,7 @@ pub async fn run(
         .await?;
     let _ = worker.await;
     let _ = expiry.await;
+    let _ = purging.await;
     let _ = leading.await;
     if let Some(bridge) = bridge {
         let _ = bridge.await;

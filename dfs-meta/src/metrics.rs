@@ -20,6 +20,7 @@ pub struct MetaMetrics {
     pub repair_queue: IntGauge,
     pub leader: IntGauge,
     pub sessions_expired: IntCounter,
+    pub purged_files: IntCounter,
     pub watchers: IntGauge,
     pub invalidations_sent: IntCounter,
 }
@@ -84,6 +85,10 @@ impl MetaMetrics {
                 "dfs_meta_sessions_expired_total",
                 "client sessions whose lease ran out (their locks and orphans released)",
             ),
+            purged_files: counter(
+                "dfs_meta_purged_files_total",
+                "deleted files whose rows and chunks the purge removed (their replicas queued for the nodes)",
+            ),
             watchers: gauge(
                 "dfs_meta_watchers",
                 "client sessions receiving cache invalidations from this server",
@@ -108,6 +113,7 @@ impl MetaMetrics {
             Box::new(m.repair_queue.clone()),
             Box::new(m.leader.clone()),
             Box::new(m.sessions_expired.clone()),
+            Box::new(m.purged_files.clone()),
             Box::new(m.watchers.clone()),
             Box::new(m.invalidations_sent.clone()),
         ];

@@ -128,6 +128,7 @@ conformance!(
     xattrs,
     setattr_and_truncate,
     chunk_commit_and_gc,
+    deleted_files_are_purged_in_batches,
     punched_chunks_leave_the_map,
     inode_flags_pin_files,
     unnamed_files_are_orphans_until_linked,
@@ -772,6 +773,61 @@ async fn write_chunk(s: &Store, ino: u64, index: u64, len: u64, size: u64) -> (u
     (p.chunk_id, nodes)
 }
 
+async fn deleted_files_are_purged_in_batches(h: Handle) {
+    let s = &h.store;
+    let nodes = three_nodes(s).await;
+    let beat = |node_id: u64| HeartbeatInfo {
+        node_id,
+        capacity: 1 << 40,
+        used: 0,
+        chunk_count: 0,
+    };
+    // Three files with data: unlinked, replaced by a rename, and one of two links.
+    let mut chunks = Vec::new();
+    let mut queued = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let f = s.create(file(ROOT_INO, name), Origin::NONE).await.unwrap();
+        chunks.push(write_chunk(s, f.ino, 0, 100, 100).await.0);
+        queued.push(f.ino);
+    }
+    s.link(queued[3], ROOT_INO, b"d2", Origin::NONE)
+        .await
+        .unwrap();
+    let empty = s.create(file(ROOT_INO, "e"), Origin::NONE).await.unwrap();
+    s.unlink(ROOT_INO, b"a", None, Origin::NONE).await.unwrap();
+    s.rename(ROOT_INO, b"c", ROOT_INO, b"b", 0, None, Origin::NONE)
+        .await
+        .unwrap();
+    s.unlink(ROOT_INO, b"d", None, Origin::NONE).await.unwrap();
+    // A file without data goes at once; one with another link stays.
+    s.unlink(ROOT_INO, b"e", None, Origin::NONE).await.unwrap();
+    assert_eq!(errno(s.getattr(empty.ino).await.unwrap_err()), libc::ENOENT);
+    assert_eq!(s.getattr(queued[3]).await.unwrap().nlink, 1);
+    for ino in &queued[..2] {
+        assert_eq!(s.getattr(*ino).await.unwrap().nlink, 0, "queued");
+    }
+    assert_eq!(
+        s.heartbeat(beat(nodes[0]), i64::MAX).await.unwrap(),
+        Some(vec![]),
+        "nothing collected before the purge"
+    );
+    // Batches of one: two files, then an empty queue.
+    assert_eq!(s.purge_deleted(1).await.unwrap(), 1);
+    assert_eq!(s.purge_deleted(1).await.unwrap(), 1);
+    assert_eq!(s.purge_deleted(1).await.unwrap(), 0);
+    for ino in &queued[..2] {
+        assert_eq!(errno(s.getattr(*ino).await.unwrap_err()), libc::ENOENT);
+    }
+    assert_eq!(s.lookup(ROOT_INO, b"b").await.unwrap().ino, queued[2]);
+    assert_eq!(s.get_chunks(queued[2], 0).await.unwrap().chunks.len(), 1);
+    assert_eq!(s.get_chunks(queued[3], 0).await.unwrap().chunks.len(), 1);
+    for node in nodes {
+        let mut deleted = s.heartbeat(beat(node), i64::MAX).await.unwrap().unwrap();
+        deleted.sort_unstable();
+        assert_eq!(deleted, chunks[..2], "node {node}");
+    }
+}
+
 async fn chunk_commit_and_gc(h: Handle) {
     let s = &h.store;
     let nodes = three_nodes(s).await;
@@ -842,6 +898,20 @@ async fn chunk_commit_and_gc(h: Handle) {
     del.sort();
     assert_eq!(del, vec![c0, c1]);
     s.unlink(ROOT_INO, b"f", None, Origin::NONE).await.unwrap();
+    // A file with data waits for the purge: the inode stays, without links,
+    // and cannot be linked back.
+    assert_eq!(s.getattr(f.ino).await.unwrap().nlink, 0);
+    assert_eq!(
+        errno(
+            s.link(f.ino, ROOT_INO, b"back", Origin::NONE)
+                .await
+                .unwrap_err()
+        ),
+        libc::ENOENT
+    );
+    assert_eq!(s.purge_deleted(100).await.unwrap(), 1);
+    assert_eq!(s.purge_deleted(100).await.unwrap(), 0, "the queue is empty");
+    assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
     let del = s
         .heartbeat(
             HeartbeatInfo {
@@ -1095,6 +1165,7 @@ async fn corrupt_replicas_are_quarantined_until_recopied(h: Handle) {
     let (d, dh) = write_chunk(s, f.ino, 1, 100, u64::from(CS) + 100).await;
     s.quarantine_replica(d, dh[0]).await.unwrap();
     s.unlink(ROOT_INO, b"f", None, Origin::NONE).await.unwrap();
+    assert_eq!(s.purge_deleted(100).await.unwrap(), 1);
     let mut deleted = s.heartbeat(beat(dh[0]), i64::MAX).await.unwrap().unwrap();
     deleted.sort_unstable();
     assert!(deleted.contains(&d), "{deleted:?}");
@@ -1663,6 +1734,11 @@ async fn open_files_survive_unlink_as_orphans(h: Handle) {
     assert_eq!(s.get_chunks(f.ino, 0).await.unwrap().chunks[0].chunk_id, c);
     write_chunk(s, f.ino, 1, 10, u64::from(CS) + 10).await;
     s.release_orphan(f.ino, 0).await.unwrap();
+    assert_eq!(
+        s.purge_deleted(100).await.unwrap(),
+        1,
+        "queued at its last close"
+    );
     assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
     let del = s
         .heartbeat(

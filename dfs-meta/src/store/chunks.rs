@@ -547,43 +547,143 @@ pub(crate) async fn truncate_map(
 /// sent with the caller's next ones).
 async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result<()> {
     let ino = to_i64(ino, "inode")?;
-    let selected = "SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3";
-    db::query(&format!(
+    release_where(tx, "ino = $1 AND idx >= $2 AND idx < $3", &[ino, from, to]).await
+}
+
+/// Drops the chunks of the `file_chunks` rows matching `filter` (a condition
+/// on its columns with parameters `$1..` bound to `args`), their replicas
+/// queued for deletion on the nodes.
+async fn release_where(tx: &mut DbConn, filter: &str, args: &[i64]) -> Result<()> {
+    let selected = format!("SELECT chunk_id FROM file_chunks WHERE {filter}");
+    let now = args.len() + 1;
+    let queue = format!(
         "INSERT INTO gc_replicas (chunk_id, node_id, queued_ms)
-         SELECT chunk_id, node_id, CAST($4 AS BIGINT) FROM replicas WHERE chunk_id IN ({selected})
-         UNION SELECT chunk_id, node_id, CAST($4 AS BIGINT) FROM quarantined_replicas WHERE chunk_id IN ({selected})
+         SELECT chunk_id, node_id, CAST(${now} AS BIGINT) FROM replicas WHERE chunk_id IN ({selected})
+         UNION SELECT chunk_id, node_id, CAST(${now} AS BIGINT) FROM quarantined_replicas WHERE chunk_id IN ({selected})
          ON CONFLICT DO NOTHING"
-    ))
-    .bind(ino)
-    .bind(from)
-    .bind(to)
-    .bind(super::now_ms())
-    .defer(&mut *tx)
-    .await?;
+    );
+    with_args(&queue, args)
+        .bind(super::now_ms())
+        .defer(&mut *tx)
+        .await?;
     for statement in [
         format!("DELETE FROM replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM quarantined_replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM chunks WHERE id IN ({selected})"),
-        "DELETE FROM file_chunks WHERE ino = $1 AND idx >= $2 AND idx < $3".to_string(),
+        format!("DELETE FROM file_chunks WHERE {filter}"),
     ] {
-        db::query(&statement)
-            .bind(ino)
-            .bind(from)
-            .bind(to)
-            .defer(&mut *tx)
-            .await?;
+        with_args(&statement, args).defer(&mut *tx).await?;
     }
     Ok(())
 }
 
+/// Tables besides `inodes` whose rows belong to one inode, deleted with it.
+const INODE_PARTS: [&str; 4] = ["xattrs", "orphans", "orphan_holders", "locks"];
+
 pub(crate) async fn delete_inode(conn: &mut DbConn, ino: u64) -> Result<()> {
     truncate_map(conn, ino, 0, 1).await?;
     let key = to_i64(ino, "inode")?;
-    for table in ["xattrs", "orphans", "orphan_holders", "locks", "inodes"] {
+    for table in INODE_PARTS.iter().chain(&["inodes"]) {
         db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
             .bind(key)
             .defer_row(&mut *conn, key)
             .await?;
     }
     Ok(())
+}
+
+/// Whether deleting `inode` has chunks to release: then it is queued
+/// (`queue_deletion`) rather than deleted in the caller's transaction.
+pub(crate) fn may_hold_data(inode: &Inode) -> bool {
+    inode.kind == FileKind::Regular && inode.size > 0
+}
+
+/// `inode` lost its last name and holder: a file with data is queued for
+/// the purge, anything else deleted now (as cheap as queueing it).
+pub(crate) async fn delete_or_queue(conn: &mut DbConn, inode: &Inode) -> Result<()> {
+    if may_hold_data(inode) {
+        queue_deletion(conn, inode.ino).await
+    } else {
+        delete_inode(conn, inode.ino).await
+    }
+}
+
+/// A file lost its last name and no one holds it open: it waits in
+/// `deleted_inodes` for `purge_deleted`, which deletes its rows, chunks and
+/// replicas in batches. Deleting them here wrote about ten more pages to
+/// the WAL per unlink (the chunk, its file map entry, three replicas and
+/// their index entries, three queued deletions and theirs) than the two
+/// this writes. Until the purge the inode stays readable by number, with
+/// no links, as an open unlinked file's is.
+pub(crate) async fn queue_deletion(conn: &mut DbConn, ino: u64) -> Result<()> {
+    let key = to_i64(ino, "inode")?;
+    for table in ["orphans", "orphan_holders"] {
+        db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
+            .bind(key)
+            .defer_row(&mut *conn, key)
+            .await?;
+    }
+    db::query("INSERT INTO deleted_inodes (ino, since_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(key)
+        .bind(now_ms())
+        .defer_row(&mut *conn, key)
+        .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` files queued by `queue_deletion`: their rows and
+/// chunk maps, their replicas queued for the nodes' garbage collection.
+/// Returns how many left the queue. One that has a link again (it should
+/// not: `link` refuses queued files) only leaves the queue.
+pub(crate) async fn purge_deleted(conn: &mut DbConn, limit: i64) -> Result<usize> {
+    let queued = db::query(
+        "SELECT d.ino, i.nlink FROM deleted_inodes d LEFT JOIN inodes i ON i.ino = d.ino
+         ORDER BY d.ino LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut all = Vec::with_capacity(queued.len());
+    let mut dead = Vec::with_capacity(queued.len());
+    for row in &queued {
+        let ino: i64 = row.try_get(0)?;
+        all.push(ino);
+        if row.try_get::<Option<i64>, _>(1)? == Some(0) {
+            dead.push(ino);
+        }
+    }
+    if !dead.is_empty() {
+        let list = placeholders(dead.len());
+        // The inodes go first: on PostgreSQL that waits for a commit to one
+        // of them still in flight, whose chunks the release below then sees;
+        // a commit after it finds no inode.
+        let sql = format!("DELETE FROM inodes WHERE ino IN ({list})");
+        with_args(&sql, &dead).execute(&mut *conn).await?;
+        release_where(conn, &format!("ino IN ({list})"), &dead).await?;
+        for table in INODE_PARTS {
+            let sql = format!("DELETE FROM {table} WHERE ino IN ({list})");
+            with_args(&sql, &dead).defer(&mut *conn).await?;
+        }
+    }
+    if !all.is_empty() {
+        let sql = format!(
+            "DELETE FROM deleted_inodes WHERE ino IN ({})",
+            placeholders(all.len())
+        );
+        with_args(&sql, &all).execute(&mut *conn).await?;
+    }
+    Ok(all.len())
+}
+
+/// `sql` with `args` bound to `$1..`.
+fn with_args<'q>(sql: &'q str, args: &[i64]) -> db::Query<'q> {
+    args.iter().fold(db::query(sql), |q, a| q.bind(*a))
+}
+
+/// `$1, $2, .., $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

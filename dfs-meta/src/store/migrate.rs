@@ -73,6 +73,11 @@ const SQLITE: &[Migration] = &[
         name: "without_rowid",
         sql: include_str!("../../../migrations/sqlite/0012_without_rowid.sql"),
     },
+    Migration {
+        version: 13,
+        name: "deleted_inodes",
+        sql: include_str!("../../../migrations/sqlite/0013_deleted_inodes.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -130,6 +135,11 @@ const POSTGRES: &[Migration] = &[
         version: 11,
         name: "session_owners",
         sql: include_str!("../../../migrations/postgres/0011_session_owners.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "deleted_inodes",
+        sql: include_str!("../../../migrations/postgres/0012_deleted_inodes.sql"),
     },
 ];
 
@@ -280,7 +290,11 @@ mod tests {
     #[test]
     fn without_rowid_keeps_every_row_of_an_existing_store() {
         let c = rusqlite::Connection::open_in_memory().unwrap();
-        let (old, new) = SQLITE.split_at(SQLITE.len() - 1);
+        let at = SQLITE
+            .iter()
+            .position(|m| m.name == "without_rowid")
+            .unwrap();
+        let (old, new) = SQLITE.split_at(at);
         assert_eq!(new[0].name, "without_rowid");
         for m in old {
             c.execute_batch(m.sql).unwrap();

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use dfs_proto::{validate_name, ROOT_INO};
 
-use super::chunks::delete_inode;
+use super::chunks::{self, delete_inode};
 use super::ids::Counter;
 use super::rows::{
     inode_columns_as, inode_from_prefixed, inode_from_row, to_i64, FileKind, Inode, OwnerChanges,
@@ -217,6 +217,13 @@ impl Store {
         Ok(stale.len())
     }
 
+    /// Deletes up to `limit` files whose last name and holder are gone (see
+    /// `chunks::queue_deletion`), in one transaction. Returns how many left
+    /// the queue: fewer than `limit` once it is empty.
+    pub async fn purge_deleted(&self, limit: i64) -> Result<usize> {
+        in_tx!(self, |tx| chunks::purge_deleted(&mut tx, limit).await)
+    }
+
     /// Removes an empty directory and returns its inode number.
     pub async fn rmdir(&self, parent: u64, name: &[u8], origin: Origin) -> Result<u64> {
         validate_name(name)?;
@@ -307,6 +314,10 @@ impl Store {
                 insert_entry(&mut tx, new_parent, new_name, ino).await?;
                 touch_dir(&mut tx, new_parent, 0, now).await?;
                 if inode.nlink == 0 {
+                    if !is_orphan(&mut tx, ino).await? {
+                        // Deleted, no one holds it: waiting for the purge.
+                        return Err(StoreError::NotFound(format!("inode {ino}")));
+                    }
                     // An O_TMPFILE (or open unlinked file) linked in: no orphan now.
                     for table in ["orphans", "orphan_holders"] {
                         db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
@@ -932,10 +943,14 @@ async fn drop_link(
     keep_open: Option<u64>,
 ) -> Result<()> {
     let Some(holder) = keep_open.filter(|_| inode.nlink <= 1) else {
-        if inode.nlink <= 1 {
-            return delete_inode(conn, inode.ino).await;
+        if inode.nlink > 1 || chunks::may_hold_data(inode) {
+            // A queued file keeps its inode until the purge: no links, new ctime.
+            drop_one_link(conn, inode.ino, now).await?;
         }
-        return drop_one_link(conn, inode.ino, now).await;
+        if inode.nlink > 1 {
+            return Ok(());
+        }
+        return chunks::delete_or_queue(conn, inode).await;
     };
     db::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
         .bind(to_i64(inode.ino, "inode")?)
@@ -944,6 +959,15 @@ async fn drop_link(
         .await?;
     sessions::hold_orphan(conn, inode.ino, holder).await?;
     drop_one_link(conn, inode.ino, now).await
+}
+
+/// Whether `ino` is an open file without a name (or an unnamed O_TMPFILE).
+async fn is_orphan(conn: &mut DbConn, ino: u64) -> Result<bool> {
+    Ok(db::query("SELECT 1 FROM orphans WHERE ino = $1")
+        .bind(to_i64(ino, "inode")?)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
 }
 
 async fn drop_one_link(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()> {

@@ -9,9 +9,9 @@
 
 use super::db::{self, DbConn};
 
-use super::chunks::delete_inode;
+use super::chunks::delete_or_queue;
 use super::rows::to_i64;
-use super::tables::next_id;
+use super::tables::{get_inode, next_id};
 use super::{in_tx, now_ms, Result, Store};
 
 /// What a client says about itself when it opens a session.
@@ -79,14 +79,10 @@ pub(crate) async fn drop_orphan_holder(conn: &mut DbConn, ino: u64, holder: u64)
         .await?
         .try_get(0)?;
     if orphan && others == 0 {
-        let nlink: Option<i64> = db::query("SELECT nlink FROM inodes WHERE ino = $1")
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        if nlink == Some(0) {
-            delete_inode(conn, ino).await?;
+        if let Some(inode) = get_inode(conn, ino).await? {
+            if inode.nlink == 0 {
+                delete_or_queue(conn, &inode).await?;
+            }
         }
     }
     Ok(())

@@ -1,0 +1,4 @@
+-- Files whose last name and last holder are gone, waiting for the purge
+-- that deletes their rows, chunks and replicas in batches (an unlink then
+-- writes two rows instead of a dozen).
+CREATE TABLE deleted_inodes (ino BIGINT PRIMARY KEY, since_ms BIGINT NOT NULL);
