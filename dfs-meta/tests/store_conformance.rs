@@ -806,6 +806,12 @@ async fn deleted_files_are_purged_in_batches(h: Handle) {
     for ino in &queued[..2] {
         assert_eq!(s.getattr(*ino).await.unwrap().nlink, 0, "queued");
     }
+    let counts = s.cluster_counts(0).await.unwrap();
+    assert_eq!(
+        (counts.files, counts.chunks),
+        (2, 4),
+        "queued files no longer count"
+    );
     assert_eq!(
         s.heartbeat(beat(nodes[0]), i64::MAX).await.unwrap(),
         Some(vec![]),
@@ -818,6 +824,7 @@ async fn deleted_files_are_purged_in_batches(h: Handle) {
     for ino in &queued[..2] {
         assert_eq!(errno(s.getattr(*ino).await.unwrap_err()), libc::ENOENT);
     }
+    assert_eq!(s.cluster_counts(0).await.unwrap().chunks, 2);
     assert_eq!(s.lookup(ROOT_INO, b"b").await.unwrap().ino, queued[2]);
     assert_eq!(s.get_chunks(queued[2], 0).await.unwrap().chunks.len(), 1);
     assert_eq!(s.get_chunks(queued[3], 0).await.unwrap().chunks.len(), 1);

@@ -654,9 +654,9 @@ pub(crate) async fn purge_deleted(conn: &mut DbConn, limit: i64) -> Result<usize
     }
     if !dead.is_empty() {
         let list = placeholders(dead.len());
-        // The inodes go first: on PostgreSQL that waits for a commit to one
-        // of them still in flight, whose chunks the release below then sees;
-        // a commit after it finds no inode.
+        // The inodes first: a commit to one of them in flight on PostgreSQL
+        // conflicts here, so either the purge runs again and sees its chunks,
+        // or the commit runs again and finds no inode.
         let sql = format!("DELETE FROM inodes WHERE ino IN ({list})");
         with_args(&sql, &dead).execute(&mut *conn).await?;
         release_where(conn, &format!("ino IN ({list})"), &dead).await?;

@@ -382,12 +382,15 @@ impl Store {
 
     pub async fn cluster_counts(&self, live_cutoff_ms: i64) -> Result<ClusterCounts> {
         let mut conn = self.conn().await?;
+        // Files waiting for the purge are gone to users; their chunks still count.
         let row = db::query(
             "SELECT
-               (SELECT COUNT(*) FROM inodes WHERE kind = 1),
+               (SELECT COUNT(*) FROM inodes WHERE kind = 1
+                  AND ino NOT IN (SELECT ino FROM deleted_inodes)),
                (SELECT COUNT(*) FROM inodes WHERE kind = 2),
                (SELECT COUNT(*) FROM chunks),
-               (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM inodes WHERE kind = 1),
+               (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM inodes WHERE kind = 1
+                  AND ino NOT IN (SELECT ino FROM deleted_inodes)),
                (SELECT COUNT(*) FROM gc_replicas)",
         )
         .fetch_one(&mut conn)
