@@ -1741,6 +1741,8 @@ async fn open_files_survive_unlink_as_orphans(h: Handle) {
     assert_eq!(s.get_chunks(f.ino, 0).await.unwrap().chunks[0].chunk_id, c);
     write_chunk(s, f.ino, 1, 10, u64::from(CS) + 10).await;
     s.release_orphan(f.ino, 0).await.unwrap();
+    let report = s.fsck(ROOT_INO, 0, 10).await.unwrap();
+    assert_eq!(report.orphans, 0, "no longer an orphan once queued");
     assert_eq!(
         s.purge_deleted(100).await.unwrap(),
         1,

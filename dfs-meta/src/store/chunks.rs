@@ -617,12 +617,6 @@ pub(crate) async fn delete_or_queue(conn: &mut DbConn, inode: &Inode) -> Result<
 /// no links, as an open unlinked file's is.
 pub(crate) async fn queue_deletion(conn: &mut DbConn, ino: u64) -> Result<()> {
     let key = to_i64(ino, "inode")?;
-    for table in ["orphans", "orphan_holders"] {
-        db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
-            .bind(key)
-            .defer_row(&mut *conn, key)
-            .await?;
-    }
     db::query("INSERT INTO deleted_inodes (ino, since_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
         .bind(key)
         .bind(now_ms())

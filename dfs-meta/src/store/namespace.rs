@@ -303,6 +303,10 @@ impl Store {
                     return Err(StoreError::NotPermitted("hard links to directories".into()));
                 }
                 inode.require_unpinned("link")?;
+                if inode.nlink == 0 && !is_orphan(&mut tx, ino).await? {
+                    // Deleted, and no one holds it: it waits for the purge.
+                    return Err(StoreError::NotFound(format!("inode {ino}")));
+                }
                 require_dir(&mut tx, new_parent)
                     .await?
                     .require_mutable("link")?;
@@ -314,10 +318,6 @@ impl Store {
                 insert_entry(&mut tx, new_parent, new_name, ino).await?;
                 touch_dir(&mut tx, new_parent, 0, now).await?;
                 if inode.nlink == 0 {
-                    if !is_orphan(&mut tx, ino).await? {
-                        // Deleted, no one holds it: waiting for the purge.
-                        return Err(StoreError::NotFound(format!("inode {ino}")));
-                    }
                     // An O_TMPFILE (or open unlinked file) linked in: no orphan now.
                     for table in ["orphans", "orphan_holders"] {
                         db::query(&format!("DELETE FROM {table} WHERE ino = $1"))
@@ -943,12 +943,12 @@ async fn drop_link(
     keep_open: Option<u64>,
 ) -> Result<()> {
     let Some(holder) = keep_open.filter(|_| inode.nlink <= 1) else {
-        if inode.nlink > 1 || chunks::may_hold_data(inode) {
-            // A queued file keeps its inode until the purge: no links, new ctime.
-            drop_one_link(conn, inode.ino, now).await?;
-        }
         if inode.nlink > 1 {
-            return Ok(());
+            return drop_one_link(conn, inode.ino, now).await;
+        }
+        if chunks::may_hold_data(inode) {
+            // Queued for the purge, it keeps its inode till then: no links, new ctime.
+            drop_one_link(conn, inode.ino, now).await?;
         }
         return chunks::delete_or_queue(conn, inode).await;
     };

@@ -79,6 +79,10 @@ pub(crate) async fn drop_orphan_holder(conn: &mut DbConn, ino: u64, holder: u64)
         .await?
         .try_get(0)?;
     if orphan && others == 0 {
+        db::query("DELETE FROM orphans WHERE ino = $1")
+            .bind(key)
+            .defer_row(&mut *conn, key)
+            .await?;
         if let Some(inode) = get_inode(conn, ino).await? {
             if inode.nlink == 0 {
                 delete_or_queue(conn, &inode).await?;
