@@ -13,7 +13,7 @@ use super::rows::{
     Timespec, S_ISGID,
 };
 use super::sessions;
-use super::tables::{require_inode, Origin};
+use super::tables::{is_orphan, require_inode, Origin};
 use super::{in_tx, in_tx_once, Result, Store, StoreError};
 
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
@@ -946,11 +946,12 @@ async fn drop_link(
         if inode.nlink > 1 {
             return drop_one_link(conn, inode.ino, now).await;
         }
-        if chunks::may_hold_data(inode) {
-            // Queued for the purge, it keeps its inode till then: no links, new ctime.
-            drop_one_link(conn, inode.ino, now).await?;
+        if !chunks::may_hold_data(inode) {
+            return delete_inode(conn, inode.ino).await;
         }
-        return chunks::delete_or_queue(conn, inode).await;
+        // Queued for the purge, it keeps its inode till then: no links, new ctime.
+        drop_one_link(conn, inode.ino, now).await?;
+        return chunks::queue_deletion(conn, inode.ino).await;
     };
     db::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
         .bind(to_i64(inode.ino, "inode")?)
@@ -959,15 +960,6 @@ async fn drop_link(
         .await?;
     sessions::hold_orphan(conn, inode.ino, holder).await?;
     drop_one_link(conn, inode.ino, now).await
-}
-
-/// Whether `ino` is an open file without a name (or an unnamed O_TMPFILE).
-async fn is_orphan(conn: &mut DbConn, ino: u64) -> Result<bool> {
-    Ok(db::query("SELECT 1 FROM orphans WHERE ino = $1")
-        .bind(to_i64(ino, "inode")?)
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some())
 }
 
 async fn drop_one_link(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()> {

@@ -11,7 +11,7 @@ use super::db::{self, DbConn};
 
 use super::chunks::delete_or_queue;
 use super::rows::to_i64;
-use super::tables::{get_inode, next_id};
+use super::tables::{get_inode, is_orphan, next_id};
 use super::{in_tx, now_ms, Result, Store};
 
 /// What a client says about itself when it opens a session.
@@ -68,11 +68,7 @@ pub(crate) async fn drop_orphan_holder(conn: &mut DbConn, ino: u64, holder: u64)
         .bind(to_i64(holder, "session")?)
         .execute(&mut *conn)
         .await?;
-    let orphan = db::query("SELECT 1 FROM orphans WHERE ino = $1")
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some();
+    let orphan = is_orphan(conn, ino).await?;
     let others: i64 = db::query("SELECT COUNT(*) FROM orphan_holders WHERE ino = $1")
         .bind(key)
         .fetch_one(&mut *conn)

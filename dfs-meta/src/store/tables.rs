@@ -33,6 +33,18 @@ pub(crate) async fn require_inode(conn: &mut DbConn, ino: u64) -> Result<Inode> 
         .ok_or_else(|| StoreError::NotFound(format!("inode {ino}")))
 }
 
+/// Whether `ino` is an open file without a name (or an unnamed O_TMPFILE).
+pub(crate) async fn is_orphan(conn: &mut DbConn, ino: u64) -> Result<bool> {
+    let Ok(key) = i64::try_from(ino) else {
+        return Ok(false);
+    };
+    Ok(db::query("SELECT 1 FROM orphans WHERE ino = $1")
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
+}
+
 /// Takes the next value of a named counter (inode and chunk ids).
 pub(crate) async fn next_id(conn: &mut DbConn, counter: &str) -> Result<i64> {
     next_ids(conn, counter, 1).await
