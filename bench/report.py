@@ -4,18 +4,22 @@ ratios dfs/MooseFS and dfs/local, and each issue target checked."""
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
 results_path, cache, command = sys.argv[1], sys.argv[2], sys.argv[3]
-figures = {}
+runs = {}
 units = {}
 for line in open(results_path):
     parts = line.split()
     if len(parts) == 4:
         system, workload, value, unit = parts
-        figures[(system, workload)] = float(value)
+        runs.setdefault((system, workload), []).append(float(value))
         units[workload] = unit
+# A workload run several times (BENCH_ROUNDS) counts with its median.
+figures = {key: statistics.median(values) for key, values in runs.items()}
+rounds = max((len(v) for v in runs.values()), default=1)
 
 def speed(workload, system):
     """Higher is better for every figure: times become 1/time."""
@@ -100,8 +104,9 @@ print(f"""# Benchmarks
 Produced by `{command}` on {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.
 Machine: {os.cpu_count()} cores, {sh("free -g | awk '/Mem:/ {print $2}'")} GiB RAM, Linux {platform.release()},
 disk `{sh("df -h /tmp | tail -n 1 | awk '{print $1, $2}'")}`. All the systems ran in this one invocation,
-one after another, on the same disk. Absolute numbers drift on shared machines; compare the
-ratios within this run.
+on the same disk, one group of workloads at a time through every system, the systems'
+order reversed from one group to the next{f" ({rounds} rounds, medians)" if rounds > 1 else ""}.
+Absolute numbers drift on shared machines; compare the ratios within this run.
 
 - **local disk**: a directory on the local file system (the limit).
 - **bindfs**: a FUSE passthrough over a local directory (what FUSE itself costs).

@@ -75,38 +75,48 @@ bench/peers.sh up
 
 results=$base/results.txt
 : > "$results"
-for sys in $systems; do
-  case $sys in
-    local) dir=$base/local ;;
-    bindfs) dir=$base/mnt/bindfs ;;
-    moosefs) dir=$base/mnt/mfs ;;
-    dfs) dir=$base/mnt/dfs ;;
-    dfs-pg) dir=$base/mnt/dfs-pg ;;
-    *) echo "unknown system $sys" >&2; exit 2 ;;
+dir_of() {
+  case $1 in
+    local) echo "$base/local" ;;
+    bindfs) echo "$base/mnt/bindfs" ;;
+    moosefs) echo "$base/mnt/mfs" ;;
+    dfs | dfs-pg) echo "$base/mnt/$1" ;;
+    *) echo "unknown system $1" >&2; exit 2 ;;
   esac
-  echo "== $sys ($dir)" >&2
-  # Let the previous system's background work settle (MooseFS deletes chunks
-  # and dfs collects garbage after their runs; the page cache writes back).
-  sync; sleep 20
-  if [ "$sys" = dfs ]; then
-    # Peak resident memory of the FUSE daemon during the 1 GiB write.
-    export BENCH_DURING_WRITE="bench/peak-rss.sh $fuse_pid $base/logs/dfs-fuse-peak-rss"
-  else
-    unset BENCH_DURING_WRITE
-  fi
-  if [ "$sys" = dfs-pg ]; then
-    # Meta on PostgreSQL: the small-file workloads only.
-    mkdir -p "$dir/bench-$sys"
-    python3 bench/smallfiles.py "$dir/bench-$sys/small" "$sys" 10000 | tee -a "$results"
-    rm -rf "$dir/bench-$sys"
-    continue
-  fi
-  bench/workloads.sh "$dir" "$sys" | tee -a "$results"
-  if [ "$sys" = dfs ]; then
-    # What the mount did: requests, meta calls, cache use (for the notes).
-    curl -s http://127.0.0.1:17410/metrics > "$base/logs/dfs-fuse-metrics.txt" || true
-  fi
+}
+# Workload groups go one at a time through every system, the systems' order
+# reversed from one group to the next, so a machine that speeds up or slows
+# down during the run (this one does, by a third within minutes) weighs on
+# neighbouring systems alike instead of on whichever ran last. With
+# BENCH_ROUNDS=N every group runs N times; the report takes the medians.
+groups=${BENCH_GROUPS:-large small cp wide trees}
+rounds=${BENCH_ROUNDS:-1}
+settle=${BENCH_SETTLE:-10}
+read -r -a order <<< "$systems"
+for round in $(seq 1 "$rounds"); do
+  for group in $groups; do
+    for sys in "${order[@]}"; do
+      # Meta on PostgreSQL: the small-file workloads only.
+      [ "$sys" = dfs-pg ] && [ "$group" != small ] && continue
+      dir=$(dir_of "$sys")
+      echo "== round $round, $group: $sys ($dir)" >&2
+      # Let the previous run's background work settle (MooseFS deletes chunks
+      # and dfs purges and collects garbage after removals; the page cache
+      # writes back).
+      sync; sleep "$settle"
+      if [ "$sys" = dfs ] && [ "$group" = large ]; then
+        # Peak resident memory of the FUSE daemon during the 1 GiB write.
+        export BENCH_DURING_WRITE="bench/peak-rss.sh $fuse_pid $base/logs/dfs-fuse-peak-rss"
+      else
+        unset BENCH_DURING_WRITE
+      fi
+      bench/workloads.sh "$dir" "$sys" "$group" | tee -a "$results"
+    done
+    mapfile -t order < <(printf '%s\n' "${order[@]}" | tac)
+  done
 done
+# What the mount did: requests, meta calls, cache use (for the notes).
+curl -s http://127.0.0.1:17410/metrics > "$base/logs/dfs-fuse-metrics.txt" || true
 if [ -f "$base/logs/dfs-fuse-peak-rss" ]; then
   echo "dfs fuse_peak_rss_1G_write $(cat "$base/logs/dfs-fuse-peak-rss") MiB" | tee -a "$results"
 fi
