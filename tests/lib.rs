@@ -326,6 +326,11 @@ impl Cluster {
         });
     }
 
+    /// The first meta's process id while it runs (for signals).
+    pub fn meta_pid(&self) -> Option<u32> {
+        self.meta.as_ref().map(Child::id).or(self.meta_pid)
+    }
+
     /// SIGTERM to meta; returns whether it exited cleanly (status 0) within 10 s.
     pub fn stop_meta(&mut self) -> bool {
         match self.meta.take() {

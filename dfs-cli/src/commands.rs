@@ -676,6 +676,7 @@ async fn rm(meta: &mut Meta, path: &str, recursive: bool) -> Result<()> {
             parent: parent.ino,
             name: name.as_bytes().to_vec(),
             keep_open: false,
+            expect_ino: 0,
         })
         .await
         .map_err(|s| ClientError::from(s).with_path(path))?;
@@ -717,6 +718,7 @@ async fn remove_tree(meta: &mut Meta, ino: u64) -> Result<()> {
                 parent: dir,
                 name: e.name,
                 keep_open: false,
+                expect_ino: 0,
             })
             .await?;
         }

@@ -148,6 +148,7 @@ pub async fn put(
             parent: parent.ino,
             name: temp_name.into_bytes(),
             keep_open: false,
+            expect_ino: 0,
         };
         if let Err(e) = meta.unlink(cleanup).await {
             tracing::warn!(error = %e, "could not remove the temporary upload file");

@@ -196,6 +196,13 @@ impl Coherence {
         self.cache().forget_entry(parent, name);
     }
 
+    /// This mount changed `dir`'s names at `at` and answered before meta did:
+    /// its cached attributes (if any) take the change's times, until meta's
+    /// reply replaces them.
+    pub fn touched_dir(&self, dir: u64, at: pb::Timespec) {
+        self.cache().touch(dir, at);
+    }
+
     pub fn forget_attr(&self, ino: u64) {
         self.cache().forget_attr(ino);
     }

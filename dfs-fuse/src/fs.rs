@@ -10,6 +10,7 @@ use dfs_proto::pb;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::coherence::Ticket;
+use crate::deferred::{DeferredUnlinks, InFlight};
 use crate::error::{FsError, FsResult};
 use crate::io::{Io, ReadData};
 use crate::metacache::Known;
@@ -95,6 +96,8 @@ pub struct DfsFs {
     pub locks: crate::locks::Locks,
     /// Directories whose lookups keep missing the cache, listed instead.
     refill: crate::refill::Refill,
+    /// Unlinks answered before meta has them (see `deferred.rs`).
+    deferred: DeferredUnlinks,
 }
 
 /// An open file handle, and whether the kernel may keep its cached pages.
@@ -141,7 +144,8 @@ fn attr_of(reply: pb::AttrReply) -> FsResult<pb::Attr> {
 }
 
 impl DfsFs {
-    pub fn new(io: Io, meta_channel: dfs_client::meta::MetaChannel) -> DfsFs {
+    /// `sync_unlink`: every unlink waits for meta (`-o sync_unlink`).
+    pub fn new(io: Io, meta_channel: dfs_client::meta::MetaChannel, sync_unlink: bool) -> DfsFs {
         let files: Arc<Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>> = Default::default();
         let meta = meta_channel.client();
         let refill = crate::refill::Refill::new(io.coherence.cache_timeout());
@@ -163,6 +167,7 @@ impl DfsFs {
             page_cache_content: Mutex::new(inode_lru()),
             locks: Default::default(),
             refill,
+            deferred: DeferredUnlinks::new(!sync_unlink),
         }
     }
 
@@ -192,7 +197,15 @@ impl DfsFs {
         &self.io
     }
 
-    pub(crate) fn meta(&self) -> dfs_client::Meta {
+    /// The meta client for a call that reads or changes names or attributes:
+    /// once the unlinks this mount answered early are on meta.
+    async fn meta(&self) -> dfs_client::Meta {
+        self.deferred.settled().await;
+        self.meta.clone()
+    }
+
+    /// The meta client for calls that do not depend on names (locks).
+    pub(crate) fn meta_unordered(&self) -> dfs_client::Meta {
         self.meta.clone()
     }
 
@@ -241,6 +254,7 @@ impl DfsFs {
         let ticket = self.coherence().ticket();
         let reply = self
             .meta()
+            .await
             .lookup(pb::LookupRequest {
                 parent,
                 name: name.to_vec(),
@@ -268,7 +282,11 @@ impl DfsFs {
             return Ok(self.overlay(attr).await);
         }
         let ticket = self.coherence().ticket();
-        let reply = self.meta().get_attr(pb::GetAttrRequest { ino }).await?;
+        let reply = self
+            .meta()
+            .await
+            .get_attr(pb::GetAttrRequest { ino })
+            .await?;
         let attr = attr_of(reply.into_inner())?;
         self.coherence().learned_attr(ticket, &attr);
         Ok(self.overlay(attr).await)
@@ -310,7 +328,7 @@ impl DfsFs {
                     atime: h.atime,
                     ..Default::default()
                 };
-                self.meta().set_attr(request).await?;
+                self.meta().await.set_attr(request).await?;
             }
         }
         let request = pb::SetAttrRequest {
@@ -326,7 +344,7 @@ impl DfsFs {
             flags: set.flags,
         };
         let ticket = self.coherence().ticket().own();
-        let reply = self.meta().set_attr(request).await;
+        let reply = self.meta().await.set_attr(request).await;
         let attr = match reply {
             Ok(r) => attr_of(r.into_inner()),
             Err(e) => Err(e.into()),
@@ -401,7 +419,7 @@ impl DfsFs {
             unnamed: false,
         };
         let ticket = self.coherence().ticket().own();
-        let reply = self.meta().create(request).await;
+        let reply = self.meta().await.create(request).await;
         let made = match reply {
             Ok(r) => {
                 let r = r.into_inner();
@@ -451,6 +469,7 @@ impl DfsFs {
         };
         let ino = self
             .meta()
+            .await
             .lookup(request)
             .await
             .ok()?
@@ -461,21 +480,92 @@ impl DfsFs {
     }
 
     /// Removes a name. A file this mount holds open stays readable and writable
-    /// until its last close (an orphan on meta, released then).
-    pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+    /// until its last close (an orphan on meta, released then). One this mount
+    /// can vouch for is answered at once and sent meanwhile (`deferred.rs`).
+    pub async fn unlink(self: &Arc<Self>, parent: u64, name: &[u8]) -> FsResult<()> {
+        if let Some(ino) = self.deferrable_unlink(parent, name) {
+            let in_flight = self.deferred.begin(ino).await;
+            // Waiting for the slot may have taken a while: ask again.
+            if self.deferrable_unlink(parent, name) == Some(ino) {
+                self.unlink_later(parent, name, ino, in_flight);
+                return Ok(());
+            }
+        }
         let victim = self.open_victim(parent, name).await;
         let request = pb::UnlinkRequest {
             parent,
             name: name.to_vec(),
             keep_open: victim.is_some(),
+            expect_ino: 0,
         };
         let ticket = self.coherence().ticket().own();
-        let reply = self.meta().unlink(request).await;
-        self.name_removed(ticket, parent, name, reply)?;
+        let reply = self.meta().await.unlink(request).await;
+        let removed = self.name_removed(ticket, parent, name, reply)?;
+        self.deferred.learned(parent, removed.unshared);
         if let Some(ino) = victim {
             self.orphaned(ino).await?;
         }
         Ok(())
+    }
+
+    /// The inode `name` names, if its unlink may be answered before meta has
+    /// it: in a directory meta said no other client looks at, a regular file
+    /// or symlink known here with its directory, neither immutable nor
+    /// append-only, not open here (see `deferred.rs`).
+    fn deferrable_unlink(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        if !self.deferred.allowed(parent) {
+            return None;
+        }
+        let pinned = |a: &pb::Attr| {
+            a.flags & (dfs_proto::inode_flags::IMMUTABLE | dfs_proto::inode_flags::APPEND) != 0
+        };
+        let Some(Known::Found(attr)) = self.coherence().known(parent, name) else {
+            return None;
+        };
+        let plain =
+            attr.kind == pb::FileKind::Regular as i32 || attr.kind == pb::FileKind::Symlink as i32;
+        let dir = self.coherence().known_attr(parent)?;
+        (plain && !pinned(&attr) && !pinned(&dir) && self.open_file(attr.ino).is_none())
+            .then_some(attr.ino)
+    }
+
+    /// Answers the unlink of `name` (inode `ino`) here and sends it to meta.
+    fn unlink_later(self: &Arc<Self>, parent: u64, name: &[u8], ino: u64, in_flight: InFlight) {
+        let c = self.coherence();
+        let ticket = c.ticket().own();
+        c.learned_entry(ticket, parent, name, None);
+        c.touched_dir(parent, now());
+        c.forget_inode(ino);
+        c.mutated();
+        let request = pb::UnlinkRequest {
+            parent,
+            name: name.to_vec(),
+            keep_open: false,
+            expect_ino: ino,
+        };
+        let (fs, name, mut meta) = (self.clone(), name.to_vec(), self.meta.clone());
+        tokio::spawn(async move {
+            let reply = meta.unlink(request).await;
+            let removed = fs.name_removed(ticket, parent, &name, reply);
+            fs.deferred
+                .learned(parent, removed.as_ref().is_ok_and(|r| r.unshared));
+            let outcome = match removed {
+                Ok(_) => "done",
+                // Gone already, or another inode's name now: nothing to remove.
+                Err(e) if e.errno() == libc::ENOENT => "gone",
+                Err(e) => {
+                    tracing::warn!(parent, ino, name = %String::from_utf8_lossy(&name), error = %e,
+                        "an unlink answered early failed on meta: the name stays");
+                    "failed"
+                }
+            };
+            fs.io
+                .metrics
+                .deferred_unlinks
+                .with_label_values(&[outcome])
+                .inc();
+            drop(in_flight);
+        });
     }
 
     /// After an unlink or rmdir: the name is gone, the directory changed.
@@ -508,6 +598,7 @@ impl DfsFs {
         let ticket = self.coherence().ticket().own();
         let reply = self
             .meta()
+            .await
             .rmdir(pb::RmdirRequest {
                 parent,
                 name: name.to_vec(),
@@ -535,7 +626,7 @@ impl DfsFs {
             keep_open: victim.is_some(),
         };
         let ticket = self.coherence().ticket().own();
-        let reply = match self.meta().rename(request).await {
+        let reply = match self.meta().await.rename(request).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
                 for (dir, name) in [(parent, name), (new_parent, new_name)] {
@@ -573,7 +664,7 @@ impl DfsFs {
             new_name: new_name.to_vec(),
         };
         let ticket = self.coherence().ticket().own();
-        let reply = match self.meta().link(request).await {
+        let reply = match self.meta().await.link(request).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
                 self.coherence().forget_entry(new_parent, new_name);
@@ -598,6 +689,7 @@ impl DfsFs {
     pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         Ok(self
             .meta()
+            .await
             .read_link(pb::ReadLinkRequest { ino })
             .await?
             .into_inner()
@@ -611,6 +703,8 @@ impl DfsFs {
     /// mount (this one included), or a truncate, changes the signature and the
     /// pages are dropped: close-to-open.
     pub async fn open(&self, ino: u64, open_flags: i32) -> FsResult<Opened> {
+        // An unlink of this inode answered early lands first.
+        self.deferred.settled_ino(ino).await;
         let (file, shared) = match self.open_file(ino) {
             Some(f) => (f, true),
             None => {
@@ -752,7 +846,7 @@ impl DfsFs {
             unnamed: true,
             ..Default::default()
         };
-        let attr = attr_of(self.meta().create(request).await?.into_inner())?;
+        let attr = attr_of(self.meta().await.create(request).await?.into_inner())?;
         self.note_attr(&attr);
         let fh = self.open_new(&attr, true).await?;
         Ok((attr, fh))
@@ -1015,7 +1109,7 @@ impl DfsFs {
     }
 
     async fn sync_meta(&self) -> FsResult<()> {
-        let mut meta = self.meta.clone();
+        let mut meta = self.meta().await;
         meta.sync(pb::Empty {}).await?;
         Ok(())
     }
@@ -1077,6 +1171,7 @@ impl DfsFs {
 
     /// Flushes every open file (unmount, shutdown).
     pub async fn flush_all(&self) {
+        self.deferred.settled().await;
         let files: Vec<_> = lock(&self.files)
             .values()
             .filter_map(Weak::upgrade)
@@ -1129,6 +1224,7 @@ impl DfsFs {
         let after = l.entries.last().map(|e| e.name.clone()).unwrap_or_default();
         let page = self
             .meta()
+            .await
             .read_dir(pb::ReadDirRequest {
                 ino: l.ino,
                 after,
@@ -1195,7 +1291,7 @@ impl DfsFs {
     }
 
     pub async fn statfs(&self) -> FsResult<pb::StatFsReply> {
-        Ok(self.meta().stat_fs(pb::Empty {}).await?.into_inner())
+        Ok(self.meta().await.stat_fs(pb::Empty {}).await?.into_inner())
     }
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
@@ -1206,7 +1302,13 @@ impl DfsFs {
             ino,
             name: name.to_vec(),
         };
-        Ok(self.meta().get_xattr(request).await?.into_inner().value)
+        Ok(self
+            .meta()
+            .await
+            .get_xattr(request)
+            .await?
+            .into_inner()
+            .value)
     }
 
     pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
@@ -1218,7 +1320,7 @@ impl DfsFs {
             value: value.to_vec(),
             flags,
         };
-        self.meta().set_xattr(request).await?;
+        self.meta().await.set_xattr(request).await?;
         Ok(())
     }
 
@@ -1228,6 +1330,7 @@ impl DfsFs {
         }
         Ok(self
             .meta()
+            .await
             .list_xattr(pb::ListXattrRequest { ino })
             .await?
             .into_inner()
@@ -1237,6 +1340,7 @@ impl DfsFs {
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         let _changed = AttrsChanged(self.coherence(), ino);
         self.meta()
+            .await
             .remove_xattr(pb::RemoveXattrRequest {
                 ino,
                 name: name.to_vec(),

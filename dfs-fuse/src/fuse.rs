@@ -194,7 +194,7 @@ impl FuseAdapter {
         if !sleep {
             let op = if lock.flock { "flock" } else { "setlk" };
             let result = self.run(op, async {
-                fs.locks.set(&fs.meta(), lock, false, None).await
+                fs.locks.set(&fs.meta_unordered(), lock, false, None).await
             });
             return empty(reply, result);
         }
@@ -203,7 +203,7 @@ impl FuseAdapter {
         self.rt.spawn(async move {
             let result = fs
                 .locks
-                .set(&fs.meta(), lock, true, Some(interrupted))
+                .set(&fs.meta_unordered(), lock, true, Some(interrupted))
                 .await;
             fs.locks.done_waiting(unique);
             match result {
@@ -689,7 +689,7 @@ impl Filesystem for FuseAdapter {
             let flushed = fs.flush(fh.0).await;
             let unlocked = fs
                 .locks
-                .release_owner(&fs.meta(), ino.0, lock_owner.0, false)
+                .release_owner(&fs.meta_unordered(), ino.0, lock_owner.0, false)
                 .await;
             flushed.and(unlocked)
         };
@@ -713,7 +713,7 @@ impl Filesystem for FuseAdapter {
             let unlocked = match lock_owner {
                 Some(owner) => {
                     fs.locks
-                        .release_owner(&fs.meta(), ino.0, owner.0, true)
+                        .release_owner(&fs.meta_unordered(), ino.0, owner.0, true)
                         .await
                 }
                 None => Ok(()),
@@ -745,7 +745,7 @@ impl Filesystem for FuseAdapter {
             pid,
         };
         let fs = &self.fs;
-        match self.run("getlk", fs.locks.test(&fs.meta(), lock)) {
+        match self.run("getlk", fs.locks.test(&fs.meta_unordered(), lock)) {
             Ok(Some(c)) => reply.locked(c.start, c.end, c.typ, c.pid),
             Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
             Err(e) => reply.error(e),

@@ -10,6 +10,7 @@ pub mod append;
 pub mod backend;
 pub mod cache;
 pub mod coherence;
+pub mod deferred;
 pub mod durability;
 pub mod error;
 #[cfg(test)]
@@ -133,7 +134,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
             }
         });
     }
-    let fs = Arc::new(fs::DfsFs::new(io, meta));
+    let fs = Arc::new(fs::DfsFs::new(io, meta, opts.sync_unlink));
     let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone(), opts.writeback_cache);
 
     let mut config = fuser::Config::default();

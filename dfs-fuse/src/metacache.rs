@@ -184,6 +184,14 @@ impl MetaCache {
         self.forget_complete(parent);
     }
 
+    /// Sets the cached attributes' mtime and ctime (a change made here).
+    pub fn touch(&mut self, ino: u64, at: pb::Timespec) {
+        if let Some((attr, _)) = self.attrs.peek_mut(&ino) {
+            attr.mtime = Some(at);
+            attr.ctime = Some(at);
+        }
+    }
+
     pub fn forget_attr(&mut self, ino: u64) {
         self.attrs.pop(&ino);
     }

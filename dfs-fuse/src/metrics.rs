@@ -27,6 +27,7 @@ pub struct FuseMetrics {
     pub invalidations: IntCounterVec,
     pub meta_calls: IntCounterVec,
     pub watch_live: IntGauge,
+    pub deferred_unlinks: IntCounterVec,
 }
 
 impl FuseMetrics {
@@ -121,6 +122,14 @@ impl FuseMetrics {
                 "dfs_fuse_watch_live",
                 "1 while meta's invalidations reach this mount (long kernel cache times)",
             ),
+            deferred_unlinks: IntCounterVec::new(
+                Opts::new(
+                    "dfs_fuse_deferred_unlinks_total",
+                    "unlinks answered before meta had them, by outcome on meta (done, gone, failed)",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.cache_hits.clone()),
@@ -142,6 +151,7 @@ impl FuseMetrics {
             Box::new(m.invalidations.clone()),
             Box::new(m.meta_calls.clone()),
             Box::new(m.watch_live.clone()),
+            Box::new(m.deferred_unlinks.clone()),
         ];
         register_all(&m.registry, all);
         m

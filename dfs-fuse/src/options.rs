@@ -14,6 +14,8 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Let the kernel buffer writes in its page cache (FUSE writeback cache).
     pub writeback_cache: bool,
+    /// Every unlink waits for meta, none is answered early (`deferred.rs`).
+    pub sync_unlink: bool,
     /// Bytes of chunk data kept in memory.
     pub cache_size: u64,
     pub metrics: Option<String>,
@@ -134,6 +136,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
         allow_root: false,
         read_only: false,
         writeback_cache: false,
+        sync_unlink: false,
         cache_size: 512 << 20,
         metrics: None,
         log: None,
@@ -163,6 +166,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
             ("allow_root", None) => opts.allow_root = true,
             ("ro", None) => opts.read_only = true,
             ("writeback_cache", None) => opts.writeback_cache = true,
+            ("sync_unlink", None) => opts.sync_unlink = true,
             ("cache_size", Some(v)) => {
                 opts.cache_size =
                     parse_size(v).ok_or_else(|| OptionsError::BadValue(option.into()))?
@@ -245,6 +249,8 @@ mod tests {
         let o = parse(args("a:1 /m -o cache_timeout=600")).unwrap();
         assert_eq!(o.cache_timeout, std::time::Duration::from_secs(600));
         assert!(parse(args("a:1 /m -o cache_timeout=x")).is_err());
+        assert!(!o.sync_unlink);
+        assert!(parse(args("a:1 /m -o sync_unlink")).unwrap().sync_unlink);
     }
 
     #[test]

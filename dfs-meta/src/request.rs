@@ -243,6 +243,8 @@ pub struct Unlink {
     pub parent: u64,
     pub name: Name,
     pub keep_open: bool,
+    /// Only if the name still names this inode.
+    pub expect_ino: Option<u64>,
 }
 
 impl TryFrom<pb::UnlinkRequest> for Unlink {
@@ -253,6 +255,7 @@ impl TryFrom<pb::UnlinkRequest> for Unlink {
             parent: r.parent,
             name: r.name.try_into()?,
             keep_open: r.keep_open,
+            expect_ino: (r.expect_ino != 0).then_some(r.expect_ino),
         })
     }
 }
@@ -792,7 +795,7 @@ mod tests {
             "Unlink" => pb::UnlinkRequest {
                 parent: 1,
                 name,
-                keep_open: false,
+                ..Default::default()
             }
             .encode_to_vec(),
             "Rmdir" => pb::RmdirRequest { parent: 1, name }.encode_to_vec(),

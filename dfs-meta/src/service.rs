@@ -364,18 +364,21 @@ impl Meta for MetaService {
             let keep_open = r.keep_open.then_some(origin.session);
             let ino = self
                 .store
-                .unlink(r.parent, r.name.bytes(), keep_open, origin)
+                .unlink_if(r.parent, r.name.bytes(), r.expect_ino, keep_open, origin)
                 .await?;
             self.roots.changed();
             self.watchers.publish(
                 origin.session,
                 vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
             );
+            let unshared =
+                origin.session != 0 && !self.watchers.others_may_cache(origin.session, r.parent);
             Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
                 new_parent: None,
                 ino,
                 replaced_ino: 0,
+                unshared,
             }))
         })
         .await
@@ -398,6 +401,7 @@ impl Meta for MetaService {
                 new_parent: None,
                 ino,
                 replaced_ino: 0,
+                unshared: false,
             }))
         })
         .await
@@ -446,6 +450,7 @@ impl Meta for MetaService {
                 new_parent,
                 ino: renamed.moved,
                 replaced_ino: renamed.replaced.unwrap_or(0),
+                unshared: false,
             }))
         })
         .await

@@ -288,6 +288,22 @@ impl Watchers {
         }
     }
 
+    /// Whether a session other than `session` may cache names in `dir`: one
+    /// watching here has been handed something of it, or other metas share
+    /// the store (their watchers are not known here).
+    pub fn others_may_cache(&self, session: u64, dir: u64) -> bool {
+        if self.forward.is_some() {
+            return true;
+        }
+        let change = Change::Entry {
+            parent: dir,
+            name: Vec::new(),
+        };
+        self.lock()
+            .iter()
+            .any(|(s, w)| *s != session && w.cares(&change))
+    }
+
     /// Sends each watcher (but `origin`) the changes it may have cached. A
     /// watcher too slow to take them, or gone, is dropped.
     fn deliver(&self, origin: u64, changes: &[Change]) {

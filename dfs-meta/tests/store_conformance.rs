@@ -123,6 +123,7 @@ conformance!(
     rename_rules,
     rename_flags,
     hard_links,
+    unlink_names_the_inode_it_expects,
     symlinks_and_special_files,
     readdir_pages_in_byte_order,
     xattrs,
@@ -446,6 +447,38 @@ async fn hard_links(h: Handle) {
     s.unlink(d.ino, b"g", None, Origin::NONE).await.unwrap();
     s.unlink(d.ino, b"h", None, Origin::NONE).await.unwrap();
     assert_eq!(errno(s.getattr(f.ino).await.unwrap_err()), libc::ENOENT);
+}
+
+/// An unlink answered early by a mount names the inode it removed: a file
+/// renamed over the name meanwhile is not removed in its place.
+async fn unlink_names_the_inode_it_expects(h: Handle) {
+    let s = &h.store;
+    let old = s.create(file(ROOT_INO, "f"), Origin::NONE).await.unwrap();
+    let new = s.create(file(ROOT_INO, "g"), Origin::NONE).await.unwrap();
+    s.rename(ROOT_INO, b"g", ROOT_INO, b"f", 0, None, Origin::NONE)
+        .await
+        .unwrap();
+    let refused = s
+        .unlink_if(ROOT_INO, b"f", Some(old.ino), None, Origin::NONE)
+        .await
+        .unwrap_err();
+    assert_eq!(errno(refused), libc::ENOENT);
+    assert_eq!(s.lookup(ROOT_INO, b"f").await.unwrap().ino, new.ino);
+    assert_eq!(s.getattr(new.ino).await.unwrap().nlink, 1);
+    let gone = s
+        .unlink_if(ROOT_INO, b"f", Some(new.ino), None, Origin::NONE)
+        .await
+        .unwrap();
+    assert_eq!(gone, new.ino);
+    assert_eq!(
+        errno(s.lookup(ROOT_INO, b"f").await.unwrap_err()),
+        libc::ENOENT
+    );
+    let missing = s
+        .unlink_if(ROOT_INO, b"f", Some(new.ino), None, Origin::NONE)
+        .await
+        .unwrap_err();
+    assert_eq!(errno(missing), libc::ENOENT);
 }
 
 async fn symlinks_and_special_files(h: Handle) {

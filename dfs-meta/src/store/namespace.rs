@@ -159,6 +159,19 @@ impl Store {
         keep_open: Option<u64>,
         origin: Origin,
     ) -> Result<u64> {
+        self.unlink_if(parent, name, None, keep_open, origin).await
+    }
+
+    /// `unlink`, done only if `name` names inode `expect` (when given): a name
+    /// that now names another inode is NotFound and nothing changes.
+    pub async fn unlink_if(
+        &self,
+        parent: u64,
+        name: &[u8],
+        expect: Option<u64>,
+        keep_open: Option<u64>,
+        origin: Origin,
+    ) -> Result<u64> {
         validate_name(name)?;
         in_tx_once!(
             self,
@@ -167,9 +180,11 @@ impl Store {
                 let now = Timespec::now();
                 let (dir, entry) = dir_and_entry(&mut tx, parent, name).await?;
                 dir.require_unpinned("unlink")?;
-                let inode = entry.ok_or_else(|| {
-                    StoreError::NotFound(String::from_utf8_lossy(name).into_owned())
-                })?;
+                let inode = entry
+                    .filter(|i| expect.is_none_or(|e| e == i.ino))
+                    .ok_or_else(|| {
+                        StoreError::NotFound(String::from_utf8_lossy(name).into_owned())
+                    })?;
                 let ino = inode.ino;
                 if inode.kind == FileKind::Directory {
                     return Err(StoreError::IsDir);
