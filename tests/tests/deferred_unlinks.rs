@@ -132,3 +132,34 @@ fn a_directory_another_mount_looks_at_is_unlinked_synchronously() {
     assert!(names(&b.join("shared")).is_empty());
     assert!(names(&b.join("private")).is_empty());
 }
+
+#[test]
+fn unlinks_in_flight_when_meta_crashes_land_on_the_restarted_meta() {
+    let mut c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let m = c.mount("m");
+    wait_live(&c, &m);
+    let dir = m.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..20 {
+        std::fs::write(dir.join(format!("f{i:02}")), "x").unwrap();
+    }
+    std::fs::remove_file(dir.join("f00")).unwrap();
+    // Sent to a meta that never answers them: it stops, then dies.
+    let meta = c.meta_pid().expect("meta runs");
+    dfs_tests::signal(meta, "STOP");
+    for i in 1..15 {
+        std::fs::remove_file(dir.join(format!("f{i:02}"))).unwrap();
+    }
+    c.kill_meta();
+    c.start_meta();
+    // The directory's fsync waits for them, sent again to the new meta.
+    std::fs::File::open(&dir).unwrap().sync_all().unwrap();
+    assert_eq!(deferred(&m, "done") + deferred(&m, "gone"), 14.0);
+    assert_eq!(deferred(&m, "failed"), 0.0);
+    let other = c.mount("other");
+    let left: Vec<String> = (15..20).map(|i| format!("f{i:02}")).collect();
+    assert_eq!(names(&other.join("d")), left);
+}
