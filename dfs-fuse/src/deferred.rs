@@ -13,7 +13,7 @@
 //!   waits for it too (`settled_ino`).
 //! - **Only in a directory no other client looks at:** meta's reply to an
 //!   unlink says whether another client may cache names in the directory
-//!   (`unshared`: none watching it on this meta, and no other meta). Only
+//!   (`unshared`: none watching it on meta, whose store is SQLite). Only
 //!   after such a reply, for `PRIVATE_FOR`, are that directory's next unlinks
 //!   answered early, and each reply renews or ends that. So the first unlink
 //!   in a directory always waits for meta (a read-only export refuses it, and

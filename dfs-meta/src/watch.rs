@@ -289,8 +289,12 @@ impl Watchers {
     }
 
     /// Whether a session other than `session` may cache names in `dir`: one
-    /// watching here has been handed something of it, or other metas share
-    /// the store (their watchers are not known here).
+    /// watching here has been handed something of it, or the store is shared
+    /// (PostgreSQL: other metas' watchers are not known here). On PostgreSQL
+    /// this also keeps a mount from sending many unlinks of one directory at
+    /// once: they would conflict on the directory's row in serializable
+    /// transactions and retry (measured: `rm -rf` of 2,000 files 3.0 s
+    /// synchronous, 5.4 to 6.1 s with early answers; 3,425 retries).
     pub fn others_may_cache(&self, session: u64, dir: u64) -> bool {
         if self.forward.is_some() {
             return true;

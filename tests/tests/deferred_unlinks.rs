@@ -163,3 +163,30 @@ fn unlinks_in_flight_when_meta_crashes_land_on_the_restarted_meta() {
     let left: Vec<String> = (15..20).map(|i| format!("f{i:02}")).collect();
     assert_eq!(names(&other.join("d")), left);
 }
+
+/// On PostgreSQL every unlink waits for meta: other metas' watchers are not
+/// known to this one, and unlinks of one directory sent together would
+/// conflict in serializable transactions.
+#[test]
+fn on_postgresql_every_unlink_waits_for_meta() {
+    let Some(admin) = dfs_tests::postgres_admin_url() else {
+        return;
+    };
+    let c = Cluster::start(Options {
+        store: Some(dfs_tests::fresh_postgres_db(&admin)),
+        metrics: true,
+        ..Options::default()
+    });
+    let m = c.mount("m");
+    wait_live(&c, &m);
+    let dir = m.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..10 {
+        std::fs::write(dir.join(format!("f{i}")), "x").unwrap();
+    }
+    for i in 0..10 {
+        std::fs::remove_file(dir.join(format!("f{i}"))).unwrap();
+    }
+    assert_eq!(deferred(&m, "done"), 0.0);
+    assert!(names(&dir).is_empty());
+}
