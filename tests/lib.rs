@@ -326,6 +326,20 @@ impl Cluster {
         });
     }
 
+    /// Waits until meta's invalidations reach mount `m` (`live`: its caches
+    /// keep entries then) or stop reaching it, from the mount's
+    /// `dfs_fuse_watch_live` (mounted with metrics).
+    pub fn wait_watch(&self, m: &Mount, live: bool) {
+        let want = if live { 1.0 } else { 0.0 };
+        self.wait_until("the mount's watch state", Duration::from_secs(60), |_| {
+            let page = http_get(
+                m.metrics.as_ref().expect("mounted with metrics"),
+                "/metrics",
+            );
+            metric_value(&page, "dfs_fuse_watch_live") == want
+        });
+    }
+
     /// The first meta's process id while it runs (for signals).
     pub fn meta_pid(&self) -> Option<u32> {
         self.meta.as_ref().map(Child::id).or(self.meta_pid)

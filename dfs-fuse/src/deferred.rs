@@ -161,7 +161,8 @@ impl DeferredUnlinks {
     }
 
     /// Unlinks in flight now.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         lock(&self.victims).values().sum()
     }
 }

@@ -19,13 +19,6 @@ fn metric(m: &Mount, name: &str) -> f64 {
     metric_value(&http_get(m.metrics.as_ref().unwrap(), "/metrics"), name)
 }
 
-fn wait_live(c: &Cluster, m: &Mount, live: bool) {
-    let want = if live { 1.0 } else { 0.0 };
-    c.wait_until("the mount's watch state", Duration::from_secs(60), |_| {
-        metric(m, "dfs_fuse_watch_live") == want
-    });
-}
-
 fn size(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
@@ -98,7 +91,7 @@ fn another_mounts_changes_reach_an_hour_long_cache() {
     });
     let a = c.mount("a");
     let b = c.mount_with("b", HOUR_CACHE);
-    wait_live(&c, &b, true);
+    c.wait_watch(&b, true);
     changes_reach(&c, &a, &b);
 
     // And B really caches: stats of what it knows ask meta nothing more.
@@ -133,13 +126,13 @@ fn invalidations_resume_after_a_meta_restart() {
     });
     let a = c.mount("a");
     let b = c.mount_with("b", HOUR_CACHE);
-    wait_live(&c, &b, true);
+    c.wait_watch(&b, true);
     std::fs::write(a.join("f"), b"one").unwrap();
     assert_eq!(size(&b.join("f")), Some(3));
     c.kill_meta();
-    wait_live(&c, &b, false);
+    c.wait_watch(&b, false);
     c.start_meta();
-    wait_live(&c, &b, true);
+    c.wait_watch(&b, true);
     std::fs::write(a.join("f"), b"three").unwrap();
     c.wait_until("B sees A's rewrite after the restart", SEEN_WITHIN, |_| {
         size(&b.join("f")) == Some(5)
@@ -162,6 +155,6 @@ fn changes_on_one_meta_reach_a_mount_of_another() {
     // A talks to the first meta only, B to the second only.
     let a = c.mount_via("a", "cache_size=64M", &first);
     let b = c.mount_via("b", HOUR_CACHE, c.extra_meta_addr(second));
-    wait_live(&c, &b, true);
+    c.wait_watch(&b, true);
     changes_reach(&c, &a, &b);
 }

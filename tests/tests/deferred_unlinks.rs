@@ -5,10 +5,43 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use dfs_tests::{http_get, Cluster, Mount, Options};
+
+/// A cluster with metrics, meta on `store` (None: SQLite).
+fn cluster(store: Option<String>) -> Cluster {
+    Cluster::start(Options {
+        store,
+        metrics: true,
+        ..Options::default()
+    })
+}
+
+/// The name of file `i` of a test directory.
+fn file(i: usize) -> String {
+    format!("f{i:02}")
+}
+
+/// Makes directory `name` on `m` with `files` small files in it.
+fn filled(m: &Mount, name: &str, files: usize) -> PathBuf {
+    let dir = m.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..files {
+        std::fs::write(dir.join(file(i)), "x").unwrap();
+    }
+    dir
+}
+
+/// Unlinks the files numbered `which` in `dir`.
+fn unlink(dir: &Path, which: Range<usize>) {
+    for i in which {
+        std::fs::remove_file(dir.join(file(i))).unwrap();
+    }
+}
 
 /// `dfs_fuse_deferred_unlinks_total{outcome}` of a mount.
 fn deferred(m: &Mount, outcome: &str) -> f64 {
@@ -19,17 +52,7 @@ fn deferred(m: &Mount, outcome: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
-/// Waits until meta's invalidations reach `m` (its caches keep entries then).
-fn wait_live(c: &Cluster, m: &Mount) {
-    c.wait_until("invalidations live", Duration::from_secs(30), |_| {
-        dfs_tests::metric_value(
-            &http_get(m.metrics.as_ref().unwrap(), "/metrics"),
-            "dfs_fuse_watch_live",
-        ) == 1.0
-    });
-}
-
-fn names(dir: &std::path::Path) -> Vec<String> {
+fn names(dir: &Path) -> Vec<String> {
     let mut n: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -40,20 +63,13 @@ fn names(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn unlinks_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_order() {
-    let c = Cluster::start(Options {
-        metrics: true,
-        ..Options::default()
-    });
+    let c = cluster(None);
     let m = c.mount("m");
-    wait_live(&c, &m);
-    let dir = m.join("d");
-    std::fs::create_dir(&dir).unwrap();
-    for i in 0..40 {
-        std::fs::write(dir.join(format!("f{i:02}")), format!("file {i}")).unwrap();
-    }
+    c.wait_watch(&m, true);
+    let dir = filled(&m, "d", 40);
     // The first unlink in a directory waits for meta, whose reply says no
     // other mount looks at it.
-    std::fs::remove_file(dir.join("f00")).unwrap();
+    unlink(&dir, 0..1);
     assert_eq!(deferred(&m, "done"), 0.0);
 
     let meta = c.meta_pid().expect("meta runs");
@@ -61,23 +77,21 @@ fn unlinks_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
     let (tx, rx) = mpsc::channel();
     let gone = dir.clone();
     std::thread::spawn(move || {
-        for i in 1..31 {
-            std::fs::remove_file(gone.join(format!("f{i:02}"))).unwrap();
-        }
+        unlink(&gone, 1..31);
         tx.send(()).unwrap();
     });
     let answered = rx.recv_timeout(Duration::from_secs(10));
     dfs_tests::signal(meta, "CONT");
     answered.expect("30 unlinks answered while meta was stopped");
     // This mount's own view has them gone at once.
-    assert!(!dir.join("f01").exists());
+    assert!(!dir.join(file(1)).exists());
 
     // An fsync of the directory waits for them, then makes them durable.
     std::fs::File::open(&dir).unwrap().sync_all().unwrap();
     assert_eq!(deferred(&m, "done"), 30.0);
     assert_eq!(deferred(&m, "failed"), 0.0);
     let other = c.mount("other");
-    let left: Vec<String> = (31..40).map(|i| format!("f{i:02}")).collect();
+    let left: Vec<String> = (31..40).map(file).collect();
     assert_eq!(
         names(&other.join("d")),
         left,
@@ -86,10 +100,10 @@ fn unlinks_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
 
     // A name unlinked early can be made again at once; the directory,
     // emptied by unlinks answered early, can be removed at once.
-    std::fs::remove_file(dir.join("f31")).unwrap();
-    std::fs::write(dir.join("f31"), "again").unwrap();
+    unlink(&dir, 31..32);
+    std::fs::write(dir.join(file(31)), "again").unwrap();
     assert_eq!(
-        std::fs::read_to_string(other.join("d/f31")).unwrap(),
+        std::fs::read_to_string(other.join("d").join(file(31))).unwrap(),
         "again"
     );
     for name in names(&dir) {
@@ -103,30 +117,17 @@ fn unlinks_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
 
 #[test]
 fn a_directory_another_mount_looks_at_is_unlinked_synchronously() {
-    let c = Cluster::start(Options {
-        metrics: true,
-        ..Options::default()
-    });
+    let c = cluster(None);
     let (a, b) = (c.mount("a"), c.mount("b"));
-    wait_live(&c, &a);
-    wait_live(&c, &b);
-    let shared = a.join("shared");
-    let private = a.join("private");
-    for dir in [&shared, &private] {
-        std::fs::create_dir(dir).unwrap();
-        for i in 0..10 {
-            std::fs::write(dir.join(format!("f{i}")), "x").unwrap();
-        }
-    }
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    let shared = filled(&a, "shared", 10);
+    let private = filled(&a, "private", 10);
     // B lists one directory: meta now sends B its changes.
     assert_eq!(names(&b.join("shared")).len(), 10);
-    for i in 0..10 {
-        std::fs::remove_file(shared.join(format!("f{i}"))).unwrap();
-    }
+    unlink(&shared, 0..10);
     assert_eq!(deferred(&a, "done"), 0.0, "B looks at `shared`");
-    for i in 0..10 {
-        std::fs::remove_file(private.join(format!("f{i}"))).unwrap();
-    }
+    unlink(&private, 0..10);
     std::fs::File::open(&private).unwrap().sync_all().unwrap();
     assert_eq!(deferred(&a, "done"), 9.0, "all but the first in `private`");
     assert!(names(&b.join("shared")).is_empty());
@@ -135,24 +136,15 @@ fn a_directory_another_mount_looks_at_is_unlinked_synchronously() {
 
 #[test]
 fn unlinks_in_flight_when_meta_crashes_land_on_the_restarted_meta() {
-    let mut c = Cluster::start(Options {
-        metrics: true,
-        ..Options::default()
-    });
+    let mut c = cluster(None);
     let m = c.mount("m");
-    wait_live(&c, &m);
-    let dir = m.join("d");
-    std::fs::create_dir(&dir).unwrap();
-    for i in 0..20 {
-        std::fs::write(dir.join(format!("f{i:02}")), "x").unwrap();
-    }
-    std::fs::remove_file(dir.join("f00")).unwrap();
+    c.wait_watch(&m, true);
+    let dir = filled(&m, "d", 20);
+    unlink(&dir, 0..1);
     // Sent to a meta that never answers them: it stops, then dies.
     let meta = c.meta_pid().expect("meta runs");
     dfs_tests::signal(meta, "STOP");
-    for i in 1..15 {
-        std::fs::remove_file(dir.join(format!("f{i:02}"))).unwrap();
-    }
+    unlink(&dir, 1..15);
     c.kill_meta();
     c.start_meta();
     // The directory's fsync waits for them, sent again to the new meta.
@@ -160,7 +152,7 @@ fn unlinks_in_flight_when_meta_crashes_land_on_the_restarted_meta() {
     assert_eq!(deferred(&m, "done") + deferred(&m, "gone"), 14.0);
     assert_eq!(deferred(&m, "failed"), 0.0);
     let other = c.mount("other");
-    let left: Vec<String> = (15..20).map(|i| format!("f{i:02}")).collect();
+    let left: Vec<String> = (15..20).map(file).collect();
     assert_eq!(names(&other.join("d")), left);
 }
 
@@ -172,21 +164,11 @@ fn on_postgresql_every_unlink_waits_for_meta() {
     let Some(admin) = dfs_tests::postgres_admin_url() else {
         return;
     };
-    let c = Cluster::start(Options {
-        store: Some(dfs_tests::fresh_postgres_db(&admin)),
-        metrics: true,
-        ..Options::default()
-    });
+    let c = cluster(Some(dfs_tests::fresh_postgres_db(&admin)));
     let m = c.mount("m");
-    wait_live(&c, &m);
-    let dir = m.join("d");
-    std::fs::create_dir(&dir).unwrap();
-    for i in 0..10 {
-        std::fs::write(dir.join(format!("f{i}")), "x").unwrap();
-    }
-    for i in 0..10 {
-        std::fs::remove_file(dir.join(format!("f{i}"))).unwrap();
-    }
+    c.wait_watch(&m, true);
+    let dir = filled(&m, "d", 10);
+    unlink(&dir, 0..10);
     assert_eq!(deferred(&m, "done"), 0.0);
     assert!(names(&dir).is_empty());
 }

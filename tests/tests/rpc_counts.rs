@@ -44,16 +44,6 @@ fn per_file(
     (by, total)
 }
 
-/// Waits until meta's invalidations reach `m` (its caches keep entries then).
-fn wait_live(c: &Cluster, m: &Mount) {
-    c.wait_until("invalidations live", Duration::from_secs(30), |_| {
-        dfs_tests::metric_value(
-            &http_get(m.metrics.as_ref().unwrap(), "/metrics"),
-            "dfs_fuse_watch_live",
-        ) == 1.0
-    });
-}
-
 fn drop_kernel_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
 }
@@ -65,7 +55,7 @@ fn small_file_operations_make_few_round_trips() {
         ..Options::default()
     });
     let m = c.mount("m");
-    wait_live(&c, &m);
+    c.wait_watch(&m, true);
     let dir = m.join("small");
     std::fs::create_dir(&dir).unwrap();
     let paths: Vec<_> = (0..FILES).map(|i| dir.join(format!("f{i}"))).collect();
@@ -118,7 +108,7 @@ fn stats_after_the_cache_expired_list_the_directory_once() {
         ..Options::default()
     });
     let m = c.mount_with("m", "cache_timeout=2");
-    wait_live(&c, &m);
+    c.wait_watch(&m, true);
     let dir = m.join("old");
     std::fs::create_dir(&dir).unwrap();
     let paths: Vec<_> = (0..FILES).map(|i| dir.join(format!("f{i}"))).collect();
