@@ -638,7 +638,7 @@ async fn mkdir(meta: &mut Meta, path: &str, parents: bool) -> Result<()> {
                 gid: process_owner().1,
                 rdev: 0,
                 symlink_target: vec![],
-                unnamed: false,
+                ..Default::default()
             })
             .await
             .map_err(|s| ClientError::from(s).with_path(&so_far))?;

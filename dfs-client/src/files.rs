@@ -118,7 +118,7 @@ pub async fn put(
             gid: opts.gid,
             rdev: 0,
             symlink_target: vec![],
-            unnamed: false,
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -336,6 +336,25 @@ impl Coherence {
         self.queue(Work::Inode { ino, data: false });
     }
 
+    /// A change this mount answered early did not happen on meta (a create
+    /// it refused): the cache and the kernel forget `name` in `parent` and
+    /// the attributes of both inodes, as if meta had said they changed.
+    pub fn answered_wrongly(&self, parent: u64, name: &[u8], ino: u64) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut cache = self.cache();
+            cache.forget_entry(parent, name);
+            cache.forget_attr(parent);
+            cache.forget_attr(ino);
+        }
+        self.queue(Work::Entry(parent, name.to_vec()));
+        self.queue(Work::Inode { ino, data: false });
+        self.queue(Work::Inode {
+            ino: parent,
+            data: false,
+        });
+    }
+
     /// Applies a batch of changes from meta.
     fn apply(&self, changes: pb::Invalidations) {
         self.epoch.fetch_add(1, Ordering::SeqCst);

@@ -1,50 +1,65 @@
-//! Unlinks answered before meta has them. When every unlink waits for meta,
-//! `rm -rf` and other mass deletes pay one metadata round trip per name; here
-//! the mount answers an unlink it can vouch for at once and sends it
-//! meanwhile, up to `IN_FLIGHT` at a time (`fs.rs` decides which, see
-//! `DfsFs::deferrable_unlink`).
+//! Unlinks and creates answered before meta has them. When every one waits
+//! for meta, `rm -rf`, mass deletes and runs of creates pay one metadata
+//! round trip per name; here the mount answers one it can vouch for at once
+//! and sends it meanwhile, up to `IN_FLIGHT` at a time (`fs.rs` decides
+//! which: `DfsFs::deferrable_unlink`, `DfsFs::deferrable_create`).
 //!
 //! What keeps this honest:
 //! - **Order.** Every other call that reads or changes names or attributes on
-//!   meta first waits until the unlinks sent so far are answered
-//!   (`settled`), so this mount's later calls (the rmdir of the emptied
-//!   directory, a create of the same name, an fsync of the directory, a
-//!   listing) see them done. An open of an inode whose unlink is in flight
-//!   waits for it too (`settled_ino`).
+//!   meta first waits until the calls sent so far are answered (`settled`),
+//!   so this mount's later calls (the rmdir of the emptied directory, a
+//!   rename of a new file, an fsync of the directory, a listing) see them
+//!   done. An open of an inode whose call is in flight waits for it too
+//!   (`settled_ino`), and two early calls never name the same name or inode
+//!   at once (`busy`): a create after an unlink of one name waits for it.
 //! - **Only in a directory no other client looks at:** meta's reply to an
-//!   unlink says whether another client may cache names in the directory
-//!   (`unshared`: none watching it on meta, whose store is SQLite). Only
-//!   after such a reply, for `PRIVATE_FOR`, are that directory's next unlinks
-//!   answered early, and each reply renews or ends that. So the first unlink
-//!   in a directory always waits for meta (a read-only export refuses it, and
-//!   nothing is ever answered early there), and where mounts share a
-//!   directory every unlink does, as before: another mount never sees a name
-//!   linger longer than it does today.
-//! - **Only what the mount can vouch for:** a regular file or symlink whose
-//!   entry and attributes, and its directory's, are in the mount's cache, not
-//!   open here, neither it nor its directory immutable or append-only.
-//!   Everything else waits for meta as before.
+//!   unlink or create says whether another client may cache names in the
+//!   directory (`unshared`: none watching it on meta, whose store is
+//!   SQLite). Only after such a reply, for `PRIVATE_FOR`, are that
+//!   directory's next unlinks and creates answered early, and each reply
+//!   renews or ends that. So the first one in a directory always waits for
+//!   meta (a read-only export refuses it, and nothing is ever answered early
+//!   there), and where mounts share a directory every call does, as before:
+//!   another mount never sees a name linger or lag longer than it does today.
+//! - **Only what the mount can vouch for:** an unlink of a regular file or
+//!   symlink whose entry and attributes, and its directory's, are in the
+//!   mount's cache, not open here, neither it nor its directory immutable or
+//!   append-only; a create of a regular file under a name the mount's cache
+//!   knows is free, in a directory whose attributes it knows (for the setgid
+//!   rule), under an inode number meta granted it. Everything else waits for
+//!   meta as before.
 //! - **The inode, named:** meta removes the name only while it still names the
 //!   inode this mount removed (`expect_ino`), so a file another client renamed
-//!   over the name meanwhile is not removed in its place.
+//!   over the name meanwhile is not removed in its place; a create names its
+//!   inode number, so a create sent twice is one file.
+//! - **A new file's data waits for its create:** the file's first commit,
+//!   fsync or chunk map waits until meta has the create (`Landing`); if meta
+//!   refused it (another client took the name in the moment since meta's
+//!   word), those fail with EIO and the name leaves this mount's cache, so
+//!   nothing written to the file is acknowledged by a close. An empty file
+//!   closed before meta answered is acknowledged without waiting.
 //! - A client that starts looking at the directory meanwhile sees the names
-//!   go when meta has them (a round trip after this mount answered), and
-//!   stops the early answers with its interest. A crash of the mount before
-//!   meta answered loses the unlinks in flight (the files stay): as with a
-//!   local file system, an unlink is durable once its directory is fsynced.
-//! - A failure meta reports, other than the name being gone already, is
-//!   logged and counted, and the name comes back in this mount's cache.
+//!   come and go when meta has them (a round trip after this mount answered),
+//!   and stops the early answers with its interest. A crash of the mount
+//!   before meta answered loses the calls in flight (unlinked files stay,
+//!   empty created ones are not there): as with a local file system, a
+//!   name's change is durable once its directory is fsynced.
+//! - A failure meta reports, other than an unlink's name being gone already,
+//!   is logged and counted, and the cache drops what it said of the name.
 //!
-//! `-o sync_unlink` makes every unlink wait for meta.
+//! `-o sync_unlink` makes every unlink, `-o sync_create` every create, wait
+//! for meta.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+use tokio::sync::{watch, OwnedRwLockReadGuard, RwLock};
 
-/// Unlinks sent and not yet answered, at most; the next one waits for a slot.
+use crate::error::{FsError, FsResult};
+
+/// Calls sent and not yet answered, at most; the next one waits for a slot.
 pub const IN_FLIGHT: u32 = 64;
 /// How long meta's word that no other client looks at a directory is
 /// trusted without a newer one.
@@ -52,77 +67,97 @@ pub const PRIVATE_FOR: Duration = Duration::from_secs(2);
 /// Directories remembered as private.
 const PRIVATE_DIRS: usize = 4096;
 
-type Victims = Arc<Mutex<HashMap<u64, usize>>>;
+/// What an early call is about: its inode, and the name it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Subject {
+    Ino(u64),
+    Name(u64, Vec<u8>),
+}
 
-fn lock(m: &Mutex<HashMap<u64, usize>>) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+type Busy = Arc<Mutex<HashMap<Subject, usize>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub struct DeferredUnlinks {
-    enabled: bool,
+pub struct Deferred {
+    unlinks: bool,
+    creates: bool,
     /// Directories meta last said no other client looks at, and when.
     private: Mutex<lru::LruCache<u64, Instant>>,
-    /// Each unlink in flight holds a read guard; `settled` waits for the
+    /// Each call in flight holds a read guard; `settled` waits for the
     /// write side, and tokio's lock lets no new reader in while it waits.
     gate: Arc<RwLock<()>>,
-    /// Inodes whose unlink is in flight, with how many.
-    victims: Victims,
+    /// Inodes and names with a call in flight, with how many.
+    busy: Busy,
 }
 
-/// One unlink on its way to meta: its slot frees when this drops.
+/// One call on its way to meta: its slot frees when this drops.
 pub struct InFlight {
-    ino: u64,
-    victims: Victims,
+    subjects: [Subject; 2],
+    busy: Busy,
     _slot: OwnedRwLockReadGuard<()>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         // Runs before the slot is released (fields drop after this), so a
-        // waiter let through by the last slot finds no victim left.
-        let mut victims = lock(&self.victims);
-        if let Some(n) = victims.get_mut(&self.ino) {
-            *n -= 1;
-            if *n == 0 {
-                victims.remove(&self.ino);
+        // waiter let through by the last slot finds nothing busy.
+        let mut busy = lock(&self.busy);
+        for s in &self.subjects {
+            if let Some(n) = busy.get_mut(s) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.remove(s);
+                }
             }
         }
     }
 }
 
-impl DeferredUnlinks {
-    /// `enabled: false` (`-o sync_unlink`): every unlink waits for meta.
-    pub fn new(enabled: bool) -> DeferredUnlinks {
-        DeferredUnlinks {
-            enabled,
+impl Deferred {
+    /// `unlinks`/`creates: false` (`-o sync_unlink`, `-o sync_create`):
+    /// every such call waits for meta.
+    pub fn new(unlinks: bool, creates: bool) -> Deferred {
+        Deferred {
+            unlinks,
+            creates,
             private: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(PRIVATE_DIRS).unwrap_or(NonZeroUsize::MIN),
             )),
             gate: Arc::new(RwLock::with_max_readers((), IN_FLIGHT)),
-            victims: Arc::default(),
+            busy: Arc::default(),
         }
     }
 
-    fn private(&self) -> std::sync::MutexGuard<'_, lru::LruCache<u64, Instant>> {
-        self.private.lock().unwrap_or_else(|p| p.into_inner())
+    fn private_now(&self, dir: u64) -> bool {
+        lock(&self.private)
+            .get(&dir)
+            .is_some_and(|t| t.elapsed() < PRIVATE_FOR)
     }
 
     /// Whether an unlink in `dir` may be answered before meta has it.
-    pub fn allowed(&self, dir: u64) -> bool {
-        self.enabled
-            && self
-                .private()
-                .get(&dir)
-                .is_some_and(|t| t.elapsed() < PRIVATE_FOR)
+    pub fn unlink_allowed(&self, dir: u64) -> bool {
+        self.unlinks && self.private_now(dir)
     }
 
-    /// Meta answered an unlink in `dir`: `unshared`, no other client may
-    /// cache its names.
+    /// Whether a create in `dir` may be answered before meta has it.
+    pub fn create_allowed(&self, dir: u64) -> bool {
+        self.creates && self.private_now(dir)
+    }
+
+    /// Whether creates may ever be answered early (inode numbers worth asking for).
+    pub fn creates_early(&self) -> bool {
+        self.creates
+    }
+
+    /// Meta answered an unlink or create in `dir`: `unshared`, no other
+    /// client may cache its names.
     pub fn learned(&self, dir: u64, unshared: bool) {
-        if !self.enabled {
+        if !self.unlinks && !self.creates {
             return;
         }
-        let mut private = self.private();
+        let mut private = lock(&self.private);
         if unshared {
             private.put(dir, Instant::now());
         } else {
@@ -130,20 +165,46 @@ impl DeferredUnlinks {
         }
     }
 
-    /// A slot for an unlink of `ino`, once one is free and no `settled` waits.
-    pub async fn begin(&self, ino: u64) -> InFlight {
+    /// Whether a call about inode `ino` or name `name` in `dir` is in flight.
+    pub fn busy(&self, ino: u64, dir: u64, name: &[u8]) -> bool {
+        let busy = lock(&self.busy);
+        busy.contains_key(&Subject::Ino(ino))
+            || busy.contains_key(&Subject::Name(dir, name.to_vec()))
+    }
+
+    /// Whether a call about `name` in `dir` is in flight.
+    pub fn name_busy(&self, dir: u64, name: &[u8]) -> bool {
+        lock(&self.busy).contains_key(&Subject::Name(dir, name.to_vec()))
+    }
+
+    /// Whether `call` is the only one in flight about its inode and name
+    /// (another may have begun while it waited for its slot).
+    pub fn alone(&self, call: &InFlight) -> bool {
+        let busy = lock(&self.busy);
+        call.subjects.iter().all(|s| busy.get(s) == Some(&1))
+    }
+
+    /// A slot for a call about `ino` and `name` in `dir`, once one is free
+    /// and no `settled` waits.
+    pub async fn begin(&self, ino: u64, dir: u64, name: &[u8]) -> InFlight {
         let slot = self.gate.clone().read_owned().await;
-        *lock(&self.victims).entry(ino).or_insert(0) += 1;
+        let subjects = [Subject::Ino(ino), Subject::Name(dir, name.to_vec())];
+        {
+            let mut busy = lock(&self.busy);
+            for s in &subjects {
+                *busy.entry(s.clone()).or_insert(0) += 1;
+            }
+        }
         InFlight {
-            ino,
-            victims: self.victims.clone(),
+            subjects,
+            busy: self.busy.clone(),
             _slot: slot,
         }
     }
 
-    /// Returns once every unlink begun before this call is answered.
+    /// Returns once every call begun before this call is answered.
     pub async fn settled(&self) {
-        if !self.enabled {
+        if !self.unlinks && !self.creates {
             return;
         }
         if let Ok(free) = self.gate.try_write() {
@@ -153,17 +214,61 @@ impl DeferredUnlinks {
         drop(self.gate.write().await);
     }
 
-    /// `settled`, if an unlink of `ino` is in flight.
+    /// `settled`, if a call about `ino` is in flight.
     pub async fn settled_ino(&self, ino: u64) {
-        if lock(&self.victims).contains_key(&ino) {
+        if lock(&self.busy).contains_key(&Subject::Ino(ino)) {
             self.settled().await;
         }
     }
 
-    /// Unlinks in flight now.
+    /// Calls in flight now.
     #[cfg(test)]
     fn in_flight(&self) -> usize {
-        lock(&self.victims).values().sum()
+        lock(&self.busy)
+            .iter()
+            .filter(|(s, _)| matches!(s, Subject::Ino(_)))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Whether meta has an early create yet: the new file's side (`OpenFile`).
+pub struct Landing(watch::Receiver<Option<Result<(), String>>>);
+
+/// The sending side of a `Landing`: the task that sends the create.
+pub struct Lander(watch::Sender<Option<Result<(), String>>>);
+
+/// A pair for one early create.
+pub fn landing() -> (Lander, Landing) {
+    let (tx, rx) = watch::channel(None);
+    (Lander(tx), Landing(rx))
+}
+
+impl Lander {
+    /// Meta answered: `Err` carries why the create failed.
+    pub fn landed(self, outcome: Result<(), String>) {
+        let _ = self.0.send(Some(outcome));
+    }
+}
+
+impl Landing {
+    /// Waits until meta has the create; Err (EIO) if it refused it.
+    pub async fn wait(&mut self) -> FsResult<()> {
+        let failed = |why: &str| {
+            FsError::new(
+                libc::EIO,
+                format!("the file's create, answered early, failed on meta: {why}"),
+            )
+        };
+        match self.0.wait_for(Option::is_some).await {
+            Ok(outcome) => match outcome.as_ref() {
+                Some(Ok(())) => Ok(()),
+                Some(Err(why)) => Err(failed(why)),
+                None => Err(failed("no outcome")),
+            },
+            // The sender went away without an outcome.
+            Err(_) => Err(failed("the call was dropped")),
+        }
     }
 }
 
@@ -172,29 +277,36 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn enabled() -> DeferredUnlinks {
-        DeferredUnlinks::new(true)
+    fn enabled() -> Deferred {
+        Deferred::new(true, true)
     }
 
     #[test]
-    fn allowed_only_in_directories_meta_said_are_private() {
-        let d = DeferredUnlinks::new(true);
-        assert!(!d.allowed(7), "meta said nothing of 7 yet");
+    fn early_only_in_directories_meta_said_are_private() {
+        let d = Deferred::new(true, true);
+        assert!(!d.unlink_allowed(7), "meta said nothing of 7 yet");
         d.learned(7, true);
-        assert!(d.allowed(7));
-        assert!(!d.allowed(8), "only the directory meta spoke of");
+        assert!(d.unlink_allowed(7));
+        assert!(d.create_allowed(7), "creates too");
+        assert!(!d.unlink_allowed(8), "only the directory meta spoke of");
         d.learned(7, false);
-        assert!(!d.allowed(7), "another client looks at 7 now");
-        let off = DeferredUnlinks::new(false);
+        assert!(!d.unlink_allowed(7), "another client looks at 7 now");
+        assert!(!d.create_allowed(7));
+        let off = Deferred::new(false, true);
         off.learned(7, true);
-        assert!(!off.allowed(7), "sync_unlink");
+        assert!(!off.unlink_allowed(7), "sync_unlink");
+        assert!(off.create_allowed(7), "creates are still early");
+        let off = Deferred::new(true, false);
+        off.learned(7, true);
+        assert!(off.unlink_allowed(7));
+        assert!(!off.create_allowed(7), "sync_create");
     }
 
     #[tokio::test]
     async fn settled_waits_for_every_unlink_in_flight() {
         let d = Arc::new(enabled());
-        let a = d.begin(5).await;
-        let b = d.begin(6).await;
+        let a = d.begin(5, 1, b"n5").await;
+        let b = d.begin(6, 1, b"n6").await;
         assert_eq!(d.in_flight(), 2);
         let waiter = {
             let d = d.clone();
@@ -216,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn no_unlink_begins_while_a_settle_waits() {
         let d = Arc::new(enabled());
-        let first = d.begin(5).await;
+        let first = d.begin(5, 1, b"n5").await;
         let waiter = {
             let d = d.clone();
             tokio::spawn(async move { d.settled().await })
@@ -224,7 +336,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let later = {
             let d = d.clone();
-            tokio::spawn(async move { d.begin(6).await })
+            tokio::spawn(async move { d.begin(6, 1, b"n6").await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
@@ -249,11 +361,11 @@ mod tests {
         let d = Arc::new(enabled());
         let mut held = Vec::new();
         for ino in 0..u64::from(IN_FLIGHT) {
-            held.push(d.begin(ino).await);
+            held.push(d.begin(ino, 1, &ino.to_be_bytes()).await);
         }
         let next = {
             let d = d.clone();
-            tokio::spawn(async move { d.begin(999).await })
+            tokio::spawn(async move { d.begin(999, 1, b"n999").await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!next.is_finished(), "every slot is taken");
@@ -267,7 +379,7 @@ mod tests {
     #[tokio::test]
     async fn an_open_waits_only_for_its_own_inode() {
         let d = Arc::new(enabled());
-        let a = d.begin(5).await;
+        let a = d.begin(5, 1, b"n5").await;
         tokio::time::timeout(Duration::from_millis(200), d.settled_ino(6))
             .await
             .expect("another inode does not wait");
@@ -286,9 +398,52 @@ mod tests {
 
     #[tokio::test]
     async fn disabled_never_waits() {
-        let d = DeferredUnlinks::new(false);
+        let d = Deferred::new(false, false);
         tokio::time::timeout(Duration::from_millis(200), d.settled())
             .await
             .expect("nothing to wait for");
+    }
+
+    #[tokio::test]
+    async fn a_name_or_inode_in_flight_is_busy() {
+        let d = enabled();
+        let a = d.begin(5, 1, b"a").await;
+        assert!(d.busy(5, 9, b"x"), "the inode");
+        assert!(d.busy(6, 1, b"a"), "the name");
+        assert!(!d.busy(6, 1, b"b"));
+        assert!(!d.busy(6, 2, b"a"), "the same name in another directory");
+        let again = d.begin(7, 1, b"a").await;
+        drop(a);
+        assert!(d.busy(7, 1, b"a"), "counted: a second call holds the name");
+        assert!(!d.busy(5, 9, b"x"));
+        drop(again);
+        assert!(!d.busy(7, 1, b"a"));
+    }
+
+    #[tokio::test]
+    async fn a_landing_tells_the_outcome_to_every_wait() {
+        let (lander, mut landing) = super::landing();
+        let waiter = tokio::spawn(async move { landing.wait().await.map_err(|e| e.errno()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "meta has not answered");
+        lander.landed(Ok(()));
+        assert_eq!(waiter.await.expect("waiter"), Ok(()));
+
+        let (lander, mut landing) = super::landing();
+        lander.landed(Err("exists".into()));
+        assert_eq!(landing.wait().await.map_err(|e| e.errno()), Err(libc::EIO));
+        assert_eq!(
+            landing.wait().await.map_err(|e| e.errno()),
+            Err(libc::EIO),
+            "and again"
+        );
+
+        let (lander, mut landing) = super::landing();
+        drop(lander);
+        assert_eq!(
+            landing.wait().await.map_err(|e| e.errno()),
+            Err(libc::EIO),
+            "a sender gone without a word is a failure"
+        );
     }
 }

@@ -10,7 +10,7 @@ use dfs_proto::pb;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::coherence::Ticket;
-use crate::deferred::{DeferredUnlinks, InFlight};
+use crate::deferred::{landing, Deferred, InFlight, Lander};
 use crate::error::{FsError, FsResult};
 use crate::io::{Io, ReadData};
 use crate::metacache::Known;
@@ -96,8 +96,10 @@ pub struct DfsFs {
     pub locks: crate::locks::Locks,
     /// Directories whose lookups keep missing the cache, listed instead.
     refill: crate::refill::Refill,
-    /// Unlinks answered before meta has them (see `deferred.rs`).
-    deferred: DeferredUnlinks,
+    /// Unlinks and creates answered before meta has them (see `deferred.rs`).
+    deferred: Deferred,
+    /// Inode numbers meta granted for creates answered here.
+    inos: crate::inos::InoPool,
 }
 
 /// An open file handle, and whether the kernel may keep its cached pages.
@@ -144,8 +146,14 @@ fn attr_of(reply: pb::AttrReply) -> FsResult<pb::Attr> {
 }
 
 impl DfsFs {
-    /// `sync_unlink`: every unlink waits for meta (`-o sync_unlink`).
-    pub fn new(io: Io, meta_channel: dfs_client::meta::MetaChannel, sync_unlink: bool) -> DfsFs {
+    /// `sync_unlink`, `sync_create`: every unlink, every create, waits for
+    /// meta (`-o sync_unlink`, `-o sync_create`).
+    pub fn new(
+        io: Io,
+        meta_channel: dfs_client::meta::MetaChannel,
+        sync_unlink: bool,
+        sync_create: bool,
+    ) -> DfsFs {
         let files: Arc<Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>> = Default::default();
         let meta = meta_channel.client();
         let refill = crate::refill::Refill::new(io.coherence.cache_timeout());
@@ -167,7 +175,8 @@ impl DfsFs {
             page_cache_content: Mutex::new(inode_lru()),
             locks: Default::default(),
             refill,
-            deferred: DeferredUnlinks::new(!sync_unlink),
+            deferred: Deferred::new(!sync_unlink, !sync_create),
+            inos: Default::default(),
         }
     }
 
@@ -198,7 +207,7 @@ impl DfsFs {
     }
 
     /// The meta client for a call that reads or changes names or attributes:
-    /// once the unlinks this mount answered early are on meta.
+    /// once the unlinks and creates this mount answered early are on meta.
     async fn meta(&self) -> dfs_client::Meta {
         self.deferred.settled().await;
         self.meta.clone()
@@ -407,6 +416,12 @@ impl DfsFs {
         rdev: u32,
         target: &[u8],
     ) -> FsResult<pb::Attr> {
+        let regular = kind == pb::FileKind::Regular;
+        let want_inos = if regular && self.deferred.creates_early() {
+            self.inos.want()
+        } else {
+            0
+        };
         let request = pb::CreateRequest {
             parent,
             name: name.to_vec(),
@@ -416,13 +431,24 @@ impl DfsFs {
             gid: caller.gid,
             rdev,
             symlink_target: target.to_vec(),
-            unnamed: false,
+            want_inos,
+            ..Default::default()
         };
         let ticket = self.coherence().ticket().own();
         let reply = self.meta().await.create(request).await;
+        if want_inos > 0 {
+            self.inos
+                .answered(reply.as_ref().ok().and_then(|r| r.get_ref().inos.clone()));
+        }
         let made = match reply {
             Ok(r) => {
                 let r = r.into_inner();
+                if regular {
+                    self.deferred.learned(parent, r.unshared);
+                }
+                if let (pb::FileKind::Directory, Some(dir)) = (kind, &r.attr) {
+                    self.deferred.learned(dir.ino, r.made_unshared);
+                }
                 match r.attr {
                     Some(attr) => Ok((attr, r.parent)),
                     None => Err(FsError::new(libc::EIO, "metadata reply without attributes")),
@@ -483,10 +509,14 @@ impl DfsFs {
     /// until its last close (an orphan on meta, released then). One this mount
     /// can vouch for is answered at once and sent meanwhile (`deferred.rs`).
     pub async fn unlink(self: &Arc<Self>, parent: u64, name: &[u8]) -> FsResult<()> {
-        if let Some(ino) = self.deferrable_unlink(parent, name) {
-            let in_flight = self.deferred.begin(ino).await;
+        let deferrable = self
+            .deferrable_unlink(parent, name)
+            .filter(|&ino| !self.deferred.busy(ino, parent, name));
+        if let Some(ino) = deferrable {
+            let in_flight = self.deferred.begin(ino, parent, name).await;
             // Waiting for the slot may have taken a while: ask again.
-            if self.deferrable_unlink(parent, name) == Some(ino) {
+            if self.deferred.alone(&in_flight) && self.deferrable_unlink(parent, name) == Some(ino)
+            {
                 self.unlink_later(parent, name, ino, in_flight);
                 return Ok(());
             }
@@ -513,7 +543,7 @@ impl DfsFs {
     /// or symlink known here with its directory, neither immutable nor
     /// append-only, not open here (see `deferred.rs`).
     fn deferrable_unlink(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        if !self.deferred.allowed(parent) {
+        if !self.deferred.unlink_allowed(parent) {
             return None;
         }
         let pinned = |a: &pb::Attr| {
@@ -673,12 +703,13 @@ impl DfsFs {
                 return Err(e.into());
             }
         };
+        let dir = reply.parent;
         let attr = attr_of(reply);
         match &attr {
             Ok(a) => {
                 self.coherence()
                     .learned_entry(ticket, new_parent, new_name, Some(a));
-                self.learned_dirs(ticket, [reply.parent.as_ref(), None]);
+                self.learned_dirs(ticket, [dir.as_ref(), None]);
             }
             Err(_) => self.coherence().forget_entry(new_parent, new_name),
         }
@@ -756,15 +787,19 @@ impl DfsFs {
 
     /// open(2) with O_CREAT of a name this mount believed free. If another
     /// mount created it meanwhile, open(2) without O_EXCL opens that file
-    /// (truncated with O_TRUNC), as on a local disk.
+    /// (truncated with O_TRUNC), as on a local disk. One this mount can
+    /// vouch for is answered at once and sent meanwhile (`deferred.rs`).
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         parent: u64,
         name: &[u8],
         mode: u32,
         caller: Caller,
         open_flags: i32,
     ) -> FsResult<(pb::Attr, u64)> {
+        if let Some(made) = self.create_early(parent, name, mode, caller).await {
+            return Ok(made);
+        }
         let made = self
             .create_node(parent, name, pb::FileKind::Regular, mode, caller, 0, &[])
             .await;
@@ -777,6 +812,135 @@ impl DfsFs {
         };
         let fh = self.open_new(&attr, false).await?;
         Ok((attr, fh))
+    }
+
+    /// The directory's attributes, if a create of `name` in it may be
+    /// answered before meta has it: in a directory meta said no other client
+    /// looks at, neither immutable nor append-only, whose attributes are
+    /// known here, under a name the cache knows is free (see `deferred.rs`).
+    fn deferrable_create(&self, parent: u64, name: &[u8]) -> Option<pb::Attr> {
+        if !self.deferred.create_allowed(parent) {
+            return None;
+        }
+        if !matches!(self.coherence().known(parent, name), Some(Known::Missing)) {
+            return None;
+        }
+        let dir = self.coherence().known_attr(parent)?;
+        let pinned =
+            dir.flags & (dfs_proto::inode_flags::IMMUTABLE | dfs_proto::inode_flags::APPEND);
+        (dir.kind == pb::FileKind::Directory as i32 && pinned == 0).then_some(dir)
+    }
+
+    /// A regular file created here, answered at once and sent to meta
+    /// meanwhile, when this mount can vouch for it; None: it goes to meta now.
+    async fn create_early(
+        self: &Arc<Self>,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        caller: Caller,
+    ) -> Option<(pb::Attr, u64)> {
+        let chunk_size = self.chunk_size.load(Ordering::Relaxed);
+        if chunk_size == 0
+            || self.deferred.name_busy(parent, name)
+            || self.deferrable_create(parent, name).is_none()
+        {
+            return None;
+        }
+        let numbered = self.inos.take()?;
+        let in_flight = self.deferred.begin(numbered.ino, parent, name).await;
+        // Waiting for the slot may have taken a while: ask again.
+        let dir = self.deferrable_create(parent, name);
+        let dir = dir.filter(|_| self.deferred.alone(&in_flight))?;
+        let time = now();
+        // What meta makes of the same create (`create_in` in its store).
+        let attr = pb::Attr {
+            ino: numbered.ino,
+            kind: pb::FileKind::Regular as i32,
+            mode: mode & 0o7777,
+            uid: caller.uid,
+            gid: if dir.mode & libc::S_ISGID != 0 {
+                dir.gid
+            } else {
+                caller.gid
+            },
+            nlink: 1,
+            atime: Some(time),
+            mtime: Some(time),
+            ctime: Some(time),
+            ..Default::default()
+        };
+        let c = self.coherence();
+        let ticket = c.ticket().own();
+        c.learned_entry(ticket, parent, name, Some(&attr));
+        c.touched_dir(parent, time);
+        c.mutated();
+        self.note_attr(&attr);
+        let (lander, landing) = landing();
+        let file = Arc::new(AsyncMutex::new(OpenFile::created(
+            &self.io,
+            &attr,
+            chunk_size,
+            Some(landing),
+        )));
+        lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
+        let fh = self.add_handle(file);
+        let request = pb::CreateRequest {
+            parent,
+            name: name.to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            mode,
+            uid: caller.uid,
+            gid: caller.gid,
+            ino: numbered.ino,
+            grant: Some(numbered.grant),
+            time: Some(time),
+            ..Default::default()
+        };
+        self.create_later(request, lander, in_flight);
+        Some((attr, fh))
+    }
+
+    /// Sends a create answered early; its file's `Landing` hears the outcome.
+    fn create_later(
+        self: &Arc<Self>,
+        mut request: pb::CreateRequest,
+        lander: Lander,
+        in_flight: InFlight,
+    ) {
+        request.want_inos = self.inos.want();
+        let (fs, mut meta) = (self.clone(), self.meta.clone());
+        tokio::spawn(async move {
+            let (parent, ino, want) = (request.parent, request.ino, request.want_inos);
+            let name = request.name.clone();
+            let reply = meta.create(request).await;
+            if want > 0 {
+                fs.inos
+                    .answered(reply.as_ref().ok().and_then(|r| r.get_ref().inos.clone()));
+            }
+            let outcome = match reply {
+                Ok(r) => {
+                    fs.deferred.learned(parent, r.get_ref().unshared);
+                    Ok(())
+                }
+                Err(status) => {
+                    let e = FsError::from(status);
+                    tracing::warn!(parent, ino, name = %String::from_utf8_lossy(&name), error = %e,
+                        "a create answered early failed on meta: the file is not there");
+                    fs.deferred.learned(parent, false);
+                    fs.coherence().answered_wrongly(parent, &name, ino);
+                    Err(e.to_string())
+                }
+            };
+            let label = if outcome.is_ok() { "done" } else { "failed" };
+            fs.io
+                .metrics
+                .deferred_creates
+                .with_label_values(&[label])
+                .inc();
+            lander.landed(outcome);
+            drop(in_flight);
+        });
     }
 
     /// The file another mount created under `name` first, opened. The
@@ -861,7 +1025,7 @@ impl DfsFs {
             self.open(attr.ino, libc::O_RDWR).await?.fh
         } else {
             let file = Arc::new(AsyncMutex::new(OpenFile::created(
-                &self.io, attr, chunk_size,
+                &self.io, attr, chunk_size, None,
             )));
             lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
             self.add_handle(file)

@@ -562,7 +562,7 @@ impl Filesystem for FuseAdapter {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
         let gone = async move { fs.unlink(parent.0, &name).await };
-        self.serve_empty("unlink", Start::Task, gone, reply);
+        self.serve_empty("unlink", Start::Here, gone, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1047,7 +1047,7 @@ impl Filesystem for FuseAdapter {
         let name = asked.clone();
         let made = async move { fs.create(parent.0, &asked, mode, who, flags).await };
         let direct = self.appends_to_cluster_end(flags);
-        self.serve("create", Start::Task, made, move |fs, made| {
+        self.serve("create", Start::Here, made, move |fs, made| {
             let coherence = &fs.io().coherence;
             let ttl = |ino| coherence.entry_ttl(ticket, parent.0, &name, ino);
             created(reply, made, ttl, direct)

@@ -17,6 +17,7 @@ pub mod error;
 mod fake;
 pub mod fs;
 pub mod fuse;
+pub mod inos;
 pub mod io;
 pub mod locks;
 pub mod memory;
@@ -134,7 +135,7 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
             }
         });
     }
-    let fs = Arc::new(fs::DfsFs::new(io, meta, opts.sync_unlink));
+    let fs = Arc::new(fs::DfsFs::new(io, meta, opts.sync_unlink, opts.sync_create));
     let adapter = fuse::FuseAdapter::new(fs.clone(), rt.handle().clone(), opts.writeback_cache);
 
     let mut config = fuser::Config::default();

@@ -28,6 +28,7 @@ pub struct FuseMetrics {
     pub meta_calls: IntCounterVec,
     pub watch_live: IntGauge,
     pub deferred_unlinks: IntCounterVec,
+    pub deferred_creates: IntCounterVec,
 }
 
 impl FuseMetrics {
@@ -130,6 +131,14 @@ impl FuseMetrics {
                 &["outcome"],
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            deferred_creates: IntCounterVec::new(
+                Opts::new(
+                    "dfs_fuse_deferred_creates_total",
+                    "creates answered before meta had them, by outcome on meta (done, failed)",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.cache_hits.clone()),
@@ -152,6 +161,7 @@ impl FuseMetrics {
             Box::new(m.meta_calls.clone()),
             Box::new(m.watch_live.clone()),
             Box::new(m.deferred_unlinks.clone()),
+            Box::new(m.deferred_creates.clone()),
         ];
         register_all(&m.registry, all);
         m

@@ -17,6 +17,7 @@ use dfs_proto::{pb, zero_runs};
 use prost::bytes::Bytes;
 use tokio::task::JoinHandle;
 
+use crate::deferred::Landing;
 use crate::error::{FsError, FsResult};
 use crate::io::{Io, Part, PendingRead, Piece};
 use crate::memory::MemoryBudget;
@@ -127,6 +128,9 @@ pub struct OpenFile {
     pub append_lock_held: bool,
     /// chmod, chown and utimes held for the next commit (`hold_attrs`).
     held_attrs: Option<HeldAttrs>,
+    /// A file created early: meta may not have it yet, so everything that
+    /// asks meta about it waits for this first (`deferred.rs`).
+    landing: Option<Landing>,
 }
 
 /// Attribute changes answered by this mount and sent with the next commit.
@@ -159,8 +163,26 @@ impl OpenFile {
     }
 
     /// A file this mount just created: empty, so no chunk map to fetch.
-    pub fn created(io: &Io, attr: &pb::Attr, chunk_size: u32) -> OpenFile {
-        OpenFile::from_map(io, attr, chunk_size, Vec::new())
+    /// `landing`: it was created early, and meta may not have it yet.
+    pub fn created(
+        io: &Io,
+        attr: &pb::Attr,
+        chunk_size: u32,
+        landing: Option<Landing>,
+    ) -> OpenFile {
+        let mut file = OpenFile::from_map(io, attr, chunk_size, Vec::new());
+        file.landing = landing;
+        file
+    }
+
+    /// Waits until meta has this file, if it was created early; fails (EIO)
+    /// for good if meta refused the create.
+    async fn landed(&mut self) -> FsResult<()> {
+        if let Some(landing) = self.landing.as_mut() {
+            landing.wait().await?;
+            self.landing = None;
+        }
+        Ok(())
     }
 
     fn from_map(io: &Io, attr: &pb::Attr, chunk_size: u32, chunks: Vec<pb::ChunkRef>) -> OpenFile {
@@ -188,6 +210,7 @@ impl OpenFile {
             last_write_at: None,
             append_lock_held: false,
             held_attrs: None,
+            landing: None,
         }
     }
 
@@ -198,6 +221,7 @@ impl OpenFile {
     /// Re-reads the chunk map when nothing local is pending (a new open of a file
     /// another mount may have changed).
     pub async fn refresh(&mut self, io: &Io) -> FsResult<()> {
+        self.landed().await?;
         if self.changed {
             return Ok(());
         }
@@ -216,6 +240,7 @@ impl OpenFile {
     /// grace period): what this mount has not changed itself is then read
     /// from the new map.
     pub async fn reload_map(&mut self, io: &Io) -> FsResult<()> {
+        self.landed().await?;
         if !self.changed {
             return self.refresh(io).await;
         }
@@ -503,6 +528,7 @@ impl OpenFile {
     /// otherwise only as far as committed data reaches, so a crash never leaves
     /// a size covering data that was not written.
     async fn commit(&mut self, io: &Io, final_size: bool) -> FsResult<()> {
+        self.landed().await?;
         let mut attempt = 0;
         loop {
             match self.try_commit(io, final_size).await {
@@ -657,6 +683,9 @@ impl OpenFile {
         if let Some(e) = self.pending_error.take() {
             return Err(e);
         }
+        if durable || self.changed {
+            self.landed().await?;
+        }
         if self.changed {
             self.upload_dirty(io, durable, None).await?;
             self.commit(io, true).await?;
@@ -675,6 +704,7 @@ impl OpenFile {
     /// that stores nothing); in the first and last chunk, if only partly
     /// covered, the bytes that hold data are overwritten with zeros.
     pub async fn zero_range(&mut self, io: &Io, offset: u64, len: u64) -> FsResult<()> {
+        self.landed().await?;
         let end = offset.saturating_add(len).min(self.size);
         if offset >= end {
             return Ok(());
@@ -726,6 +756,7 @@ impl OpenFile {
     /// Makes the file at least `size` bytes long (fallocate without
     /// KEEP_SIZE); the new bytes read as zeros. Committed at once.
     pub async fn extend_to(&mut self, io: &Io, size: u64) -> FsResult<()> {
+        self.landed().await?;
         if size > dfs_proto::MAX_FILE_SIZE {
             return Err(FsError::new(libc::EFBIG, "past the largest file size"));
         }

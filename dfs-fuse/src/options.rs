@@ -16,6 +16,8 @@ pub struct MountOptions {
     pub writeback_cache: bool,
     /// Every unlink waits for meta, none is answered early (`deferred.rs`).
     pub sync_unlink: bool,
+    /// Every create waits for meta, none is answered early (`deferred.rs`).
+    pub sync_create: bool,
     /// Bytes of chunk data kept in memory.
     pub cache_size: u64,
     pub metrics: Option<String>,
@@ -137,6 +139,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
         read_only: false,
         writeback_cache: false,
         sync_unlink: false,
+        sync_create: false,
         cache_size: 512 << 20,
         metrics: None,
         log: None,
@@ -167,6 +170,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<MountOptions, Op
             ("ro", None) => opts.read_only = true,
             ("writeback_cache", None) => opts.writeback_cache = true,
             ("sync_unlink", None) => opts.sync_unlink = true,
+            ("sync_create", None) => opts.sync_create = true,
             ("cache_size", Some(v)) => {
                 opts.cache_size =
                     parse_size(v).ok_or_else(|| OptionsError::BadValue(option.into()))?
@@ -251,6 +255,8 @@ mod tests {
         assert!(parse(args("a:1 /m -o cache_timeout=x")).is_err());
         assert!(!o.sync_unlink);
         assert!(parse(args("a:1 /m -o sync_unlink")).unwrap().sync_unlink);
+        assert!(!o.sync_create);
+        assert!(parse(args("a:1 /m -o sync_create")).unwrap().sync_create);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn attr(i: &Inode) -> pb::Attr {
 pub fn attr_reply(i: &Inode) -> pb::AttrReply {
     pb::AttrReply {
         attr: Some(attr(i)),
-        parent: None,
+        ..Default::default()
     }
 }
 

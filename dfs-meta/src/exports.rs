@@ -145,6 +145,12 @@ impl Rule {
         Ok(id)
     }
 
+    /// Whether every owner a client gives stays as it is (no squashing, no
+    /// allowed ranges): then a client can tell a new file's owner itself.
+    pub fn keeps_owners(&self) -> bool {
+        self.squash == Squash::None && self.uids.is_none() && self.gids.is_none()
+    }
+
     /// Whether this client may make character or block devices.
     pub fn may_create_devices(&self) -> bool {
         self.squash == Squash::None

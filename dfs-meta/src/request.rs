@@ -202,6 +202,50 @@ pub struct Create {
     pub args: CreateArgs,
     /// open(O_TMPFILE): a regular file with no name.
     pub unnamed: bool,
+    /// A create the client answered before sending it (an early create).
+    pub numbered: Option<Numbered>,
+    /// Inode numbers the client wants granted (at most `MAX_INO_GRANT`).
+    pub want_inos: u32,
+}
+
+/// Inode numbers one grant holds at most.
+pub const MAX_INO_GRANT: u32 = 1024;
+
+/// An early create: the inode number the client chose, the grant it came
+/// from (its token still to be checked against the caller), and the time.
+pub struct Numbered {
+    pub ino: u64,
+    pub first: u64,
+    pub count: u32,
+    pub token: Vec<u8>,
+    pub time: Timespec,
+}
+
+impl Numbered {
+    fn parse(r: &pb::CreateRequest, kind: FileKind) -> Result<Option<Numbered>, Status> {
+        if r.ino == 0 {
+            return Ok(None);
+        }
+        if r.unnamed || kind != FileKind::Regular {
+            return Err(invalid(
+                "only a named regular file is created under the client's number",
+            ));
+        }
+        let (Some(grant), Some(time)) = (&r.grant, &r.time) else {
+            return Err(invalid("a numbered create needs its grant and time"));
+        };
+        let inside = r.ino >= grant.first && r.ino - grant.first < u64::from(grant.count);
+        if !inside || grant.count > MAX_INO_GRANT {
+            return Err(invalid("the inode number is not in its grant"));
+        }
+        Ok(Some(Numbered {
+            ino: r.ino,
+            first: grant.first,
+            count: grant.count,
+            token: grant.token.clone(),
+            time: self::time(time)?,
+        }))
+    }
 }
 
 impl TryFrom<pb::CreateRequest> for Create {
@@ -209,6 +253,7 @@ impl TryFrom<pb::CreateRequest> for Create {
 
     fn try_from(r: pb::CreateRequest) -> Result<Self, Status> {
         let kind = kind(r.kind)?;
+        let numbered = Numbered::parse(&r, kind)?;
         let name = if r.unnamed {
             if kind != FileKind::Regular {
                 return Err(invalid("an unnamed file is a regular file"));
@@ -224,6 +269,8 @@ impl TryFrom<pb::CreateRequest> for Create {
             return Err(invalid("symlink target must be 1..4095 bytes without NUL"));
         }
         Ok(Create {
+            numbered,
+            want_inos: r.want_inos.min(MAX_INO_GRANT),
             args: CreateArgs {
                 parent: r.parent,
                 name,

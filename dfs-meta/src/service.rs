@@ -317,9 +317,15 @@ impl Meta for MetaService {
     async fn create(&self, req: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
         let (view, origin) = self.view(&req, true).await?;
         let export = view.rule;
+        let holder = auth::holder(&req);
         let r = req.into_inner();
         self.observe_mutation("Create", origin, async {
-            let request::Create { mut args, unnamed } = request::Create::try_from(r)?;
+            let request::Create {
+                mut args,
+                unnamed,
+                numbered,
+                want_inos,
+            } = request::Create::try_from(r)?;
             if let Some(e) = export {
                 let device = matches!(
                     args.kind,
@@ -332,22 +338,73 @@ impl Meta for MetaService {
                     ));
                 }
             }
+            // Early creates (the client makes the attributes itself) only
+            // where the export maps no owner.
+            let early_ok = export.is_none_or(|e| e.keeps_owners());
+            if let Some(n) = &numbered {
+                if !early_ok {
+                    return Err(dfs_proto::status_from_errno(
+                        libc::EPERM,
+                        "early creates are not allowed where the export maps owners",
+                    ));
+                }
+                dfs_auth::token::verify_inos(
+                    self.store.token_key(),
+                    &holder,
+                    n.first,
+                    n.count,
+                    &n.token,
+                )
+                .map_err(|e| Status::permission_denied(format!("inode grant: {e}")))?;
+                if self.failpoints.refuse_early_create() {
+                    return Err(dfs_proto::status_from_errno(
+                        libc::EEXIST,
+                        "failpoint refuse_early_create",
+                    ));
+                }
+            }
             args.parent = view.ino(args.parent).await?;
             if let Some(e) = export {
                 args.uid = e.uid(args.uid)?;
                 args.gid = e.gid(args.gid)?;
             }
             let (parent, name) = (args.parent, args.name.clone());
-            let reply = if unnamed {
+            let mut reply = if unnamed {
                 attr_reply(&self.store.create_unnamed(args, origin).await?)
             } else {
-                let inode = self.store.create(args, origin).await?;
+                let inode = match numbered {
+                    Some(n) => {
+                        self.store
+                            .create_numbered(args, n.ino, n.time, origin)
+                            .await?
+                    }
+                    None => self.store.create(args, origin).await?,
+                };
                 self.watchers
                     .publish(origin.session, vec![Change::entry(parent, &name)]);
                 let mut reply = attr_reply(&inode);
                 reply.parent = self.dir_attr(parent).await;
+                let unshared = |dir| {
+                    origin.session != 0 && !self.watchers.others_may_cache(origin.session, dir)
+                };
+                reply.unshared = unshared(parent);
+                reply.made_unshared =
+                    inode.kind == store::FileKind::Directory && unshared(inode.ino);
                 reply
             };
+            if want_inos > 0 && early_ok {
+                let (first, count) = self.store.take_inos(want_inos).await?;
+                reply.inos = Some(pb::InoGrant {
+                    first,
+                    count,
+                    token: dfs_auth::token::sign_inos(
+                        self.store.token_key(),
+                        &holder,
+                        first,
+                        count,
+                    ),
+                });
+            }
             let ino = reply.attr.as_ref().map_or(0, |a| a.ino);
             self.watchers.note(origin.session, [parent, ino]);
             Ok(view.attr_reply(reply))

@@ -157,6 +157,7 @@ impl<'a> View<'a> {
         pb::AttrReply {
             attr: self.attr(reply.attr),
             parent: self.attr(reply.parent),
+            ..reply
         }
     }
 

@@ -1148,3 +1148,91 @@ fn a_peer_that_never_finishes_its_handshake_loses_its_slot() {
     });
     drop(idle);
 }
+
+#[test]
+fn an_early_create_needs_a_number_granted_to_its_own_certificate() {
+    let c = cluster();
+    let create = |name: &str| pb::CreateRequest {
+        parent: dfs_proto::ROOT_INO,
+        name: name.as_bytes().to_vec(),
+        kind: pb::FileKind::Regular as i32,
+        mode: 0o640,
+        uid: 1000,
+        gid: 1000,
+        ..Default::default()
+    };
+    let time = pb::Timespec {
+        sec: 1_700_000_000,
+        nsec: 5,
+    };
+    let early = |name: &str, ino: u64, grant: &pb::InoGrant| pb::CreateRequest {
+        ino,
+        grant: Some(grant.clone()),
+        time: Some(time),
+        ..create(name)
+    };
+    rt().block_on(async {
+        let call = async |cert: &str, req: pb::CreateRequest| {
+            meta_call(&c, Some(cert), async |mut m| m.create(req).await)
+                .await
+                .map(|r| r.into_inner())
+        };
+        let asked = call(
+            "client",
+            pb::CreateRequest {
+                want_inos: 16,
+                ..create("a")
+            },
+        )
+        .await
+        .unwrap();
+        let grant = asked.inos.expect("the numbers asked for");
+        assert_eq!(grant.count, 16);
+        // Another certificate cannot use them; a changed token or a widened
+        // grant is no grant; a number outside it is refused.
+        assert!(denied(
+            call("intruder", early("b", grant.first, &grant)).await
+        ));
+        let mut forged = grant.clone();
+        forged.token[0] ^= 1;
+        assert!(denied(
+            call("client", early("b", grant.first, &forged)).await
+        ));
+        let wider = pb::InoGrant {
+            count: grant.count + 1,
+            ..grant.clone()
+        };
+        assert!(denied(
+            call("client", early("b", grant.first + 16, &wider)).await
+        ));
+        assert_eq!(
+            call("client", early("b", grant.first + 16, &grant))
+                .await
+                .err(),
+            Some(Code::InvalidArgument)
+        );
+        // Only a regular file is numbered by the client.
+        let dir = pb::CreateRequest {
+            kind: pb::FileKind::Directory as i32,
+            ..early("b", grant.first, &grant)
+        };
+        assert_eq!(call("client", dir).await.err(), Some(Code::InvalidArgument));
+        // The holder can: the file has the number and the time it chose.
+        let made = call("client", early("b", grant.first + 3, &grant))
+            .await
+            .unwrap();
+        let attr = made.attr.unwrap();
+        assert_eq!(attr.ino, grant.first + 3);
+        assert_eq!((attr.mtime, attr.ctime), (Some(time), Some(time)));
+        assert_eq!((attr.mode, attr.uid, attr.gid), (0o640, 1000, 1000));
+        assert_eq!(made.parent.unwrap().mtime, Some(time));
+        // A number in use is refused, not reused.
+        assert_eq!(
+            call("client", early("c", grant.first + 3, &grant))
+                .await
+                .err(),
+            Some(Code::AlreadyExists)
+        );
+    });
+    assert_eq!(c.dfs_ok(&["ls", "/"]).split_whitespace().count(), 2);
+}

@@ -67,6 +67,16 @@ impl Store {
     }
 }
 
+impl Store {
+    /// `n` (1..=1,024) fresh inode numbers for a client's early creates:
+    /// `(first, count)`.
+    pub async fn take_inos(&self, n: u32) -> Result<(u64, u32)> {
+        let taken = self.take_ids(Counter::Ino, i64::from(n)).await?;
+        let count = (taken.end() - taken.start() + 1) as u32;
+        Ok((*taken.start() as u64, count))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -13,7 +13,7 @@ use super::rows::{
     Timespec, S_ISGID,
 };
 use super::sessions;
-use super::tables::{is_orphan, require_inode, Origin};
+use super::tables::{get_inode, is_orphan, require_inode, Origin};
 use super::{in_tx, in_tx_once, Result, Store, StoreError};
 
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
@@ -121,10 +121,43 @@ impl Store {
             ));
         }
         let ino = *self.take_ids(Counter::Ino, 1).await?.start();
+        let now = Timespec::now();
         in_tx_once!(
             self,
             origin,
-            |tx| create_in(&mut tx, ino, &args, None).await,
+            |tx| create_in(&mut tx, ino, &args, None, now).await,
+            replay | ino | require_inode(&mut tx, ino as u64).await,
+            made | inode | inode.ino as i64
+        )
+    }
+
+    /// A create the client already answered (an early create): the inode
+    /// number is the client's, from numbers meta granted it (the caller
+    /// checks the grant), and `time` the one it gave the file and the
+    /// directory. A number in use is refused, not reused.
+    pub async fn create_numbered(
+        &self,
+        args: CreateArgs,
+        ino: u64,
+        time: Timespec,
+        origin: Origin,
+    ) -> Result<Inode> {
+        validate_name(&args.name)?;
+        if args.kind != FileKind::Regular {
+            return Err(StoreError::Invalid(
+                "only a regular file is created under a number of the client's".into(),
+            ));
+        }
+        let key = to_i64(ino, "inode")?;
+        in_tx_once!(
+            self,
+            origin,
+            |tx| {
+                if get_inode(&mut tx, ino).await?.is_some() {
+                    return Err(StoreError::Exists(format!("inode {ino}")));
+                }
+                create_in(&mut tx, key, &args, None, time).await
+            },
             replay | ino | require_inode(&mut tx, ino as u64).await,
             made | inode | inode.ino as i64
         )
@@ -140,10 +173,11 @@ impl Store {
             ));
         }
         let ino = *self.take_ids(Counter::Ino, 1).await?.start();
+        let now = Timespec::now();
         in_tx_once!(
             self,
             origin,
-            |tx| create_in(&mut tx, ino, &args, Some(origin.session)).await,
+            |tx| create_in(&mut tx, ino, &args, Some(origin.session), now).await,
             replay | ino | require_inode(&mut tx, ino as u64).await,
             made | inode | inode.ino as i64
         )
@@ -532,9 +566,9 @@ async fn create_in(
     ino: i64,
     args: &CreateArgs,
     unnamed_holder: Option<u64>,
+    now: Timespec,
 ) -> Result<Inode> {
     let named = unnamed_holder.is_none();
-    let now = Timespec::now();
     let (parent, existing) = if named {
         dir_and_entry(tx, args.parent, &args.name).await?
     } else {

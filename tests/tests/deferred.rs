@@ -1,0 +1,333 @@
+//! Unlinks and creates answered before meta has them
+//! (`dfs-fuse/src/deferred.rs`): only in a directory no other mount looks at,
+//! in order with everything else the mount asks of meta afterwards, landing
+//! on meta even when meta stalled or crashed while the mount answered, and a
+//! create meta refuses failing the file's close.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use dfs_tests::{http_get, Cluster, Mount, Options};
+
+/// A cluster with metrics, meta on `store` (None: SQLite).
+fn cluster(store: Option<String>) -> Cluster {
+    Cluster::start(Options {
+        store,
+        metrics: true,
+        ..Options::default()
+    })
+}
+
+/// The name of file `i` of a test directory.
+fn file(i: usize) -> String {
+    format!("f{i:02}")
+}
+
+/// Makes directory `name` on `m` with `files` small files in it.
+fn filled(m: &Mount, name: &str, files: usize) -> PathBuf {
+    let dir = m.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..files {
+        std::fs::write(dir.join(file(i)), "x").unwrap();
+    }
+    dir
+}
+
+/// Unlinks the files numbered `which` in `dir`.
+fn unlink(dir: &Path, which: Range<usize>) {
+    for i in which {
+        std::fs::remove_file(dir.join(file(i))).unwrap();
+    }
+}
+
+/// `dfs_fuse_deferred_<what>_total{outcome}` of a mount.
+fn counted(m: &Mount, what: &str, outcome: &str) -> f64 {
+    let page = http_get(m.metrics.as_ref().unwrap(), "/metrics");
+    let prefix = format!("dfs_fuse_deferred_{what}_total{{outcome=\"{outcome}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Unlinks answered early, by outcome on meta.
+fn deferred(m: &Mount, outcome: &str) -> f64 {
+    counted(m, "unlinks", outcome)
+}
+
+/// Creates answered early, by outcome on meta.
+fn created(m: &Mount, outcome: &str) -> f64 {
+    counted(m, "creates", outcome)
+}
+
+/// Creates empty files numbered `which` in `dir`.
+fn create(dir: &Path, which: Range<usize>) {
+    for i in which {
+        std::fs::File::create(dir.join(file(i))).unwrap();
+    }
+}
+
+/// fsync(2) of a directory: the calls in it answered early are on meta.
+fn fsync_dir(dir: &Path) {
+    std::fs::File::open(dir).unwrap().sync_all().unwrap();
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn unlinks_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_order() {
+    let c = cluster(None);
+    let m = c.mount("m");
+    c.wait_watch(&m, true);
+    // The creates' replies said no other mount looks at the directory, so
+    // its first unlink is answered early too.
+    let dir = filled(&m, "d", 40);
+    unlink(&dir, 0..1);
+
+    let meta = c.meta_pid().expect("meta runs");
+    dfs_tests::signal(meta, "STOP");
+    let (tx, rx) = mpsc::channel();
+    let gone = dir.clone();
+    std::thread::spawn(move || {
+        unlink(&gone, 1..31);
+        tx.send(()).unwrap();
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(10));
+    dfs_tests::signal(meta, "CONT");
+    answered.expect("30 unlinks answered while meta was stopped");
+    // This mount's own view has them gone at once.
+    assert!(!dir.join(file(1)).exists());
+
+    // An fsync of the directory waits for them, then makes them durable.
+    fsync_dir(&dir);
+    assert_eq!(deferred(&m, "done"), 31.0);
+    assert_eq!(deferred(&m, "failed"), 0.0);
+    let other = c.mount("other");
+    let left: Vec<String> = (31..40).map(file).collect();
+    assert_eq!(
+        names(&other.join("d")),
+        left,
+        "another mount sees them gone"
+    );
+
+    // A name unlinked early can be made again at once; the directory,
+    // emptied by unlinks answered early, can be removed at once.
+    unlink(&dir, 31..32);
+    std::fs::write(dir.join(file(31)), "again").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(other.join("d").join(file(31))).unwrap(),
+        "again"
+    );
+    for name in names(&dir) {
+        std::fs::remove_file(dir.join(name)).unwrap();
+    }
+    std::fs::remove_dir(&dir).unwrap();
+    assert!(!other.join("d").exists());
+    assert!(c.status_field("files").starts_with("0 "), "no file left");
+    assert_eq!(deferred(&m, "failed"), 0.0);
+}
+
+#[test]
+fn a_directory_another_mount_looks_at_is_changed_synchronously() {
+    let c = cluster(None);
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    let (shared, private) = (a.join("shared"), a.join("private"));
+    // B makes one directory: meta sends B its changes.
+    std::fs::create_dir(b.join("shared")).unwrap();
+    std::fs::create_dir(&private).unwrap();
+    create(&shared, 0..10);
+    unlink(&shared, 0..5);
+    assert_eq!(created(&a, "done"), 0.0, "B looks at `shared`");
+    assert_eq!(deferred(&a, "done"), 0.0, "B looks at `shared`");
+    create(&private, 0..10);
+    fsync_dir(&private);
+    unlink(&private, 0..5);
+    fsync_dir(&private);
+    assert_eq!(created(&a, "done"), 10.0, "every create in `private`");
+    assert_eq!(deferred(&a, "done"), 5.0);
+    let left: Vec<String> = (5..10).map(file).collect();
+    assert_eq!(names(&b.join("shared")), left);
+    assert_eq!(names(&b.join("private")), left);
+}
+
+#[test]
+fn unlinks_in_flight_when_meta_crashes_land_on_the_restarted_meta() {
+    let mut c = cluster(None);
+    let m = c.mount("m");
+    c.wait_watch(&m, true);
+    let dir = filled(&m, "d", 20);
+    unlink(&dir, 0..1);
+    fsync_dir(&dir);
+    let made_early = created(&m, "done");
+    // Sent to a meta that never answers them: it stops, then dies.
+    let meta = c.meta_pid().expect("meta runs");
+    dfs_tests::signal(meta, "STOP");
+    unlink(&dir, 1..15);
+    create(&dir, 20..30);
+    c.kill_meta();
+    c.start_meta();
+    // The directory's fsync waits for them, sent again to the new meta.
+    fsync_dir(&dir);
+    assert_eq!(deferred(&m, "done") + deferred(&m, "gone"), 15.0);
+    assert_eq!(deferred(&m, "failed"), 0.0);
+    assert_eq!(created(&m, "done") - made_early, 10.0);
+    assert_eq!(created(&m, "failed"), 0.0);
+    let other = c.mount("other");
+    let left: Vec<String> = (15..30).map(file).collect();
+    assert_eq!(names(&other.join("d")), left);
+}
+
+/// On PostgreSQL every unlink waits for meta: other metas' watchers are not
+/// known to this one, and unlinks of one directory sent together would
+/// conflict in serializable transactions.
+#[test]
+fn on_postgresql_every_unlink_waits_for_meta() {
+    let Some(admin) = dfs_tests::postgres_admin_url() else {
+        return;
+    };
+    let c = cluster(Some(dfs_tests::fresh_postgres_db(&admin)));
+    let m = c.mount("m");
+    c.wait_watch(&m, true);
+    let dir = filled(&m, "d", 10);
+    unlink(&dir, 0..10);
+    assert_eq!(deferred(&m, "done"), 0.0);
+    assert_eq!(created(&m, "done"), 0.0);
+    assert!(names(&dir).is_empty());
+}
+
+#[test]
+fn creates_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_order() {
+    let c = cluster(None);
+    let m = c.mount("m");
+    c.wait_watch(&m, true);
+    let dir = m.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    // A setgid directory of another group: new files take its group.
+    std::os::unix::fs::chown(&dir, None, Some(4321)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    // The mount's first create waits for meta: its reply grants the mount
+    // inode numbers. (The mkdir's reply said no other mount looks at `d`.)
+    create(&dir, 0..1);
+    assert_eq!(created(&m, "done"), 0.0);
+
+    let meta = c.meta_pid().expect("meta runs");
+    dfs_tests::signal(meta, "STOP");
+    let (tx, rx) = mpsc::channel();
+    let made = dir.clone();
+    std::thread::spawn(move || {
+        create(&made, 1..21);
+        tx.send(()).unwrap();
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(10));
+    dfs_tests::signal(meta, "CONT");
+    answered.expect("20 empty files created and closed while meta was stopped");
+    let here: Vec<std::fs::Metadata> = (0..21)
+        .map(|i| std::fs::metadata(dir.join(file(i))).unwrap())
+        .collect();
+
+    // A new file's data waits for its create; names made and changed at
+    // once land in order.
+    std::fs::write(dir.join(file(5)), "five").unwrap();
+    std::fs::write(dir.join("moved"), "m").unwrap();
+    std::fs::rename(dir.join("moved"), dir.join(file(21))).unwrap();
+    std::fs::write(dir.join("gone"), "g").unwrap();
+    std::fs::remove_file(dir.join("gone")).unwrap();
+    create(&dir, 22..23);
+    unlink(&dir, 22..23);
+    create(&dir, 22..23);
+    fsync_dir(&dir);
+    assert_eq!(created(&m, "failed"), 0.0);
+    assert!(created(&m, "done") >= 22.0, "{}", created(&m, "done"));
+
+    let other = c.mount("other");
+    let d = other.join("d");
+    let all: Vec<String> = (0..23).map(file).collect();
+    assert_eq!(names(&d), all, "another mount sees every name");
+    for (i, seen) in here.iter().enumerate() {
+        let there = std::fs::metadata(d.join(file(i))).unwrap();
+        let attrs = |a: &std::fs::Metadata| (a.ino(), a.mode(), a.uid(), a.gid(), a.nlink());
+        assert_eq!(attrs(&there), attrs(seen), "{}", file(i));
+        assert_eq!(there.gid(), 4321, "the setgid directory's group");
+        if i != 5 {
+            assert_eq!(
+                (there.mtime(), there.mtime_nsec(), there.len()),
+                (seen.mtime(), seen.mtime_nsec(), 0),
+                "{}: the time this mount gave it",
+                file(i)
+            );
+        }
+    }
+    assert_eq!(std::fs::read_to_string(d.join(file(5))).unwrap(), "five");
+    assert_eq!(std::fs::read_to_string(d.join(file(21))).unwrap(), "m");
+    assert_eq!(std::fs::metadata(d.join(file(22))).unwrap().len(), 0);
+}
+
+#[test]
+fn a_create_meta_refuses_fails_the_files_close_and_its_name_goes() {
+    let c = Cluster::start(Options {
+        metrics: true,
+        meta_env: vec![("DFS_META_FAILPOINTS".into(), "refuse_early_create=1".into())],
+        ..Options::default()
+    });
+    let m = c.mount("m");
+    c.wait_watch(&m, true);
+    let dir = m.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join(file(0)), "kept").unwrap();
+    // Answered early, refused by meta: what was written is never
+    // acknowledged, by fsync or by close.
+    let mut f = std::fs::File::create(dir.join(file(1))).unwrap();
+    f.write_all(b"never acknowledged").unwrap();
+    let err = f.sync_all().expect_err("fsync of a file meta refused");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    drop(f);
+    // A refusal ends the early answers until meta's next word: this create
+    // waits for it.
+    std::fs::write(dir.join(file(2)), "kept too").unwrap();
+    // close(2) itself (Rust's File drops its errors; Python's does not).
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys\n\
+             fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n\
+             os.write(fd, b'never acknowledged')\n\
+             try:\n    os.close(fd)\nexcept OSError as e:\n    print(e.errno)\n",
+        )
+        .arg(dir.join(file(3)))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        libc::EIO.to_string(),
+        "close of a file meta refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(created(&m, "failed"), 2.0);
+    // The names go from this mount as from every other.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dir.join(file(1)).exists() || dir.join(file(3)).exists() {
+        assert!(std::time::Instant::now() < deadline, "the names stay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(names(&dir), vec![file(0), file(2)]);
+    let other = c.mount("other");
+    assert_eq!(names(&other.join("d")), vec![file(0), file(2)]);
+    assert_eq!(
+        std::fs::read_to_string(other.join("d").join(file(0))).unwrap(),
+        "kept"
+    );
+}
