@@ -124,6 +124,7 @@ conformance!(
     rename_flags,
     hard_links,
     unlink_names_the_inode_it_expects,
+    numbered_creates_keep_the_clients_number_and_time,
     symlinks_and_special_files,
     readdir_pages_in_byte_order,
     xattrs,
@@ -479,6 +480,63 @@ async fn unlink_names_the_inode_it_expects(h: Handle) {
         .await
         .unwrap_err();
     assert_eq!(errno(missing), libc::ENOENT);
+}
+
+async fn numbered_creates_keep_the_clients_number_and_time(h: Handle) {
+    let s = &h.store;
+    let (first, count) = s.take_inos(8).await.unwrap();
+    assert_eq!(count, 8);
+    // A plain create never takes a granted number.
+    let plain = s
+        .create(file(ROOT_INO, "plain"), Origin::NONE)
+        .await
+        .unwrap();
+    assert!(!(first..first + 8).contains(&plain.ino));
+    let time = Timespec {
+        sec: 1_700_000_000,
+        nsec: 42,
+    };
+    let made = s
+        .create_numbered(file(ROOT_INO, "f"), first + 2, time, Origin::NONE)
+        .await
+        .unwrap();
+    assert_eq!((made.ino, made.mtime, made.ctime), (first + 2, time, time));
+    assert_eq!(s.lookup(ROOT_INO, b"f").await.unwrap().ino, first + 2);
+    assert_eq!(s.getattr(first + 2).await.unwrap().mtime, time);
+    assert_eq!(s.getattr(ROOT_INO).await.unwrap().mtime, time);
+    // The same create sent again is the same file; the number under
+    // another name, or the name under another number, is refused.
+    let again = s
+        .create_numbered(file(ROOT_INO, "f"), first + 2, time, Origin::NONE)
+        .await
+        .unwrap();
+    assert_eq!(again.ino, first + 2);
+    let taken = s
+        .create_numbered(file(ROOT_INO, "g"), first + 2, time, Origin::NONE)
+        .await
+        .unwrap_err();
+    assert_eq!(errno(taken), libc::EEXIST);
+    let name_taken = s
+        .create_numbered(file(ROOT_INO, "f"), first + 3, time, Origin::NONE)
+        .await
+        .unwrap_err();
+    assert_eq!(errno(name_taken), libc::EEXIST);
+    // Only a regular file.
+    let dir = s
+        .create_numbered(
+            node(ROOT_INO, "d", FileKind::Directory),
+            first + 4,
+            time,
+            Origin::NONE,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(errno(dir), libc::EINVAL);
+    assert_eq!(
+        errno(s.getattr(first + 3).await.unwrap_err()),
+        libc::ENOENT,
+        "nothing made under the refused numbers"
+    );
 }
 
 async fn symlinks_and_special_files(h: Handle) {

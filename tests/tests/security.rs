@@ -1226,7 +1226,12 @@ fn an_early_create_needs_a_number_granted_to_its_own_certificate() {
         assert_eq!((attr.mtime, attr.ctime), (Some(time), Some(time)));
         assert_eq!((attr.mode, attr.uid, attr.gid), (0o640, 1000, 1000));
         assert_eq!(made.parent.unwrap().mtime, Some(time));
-        // A number in use is refused, not reused.
+        // The same create sent again is the same file; a number in use
+        // under another name is refused, not reused.
+        let again = call("client", early("b", grant.first + 3, &grant))
+            .await
+            .unwrap();
+        assert_eq!(again.attr.unwrap().ino, grant.first + 3);
         assert_eq!(
             call("client", early("c", grant.first + 3, &grant))
                 .await

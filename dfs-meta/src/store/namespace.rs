@@ -134,7 +134,8 @@ impl Store {
     /// A create the client already answered (an early create): the inode
     /// number is the client's, from numbers meta granted it (the caller
     /// checks the grant), and `time` the one it gave the file and the
-    /// directory. A number in use is refused, not reused.
+    /// directory. A number in use is refused, not reused, unless it already
+    /// names this file under this name (the same create, sent again).
     pub async fn create_numbered(
         &self,
         args: CreateArgs,
@@ -153,7 +154,13 @@ impl Store {
             self,
             origin,
             |tx| {
-                if get_inode(&mut tx, ino).await?.is_some() {
+                if let Some(made) = get_inode(&mut tx, ino).await? {
+                    // The number is the client's alone: under its name, this
+                    // is its own create, landed before (a retry whose request
+                    // id went with an expired session).
+                    if entry_ino(&mut tx, args.parent, &args.name).await? == Some(ino) {
+                        return Ok(made);
+                    }
                     return Err(StoreError::Exists(format!("inode {ino}")));
                 }
                 create_in(&mut tx, key, &args, None, time).await
