@@ -26,8 +26,9 @@
 //!   mount's cache, not open here, neither it nor its directory immutable or
 //!   append-only; a create of a regular file under a name the mount's cache
 //!   knows is free, in a directory whose attributes it knows (for the setgid
-//!   rule), under an inode number meta granted it. Everything else waits for
-//!   meta as before.
+//!   rule), under an inode number meta granted it, and without O_EXCL (lock
+//!   files count on meta alone deciding which client made a name, by the
+//!   time open(2) returns). Everything else waits for meta as before.
 //! - **The inode, named:** meta removes the name only while it still names the
 //!   inode this mount removed (`expect_ino`), so a file another client renamed
 //!   over the name meanwhile is not removed in its place; a create names its

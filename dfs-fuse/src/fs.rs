@@ -788,7 +788,9 @@ impl DfsFs {
     /// open(2) with O_CREAT of a name this mount believed free. If another
     /// mount created it meanwhile, open(2) without O_EXCL opens that file
     /// (truncated with O_TRUNC), as on a local disk. One this mount can
-    /// vouch for is answered at once and sent meanwhile (`deferred.rs`).
+    /// vouch for is answered at once and sent meanwhile (`deferred.rs`),
+    /// but never one with O_EXCL: lock files and the like count on meta
+    /// alone deciding which client made the name, when open(2) returns.
     pub async fn create(
         self: &Arc<Self>,
         parent: u64,
@@ -797,8 +799,10 @@ impl DfsFs {
         caller: Caller,
         open_flags: i32,
     ) -> FsResult<(pb::Attr, u64)> {
-        if let Some(made) = self.create_early(parent, name, mode, caller).await {
-            return Ok(made);
+        if open_flags & libc::O_EXCL == 0 {
+            if let Some(made) = self.create_early(parent, name, mode, caller).await {
+                return Ok(made);
+            }
         }
         let made = self
             .create_node(parent, name, pb::FileKind::Regular, mode, caller, 0, &[])

@@ -235,6 +235,18 @@ fn creates_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
     let answered = rx.recv_timeout(Duration::from_secs(10));
     dfs_tests::signal(meta, "CONT");
     answered.expect("20 empty files created and closed while meta was stopped");
+    // O_EXCL waits for meta: which client made a lock file is meta's word.
+    fsync_dir(&dir);
+    let before = created(&m, "done");
+    assert_eq!(before, 20.0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join("lock"))
+        .unwrap();
+    std::fs::remove_file(dir.join("lock")).unwrap();
+    fsync_dir(&dir);
+    assert_eq!(created(&m, "done"), before, "the O_EXCL create waited");
     let here: Vec<std::fs::Metadata> = (0..21)
         .map(|i| std::fs::metadata(dir.join(file(i))).unwrap())
         .collect();
