@@ -340,18 +340,14 @@ impl Coherence {
     /// it refused): the cache and the kernel forget `name` in `parent` and
     /// the attributes of both inodes, as if meta had said they changed.
     pub fn answered_wrongly(&self, parent: u64, name: &[u8], ino: u64) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        {
-            let mut cache = self.cache();
-            cache.forget_entry(parent, name);
-            cache.forget_attr(parent);
-            cache.forget_attr(ino);
-        }
-        self.queue(Work::Entry(parent, name.to_vec()));
-        self.queue(Work::Inode { ino, data: false });
-        self.queue(Work::Inode {
-            ino: parent,
-            data: false,
+        let inode = |ino| pb::InodeChange { ino, data: false };
+        self.apply(pb::Invalidations {
+            hello: false,
+            entries: vec![pb::EntryChange {
+                parent,
+                name: name.to_vec(),
+            }],
+            inodes: vec![inode(ino), inode(parent)],
         });
     }
 

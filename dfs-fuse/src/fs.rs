@@ -139,6 +139,11 @@ fn check_open_mode(inode_flags: u32, open_flags: i32) -> FsResult<()> {
     Ok(())
 }
 
+/// Immutable or append-only: its names and attributes change only through meta.
+fn pinned(a: &pb::Attr) -> bool {
+    a.flags & (dfs_proto::inode_flags::IMMUTABLE | dfs_proto::inode_flags::APPEND) != 0
+}
+
 fn attr_of(reply: pb::AttrReply) -> FsResult<pb::Attr> {
     reply
         .attr
@@ -546,9 +551,6 @@ impl DfsFs {
         if !self.deferred.unlink_allowed(parent) {
             return None;
         }
-        let pinned = |a: &pb::Attr| {
-            a.flags & (dfs_proto::inode_flags::IMMUTABLE | dfs_proto::inode_flags::APPEND) != 0
-        };
         let Some(Known::Found(attr)) = self.coherence().known(parent, name) else {
             return None;
         };
@@ -830,9 +832,7 @@ impl DfsFs {
             return None;
         }
         let dir = self.coherence().known_attr(parent)?;
-        let pinned =
-            dir.flags & (dfs_proto::inode_flags::IMMUTABLE | dfs_proto::inode_flags::APPEND);
-        (dir.kind == pb::FileKind::Directory as i32 && pinned == 0).then_some(dir)
+        (dir.kind == pb::FileKind::Directory as i32 && !pinned(&dir)).then_some(dir)
     }
 
     /// A regular file created here, answered at once and sent to meta

@@ -72,6 +72,20 @@ fn create(dir: &Path, which: Range<usize>) {
     }
 }
 
+/// Runs `calls` while meta is stopped: they must finish without it.
+fn while_meta_stops(c: &Cluster, what: &str, calls: impl FnOnce() + Send + 'static) {
+    let meta = c.meta_pid().expect("meta runs");
+    dfs_tests::signal(meta, "STOP");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        calls();
+        tx.send(()).unwrap();
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(10));
+    dfs_tests::signal(meta, "CONT");
+    answered.unwrap_or_else(|_| panic!("{what} while meta was stopped"));
+}
+
 /// fsync(2) of a directory: the calls in it answered early are on meta.
 fn fsync_dir(dir: &Path) {
     std::fs::File::open(dir).unwrap().sync_all().unwrap();
@@ -96,17 +110,8 @@ fn unlinks_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
     let dir = filled(&m, "d", 40);
     unlink(&dir, 0..1);
 
-    let meta = c.meta_pid().expect("meta runs");
-    dfs_tests::signal(meta, "STOP");
-    let (tx, rx) = mpsc::channel();
     let gone = dir.clone();
-    std::thread::spawn(move || {
-        unlink(&gone, 1..31);
-        tx.send(()).unwrap();
-    });
-    let answered = rx.recv_timeout(Duration::from_secs(10));
-    dfs_tests::signal(meta, "CONT");
-    answered.expect("30 unlinks answered while meta was stopped");
+    while_meta_stops(&c, "30 unlinks answered", move || unlink(&gone, 1..31));
     // This mount's own view has them gone at once.
     assert!(!dir.join(file(1)).exists());
 
@@ -224,17 +229,10 @@ fn creates_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
     create(&dir, 0..1);
     assert_eq!(created(&m, "done"), 0.0);
 
-    let meta = c.meta_pid().expect("meta runs");
-    dfs_tests::signal(meta, "STOP");
-    let (tx, rx) = mpsc::channel();
     let made = dir.clone();
-    std::thread::spawn(move || {
-        create(&made, 1..21);
-        tx.send(()).unwrap();
+    while_meta_stops(&c, "20 empty files created and closed", move || {
+        create(&made, 1..21)
     });
-    let answered = rx.recv_timeout(Duration::from_secs(10));
-    dfs_tests::signal(meta, "CONT");
-    answered.expect("20 empty files created and closed while meta was stopped");
     // O_EXCL waits for meta: which client made a lock file is meta's word.
     fsync_dir(&dir);
     let before = created(&m, "done");
