@@ -348,6 +348,7 @@ impl Coherence {
                 name: name.to_vec(),
             }],
             inodes: vec![inode(ino), inode(parent)],
+            recalls: Vec::new(),
         });
     }
 
@@ -414,10 +415,23 @@ impl Coherence {
     }
 }
 
+/// What the watch stream tells the rest of the mount besides invalidations.
+pub enum GrantNews {
+    /// Meta takes back a grant (`deferred.rs`).
+    Recall(pb::Recall),
+    /// The stream broke: recalls may be missed until it is back.
+    Lost,
+}
+
 /// Keeps a watch stream open to meta for as long as the mount runs: applies
 /// what it brings, and starts over (short TTLs meanwhile) when it breaks, when
 /// the channel fails over to another meta, or when the session changes.
-pub async fn run_watch(channel: MetaChannel, coherence: Arc<Coherence>) {
+/// Recalls of grants, and the stream's breaks, go to `grants`.
+pub async fn run_watch(
+    channel: MetaChannel,
+    coherence: Arc<Coherence>,
+    grants: tokio::sync::mpsc::UnboundedSender<GrantNews>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let identity = channel.identity();
@@ -445,7 +459,12 @@ pub async fn run_watch(channel: MetaChannel, coherence: Arc<Coherence>) {
                         backoff = Duration::from_millis(100);
                         tracing::debug!("invalidations live: long cache times on");
                     }
-                    Ok(Some(m)) => coherence.apply(m),
+                    Ok(Some(mut m)) => {
+                        for r in std::mem::take(&mut m.recalls) {
+                            let _ = grants.send(GrantNews::Recall(r));
+                        }
+                        coherence.apply(m);
+                    }
                     Ok(None) | Err(_) => break,
                 },
                 _ = check.tick() => {
@@ -455,6 +474,7 @@ pub async fn run_watch(channel: MetaChannel, coherence: Arc<Coherence>) {
                 }
             }
         }
+        let _ = grants.send(GrantNews::Lost);
         coherence.set_live(false);
         tracing::debug!("invalidation stream ended: short cache times until it is back");
         tokio::time::sleep(backoff).await;

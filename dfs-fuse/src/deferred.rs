@@ -12,23 +12,29 @@
 //!   done. An open of an inode whose call is in flight waits for it too
 //!   (`settled_ino`), and two early calls never name the same name or inode
 //!   at once (`busy`): a create after an unlink of one name waits for it.
-//! - **Only in a directory no other client looks at:** meta's reply to an
-//!   unlink or create says whether another client may cache names in the
-//!   directory (`unshared`: none watching it on meta, whose store is
-//!   SQLite). Only after such a reply, for `PRIVATE_FOR`, are that
-//!   directory's next unlinks and creates answered early, and each reply
-//!   renews or ends that. So the first one in a directory always waits for
-//!   meta (a read-only export refuses it, and nothing is ever answered early
-//!   there), and where mounts share a directory every call does, as before:
-//!   another mount never sees a name linger or lag longer than it does today.
+//! - **Only in a directory no other client looks at, and taken back before
+//!   one does:** meta's reply to an unlink or create may grant this mount
+//!   the directory (`unshared`: no other client watching it on meta, whose
+//!   store is SQLite). Only after such a reply, for `GRANT_FOR` from when the
+//!   call was sent, are that directory's next unlinks and creates answered
+//!   early, and each reply renews or ends that. So the first one in a
+//!   directory always waits for meta (a read-only export refuses it, and
+//!   nothing is ever answered early there), and where mounts share a
+//!   directory every call does, as before. Before meta serves another client
+//!   anything in the directory, it recalls the grant (on the watch stream):
+//!   the mount stops answering early there, waits until what it answered is
+//!   on meta, and says so (`DfsFs::recall`); so the other client sees every
+//!   name this mount's applications were told is made or gone. A grant the
+//!   recall may have overtaken (its reply still on the way) is ignored.
 //! - **Only what the mount can vouch for:** an unlink of a regular file or
 //!   symlink whose entry and attributes, and its directory's, are in the
 //!   mount's cache, not open here, neither it nor its directory immutable or
 //!   append-only; a create of a regular file under a name the mount's cache
 //!   knows is free, in a directory whose attributes it knows (for the setgid
-//!   rule), under an inode number meta granted it, and without O_EXCL (lock
-//!   files count on meta alone deciding which client made a name, by the
-//!   time open(2) returns). Everything else waits for meta as before.
+//!   rule), under an inode number meta granted it (O_EXCL too: another
+//!   client's create of the name reaches meta only after the recall brought
+//!   this one there, so it finds the name taken). Everything else waits for
+//!   meta as before.
 //! - **The inode, named:** meta removes the name only while it still names the
 //!   inode this mount removed (`expect_ino`), so a file another client renamed
 //!   over the name meanwhile is not removed in its place; a create names its
@@ -39,12 +45,12 @@
 //!   word), those fail with EIO and the name leaves this mount's cache, so
 //!   nothing written to the file is acknowledged by a close. An empty file
 //!   closed before meta answered is acknowledged without waiting.
-//! - A client that starts looking at the directory meanwhile sees the names
-//!   come and go when meta has them (a round trip after this mount answered),
-//!   and stops the early answers with its interest. A crash of the mount
-//!   before meta answered loses the calls in flight (unlinked files stay,
-//!   empty created ones are not there): as with a local file system, a
-//!   name's change is durable once its directory is fsynced.
+//! - A mount that does not answer a recall (stopped, cut off) is waited out
+//!   by meta until its grant runs out; calls it still had in flight then may
+//!   land after the other client's (a create then fails as above). A crash
+//!   of the mount before meta answered loses the calls in flight (unlinked
+//!   files stay, empty created ones are not there): as with a local file
+//!   system, a name's change is durable once its directory is fsynced.
 //! - A failure meta reports, other than an unlink's name being gone already,
 //!   is logged and counted, and the cache drops what it said of the name.
 //!
@@ -64,9 +70,19 @@ use crate::error::{FsError, FsResult};
 pub const IN_FLIGHT: u32 = 64;
 /// How long meta's word that no other client looks at a directory is
 /// trusted without a newer one.
-pub const PRIVATE_FOR: Duration = Duration::from_secs(2);
+pub const PRIVATE_FOR: Duration = dfs_proto::GRANT_FOR;
 /// Directories remembered as private.
 const PRIVATE_DIRS: usize = 4096;
+
+/// What meta last said of a directory.
+#[derive(Debug, Clone, Copy)]
+enum Word {
+    /// Granted (grant number) on a call sent at this instant.
+    Granted(u64, Instant),
+    /// Grants up to this number were recalled, at this instant: a reply
+    /// still on its way with one of them counts for nothing.
+    Recalled(u64, Instant),
+}
 
 /// What an early call is about: its inode, and the name it changes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -84,8 +100,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Deferred {
     unlinks: bool,
     creates: bool,
-    /// Directories meta last said no other client looks at, and when.
-    private: Mutex<lru::LruCache<u64, Instant>>,
+    /// Directories meta granted (or recalled), and when.
+    private: Mutex<lru::LruCache<u64, Word>>,
     /// Each call in flight holds a read guard; `settled` waits for the
     /// write side, and tokio's lock lets no new reader in while it waits.
     gate: Arc<RwLock<()>>,
@@ -132,9 +148,8 @@ impl Deferred {
     }
 
     fn private_now(&self, dir: u64) -> bool {
-        lock(&self.private)
-            .get(&dir)
-            .is_some_and(|t| t.elapsed() < PRIVATE_FOR)
+        matches!(lock(&self.private).get(&dir),
+            Some(Word::Granted(_, sent)) if sent.elapsed() < PRIVATE_FOR)
     }
 
     /// Whether an unlink in `dir` may be answered before meta has it.
@@ -152,18 +167,42 @@ impl Deferred {
         self.creates
     }
 
-    /// Meta answered an unlink or create in `dir`: `unshared`, no other
-    /// client may cache its names.
-    pub fn learned(&self, dir: u64, unshared: bool) {
+    /// Meta answered an unlink or create in `dir`, sent at `sent`: with
+    /// `unshared`, it granted the directory (grant number `grant`).
+    pub fn learned(&self, dir: u64, unshared: bool, grant: u64, sent: Instant) {
         if !self.unlinks && !self.creates {
             return;
         }
         let mut private = lock(&self.private);
-        if unshared {
-            private.put(dir, Instant::now());
-        } else {
+        if !unshared || grant == 0 {
             private.pop(&dir);
+            return;
         }
+        match private.get(&dir) {
+            // Overtaken by the recall: the grant is over.
+            Some(Word::Recalled(upto, at)) if grant <= *upto && at.elapsed() < PRIVATE_FOR => {}
+            // A newer grant came first (replies may come out of order).
+            Some(Word::Granted(newer, _)) if grant < *newer => {}
+            _ => {
+                private.put(dir, Word::Granted(grant, sent));
+            }
+        }
+    }
+
+    /// Meta recalled its grants on `dir` up to `grant`: nothing more is
+    /// answered early there (those in flight go on; `settled` waits for them).
+    pub fn recall(&self, dir: u64, grant: u64) {
+        let mut private = lock(&self.private);
+        let upto = match private.get(&dir) {
+            Some(Word::Recalled(upto, _)) => grant.max(*upto),
+            _ => grant,
+        };
+        private.put(dir, Word::Recalled(upto, Instant::now()));
+    }
+
+    /// The watch stream broke: recalls may be missed, so no grant counts.
+    pub fn forget_grants(&self) {
+        lock(&self.private).clear();
     }
 
     /// Whether a call about inode `ino` or name `name` in `dir` is in flight.
@@ -285,22 +324,63 @@ mod tests {
     #[test]
     fn early_only_in_directories_meta_said_are_private() {
         let d = Deferred::new(true, true);
+        let now = Instant::now();
         assert!(!d.unlink_allowed(7), "meta said nothing of 7 yet");
-        d.learned(7, true);
+        d.learned(7, true, 1, now);
         assert!(d.unlink_allowed(7));
         assert!(d.create_allowed(7), "creates too");
         assert!(!d.unlink_allowed(8), "only the directory meta spoke of");
-        d.learned(7, false);
+        d.learned(7, false, 0, now);
         assert!(!d.unlink_allowed(7), "another client looks at 7 now");
         assert!(!d.create_allowed(7));
+        d.learned(7, true, 0, now);
+        assert!(!d.create_allowed(7), "unshared without a grant number");
+        let old = now - PRIVATE_FOR;
+        d.learned(7, true, 2, old);
+        assert!(!d.create_allowed(7), "counted from when the call was sent");
         let off = Deferred::new(false, true);
-        off.learned(7, true);
+        off.learned(7, true, 1, now);
         assert!(!off.unlink_allowed(7), "sync_unlink");
         assert!(off.create_allowed(7), "creates are still early");
         let off = Deferred::new(true, false);
-        off.learned(7, true);
+        off.learned(7, true, 1, now);
         assert!(off.unlink_allowed(7));
         assert!(!off.create_allowed(7), "sync_create");
+    }
+
+    #[test]
+    fn a_recall_ends_the_grant_and_every_older_one_still_on_its_way() {
+        let d = Deferred::new(true, true);
+        let now = Instant::now();
+        d.learned(7, true, 5, now);
+        d.learned(8, true, 5, now);
+        d.recall(7, 5);
+        assert!(!d.create_allowed(7) && !d.unlink_allowed(7));
+        assert!(d.create_allowed(8), "only the directory recalled");
+        d.learned(7, true, 4, now);
+        d.learned(7, true, 5, now);
+        assert!(
+            !d.create_allowed(7),
+            "replies the recall overtook count for nothing"
+        );
+        d.learned(7, true, 6, now);
+        assert!(d.create_allowed(7), "a grant made after the recall");
+        d.learned(7, true, 3, now);
+        assert!(
+            d.create_allowed(7),
+            "an older reply does not end a newer grant"
+        );
+        d.recall(9, 2);
+        d.learned(9, true, 1, now);
+        assert!(
+            !d.create_allowed(9),
+            "a recall may come before the grant it ends"
+        );
+        d.forget_grants();
+        assert!(
+            !d.create_allowed(7) && !d.create_allowed(8),
+            "the stream broke"
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use dfs_proto::pb;
 use tokio::sync::Mutex as AsyncMutex;
@@ -216,6 +217,28 @@ impl DfsFs {
     async fn meta(&self) -> dfs_client::Meta {
         self.deferred.settled().await;
         self.meta.clone()
+    }
+
+    /// Meta recalled its grant on a directory (another client is about to
+    /// look at it or change it): nothing more is answered early there, and
+    /// once the calls answered early so far are on meta, meta hears so.
+    pub fn recall(self: &Arc<Self>, recall: pb::Recall) {
+        self.deferred.recall(recall.dir, recall.grant);
+        let fs = self.clone();
+        tokio::spawn(async move {
+            fs.deferred.settled().await;
+            let (dir, grant) = (recall.dir, recall.grant);
+            if let Err(e) = fs.meta.clone().recalled(recall).await {
+                // Meta waits the grant out instead.
+                tracing::debug!(dir, grant, error = %e, "could not answer a recall");
+            }
+        });
+    }
+
+    /// The watch stream broke: recalls may be lost meanwhile, so no grant
+    /// of meta's counts any more.
+    pub fn grants_lost(&self) {
+        self.deferred.forget_grants();
     }
 
     /// The meta client for calls that do not depend on names (locks).
@@ -440,7 +463,9 @@ impl DfsFs {
             ..Default::default()
         };
         let ticket = self.coherence().ticket().own();
-        let reply = self.meta().await.create(request).await;
+        let mut meta = self.meta().await;
+        let sent = Instant::now();
+        let reply = meta.create(request).await;
         if want_inos > 0 {
             self.inos
                 .answered(reply.as_ref().ok().and_then(|r| r.get_ref().inos.clone()));
@@ -449,10 +474,11 @@ impl DfsFs {
             Ok(r) => {
                 let r = r.into_inner();
                 if regular {
-                    self.deferred.learned(parent, r.unshared);
+                    self.deferred.learned(parent, r.unshared, r.grant, sent);
                 }
                 if let (pb::FileKind::Directory, Some(dir)) = (kind, &r.attr) {
-                    self.deferred.learned(dir.ino, r.made_unshared);
+                    self.deferred
+                        .learned(dir.ino, r.made_unshared, r.grant, sent);
                 }
                 match r.attr {
                     Some(attr) => Ok((attr, r.parent)),
@@ -534,9 +560,12 @@ impl DfsFs {
             expect_ino: 0,
         };
         let ticket = self.coherence().ticket().own();
-        let reply = self.meta().await.unlink(request).await;
+        let mut meta = self.meta().await;
+        let sent = Instant::now();
+        let reply = meta.unlink(request).await;
         let removed = self.name_removed(ticket, parent, name, reply)?;
-        self.deferred.learned(parent, removed.unshared);
+        self.deferred
+            .learned(parent, removed.unshared, removed.grant, sent);
         if let Some(ino) = victim {
             self.orphaned(ino).await?;
         }
@@ -577,10 +606,13 @@ impl DfsFs {
         };
         let (fs, name, mut meta) = (self.clone(), name.to_vec(), self.meta.clone());
         tokio::spawn(async move {
+            let sent = Instant::now();
             let reply = meta.unlink(request).await;
             let removed = fs.name_removed(ticket, parent, &name, reply);
-            fs.deferred
-                .learned(parent, removed.as_ref().is_ok_and(|r| r.unshared));
+            let (unshared, grant) = removed
+                .as_ref()
+                .map_or((false, 0), |r| (r.unshared, r.grant));
+            fs.deferred.learned(parent, unshared, grant, sent);
             let outcome = match removed {
                 Ok(_) => "done",
                 // Gone already, or another inode's name now: nothing to remove.
@@ -791,8 +823,8 @@ impl DfsFs {
     /// mount created it meanwhile, open(2) without O_EXCL opens that file
     /// (truncated with O_TRUNC), as on a local disk. One this mount can
     /// vouch for is answered at once and sent meanwhile (`deferred.rs`),
-    /// but never one with O_EXCL: lock files and the like count on meta
-    /// alone deciding which client made the name, when open(2) returns.
+    /// O_EXCL included: meta recalls the directory from this mount before
+    /// another client may create there, so that one finds the name taken.
     pub async fn create(
         self: &Arc<Self>,
         parent: u64,
@@ -801,10 +833,8 @@ impl DfsFs {
         caller: Caller,
         open_flags: i32,
     ) -> FsResult<(pb::Attr, u64)> {
-        if open_flags & libc::O_EXCL == 0 {
-            if let Some(made) = self.create_early(parent, name, mode, caller).await {
-                return Ok(made);
-            }
+        if let Some(made) = self.create_early(parent, name, mode, caller).await {
+            return Ok(made);
         }
         let made = self
             .create_node(parent, name, pb::FileKind::Regular, mode, caller, 0, &[])
@@ -917,6 +947,7 @@ impl DfsFs {
         tokio::spawn(async move {
             let (parent, ino, want) = (request.parent, request.ino, request.want_inos);
             let name = request.name.clone();
+            let sent = Instant::now();
             let reply = meta.create(request).await;
             if want > 0 {
                 fs.inos
@@ -924,14 +955,15 @@ impl DfsFs {
             }
             let outcome = match reply {
                 Ok(r) => {
-                    fs.deferred.learned(parent, r.get_ref().unshared);
+                    let r = r.get_ref();
+                    fs.deferred.learned(parent, r.unshared, r.grant, sent);
                     Ok(())
                 }
                 Err(status) => {
                     let e = FsError::from(status);
                     tracing::warn!(parent, ino, name = %String::from_utf8_lossy(&name), error = %e,
                         "a create answered early failed on meta: the file is not there");
-                    fs.deferred.learned(parent, false);
+                    fs.deferred.learned(parent, false, 0, sent);
                     fs.coherence().answered_wrongly(parent, &name, ino);
                     Err(e.to_string())
                 }

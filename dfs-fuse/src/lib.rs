@@ -166,7 +166,21 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
         coherence
             .attach(session.notifier())
             .map_err(MountError::Runtime)?;
-        rt.spawn(coherence::run_watch(fs.meta_channel().clone(), coherence));
+        let (grants, mut news) = tokio::sync::mpsc::unbounded_channel();
+        rt.spawn(coherence::run_watch(
+            fs.meta_channel().clone(),
+            coherence,
+            grants,
+        ));
+        let fs = fs.clone();
+        rt.spawn(async move {
+            while let Some(n) = news.recv().await {
+                match n {
+                    coherence::GrantNews::Recall(r) => fs.recall(r),
+                    coherence::GrantNews::Lost => fs.grants_lost(),
+                }
+            }
+        });
     }
     let background = session.spawn().map_err(MountError::Mount)?;
     tracing::info!(mountpoint = %opts.mountpoint.display(), source = %opts.source, "mounted");

@@ -24,9 +24,8 @@ pub fn policy(method: &str) -> &'static [Role] {
         | "Rename" | "ReleaseOrphan" | "Link" | "ReadLink" | "ReadDir" | "GetXattr"
         | "SetXattr" | "ListXattr" | "RemoveXattr" | "StatFs" | "Sync" | "GetChunks"
         | "PlaceChunk" | "CommitWrite" | "PunchHole" | "ClusterStatus" | "Fsck"
-        | "ForgetReplica" | "OpenSession" | "RenewSession" | "CloseSession" | "Lock" | "Watch" => {
-            FILES
-        }
+        | "ForgetReplica" | "OpenSession" | "RenewSession" | "CloseSession" | "Lock" | "Watch"
+        | "Recalled" => FILES,
         _ => &[],
     }
 }

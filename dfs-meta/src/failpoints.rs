@@ -3,13 +3,17 @@
 //! the change was made (what a connection breaking at that moment does), so
 //! the clients' retries with request ids can be checked end to end;
 //! `refuse_early_create=1` refuses creates a client answered early (what
-//! another client taking the name in the meantime does).
+//! another client taking the name in the meantime does);
+//! `slow_early_create=1` holds such creates for a second before they are
+//! made (what a slow network or a busy meta does), so another client's call
+//! in the directory comes while they are in flight.
 
 /// The failpoints this process was started with (none in production).
 #[derive(Debug, Clone, Default)]
 pub struct Failpoints {
     drop_reply: f64,
     refuse_early_create: f64,
+    slow_early_create: f64,
 }
 
 impl Failpoints {
@@ -24,6 +28,7 @@ impl Failpoints {
             let slot = match name {
                 "drop_reply" => &mut points.drop_reply,
                 "refuse_early_create" => &mut points.refuse_early_create,
+                "slow_early_create" => &mut points.slow_early_create,
                 _ => {
                     tracing::warn!(item, "unknown failpoint");
                     continue;
@@ -48,6 +53,13 @@ impl Failpoints {
     /// Whether to refuse this create a client answered early (EEXIST).
     pub fn refuse_early_create(&self) -> bool {
         fires(self.refuse_early_create)
+    }
+
+    /// Holds this create a client answered early for a second, sometimes.
+    pub async fn slow_early_create(&self) {
+        if fires(self.slow_early_create) {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod convert;
 pub mod exports;
 pub mod failpoints;
+pub mod grants;
 pub mod hex;
 pub mod leader;
 pub mod metrics;

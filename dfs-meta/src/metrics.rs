@@ -23,6 +23,7 @@ pub struct MetaMetrics {
     pub purged_files: IntCounter,
     pub watchers: IntGauge,
     pub invalidations_sent: IntCounter,
+    pub recalls: IntCounterVec,
 }
 
 impl MetaMetrics {
@@ -97,6 +98,14 @@ impl MetaMetrics {
                 "dfs_meta_invalidations_sent_total",
                 "entry and inode changes pushed to clients that may cache them",
             ),
+            recalls: IntCounterVec::new(
+                Opts::new(
+                    "dfs_meta_grant_recalls_total",
+                    "grants taken back from a session before serving another, by whether it answered or the grant ran out",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
             registry,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -116,6 +125,7 @@ impl MetaMetrics {
             Box::new(m.purged_files.clone()),
             Box::new(m.watchers.clone()),
             Box::new(m.invalidations_sent.clone()),
+            Box::new(m.recalls.clone()),
         ];
         register_all(&m.registry, all);
         m

@@ -624,6 +624,7 @@ pub const VALIDATED: &[&str] = &[
 /// certificate vouches for), so fuzzing only decodes them.
 pub const DECODED: &[&str] = &[
     "Watch",
+    "Recalled",
     "GetAttr",
     "ReleaseOrphan",
     "ReadLink",
@@ -675,6 +676,7 @@ pub fn validate_wire(method: &str, bytes: &[u8]) -> Result<(), Status> {
         "PunchHole" => check::<pb::PunchHoleRequest, PunchHole>(bytes),
         "Lock" => check::<pb::LockRequest, Lock>(bytes),
         "Watch" => decode::<pb::WatchRequest>(bytes),
+        "Recalled" => decode::<pb::Recall>(bytes),
         "GetAttr" => decode::<pb::GetAttrRequest>(bytes),
         "ReleaseOrphan" => decode::<pb::ReleaseOrphanRequest>(bytes),
         "ReadLink" => decode::<pb::ReadLinkRequest>(bytes),

@@ -191,6 +191,27 @@ impl MetaService {
 
     /// A directory's attributes after a change in it, for the reply (a
     /// failure here leaves them out: the client asks when it needs them).
+    /// Before a call of `origin` about names in `dirs` (or their
+    /// attributes) is served: other sessions' grants on them are taken
+    /// back, and what those answered early there is on meta (`grants.rs`).
+    async fn recall(&self, origin: Origin, dirs: &[u64]) {
+        self.watchers.recall(origin.session, dirs).await;
+    }
+
+    /// `recall` of the directory `name` in `parent` names, if any (a call
+    /// that removes or replaces it: it must be empty of what its holder
+    /// created early).
+    async fn recall_named(&self, origin: Origin, parent: u64, name: &[u8]) {
+        if !self.watchers.others_hold_grants(origin.session) {
+            return;
+        }
+        if let Ok(inode) = self.store.lookup(parent, name).await {
+            if inode.kind == store::FileKind::Directory {
+                self.recall(origin, &[inode.ino]).await;
+            }
+        }
+    }
+
     async fn dir_attr(&self, ino: u64) -> Option<pb::Attr> {
         self.store
             .getattr(ino)
@@ -245,12 +266,24 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn recalled(&self, req: Request<pb::Recall>) -> Reply<pb::Empty> {
+        let (view, origin) = self.view(&req, false).await?;
+        let r = req.into_inner();
+        self.observe("Recalled", async {
+            let dir = view.ino(r.dir).await?;
+            self.watchers.recalled(origin.session, dir, r.grant);
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
         let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("Lookup", async {
             let r = request::Lookup::try_from(r)?;
             let parent = view.ino(r.parent).await?;
+            self.recall(origin, &[parent]).await;
             // A miss is cached too (a negative entry): note the parent first.
             self.watchers.note(origin.session, [parent]);
             let inode = self.store.lookup(parent, r.name.bytes()).await?;
@@ -265,6 +298,7 @@ impl Meta for MetaService {
         let r = req.into_inner();
         self.observe("GetAttr", async {
             let ino = view.ino(r.ino).await?;
+            self.recall(origin, &[ino]).await;
             self.watchers.note(origin.session, [ino]);
             Ok(view.attr_reply(attr_reply(&self.store.getattr(ino).await?)))
         })
@@ -272,10 +306,11 @@ impl Meta for MetaService {
     }
 
     async fn resolve_path(&self, req: Request<pb::ResolvePathRequest>) -> Reply<pb::AttrReply> {
-        let (view, _) = self.view(&req, false).await?;
+        let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
         self.observe("ResolvePath", async {
             let r = request::ResolvePath::try_from(r)?;
+            self.watchers.recall_all(origin.session).await;
             let inode = self.store.resolve_path_in(view.root(), &r.path).await?;
             Ok(view.attr_reply(attr_reply(&inode)))
         })
@@ -289,6 +324,7 @@ impl Meta for MetaService {
         self.observe_mutation("SetAttr", origin, async {
             let mut r = request::SetAttr::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
+            self.recall(origin, &[r.ino]).await;
             let now = store::Timespec::now();
             let (uid, gid) = exported_owner(export, r.uid, r.gid)?;
             let args = SetAttrArgs {
@@ -364,6 +400,10 @@ impl Meta for MetaService {
                 }
             }
             args.parent = view.ino(args.parent).await?;
+            self.recall(origin, &[args.parent]).await;
+            if numbered.is_some() {
+                self.failpoints.slow_early_create().await;
+            }
             if let Some(e) = export {
                 args.uid = e.uid(args.uid)?;
                 args.gid = e.gid(args.gid)?;
@@ -384,12 +424,18 @@ impl Meta for MetaService {
                     .publish(origin.session, vec![Change::entry(parent, &name)]);
                 let mut reply = attr_reply(&inode);
                 reply.parent = self.dir_attr(parent).await;
-                let unshared = |dir| {
-                    origin.session != 0 && !self.watchers.others_may_cache(origin.session, dir)
+                // Grants where the client may answer early: creates of
+                // files in the parent, and everything in a new directory.
+                let (grant, given) = match inode.kind {
+                    store::FileKind::Regular => self.watchers.grant(origin.session, &[parent]),
+                    store::FileKind::Directory => self.watchers.grant(origin.session, &[inode.ino]),
+                    _ => (0, vec![false]),
                 };
-                reply.unshared = unshared(parent);
-                reply.made_unshared =
-                    inode.kind == store::FileKind::Directory && unshared(inode.ino);
+                reply.grant = grant;
+                match inode.kind {
+                    store::FileKind::Directory => reply.made_unshared = given[0],
+                    _ => reply.unshared = given[0],
+                }
                 reply
             };
             if want_inos > 0 && early_ok {
@@ -418,6 +464,7 @@ impl Meta for MetaService {
         self.observe_mutation("Unlink", origin, async {
             let mut r = request::Unlink::try_from(r)?;
             r.parent = view.ino(r.parent).await?;
+            self.recall(origin, &[r.parent]).await;
             let keep_open = r.keep_open.then_some(origin.session);
             let ino = self
                 .store
@@ -428,14 +475,14 @@ impl Meta for MetaService {
                 origin.session,
                 vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
             );
-            let unshared =
-                origin.session != 0 && !self.watchers.others_may_cache(origin.session, r.parent);
+            let (grant, given) = self.watchers.grant(origin.session, &[r.parent]);
             Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
                 new_parent: None,
                 ino,
                 replaced_ino: 0,
-                unshared,
+                unshared: given[0],
+                grant,
             }))
         })
         .await
@@ -447,6 +494,8 @@ impl Meta for MetaService {
         self.observe_mutation("Rmdir", origin, async {
             let mut r = request::Rmdir::try_from(r)?;
             r.parent = view.ino(r.parent).await?;
+            self.recall(origin, &[r.parent]).await;
+            self.recall_named(origin, r.parent, r.name.bytes()).await;
             let ino = self.store.rmdir(r.parent, r.name.bytes(), origin).await?;
             self.roots.changed();
             self.watchers.publish(
@@ -459,6 +508,7 @@ impl Meta for MetaService {
                 ino,
                 replaced_ino: 0,
                 unshared: false,
+                grant: 0,
             }))
         })
         .await
@@ -471,6 +521,9 @@ impl Meta for MetaService {
             let mut r = request::Rename::try_from(r)?;
             r.parent = view.ino(r.parent).await?;
             r.new_parent = view.ino(r.new_parent).await?;
+            self.recall(origin, &[r.parent, r.new_parent]).await;
+            self.recall_named(origin, r.new_parent, r.new_name.bytes())
+                .await;
             let renamed = self
                 .store
                 .rename(
@@ -508,6 +561,7 @@ impl Meta for MetaService {
                 ino: renamed.moved,
                 replaced_ino: renamed.replaced.unwrap_or(0),
                 unshared: false,
+                grant: 0,
             }))
         })
         .await
@@ -531,6 +585,7 @@ impl Meta for MetaService {
             let mut r = request::Link::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
             r.new_parent = view.ino(r.new_parent).await?;
+            self.recall(origin, &[r.new_parent]).await;
             let inode = self
                 .store
                 .link(r.ino, r.new_parent, r.new_name.bytes(), origin)
@@ -567,6 +622,7 @@ impl Meta for MetaService {
         self.observe("ReadDir", async {
             let r = request::ReadDir::try_from(r)?;
             let ino = view.ino(r.ino).await?;
+            self.recall(origin, &[ino]).await;
             self.watchers.note(origin.session, [ino]);
             let (entries, more) = self.store.readdir(ino, &r.after, r.limit).await?;
             self.watchers

@@ -168,6 +168,7 @@ impl<'a> View<'a> {
             ino: self.out(reply.ino),
             replaced_ino: self.out(reply.replaced_ino),
             unshared: reply.unshared,
+            grant: reply.grant,
         }
     }
 }

@@ -13,10 +13,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dfs_common::shutdown::Shutdown;
 
+use crate::grants::{Grants, Recall, Wait};
 use crate::hex::{hex_decode, hex_encode};
 use dfs_proto::{pb, ROOT_INO};
 use prost::Message;
@@ -135,6 +136,9 @@ pub struct Watchers {
     /// Tells this meta's notices from the others' on the shared channel.
     meta_id: u64,
     watchers: Mutex<HashMap<u64, Watcher>>,
+    /// Directories granted to one session (see `grants.rs`). Locked after
+    /// `watchers` when both are.
+    grants: Mutex<Grants>,
     next_registration: AtomicU64,
     /// False while changes from other metas may be missed: new watchers get
     /// their hello only once it is true again.
@@ -159,6 +163,7 @@ impl Watchers {
         Watchers {
             meta_id: rand::random::<u64>() | 1,
             watchers: Mutex::new(HashMap::new()),
+            grants: Mutex::new(Grants::default()),
             next_registration: AtomicU64::new(1),
             ready: tokio::sync::watch::Sender::new(ready),
             forward,
@@ -244,11 +249,12 @@ impl Watchers {
         }
     }
 
-    /// Ends `session`'s stream (closed or expired).
+    /// Ends `session`'s stream and its grants (closed).
     pub fn forget(&self, session: u64) {
         let mut watchers = self.lock();
         watchers.remove(&session);
         self.count_changed(&watchers);
+        self.grants().drop_session(session);
     }
 
     /// Ends every stream: changes may have been missed (or this meta is
@@ -288,24 +294,123 @@ impl Watchers {
         }
     }
 
-    /// Whether a session other than `session` may cache names in `dir`: one
-    /// watching here has been handed something of it, or the store is shared
-    /// (PostgreSQL: other metas' watchers are not known here). On PostgreSQL
-    /// this also keeps a mount from sending many unlinks of one directory at
-    /// once: they would conflict on the directory's row in serializable
-    /// transactions and retry (measured: `rm -rf` of 2,000 files 3.0 s
-    /// synchronous, 5.4 to 6.1 s with early answers; 3,425 retries).
-    pub fn others_may_cache(&self, session: u64, dir: u64) -> bool {
-        if self.forward.is_some() {
-            return true;
+    fn grants(&self) -> std::sync::MutexGuard<'_, Grants> {
+        self.grants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Grants `session` those of `dirs` no other session may cache names
+    /// in (none watching here has been handed something of them, none holds
+    /// a grant on them), so it may answer its next unlinks and creates there
+    /// early: the grant's number (0: none) and which were granted. Only a
+    /// watching session gets grants (a recall reaches it on its stream), and
+    /// none on a shared store (PostgreSQL: other metas' watchers are not
+    /// known here). On PostgreSQL this also keeps a mount from sending many
+    /// unlinks of one directory at once: they would conflict on the
+    /// directory's row in serializable transactions and retry (measured:
+    /// `rm -rf` of 2,000 files 3.0 s synchronous, 5.4 to 6.1 s with early
+    /// answers; 3,425 retries).
+    pub fn grant(&self, session: u64, dirs: &[u64]) -> (u64, Vec<bool>) {
+        let none = || (0, vec![false; dirs.len()]);
+        if session == 0 || self.forward.is_some() {
+            return none();
         }
-        let change = Change::Entry {
-            parent: dir,
-            name: Vec::new(),
-        };
-        self.lock()
+        let watchers = self.lock();
+        if !watchers.contains_key(&session) {
+            return none();
+        }
+        let free: Vec<u64> = dirs
             .iter()
-            .any(|(s, w)| *s != session && w.cares(&change))
+            .copied()
+            .filter(|dir| {
+                let change = Change::Entry {
+                    parent: *dir,
+                    name: Vec::new(),
+                };
+                !watchers
+                    .iter()
+                    .any(|(s, w)| *s != session && w.cares(&change))
+            })
+            .collect();
+        let (grant, given) = self.grants().give(session, &free, Instant::now());
+        let given = dirs
+            .iter()
+            .map(|d| free.iter().zip(&given).any(|(f, g)| f == d && *g))
+            .collect();
+        (grant, given)
+    }
+
+    /// Before a call of `session` that reads or changes names in `dirs` (or
+    /// their attributes) is served: takes back every other session's grant
+    /// on them, and returns once each holder said it answers nothing early
+    /// there any more and what it did is on meta, or its grant ran out.
+    pub async fn recall(&self, session: u64, dirs: &[u64]) {
+        let mut waits = Vec::new();
+        {
+            let watchers = self.lock();
+            let mut grants = self.grants();
+            let now = Instant::now();
+            for &dir in dirs {
+                match grants.recall(session, dir, now) {
+                    Recall::Nothing => {}
+                    Recall::Wait(wait) => waits.push((dir, wait, false)),
+                    Recall::Send {
+                        holder,
+                        grant,
+                        wait,
+                    } => {
+                        // Not delivered (gone, too slow): the grant is waited out.
+                        if let Some(w) = watchers.get(&holder) {
+                            let recall = pb::Invalidations {
+                                recalls: vec![pb::Recall {
+                                    dir: if dir == w.root { ROOT_INO } else { dir },
+                                    grant,
+                                }],
+                                ..Default::default()
+                            };
+                            let _ = w.tx.try_send(Ok(recall));
+                        }
+                        tracing::debug!(session, holder, dir, grant, "recalling a grant");
+                        waits.push((dir, wait, true));
+                    }
+                }
+            }
+        }
+        for (dir, wait, sent) in waits {
+            let Wait {
+                mut done,
+                until,
+                grant,
+            } = wait;
+            let answered = tokio::time::timeout_at(until.into(), done.wait_for(|d| *d))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !answered {
+                self.grants().recalled(None, dir, grant, Instant::now());
+            }
+            if sent {
+                let outcome = if answered { "answered" } else { "ran_out" };
+                self.metrics.recalls.with_label_values(&[outcome]).inc();
+            }
+        }
+    }
+
+    /// `recall` of every directory granted to another session (a call that
+    /// may touch any: a path resolved from the root).
+    pub async fn recall_all(&self, session: u64) {
+        let dirs = self.grants().dirs_besides(session, Instant::now());
+        self.recall(session, &dirs).await;
+    }
+
+    /// Whether a grant of another session may stand in the way of
+    /// `session`'s calls (worth finding out which inode a name is).
+    pub fn others_hold_grants(&self, session: u64) -> bool {
+        self.grants().any_besides(session, Instant::now())
+    }
+
+    /// `session` answered the recall of `grant` on `dir`.
+    pub fn recalled(&self, session: u64, dir: u64, grant: u64) {
+        self.grants()
+            .recalled(Some(session), dir, grant, Instant::now());
     }
 
     /// Sends each watcher (but `origin`) the changes it may have cached. A

@@ -17,6 +17,11 @@ pub use names::{validate_name, NameError, MAX_NAME_LEN, MAX_PATH_LEN};
 
 /// The root directory's inode number (as in FUSE).
 pub const ROOT_INO: u64 = 1;
+/// How long meta's word that no other client looks at a directory (a grant:
+/// `AttrReply.grant`, `DirChangeReply.grant`) holds without a newer one,
+/// counted by the client from when it sent the call. Meta waits at most this
+/// long for a client it recalls a grant from to answer.
+pub const GRANT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// The largest file dfs stores (8 PiB). Larger sizes and writes past it are
 /// EFBIG, as local file systems answer past their own limit.
 pub const MAX_FILE_SIZE: u64 = 1 << 53;

@@ -1,8 +1,9 @@
 //! Unlinks and creates answered before meta has them
 //! (`dfs-fuse/src/deferred.rs`): only in a directory no other mount looks at,
 //! in order with everything else the mount asks of meta afterwards, landing
-//! on meta even when meta stalled or crashed while the mount answered, and a
-//! create meta refuses failing the file's close.
+//! on meta even when meta stalled or crashed while the mount answered, a
+//! create meta refuses failing the file's close, and on meta before another
+//! mount is served anything in the directory (the recall).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -233,7 +234,8 @@ fn creates_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
     while_meta_stops(&c, "20 empty files created and closed", move || {
         create(&made, 1..21)
     });
-    // O_EXCL waits for meta: which client made a lock file is meta's word.
+    // O_EXCL is answered early too (another mount's create of the name
+    // would recall the directory first).
     fsync_dir(&dir);
     let before = created(&m, "done");
     assert_eq!(before, 20.0);
@@ -244,7 +246,7 @@ fn creates_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
         .unwrap();
     std::fs::remove_file(dir.join("lock")).unwrap();
     fsync_dir(&dir);
-    assert_eq!(created(&m, "done"), before, "the O_EXCL create waited");
+    assert_eq!(created(&m, "done"), before + 1.0, "the O_EXCL create");
     let here: Vec<std::fs::Metadata> = (0..21)
         .map(|i| std::fs::metadata(dir.join(file(i))).unwrap())
         .collect();
@@ -340,4 +342,108 @@ fn a_create_meta_refuses_fails_the_files_close_and_its_name_goes() {
         std::fs::read_to_string(other.join("d").join(file(0))).unwrap(),
         "kept"
     );
+}
+
+/// A cluster whose meta holds each create a mount answered early for a
+/// second before making it, so another mount's calls come while it is in
+/// flight.
+fn slow_cluster() -> Cluster {
+    Cluster::start(Options {
+        metrics: true,
+        meta_env: vec![("DFS_META_FAILPOINTS".into(), "slow_early_create=1".into())],
+        ..Options::default()
+    })
+}
+
+/// `dfs_meta_grant_recalls_total{outcome}`.
+fn recalls(c: &Cluster, outcome: &str) -> f64 {
+    let page = http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+    dfs_tests::metric_or_zero(
+        &page,
+        &format!("dfs_meta_grant_recalls_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+#[test]
+fn another_mount_sees_every_file_a_mount_created_early_as_soon_as_it_looks() {
+    let c = slow_cluster();
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    let dir = a.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    // The first create waits for meta (its reply grants inode numbers).
+    create(&dir, 0..1);
+    // Answered at once; meta makes them a second later.
+    create(&dir, 1..6);
+    assert_eq!(created(&a, "done"), 0.0, "still in flight");
+    // B's first look into the directory waits until they are on meta.
+    let all: Vec<String> = (0..6).map(file).collect();
+    assert_eq!(names(&b.join("d")), all, "B sees every file A made");
+    assert_eq!(created(&a, "done"), 5.0);
+    assert_eq!(recalls(&c, "answered"), 1.0);
+    // B looks at the directory now: A's next create there waits for meta.
+    create(&dir, 6..7);
+    assert_eq!(created(&a, "done"), 5.0, "synchronous now");
+    assert_eq!(names(&b.join("d")).len(), 7);
+    assert_eq!(created(&a, "failed"), 0.0);
+}
+
+#[test]
+fn an_exclusive_create_answered_early_is_exclusive() {
+    let c = slow_cluster();
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    let dir = a.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    create(&dir, 0..1);
+    let exclusive = |path: PathBuf| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    // A takes the lock: answered at once, on meta a second later.
+    let mut mine = exclusive(dir.join("lock")).expect("A makes the lock file");
+    assert_eq!(created(&a, "done"), 0.0, "answered early");
+    // B, meanwhile, must find it taken.
+    let theirs = exclusive(b.join("d").join("lock"));
+    assert_eq!(
+        theirs.map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists,
+        "B made a lock file A holds"
+    );
+    mine.write_all(b"held by a").unwrap();
+    mine.sync_all().expect("A's lock file is on meta");
+    drop(mine);
+    assert_eq!((created(&a, "done"), created(&a, "failed")), (1.0, 0.0));
+    assert_eq!(
+        std::fs::read_to_string(b.join("d").join("lock")).unwrap(),
+        "held by a"
+    );
+}
+
+#[test]
+fn a_stopped_mount_holding_a_directory_is_waited_out() {
+    let c = cluster(None);
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    let dir = a.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    create(&dir, 0..1);
+    // A holds `d` and cannot answer a recall.
+    let pid = a.daemon_pid().expect("A's daemon runs");
+    dfs_tests::signal(pid, "STOP");
+    let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| names(&b.join("d"))));
+    dfs_tests::signal(pid, "CONT");
+    assert_eq!(listed.expect("B lists d"), vec![file(0)]);
+    assert_eq!(recalls(&c, "ran_out"), 1.0, "A's grant was waited out");
+    assert_eq!(recalls(&c, "answered"), 0.0);
+    // Once it runs again, A's calls in `d` wait for meta: B looks at it.
+    let before = created(&a, "done");
+    create(&dir, 1..2);
+    assert_eq!(created(&a, "done"), before);
+    assert_eq!(names(&b.join("d")), vec![file(0), file(1)]);
 }
