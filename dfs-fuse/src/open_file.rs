@@ -683,10 +683,12 @@ impl OpenFile {
         if let Some(e) = self.pending_error.take() {
             return Err(e);
         }
-        if durable || self.changed {
+        if durable && !self.changed {
             self.landed().await?;
         }
         if self.changed {
+            // The upload goes while a create answered early may still be on
+            // its way to meta; the commit waits for it (`commit`).
             self.upload_dirty(io, durable, None).await?;
             self.commit(io, true).await?;
             self.changed = false;

@@ -330,3 +330,40 @@ async fn an_mtime_set_by_meta_while_writes_are_pending_is_the_one_committed() {
     file.flush(&io, false).await.unwrap();
     assert_ne!(cluster.attr(INO).mtime, Some(at(3_000)));
 }
+
+#[tokio::test]
+async fn a_file_created_early_uploads_before_meta_has_it_and_commits_after() {
+    let (cluster, io) = cluster();
+    let attr = cluster.attr(INO);
+    let (lander, landing) = crate::deferred::landing();
+    let mut file = OpenFile::created(&io, &attr, CHUNK_SIZE, Some(landing));
+    file.write(&io, 0, b"small").await.unwrap();
+    let close = tokio::spawn(async move { file.flush(&io, false).await.map_err(|e| e.errno()) });
+    // The data goes to the nodes while the create is on its way...
+    for _ in 0..200 {
+        if cluster.calls("upload") > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(cluster.calls("upload"), 1, "uploaded before meta answered");
+    assert_eq!(cluster.calls("commit_write"), 0, "not committed before");
+    assert!(!close.is_finished());
+    // ...and is committed once meta has the file.
+    lander.landed(Ok(()));
+    assert_eq!(close.await.unwrap(), Ok(()));
+    assert_eq!(cluster.content(INO), b"small");
+
+    // Refused: nothing is committed, and the close fails.
+    let (cluster, io) = self::cluster();
+    let (lander, landing) = crate::deferred::landing();
+    let mut file = OpenFile::created(&io, &cluster.attr(INO), CHUNK_SIZE, Some(landing));
+    file.write(&io, 0, b"never").await.unwrap();
+    lander.landed(Err("refused".into()));
+    assert_eq!(
+        file.flush(&io, false).await.map_err(|e| e.errno()),
+        Err(libc::EIO)
+    );
+    assert_eq!(cluster.calls("commit_write"), 0);
+    assert!(cluster.content(INO).is_empty());
+}
