@@ -67,33 +67,29 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Grants `session` each of `dirs` that no other session holds, is
-    /// being recalled or cooling: one grant number for all of them (0 if
-    /// none was granted), and which were.
-    pub fn give(&mut self, session: u64, dirs: &[u64], now: Instant) -> (u64, Vec<bool>) {
+    /// Grants `session` `dir` unless another session holds it, or it is
+    /// being recalled or cooling: the grant's number, 0 for none.
+    pub fn give(&mut self, session: u64, dir: u64, now: Instant) -> u64 {
         self.sweep(now);
-        let free = |g: Option<&Grant>| match g {
+        let free = match self.dirs.get(&dir) {
             None => true,
             Some(g) if g.until <= now => !matches!(g.state, State::Recalling(_)),
             Some(g) => g.session == session && matches!(g.state, State::Held),
         };
-        let given: Vec<bool> = dirs.iter().map(|d| free(self.dirs.get(d))).collect();
-        if !given.contains(&true) {
-            return (0, given);
+        if !free {
+            return 0;
         }
         self.last += 1;
-        for (dir, _) in dirs.iter().zip(&given).filter(|(_, g)| **g) {
-            self.dirs.insert(
-                *dir,
-                Grant {
-                    session,
-                    grant: self.last,
-                    until: now + GRANT_FOR,
-                    state: State::Held,
-                },
-            );
-        }
-        (self.last, given)
+        self.dirs.insert(
+            dir,
+            Grant {
+                session,
+                grant: self.last,
+                until: now + GRANT_FOR,
+                state: State::Held,
+            },
+        );
+        self.last
     }
 
     /// Before a call of `session` about `dir` is served.
@@ -192,21 +188,21 @@ mod tests {
     fn one_holder_per_directory_until_it_runs_out() {
         let mut g = Grants::default();
         let t = Instant::now();
-        let (n, given) = g.give(1, &[10, 11], t);
+        let n = g.give(1, 10, t);
         assert!(n > 0);
-        assert_eq!(given, vec![true, true]);
-        assert_eq!(g.give(2, &[10], t).1, vec![false], "held by session 1");
-        let (again, given) = g.give(1, &[10], t);
-        assert!(again > n && given == vec![true], "renewed, a newer number");
+        assert!(g.give(1, 11, t) > n);
+        assert_eq!(g.give(2, 10, t), 0, "held by session 1");
+        let again = g.give(1, 10, t);
+        assert!(again > n, "renewed, a newer number");
         let later = t + GRANT_FOR + Duration::from_millis(1);
-        assert_eq!(g.give(2, &[11], later).1, vec![true], "session 1's ran out");
+        assert!(g.give(2, 11, later) > 0, "session 1's ran out");
     }
 
     #[test]
     fn a_recall_waits_until_the_holder_answers_and_then_the_directory_cools() {
         let mut g = Grants::default();
         let t = Instant::now();
-        let (n, _) = g.give(1, &[10], t);
+        let n = g.give(1, 10, t);
         assert!(matches!(g.recall(1, 10, t), Recall::Nothing), "its own");
         let Recall::Send {
             holder,
@@ -221,11 +217,7 @@ mod tests {
         let Recall::Wait(second) = g.recall(3, 10, t) else {
             panic!("a second caller waits for the same recall");
         };
-        assert_eq!(
-            g.give(1, &[10], t).1,
-            vec![false],
-            "no renewal while recalled"
-        );
+        assert_eq!(g.give(1, 10, t), 0, "no renewal while recalled");
         assert!(
             matches!(g.recall(1, 10, t), Recall::Nothing),
             "the holder's own calls (those the recall waits for) go on"
@@ -235,17 +227,17 @@ mod tests {
         g.recalled(Some(1), 10, n, t);
         assert!(*wait.done.borrow() && *second.done.borrow());
         assert!(matches!(g.recall(2, 10, t), Recall::Nothing));
-        assert_eq!(g.give(1, &[10], t).1, vec![false], "cooling");
-        assert_eq!(g.give(2, &[10], t).1, vec![false], "cooling for everyone");
+        assert_eq!(g.give(1, 10, t), 0, "cooling");
+        assert_eq!(g.give(2, 10, t), 0, "cooling for everyone");
         let later = t + GRANT_FOR + Duration::from_millis(1);
-        assert_eq!(g.give(1, &[10], later).1, vec![true]);
+        assert!(g.give(1, 10, later) > 0);
     }
 
     #[test]
     fn a_run_out_grant_is_not_recalled() {
         let mut g = Grants::default();
         let t = Instant::now();
-        g.give(1, &[10], t);
+        g.give(1, 10, t);
         let later = t + GRANT_FOR + Duration::from_millis(1);
         assert!(matches!(g.recall(2, 10, later), Recall::Nothing));
         assert!(!g.any_besides(2, later));
@@ -258,13 +250,14 @@ mod tests {
     fn a_closed_session_s_grants_end_and_their_recalls_with_them() {
         let mut g = Grants::default();
         let t = Instant::now();
-        g.give(1, &[10, 11], t);
+        g.give(1, 10, t);
+        g.give(1, 11, t);
         let Recall::Send { wait, .. } = g.recall(2, 10, t) else {
             panic!("10 is held");
         };
         g.drop_session(1);
         assert!(*wait.done.borrow(), "the recall waits no more");
         assert!(matches!(g.recall(2, 11, t), Recall::Nothing));
-        assert_eq!(g.give(2, &[10], t).1, vec![true]);
+        assert!(g.give(2, 10, t) > 0);
     }
 }

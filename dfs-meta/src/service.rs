@@ -426,15 +426,16 @@ impl Meta for MetaService {
                 reply.parent = self.dir_attr(parent).await;
                 // Grants where the client may answer early: creates of
                 // files in the parent, and everything in a new directory.
-                let (grant, given) = match inode.kind {
-                    store::FileKind::Regular => self.watchers.grant(origin.session, &[parent]),
-                    store::FileKind::Directory => self.watchers.grant(origin.session, &[inode.ino]),
-                    _ => (0, vec![false]),
-                };
-                reply.grant = grant;
                 match inode.kind {
-                    store::FileKind::Directory => reply.made_unshared = given[0],
-                    _ => reply.unshared = given[0],
+                    store::FileKind::Regular => {
+                        reply.grant = self.watchers.grant(origin.session, parent);
+                        reply.unshared = reply.grant != 0;
+                    }
+                    store::FileKind::Directory => {
+                        reply.grant = self.watchers.grant(origin.session, inode.ino);
+                        reply.made_unshared = reply.grant != 0;
+                    }
+                    _ => {}
                 }
                 reply
             };
@@ -475,13 +476,13 @@ impl Meta for MetaService {
                 origin.session,
                 vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
             );
-            let (grant, given) = self.watchers.grant(origin.session, &[r.parent]);
+            let grant = self.watchers.grant(origin.session, r.parent);
             Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
                 new_parent: None,
                 ino,
                 replaced_ino: 0,
-                unshared: given[0],
+                unshared: grant != 0,
                 grant,
             }))
         })

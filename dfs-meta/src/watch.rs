@@ -298,10 +298,10 @@ impl Watchers {
         self.grants.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Grants `session` those of `dirs` no other session may cache names
-    /// in (none watching here has been handed something of them, none holds
-    /// a grant on them), so it may answer its next unlinks and creates there
-    /// early: the grant's number (0: none) and which were granted. Only a
+    /// Grants `session` `dir` if no other session may cache names in it
+    /// (none watching here has been handed something of it, none holds a
+    /// grant on it), so it may answer its next unlinks and creates there
+    /// early: the grant's number, 0 for none. Only a
     /// watching session gets grants (a recall reaches it on its stream), and
     /// none on a shared store (PostgreSQL: other metas' watchers are not
     /// known here). On PostgreSQL this also keeps a mount from sending many
@@ -309,34 +309,22 @@ impl Watchers {
     /// directory's row in serializable transactions and retry (measured:
     /// `rm -rf` of 2,000 files 3.0 s synchronous, 5.4 to 6.1 s with early
     /// answers; 3,425 retries).
-    pub fn grant(&self, session: u64, dirs: &[u64]) -> (u64, Vec<bool>) {
-        let none = || (0, vec![false; dirs.len()]);
+    pub fn grant(&self, session: u64, dir: u64) -> u64 {
         if session == 0 || self.forward.is_some() {
-            return none();
+            return 0;
         }
         let watchers = self.lock();
-        if !watchers.contains_key(&session) {
-            return none();
+        let change = Change::Entry {
+            parent: dir,
+            name: Vec::new(),
+        };
+        let others = watchers
+            .iter()
+            .any(|(s, w)| *s != session && w.cares(&change));
+        if others || !watchers.contains_key(&session) {
+            return 0;
         }
-        let free: Vec<u64> = dirs
-            .iter()
-            .copied()
-            .filter(|dir| {
-                let change = Change::Entry {
-                    parent: *dir,
-                    name: Vec::new(),
-                };
-                !watchers
-                    .iter()
-                    .any(|(s, w)| *s != session && w.cares(&change))
-            })
-            .collect();
-        let (grant, given) = self.grants().give(session, &free, Instant::now());
-        let given = dirs
-            .iter()
-            .map(|d| free.iter().zip(&given).any(|(f, g)| f == d && *g))
-            .collect();
-        (grant, given)
+        self.grants().give(session, dir, Instant::now())
     }
 
     /// Before a call of `session` that reads or changes names in `dirs` (or
