@@ -447,3 +447,25 @@ fn a_stopped_mount_holding_a_directory_is_waited_out() {
     assert_eq!(created(&a, "done"), before);
     assert_eq!(names(&b.join("d")), vec![file(0), file(1)]);
 }
+
+#[test]
+fn another_mount_cannot_remove_a_directory_whose_files_are_still_in_flight() {
+    let c = slow_cluster();
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    let dir = a.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    create(&dir, 0..1);
+    std::fs::remove_file(dir.join(file(0))).unwrap();
+    fsync_dir(&dir);
+    // Answered at once; on meta a second later.
+    create(&dir, 1..3);
+    assert_eq!(created(&a, "done"), 0.0, "still in flight");
+    // B removes `d` by name from the root, which A does not hold: meta
+    // recalls `d` itself first, so it is not empty.
+    let err = std::fs::remove_dir(b.join("d")).expect_err("d holds A's files");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(created(&a, "done"), 2.0);
+    assert_eq!(names(&b.join("d")), vec![file(1), file(2)]);
+}
