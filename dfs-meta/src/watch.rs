@@ -137,7 +137,7 @@ pub struct Watchers {
     meta_id: u64,
     watchers: Mutex<HashMap<u64, Watcher>>,
     /// Directories granted to one session (see `grants.rs`). Locked after
-    /// `watchers` when both are.
+    /// `watchers` when both are (`grant`).
     grants: Mutex<Grants>,
     next_registration: AtomicU64,
     /// False while changes from other metas may be missed: new watchers get
@@ -332,34 +332,38 @@ impl Watchers {
     /// on them, and returns once each holder said it answers nothing early
     /// there any more and what it did is on meta, or its grant ran out.
     pub async fn recall(&self, session: u64, dirs: &[u64]) {
-        let mut waits = Vec::new();
-        {
-            let watchers = self.lock();
+        // Every call of every client passes here: only the grants' lock,
+        // and the watchers' only when a holder must be told.
+        let decided: Vec<(u64, Recall)> = {
             let mut grants = self.grants();
             let now = Instant::now();
-            for &dir in dirs {
-                match grants.recall(session, dir, now) {
-                    Recall::Nothing => {}
-                    Recall::Wait(wait) => waits.push((dir, wait, false)),
-                    Recall::Send {
-                        holder,
-                        grant,
-                        wait,
-                    } => {
-                        // Not delivered (gone, too slow): the grant is waited out.
-                        if let Some(w) = watchers.get(&holder) {
-                            let recall = pb::Invalidations {
-                                recalls: vec![pb::Recall {
-                                    dir: if dir == w.root { ROOT_INO } else { dir },
-                                    grant,
-                                }],
-                                ..Default::default()
-                            };
-                            let _ = w.tx.try_send(Ok(recall));
-                        }
-                        tracing::debug!(session, holder, dir, grant, "recalling a grant");
-                        waits.push((dir, wait, true));
+            dirs.iter()
+                .map(|&dir| (dir, grants.recall(session, dir, now)))
+                .collect()
+        };
+        let mut waits = Vec::new();
+        for (dir, decision) in decided {
+            match decision {
+                Recall::Nothing => {}
+                Recall::Wait(wait) => waits.push((dir, wait, false)),
+                Recall::Send {
+                    holder,
+                    grant,
+                    wait,
+                } => {
+                    // Not delivered (gone, too slow): the grant is waited out.
+                    if let Some(w) = self.lock().get(&holder) {
+                        let recall = pb::Invalidations {
+                            recalls: vec![pb::Recall {
+                                dir: if dir == w.root { ROOT_INO } else { dir },
+                                grant,
+                            }],
+                            ..Default::default()
+                        };
+                        let _ = w.tx.try_send(Ok(recall));
                     }
+                    tracing::debug!(session, holder, dir, grant, "recalling a grant");
+                    waits.push((dir, wait, true));
                 }
             }
         }
