@@ -14,7 +14,7 @@
 //!   at once (`busy`): a create after an unlink of one name waits for it.
 //! - **Only in a directory no other client looks at, and taken back before
 //!   one does:** meta's reply to an unlink or create may grant this mount
-//!   the directory (`unshared`: no other client watching it on meta, whose
+//!   the directory (`grant`: no other client watching it on meta, whose
 //!   store is SQLite). Only after such a reply, for `GRANT_FOR` from when the
 //!   call was sent, are that directory's next unlinks and creates answered
 //!   early, and each reply renews or ends that. So the first one in a
@@ -167,14 +167,14 @@ impl Deferred {
         self.creates
     }
 
-    /// Meta answered an unlink or create in `dir`, sent at `sent`: with
-    /// `unshared`, it granted the directory (grant number `grant`).
-    pub fn learned(&self, dir: u64, unshared: bool, grant: u64, sent: Instant) {
+    /// Meta answered an unlink or create in `dir`, sent at `sent`: a
+    /// nonzero `grant` granted the directory.
+    pub fn learned(&self, dir: u64, grant: u64, sent: Instant) {
         if !self.unlinks && !self.creates {
             return;
         }
         let mut private = lock(&self.private);
-        if !unshared || grant == 0 {
+        if grant == 0 {
             private.pop(&dir);
             return;
         }
@@ -326,24 +326,25 @@ mod tests {
         let d = Deferred::new(true, true);
         let now = Instant::now();
         assert!(!d.unlink_allowed(7), "meta said nothing of 7 yet");
-        d.learned(7, true, 1, now);
+        d.learned(7, 1, now);
         assert!(d.unlink_allowed(7));
         assert!(d.create_allowed(7), "creates too");
         assert!(!d.unlink_allowed(8), "only the directory meta spoke of");
-        d.learned(7, false, 0, now);
-        assert!(!d.unlink_allowed(7), "another client looks at 7 now");
+        d.learned(7, 0, now);
+        assert!(
+            !d.unlink_allowed(7),
+            "no grant: another client looks at 7 now"
+        );
         assert!(!d.create_allowed(7));
-        d.learned(7, true, 0, now);
-        assert!(!d.create_allowed(7), "unshared without a grant number");
         let old = now - PRIVATE_FOR;
-        d.learned(7, true, 2, old);
+        d.learned(7, 2, old);
         assert!(!d.create_allowed(7), "counted from when the call was sent");
         let off = Deferred::new(false, true);
-        off.learned(7, true, 1, now);
+        off.learned(7, 1, now);
         assert!(!off.unlink_allowed(7), "sync_unlink");
         assert!(off.create_allowed(7), "creates are still early");
         let off = Deferred::new(true, false);
-        off.learned(7, true, 1, now);
+        off.learned(7, 1, now);
         assert!(off.unlink_allowed(7));
         assert!(!off.create_allowed(7), "sync_create");
     }
@@ -352,26 +353,26 @@ mod tests {
     fn a_recall_ends_the_grant_and_every_older_one_still_on_its_way() {
         let d = Deferred::new(true, true);
         let now = Instant::now();
-        d.learned(7, true, 5, now);
-        d.learned(8, true, 5, now);
+        d.learned(7, 5, now);
+        d.learned(8, 5, now);
         d.recall(7, 5);
         assert!(!d.create_allowed(7) && !d.unlink_allowed(7));
         assert!(d.create_allowed(8), "only the directory recalled");
-        d.learned(7, true, 4, now);
-        d.learned(7, true, 5, now);
+        d.learned(7, 4, now);
+        d.learned(7, 5, now);
         assert!(
             !d.create_allowed(7),
             "replies the recall overtook count for nothing"
         );
-        d.learned(7, true, 6, now);
+        d.learned(7, 6, now);
         assert!(d.create_allowed(7), "a grant made after the recall");
-        d.learned(7, true, 3, now);
+        d.learned(7, 3, now);
         assert!(
             d.create_allowed(7),
             "an older reply does not end a newer grant"
         );
         d.recall(9, 2);
-        d.learned(9, true, 1, now);
+        d.learned(9, 1, now);
         assert!(
             !d.create_allowed(9),
             "a recall may come before the grant it ends"

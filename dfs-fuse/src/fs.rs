@@ -474,11 +474,10 @@ impl DfsFs {
             Ok(r) => {
                 let r = r.into_inner();
                 if regular {
-                    self.deferred.learned(parent, r.unshared, r.grant, sent);
+                    self.deferred.learned(parent, r.grant, sent);
                 }
                 if let (pb::FileKind::Directory, Some(dir)) = (kind, &r.attr) {
-                    self.deferred
-                        .learned(dir.ino, r.made_unshared, r.grant, sent);
+                    self.deferred.learned(dir.ino, r.grant, sent);
                 }
                 match r.attr {
                     Some(attr) => Ok((attr, r.parent)),
@@ -564,8 +563,7 @@ impl DfsFs {
         let sent = Instant::now();
         let reply = meta.unlink(request).await;
         let removed = self.name_removed(ticket, parent, name, reply)?;
-        self.deferred
-            .learned(parent, removed.unshared, removed.grant, sent);
+        self.deferred.learned(parent, removed.grant, sent);
         if let Some(ino) = victim {
             self.orphaned(ino).await?;
         }
@@ -609,10 +607,8 @@ impl DfsFs {
             let sent = Instant::now();
             let reply = meta.unlink(request).await;
             let removed = fs.name_removed(ticket, parent, &name, reply);
-            let (unshared, grant) = removed
-                .as_ref()
-                .map_or((false, 0), |r| (r.unshared, r.grant));
-            fs.deferred.learned(parent, unshared, grant, sent);
+            let grant = removed.as_ref().map_or(0, |r| r.grant);
+            fs.deferred.learned(parent, grant, sent);
             let outcome = match removed {
                 Ok(_) => "done",
                 // Gone already, or another inode's name now: nothing to remove.
@@ -956,14 +952,14 @@ impl DfsFs {
             let outcome = match reply {
                 Ok(r) => {
                     let r = r.get_ref();
-                    fs.deferred.learned(parent, r.unshared, r.grant, sent);
+                    fs.deferred.learned(parent, r.grant, sent);
                     Ok(())
                 }
                 Err(status) => {
                     let e = FsError::from(status);
                     tracing::warn!(parent, ino, name = %String::from_utf8_lossy(&name), error = %e,
                         "a create answered early failed on meta: the file is not there");
-                    fs.deferred.learned(parent, false, 0, sent);
+                    fs.deferred.learned(parent, 0, sent);
                     fs.coherence().answered_wrongly(parent, &name, ino);
                     Err(e.to_string())
                 }

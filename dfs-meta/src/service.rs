@@ -426,17 +426,11 @@ impl Meta for MetaService {
                 reply.parent = self.dir_attr(parent).await;
                 // Grants where the client may answer early: creates of
                 // files in the parent, and everything in a new directory.
-                match inode.kind {
-                    store::FileKind::Regular => {
-                        reply.grant = self.watchers.grant(origin.session, parent);
-                        reply.unshared = reply.grant != 0;
-                    }
-                    store::FileKind::Directory => {
-                        reply.grant = self.watchers.grant(origin.session, inode.ino);
-                        reply.made_unshared = reply.grant != 0;
-                    }
-                    _ => {}
-                }
+                reply.grant = match inode.kind {
+                    store::FileKind::Regular => self.watchers.grant(origin.session, parent),
+                    store::FileKind::Directory => self.watchers.grant(origin.session, inode.ino),
+                    _ => 0,
+                };
                 reply
             };
             if want_inos > 0 && early_ok {
@@ -482,7 +476,6 @@ impl Meta for MetaService {
                 new_parent: None,
                 ino,
                 replaced_ino: 0,
-                unshared: grant != 0,
                 grant,
             }))
         })
@@ -508,7 +501,6 @@ impl Meta for MetaService {
                 new_parent: None,
                 ino,
                 replaced_ino: 0,
-                unshared: false,
                 grant: 0,
             }))
         })
@@ -561,7 +553,6 @@ impl Meta for MetaService {
                 new_parent,
                 ino: renamed.moved,
                 replaced_ino: renamed.replaced.unwrap_or(0),
-                unshared: false,
                 grant: 0,
             }))
         })

@@ -167,7 +167,6 @@ impl<'a> View<'a> {
             new_parent: self.attr(reply.new_parent),
             ino: self.out(reply.ino),
             replaced_ino: self.out(reply.replaced_ino),
-            unshared: reply.unshared,
             grant: reply.grant,
         }
     }
