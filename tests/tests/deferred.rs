@@ -364,16 +364,22 @@ fn recalls(c: &Cluster, outcome: &str) -> f64 {
     )
 }
 
-#[test]
-fn another_mount_sees_every_file_a_mount_created_early_as_soon_as_it_looks() {
-    let c = slow_cluster();
+/// Two watching mounts; A makes `d` and its first file there (a create
+/// that waits for meta, whose reply grants A inode numbers and `d`).
+fn a_holds_d(c: &Cluster) -> (Mount, Mount, PathBuf) {
     let (a, b) = (c.mount("a"), c.mount("b"));
     c.wait_watch(&a, true);
     c.wait_watch(&b, true);
     let dir = a.join("d");
     std::fs::create_dir(&dir).unwrap();
-    // The first create waits for meta (its reply grants inode numbers).
     create(&dir, 0..1);
+    (a, b, dir)
+}
+
+#[test]
+fn another_mount_sees_every_file_a_mount_created_early_as_soon_as_it_looks() {
+    let c = slow_cluster();
+    let (a, b, dir) = a_holds_d(&c);
     // Answered at once; meta makes them a second later.
     create(&dir, 1..6);
     assert_eq!(created(&a, "done"), 0.0, "still in flight");
@@ -392,12 +398,7 @@ fn another_mount_sees_every_file_a_mount_created_early_as_soon_as_it_looks() {
 #[test]
 fn an_exclusive_create_answered_early_is_exclusive() {
     let c = slow_cluster();
-    let (a, b) = (c.mount("a"), c.mount("b"));
-    c.wait_watch(&a, true);
-    c.wait_watch(&b, true);
-    let dir = a.join("d");
-    std::fs::create_dir(&dir).unwrap();
-    create(&dir, 0..1);
+    let (a, b, dir) = a_holds_d(&c);
     let exclusive = |path: PathBuf| {
         std::fs::OpenOptions::new()
             .write(true)
@@ -427,12 +428,7 @@ fn an_exclusive_create_answered_early_is_exclusive() {
 #[test]
 fn a_stopped_mount_holding_a_directory_is_waited_out() {
     let c = cluster(None);
-    let (a, b) = (c.mount("a"), c.mount("b"));
-    c.wait_watch(&a, true);
-    c.wait_watch(&b, true);
-    let dir = a.join("d");
-    std::fs::create_dir(&dir).unwrap();
-    create(&dir, 0..1);
+    let (a, b, dir) = a_holds_d(&c);
     // A holds `d` and cannot answer a recall.
     let pid = a.daemon_pid().expect("A's daemon runs");
     dfs_tests::signal(pid, "STOP");
@@ -451,12 +447,7 @@ fn a_stopped_mount_holding_a_directory_is_waited_out() {
 #[test]
 fn another_mount_cannot_remove_a_directory_whose_files_are_still_in_flight() {
     let c = slow_cluster();
-    let (a, b) = (c.mount("a"), c.mount("b"));
-    c.wait_watch(&a, true);
-    c.wait_watch(&b, true);
-    let dir = a.join("d");
-    std::fs::create_dir(&dir).unwrap();
-    create(&dir, 0..1);
+    let (a, b, dir) = a_holds_d(&c);
     std::fs::remove_file(dir.join(file(0))).unwrap();
     fsync_dir(&dir);
     // Answered at once; on meta a second later.
