@@ -12,6 +12,14 @@
 //!
 //! A reply whose request overlapped an invalidation gets the short TTL: it may
 //! carry what the invalidation was meant to remove.
+//!
+//! Meta answers the change's caller only once this mount said it applied the
+//! invalidation (`Applied`): its own cache at once, the kernel's through the
+//! notifier thread. An entry invalidation takes its directory's lock, which
+//! a request of this mount may hold while meta waits on another mount that
+//! waits on this one; so after `KERNEL_WAIT` the mount makes every cached
+//! entry stale instead (FUSE_NOTIFY_INC_EPOCH, no lock), invalidates the
+//! attributes itself (no lock either), and says it applied the change.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -29,30 +37,50 @@ use crate::metrics::FuseMetrics;
 
 /// What the kernel may cache when no invalidation would reach it.
 pub const SHORT_TTL: Duration = Duration::from_secs(1);
-/// Entries and inodes remembered as handed out with the long TTL; past this
-/// (after dropping the expired ones) replies get the short TTL.
+/// Entries and inodes remembered as handed to the kernel; past this (after
+/// dropping the expired ones) replies get no TTL.
 const MAX_GIVEN: usize = 256 * 1024;
+/// How long a directory counts as shared after another client changed it.
+const SHARED_FOR: Duration = Duration::from_secs(5);
+
+/// How long an invalidation may wait for the notifier thread before the
+/// mount gets its effect without it (see the module's doc).
+const KERNEL_WAIT: Duration = Duration::from_millis(2);
 
 /// What the notifier thread tells the kernel.
 enum Work {
     Entry(u64, Vec<u8>),
-    Inode { ino: u64, data: bool },
+    Inode {
+        ino: u64,
+        data: bool,
+    },
+    /// Everything queued before is told: invalidations up to this `seq` hold.
+    Applied(u64),
 }
 
+/// What the kernel may hold, and until when. An invalidation of an entry
+/// recorded here (and not expired) must reach the kernel; one not recorded
+/// has nothing there to remove, so it costs no directory lock.
 #[derive(Default)]
 struct Given {
     entries: HashMap<(u64, Vec<u8>), Instant>,
     inodes: HashMap<u64, Instant>,
+    /// Directories another client changed lately, until when: their
+    /// entries go to the kernel with no TTL (the kernel asks each time, the
+    /// mount answers from its own cache), so invalidating them needs no
+    /// directory lock.
+    shared: HashMap<u64, Instant>,
 }
 
 impl Given {
     fn len(&self) -> usize {
-        self.entries.len() + self.inodes.len()
+        self.entries.len() + self.inodes.len() + self.shared.len()
     }
 
-    fn drop_expired(&mut self, ttl: Duration) {
-        self.entries.retain(|_, t| t.elapsed() < ttl);
-        self.inodes.retain(|_, t| t.elapsed() < ttl);
+    fn drop_expired(&mut self, now: Instant) {
+        self.entries.retain(|_, until| *until > now);
+        self.inodes.retain(|_, until| *until > now);
+        self.shared.retain(|_, until| *until > now);
     }
 }
 
@@ -86,6 +114,8 @@ pub struct Coherence {
     /// Entries and attributes the mount answers itself (see `metacache.rs`).
     cache: Mutex<MetaCache>,
     work: Mutex<Option<mpsc::Sender<Work>>>,
+    /// The last `seq` the notifier thread got through.
+    kernel_done: tokio::sync::watch::Sender<u64>,
     notifier: OnceLock<fuser::Notifier>,
     metrics: Arc<FuseMetrics>,
 }
@@ -100,6 +130,7 @@ impl Coherence {
             given: Mutex::new(Given::default()),
             cache: Mutex::new(MetaCache::new(cache_timeout.max(SHORT_TTL))),
             work: Mutex::new(None),
+            kernel_done: tokio::sync::watch::Sender::new(0),
             notifier: OnceLock::new(),
             metrics,
         }
@@ -216,6 +247,10 @@ impl Coherence {
     /// that a request in flight holds, and must not hold up the runtime.
     pub fn attach(self: &Arc<Self>, notifier: fuser::Notifier) -> std::io::Result<()> {
         let (tx, rx) = mpsc::channel::<Work>();
+        // Nothing is cached yet: a probe of whether the kernel has epochs.
+        if let Err(e) = notifier.inc_epoch() {
+            tracing::info!(error = %e, "the kernel cannot make every entry stale at once (before Linux 6.16): an entry invalidation stuck behind a directory lock is applied late");
+        }
         let _ = self.notifier.set(notifier);
         let me = Arc::downgrade(self);
         std::thread::Builder::new()
@@ -231,6 +266,10 @@ impl Coherence {
     }
 
     fn tell_kernel(&self, work: Work) {
+        if let Work::Applied(seq) = work {
+            self.kernel_done.send_replace(seq);
+            return;
+        }
         let Some(notifier) = self.notifier.get() else {
             return;
         };
@@ -242,10 +281,11 @@ impl Coherence {
             Work::Inode { ino, data } => {
                 notifier.inval_inode(INodeNo(*ino), if *data { 0 } else { -1 }, 0)
             }
+            Work::Applied(_) => Ok(()),
         };
         let kind = match work {
             Work::Entry(..) => "entry",
-            Work::Inode { .. } => "inode",
+            Work::Inode { .. } | Work::Applied(_) => "inode",
         };
         self.metrics.invalidations.with_label_values(&[kind]).inc();
         if let Err(e) = result {
@@ -261,6 +301,38 @@ impl Coherence {
         }
     }
 
+    /// Returns once the invalidations up to `seq` hold in the kernel:
+    /// `inodes` are every inode they named not yet known to be told. Waits
+    /// `KERNEL_WAIT` for the notifier thread; past that, makes every cached
+    /// entry stale and invalidates the attributes itself, neither of which
+    /// waits for a lock (the thread still does its work, later).
+    async fn in_kernel(&self, seq: u64, inodes: &[u64]) {
+        let Some(notifier) = self.notifier.get() else {
+            return;
+        };
+        let mut done = self.kernel_done.subscribe();
+        if tokio::time::timeout(KERNEL_WAIT, done.wait_for(|d| *d >= seq))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        self.metrics
+            .invalidations
+            .with_label_values(&["epoch"])
+            .inc();
+        if let Err(e) = notifier.inc_epoch() {
+            tracing::debug!(error = %e, "cannot make the kernel's entries stale");
+        }
+        for ino in inodes {
+            if let Err(e) = notifier.inval_inode(INodeNo(*ino), -1, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(error = %e, "kernel invalidation failed");
+                }
+            }
+        }
+    }
+
     pub fn ticket(&self) -> Ticket {
         Ticket {
             remote: self.epoch.load(Ordering::SeqCst),
@@ -269,52 +341,57 @@ impl Coherence {
         }
     }
 
-    /// Whether a reply to a request that took `ticket` may carry the long TTL
-    /// (and is then remembered under `record`).
-    fn long_ok(&self, ticket: Ticket, record: impl FnOnce(&mut Given, Instant)) -> bool {
-        if !self.live.load(Ordering::SeqCst) {
-            return false;
-        }
+    /// The TTL a reply to a request that took `ticket` may carry, recorded
+    /// under `record` with its deadline: the long one under live
+    /// invalidations; none if an invalidation came in between (the reply
+    /// may carry what it removed) or, for an entry, if another client
+    /// changed its directory lately; the short one (all a mount without
+    /// invalidations can promise) while they are not live.
+    fn ttl_for(
+        &self,
+        ticket: Ticket,
+        dir: Option<u64>,
+        record: impl FnOnce(&mut Given, Instant),
+    ) -> Duration {
+        let live = self.live.load(Ordering::SeqCst);
         let mut given = self.given();
-        // The kernel orders this mount's own operations itself.
-        if self.epoch.load(Ordering::SeqCst) != ticket.remote {
-            return false;
-        }
+        let now = Instant::now();
+        let ttl = if !live {
+            SHORT_TTL
+        } else if self.epoch.load(Ordering::SeqCst) != ticket.remote
+            || dir.is_some_and(|d| given.shared.get(&d).is_some_and(|until| *until > now))
+        {
+            return Duration::ZERO;
+        } else {
+            self.long_ttl
+        };
         if given.len() >= MAX_GIVEN {
-            given.drop_expired(self.long_ttl);
+            given.drop_expired(now);
             if given.len() >= MAX_GIVEN {
-                return false;
+                // Not recorded, an invalidation would miss it.
+                return if live { Duration::ZERO } else { SHORT_TTL };
             }
         }
-        record(&mut given, Instant::now());
-        true
+        record(&mut given, now + ttl);
+        ttl
     }
 
     /// The TTL of an entry `name` in `parent` naming `ino` (0: a negative
     /// entry), with the attributes of `ino`.
     pub fn entry_ttl(&self, ticket: Ticket, parent: u64, name: &[u8], ino: u64) -> Duration {
-        let long = self.long_ok(ticket, |g, now| {
-            g.entries.insert((parent, name.to_vec()), now);
+        self.ttl_for(ticket, Some(parent), |g, until| {
+            g.entries.insert((parent, name.to_vec()), until);
             if ino != 0 {
-                g.inodes.insert(ino, now);
+                g.inodes.insert(ino, until);
             }
-        });
-        if long {
-            self.long_ttl
-        } else {
-            SHORT_TTL
-        }
+        })
     }
 
     /// The TTL of the attributes of `ino`.
     pub fn attr_ttl(&self, ticket: Ticket, ino: u64) -> Duration {
-        if self.long_ok(ticket, |g, now| {
-            g.inodes.insert(ino, now);
-        }) {
-            self.long_ttl
-        } else {
-            SHORT_TTL
-        }
+        self.ttl_for(ticket, None, |g, until| {
+            g.inodes.insert(ino, until);
+        })
     }
 
     /// How long an entry or attribute may be cached under invalidations.
@@ -349,41 +426,57 @@ impl Coherence {
             }],
             inodes: vec![inode(ino), inode(parent)],
             recalls: Vec::new(),
+            seq: 0,
         });
     }
 
-    /// Applies a batch of changes from meta.
-    fn apply(&self, changes: pb::Invalidations) {
+    /// Applies a batch of changes from meta to the mount's cache at once, and
+    /// queues them for the kernel; `in_kernel(changes.seq)` waits for that.
+    /// Returns the inodes whose attributes the kernel must drop.
+    fn apply(&self, changes: pb::Invalidations) -> Vec<u64> {
+        let seq = changes.seq;
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        let now = Instant::now();
+        // Only entries the kernel may hold need its (locking) invalidation.
+        let mut in_kernel = Vec::new();
         {
             let mut given = self.given();
             for e in &changes.entries {
-                given.entries.remove(&(e.parent, e.name.clone()));
+                given.shared.insert(e.parent, now + SHARED_FOR);
+                let key = (e.parent, e.name.clone());
+                if given.entries.remove(&key).is_some_and(|until| until > now) {
+                    in_kernel.push(key);
+                }
             }
             for i in &changes.inodes {
                 given.inodes.remove(&i.ino);
             }
         }
+        // A directory's names changed: its times and size did too.
+        let mut attrs: Vec<u64> = changes.entries.iter().map(|e| e.parent).collect();
+        attrs.extend(changes.inodes.iter().map(|i| i.ino));
+        attrs.sort_unstable();
+        attrs.dedup();
         {
             let mut cache = self.cache();
             for e in &changes.entries {
-                // The directory's mtime and ctime moved too.
                 cache.forget_entry(e.parent, &e.name);
-                cache.forget_attr(e.parent);
             }
-            for i in &changes.inodes {
-                cache.forget_attr(i.ino);
+            for ino in &attrs {
+                cache.forget_attr(*ino);
             }
         }
-        for e in changes.entries {
-            self.queue(Work::Entry(e.parent, e.name));
+        for (parent, name) in in_kernel {
+            self.queue(Work::Entry(parent, name));
         }
-        for i in changes.inodes {
-            self.queue(Work::Inode {
-                ino: i.ino,
-                data: i.data,
-            });
+        for ino in &attrs {
+            let data = changes.inodes.iter().any(|i| i.ino == *ino && i.data);
+            self.queue(Work::Inode { ino: *ino, data });
         }
+        if seq != 0 {
+            self.queue(Work::Applied(seq));
+        }
+        attrs
     }
 
     fn set_live(&self, live: bool) {
@@ -402,13 +495,13 @@ impl Coherence {
         self.cache().clear();
         let given = std::mem::take(&mut *self.given());
         let now = Instant::now();
-        for ((parent, name), t) in given.entries {
-            if now.duration_since(t) < self.long_ttl {
+        for ((parent, name), until) in given.entries {
+            if until > now {
                 self.queue(Work::Entry(parent, name));
             }
         }
-        for (ino, t) in given.inodes {
-            if now.duration_since(t) < self.long_ttl {
+        for (ino, until) in given.inodes {
+            if until > now {
                 self.queue(Work::Inode { ino, data: false });
             }
         }
@@ -432,6 +525,12 @@ pub async fn run_watch(
     coherence: Arc<Coherence>,
     grants: tokio::sync::mpsc::UnboundedSender<GrantNews>,
 ) {
+    let (applied, to_confirm) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(confirm_applied(
+        channel.clone(),
+        coherence.clone(),
+        to_confirm,
+    ));
     let mut backoff = Duration::from_millis(100);
     loop {
         let identity = channel.identity();
@@ -463,7 +562,11 @@ pub async fn run_watch(
                         for r in std::mem::take(&mut m.recalls) {
                             let _ = grants.send(GrantNews::Recall(r));
                         }
-                        coherence.apply(m);
+                        let seq = m.seq;
+                        let inodes = coherence.apply(m);
+                        if seq != 0 {
+                            let _ = applied.send((seq, inodes));
+                        }
                     }
                     Ok(None) | Err(_) => break,
                 },
@@ -478,6 +581,26 @@ pub async fn run_watch(
         coherence.set_live(false);
         tracing::debug!("invalidation stream ended: short cache times until it is back");
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Tells meta which invalidations hold here (`Applied`), as soon as they do;
+/// several waiting at once are answered together.
+async fn confirm_applied(
+    channel: MetaChannel,
+    coherence: Arc<Coherence>,
+    mut to_confirm: tokio::sync::mpsc::UnboundedReceiver<(u64, Vec<u64>)>,
+) {
+    while let Some((mut seq, mut inodes)) = to_confirm.recv().await {
+        while let Ok((next, more)) = to_confirm.try_recv() {
+            seq = next;
+            inodes.extend(more);
+        }
+        coherence.in_kernel(seq, &inodes).await;
+        if let Err(e) = channel.client().applied(pb::AppliedRequest { seq }).await {
+            // Meta waits its time out and drops the stream, which starts over.
+            tracing::debug!(error = %e, seq, "cannot tell meta an invalidation is applied");
+        }
     }
 }
 
@@ -506,9 +629,48 @@ mod tests {
             }],
             ..Default::default()
         });
-        assert_eq!(c.attr_ttl(t, 2), SHORT_TTL, "raced with an invalidation");
+        assert_eq!(
+            c.attr_ttl(t, 2),
+            Duration::ZERO,
+            "raced with an invalidation"
+        );
         c.set_live(false);
         assert_eq!(c.attr_ttl(c.ticket(), 2), SHORT_TTL);
+    }
+
+    #[test]
+    fn a_directory_another_client_changed_hands_out_entries_without_ttl() {
+        let c = coherence();
+        c.set_live(true);
+        let long = Duration::from_secs(30);
+        assert_eq!(c.entry_ttl(c.ticket(), 1, b"a", 2), long);
+        // "b" was never handed to the kernel: nothing to take back there.
+        let attrs = c.apply(pb::Invalidations {
+            entries: vec![pb::EntryChange {
+                parent: 1,
+                name: b"b".to_vec(),
+            }],
+            seq: 4,
+            ..Default::default()
+        });
+        assert_eq!(attrs, vec![1], "the directory's own attributes changed");
+        assert!(c.given().entries.contains_key(&(1, b"a".to_vec())));
+        assert_eq!(c.entry_ttl(c.ticket(), 1, b"c", 3), Duration::ZERO);
+        assert_eq!(c.entry_ttl(c.ticket(), 1, b"c", 0), Duration::ZERO);
+        assert_eq!(
+            c.entry_ttl(c.ticket(), 5, b"x", 6),
+            long,
+            "another directory"
+        );
+        // "a" was: its invalidation goes to the kernel, and it is forgotten.
+        c.apply(pb::Invalidations {
+            entries: vec![pb::EntryChange {
+                parent: 1,
+                name: b"a".to_vec(),
+            }],
+            ..Default::default()
+        });
+        assert!(!c.given().entries.contains_key(&(1, b"a".to_vec())));
     }
 
     #[test]

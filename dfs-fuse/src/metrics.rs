@@ -106,7 +106,7 @@ impl FuseMetrics {
             invalidations: IntCounterVec::new(
                 Opts::new(
                     "dfs_fuse_invalidations_total",
-                    "kernel cache invalidations passed on from meta, by kind (entry, inode)",
+                    "kernel cache invalidations passed on from meta, by kind (entry, inode; epoch: every entry made stale at once when one waited too long for a directory lock)",
                 ),
                 &["kind"],
             )

@@ -24,6 +24,7 @@ pub struct MetaMetrics {
     pub watchers: IntGauge,
     pub invalidations_sent: IntCounter,
     pub recalls: IntCounterVec,
+    pub confirms: IntCounterVec,
 }
 
 impl MetaMetrics {
@@ -106,6 +107,14 @@ impl MetaMetrics {
                 &["outcome"],
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            confirms: IntCounterVec::new(
+                Opts::new(
+                    "dfs_meta_invalidation_confirms_total",
+                    "invalidations a change's caller waited on, by whether the watcher applied them, ran out of time (and was dropped) or was gone",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
             registry,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -126,6 +135,7 @@ impl MetaMetrics {
             Box::new(m.watchers.clone()),
             Box::new(m.invalidations_sent.clone()),
             Box::new(m.recalls.clone()),
+            Box::new(m.confirms.clone()),
         ];
         register_all(&m.registry, all);
         m

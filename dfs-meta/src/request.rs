@@ -625,6 +625,7 @@ pub const VALIDATED: &[&str] = &[
 pub const DECODED: &[&str] = &[
     "Watch",
     "Recalled",
+    "Applied",
     "GetAttr",
     "ReleaseOrphan",
     "ReadLink",
@@ -677,6 +678,7 @@ pub fn validate_wire(method: &str, bytes: &[u8]) -> Result<(), Status> {
         "Lock" => check::<pb::LockRequest, Lock>(bytes),
         "Watch" => decode::<pb::WatchRequest>(bytes),
         "Recalled" => decode::<pb::Recall>(bytes),
+        "Applied" => decode::<pb::AppliedRequest>(bytes),
         "GetAttr" => decode::<pb::GetAttrRequest>(bytes),
         "ReleaseOrphan" => decode::<pb::ReleaseOrphanRequest>(bytes),
         "ReadLink" => decode::<pb::ReadLinkRequest>(bytes),

@@ -277,6 +277,16 @@ impl Meta for MetaService {
         .await
     }
 
+    async fn applied(&self, req: Request<pb::AppliedRequest>) -> Reply<pb::Empty> {
+        let (_, origin) = self.view(&req, false).await?;
+        let r = req.into_inner();
+        self.observe("Applied", async {
+            self.watchers.applied(origin.session, r.seq);
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
         let (view, origin) = self.view(&req, false).await?;
         let r = req.into_inner();
@@ -343,7 +353,10 @@ impl Meta for MetaService {
             } else {
                 Change::attrs(r.ino)
             };
-            self.watchers.publish(origin.session, vec![change]);
+            self.watchers
+                .publish(origin.session, vec![change])
+                .confirmed()
+                .await;
             self.watchers.note(origin.session, [r.ino]);
             Ok(view.attr_reply(attr_reply(&inode)))
         })
@@ -421,7 +434,9 @@ impl Meta for MetaService {
                     None => self.store.create(args, origin).await?,
                 };
                 self.watchers
-                    .publish(origin.session, vec![Change::entry(parent, &name)]);
+                    .publish(origin.session, vec![Change::entry(parent, &name)])
+                    .confirmed()
+                    .await;
                 let mut reply = attr_reply(&inode);
                 reply.parent = self.dir_attr(parent).await;
                 // Grants where the client may answer early: creates of
@@ -466,10 +481,13 @@ impl Meta for MetaService {
                 .unlink_if(r.parent, r.name.bytes(), r.expect_ino, keep_open, origin)
                 .await?;
             self.roots.changed();
-            self.watchers.publish(
-                origin.session,
-                vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
-            );
+            self.watchers
+                .publish(
+                    origin.session,
+                    vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
+                )
+                .confirmed()
+                .await;
             let grant = self.watchers.grant(origin.session, r.parent);
             Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
@@ -492,10 +510,13 @@ impl Meta for MetaService {
             self.recall_named(origin, r.parent, r.name.bytes()).await;
             let ino = self.store.rmdir(r.parent, r.name.bytes(), origin).await?;
             self.roots.changed();
-            self.watchers.publish(
-                origin.session,
-                vec![Change::entry(r.parent, r.name.bytes())],
-            );
+            self.watchers
+                .publish(
+                    origin.session,
+                    vec![Change::entry(r.parent, r.name.bytes())],
+                )
+                .confirmed()
+                .await;
             Ok(view.dir_change(pb::DirChangeReply {
                 parent: self.dir_attr(r.parent).await,
                 new_parent: None,
@@ -542,7 +563,10 @@ impl Meta for MetaService {
                     .filter(|ino| *ino != 0)
                     .map(Change::attrs),
             );
-            self.watchers.publish(origin.session, changes);
+            self.watchers
+                .publish(origin.session, changes)
+                .confirmed()
+                .await;
             let new_parent = if r.new_parent == r.parent {
                 None
             } else {
@@ -582,13 +606,16 @@ impl Meta for MetaService {
                 .store
                 .link(r.ino, r.new_parent, r.new_name.bytes(), origin)
                 .await?;
-            self.watchers.publish(
-                origin.session,
-                vec![
-                    Change::entry(r.new_parent, r.new_name.bytes()),
-                    Change::attrs(r.ino),
-                ],
-            );
+            self.watchers
+                .publish(
+                    origin.session,
+                    vec![
+                        Change::entry(r.new_parent, r.new_name.bytes()),
+                        Change::attrs(r.ino),
+                    ],
+                )
+                .confirmed()
+                .await;
             self.watchers.note(origin.session, [r.new_parent, r.ino]);
             let mut reply = attr_reply(&inode);
             reply.parent = self.dir_attr(r.new_parent).await;
@@ -658,7 +685,9 @@ impl Meta for MetaService {
                 .set_xattr(r.ino, r.name.bytes(), &r.value, r.flags, origin)
                 .await?;
             self.watchers
-                .publish(origin.session, vec![Change::attrs(r.ino)]);
+                .publish(origin.session, vec![Change::attrs(r.ino)])
+                .confirmed()
+                .await;
             Ok(pb::Empty {})
         })
         .await
@@ -685,7 +714,9 @@ impl Meta for MetaService {
                 .remove_xattr(r.ino, r.name.bytes(), origin)
                 .await?;
             self.watchers
-                .publish(origin.session, vec![Change::attrs(r.ino)]);
+                .publish(origin.session, vec![Change::attrs(r.ino)])
+                .confirmed()
+                .await;
             Ok(pb::Empty {})
         })
         .await
@@ -805,7 +836,9 @@ impl Meta for MetaService {
                 .commit_write_with(r.ino, r.size, &r.chunks, r.mtime, r.attrs, origin)
                 .await?;
             self.watchers
-                .publish(origin.session, vec![Change::data(r.ino)]);
+                .publish(origin.session, vec![Change::data(r.ino)])
+                .confirmed()
+                .await;
             self.watchers.note(origin.session, [r.ino]);
             if r.return_chunks {
                 let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
@@ -831,7 +864,9 @@ impl Meta for MetaService {
                 .punch_chunks(r.ino, r.first_index, r.end_index, origin)
                 .await?;
             self.watchers
-                .publish(origin.session, vec![Change::data(r.ino)]);
+                .publish(origin.session, vec![Change::data(r.ino)])
+                .confirmed()
+                .await;
             Ok(view.attr_reply(attr_reply(&inode)))
         })
         .await

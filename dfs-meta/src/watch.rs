@@ -6,7 +6,15 @@
 //! longer than the 1 s it could trust without them.
 //!
 //! Several metas on one PostgreSQL pass their changes to each other with
-//! NOTIFY (`pg_bridge`). Whenever a meta may have missed changes (its
+//! A change's caller is answered only once every watcher of this meta that
+//! was told of it says it is applied (`Applied`: its own cache and its
+//! kernel's dropped what the change named), so a program that changes
+//! something through one mount and then looks through another sees the
+//! change. A watcher that does not say so within `CONFIRM_WAIT` (stopped,
+//! cut off) is dropped: it drops its caches when it notices.
+//!
+//! Several metas on one PostgreSQL pass their changes to each other with
+//! NOTIFY (`pg_bridge`); the watchers of the other metas are not waited for. Whenever a meta may have missed changes (its
 //! listening connection broke, a queue overflowed), it ends the streams of its
 //! watchers: each client then drops everything it cached and watches again.
 
@@ -38,6 +46,11 @@ const FORWARD_QUEUE: usize = 16 * 1024;
 const PG_CHANNEL: &str = "dfs_invalidations";
 /// NOTIFY payloads must stay under 8000 bytes; changes are split to fit.
 const NOTICE_CHANGES: usize = 12;
+
+/// How long a change's caller waits for a watcher to apply it before the
+/// watcher is dropped. A live mount answers within milliseconds even when
+/// its kernel is busy (see the mount's `coherence.rs`).
+const CONFIRM_WAIT: Duration = Duration::from_secs(1);
 
 /// One committed change that other sessions may have cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +117,11 @@ struct Watcher {
     /// The real inode this session sees as inode 1 (an exported subtree's
     /// root; ROOT_INO for the whole tree).
     root: u64,
+    /// The last `seq` the session said it applied.
+    applied: tokio::sync::watch::Sender<u64>,
+    /// The last `seq` sent on this stream: an answer past it is not about
+    /// this stream (one another meta sent, before a failover).
+    sent: u64,
 }
 
 impl Watcher {
@@ -140,6 +158,10 @@ pub struct Watchers {
     /// `watchers` when both are (`grant`).
     grants: Mutex<Grants>,
     next_registration: AtomicU64,
+    /// The `seq` of the last invalidation sent, to any watcher. Starts at
+    /// a random point, so that another meta's numbers (an answer that
+    /// crossed a failover) are not this one's.
+    last_seq: AtomicU64,
     /// False while changes from other metas may be missed: new watchers get
     /// their hello only once it is true again.
     ready: tokio::sync::watch::Sender<bool>,
@@ -165,6 +187,7 @@ impl Watchers {
             watchers: Mutex::new(HashMap::new()),
             grants: Mutex::new(Grants::default()),
             next_registration: AtomicU64::new(1),
+            last_seq: AtomicU64::new(rand::random::<u64>() >> 2),
             ready: tokio::sync::watch::Sender::new(ready),
             forward,
             forward_lost: AtomicBool::new(false),
@@ -199,6 +222,8 @@ impl Watchers {
                     interest: HashSet::new(),
                     everything: false,
                     root,
+                    applied: tokio::sync::watch::Sender::new(0),
+                    sent: 0,
                 },
             );
             self.count_changed(&watchers);
@@ -273,12 +298,16 @@ impl Watchers {
     }
 
     /// A change committed on this meta by `origin` (a session id, 0: none):
-    /// tells this meta's watchers and the other metas.
-    pub fn publish(&self, origin: u64, changes: Vec<Change>) {
+    /// tells this meta's watchers and the other metas. The caller's reply
+    /// waits for the returned delivery's `confirmed`.
+    pub fn publish(&self, origin: u64, changes: Vec<Change>) -> Delivery<'_> {
         if changes.is_empty() {
-            return;
+            return Delivery {
+                watchers: self,
+                pending: Vec::new(),
+            };
         }
-        self.deliver(origin, &changes);
+        let pending = self.deliver(origin, &changes);
         if let Some(forward) = &self.forward {
             for part in changes.chunks(NOTICE_CHANGES) {
                 let notice = pb::InvalidationNotice {
@@ -291,6 +320,40 @@ impl Watchers {
                     self.forward_lost.store(true, Ordering::Relaxed);
                 }
             }
+        }
+        Delivery {
+            watchers: self,
+            pending,
+        }
+    }
+
+    /// `session` applied every invalidation up to `seq`.
+    pub fn applied(&self, session: u64, seq: u64) {
+        if let Some(w) = self.lock().get(&session).filter(|w| seq <= w.sent) {
+            w.applied.send_if_modified(|a| {
+                let newer = seq > *a;
+                if newer {
+                    *a = seq;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Ends the stream of a watcher that did not apply a change in time, if
+    /// it is still the same registration.
+    fn drop_lagging(&self, session: u64, registration: u64) {
+        let mut watchers = self.lock();
+        if watchers
+            .get(&session)
+            .is_some_and(|w| w.registration == registration)
+        {
+            tracing::warn!(
+                session,
+                "watcher did not apply a change in time: its stream ends"
+            );
+            watchers.remove(&session);
+            self.count_changed(&watchers);
         }
     }
 
@@ -406,12 +469,14 @@ impl Watchers {
     }
 
     /// Sends each watcher (but `origin`) the changes it may have cached. A
-    /// watcher too slow to take them, or gone, is dropped.
-    fn deliver(&self, origin: u64, changes: &[Change]) {
+    /// watcher too slow to take them, or gone, is dropped. Returns what each
+    /// watcher told must confirm.
+    fn deliver(&self, origin: u64, changes: &[Change]) -> Vec<Pending> {
         let mut watchers = self.lock();
         let mut gone = Vec::new();
+        let mut pending = Vec::new();
         let mut sent = 0u64;
-        for (session, w) in watchers.iter() {
+        for (session, w) in watchers.iter_mut() {
             if *session == origin {
                 continue;
             }
@@ -424,8 +489,21 @@ impl Watchers {
                 continue;
             }
             sent += relevant.len() as u64;
-            if w.tx.try_send(Ok(to_pb(&relevant))).is_err() {
+            let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let message = pb::Invalidations {
+                seq,
+                ..to_pb(&relevant)
+            };
+            if w.tx.try_send(Ok(message)).is_err() {
                 gone.push((*session, w.registration));
+            } else {
+                w.sent = seq;
+                pending.push(Pending {
+                    session: *session,
+                    registration: w.registration,
+                    seq,
+                    applied: w.applied.subscribe(),
+                });
             }
         }
         for (session, registration) in gone {
@@ -439,6 +517,51 @@ impl Watchers {
         }
         self.count_changed(&watchers);
         self.metrics.invalidations_sent.inc_by(sent);
+        pending
+    }
+}
+
+/// One watcher told of a change, until it says it applied it.
+struct Pending {
+    session: u64,
+    registration: u64,
+    seq: u64,
+    applied: tokio::sync::watch::Receiver<u64>,
+}
+
+/// A change as delivered to this meta's watchers.
+#[must_use = "the caller's reply waits for `confirmed`"]
+pub struct Delivery<'a> {
+    watchers: &'a Watchers,
+    pending: Vec<Pending>,
+}
+
+impl Delivery<'_> {
+    /// Returns once every watcher told of the change applied it, is gone, or
+    /// was dropped for not applying it within `CONFIRM_WAIT`.
+    pub async fn confirmed(self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + CONFIRM_WAIT;
+        for mut p in self.pending {
+            let seq = p.seq;
+            let outcome =
+                match tokio::time::timeout_at(until, p.applied.wait_for(|a| *a >= seq)).await {
+                    Ok(Ok(_)) => "applied",
+                    // The watcher's registration ended (dropped, replaced).
+                    Ok(Err(_)) => "gone",
+                    Err(_) => {
+                        self.watchers.drop_lagging(p.session, p.registration);
+                        "ran_out"
+                    }
+                };
+            self.watchers
+                .metrics
+                .confirms
+                .with_label_values(&[outcome])
+                .inc();
+        }
     }
 }
 
@@ -541,7 +664,8 @@ fn receive(watchers: &Watchers, payload: &str) {
         return;
     }
     let changes = from_pb(notice.changes.unwrap_or_default());
-    watchers.deliver(notice.origin_session, &changes);
+    // The change's caller is on another meta: nothing here waits for it.
+    drop(watchers.deliver(notice.origin_session, &changes));
 }
 
 #[cfg(test)]
@@ -570,14 +694,14 @@ mod tests {
         w.note(1, [10, 11]);
         w.note(2, [10]);
         // Session 2 renames in directory 10: only session 1 hears of it.
-        w.publish(2, vec![Change::entry(10, b"x"), Change::attrs(11)]);
+        drop(w.publish(2, vec![Change::entry(10, b"x"), Change::attrs(11)]));
         let got = next(&mut a).await;
         assert_eq!(got.entries.len(), 1);
         assert_eq!(got.entries[0].name, b"x");
         assert_eq!(got.inodes.len(), 1);
         // Session 2 is not interested in 11 and made the change in 10.
-        w.publish(1, vec![Change::data(11)]);
-        w.publish(1, vec![Change::entry(10, b"y")]);
+        drop(w.publish(1, vec![Change::data(11)]));
+        drop(w.publish(1, vec![Change::entry(10, b"y")]));
         let got = next(&mut b).await;
         assert_eq!(got.entries[0].name, b"y");
         assert!(got.inodes.is_empty());
@@ -589,11 +713,11 @@ mod tests {
         let mut a = w.register(1, 40);
         assert!(next(&mut a).await.hello);
         w.note(1, [40, 41]);
-        w.publish(
+        drop(w.publish(
             0,
             vec![Change::entry(ROOT_INO, b"secret"), Change::entry(40, b"x")],
-        );
-        w.publish(0, vec![Change::data(40), Change::attrs(41)]);
+        ));
+        drop(w.publish(0, vec![Change::data(40), Change::attrs(41)]));
         let got = next(&mut a).await;
         assert_eq!((got.entries.len(), got.entries[0].parent), (1, ROOT_INO));
         assert_eq!(got.entries[0].name, b"x");
@@ -612,7 +736,7 @@ mod tests {
         let mut a = w.register(1, ROOT_INO);
         w.note(1, [5]);
         for _ in 0..WATCHER_QUEUE + 10 {
-            w.publish(0, vec![Change::attrs(5)]);
+            drop(w.publish(0, vec![Change::attrs(5)]));
         }
         assert!(w.lock().is_empty(), "an overflowing watcher is dropped");
         // The queued messages drain, then the stream ends.
@@ -622,6 +746,62 @@ mod tests {
             n += 1;
         }
         assert!(n <= WATCHER_QUEUE + 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_waits_until_every_told_watcher_applied_it() {
+        let w = watchers();
+        let mut a = w.register(1, ROOT_INO);
+        let mut b = w.register(2, ROOT_INO);
+        assert!(next(&mut a).await.hello);
+        assert!(next(&mut b).await.hello);
+        w.note(1, [10]);
+        w.note(2, [10]);
+        let delivery = w.publish(3, vec![Change::entry(10, b"x")]);
+        let (got_a, got_b) = (next(&mut a).await, next(&mut b).await);
+        assert!(got_a.seq > 0 && got_b.seq > 0 && got_a.seq != got_b.seq);
+        let confirmed = delivery.confirmed();
+        tokio::pin!(confirmed);
+        w.applied(1, got_a.seq);
+        // An answer of an earlier message covers nothing later, nor does
+        // one about a message this meta never sent.
+        w.applied(2, got_b.seq - 1);
+        w.applied(2, got_b.seq.max(got_a.seq) + 1);
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut confirmed).await;
+        assert!(waited.is_err(), "session 2 has not applied it");
+        w.applied(2, got_b.seq);
+        tokio::time::timeout(Duration::from_secs(5), confirmed)
+            .await
+            .expect("both applied it");
+        assert_eq!(w.lock().len(), 2, "nobody dropped");
+        // The origin and sessions without interest are not waited for.
+        w.publish(1, vec![Change::entry(11, b"y")])
+            .confirmed()
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_does_not_apply_a_change_in_time_is_dropped() {
+        let w = watchers();
+        let mut a = w.register(1, ROOT_INO);
+        assert!(next(&mut a).await.hello);
+        w.note(1, [10]);
+        let start = Instant::now();
+        w.publish(0, vec![Change::attrs(10)]).confirmed().await;
+        assert!(start.elapsed() >= CONFIRM_WAIT);
+        assert!(w.lock().is_empty(), "the lagging watcher is dropped");
+        let ran_out = w.metrics.confirms.with_label_values(&["ran_out"]).get();
+        assert_eq!(ran_out, 1);
+        // Its stream ends after what was queued: the mount starts over.
+        assert!(next(&mut a).await.seq > 0);
+        assert!(a.next().await.is_none());
+        // With nobody watching, nothing is waited for.
+        w.publish(0, vec![Change::attrs(10)]).confirmed().await;
+        let counted: u64 = ["applied", "gone", "ran_out"]
+            .iter()
+            .map(|o| w.metrics.confirms.with_label_values(&[o]).get())
+            .sum();
+        assert_eq!(counted, 1);
     }
 
     #[test]

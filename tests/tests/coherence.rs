@@ -15,10 +15,6 @@ use dfs_tests::{http_get, metric_value, Cluster, Mount, Options};
 const HOUR_CACHE: &str = "cache_size=64M,cache_timeout=3600";
 const SEEN_WITHIN: Duration = Duration::from_secs(15);
 
-fn metric(m: &Mount, name: &str) -> f64 {
-    metric_value(&http_get(m.metrics.as_ref().unwrap(), "/metrics"), name)
-}
-
 fn size(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
@@ -95,17 +91,27 @@ fn another_mounts_changes_reach_an_hour_long_cache() {
     changes_reach(&c, &a, &b);
 
     // And B really caches: stats of what it knows ask meta nothing more.
-    let before = metric(&b, "dfs_fuse_requests_total{op=\"getattr\"}")
-        + metric(&b, "dfs_fuse_requests_total{op=\"lookup\"}");
+    // (The kernel asks B's daemon: A changed these directories lately, so
+    // B hands their entries to the kernel without a TTL and answers itself.)
+    let asked = || {
+        let page = http_get(b.metrics.as_ref().unwrap(), "/metrics");
+        ["Lookup", "GetAttr"]
+            .iter()
+            .map(|m| {
+                let name = format!("dfs_fuse_meta_calls_total{{method=\"{m}\"}}");
+                dfs_tests::metric_or_zero(&page, &name)
+            })
+            .sum::<f64>()
+    };
+    let before = asked();
     for _ in 0..50 {
         assert_eq!(size(&b.join("f")), Some(3));
         assert!(b.join("d/new").exists());
     }
-    let after = metric(&b, "dfs_fuse_requests_total{op=\"getattr\"}")
-        + metric(&b, "dfs_fuse_requests_total{op=\"lookup\"}");
+    let after = asked();
     assert!(
         after - before < 5.0,
-        "100 stats of cached names went to the daemon {} times",
+        "100 stats of cached names went to meta {} times",
         after - before
     );
     // The writer's own changes are not sent back to it.
@@ -157,4 +163,129 @@ fn changes_on_one_meta_reach_a_mount_of_another() {
     let b = c.mount_via("b", HOUR_CACHE, c.extra_meta_addr(second));
     c.wait_watch(&b, true);
     changes_reach(&c, &a, &b);
+}
+
+fn confirms(c: &Cluster, outcome: &str) -> f64 {
+    let page = http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+    dfs_tests::metric_or_zero(
+        &page,
+        &format!("dfs_meta_invalidation_confirms_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// A change returns only once every other mount that may cache what it
+/// touched has dropped it: B, checking right after A's call returns (no
+/// wait, no other process in between), never sees what was there before.
+#[test]
+fn another_mount_sees_a_change_as_soon_as_the_call_returns() {
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let a = c.mount_with("a", HOUR_CACHE);
+    let b = c.mount_with("b", HOUR_CACHE);
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    std::fs::create_dir(a.join("d")).unwrap();
+    for i in 0..40 {
+        let (f, g, h) = (format!("d/f{i}"), format!("d/g{i}"), format!("d/h{i}"));
+        std::fs::write(a.join(&f), b"x").unwrap();
+        assert_eq!(size(&b.join(&f)), Some(1), "round {i}: B caches f");
+        std::fs::set_permissions(a.join(&f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mode = std::fs::metadata(b.join(&f)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "round {i}: B saw the mode before A's chmod");
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(a.join(&f))
+            .unwrap();
+        std::io::Write::write_all(&mut w, b"yz").unwrap();
+        drop(w);
+        assert_eq!(
+            size(&b.join(&f)),
+            Some(3),
+            "round {i}: B saw the size before A's close"
+        );
+        assert_eq!(std::fs::read(b.join(&f)).unwrap(), b"xyz", "round {i}");
+        std::fs::rename(a.join(&f), a.join(&h)).unwrap();
+        assert!(
+            !b.join(&f).exists(),
+            "round {i}: B saw the name A renamed away"
+        );
+        assert!(
+            b.join(&h).exists(),
+            "round {i}: B missed the name A renamed to"
+        );
+        std::fs::remove_file(a.join(&h)).unwrap();
+        assert!(!b.join(&h).exists(), "round {i}: B saw the file A removed");
+        assert!(!b.join(&g).exists(), "round {i}: B caches g's absence");
+        std::fs::write(a.join(&g), b"").unwrap();
+        assert!(
+            b.join(&g).exists(),
+            "round {i}: B missed the file A created"
+        );
+    }
+    assert!(confirms(&c, "applied") > 0.0);
+    assert_eq!(confirms(&c, "ran_out"), 0.0);
+}
+
+/// Two mounts changing one directory at once, each having cached the names
+/// the other removes: each one's entry invalidation may wait for the
+/// directory's lock that its own call holds while meta waits on the other
+/// mount. Every change is still confirmed in time (no watcher dropped), and
+/// right after, both see the same names.
+#[test]
+fn two_mounts_changing_one_directory_at_once_confirm_each_other() {
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let a = c.mount_with("a", HOUR_CACHE);
+    let b = c.mount_with("b", HOUR_CACHE);
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    std::fs::create_dir(a.join("d")).unwrap();
+    assert_eq!(std::fs::read_dir(b.join("d")).unwrap().count(), 0);
+    const N: usize = 100;
+    for i in 0..N {
+        std::fs::write(a.join(&format!("d/x{i}")), b"x").unwrap();
+        std::fs::write(b.join(&format!("d/y{i}")), b"y").unwrap();
+    }
+    // Each mount's kernel caches every name with the long TTL: once neither
+    // counts the directory as lately changed by the other (the mount's
+    // `SHARED_FOR`, 5 s), when entries go to the kernel with no TTL.
+    std::thread::sleep(Duration::from_millis(5500));
+    for m in [&a, &b] {
+        for i in 0..N {
+            assert!(m.join(&format!("d/x{i}")).exists());
+            assert!(m.join(&format!("d/y{i}")).exists());
+        }
+    }
+    let work = |m: &Mount, gone: &str, made: &str| {
+        for i in 0..N {
+            std::fs::remove_file(m.join(&format!("d/{gone}{i}"))).unwrap();
+            std::fs::write(m.join(&format!("d/{made}{i}")), b"z").unwrap();
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| work(&a, "x", "p"));
+        s.spawn(|| work(&b, "y", "q"));
+    });
+    for m in [&a, &b] {
+        for i in 0..N {
+            for (name, there) in [("x", false), ("y", false), ("p", true), ("q", true)] {
+                let p = m.join(&format!("d/{name}{i}"));
+                assert_eq!(p.exists(), there, "{}", p.display());
+            }
+        }
+    }
+    assert!(confirms(&c, "applied") > 0.0);
+    assert_eq!(confirms(&c, "ran_out"), 0.0, "a mount was dropped");
+    let entries = |m: &Mount| {
+        let page = http_get(m.metrics.as_ref().unwrap(), "/metrics");
+        dfs_tests::metric_or_zero(&page, "dfs_fuse_invalidations_total{kind=\"entry\"}")
+    };
+    assert!(
+        entries(&a) > 0.0 && entries(&b) > 0.0,
+        "the kernels' cached entries were invalidated"
+    );
 }
