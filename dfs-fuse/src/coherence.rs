@@ -509,21 +509,24 @@ impl Coherence {
 }
 
 /// What the watch stream tells the rest of the mount besides invalidations.
-pub enum GrantNews {
+pub enum StreamNews {
     /// Meta takes back a grant (`deferred.rs`).
     Recall(pb::Recall),
     /// The stream broke: recalls may be missed until it is back.
     Lost,
+    /// A new stream is live: meta may have restarted and forgotten which
+    /// files this mount has open.
+    Live,
 }
 
 /// Keeps a watch stream open to meta for as long as the mount runs: applies
 /// what it brings, and starts over (short TTLs meanwhile) when it breaks, when
 /// the channel fails over to another meta, or when the session changes.
-/// Recalls of grants, and the stream's breaks, go to `grants`.
+/// Recalls of grants, and the stream's starts and breaks, go to `news`.
 pub async fn run_watch(
     channel: MetaChannel,
     coherence: Arc<Coherence>,
-    grants: tokio::sync::mpsc::UnboundedSender<GrantNews>,
+    news: tokio::sync::mpsc::UnboundedSender<StreamNews>,
 ) {
     let (applied, to_confirm) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(confirm_applied(
@@ -555,12 +558,13 @@ pub async fn run_watch(
                     Ok(Some(m)) if m.hello => {
                         coherence.resync();
                         coherence.set_live(true);
+                        let _ = news.send(StreamNews::Live);
                         backoff = Duration::from_millis(100);
                         tracing::debug!("invalidations live: long cache times on");
                     }
                     Ok(Some(mut m)) => {
                         for r in std::mem::take(&mut m.recalls) {
-                            let _ = grants.send(GrantNews::Recall(r));
+                            let _ = news.send(StreamNews::Recall(r));
                         }
                         let seq = m.seq;
                         let inodes = coherence.apply(m);
@@ -577,7 +581,7 @@ pub async fn run_watch(
                 }
             }
         }
-        let _ = grants.send(GrantNews::Lost);
+        let _ = news.send(StreamNews::Lost);
         coherence.set_live(false);
         tracing::debug!("invalidation stream ended: short cache times until it is back");
         tokio::time::sleep(backoff).await;

@@ -101,6 +101,8 @@ pub struct DfsFs {
     deferred: Deferred,
     /// Inode numbers meta granted for creates answered here.
     inos: crate::inos::InoPool,
+    /// Closes (and, on a new watch stream, opens) told to meta.
+    open_report: Arc<crate::open_report::OpenReport>,
 }
 
 /// An open file handle, and whether the kernel may keep its cached pages.
@@ -163,6 +165,7 @@ impl DfsFs {
         let files: Arc<Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>> = Default::default();
         let meta = meta_channel.client();
         let refill = crate::refill::Refill::new(io.coherence.cache_timeout());
+        let open_report = Arc::new(crate::open_report::OpenReport::default());
         DfsFs {
             io,
             meta: meta.clone(),
@@ -173,6 +176,7 @@ impl DfsFs {
                 files,
                 orphans: Default::default(),
                 meta,
+                report: open_report.clone(),
             },
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -183,7 +187,25 @@ impl DfsFs {
             refill,
             deferred: Deferred::new(!sync_unlink, !sync_create),
             inos: Default::default(),
+            open_report,
         }
+    }
+
+    /// Sends this mount's closes to meta as they come (`open_report.rs`),
+    /// until the mount stops.
+    pub async fn report_closes(&self) {
+        self.open_report.run(self.meta.clone()).await
+    }
+
+    /// Tells meta every file open here: a new watch stream is live, and meta
+    /// may have restarted since it last heard.
+    pub async fn announce_open_files(&self) {
+        let open: Vec<u64> = lock(&self.files)
+            .iter()
+            .filter(|(_, f)| f.strong_count() > 0)
+            .map(|(ino, _)| *ino)
+            .collect();
+        self.open_report.announce(self.meta.clone(), open).await
     }
 
     /// Remembers what an attribute reply says about the inode's xattrs.
@@ -769,6 +791,7 @@ impl DfsFs {
         let (file, shared) = match self.open_file(ino) {
             Some(f) => (f, true),
             None => {
+                self.open_report.reopening(ino).await;
                 let loaded = Arc::new(AsyncMutex::new(OpenFile::load(&self.io, ino).await?));
                 let mut files = lock(&self.files);
                 match files.get(&ino).and_then(Weak::upgrade) {
@@ -1553,6 +1576,7 @@ struct OrphanKeeper {
     files: Arc<Mutex<HashMap<u64, Weak<AsyncMutex<OpenFile>>>>>,
     orphans: Arc<Mutex<HashSet<u64>>>,
     meta: dfs_client::Meta,
+    report: Arc<crate::open_report::OpenReport>,
 }
 
 impl OrphanKeeper {
@@ -1563,8 +1587,8 @@ impl OrphanKeeper {
         let release = {
             let mut files = lock(&self.files);
             let open = files.get(&ino).is_some_and(|w| w.strong_count() > 0);
-            if !open {
-                files.remove(&ino);
+            if !open && files.remove(&ino).is_some() {
+                self.report.closed(ino);
             }
             !open && lock(&self.orphans).remove(&ino)
         };

@@ -24,6 +24,7 @@ pub mod memory;
 pub mod metacache;
 pub mod metrics;
 pub mod open_file;
+pub mod open_report;
 pub mod options;
 pub mod refill;
 
@@ -162,22 +163,30 @@ pub fn run_foreground(opts: MountOptions) -> Result<(), MountError> {
     config.clone_fd = true;
     let session =
         fuser::Session::new(adapter, &opts.mountpoint, &config).map_err(MountError::Mount)?;
+    {
+        let fs = fs.clone();
+        rt.spawn(async move { fs.report_closes().await });
+    }
     if opts.cache_timeout > coherence::SHORT_TTL {
         coherence
             .attach(session.notifier())
             .map_err(MountError::Runtime)?;
-        let (grants, mut news) = tokio::sync::mpsc::unbounded_channel();
+        let (tell, mut news) = tokio::sync::mpsc::unbounded_channel();
         rt.spawn(coherence::run_watch(
             fs.meta_channel().clone(),
             coherence,
-            grants,
+            tell,
         ));
         let fs = fs.clone();
         rt.spawn(async move {
             while let Some(n) = news.recv().await {
                 match n {
-                    coherence::GrantNews::Recall(r) => fs.recall(r),
-                    coherence::GrantNews::Lost => fs.grants_lost(),
+                    coherence::StreamNews::Recall(r) => fs.recall(r),
+                    coherence::StreamNews::Lost => fs.grants_lost(),
+                    coherence::StreamNews::Live => {
+                        let fs = fs.clone();
+                        tokio::spawn(async move { fs.announce_open_files().await });
+                    }
                 }
             }
         });

@@ -25,7 +25,7 @@ pub fn policy(method: &str) -> &'static [Role] {
         | "SetXattr" | "ListXattr" | "RemoveXattr" | "StatFs" | "Sync" | "GetChunks"
         | "PlaceChunk" | "CommitWrite" | "PunchHole" | "ClusterStatus" | "Fsck"
         | "ForgetReplica" | "OpenSession" | "RenewSession" | "CloseSession" | "Lock" | "Watch"
-        | "Recalled" | "Applied" => FILES,
+        | "Recalled" | "Applied" | "OpenFiles" => FILES,
         _ => &[],
     }
 }

@@ -25,6 +25,7 @@ pub struct MetaMetrics {
     pub invalidations_sent: IntCounter,
     pub recalls: IntCounterVec,
     pub confirms: IntCounterVec,
+    pub open_files: IntGauge,
 }
 
 impl MetaMetrics {
@@ -107,6 +108,10 @@ impl MetaMetrics {
                 &["outcome"],
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            open_files: gauge(
+                "dfs_meta_open_files",
+                "files open on this meta's clients as they told it (one per session and file)",
+            ),
             confirms: IntCounterVec::new(
                 Opts::new(
                     "dfs_meta_invalidation_confirms_total",
@@ -136,6 +141,7 @@ impl MetaMetrics {
             Box::new(m.invalidations_sent.clone()),
             Box::new(m.recalls.clone()),
             Box::new(m.confirms.clone()),
+            Box::new(m.open_files.clone()),
         ];
         register_all(&m.registry, all);
         m

@@ -194,6 +194,22 @@ impl MetaService {
     /// Before a call of `origin` about names in `dirs` (or their
     /// attributes) is served: other sessions' grants on them are taken
     /// back, and what those answered early there is on meta (`grants.rs`).
+    /// `session` has `ino` open (it asked for its chunk map, or commits).
+    fn opened(&self, session: u64, ino: u64) {
+        let open = self.store.open_files();
+        open.opened(session, ino);
+        self.metrics.open_files.set(open.len() as i64);
+    }
+
+    /// A removal that may have taken a file's last name is over: releases
+    /// the holds of sessions that closed it meanwhile (`open_files.rs`).
+    async fn settle_holds(&self, ino: u64) -> Result<(), Status> {
+        for session in self.store.open_files().settle(ino) {
+            self.store.release_orphan(ino, session).await?;
+        }
+        Ok(())
+    }
+
     async fn recall(&self, origin: Origin, dirs: &[u64]) {
         self.watchers.recall(origin.session, dirs).await;
     }
@@ -282,6 +298,26 @@ impl Meta for MetaService {
         let r = req.into_inner();
         self.observe("Applied", async {
             self.watchers.applied(origin.session, r.seq);
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn open_files(&self, req: Request<pb::OpenFilesRequest>) -> Reply<pb::Empty> {
+        let (view, origin) = self.view(&req, false).await?;
+        let r = req.into_inner();
+        self.observe("OpenFiles", async {
+            let open = self.store.open_files();
+            for ino in r.opened {
+                open.opened(origin.session, view.ino(ino).await?);
+            }
+            for ino in r.closed {
+                let ino = view.ino(ino).await?;
+                if open.closed(origin.session, ino) {
+                    self.store.release_orphan(ino, origin.session).await?;
+                }
+            }
+            self.metrics.open_files.set(open.len() as i64);
             Ok(pb::Empty {})
         })
         .await
@@ -480,6 +516,7 @@ impl Meta for MetaService {
                 .store
                 .unlink_if(r.parent, r.name.bytes(), r.expect_ino, keep_open, origin)
                 .await?;
+            self.settle_holds(ino).await?;
             self.roots.changed();
             self.watchers
                 .publish(
@@ -550,6 +587,9 @@ impl Meta for MetaService {
                     origin,
                 )
                 .await?;
+            if let Some(replaced) = renamed.replaced.filter(|i| *i != 0) {
+                self.settle_holds(replaced).await?;
+            }
             self.roots.changed();
             let mut changes = vec![
                 Change::entry(r.parent, r.name.bytes()),
@@ -762,6 +802,8 @@ impl Meta for MetaService {
         self.observe("GetChunks", async {
             let ino = view.ino(r.ino).await?;
             self.watchers.note(origin.session, [ino]);
+            // A chunk map goes to a file being opened or open.
+            self.opened(origin.session, ino);
             let map = self.store.get_chunks(ino, self.live_cutoff()).await?;
             Ok(chunk_map_reply(&map, &self.tokens(&holder), &view))
         })
@@ -831,6 +873,7 @@ impl Meta for MetaService {
             let mut r = request::Commit::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
             (r.attrs.uid, r.attrs.gid) = exported_owner(export, r.attrs.uid, r.attrs.gid)?;
+            self.opened(origin.session, r.ino);
             let inode = self
                 .store
                 .commit_write_with(r.ino, r.size, &r.chunks, r.mtime, r.attrs, origin)

@@ -64,6 +64,7 @@ impl Sessions {
 
     pub fn forget(&self, id: u64) {
         self.known().remove(&id);
+        self.store.open_files().forget(id);
     }
 
     /// The origin a request names. A request of a session that expired

@@ -137,3 +137,84 @@ print("ok")
 "#;
     dfs_tests::python(script, &[&a.path, &b.path]);
 }
+
+/// A file another mount removes, or renames another file over, while this
+/// mount has it open stays readable and writable here until the last close
+/// here, as on a local disk (meta keeps it as an orphan held by this mount's
+/// session); then it goes.
+#[test]
+fn a_file_another_mount_removes_stays_open_here() {
+    use std::io::Read;
+    let c = cluster();
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(a.join("f"), &data).unwrap();
+    std::fs::write(a.join("g"), b"old g").unwrap();
+    std::fs::write(a.join("g2"), b"new g").unwrap();
+    let fb = std::fs::File::open(b.join("f")).unwrap();
+    let gb = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.join("g"))
+        .unwrap();
+    std::fs::remove_file(a.join("f")).unwrap();
+    std::fs::rename(a.join("g2"), a.join("g")).unwrap();
+    let orphans = |c: &Cluster| -> u64 {
+        let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
+        doc["orphans"].as_u64().unwrap()
+    };
+    assert_eq!(orphans(&c), 2, "B's open files are kept for it");
+    assert!(!b.join("f").exists());
+    // Long enough for meta's purge (every 250 ms) to delete a file's chunks.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut got = Vec::new();
+    (&fb).read_to_end(&mut got).unwrap();
+    assert!(got == data, "B reads the whole removed file");
+    gb.write_all_at(b"OLD", 0).unwrap();
+    gb.sync_all().unwrap();
+    let mut whole = vec![0u8; 5];
+    gb.read_exact_at(&mut whole, 0).unwrap();
+    assert_eq!(whole, b"OLD g", "B writes the replaced file");
+    assert_eq!(std::fs::read(b.join("g")).unwrap(), b"new g");
+    drop(fb);
+    drop(gb);
+    c.wait_until(
+        "the last close here releases them",
+        std::time::Duration::from_secs(30),
+        |c| orphans(c) == 0,
+    );
+    assert!(c.dfs_ok(&["--json", "status"]).contains("\"files\":1"));
+}
+
+/// Meta keeps which files a mount has open in memory: a restarted meta
+/// learns them again when the mount's watch stream comes back.
+#[test]
+fn a_restarted_meta_still_keeps_a_file_open_elsewhere() {
+    let mut c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        metrics: true,
+        ..Options::default()
+    });
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    std::fs::write(a.join("f"), b"still here").unwrap();
+    let fb = std::fs::File::open(b.join("f")).unwrap();
+    c.wait_watch(&b, true);
+    c.kill_meta();
+    c.wait_watch(&b, false);
+    c.start_meta();
+    c.wait_watch(&b, true);
+    c.wait_until(
+        "B told the new meta what it has open",
+        std::time::Duration::from_secs(10),
+        |c| {
+            let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+            dfs_tests::metric_value(&page, "dfs_meta_open_files") == 1.0
+        },
+    );
+    std::fs::remove_file(a.join("f")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
+    assert_eq!(doc["orphans"], 1, "{doc}");
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut &fb, &mut got).unwrap();
+    assert_eq!(got, "still here");
+}

@@ -39,6 +39,7 @@ mod metrics;
 mod migrate;
 mod namespace;
 mod nodes;
+mod open_files;
 mod reconcile;
 mod rows;
 mod sessions;
@@ -104,6 +105,8 @@ pub struct Store {
     token_key: std::sync::Arc<Vec<u8>>,
     /// Inode and chunk ids taken ahead (`ids`).
     ids: std::sync::Arc<ids::IdBlocks>,
+    /// Which sessions have which files open (`open_files`).
+    open_files: std::sync::Arc<open_files::OpenFiles>,
 }
 
 impl Store {
@@ -153,6 +156,7 @@ impl Store {
             durable_before_ms: Default::default(),
             token_key: Default::default(),
             ids: Default::default(),
+            open_files: Default::default(),
         };
         store.token_key = std::sync::Arc::new(store.load_token_key().await?);
         if backend == Backend::Sqlite {

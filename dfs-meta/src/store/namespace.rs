@@ -233,7 +233,7 @@ impl Store {
                 inode.require_unpinned("unlink")?;
                 delete_entry(&mut tx, parent, name).await?;
                 touch_dir(&mut tx, parent, 0, now).await?;
-                drop_link(&mut tx, &inode, now, keep_open).await?;
+                drop_link(&mut tx, &inode, now, self.keep_open(keep_open, origin)).await?;
                 Ok(ino)
             },
             replay | prev | Ok(prev as u64),
@@ -335,7 +335,10 @@ impl Store {
         in_tx_once!(
             self,
             origin,
-            |tx| rename_in(&mut tx, parent, name, new_parent, new_name, flags, keep_open).await,
+            |tx| {
+                let keep = self.keep_open(keep_open, origin);
+                rename_in(&mut tx, parent, name, new_parent, new_name, flags, keep).await
+            },
             replay | _prev | Ok(Renamed::default()),
             made | _out | 0
         )
@@ -662,7 +665,7 @@ async fn rename_in(
     new_parent: u64,
     new_name: &[u8],
     flags: u32,
-    keep_open: Option<u64>,
+    keep: KeepOpen<'_>,
 ) -> Result<Renamed> {
     let now = Timespec::now();
     require_dir(tx, parent).await?.require_unpinned("rename")?;
@@ -736,7 +739,7 @@ async fn rename_in(
             touch_dir(tx, new_parent, -1, now).await?;
             delete_inode(tx, dst.ino).await?;
         } else {
-            drop_link(tx, dst, now, keep_open).await?;
+            drop_link(tx, dst, now, keep).await?;
         }
     }
     delete_entry(tx, parent, name).await?;
@@ -988,17 +991,50 @@ async fn set_ctime(conn: &mut DbConn, ino: u64, now: Timespec) -> Result<()> {
     Ok(())
 }
 
+/// Who keeps a file whose last name goes: the remover's session, if it has
+/// the file open itself (`remover`; its own word, which meta's record of
+/// its opens may lag), and every other session with it open.
+#[derive(Clone, Copy)]
+pub(super) struct KeepOpen<'a> {
+    remover: Option<u64>,
+    session: u64,
+    open: &'a super::open_files::OpenFiles,
+}
+
+impl super::Store {
+    fn keep_open(&self, remover: Option<u64>, origin: Origin) -> KeepOpen<'_> {
+        KeepOpen {
+            remover,
+            session: origin.session,
+            open: &self.open_files,
+        }
+    }
+
+    /// Which sessions have which files open (see `open_files.rs`).
+    pub fn open_files(&self) -> &super::open_files::OpenFiles {
+        &self.open_files
+    }
+}
+
 /// One name of a non-directory is gone: drop its link count, and the inode
 /// with its data once no name is left, unless a client holds it open
-/// (`keep_open`, its session): then it stays as an orphan until that session
-/// releases it or ends.
+/// (`keep`): then it stays as an orphan until every holder releases it or
+/// ends.
 async fn drop_link(
     conn: &mut DbConn,
     inode: &Inode,
     now: Timespec,
-    keep_open: Option<u64>,
+    keep: KeepOpen<'_>,
 ) -> Result<()> {
-    let Some(holder) = keep_open.filter(|_| inode.nlink <= 1) else {
+    let holders: Vec<u64> = if inode.nlink <= 1 {
+        keep.remover
+            .into_iter()
+            .chain(keep.open.claim(inode.ino, Some(keep.session)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if holders.is_empty() {
         if inode.nlink > 1 {
             return drop_one_link(conn, inode.ino, now).await;
         }
@@ -1008,13 +1044,19 @@ async fn drop_link(
         // Queued for the purge, it keeps its inode till then: no links, new ctime.
         drop_one_link(conn, inode.ino, now).await?;
         return chunks::queue_deletion(conn, inode.ino).await;
-    };
+    }
     db::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
         .bind(to_i64(inode.ino, "inode")?)
         .bind(super::now_ms())
         .execute(&mut *conn)
         .await?;
-    sessions::hold_orphan(conn, inode.ino, holder).await?;
+    for holder in holders {
+        // Another session as meta remembers it may have ended meanwhile
+        // (expired by another meta): then it holds nothing.
+        if Some(holder) == keep.remover || sessions::exists(conn, holder).await? {
+            sessions::hold_orphan(conn, inode.ino, holder).await?;
+        }
+    }
     drop_one_link(conn, inode.ino, now).await
 }
 

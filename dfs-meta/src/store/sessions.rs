@@ -40,6 +40,15 @@ pub struct SessionRecord {
     pub orphans: u64,
 }
 
+/// Whether session `id` is in the store (not ended, or not yet cleaned up).
+pub(crate) async fn exists(conn: &mut DbConn, id: u64) -> Result<bool> {
+    Ok(db::query("SELECT 1 FROM sessions WHERE id = $1")
+        .bind(to_i64(id, "session")?)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
+}
+
 /// Session `holder` holds orphan `ino` open (0: a client without a session).
 pub(crate) async fn hold_orphan(conn: &mut DbConn, ino: u64, holder: u64) -> Result<()> {
     let (ino, holder) = (to_i64(ino, "inode")?, to_i64(holder, "session")?);
