@@ -194,7 +194,14 @@ impl DfsFs {
     /// Sends this mount's closes to meta as they come (`open_report.rs`),
     /// until the mount stops.
     pub async fn report_closes(&self) {
-        self.open_report.run(self.meta.clone()).await
+        self.open_report
+            .run(self.meta.clone(), &self.deferred)
+            .await
+    }
+
+    /// A file meta counts as open here (every new regular file) is not.
+    pub fn not_open(&self, ino: u64) {
+        self.open_report.closed(ino);
     }
 
     /// Tells meta every file open here: a new watch stream is live, and meta

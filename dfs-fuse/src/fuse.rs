@@ -535,8 +535,14 @@ impl Filesystem for FuseAdapter {
         };
         let (fs, asked, who) = (self.fs.clone(), name.as_bytes().to_vec(), caller(req));
         let made = async move {
-            fs.create_node(parent.0, &asked, k, mode, who, rdev, &[])
-                .await
+            let made = fs
+                .create_node(parent.0, &asked, k, mode, who, rdev, &[])
+                .await;
+            if let (Ok(attr), pb::FileKind::Regular) = (&made, k) {
+                // Meta counts a new file as open here; mknod opens nothing.
+                fs.not_open(attr.ino);
+            }
+            made
         };
         self.serve_entry("mknod", Start::Task, parent.0, name, made, reply);
     }

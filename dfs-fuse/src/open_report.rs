@@ -63,8 +63,10 @@ impl OpenReport {
         }
     }
 
-    /// Sends the closes as they come, until the mount stops.
-    pub async fn run(&self, meta: dfs_client::Meta) {
+    /// Sends the closes as they come, until the mount stops. A close goes
+    /// after the file's create answered early (`deferred`): meta would
+    /// count the create as an open after the close.
+    pub async fn run(&self, meta: dfs_client::Meta, deferred: &crate::deferred::Deferred) {
         loop {
             self.wake.notified().await;
             tokio::time::sleep(BATCH_WAIT).await;
@@ -74,6 +76,9 @@ impl OpenReport {
                 state.in_flight.clone_from(&pending);
                 pending.into_iter().collect()
             };
+            for ino in &closed {
+                deferred.settled_ino(*ino).await;
+            }
             if !closed.is_empty() {
                 let sent = meta
                     .clone()

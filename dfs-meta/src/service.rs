@@ -469,6 +469,10 @@ impl Meta for MetaService {
                     }
                     None => self.store.create(args, origin).await?,
                 };
+                if inode.kind == store::FileKind::Regular {
+                    // Made by open(O_CREAT) (a mknod says closed at once).
+                    self.opened(origin.session, inode.ino);
+                }
                 self.watchers
                     .publish(origin.session, vec![Change::entry(parent, &name)])
                     .confirmed()

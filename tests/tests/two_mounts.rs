@@ -218,3 +218,40 @@ fn a_restarted_meta_still_keeps_a_file_open_elsewhere() {
     std::io::Read::read_to_string(&mut &fb, &mut got).unwrap();
     assert_eq!(got, "still here");
 }
+
+/// Every file a mount made or opened and closed is closed on meta too:
+/// nothing stays counted open to be kept for it later.
+#[test]
+fn files_closed_on_a_mount_are_not_open_on_meta() {
+    let c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        metrics: true,
+        ..Options::default()
+    });
+    let b = c.mount("b");
+    for i in 0..40 {
+        let p = b.join(&format!("f{i}"));
+        match i % 4 {
+            0 => drop(std::fs::File::create(&p).unwrap()),
+            1 => std::fs::write(&p, b"data").unwrap(),
+            2 => drop(dfs_tests::sh(&b.path, &format!("mknod f{i} p"))),
+            _ => {
+                std::fs::write(&p, b"x").unwrap();
+                drop(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    dfs_tests::sh(
+        &b.path,
+        "python3 -c \"import os; os.mknod('reg', 0o100644)\"",
+    );
+    let open = |c: &Cluster| {
+        let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+        dfs_tests::metric_value(&page, "dfs_meta_open_files")
+    };
+    c.wait_until(
+        "every close reached meta",
+        std::time::Duration::from_secs(10),
+        |c| open(c) == 0.0,
+    );
+}
