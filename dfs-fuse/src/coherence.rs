@@ -266,26 +266,23 @@ impl Coherence {
     }
 
     fn tell_kernel(&self, work: Work) {
-        if let Work::Applied(seq) = work {
-            self.kernel_done.send_replace(seq);
-            return;
-        }
         let Some(notifier) = self.notifier.get() else {
             return;
         };
         // ENOENT: the kernel had nothing cached there; nothing to do.
-        let result = match &work {
-            Work::Entry(parent, name) => {
-                notifier.inval_entry(INodeNo(*parent), OsStr::from_bytes(name))
+        let (result, kind) = match work {
+            Work::Entry(parent, name) => (
+                notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name)),
+                "entry",
+            ),
+            Work::Inode { ino, data } => (
+                notifier.inval_inode(INodeNo(ino), if data { 0 } else { -1 }, 0),
+                "inode",
+            ),
+            Work::Applied(seq) => {
+                self.kernel_done.send_replace(seq);
+                return;
             }
-            Work::Inode { ino, data } => {
-                notifier.inval_inode(INodeNo(*ino), if *data { 0 } else { -1 }, 0)
-            }
-            Work::Applied(_) => Ok(()),
-        };
-        let kind = match work {
-            Work::Entry(..) => "entry",
-            Work::Inode { .. } | Work::Applied(_) => "inode",
         };
         self.metrics.invalidations.with_label_values(&[kind]).inc();
         if let Err(e) = result {

@@ -203,11 +203,14 @@ impl MetaService {
 
     /// A removal that may have taken a file's last name is over: releases
     /// the holds of sessions that closed it meanwhile (`open_files.rs`).
-    async fn settle_holds(&self, ino: u64) -> Result<(), Status> {
+    /// The removal stands either way: a hold that cannot be released now
+    /// goes with its session.
+    async fn settle_holds(&self, ino: u64) {
         for session in self.store.open_files().settle(ino) {
-            self.store.release_orphan(ino, session).await?;
+            if let Err(e) = self.store.release_orphan(ino, session).await {
+                tracing::warn!(ino, session, error = %e, "cannot release a closed file's hold");
+            }
         }
-        Ok(())
     }
 
     async fn recall(&self, origin: Origin, dirs: &[u64]) {
@@ -520,7 +523,7 @@ impl Meta for MetaService {
                 .store
                 .unlink_if(r.parent, r.name.bytes(), r.expect_ino, keep_open, origin)
                 .await?;
-            self.settle_holds(ino).await?;
+            self.settle_holds(ino).await;
             self.roots.changed();
             self.watchers
                 .publish(
@@ -592,7 +595,7 @@ impl Meta for MetaService {
                 )
                 .await?;
             if let Some(replaced) = renamed.replaced.filter(|i| *i != 0) {
-                self.settle_holds(replaced).await?;
+                self.settle_holds(replaced).await;
             }
             self.roots.changed();
             let mut changes = vec![

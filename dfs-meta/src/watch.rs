@@ -5,7 +5,6 @@
 //! With these, a mount may let the kernel keep entries and attributes far
 //! longer than the 1 s it could trust without them.
 //!
-//! Several metas on one PostgreSQL pass their changes to each other with
 //! A change's caller is answered only once every watcher of this meta that
 //! was told of it says it is applied (`Applied`: its own cache and its
 //! kernel's dropped what the change named), so a program that changes
@@ -14,8 +13,9 @@
 //! cut off) is dropped: it drops its caches when it notices.
 //!
 //! Several metas on one PostgreSQL pass their changes to each other with
-//! NOTIFY (`pg_bridge`); the watchers of the other metas are not waited for. Whenever a meta may have missed changes (its
-//! listening connection broke, a queue overflowed), it ends the streams of its
+//! NOTIFY (`pg_bridge`); the watchers of the other metas are not waited
+//! for. Whenever a meta may have missed changes (its listening connection
+//! broke, a queue overflowed), it ends the streams of its
 //! watchers: each client then drops everything it cached and watches again.
 
 use std::collections::{HashMap, HashSet};
