@@ -40,6 +40,11 @@ pub const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Entries and inodes remembered as handed to the kernel; past this (after
 /// dropping the expired ones) replies get no TTL.
 const MAX_GIVEN: usize = 256 * 1024;
+/// Files remembered as changed by another client (`stale_maps`).
+const STALE_MAPS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(64 * 1024) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
 /// How long a directory counts as shared after another client changed it.
 const SHARED_FOR: Duration = Duration::from_secs(5);
 
@@ -116,6 +121,10 @@ pub struct Coherence {
     work: Mutex<Option<mpsc::Sender<Work>>>,
     /// The last `seq` the notifier thread got through.
     kernel_done: tokio::sync::watch::Sender<u64>,
+    /// Files whose content another client changed lately: a read through a
+    /// handle open here reads the new chunk map first. Bounded: a file that
+    /// falls out reads the old map until its chunks are gone, as before.
+    stale_maps: Mutex<lru::LruCache<u64, ()>>,
     notifier: OnceLock<fuser::Notifier>,
     metrics: Arc<FuseMetrics>,
 }
@@ -131,6 +140,7 @@ impl Coherence {
             cache: Mutex::new(MetaCache::new(cache_timeout.max(SHORT_TTL))),
             work: Mutex::new(None),
             kernel_done: tokio::sync::watch::Sender::new(0),
+            stale_maps: Mutex::new(lru::LruCache::new(STALE_MAPS)),
             notifier: OnceLock::new(),
             metrics,
         }
@@ -299,11 +309,13 @@ impl Coherence {
     }
 
     /// Returns once the invalidations up to `seq` hold in the kernel:
-    /// `inodes` are every inode they named not yet known to be told. Waits
-    /// `KERNEL_WAIT` for the notifier thread; past that, makes every cached
-    /// entry stale and invalidates the attributes itself, neither of which
-    /// waits for a lock (the thread still does its work, later).
-    async fn in_kernel(&self, seq: u64, inodes: &[u64]) {
+    /// `inodes` are every inode they named not yet known to be told (and
+    /// whether their pages too). Waits `KERNEL_WAIT` for the notifier
+    /// thread; past that, makes every cached entry stale and invalidates
+    /// the attributes itself, neither of which waits for a lock (the thread
+    /// still does its work, later), and the pages (which waits at most for
+    /// a read in flight on them).
+    async fn in_kernel(&self, seq: u64, inodes: &[(u64, bool)]) {
         let Some(notifier) = self.notifier.get() else {
             return;
         };
@@ -321,12 +333,24 @@ impl Coherence {
         if let Err(e) = notifier.inc_epoch() {
             tracing::debug!(error = %e, "cannot make the kernel's entries stale");
         }
-        for ino in inodes {
-            if let Err(e) = notifier.inval_inode(INodeNo(*ino), -1, 0) {
+        let mut pages = Vec::new();
+        for &(ino, data) in inodes {
+            if data {
+                pages.push(ino);
+            } else if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
                 if e.raw_os_error() != Some(libc::ENOENT) {
                     tracing::debug!(error = %e, "kernel invalidation failed");
                 }
             }
+        }
+        if !pages.is_empty() {
+            let notifier = notifier.clone();
+            let dropped = tokio::task::spawn_blocking(move || {
+                for ino in pages {
+                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                }
+            });
+            let _ = dropped.await;
         }
     }
 
@@ -427,10 +451,18 @@ impl Coherence {
         });
     }
 
+    /// Whether another client changed `ino`'s content since the last call
+    /// (and then forgets it).
+    pub fn take_stale_map(&self, ino: u64) -> bool {
+        let mut stale = self.stale_maps.lock().unwrap_or_else(|p| p.into_inner());
+        !stale.is_empty() && stale.pop(&ino).is_some()
+    }
+
     /// Applies a batch of changes from meta to the mount's cache at once, and
     /// queues them for the kernel; `in_kernel(changes.seq)` waits for that.
-    /// Returns the inodes whose attributes the kernel must drop.
-    fn apply(&self, changes: pb::Invalidations) -> Vec<u64> {
+    /// Returns the inodes whose attributes the kernel must drop, and whether
+    /// their cached pages too.
+    fn apply(&self, changes: pb::Invalidations) -> Vec<(u64, bool)> {
         let seq = changes.seq;
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let now = Instant::now();
@@ -447,6 +479,12 @@ impl Coherence {
             }
             for i in &changes.inodes {
                 given.inodes.remove(&i.ino);
+            }
+        }
+        {
+            let mut stale = self.stale_maps.lock().unwrap_or_else(|p| p.into_inner());
+            for i in changes.inodes.iter().filter(|i| i.data) {
+                stale.put(i.ino, ());
             }
         }
         // A directory's names changed: its times and size did too.
@@ -466,14 +504,17 @@ impl Coherence {
         for (parent, name) in in_kernel {
             self.queue(Work::Entry(parent, name));
         }
-        for ino in &attrs {
-            let data = changes.inodes.iter().any(|i| i.ino == *ino && i.data);
-            self.queue(Work::Inode { ino: *ino, data });
+        let told: Vec<(u64, bool)> = attrs
+            .into_iter()
+            .map(|ino| (ino, changes.inodes.iter().any(|i| i.ino == ino && i.data)))
+            .collect();
+        for &(ino, data) in &told {
+            self.queue(Work::Inode { ino, data });
         }
         if seq != 0 {
             self.queue(Work::Applied(seq));
         }
-        attrs
+        told
     }
 
     fn set_live(&self, live: bool) {
@@ -590,7 +631,7 @@ pub async fn run_watch(
 async fn confirm_applied(
     channel: MetaChannel,
     coherence: Arc<Coherence>,
-    mut to_confirm: tokio::sync::mpsc::UnboundedReceiver<(u64, Vec<u64>)>,
+    mut to_confirm: tokio::sync::mpsc::UnboundedReceiver<(u64, Vec<(u64, bool)>)>,
 ) {
     while let Some((mut seq, mut inodes)) = to_confirm.recv().await {
         while let Ok((next, more)) = to_confirm.try_recv() {
@@ -654,7 +695,11 @@ mod tests {
             seq: 4,
             ..Default::default()
         });
-        assert_eq!(attrs, vec![1], "the directory's own attributes changed");
+        assert_eq!(
+            attrs,
+            vec![(1, false)],
+            "the directory's own attributes changed"
+        );
         assert!(c.given().entries.contains_key(&(1, b"a".to_vec())));
         assert_eq!(c.entry_ttl(c.ticket(), 1, b"c", 3), Duration::ZERO);
         assert_eq!(c.entry_ttl(c.ticket(), 1, b"c", 0), Duration::ZERO);
@@ -672,6 +717,26 @@ mod tests {
             ..Default::default()
         });
         assert!(!c.given().entries.contains_key(&(1, b"a".to_vec())));
+    }
+
+    #[test]
+    fn a_content_change_makes_the_next_read_take_a_fresh_map_once() {
+        let c = coherence();
+        c.set_live(true);
+        let told = c.apply(pb::Invalidations {
+            inodes: vec![
+                pb::InodeChange { ino: 7, data: true },
+                pb::InodeChange {
+                    ino: 8,
+                    data: false,
+                },
+            ],
+            ..Default::default()
+        });
+        assert_eq!(told, vec![(7, true), (8, false)]);
+        assert!(c.take_stale_map(7));
+        assert!(!c.take_stale_map(7), "once");
+        assert!(!c.take_stale_map(8), "only its attributes changed");
     }
 
     #[test]

@@ -1100,7 +1100,15 @@ impl DfsFs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         let file = self.file_of(fh)?;
-        let plan = file.lock().await.plan_read(&self.io, offset, size);
+        let plan = {
+            let mut f = file.lock().await;
+            // Another mount committed to this file since its map was read:
+            // read what it wrote, as a local disk would show it.
+            if self.coherence().take_stale_map(f.ino) {
+                f.reload_map(&self.io).await?;
+            }
+            f.plan_read(&self.io, offset, size)
+        };
         let data = match self.io.complete_read(plan).await {
             // The file changed on another mount and the chunks of the map
             // this open read are deleted: read the new map and go on.

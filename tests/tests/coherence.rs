@@ -289,3 +289,38 @@ fn two_mounts_changing_one_directory_at_once_confirm_each_other() {
         "the kernels' cached entries were invalidated"
     );
 }
+
+/// A file open on B that A rewrites: B's next read through the same handle
+/// shows A's bytes as soon as A's close returned, as on a local disk (the
+/// kernel's pages and the mount's chunk map both go).
+#[test]
+fn a_handle_open_on_another_mount_reads_what_was_just_written() {
+    use std::os::unix::fs::FileExt;
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let a = c.mount_with("a", HOUR_CACHE);
+    let b = c.mount_with("b", HOUR_CACHE);
+    c.wait_watch(&b, true);
+    std::fs::write(a.join("f"), b"old contents").unwrap();
+    let fb = std::fs::File::open(b.join("f")).unwrap();
+    for round in 0..20u8 {
+        let mut seen = [0u8; 12];
+        fb.read_exact_at(&mut seen, 0).unwrap();
+        let fa = std::fs::OpenOptions::new()
+            .write(true)
+            .open(a.join("f"))
+            .unwrap();
+        let mark = [b'A' + round; 3];
+        fa.write_all_at(&mark, 0).unwrap();
+        drop(fa);
+        fb.read_exact_at(&mut seen, 0).unwrap();
+        assert_eq!(
+            &seen[..3],
+            &mark,
+            "round {round}: B read the bytes before A's close"
+        );
+        assert_eq!(&seen[3..], b" contents");
+    }
+}
