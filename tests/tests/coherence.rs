@@ -165,6 +165,27 @@ fn changes_on_one_meta_reach_a_mount_of_another() {
     changes_reach(&c, &a, &b);
 }
 
+fn setxattr(p: &Path, name: &str, value: &str) {
+    let ok = std::process::Command::new("setfattr")
+        .args(["-n", name, "-v", value])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// The value of xattr `name`, None if the file has none.
+fn getxattr(p: &Path, name: &str) -> Option<String> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(p)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
 fn confirms(c: &Cluster, outcome: &str) -> f64 {
     let page = http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
     dfs_tests::metric_or_zero(
@@ -191,6 +212,14 @@ fn another_mount_sees_a_change_as_soon_as_the_call_returns() {
         let (f, g, h) = (format!("d/f{i}"), format!("d/g{i}"), format!("d/h{i}"));
         std::fs::write(a.join(&f), b"x").unwrap();
         assert_eq!(size(&b.join(&f)), Some(1), "round {i}: B caches f");
+        assert_eq!(getxattr(&b.join(&f), "user.k"), None, "round {i}");
+        let value = format!("v{i}");
+        setxattr(&a.join(&f), "user.k", &value);
+        assert_eq!(
+            getxattr(&b.join(&f), "user.k").as_deref(),
+            Some(value.as_str()),
+            "round {i}: B missed A's xattr"
+        );
         std::fs::set_permissions(a.join(&f), std::fs::Permissions::from_mode(0o600)).unwrap();
         let mode = std::fs::metadata(b.join(&f)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600, "round {i}: B saw the mode before A's chmod");
