@@ -247,7 +247,20 @@ fn another_mount_sees_a_change_as_soon_as_the_call_returns() {
         std::fs::remove_file(a.join(&h)).unwrap();
         assert!(!b.join(&h).exists(), "round {i}: B saw the file A removed");
         assert!(!b.join(&g).exists(), "round {i}: B caches g's absence");
+        let listed = |m: &Mount| {
+            let want = format!("g{i}");
+            std::fs::read_dir(m.join("d"))
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_str() == Some(want.as_str()))
+                .count()
+        };
+        assert_eq!(listed(&b), 0, "round {i}");
         std::fs::write(a.join(&g), b"").unwrap();
+        assert_eq!(
+            listed(&b),
+            1,
+            "round {i}: B's listing missed the file A created"
+        );
         assert!(
             b.join(&g).exists(),
             "round {i}: B missed the file A created"
