@@ -453,6 +453,13 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Unlinked files meta still keeps for a holder (`dfs fsck`'s count).
+    pub fn orphans(&self) -> u64 {
+        let doc: serde_json::Value =
+            serde_json::from_str(&self.dfs_ok(&["--json", "fsck"])).expect("fsck's JSON");
+        doc["orphans"].as_u64().expect("fsck counts orphans")
+    }
+
     pub fn status_field(&self, field: &str) -> String {
         let out = self.dfs_ok(&["status"]);
         out.lines()

@@ -279,7 +279,6 @@ impl Coherence {
         let Some(notifier) = self.notifier.get() else {
             return;
         };
-        // ENOENT: the kernel had nothing cached there; nothing to do.
         let (result, kind) = match work {
             Work::Entry(parent, name) => (
                 notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name)),
@@ -295,11 +294,7 @@ impl Coherence {
             }
         };
         self.metrics.invalidations.with_label_values(&[kind]).inc();
-        if let Err(e) = result {
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::debug!(error = %e, kind, "kernel invalidation failed");
-            }
-        }
+        note_failure(result, kind);
     }
 
     fn queue(&self, work: Work) {
@@ -337,10 +332,8 @@ impl Coherence {
         for &(ino, data) in inodes {
             if data {
                 pages.push(ino);
-            } else if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    tracing::debug!(error = %e, "kernel invalidation failed");
-                }
+            } else {
+                note_failure(notifier.inval_inode(INodeNo(ino), -1, 0), "inode");
             }
         }
         if !pages.is_empty() {
@@ -542,6 +535,16 @@ impl Coherence {
             if until > now {
                 self.queue(Work::Inode { ino, data: false });
             }
+        }
+    }
+}
+
+/// Logs a kernel notification that failed; ENOENT only says the kernel had
+/// nothing cached there.
+fn note_failure(result: std::io::Result<()>, kind: &str) {
+    if let Err(e) = result {
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            tracing::debug!(error = %e, kind, "kernel invalidation failed");
         }
     }
 }

@@ -684,13 +684,21 @@ mod tests {
         }
     }
 
+    /// `session`'s stream on `w`, past its hello.
+    async fn watching(
+        w: &Watchers,
+        session: u64,
+    ) -> ReceiverStream<Result<pb::Invalidations, Status>> {
+        let mut s = w.register(session, ROOT_INO);
+        assert!(next(&mut s).await.hello);
+        s
+    }
+
     #[tokio::test]
     async fn changes_go_to_interested_sessions_but_the_origin() {
         let w = watchers();
-        let mut a = w.register(1, ROOT_INO);
-        let mut b = w.register(2, ROOT_INO);
-        assert!(next(&mut a).await.hello);
-        assert!(next(&mut b).await.hello);
+        let mut a = watching(&w, 1).await;
+        let mut b = watching(&w, 2).await;
         w.note(1, [10, 11]);
         w.note(2, [10]);
         // Session 2 renames in directory 10: only session 1 hears of it.
@@ -751,10 +759,8 @@ mod tests {
     #[tokio::test]
     async fn a_change_waits_until_every_told_watcher_applied_it() {
         let w = watchers();
-        let mut a = w.register(1, ROOT_INO);
-        let mut b = w.register(2, ROOT_INO);
-        assert!(next(&mut a).await.hello);
-        assert!(next(&mut b).await.hello);
+        let mut a = watching(&w, 1).await;
+        let mut b = watching(&w, 2).await;
         w.note(1, [10]);
         w.note(2, [10]);
         let delivery = w.publish(3, vec![Change::entry(10, b"x")]);
@@ -783,8 +789,7 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_does_not_apply_a_change_in_time_is_dropped() {
         let w = watchers();
-        let mut a = w.register(1, ROOT_INO);
-        assert!(next(&mut a).await.hello);
+        let mut a = watching(&w, 1).await;
         w.note(1, [10]);
         let start = Instant::now();
         w.publish(0, vec![Change::attrs(10)]).confirmed().await;

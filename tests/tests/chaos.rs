@@ -352,15 +352,11 @@ fn workload_rides_through_node_faults() {
     });
     // Every file is closed: meta keeps no unlinked file for the mount (a
     // leaked orphan holds its chunks, and their space, until unmount).
-    let orphans = |c: &Cluster| -> u64 {
-        let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
-        doc["orphans"].as_u64().unwrap()
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while orphans(&c) > 0 && Instant::now() < deadline {
+    while c.orphans() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let leaked = orphans(&c);
+    let leaked = c.orphans();
     eprintln!("chaos: {leaked} orphans left after every file was closed");
     assert_eq!(
         leaked, 0,

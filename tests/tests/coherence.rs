@@ -186,6 +186,19 @@ fn getxattr(p: &Path, name: &str) -> Option<String> {
         .then(|| String::from_utf8(out.stdout).unwrap())
 }
 
+/// A cluster with metrics and two mounts caching for an hour, both watching.
+fn two_watching_mounts() -> (Cluster, Mount, Mount) {
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let a = c.mount_with("a", HOUR_CACHE);
+    let b = c.mount_with("b", HOUR_CACHE);
+    c.wait_watch(&a, true);
+    c.wait_watch(&b, true);
+    (c, a, b)
+}
+
 fn confirms(c: &Cluster, outcome: &str) -> f64 {
     let page = http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
     dfs_tests::metric_or_zero(
@@ -199,14 +212,7 @@ fn confirms(c: &Cluster, outcome: &str) -> f64 {
 /// wait, no other process in between), never sees what was there before.
 #[test]
 fn another_mount_sees_a_change_as_soon_as_the_call_returns() {
-    let c = Cluster::start(Options {
-        metrics: true,
-        ..Options::default()
-    });
-    let a = c.mount_with("a", HOUR_CACHE);
-    let b = c.mount_with("b", HOUR_CACHE);
-    c.wait_watch(&a, true);
-    c.wait_watch(&b, true);
+    let (c, a, b) = two_watching_mounts();
     std::fs::create_dir(a.join("d")).unwrap();
     for i in 0..40 {
         let (f, g, h) = (format!("d/f{i}"), format!("d/g{i}"), format!("d/h{i}"));
@@ -277,14 +283,7 @@ fn another_mount_sees_a_change_as_soon_as_the_call_returns() {
 /// right after, both see the same names.
 #[test]
 fn two_mounts_changing_one_directory_at_once_confirm_each_other() {
-    let c = Cluster::start(Options {
-        metrics: true,
-        ..Options::default()
-    });
-    let a = c.mount_with("a", HOUR_CACHE);
-    let b = c.mount_with("b", HOUR_CACHE);
-    c.wait_watch(&a, true);
-    c.wait_watch(&b, true);
+    let (c, a, b) = two_watching_mounts();
     std::fs::create_dir(a.join("d")).unwrap();
     assert_eq!(std::fs::read_dir(b.join("d")).unwrap().count(), 0);
     const N: usize = 100;
@@ -338,13 +337,7 @@ fn two_mounts_changing_one_directory_at_once_confirm_each_other() {
 #[test]
 fn a_handle_open_on_another_mount_reads_what_was_just_written() {
     use std::os::unix::fs::FileExt;
-    let c = Cluster::start(Options {
-        metrics: true,
-        ..Options::default()
-    });
-    let a = c.mount_with("a", HOUR_CACHE);
-    let b = c.mount_with("b", HOUR_CACHE);
-    c.wait_watch(&b, true);
+    let (_c, a, b) = two_watching_mounts();
     std::fs::write(a.join("f"), b"old contents").unwrap();
     let fb = std::fs::File::open(b.join("f")).unwrap();
     for round in 0..20u8 {

@@ -582,14 +582,10 @@ fn files_appended_then_removed_leave_no_orphan_behind() {
         drop(f);
         std::fs::remove_file(&path).unwrap();
     }
-    let orphans = |c: &Cluster| -> u64 {
-        let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
-        doc["orphans"].as_u64().unwrap()
-    };
     c.wait_until(
         "every removed file is released",
         Duration::from_secs(30),
-        |c| orphans(c) == 0,
+        |c| c.orphans() == 0,
     );
     assert!(c.dfs_ok(&["--json", "status"]).contains("\"files\":0"));
 }

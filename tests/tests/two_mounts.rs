@@ -10,8 +10,14 @@ use std::os::unix::fs::FileExt;
 use dfs_tests::{Cluster, Options};
 
 fn cluster() -> Cluster {
+    cluster_with(false)
+}
+
+/// 1 MiB chunks; `metrics`: every daemon serves its metrics.
+fn cluster_with(metrics: bool) -> Cluster {
     Cluster::start(Options {
         chunk_size: 1 << 20,
+        metrics,
         ..Options::default()
     })
 }
@@ -159,11 +165,7 @@ fn a_file_another_mount_removes_stays_open_here() {
         .unwrap();
     std::fs::remove_file(a.join("f")).unwrap();
     std::fs::rename(a.join("g2"), a.join("g")).unwrap();
-    let orphans = |c: &Cluster| -> u64 {
-        let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
-        doc["orphans"].as_u64().unwrap()
-    };
-    assert_eq!(orphans(&c), 2, "B's open files are kept for it");
+    assert_eq!(c.orphans(), 2, "B's open files are kept for it");
     assert!(!b.join("f").exists());
     // Long enough for meta's purge (every 250 ms) to delete a file's chunks.
     std::thread::sleep(std::time::Duration::from_secs(1));
@@ -181,7 +183,7 @@ fn a_file_another_mount_removes_stays_open_here() {
     c.wait_until(
         "the last close here releases them",
         std::time::Duration::from_secs(30),
-        |c| orphans(c) == 0,
+        |c| c.orphans() == 0,
     );
     assert!(c.dfs_ok(&["--json", "status"]).contains("\"files\":1"));
 }
@@ -190,11 +192,7 @@ fn a_file_another_mount_removes_stays_open_here() {
 /// learns them again when the mount's watch stream comes back.
 #[test]
 fn a_restarted_meta_still_keeps_a_file_open_elsewhere() {
-    let mut c = Cluster::start(Options {
-        chunk_size: 1 << 20,
-        metrics: true,
-        ..Options::default()
-    });
+    let mut c = cluster_with(true);
     let (a, b) = (c.mount("a"), c.mount("b"));
     std::fs::write(a.join("f"), b"still here").unwrap();
     let fb = std::fs::File::open(b.join("f")).unwrap();
@@ -212,8 +210,7 @@ fn a_restarted_meta_still_keeps_a_file_open_elsewhere() {
         },
     );
     std::fs::remove_file(a.join("f")).unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&c.dfs_ok(&["--json", "fsck"])).unwrap();
-    assert_eq!(doc["orphans"], 1, "{doc}");
+    assert_eq!(c.orphans(), 1);
     let mut got = String::new();
     std::io::Read::read_to_string(&mut &fb, &mut got).unwrap();
     assert_eq!(got, "still here");
@@ -223,11 +220,7 @@ fn a_restarted_meta_still_keeps_a_file_open_elsewhere() {
 /// nothing stays counted open to be kept for it later.
 #[test]
 fn files_closed_on_a_mount_are_not_open_on_meta() {
-    let c = Cluster::start(Options {
-        chunk_size: 1 << 20,
-        metrics: true,
-        ..Options::default()
-    });
+    let c = cluster_with(true);
     let b = c.mount("b");
     for i in 0..40 {
         let p = b.join(&format!("f{i}"));
