@@ -347,6 +347,11 @@ impl DfsFs {
         if let Some(attr) = self.coherence().known_attr(ino) {
             return Ok(self.overlay(attr).await);
         }
+        // A file created here early is on meta only once its create lands;
+        // if meta refused it, the kernel's open of it fails EIO, not ENOENT.
+        if let Some(file) = self.open_file(ino) {
+            file.lock().await.landed().await?;
+        }
         let ticket = self.coherence().ticket();
         let reply = self
             .meta()

@@ -177,7 +177,7 @@ impl OpenFile {
 
     /// Waits until meta has this file, if it was created early; fails (EIO)
     /// for good if meta refused the create.
-    async fn landed(&mut self) -> FsResult<()> {
+    pub async fn landed(&mut self) -> FsResult<()> {
         if let Some(landing) = self.landing.as_mut() {
             landing.wait().await?;
             self.landing = None;
