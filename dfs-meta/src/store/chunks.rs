@@ -21,8 +21,21 @@ pub struct ChunkEntry {
     pub stored_len: u64,
     pub crc32c: u32,
     pub valid_len: u64,
-    /// (node id, address, node currently up), up nodes first.
+    /// (node id, address, node currently up), in the order readers should
+    /// try them (`reading_order`).
     pub replicas: Vec<(u64, String, bool)>,
+}
+
+/// Up nodes first; among them, each chunk starts at another one (by its id),
+/// so a file's readers spread over its nodes instead of all asking the
+/// node that happens to come first, and a chunk is always read from the
+/// same node while its replicas stay (that node's page cache keeps it).
+fn reading_order(chunk_id: u64, replicas: &mut [(u64, String, bool)]) {
+    replicas.sort_by_key(|r| (!r.2, r.0));
+    let up = replicas.iter().take_while(|r| r.2).count();
+    if up > 1 {
+        replicas[..up].rotate_left((chunk_id % up as u64) as usize);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +127,7 @@ impl Store {
             }
         }
         for c in &mut chunks {
-            c.replicas.sort_by_key(|r| !r.2);
+            reading_order(c.chunk_id, &mut c.replicas);
         }
         Ok(ChunkMap {
             inode,
@@ -680,4 +693,37 @@ fn placeholders(n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reading_order;
+
+    fn order(chunk_id: u64, replicas: &[(u64, bool)]) -> Vec<u64> {
+        let mut r: Vec<(u64, String, bool)> = replicas
+            .iter()
+            .map(|&(n, up)| (n, format!("node{n}"), up))
+            .collect();
+        reading_order(chunk_id, &mut r);
+        r.iter().map(|r| r.0).collect()
+    }
+
+    #[test]
+    fn readers_of_consecutive_chunks_start_at_different_up_nodes() {
+        let nodes = [(3, true), (1, true), (2, true)];
+        let firsts: Vec<u64> = (10..13).map(|id| order(id, &nodes)[0]).collect();
+        let mut distinct = firsts.clone();
+        distinct.sort();
+        assert_eq!(distinct, vec![1, 2, 3], "{firsts:?}");
+        assert_eq!(order(10, &nodes), order(10, &nodes), "stable per chunk");
+    }
+
+    #[test]
+    fn down_nodes_come_last_whatever_the_chunk() {
+        for id in 0..6 {
+            let o = order(id, &[(1, false), (2, true), (3, true)]);
+            assert_eq!(o[2], 1, "chunk {id}: {o:?}");
+        }
+        assert_eq!(order(7, &[(1, false), (2, true)]), vec![2, 1]);
+    }
 }
