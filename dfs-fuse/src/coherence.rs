@@ -217,6 +217,23 @@ impl Coherence {
         self.learn(ticket, |c| c.put_attr(attr), |c| c.forget_attr(attr.ino));
     }
 
+    /// Meta gave a file's chunk map (and its attributes).
+    pub fn learned_map(&self, ticket: Ticket, map: &pb::GetChunksReply) {
+        let Some(ino) = map.attr.as_ref().map(|a| a.ino) else {
+            return;
+        };
+        self.learn(ticket, |c| c.put_map(map), |c| c.forget_attr(ino));
+    }
+
+    /// The chunk map of `ino` as meta last gave it, if nothing has changed
+    /// the file since (see `metacache.rs`).
+    pub fn known_map(&self, ino: u64) -> Option<(Arc<pb::GetChunksReply>, pb::Attr)> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.cache().map(ino)
+    }
+
     /// `dir` holds exactly `names`.
     pub fn learned_listing(&self, ticket: Ticket, dir: u64, names: HashSet<Vec<u8>>) {
         self.learn(

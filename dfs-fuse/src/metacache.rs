@@ -4,6 +4,9 @@
 //! directories whose every name is known ("complete": made here, or listed
 //! whole), in which a name not known is answered "no such file" at once.
 //!
+//! Chunk maps of small files ride along: an open of a file whose map is here
+//! (with its attributes, at the same content version) needs no GetChunks.
+//!
 //! It is only as good as meta's invalidations: `coherence.rs` keeps it only
 //! while the watch stream is live, empties it whenever the stream breaks, and
 //! drops what each invalidation names. Nothing in it is older than
@@ -11,6 +14,7 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dfs_proto::pb;
@@ -21,6 +25,13 @@ const ITEMS: usize = 256 * 1024;
 /// Complete directories kept, and the names they may hold together.
 const COMPLETE_DIRS: usize = 4096;
 const COMPLETE_NAMES: usize = 1 << 20;
+/// Chunk maps kept, of files of at most `MAP_CHUNKS` chunks: small files are
+/// those whose open a round trip costs most.
+const MAPS: usize = 32 * 1024;
+const MAP_CHUNKS: usize = 4;
+/// A map is not used past this age whatever `max_age` is: its read tokens
+/// expire (10 minutes after meta issued them).
+const MAP_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// What the cache knows about a name.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +47,8 @@ pub struct MetaCache {
     attrs: LruCache<u64, (pb::Attr, Instant)>,
     complete: LruCache<u64, (HashSet<Vec<u8>>, Instant)>,
     complete_names: usize,
+    /// A file's chunk map and attributes as meta last gave them.
+    maps: LruCache<u64, (Arc<pb::GetChunksReply>, Instant)>,
 }
 
 fn lru<K: std::hash::Hash + Eq, V>(n: usize) -> LruCache<K, V> {
@@ -50,6 +63,7 @@ impl MetaCache {
             attrs: lru(ITEMS),
             complete: lru(COMPLETE_DIRS),
             complete_names: 0,
+            maps: lru(MAPS),
         }
     }
 
@@ -62,6 +76,7 @@ impl MetaCache {
         self.attrs.clear();
         self.complete.clear();
         self.complete_names = 0;
+        self.maps.clear();
     }
 
     pub fn attr(&mut self, ino: u64) -> Option<pb::Attr> {
@@ -194,12 +209,40 @@ impl MetaCache {
 
     pub fn forget_attr(&mut self, ino: u64) {
         self.attrs.pop(&ino);
+        self.maps.pop(&ino);
     }
 
     /// `ino` is gone (a removed directory): its listing too.
     pub fn forget_inode(&mut self, ino: u64) {
-        self.attrs.pop(&ino);
+        self.forget_attr(ino);
         self.forget_complete(ino);
+    }
+
+    /// Keeps a small file's chunk map, and its attributes as the map's.
+    pub fn put_map(&mut self, map: &pb::GetChunksReply) {
+        let Some(attr) = &map.attr else { return };
+        if map.chunks.len() > MAP_CHUNKS {
+            self.maps.pop(&attr.ino);
+            return;
+        }
+        self.put_attr(attr);
+        self.maps
+            .put(attr.ino, (Arc::new(map.clone()), Instant::now()));
+    }
+
+    /// The chunk map of `ino` with its current attributes, if the map is
+    /// fresh and of the content those attributes describe (a later change
+    /// of the content, here or anywhere, left other attributes or none; one
+    /// of only the mode, owner, times or flags, made here, left these).
+    pub fn map(&mut self, ino: u64) -> Option<(Arc<pb::GetChunksReply>, pb::Attr)> {
+        let attr = self.attr(ino)?;
+        let max_age = self.max_age.min(MAP_MAX_AGE);
+        let (map, t) = self.maps.get(&ino)?;
+        let same = map
+            .attr
+            .as_ref()
+            .is_some_and(|a| (a.version, a.size) == (attr.version, attr.size));
+        (same && t.elapsed() < max_age).then(|| (map.clone(), attr))
     }
 }
 
@@ -253,5 +296,58 @@ mod tests {
         assert_eq!(c.lookup(1, b"a"), None);
         assert_eq!(c.lookup(2, b"a"), None);
         assert_eq!(c.attr(5), None);
+    }
+
+    fn map(ino: u64, version: u64, chunks: usize) -> pb::GetChunksReply {
+        pb::GetChunksReply {
+            attr: Some(pb::Attr {
+                version,
+                size: 10,
+                ..attr(ino)
+            }),
+            chunk_size: 1 << 22,
+            chunks: (0..chunks as u64)
+                .map(|index| pb::ChunkRef {
+                    index,
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_map_serves_only_the_content_its_attributes_describe() {
+        let mut c = MetaCache::new(Duration::from_secs(30));
+        c.put_map(&map(5, 3, 1));
+        assert_eq!(c.map(5).map(|(m, _)| m.chunks.len()), Some(1));
+        assert_eq!(c.attr(5).map(|a| a.version), Some(3), "its attributes too");
+        // A chmod made here: the map stands, with the new mode.
+        c.put_attr(&pb::Attr {
+            version: 3,
+            size: 10,
+            mode: 0o600,
+            ctime: Some(pb::Timespec { sec: 1, nsec: 0 }),
+            ..attr(5)
+        });
+        assert_eq!(c.map(5).map(|(_, a)| a.mode), Some(0o600));
+        // The content changed (a later version's attributes came in).
+        c.put_attr(&pb::Attr {
+            version: 4,
+            size: 10,
+            ctime: Some(pb::Timespec { sec: 2, nsec: 0 }),
+            ..attr(5)
+        });
+        assert!(c.map(5).is_none(), "a map of an older version");
+        // An invalidation drops it with the attributes.
+        c.put_map(&map(5, 4, 1));
+        assert!(c.map(5).is_some());
+        c.forget_attr(5);
+        assert!(c.map(5).is_none());
+        // Large files' maps are not kept.
+        c.put_map(&map(6, 1, MAP_CHUNKS + 1));
+        assert!(c.map(6).is_none());
+        c.put_map(&map(7, 1, 1));
+        c.clear();
+        assert!(c.map(7).is_none());
     }
 }

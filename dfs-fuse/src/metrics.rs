@@ -29,6 +29,7 @@ pub struct FuseMetrics {
     pub watch_live: IntGauge,
     pub deferred_unlinks: IntCounterVec,
     pub deferred_creates: IntCounterVec,
+    pub open_maps: IntCounterVec,
 }
 
 impl FuseMetrics {
@@ -139,6 +140,14 @@ impl FuseMetrics {
                 &["outcome"],
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            open_maps: IntCounterVec::new(
+                Opts::new(
+                    "dfs_fuse_open_maps_total",
+                    "files opened (first handle here), by where their chunk map came from (cache, meta)",
+                ),
+                &["source"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.cache_hits.clone()),
@@ -162,6 +171,7 @@ impl FuseMetrics {
             Box::new(m.watch_live.clone()),
             Box::new(m.deferred_unlinks.clone()),
             Box::new(m.deferred_creates.clone()),
+            Box::new(m.open_maps.clone()),
         ];
         register_all(&m.registry, all);
         m

@@ -154,12 +154,27 @@ pub struct AttrChange {
 impl OpenFile {
     /// Opens with a fresh chunk map from meta (close-to-open consistency).
     pub async fn load(io: &Io, ino: u64) -> FsResult<OpenFile> {
+        let ticket = io.coherence.ticket();
         let map = io.files.get_chunks(ino).await?;
+        io.coherence.learned_map(ticket, &map);
         let attr = map.attr.unwrap_or(pb::Attr {
             ino,
             ..Default::default()
         });
         Ok(OpenFile::from_map(io, &attr, map.chunk_size, map.chunks))
+    }
+
+    /// The file from the chunk map this mount holds for it, when nothing
+    /// changed it since meta gave the map (`Coherence::known_map`): an open
+    /// without a round trip.
+    pub fn cached(io: &Io, ino: u64) -> Option<OpenFile> {
+        let (map, attr) = io.coherence.known_map(ino)?;
+        Some(OpenFile::from_map(
+            io,
+            &attr,
+            map.chunk_size,
+            map.chunks.clone(),
+        ))
     }
 
     /// A file this mount just created: empty, so no chunk map to fetch.
@@ -641,8 +656,8 @@ impl OpenFile {
             attrs: self.held_attrs.as_ref().map(|h| h.changes),
         };
         let map = io.files.commit_write(request).await;
-        match map.as_ref().ok().and_then(|m| m.attr.as_ref()) {
-            Some(attr) => io.coherence.learned_attr(ticket, attr),
+        match map.as_ref().ok().filter(|m| m.attr.is_some()) {
+            Some(map) => io.coherence.learned_map(ticket, map),
             None => io.coherence.forget_attr(self.ino),
         }
         io.coherence.mutated();

@@ -1,14 +1,21 @@
-//! Tells meta which files this mount's last handle closed, and, once a new
-//! watch stream is live (meta may have restarted and forgotten), which files
-//! it has open. Meta keeps a file another client removes while this mount
-//! has it open, held by this mount's session, until it hears the file closed
-//! here (meta's `open_files.rs`); meta learns of opens itself (GetChunks,
-//! CommitWrite).
+//! Tells meta which files this mount opened without asking it (from a chunk
+//! map it held: `OpenFile::cached`) and which its last handle closed, and,
+//! once a new watch stream is live (meta may have restarted and forgotten),
+//! which files it has open. Meta keeps a file another client removes while
+//! this mount has it open, held by this mount's session, until it hears the
+//! file closed here (meta's `open_files.rs`); meta learns of the other opens
+//! itself (GetChunks, CommitWrite, Create).
 //!
-//! Closes go in batches (`BATCH_WAIT`), off the close's path. A file opened
-//! again before its close went out takes the close back; one opened while
-//! its close is on its way waits for it, so meta never hears "closed" after
-//! the new open.
+//! Both go in batches (`BATCH_WAIT`), off the open's and the close's path. A
+//! file opened and closed again before its open went out is never told; one
+//! opened again before its close went out takes the close back; one opened
+//! while its close is on its way waits for it, so meta never hears "closed"
+//! after the new open.
+//!
+//! So a file opened from a held map counts as open on meta up to
+//! `BATCH_WAIT` and a round trip late: another client that removes it in
+//! that moment removes it for good, and a read here then finds its data only
+//! where this mount cached it or until the nodes delete it.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -31,7 +38,11 @@ pub struct OpenReport {
 
 #[derive(Default)]
 struct State {
+    /// Closes not yet sent.
     pending: HashSet<u64>,
+    /// Opens meta has not heard of, not yet sent.
+    opened: HashSet<u64>,
+    /// Closes on their way.
     in_flight: HashSet<u64>,
 }
 
@@ -42,55 +53,68 @@ impl OpenReport {
 
     /// The last handle on `ino` here closed.
     pub fn closed(&self, ino: u64) {
-        self.state().pending.insert(ino);
+        let mut state = self.state();
+        // Opened and closed before meta heard of it: nothing to tell.
+        if !state.opened.remove(&ino) {
+            state.pending.insert(ino);
+            self.wake.notify_one();
+        }
+    }
+
+    /// `ino` was opened here without meta hearing of it.
+    pub fn opened(&self, ino: u64) {
+        self.state().opened.insert(ino);
         self.wake.notify_one();
     }
 
     /// Before `ino` is opened here again (its first handle): a close not
-    /// yet sent is taken back, one on its way is waited for.
-    pub async fn reopening(&self, ino: u64) {
+    /// yet sent is taken back (true: meta still counts the file open), one
+    /// on its way is waited for.
+    pub async fn reopening(&self, ino: u64) -> bool {
         loop {
             let flown = self.flown.notified();
             tokio::pin!(flown);
             flown.as_mut().enable();
             {
                 let mut state = self.state();
-                if state.pending.remove(&ino) || !state.in_flight.contains(&ino) {
-                    return;
+                if state.pending.remove(&ino) {
+                    return true;
+                }
+                if !state.in_flight.contains(&ino) {
+                    return false;
                 }
             }
             flown.await;
         }
     }
 
-    /// Sends the closes as they come, until the mount stops. A close goes
-    /// after the file's create answered early (`deferred`): meta would
-    /// count the create as an open after the close.
+    /// Sends the opens and closes as they come, until the mount stops. A
+    /// close goes after the file's create answered early (`deferred`): meta
+    /// would count the create as an open after the close.
     pub async fn run(&self, meta: dfs_client::Meta, deferred: &crate::deferred::Deferred) {
         loop {
             self.wake.notified().await;
             tokio::time::sleep(BATCH_WAIT).await;
-            let closed: Vec<u64> = {
+            let (opened, closed): (Vec<u64>, Vec<u64>) = {
                 let mut state = self.state();
                 let pending = std::mem::take(&mut state.pending);
                 state.in_flight.clone_from(&pending);
-                pending.into_iter().collect()
+                let opened = std::mem::take(&mut state.opened);
+                (opened.into_iter().collect(), pending.into_iter().collect())
             };
             for ino in &closed {
                 deferred.settled_ino(*ino).await;
             }
-            if !closed.is_empty() {
+            if !closed.is_empty() || !opened.is_empty() {
                 let sent = meta
                     .clone()
-                    .open_files(pb::OpenFilesRequest {
-                        opened: Vec::new(),
-                        closed,
-                    })
+                    .open_files(pb::OpenFilesRequest { opened, closed })
                     .await;
                 if let Err(e) = sent {
-                    // Meta goes on believing them open: one another client
-                    // removes is kept until this session ends.
-                    tracing::warn!(error = %e, "cannot tell meta which files closed");
+                    // Meta goes on believing closed files open: one another
+                    // client removes is kept until this session ends; opens
+                    // it missed, until the next watch stream's announce.
+                    tracing::warn!(error = %e, "cannot tell meta which files opened or closed");
                 }
             }
             self.state().in_flight.clear();
@@ -120,6 +144,28 @@ impl OpenReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_open_closed_before_its_batch_went_is_never_told() {
+        let r = OpenReport::default();
+        r.opened(7);
+        r.opened(9);
+        r.closed(7);
+        let s = r.state();
+        assert_eq!(s.opened, HashSet::from([9]), "9 goes in the batch");
+        assert!(
+            s.pending.is_empty(),
+            "no close of 7: meta never heard of it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reopen_says_whether_meta_still_counts_the_file_open() {
+        let r = OpenReport::default();
+        r.closed(7);
+        assert!(r.reopening(7).await, "its close was taken back");
+        assert!(!r.reopening(8).await, "never told, or told closed");
+    }
 
     #[tokio::test]
     async fn a_reopen_takes_back_a_close_not_yet_sent_and_waits_for_one_on_its_way() {

@@ -359,3 +359,34 @@ fn a_handle_open_on_another_mount_reads_what_was_just_written() {
         assert_eq!(&seen[3..], b" contents");
     }
 }
+
+/// An open from the chunk map a mount holds (no GetChunks) never reads
+/// content another mount replaced: the writer's close drops the map here
+/// before it returns, even when the new content has the old size.
+#[test]
+fn an_open_from_a_held_map_reads_what_another_mount_just_wrote() {
+    let (_c, a, b) = two_watching_mounts();
+    let from_cache = || {
+        let page = http_get(b.metrics.as_ref().unwrap(), "/metrics");
+        dfs_tests::metric_or_zero(&page, "dfs_fuse_open_maps_total{source=\"cache\"}")
+    };
+    let (fa, fb) = (a.join("f"), b.join("f"));
+    std::fs::write(&fa, "round 00").unwrap();
+    assert_eq!(std::fs::read_to_string(&fb).unwrap(), "round 00");
+    let before = from_cache();
+    for round in 1..=20 {
+        let text = format!("round {round:02}");
+        std::fs::write(&fa, &text).unwrap();
+        assert_eq!(std::fs::read_to_string(&fb).unwrap(), text, "round {round}");
+        // A's release (after its close returned) may still change the
+        // file's times, which drops B's map again: let it land.
+        std::thread::sleep(Duration::from_millis(100));
+        // Nothing changed since: B opens it from the map it holds.
+        assert_eq!(std::fs::read_to_string(&fb).unwrap(), text, "round {round}");
+    }
+    assert!(
+        from_cache() >= before + 10.0,
+        "B's second opens used its held map ({} of 20)",
+        from_cache() - before
+    );
+}

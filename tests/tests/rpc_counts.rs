@@ -86,8 +86,11 @@ fn small_file_operations_make_few_round_trips() {
     }
     let t5 = calls(&m);
     let (read, total) = per_file(&t4, &t5);
-    // Open always fetches a fresh chunk map (close-to-open).
-    assert!(total < 1.1, "read: {total:.2} calls per file: {read:?}");
+    // The chunk maps this mount's own commits returned are still good (no
+    // invalidation came): the opens need no GetChunks, and meta hears of
+    // them in batches, those closed before their batch left not at all.
+    assert!(!read.contains_key("GetChunks"), "read: {read:?}");
+    assert!(total < 0.3, "read: {total:.2} calls per file: {read:?}");
 
     let t6 = calls(&m);
     for p in &paths {

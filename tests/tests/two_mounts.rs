@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
-use dfs_tests::{Cluster, Options};
+use dfs_tests::{Cluster, Mount, Options};
 
 fn cluster() -> Cluster {
     cluster_with(false)
@@ -186,6 +186,55 @@ fn a_file_another_mount_removes_stays_open_here() {
         |c| c.orphans() == 0,
     );
     assert!(c.dfs_ok(&["--json", "status"]).contains("\"files\":1"));
+}
+
+/// An open from a chunk map the mount held (no GetChunks) reaches meta in
+/// the next batch of opens: from then on a removal elsewhere keeps the file.
+#[test]
+fn a_file_opened_from_a_held_map_is_kept_when_another_mount_removes_it() {
+    use std::io::Read;
+    let c = cluster_with(true);
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    c.wait_watch(&b, true);
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(a.join("f"), &data).unwrap();
+    let open_on_meta = |c: &Cluster| {
+        let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+        dfs_tests::metric_value(&page, "dfs_meta_open_files")
+    };
+    // B's first open fetches the map and keeps it; its second, once meta
+    // heard of the close, uses the map and tells meta in a batch.
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), data);
+    c.wait_until(
+        "meta heard of B's close",
+        std::time::Duration::from_secs(10),
+        |c| open_on_meta(c) == 0.0,
+    );
+    let from_cache = |m: &Mount| {
+        let page = dfs_tests::http_get(m.metrics.as_ref().unwrap(), "/metrics");
+        dfs_tests::metric_or_zero(&page, "dfs_fuse_open_maps_total{source=\"cache\"}")
+    };
+    let before = from_cache(&b);
+    let fb = std::fs::File::open(b.join("f")).unwrap();
+    assert_eq!(from_cache(&b), before + 1.0, "B opened f from its held map");
+    c.wait_until(
+        "meta heard of B's open",
+        std::time::Duration::from_secs(10),
+        |c| open_on_meta(c) == 1.0,
+    );
+    std::fs::remove_file(a.join("f")).unwrap();
+    assert_eq!(c.orphans(), 1, "B's open file is kept for it");
+    // Long enough for meta's purge (every 250 ms) to delete a file's chunks.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut got = Vec::new();
+    (&fb).read_to_end(&mut got).unwrap();
+    assert!(got == data, "B reads the whole removed file");
+    drop(fb);
+    c.wait_until(
+        "B's close releases it",
+        std::time::Duration::from_secs(30),
+        |c| c.orphans() == 0,
+    );
 }
 
 /// Meta keeps which files a mount has open in memory: a restarted meta
