@@ -841,6 +841,12 @@ pub fn try_http_get(addr: &str, path_and_query: &str) -> Result<String, String> 
     }
 }
 
+/// Drops the kernel's page, dentry and inode caches (root): what a mount
+/// answers next comes from its own caches or from meta.
+pub fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
+}
+
 /// The value of a series in a Prometheus text page, 0 when it is absent (a
 /// labelled counter appears only once its label set has been counted).
 pub fn metric_or_zero(page: &str, name: &str) -> f64 {

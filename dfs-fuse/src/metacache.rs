@@ -29,9 +29,9 @@ const COMPLETE_NAMES: usize = 1 << 20;
 /// those whose open a round trip costs most.
 const MAPS: usize = 32 * 1024;
 const MAP_CHUNKS: usize = 4;
-/// A map is not used past this age whatever `max_age` is: its read tokens
-/// expire (10 minutes after meta issued them).
-const MAP_MAX_AGE: Duration = Duration::from_secs(60);
+/// A map is not used past this age, however fresh its file's attributes:
+/// its read tokens expire (10 minutes after meta issued them).
+const MAP_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// What the cache knows about a name.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,28 +221,29 @@ impl MetaCache {
     /// Keeps a small file's chunk map, and its attributes as the map's.
     pub fn put_map(&mut self, map: &pb::GetChunksReply) {
         let Some(attr) = &map.attr else { return };
+        self.put_attr(attr);
         if map.chunks.len() > MAP_CHUNKS {
             self.maps.pop(&attr.ino);
-            return;
+        } else {
+            self.maps
+                .put(attr.ino, (Arc::new(map.clone()), Instant::now()));
         }
-        self.put_attr(attr);
-        self.maps
-            .put(attr.ino, (Arc::new(map.clone()), Instant::now()));
     }
 
-    /// The chunk map of `ino` with its current attributes, if the map is
-    /// fresh and of the content those attributes describe (a later change
-    /// of the content, here or anywhere, left other attributes or none; one
-    /// of only the mode, owner, times or flags, made here, left these).
+    /// The chunk map of `ino` with its current attributes, if those are
+    /// fresh and describe the map's content (a later change of the content,
+    /// here or anywhere, left other attributes or none; one of only the
+    /// mode, owner, times or flags, made here, left these). Fresh attributes
+    /// of the same content version vouch for an older map: every change of
+    /// the content moves the version.
     pub fn map(&mut self, ino: u64) -> Option<(Arc<pb::GetChunksReply>, pb::Attr)> {
         let attr = self.attr(ino)?;
-        let max_age = self.max_age.min(MAP_MAX_AGE);
         let (map, t) = self.maps.get(&ino)?;
         let same = map
             .attr
             .as_ref()
             .is_some_and(|a| (a.version, a.size) == (attr.version, attr.size));
-        (same && t.elapsed() < max_age).then(|| (map.clone(), attr))
+        (same && t.elapsed() < MAP_MAX_AGE).then(|| (map.clone(), attr))
     }
 }
 
@@ -343,9 +344,10 @@ mod tests {
         assert!(c.map(5).is_some());
         c.forget_attr(5);
         assert!(c.map(5).is_none());
-        // Large files' maps are not kept.
+        // Large files' maps are not kept (their attributes are).
         c.put_map(&map(6, 1, MAP_CHUNKS + 1));
         assert!(c.map(6).is_none());
+        assert!(c.attr(6).is_some());
         c.put_map(&map(7, 1, 1));
         c.clear();
         assert!(c.map(7).is_none());

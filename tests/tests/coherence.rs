@@ -390,3 +390,28 @@ fn an_open_from_a_held_map_reads_what_another_mount_just_wrote() {
         from_cache() - before
     );
 }
+
+/// A file written here past the chunk maps the mount keeps (more than 4
+/// chunks, over several commits) shows its whole size and content here
+/// afterwards, from the mount's own cache too (the kernel's dropped).
+#[test]
+fn a_large_file_written_here_shows_its_last_commit() {
+    let c = Cluster::start(Options {
+        chunk_size: 1 << 20,
+        metrics: true,
+        ..Options::default()
+    });
+    let m = c.mount_with("m", HOUR_CACHE);
+    c.wait_watch(&m, true);
+    let data: Vec<u8> = (0..(9 << 20) + 123u32).map(|i| (i % 253) as u8).collect();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(m.join("big")).unwrap();
+        for piece in data.chunks(1 << 20) {
+            f.write_all(piece).unwrap();
+        }
+    }
+    dfs_tests::drop_kernel_caches();
+    assert_eq!(size(&m.join("big")), Some(data.len() as u64));
+    assert!(std::fs::read(m.join("big")).unwrap() == data, "the content");
+}

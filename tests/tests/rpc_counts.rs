@@ -44,10 +44,6 @@ fn per_file(
     (by, total)
 }
 
-fn drop_kernel_caches() {
-    std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
-}
-
 #[test]
 fn small_file_operations_make_few_round_trips() {
     let c = Cluster::start(Options {
@@ -70,7 +66,7 @@ fn small_file_operations_make_few_round_trips() {
     // a name in a directory made here needs no lookup.
     assert!(total < 2.5, "create: {total:.2} calls per file: {create:?}");
 
-    drop_kernel_caches();
+    dfs_tests::drop_kernel_caches();
     let t2 = calls(&m);
     for p in &paths {
         assert_eq!(std::fs::metadata(p).unwrap().len(), 4096);
@@ -79,7 +75,7 @@ fn small_file_operations_make_few_round_trips() {
     let (stat, total) = per_file(&t2, &t3);
     assert!(total < 0.1, "stat: {total:.2} calls per file: {stat:?}");
 
-    drop_kernel_caches();
+    dfs_tests::drop_kernel_caches();
     let t4 = calls(&m);
     for p in &paths {
         assert_eq!(std::fs::read(p).unwrap(), [7u8; 4096]);
@@ -120,7 +116,7 @@ fn stats_after_the_cache_expired_list_the_directory_once() {
     }
     // Past the mount's and the kernel's cache time.
     std::thread::sleep(Duration::from_millis(2500));
-    drop_kernel_caches();
+    dfs_tests::drop_kernel_caches();
     let t0 = calls(&m);
     for (i, p) in paths.iter().enumerate() {
         assert_eq!(std::fs::metadata(p).unwrap().len(), i as u64);
