@@ -806,10 +806,11 @@ impl DfsFs {
                 let meta_counts_it_open = self.open_report.reopening(ino).await;
                 // A map this mount holds saves the round trip; meta then
                 // hears of the open in the next batch (`open_report.rs`).
-                let (loaded, source) = match OpenFile::cached(&self.io, ino) {
-                    Some(f) => (f, "cache"),
-                    None => (OpenFile::load(&self.io, ino).await?, "meta"),
+                let (loaded, held_map) = match OpenFile::cached(&self.io, ino) {
+                    Some(f) => (f, true),
+                    None => (OpenFile::load(&self.io, ino).await?, false),
                 };
+                let source = if held_map { "cache" } else { "meta" };
                 self.io.metrics.open_maps.with_label_values(&[source]).inc();
                 let loaded = Arc::new(AsyncMutex::new(loaded));
                 let mut files = lock(&self.files);
@@ -818,7 +819,7 @@ impl DfsFs {
                     Some(f) => (f, false),
                     None => {
                         files.insert(ino, Arc::downgrade(&loaded));
-                        if source == "cache" && !meta_counts_it_open {
+                        if held_map && !meta_counts_it_open {
                             self.open_report.opened(ino);
                         }
                         (loaded, false)
