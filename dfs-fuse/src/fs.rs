@@ -804,9 +804,14 @@ impl DfsFs {
             Some(f) => (f, true),
             None => {
                 let meta_counts_it_open = self.open_report.reopening(ino).await;
-                // A map this mount holds saves the round trip; meta then
-                // hears of the open in the next batch (`open_report.rs`).
-                let (loaded, held_map) = match OpenFile::cached(&self.io, ino) {
+                // For reading, a map this mount holds saves the round trip;
+                // meta then hears of the open in the next batch
+                // (`open_report.rs`). A writer asks meta, which counts the
+                // file open at once: if another client removes it, the
+                // writer's commits still land (on the orphan).
+                let reading = open_flags & libc::O_ACCMODE == libc::O_RDONLY;
+                let held = reading.then(|| OpenFile::cached(&self.io, ino)).flatten();
+                let (loaded, held_map) = match held {
                     Some(f) => (f, true),
                     None => (OpenFile::load(&self.io, ino).await?, false),
                 };

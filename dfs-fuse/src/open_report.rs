@@ -1,5 +1,6 @@
-//! Tells meta which files this mount opened without asking it (from a chunk
-//! map it held: `OpenFile::cached`) and which its last handle closed, and,
+//! Tells meta which files this mount opened for reading without asking it
+//! (from a chunk map it held: `OpenFile::cached`) and which its last handle
+//! closed, and,
 //! once a new watch stream is live (meta may have restarted and forgotten),
 //! which files it has open. Meta keeps a file another client removes while
 //! this mount has it open, held by this mount's session, until it hears the
@@ -15,7 +16,8 @@
 //! So a file opened from a held map counts as open on meta up to
 //! `BATCH_WAIT` and a round trip late: another client that removes it in
 //! that moment removes it for good, and a read here then finds its data only
-//! where this mount cached it or until the nodes delete it.
+//! where this mount cached it or until the nodes delete it. (A writer's open
+//! asks meta: its commits must find the file.)
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -237,6 +237,45 @@ fn a_file_opened_from_a_held_map_is_kept_when_another_mount_removes_it() {
     );
 }
 
+/// A writer's open always asks meta, which counts the file open at once: a
+/// removal elsewhere right after keeps it, and the writer's data lands.
+#[test]
+fn a_file_opened_for_writing_is_kept_when_another_mount_removes_it_at_once() {
+    let c = cluster_with(true);
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    c.wait_watch(&b, true);
+    std::fs::write(a.join("f"), b"first").unwrap();
+    // B holds the file's map, and meta heard B's close.
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), b"first");
+    c.wait_until(
+        "meta heard of B's close",
+        std::time::Duration::from_secs(10),
+        |c| {
+            let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+            dfs_tests::metric_value(&page, "dfs_meta_open_files") == 0.0
+        },
+    );
+    let fb = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.join("f"))
+        .unwrap();
+    std::fs::remove_file(a.join("f")).unwrap();
+    // Long enough for meta's purge (every 250 ms) to delete a removed file.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    fb.write_all_at(b"FIRST and more", 0).unwrap();
+    fb.sync_all().expect("B's fsync of the file A removed");
+    let mut back = vec![0u8; 14];
+    fb.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, b"FIRST and more");
+    drop(fb);
+    c.wait_until(
+        "B's close releases it",
+        std::time::Duration::from_secs(30),
+        |c| c.orphans() == 0,
+    );
+}
+
 /// Meta keeps which files a mount has open in memory: a restarted meta
 /// learns them again when the mount's watch stream comes back.
 #[test]
