@@ -847,6 +847,16 @@ pub fn drop_kernel_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
 }
 
+/// How many files `m` opened from a chunk map it held, without asking meta
+/// (`dfs_fuse_open_maps_total{source="cache"}`).
+pub fn opens_from_held_maps(m: &Mount) -> f64 {
+    let page = http_get(
+        m.metrics.as_ref().expect("mounted with metrics"),
+        "/metrics",
+    );
+    metric_or_zero(&page, "dfs_fuse_open_maps_total{source=\"cache\"}")
+}
+
 /// The value of a series in a Prometheus text page, 0 when it is absent (a
 /// labelled counter appears only once its label set has been counted).
 pub fn metric_or_zero(page: &str, name: &str) -> f64 {

@@ -366,10 +366,7 @@ fn a_handle_open_on_another_mount_reads_what_was_just_written() {
 #[test]
 fn an_open_from_a_held_map_reads_what_another_mount_just_wrote() {
     let (_c, a, b) = two_watching_mounts();
-    let from_cache = || {
-        let page = http_get(b.metrics.as_ref().unwrap(), "/metrics");
-        dfs_tests::metric_or_zero(&page, "dfs_fuse_open_maps_total{source=\"cache\"}")
-    };
+    let from_cache = || dfs_tests::opens_from_held_maps(&b);
     let (fa, fb) = (a.join("f"), b.join("f"));
     std::fs::write(&fa, "round 00").unwrap();
     assert_eq!(std::fs::read_to_string(&fb).unwrap(), "round 00");

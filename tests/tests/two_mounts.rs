@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
-use dfs_tests::{Cluster, Mount, Options};
+use dfs_tests::{Cluster, Options};
 
 fn cluster() -> Cluster {
     cluster_with(false)
@@ -20,6 +20,12 @@ fn cluster_with(metrics: bool) -> Cluster {
         metrics,
         ..Options::default()
     })
+}
+
+/// How many files meta counts open (`dfs_meta_open_files`).
+fn open_on_meta(c: &Cluster) -> f64 {
+    let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+    dfs_tests::metric_value(&page, "dfs_meta_open_files")
 }
 
 #[test]
@@ -198,10 +204,6 @@ fn a_file_opened_from_a_held_map_is_kept_when_another_mount_removes_it() {
     c.wait_watch(&b, true);
     let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 241) as u8).collect();
     std::fs::write(a.join("f"), &data).unwrap();
-    let open_on_meta = |c: &Cluster| {
-        let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
-        dfs_tests::metric_value(&page, "dfs_meta_open_files")
-    };
     // B's first open fetches the map and keeps it; its second, once meta
     // heard of the close, uses the map and tells meta in a batch.
     assert_eq!(std::fs::read(b.join("f")).unwrap(), data);
@@ -210,13 +212,13 @@ fn a_file_opened_from_a_held_map_is_kept_when_another_mount_removes_it() {
         std::time::Duration::from_secs(10),
         |c| open_on_meta(c) == 0.0,
     );
-    let from_cache = |m: &Mount| {
-        let page = dfs_tests::http_get(m.metrics.as_ref().unwrap(), "/metrics");
-        dfs_tests::metric_or_zero(&page, "dfs_fuse_open_maps_total{source=\"cache\"}")
-    };
-    let before = from_cache(&b);
+    let before = dfs_tests::opens_from_held_maps(&b);
     let fb = std::fs::File::open(b.join("f")).unwrap();
-    assert_eq!(from_cache(&b), before + 1.0, "B opened f from its held map");
+    assert_eq!(
+        dfs_tests::opens_from_held_maps(&b),
+        before + 1.0,
+        "B opened f from its held map"
+    );
     c.wait_until(
         "meta heard of B's open",
         std::time::Duration::from_secs(10),
@@ -250,10 +252,7 @@ fn a_file_opened_for_writing_is_kept_when_another_mount_removes_it_at_once() {
     c.wait_until(
         "meta heard of B's close",
         std::time::Duration::from_secs(10),
-        |c| {
-            let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
-            dfs_tests::metric_value(&page, "dfs_meta_open_files") == 0.0
-        },
+        |c| open_on_meta(c) == 0.0,
     );
     let fb = OpenOptions::new()
         .read(true)
@@ -292,10 +291,7 @@ fn a_restarted_meta_still_keeps_a_file_open_elsewhere() {
     c.wait_until(
         "B told the new meta what it has open",
         std::time::Duration::from_secs(10),
-        |c| {
-            let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
-            dfs_tests::metric_value(&page, "dfs_meta_open_files") == 1.0
-        },
+        |c| open_on_meta(c) == 1.0,
     );
     std::fs::remove_file(a.join("f")).unwrap();
     assert_eq!(c.orphans(), 1);
@@ -326,13 +322,9 @@ fn files_closed_on_a_mount_are_not_open_on_meta() {
         &b.path,
         "python3 -c \"import os; os.mknod('reg', 0o100644)\"",
     );
-    let open = |c: &Cluster| {
-        let page = dfs_tests::http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
-        dfs_tests::metric_value(&page, "dfs_meta_open_files")
-    };
     c.wait_until(
         "every close reached meta",
         std::time::Duration::from_secs(10),
-        |c| open(c) == 0.0,
+        |c| open_on_meta(c) == 0.0,
     );
 }
