@@ -147,6 +147,7 @@ conformance!(
     extra_replicas_are_trimmed,
     reopen_keeps_everything,
     concurrent_creates_all_land,
+    concurrent_unlinks_commit_together_and_answer_alone,
     resolve_path,
     open_files_survive_unlink_as_orphans,
     retried_mutations_run_once,
@@ -1788,6 +1789,84 @@ async fn concurrent_creates_all_land(h: Handle) {
     assert_eq!(entries.len(), 24);
     assert!(!more);
     assert_eq!(s.getattr(d.ino).await.unwrap().nlink, 2);
+}
+
+/// Unlinks of one directory sent at once commit in shared transactions
+/// (`unlinks.rs`), yet each gets the answer it would get alone: a missing
+/// name or a directory fails only its own unlink, a replayed request is
+/// answered from its record, and the directory counts every name gone.
+async fn concurrent_unlinks_commit_together_and_answer_alone(h: Handle) {
+    let s = h.store.clone();
+    let sid = s
+        .open_session(&SessionArgs::default(), 60_000)
+        .await
+        .unwrap();
+    let d = s
+        .create(node(ROOT_INO, "u", FileKind::Directory), Origin::NONE)
+        .await
+        .unwrap();
+    s.create(node(d.ino, "sub", FileKind::Directory), Origin::NONE)
+        .await
+        .unwrap();
+    let mut inos = Vec::new();
+    for i in 0..120 {
+        inos.push(
+            s.create(file(d.ino, &format!("f{i}")), Origin::NONE)
+                .await
+                .unwrap()
+                .ino,
+        );
+    }
+    let batches = || s.metrics().unlink_batches.get_sample_count();
+    let names_before = s.metrics().unlink_batches.get_sample_sum();
+    let batches_before = batches();
+    // Request 1000 + i removes f{i}; two callers send request 1005 (a retry
+    // racing its original); "missing" and "sub" must fail alone.
+    let mut calls: Vec<(String, u64)> = (0..120).map(|i| (format!("f{i}"), 1000 + i)).collect();
+    calls.insert(40, ("f5".into(), 1005));
+    calls.insert(60, ("missing".into(), 2000));
+    calls.insert(80, ("sub".into(), 2001));
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|(name, request)| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let got = s
+                    .unlink(d.ino, name.as_bytes(), None, from(sid, request))
+                    .await;
+                (name, got)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (name, got) = t.await.unwrap();
+        match name.as_str() {
+            "missing" => assert_eq!(errno(got.unwrap_err()), libc::ENOENT),
+            "sub" => assert_eq!(errno(got.unwrap_err()), libc::EISDIR),
+            f => {
+                let i: usize = f[1..].parse().unwrap();
+                assert_eq!(got.unwrap(), inos[i], "{f} answered with its inode");
+            }
+        }
+    }
+    let (entries, _) = s.readdir(d.ino, b"", 200).await.unwrap();
+    let names: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(
+        names,
+        vec![b"sub".to_vec()],
+        "every file gone, the directory kept"
+    );
+    assert_eq!(s.getattr(d.ino).await.unwrap().nlink, 3);
+    for ino in &inos {
+        assert_eq!(errno(s.getattr(*ino).await.unwrap_err()), libc::ENOENT);
+    }
+    let names = s.metrics().unlink_batches.get_sample_sum() - names_before;
+    let transactions = batches() - batches_before;
+    assert!(names >= 123.0, "every unlink went through a batch: {names}");
+    assert!(
+        (transactions as f64) < names,
+        "some unlinks committed together: {transactions} transactions for {names}"
+    );
 }
 
 async fn resolve_path(h: Handle) {

@@ -15,6 +15,8 @@ pub struct StoreMetrics {
     /// Statements sent to the database: a round trip each on PostgreSQL
     /// (deferred writes sent together count once).
     pub statements: IntCounter,
+    /// Unlinks committed per transaction (`unlinks.rs`).
+    pub unlink_batches: Histogram,
 }
 
 impl StoreMetrics {
@@ -46,6 +48,14 @@ impl StoreMetrics {
                 "statements sent to the database (a round trip each on PostgreSQL)",
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            unlink_batches: Histogram::with_opts(
+                HistogramOpts::new(
+                    "dfs_meta_store_unlink_batch_names",
+                    "unlinks committed in one transaction",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         }
     }
 
@@ -62,6 +72,7 @@ impl StoreMetrics {
             Box::new(self.retries.clone()),
             Box::new(self.errors.clone()),
             Box::new(self.statements.clone()),
+            Box::new(self.unlink_batches.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::warn!(error = %e, "metric registration failed");

@@ -47,6 +47,7 @@ mod statistics;
 mod strays;
 mod subtree;
 mod tables;
+mod unlinks;
 
 use std::time::Duration;
 
@@ -107,6 +108,8 @@ pub struct Store {
     ids: std::sync::Arc<ids::IdBlocks>,
     /// Which sessions have which files open (`open_files`).
     open_files: std::sync::Arc<open_files::OpenFiles>,
+    /// Unlinks waiting to commit with their directory's next batch.
+    unlink_queues: std::sync::Arc<unlinks::UnlinkQueues>,
 }
 
 impl Store {
@@ -157,6 +160,7 @@ impl Store {
             token_key: Default::default(),
             ids: Default::default(),
             open_files: Default::default(),
+            unlink_queues: Default::default(),
         };
         store.token_key = std::sync::Arc::new(store.load_token_key().await?);
         if backend == Backend::Sqlite {

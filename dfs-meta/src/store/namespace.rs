@@ -204,7 +204,8 @@ impl Store {
     }
 
     /// `unlink`, done only if `name` names inode `expect` (when given): a name
-    /// that now names another inode is NotFound and nothing changes.
+    /// that now names another inode is NotFound and nothing changes. Commits
+    /// with the directory's other unlinks in flight (`unlinks.rs`).
     pub async fn unlink_if(
         &self,
         parent: u64,
@@ -214,27 +215,31 @@ impl Store {
         origin: Origin,
     ) -> Result<u64> {
         validate_name(name)?;
+        self.unlink_batched(super::unlinks::UnlinkCall {
+            parent,
+            name: name.to_vec(),
+            expect,
+            keep_open,
+            origin,
+        })
+        .await
+    }
+
+    /// `unlink_if` in a transaction of its own.
+    pub(super) async fn unlink_alone(
+        &self,
+        parent: u64,
+        name: &[u8],
+        expect: Option<u64>,
+        keep_open: Option<u64>,
+        origin: Origin,
+    ) -> Result<u64> {
         in_tx_once!(
             self,
             origin,
             |tx| {
-                let now = Timespec::now();
-                let (dir, entry) = dir_and_entry(&mut tx, parent, name).await?;
-                dir.require_unpinned("unlink")?;
-                let inode = entry
-                    .filter(|i| expect.is_none_or(|e| e == i.ino))
-                    .ok_or_else(|| {
-                        StoreError::NotFound(String::from_utf8_lossy(name).into_owned())
-                    })?;
-                let ino = inode.ino;
-                if inode.kind == FileKind::Directory {
-                    return Err(StoreError::IsDir);
-                }
-                inode.require_unpinned("unlink")?;
-                delete_entry(&mut tx, parent, name).await?;
-                touch_dir(&mut tx, parent, 0, now).await?;
-                drop_link(&mut tx, &inode, now, self.keep_open(keep_open, origin)).await?;
-                Ok(ino)
+                let keep = self.keep_open(keep_open, origin);
+                unlink_in(&mut tx, parent, name, expect, keep).await
             },
             replay | prev | Ok(prev as u64),
             made | ino | ino as i64
@@ -1002,7 +1007,7 @@ pub(super) struct KeepOpen<'a> {
 }
 
 impl super::Store {
-    fn keep_open(&self, remover: Option<u64>, origin: Origin) -> KeepOpen<'_> {
+    pub(super) fn keep_open(&self, remover: Option<u64>, origin: Origin) -> KeepOpen<'_> {
         KeepOpen {
             remover,
             session: origin.session,
@@ -1014,6 +1019,33 @@ impl super::Store {
     pub fn open_files(&self) -> &super::open_files::OpenFiles {
         &self.open_files
     }
+}
+
+/// Removes `name` from `parent` if it names a non-directory (inode `expect`
+/// when given) and returns that inode. Every check comes before the first
+/// write, so a failed unlink changed nothing (a batch relies on it).
+pub(super) async fn unlink_in(
+    conn: &mut DbConn,
+    parent: u64,
+    name: &[u8],
+    expect: Option<u64>,
+    keep: KeepOpen<'_>,
+) -> Result<u64> {
+    let now = Timespec::now();
+    let (dir, entry) = dir_and_entry(conn, parent, name).await?;
+    dir.require_unpinned("unlink")?;
+    let inode = entry
+        .filter(|i| expect.is_none_or(|e| e == i.ino))
+        .ok_or_else(|| StoreError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+    let ino = inode.ino;
+    if inode.kind == FileKind::Directory {
+        return Err(StoreError::IsDir);
+    }
+    inode.require_unpinned("unlink")?;
+    delete_entry(conn, parent, name).await?;
+    touch_dir(conn, parent, 0, now).await?;
+    drop_link(conn, &inode, now, keep).await?;
+    Ok(ino)
 }
 
 /// One name of a non-directory is gone: drop its link count, and the inode

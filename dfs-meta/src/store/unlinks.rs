@@ -1,0 +1,186 @@
+//! Group commit of unlinks, per directory. A mount answers unlinks in a
+//! directory granted to it early and sends up to 64 at once (`rm -rf`, mass
+//! deletes); run one transaction each, they queue for SQLite's one writer,
+//! and on PostgreSQL they conflict on the directory's row at SERIALIZABLE
+//! and rerun. Here the unlinks of one directory that arrive while another of
+//! its unlinks is committing wait for it, and then commit together, in one
+//! transaction: each name is removed exactly as alone (`unlink_in`) and its
+//! request recorded for replay, and the batch commits or rolls back as one.
+//!
+//! An unlink refused (the name is gone, a directory, pinned) is refused
+//! before it writes anything, so it fails alone and the batch goes on; a
+//! database error rolls the whole batch back, and its unlinks then run one by
+//! one, each in a transaction of its own. So every caller gets the answer it
+//! would have got alone. The batch runs on a task
+//! of its own: a caller that goes away (its client cancelled) does not take
+//! the other callers' unlinks with it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use super::tables::{self, Origin};
+use super::{Backend, Result, Store, StoreError};
+
+/// Unlinks of one directory committed in one transaction, at most.
+const MAX_BATCH: usize = 64;
+
+/// One unlink as the caller asked for it.
+pub(super) struct UnlinkCall {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub expect: Option<u64>,
+    pub keep_open: Option<u64>,
+    pub origin: Origin,
+}
+
+struct Waiting {
+    call: UnlinkCall,
+    answer: oneshot::Sender<Result<u64>>,
+}
+
+/// Per directory with a batch committing: the unlinks waiting for it.
+#[derive(Default)]
+pub(super) struct UnlinkQueues {
+    dirs: Mutex<HashMap<u64, Vec<Waiting>>>,
+}
+
+impl UnlinkQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Waiting>>> {
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `call`; true if no batch of its directory is running, so the
+    /// caller must start one.
+    fn enqueue(&self, call: UnlinkCall, answer: oneshot::Sender<Result<u64>>) -> bool {
+        let mut dirs = self.lock();
+        let parent = call.parent;
+        let waiting = Waiting { call, answer };
+        match dirs.get_mut(&parent) {
+            Some(queue) => {
+                queue.push(waiting);
+                false
+            }
+            None => {
+                dirs.insert(parent, vec![waiting]);
+                true
+            }
+        }
+    }
+
+    /// The next batch of `parent`, or none: then the directory's runner
+    /// ends (and the next unlink there starts another).
+    fn next_batch(&self, parent: u64) -> Vec<Waiting> {
+        let mut dirs = self.lock();
+        let Some(queue) = dirs.get_mut(&parent) else {
+            return Vec::new();
+        };
+        if queue.is_empty() {
+            dirs.remove(&parent);
+            return Vec::new();
+        }
+        let n = queue.len().min(MAX_BATCH);
+        queue.drain(..n).collect()
+    }
+}
+
+impl Store {
+    /// Removes a name (see `unlink_if`) in its directory's next batch.
+    pub(super) async fn unlink_batched(&self, call: UnlinkCall) -> Result<u64> {
+        let (answer, answered) = oneshot::channel();
+        let parent = call.parent;
+        if self.unlink_queues.enqueue(call, answer) {
+            let store = self.clone();
+            tokio::spawn(async move { store.run_unlinks(parent).await });
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Invalid("unlink batch ended unanswered".into())))
+    }
+
+    async fn run_unlinks(&self, parent: u64) {
+        loop {
+            let batch = self.unlink_queues.next_batch(parent);
+            if batch.is_empty() {
+                return;
+            }
+            let (calls, answers): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|w| (w.call, w.answer)).unzip();
+            let results = self.unlink_together(&calls).await;
+            for (answer, result) in answers.into_iter().zip(results) {
+                // A caller gone meanwhile needs no answer.
+                let _ = answer.send(result);
+            }
+        }
+    }
+
+    /// `calls` in one transaction; each alone if that transaction fails.
+    async fn unlink_together(&self, calls: &[UnlinkCall]) -> Vec<Result<u64>> {
+        if calls.len() > 1 {
+            let mut runs: u32 = 0;
+            let together: Result<Vec<Result<u64>>> = async {
+                super::in_tx!(self, |tx| {
+                    runs += 1;
+                    // As `in_tx_once`: on PostgreSQL a first run looks for a
+                    // request's record only when the request fails.
+                    let looked = runs > 1 || self.backend == Backend::Sqlite;
+                    let mut answers = Vec::with_capacity(calls.len());
+                    for c in calls {
+                        answers.push(self.unlink_one(&mut tx, c, looked).await?);
+                    }
+                    Ok(answers)
+                })
+            }
+            .await;
+            match together {
+                Ok(answers) => {
+                    self.metrics.unlink_batches.observe(calls.len() as f64);
+                    return answers;
+                }
+                Err(e) => tracing::warn!(error = %e, "unlink batch failed; unlinks run alone"),
+            }
+        }
+        let mut answers = Vec::with_capacity(calls.len());
+        for c in calls {
+            self.metrics.unlink_batches.observe(1.0);
+            answers.push(
+                self.unlink_alone(c.parent, &c.name, c.expect, c.keep_open, c.origin)
+                    .await,
+            );
+        }
+        answers
+    }
+
+    /// One unlink of a batch: `Ok` with its own answer (a refused unlink
+    /// wrote nothing, see `unlink_in`, so the others go on), `Err` when the
+    /// database failed and the whole batch must not commit.
+    async fn unlink_one(
+        &self,
+        tx: &mut super::DbConn,
+        c: &UnlinkCall,
+        looked: bool,
+    ) -> Result<Result<u64>> {
+        if looked {
+            if let Some(prev) = tables::replayed(tx, c.origin).await? {
+                return Ok(Ok(prev as u64));
+            }
+        }
+        let keep = self.keep_open(c.keep_open, c.origin);
+        match super::namespace::unlink_in(tx, c.parent, &c.name, c.expect, keep).await {
+            Ok(ino) => {
+                tables::record(tx, c.origin, ino as i64).await?;
+                Ok(Ok(ino))
+            }
+            Err(e @ StoreError::Db(_)) => Err(e),
+            Err(refused) => {
+                if !looked {
+                    if let Some(prev) = tables::replayed(tx, c.origin).await? {
+                        return Ok(Ok(prev as u64));
+                    }
+                }
+                Ok(Err(refused))
+            }
+        }
+    }
+}
