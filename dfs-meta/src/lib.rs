@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod node_client;
 pub mod placement;
+pub mod presence;
 pub mod purge;
 pub mod repair;
 pub mod request;
@@ -157,9 +158,21 @@ pub async fn run(
     ));
     let (watchers, bridge) = match store.backend() {
         store::Backend::Postgres => {
-            let (w, task) =
-                watch::bridged(config.store_url.clone(), metrics.clone(), shutdown.clone());
-            (w, Some(task))
+            let presence = Arc::new(presence::Presence::shared());
+            let (w, task) = watch::bridged(
+                config.store_url.clone(),
+                presence.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            let holding = tokio::spawn(presence::run(
+                store.clone(),
+                presence,
+                w.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+            (w, Some((task, holding)))
         }
         store::Backend::Sqlite => (Arc::new(watch::Watchers::local(metrics.clone())), None),
     };
@@ -210,8 +223,9 @@ pub async fn run(
     let _ = expiry.await;
     let _ = purging.await;
     let _ = leading.await;
-    if let Some(bridge) = bridge {
+    if let Some((bridge, holding)) = bridge {
         let _ = bridge.await;
+        let _ = holding.await;
     }
     store.close().await;
     tracing::info!("dfs-meta stopped");

@@ -19,6 +19,7 @@ pub struct MetaMetrics {
     pub replicas_trimmed: IntCounter,
     pub repair_queue: IntGauge,
     pub leader: IntGauge,
+    pub alone: IntGauge,
     pub sessions_expired: IntCounter,
     pub purged_files: IntCounter,
     pub watchers: IntGauge,
@@ -84,6 +85,10 @@ impl MetaMetrics {
                 "dfs_meta_leader",
                 "1 while this server leads (runs repair, trimming, session expiry)",
             ),
+            alone: gauge(
+                "dfs_meta_alone",
+                "1 while this server knows it is the only one on its store (it may grant directories)",
+            ),
             sessions_expired: counter(
                 "dfs_meta_sessions_expired_total",
                 "client sessions whose lease ran out (their locks and orphans released)",
@@ -135,6 +140,7 @@ impl MetaMetrics {
             Box::new(m.replicas_trimmed.clone()),
             Box::new(m.repair_queue.clone()),
             Box::new(m.leader.clone()),
+            Box::new(m.alone.clone()),
             Box::new(m.sessions_expired.clone()),
             Box::new(m.purged_files.clone()),
             Box::new(m.watchers.clone()),

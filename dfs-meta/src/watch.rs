@@ -27,6 +27,8 @@ use dfs_common::shutdown::Shutdown;
 
 use crate::grants::{Grants, Recall, Wait};
 use crate::hex::{hex_decode, hex_encode};
+use crate::presence::Presence;
+use crate::store::JOIN_CHANNEL;
 use dfs_proto::{pb, ROOT_INO};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -166,6 +168,8 @@ pub struct Watchers {
     /// their hello only once it is true again.
     ready: tokio::sync::watch::Sender<bool>,
     forward: Option<mpsc::Sender<pb::InvalidationNotice>>,
+    /// Whether this meta is alone on its store (may grant), and serves.
+    presence: std::sync::Arc<Presence>,
     /// A notice could not be queued for the other metas.
     forward_lost: AtomicBool,
     metrics: std::sync::Arc<MetaMetrics>,
@@ -174,11 +178,12 @@ pub struct Watchers {
 impl Watchers {
     /// Watchers for a meta alone on its store (SQLite): nothing to bridge.
     pub fn local(metrics: std::sync::Arc<MetaMetrics>) -> Watchers {
-        Watchers::new(None, true, metrics)
+        Watchers::new(None, std::sync::Arc::new(Presence::local()), true, metrics)
     }
 
     fn new(
         forward: Option<mpsc::Sender<pb::InvalidationNotice>>,
+        presence: std::sync::Arc<Presence>,
         ready: bool,
         metrics: std::sync::Arc<MetaMetrics>,
     ) -> Watchers {
@@ -190,6 +195,7 @@ impl Watchers {
             last_seq: AtomicU64::new(rand::random::<u64>() >> 2),
             ready: tokio::sync::watch::Sender::new(ready),
             forward,
+            presence,
             forward_lost: AtomicBool::new(false),
             metrics,
         }
@@ -366,14 +372,10 @@ impl Watchers {
     /// grant on it), so it may answer its next unlinks and creates there
     /// early: the grant's number, 0 for none. Only a
     /// watching session gets grants (a recall reaches it on its stream), and
-    /// none on a shared store (PostgreSQL: other metas' watchers are not
-    /// known here). On PostgreSQL this also keeps a mount from sending many
-    /// unlinks of one directory at once: they would conflict on the
-    /// directory's row in serializable transactions and retry (measured:
-    /// `rm -rf` of 2,000 files 3.0 s synchronous, 5.4 to 6.1 s with early
-    /// answers; 3,425 retries).
+    /// only from a meta alone on its store (`presence.rs`: other metas'
+    /// watchers are not known here).
     pub fn grant(&self, session: u64, dir: u64) -> u64 {
-        if session == 0 || self.forward.is_some() {
+        if session == 0 || !self.presence.may_grant() {
             return 0;
         }
         let watchers = self.lock();
@@ -395,6 +397,9 @@ impl Watchers {
     /// on them, and returns once each holder said it answers nothing early
     /// there any more and what it did is on meta, or its grant ran out.
     pub async fn recall(&self, session: u64, dirs: &[u64]) {
+        // A meta that may not know another meta's grants serves nothing
+        // they concern.
+        self.presence.serving().await;
         // Every call of every client passes here: only the grants' lock,
         // and the watchers' only when a holder must be told.
         let decided: Vec<(u64, Recall)> = {
@@ -569,11 +574,12 @@ impl Delivery<'_> {
 /// passes changes between them (until `shutdown`).
 pub fn bridged(
     url: String,
+    presence: std::sync::Arc<Presence>,
     metrics: std::sync::Arc<MetaMetrics>,
     shutdown: Shutdown,
 ) -> (std::sync::Arc<Watchers>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
-    let watchers = std::sync::Arc::new(Watchers::new(Some(tx), false, metrics));
+    let watchers = std::sync::Arc::new(Watchers::new(Some(tx), presence, false, metrics));
     let task = tokio::spawn(pg_bridge(url, watchers.clone(), rx, shutdown));
     (watchers, task)
 }
@@ -591,7 +597,7 @@ async fn pg_bridge(
     loop {
         if listener.is_none() {
             match PgListener::connect(&url).await {
-                Ok(mut l) => match l.listen(PG_CHANNEL).await {
+                Ok(mut l) => match l.listen_all([PG_CHANNEL, JOIN_CHANNEL]).await {
                     Ok(()) => {
                         listener = Some(l);
                         watchers.ready.send_replace(true);
@@ -616,6 +622,7 @@ async fn pg_bridge(
         tokio::select! {
             _ = shutdown.clone().wait() => return,
             incoming = l.try_recv() => match incoming {
+                Ok(Some(n)) if n.channel() == JOIN_CHANNEL => watchers.presence.heard_join(),
                 Ok(Some(n)) => receive(&watchers, n.payload()),
                 Ok(None) | Err(_) => {
                     listener = None;

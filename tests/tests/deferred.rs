@@ -223,21 +223,148 @@ fn unlinks_in_flight_when_meta_crashes_land_on_the_restarted_meta() {
     assert_eq!(names(&other.join("d")), left);
 }
 
-/// On PostgreSQL every unlink waits for meta: other metas' watchers are not
-/// known to this one, and unlinks of one directory sent together would
-/// conflict in serializable transactions.
+/// The first meta's `dfs_meta_alone`: 1 while it knows no other meta shares
+/// its store, so it may grant directories.
+fn alone(c: &Cluster) -> f64 {
+    dfs_tests::metric_or_zero(
+        &http_get(c.meta_metrics.as_ref().unwrap(), "/metrics"),
+        "dfs_meta_alone",
+    )
+}
+
+/// The `dfs` tool against the meta at `addr` only.
+fn dfs_via(c: &Cluster, addr: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(dfs_tests::bin_dir().join("dfs"))
+        .args(c.tls_args("admin"))
+        .args(["--meta", addr])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// On PostgreSQL a meta alone on the store grants directories as on SQLite
+/// (`dfs-meta/src/presence.rs`). Once a second meta joins the store the
+/// first recalls its grants and gives no more: the second serves everything
+/// the first's mount was told is done, and that mount's calls wait for meta.
 #[test]
-fn on_postgresql_every_unlink_waits_for_meta() {
+fn on_postgresql_a_meta_alone_grants_until_another_meta_joins() {
     let Some(admin) = dfs_tests::postgres_admin_url() else {
         return;
     };
-    let c = cluster(Some(dfs_tests::fresh_postgres_db(&admin)));
+    let mut c = cluster(Some(dfs_tests::fresh_postgres_db(&admin)));
     let m = c.mount("m");
     c.wait_watch(&m, true);
-    let dir = filled(&m, "d", 10);
+    c.wait_until("the meta knows it is alone", Duration::from_secs(30), |c| {
+        alone(c) == 1.0
+    });
+    let dir = filled(&m, "d", 20);
     unlink(&dir, 0..10);
-    assert_eq!(deferred(&m, "done"), 0.0);
-    assert_eq!(created(&m, "done"), 0.0);
+    fsync_dir(&dir);
+    assert!(deferred(&m, "done") > 0.0, "no unlink answered early");
+    let made = m.join("e");
+    std::fs::create_dir(&made).unwrap();
+    create(&made, 0..10);
+    fsync_dir(&made);
+    assert!(created(&m, "done") > 0.0, "no create answered early");
+
+    let second = c.add_meta();
+    c.wait_until("the first meta gives way", Duration::from_secs(30), |c| {
+        alone(c) == 0.0
+    });
+    let log = std::fs::read_to_string(c.dir.path().join("meta.log")).unwrap();
+    assert!(
+        log.contains("another meta joins the store") && !log.contains("lost the presence hold"),
+        "the first meta made room itself (not fenced off)"
+    );
+    let addr = c.extra_meta_addr(second).to_string();
+    let listed = |path: &str| {
+        let out = dfs_via(&c, &addr, &["ls", path]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let d = listed("/d");
+    for i in 0..20 {
+        assert_eq!(
+            d.contains(&file(i)),
+            i >= 10,
+            "{} on the second meta",
+            file(i)
+        );
+    }
+    let e = listed("/e");
+    assert!(
+        (0..10).all(|i| e.contains(&file(i))),
+        "the second meta lists {e}"
+    );
+
+    let (unlinks, creates) = (deferred(&m, "done"), created(&m, "done"));
+    unlink(&dir, 10..20);
+    create(&made, 10..20);
+    fsync_dir(&dir);
+    fsync_dir(&made);
+    assert_eq!(deferred(&m, "done"), unlinks, "an unlink answered early");
+    assert_eq!(created(&m, "done"), creates, "a create answered early");
+    assert!(names(&dir).is_empty());
+    assert!(
+        !listed("/d").contains('f'),
+        "the second meta still lists a file"
+    );
+}
+
+/// A meta alone that stalls (SIGSTOP) cannot make room for a joining meta:
+/// the newcomer ends its database connection and serves once the stalled
+/// meta's grants have run out; resumed, the old one finds itself sharing the
+/// store and grants nothing.
+#[test]
+fn a_stalled_meta_alone_is_fenced_off_by_a_joining_meta() {
+    let Some(admin) = dfs_tests::postgres_admin_url() else {
+        return;
+    };
+    let mut c = cluster(Some(dfs_tests::fresh_postgres_db(&admin)));
+    let m = c.mount("m");
+    c.wait_watch(&m, true);
+    c.wait_until("the meta knows it is alone", Duration::from_secs(30), |c| {
+        alone(c) == 1.0
+    });
+    let dir = filled(&m, "d", 10);
+    unlink(&dir, 0..5);
+    fsync_dir(&dir);
+    assert!(deferred(&m, "done") > 0.0, "no unlink answered early");
+
+    let first = c.meta_pid().expect("meta runs");
+    dfs_tests::signal(first, "STOP");
+    let second = c.add_meta();
+    let addr = c.extra_meta_addr(second).to_string();
+    // Answered while the first meta is still stopped.
+    let out = dfs_via(&c, &addr, &["ls", "/d"]);
+    dfs_tests::signal(first, "CONT");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for i in 0..10 {
+        assert_eq!(
+            listed.contains(&file(i)),
+            i >= 5,
+            "{} on the second meta",
+            file(i)
+        );
+    }
+
+    c.wait_until(
+        "the resumed meta shares the store",
+        Duration::from_secs(30),
+        |c| alone(c) == 0.0,
+    );
+    let unlinks = deferred(&m, "done");
+    unlink(&dir, 5..10);
+    assert_eq!(deferred(&m, "done"), unlinks, "an unlink answered early");
     assert!(names(&dir).is_empty());
 }
 

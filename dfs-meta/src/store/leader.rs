@@ -1,6 +1,7 @@
 //! What several meta servers on one store share: which of them leads (runs
-//! repair, trimming, garbage and session expiry), and the copy commands the
-//! leader plans for nodes that may report to another meta.
+//! repair, trimming, garbage and session expiry), whether one is alone on
+//! the store (`presence`), and the copy commands the leader plans for nodes
+//! that may report to another meta.
 //!
 //! Leadership is a PostgreSQL advisory lock held by one dedicated connection:
 //! if the leader dies, its connection goes and the lock with it, and another
@@ -14,6 +15,12 @@ use super::{in_tx, now_ms, Backend, Result, Store};
 
 /// The advisory lock id of leadership (migrations use another).
 const LEADER_LOCK: i64 = 7_468_002;
+/// The advisory lock every serving meta holds shared, and a meta alone on
+/// the store also exclusively (the meta's `presence.rs`).
+const PRESENCE_LOCK: i64 = 7_468_003;
+/// The NOTIFY channel on which a meta waiting for its shared presence hold
+/// asks the one holding it exclusively to give it up.
+pub const JOIN_CHANNEL: &str = "dfs_meta_join";
 
 /// Held while this server leads; dropping it (or losing its connection)
 /// gives leadership up.
@@ -65,6 +72,64 @@ impl Store {
         }
         *spare = Some(conn);
         Ok(None)
+    }
+
+    /// A connection of its own for the presence holds: none on SQLite,
+    /// where a meta is always alone.
+    pub async fn presence_connection(&self) -> Result<Option<DbConn>> {
+        Ok(self.pool.detached().await?)
+    }
+
+    /// Takes the shared presence hold on `conn` unless a meta holds it
+    /// exclusively.
+    pub async fn try_hold_presence(&self, conn: &mut DbConn) -> Result<bool> {
+        Ok(db::query("SELECT pg_try_advisory_lock_shared($1)")
+            .bind(PRESENCE_LOCK)
+            .fetch_one(conn)
+            .await?
+            .try_get(0)?)
+    }
+
+    /// Takes the exclusive presence hold on `conn` (which holds the shared
+    /// one) if no other meta holds either: this meta is alone.
+    pub async fn try_hold_alone(&self, conn: &mut DbConn) -> Result<bool> {
+        Ok(db::query("SELECT pg_try_advisory_lock($1)")
+            .bind(PRESENCE_LOCK)
+            .fetch_one(conn)
+            .await?
+            .try_get(0)?)
+    }
+
+    /// Gives the exclusive presence hold up, keeping the shared one.
+    pub async fn release_alone(&self, conn: &mut DbConn) -> Result<()> {
+        db::query("SELECT pg_advisory_unlock($1)")
+            .bind(PRESENCE_LOCK)
+            .fetch_one(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Asks the meta alone on the store to make room (`JOIN_CHANNEL`).
+    pub async fn announce_join(&self, conn: &mut DbConn) -> Result<()> {
+        db::query("SELECT pg_notify($1, '')")
+            .bind(JOIN_CHANNEL)
+            .fetch_one(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the database connection of a meta that holds the exclusive
+    /// presence hold and does not give it up: how many were ended.
+    pub async fn fence_alone(&self, conn: &mut DbConn) -> Result<u64> {
+        let ended = db::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND classid = 0 AND objid = CAST($1 AS oid) AND objsubid = 1
+               AND mode = 'ExclusiveLock' AND granted AND pid <> pg_backend_pid()",
+        )
+        .bind(PRESENCE_LOCK)
+        .fetch_all(conn)
+        .await?;
+        Ok(ended.len() as u64)
     }
 
     /// Queues a copy for `source`'s next heartbeat (replacing an older one

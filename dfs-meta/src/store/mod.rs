@@ -57,7 +57,7 @@ pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement, MAX_PLACE_BATCH};
 pub use drain::NodeUsage;
 pub use error::StoreError;
 pub use fsck::{ChunkHealth, ChunkProblem, FsckReport};
-pub use leader::{LeaderLock, RepairCommand};
+pub use leader::{LeaderLock, RepairCommand, JOIN_CHANNEL};
 pub use locks::{HeldLock, LockKind, LockOutcome, LockRange, LockSpec};
 pub use metrics::StoreMetrics;
 pub use namespace::{CreateArgs, DirEntry, Renamed, SetAttrArgs, MAX_XATTR_VALUE};
