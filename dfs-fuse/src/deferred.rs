@@ -14,8 +14,8 @@
 //!   at once (`busy`): a create after an unlink of one name waits for it.
 //! - **Only in a directory no other client looks at, and taken back before
 //!   one does:** meta's reply to an unlink or create may grant this mount
-//!   the directory (`grant`: no other client watching it on meta, whose
-//!   store is SQLite). Only after such a reply, for `GRANT_FOR` from when the
+//!   the directory (`grant`: no other client watching it on meta, a meta
+//!   alone on its store). Only after such a reply, for `GRANT_FOR` from when the
 //!   call was sent, are that directory's next unlinks and creates answered
 //!   early, and each reply renews or ends that. So the first one in a
 //!   directory always waits for meta (a read-only export refuses it, and
