@@ -147,7 +147,7 @@ conformance!(
     extra_replicas_are_trimmed,
     reopen_keeps_everything,
     concurrent_creates_all_land,
-    concurrent_unlinks_commit_together_and_answer_alone,
+    unlinks_sent_at_once_commit_together_and_answer_alone,
     resolve_path,
     open_files_survive_unlink_as_orphans,
     retried_mutations_run_once,
@@ -1791,11 +1791,11 @@ async fn concurrent_creates_all_land(h: Handle) {
     assert_eq!(s.getattr(d.ino).await.unwrap().nlink, 2);
 }
 
-/// Unlinks of one directory sent at once commit in shared transactions
-/// (`unlinks.rs`), yet each gets the answer it would get alone: a missing
-/// name or a directory fails only its own unlink, a replayed request is
-/// answered from its record, and the directory counts every name gone.
-async fn concurrent_unlinks_commit_together_and_answer_alone(h: Handle) {
+/// Unlinks sent at once commit in shared transactions (`unlinks.rs`), yet
+/// each gets the answer it would get alone: a missing name or a directory
+/// fails only its own unlink, a replayed request is answered from its
+/// record, and each directory counts every name gone.
+async fn unlinks_sent_at_once_commit_together_and_answer_alone(h: Handle) {
     let s = h.store.clone();
     let sid = s
         .open_session(&SessionArgs::default(), 60_000)
@@ -1808,14 +1808,22 @@ async fn concurrent_unlinks_commit_together_and_answer_alone(h: Handle) {
     s.create(node(d.ino, "sub", FileKind::Directory), Origin::NONE)
         .await
         .unwrap();
+    let other = s
+        .create(node(ROOT_INO, "v", FileKind::Directory), Origin::NONE)
+        .await
+        .unwrap();
+    // Even files in u, odd ones in v: batches span both directories.
+    let dir_of = move |i: usize| {
+        if i.is_multiple_of(2) {
+            d.ino
+        } else {
+            other.ino
+        }
+    };
     let mut inos = Vec::new();
     for i in 0..120 {
-        inos.push(
-            s.create(file(d.ino, &format!("f{i}")), Origin::NONE)
-                .await
-                .unwrap()
-                .ino,
-        );
+        let made = s.create(file(dir_of(i), &format!("f{i}")), Origin::NONE);
+        inos.push(made.await.unwrap().ino);
     }
     let batches = || s.metrics().unlink_batches.get_sample_count();
     let names_before = s.metrics().unlink_batches.get_sample_sum();
@@ -1830,9 +1838,13 @@ async fn concurrent_unlinks_commit_together_and_answer_alone(h: Handle) {
         .into_iter()
         .map(|(name, request)| {
             let s = s.clone();
+            let parent = match name.strip_prefix('f').map(str::parse::<usize>) {
+                Some(Ok(i)) => dir_of(i),
+                _ => d.ino,
+            };
             tokio::spawn(async move {
                 let got = s
-                    .unlink(d.ino, name.as_bytes(), None, from(sid, request))
+                    .unlink(parent, name.as_bytes(), None, from(sid, request))
                     .await;
                 (name, got)
             })
@@ -1857,6 +1869,8 @@ async fn concurrent_unlinks_commit_together_and_answer_alone(h: Handle) {
         "every file gone, the directory kept"
     );
     assert_eq!(s.getattr(d.ino).await.unwrap().nlink, 3);
+    let (left, _) = s.readdir(other.ino, b"", 200).await.unwrap();
+    assert!(left.is_empty(), "every file gone from the second directory");
     for ino in &inos {
         assert_eq!(errno(s.getattr(*ino).await.unwrap_err()), libc::ENOENT);
     }

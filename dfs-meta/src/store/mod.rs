@@ -108,8 +108,8 @@ pub struct Store {
     ids: std::sync::Arc<ids::IdBlocks>,
     /// Which sessions have which files open (`open_files`).
     open_files: std::sync::Arc<open_files::OpenFiles>,
-    /// Unlinks waiting to commit with their directory's next batch.
-    unlink_queues: std::sync::Arc<unlinks::UnlinkQueues>,
+    /// Unlinks waiting to commit in the next batch.
+    unlink_queue: std::sync::Arc<unlinks::UnlinkQueue>,
 }
 
 impl Store {
@@ -160,7 +160,7 @@ impl Store {
             token_key: Default::default(),
             ids: Default::default(),
             open_files: Default::default(),
-            unlink_queues: Default::default(),
+            unlink_queue: Default::default(),
         };
         store.token_key = std::sync::Arc::new(store.load_token_key().await?);
         if backend == Backend::Sqlite {

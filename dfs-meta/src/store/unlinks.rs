@@ -1,11 +1,12 @@
-//! Group commit of unlinks, per directory. A mount answers unlinks in a
-//! directory granted to it early and sends up to 64 at once (`rm -rf`, mass
-//! deletes); run one transaction each, they queue for SQLite's one writer,
-//! and on PostgreSQL they conflict on the directory's row at SERIALIZABLE
-//! and rerun. Here the unlinks of one directory that arrive while another of
-//! its unlinks is committing wait for it, and then commit together, in one
-//! transaction: each name is removed exactly as alone (`unlink_in`) and its
-//! request recorded for replay, and the batch commits or rolls back as one.
+//! Group commit of unlinks. A mount answers unlinks in a directory granted
+//! to it early and sends up to 64 at once (`rm -rf`, mass deletes); run one
+//! transaction each, they queue for SQLite's one writer, and on PostgreSQL
+//! they conflict at SERIALIZABLE (on a directory's row, and on the index
+//! pages neighbouring names share) and rerun. Here the unlinks that arrive
+//! while a batch commits wait for it, and then commit together, in one
+//! transaction, whichever directories they are in: each name is removed
+//! exactly as alone (`unlink_in`) and its request recorded for replay, and
+//! the batch commits or rolls back as one.
 //!
 //! An unlink refused (the name is gone, a directory, pinned) is refused
 //! before it writes anything, so it fails alone and the batch goes on; a
@@ -15,7 +16,6 @@
 //! of its own: a caller that goes away (its client cancelled) does not take
 //! the other callers' unlinks with it.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use super::tables::{self, Origin};
 use super::{Backend, Result, Store, StoreError};
 
-/// Unlinks of one directory committed in one transaction, at most.
+/// Unlinks committed in one transaction, at most.
 const MAX_BATCH: usize = 64;
 
 /// One unlink as the caller asked for it.
@@ -40,68 +40,67 @@ struct Waiting {
     answer: oneshot::Sender<Result<u64>>,
 }
 
-/// Per directory with a batch committing: the unlinks waiting for it.
+/// The unlinks waiting for the batch committing now; `None` while none is.
 #[derive(Default)]
-pub(super) struct UnlinkQueues {
-    dirs: Mutex<HashMap<u64, Vec<Waiting>>>,
+pub(super) struct UnlinkQueue {
+    waiting: Mutex<Option<Vec<Waiting>>>,
 }
 
-impl UnlinkQueues {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Waiting>>> {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+impl UnlinkQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Waiting>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `call`; true if no batch of its directory is running, so the
-    /// caller must start one.
+    /// Queues `call`; true if no batch is running, so the caller must start
+    /// the runner.
     fn enqueue(&self, call: UnlinkCall, answer: oneshot::Sender<Result<u64>>) -> bool {
-        let mut dirs = self.lock();
-        let parent = call.parent;
-        let waiting = Waiting { call, answer };
-        match dirs.get_mut(&parent) {
+        let mut waiting = self.lock();
+        let w = Waiting { call, answer };
+        match waiting.as_mut() {
             Some(queue) => {
-                queue.push(waiting);
+                queue.push(w);
                 false
             }
             None => {
-                dirs.insert(parent, vec![waiting]);
+                *waiting = Some(vec![w]);
                 true
             }
         }
     }
 
-    /// The next batch of `parent`, or none: then the directory's runner
-    /// ends (and the next unlink there starts another).
-    fn next_batch(&self, parent: u64) -> Vec<Waiting> {
-        let mut dirs = self.lock();
-        let Some(queue) = dirs.get_mut(&parent) else {
-            return Vec::new();
-        };
-        if queue.is_empty() {
-            dirs.remove(&parent);
-            return Vec::new();
+    /// The next batch, or none: then the runner ends (and the next unlink
+    /// starts another).
+    fn next_batch(&self) -> Vec<Waiting> {
+        let mut waiting = self.lock();
+        match waiting.as_mut() {
+            Some(queue) if !queue.is_empty() => {
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            }
+            _ => {
+                *waiting = None;
+                Vec::new()
+            }
         }
-        let n = queue.len().min(MAX_BATCH);
-        queue.drain(..n).collect()
     }
 }
 
 impl Store {
-    /// Removes a name (see `unlink_if`) in its directory's next batch.
+    /// Removes a name (see `unlink_if`) in the next batch.
     pub(super) async fn unlink_batched(&self, call: UnlinkCall) -> Result<u64> {
         let (answer, answered) = oneshot::channel();
-        let parent = call.parent;
-        if self.unlink_queues.enqueue(call, answer) {
+        if self.unlink_queue.enqueue(call, answer) {
             let store = self.clone();
-            tokio::spawn(async move { store.run_unlinks(parent).await });
+            tokio::spawn(async move { store.run_unlinks().await });
         }
         answered
             .await
             .unwrap_or_else(|_| Err(StoreError::Invalid("unlink batch ended unanswered".into())))
     }
 
-    async fn run_unlinks(&self, parent: u64) {
+    async fn run_unlinks(&self) {
         loop {
-            let batch = self.unlink_queues.next_batch(parent);
+            let batch = self.unlink_queue.next_batch();
             if batch.is_empty() {
                 return;
             }
