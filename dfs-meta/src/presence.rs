@@ -211,7 +211,20 @@ async fn hold(
                 presence.set(Some(checked + TRUST), None);
                 metrics.alone.set(0);
                 tracing::info!("another meta joins the store: recalling every grant");
-                watchers.recall_all(0).await;
+                // The holders' calls in flight must land meanwhile: the
+                // shared hold stays checked and trusted while they do.
+                let recalled = watchers.recall_all(0);
+                tokio::pin!(recalled);
+                loop {
+                    tokio::select! {
+                        _ = &mut recalled => break,
+                        _ = tokio::time::sleep(CHECK_EVERY) => {
+                            let checked = Instant::now();
+                            conn.ping().await?;
+                            presence.set(Some(checked + TRUST), None);
+                        }
+                    }
+                }
                 store.release_alone(&mut conn).await?;
                 alone = None;
                 next_try = Instant::now() + MAKE_ROOM_FOR;

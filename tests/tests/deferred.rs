@@ -267,10 +267,33 @@ fn on_postgresql_a_meta_alone_grants_until_another_meta_joins() {
     fsync_dir(&made);
     assert!(created(&m, "done") > 0.0, "no create answered early");
 
+    // Creates go on in "busy" while the second meta joins: the grant there
+    // is live when the first meta recalls it.
+    let busy = m.join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    let (stop, stopped) = mpsc::channel::<()>();
+    let creating = {
+        let busy = busy.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while stopped.try_recv().is_err() {
+                std::fs::File::create(busy.join(format!("b{n:05}"))).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     let second = c.add_meta();
     c.wait_until("the first meta gives way", Duration::from_secs(30), |c| {
         alone(c) == 0.0
     });
+    stop.send(()).unwrap();
+    let made_busy: usize = creating.join().unwrap();
+    assert!(
+        recalls(&c, "answered") >= 1.0,
+        "the live grant was recalled, and the mount answered"
+    );
     let log = std::fs::read_to_string(c.dir.path().join("meta.log")).unwrap();
     assert!(
         log.contains("another meta joins the store") && !log.contains("lost the presence hold"),
@@ -295,6 +318,11 @@ fn on_postgresql_a_meta_alone_grants_until_another_meta_joins() {
             file(i)
         );
     }
+    let b = listed("/busy");
+    assert!(
+        (0..made_busy).all(|n| b.contains(&format!("b{n:05}"))),
+        "the second meta lists every one of the {made_busy} files created meanwhile"
+    );
     let e = listed("/e");
     assert!(
         (0..10).all(|i| e.contains(&file(i))),

@@ -49,6 +49,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Db(#[from] DbError),
+    /// The task running the request ended before it answered: whether it
+    /// happened is unknown, and the client's retry (same request id) finds out.
+    #[error("request interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -86,7 +90,8 @@ impl StoreError {
             StoreError::BadUrl(_)
             | StoreError::Migration { .. }
             | StoreError::Corrupt(_)
-            | StoreError::Db(_) => libc::EIO,
+            | StoreError::Db(_)
+            | StoreError::Interrupted(_) => libc::EIO,
         }
     }
 
@@ -113,6 +118,7 @@ impl StoreError {
             StoreError::Migration { .. } => "migration",
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Db(_) => "database",
+            StoreError::Interrupted(_) => "interrupted",
         }
     }
 
@@ -145,6 +151,7 @@ impl StoreError {
             return true;
         }
         match self {
+            StoreError::Interrupted(_) => true,
             StoreError::Db(DbError::Pg(
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut

@@ -205,7 +205,7 @@ impl Store {
 
     /// `unlink`, done only if `name` names inode `expect` (when given): a name
     /// that now names another inode is NotFound and nothing changes. Commits
-    /// with the directory's other unlinks in flight (`unlinks.rs`).
+    /// with the other unlinks in flight (`unlinks.rs`).
     pub async fn unlink_if(
         &self,
         parent: u64,

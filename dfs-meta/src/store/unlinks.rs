@@ -93,9 +93,11 @@ impl Store {
             let store = self.clone();
             tokio::spawn(async move { store.run_unlinks().await });
         }
-        answered
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Invalid("unlink batch ended unanswered".into())))
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Interrupted(
+                "unlink batch ended unanswered".into(),
+            ))
+        })
     }
 
     async fn run_unlinks(&self) {
