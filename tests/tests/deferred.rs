@@ -232,14 +232,32 @@ fn alone(c: &Cluster) -> f64 {
     )
 }
 
-/// The `dfs` tool against the meta at `addr` only.
-fn dfs_via(c: &Cluster, addr: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(dfs_tests::bin_dir().join("dfs"))
+/// `dfs ls PATH` against the meta at `addr` only.
+fn ls_via(c: &Cluster, addr: &str, path: &str) -> String {
+    let out = std::process::Command::new(dfs_tests::bin_dir().join("dfs"))
         .args(c.tls_args("admin"))
-        .args(["--meta", addr])
-        .args(args)
+        .args(["--meta", addr, "ls", path])
         .output()
-        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A cluster with meta on a fresh PostgreSQL database, and a watching mount
+/// "m", once meta knows it is alone on the store (None: no PostgreSQL here).
+fn alone_on_postgres() -> Option<(Cluster, Mount)> {
+    let admin = dfs_tests::postgres_admin_url()?;
+    let c = cluster(Some(dfs_tests::fresh_postgres_db(&admin)));
+    let m = c.mount("m");
+    c.wait_watch(&m, true);
+    c.wait_until("the meta knows it is alone", Duration::from_secs(30), |c| {
+        alone(c) == 1.0
+    });
+    Some((c, m))
 }
 
 /// On PostgreSQL a meta alone on the store grants directories as on SQLite
@@ -248,15 +266,9 @@ fn dfs_via(c: &Cluster, addr: &str, args: &[&str]) -> std::process::Output {
 /// the first's mount was told is done, and that mount's calls wait for meta.
 #[test]
 fn on_postgresql_a_meta_alone_grants_until_another_meta_joins() {
-    let Some(admin) = dfs_tests::postgres_admin_url() else {
+    let Some((mut c, m)) = alone_on_postgres() else {
         return;
     };
-    let mut c = cluster(Some(dfs_tests::fresh_postgres_db(&admin)));
-    let m = c.mount("m");
-    c.wait_watch(&m, true);
-    c.wait_until("the meta knows it is alone", Duration::from_secs(30), |c| {
-        alone(c) == 1.0
-    });
     let dir = filled(&m, "d", 20);
     unlink(&dir, 0..10);
     fsync_dir(&dir);
@@ -300,15 +312,7 @@ fn on_postgresql_a_meta_alone_grants_until_another_meta_joins() {
         "the first meta made room itself (not fenced off)"
     );
     let addr = c.extra_meta_addr(second).to_string();
-    let listed = |path: &str| {
-        let out = dfs_via(&c, &addr, &["ls", path]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let listed = |path: &str| ls_via(&c, &addr, path);
     let d = listed("/d");
     for i in 0..20 {
         assert_eq!(
@@ -349,15 +353,9 @@ fn on_postgresql_a_meta_alone_grants_until_another_meta_joins() {
 /// store and grants nothing.
 #[test]
 fn a_stalled_meta_alone_is_fenced_off_by_a_joining_meta() {
-    let Some(admin) = dfs_tests::postgres_admin_url() else {
+    let Some((mut c, m)) = alone_on_postgres() else {
         return;
     };
-    let mut c = cluster(Some(dfs_tests::fresh_postgres_db(&admin)));
-    let m = c.mount("m");
-    c.wait_watch(&m, true);
-    c.wait_until("the meta knows it is alone", Duration::from_secs(30), |c| {
-        alone(c) == 1.0
-    });
     let dir = filled(&m, "d", 10);
     unlink(&dir, 0..5);
     fsync_dir(&dir);
@@ -368,14 +366,8 @@ fn a_stalled_meta_alone_is_fenced_off_by_a_joining_meta() {
     let second = c.add_meta();
     let addr = c.extra_meta_addr(second).to_string();
     // Answered while the first meta is still stopped.
-    let out = dfs_via(&c, &addr, &["ls", "/d"]);
+    let listed = ls_via(&c, &addr, "/d");
     dfs_tests::signal(first, "CONT");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed = String::from_utf8_lossy(&out.stdout);
     for i in 0..10 {
         assert_eq!(
             listed.contains(&file(i)),

@@ -62,12 +62,7 @@ impl Store {
                 None => return Ok(Some(LeaderLock::Local)),
             },
         };
-        let got: bool = db::query("SELECT pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut conn)
-            .await?
-            .try_get(0)?;
-        if got {
+        if try_lock(&mut conn, "SELECT pg_try_advisory_lock($1)", LEADER_LOCK).await? {
             return Ok(Some(LeaderLock::Postgres(conn)));
         }
         *spare = Some(conn);
@@ -83,21 +78,18 @@ impl Store {
     /// Takes the shared presence hold on `conn` unless a meta holds it
     /// exclusively.
     pub async fn try_hold_presence(&self, conn: &mut DbConn) -> Result<bool> {
-        Ok(db::query("SELECT pg_try_advisory_lock_shared($1)")
-            .bind(PRESENCE_LOCK)
-            .fetch_one(conn)
-            .await?
-            .try_get(0)?)
+        try_lock(
+            conn,
+            "SELECT pg_try_advisory_lock_shared($1)",
+            PRESENCE_LOCK,
+        )
+        .await
     }
 
     /// Takes the exclusive presence hold on `conn` (which holds the shared
     /// one) if no other meta holds either: this meta is alone.
     pub async fn try_hold_alone(&self, conn: &mut DbConn) -> Result<bool> {
-        Ok(db::query("SELECT pg_try_advisory_lock($1)")
-            .bind(PRESENCE_LOCK)
-            .fetch_one(conn)
-            .await?
-            .try_get(0)?)
+        try_lock(conn, "SELECT pg_try_advisory_lock($1)", PRESENCE_LOCK).await
     }
 
     /// Gives the exclusive presence hold up, keeping the shared one.
@@ -213,4 +205,14 @@ impl Store {
             Ok(out)
         })
     }
+}
+
+/// Runs one of PostgreSQL's `pg_try_advisory_lock*` functions (`sql`) on
+/// advisory lock `lock`: whether it was taken.
+async fn try_lock(conn: &mut DbConn, sql: &str, lock: i64) -> Result<bool> {
+    Ok(db::query(sql)
+        .bind(lock)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)?)
 }

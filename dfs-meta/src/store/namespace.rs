@@ -226,20 +226,13 @@ impl Store {
     }
 
     /// `unlink_if` in a transaction of its own.
-    pub(super) async fn unlink_alone(
-        &self,
-        parent: u64,
-        name: &[u8],
-        expect: Option<u64>,
-        keep_open: Option<u64>,
-        origin: Origin,
-    ) -> Result<u64> {
+    pub(super) async fn unlink_alone(&self, c: &super::unlinks::UnlinkCall) -> Result<u64> {
         in_tx_once!(
             self,
-            origin,
+            c.origin,
             |tx| {
-                let keep = self.keep_open(keep_open, origin);
-                unlink_in(&mut tx, parent, name, expect, keep).await
+                let keep = self.keep_open(c.keep_open, c.origin);
+                unlink_in(&mut tx, c.parent, &c.name, c.expect, keep).await
             },
             replay | prev | Ok(prev as u64),
             made | ino | ino as i64

@@ -145,10 +145,7 @@ impl Store {
         let mut answers = Vec::with_capacity(calls.len());
         for c in calls {
             self.metrics.unlink_batches.observe(1.0);
-            answers.push(
-                self.unlink_alone(c.parent, &c.name, c.expect, c.keep_open, c.origin)
-                    .await,
-            );
+            answers.push(self.unlink_alone(c).await);
         }
         answers
     }
