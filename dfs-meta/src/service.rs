@@ -239,6 +239,15 @@ impl MetaService {
             .map(|i| crate::convert::attr(&i))
     }
 
+    /// The directory a change left, as the store saw it in the change's
+    /// transaction, or read now if that is not known (a replayed request).
+    async fn dir_after(&self, ino: u64, dir: Option<store::Inode>) -> Option<pb::Attr> {
+        match dir {
+            Some(d) => Some(crate::convert::attr(&d)),
+            None => self.dir_attr(ino).await,
+        }
+    }
+
     /// Heartbeats at or after this instant mean "up".
     fn live_cutoff(&self) -> i64 {
         store::now_ms() - self.config.dead_after.as_millis() as i64
@@ -464,14 +473,15 @@ impl Meta for MetaService {
             let mut reply = if unnamed {
                 attr_reply(&self.store.create_unnamed(args, origin).await?)
             } else {
-                let inode = match numbered {
+                let made = match numbered {
                     Some(n) => {
                         self.store
                             .create_numbered(args, n.ino, n.time, origin)
                             .await?
                     }
-                    None => self.store.create(args, origin).await?,
+                    None => self.store.create_named(args, origin).await?,
                 };
+                let inode = made.done;
                 if inode.kind == store::FileKind::Regular {
                     // Made by open(O_CREAT) (a mknod says closed at once).
                     self.opened(origin.session, inode.ino);
@@ -481,7 +491,7 @@ impl Meta for MetaService {
                     .confirmed()
                     .await;
                 let mut reply = attr_reply(&inode);
-                reply.parent = self.dir_attr(parent).await;
+                reply.parent = self.dir_after(parent, made.dir).await;
                 // Grants where the client may answer early: creates of
                 // files in the parent, and everything in a new directory.
                 reply.grant = match inode.kind {
@@ -519,10 +529,11 @@ impl Meta for MetaService {
             r.parent = view.ino(r.parent).await?;
             self.recall(origin, &[r.parent]).await;
             let keep_open = r.keep_open.then_some(origin.session);
-            let ino = self
+            let unlinked = self
                 .store
                 .unlink_if(r.parent, r.name.bytes(), r.expect_ino, keep_open, origin)
                 .await?;
+            let ino = unlinked.done;
             self.settle_holds(ino).await;
             self.roots.changed();
             self.watchers
@@ -534,7 +545,7 @@ impl Meta for MetaService {
                 .await;
             let grant = self.watchers.grant(origin.session, r.parent);
             Ok(view.dir_change(pb::DirChangeReply {
-                parent: self.dir_attr(r.parent).await,
+                parent: self.dir_after(r.parent, unlinked.dir).await,
                 new_parent: None,
                 ino,
                 replaced_ino: 0,

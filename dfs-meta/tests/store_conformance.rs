@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use dfs_meta::store::{
-    Backend, CommitChunk, CreateArgs, FileKind, HeartbeatInfo, LockKind, LockOutcome, LockRange,
-    LockSpec, Origin, OwnerChanges, RegisterArgs, SessionArgs, SetAttrArgs, Store, StoreError,
-    Timespec,
+    Backend, CommitChunk, CreateArgs, FileKind, HeartbeatInfo, Inode, LockKind, LockOutcome,
+    LockRange, LockSpec, Origin, OwnerChanges, RegisterArgs, SessionArgs, SetAttrArgs, Store,
+    StoreError, Timespec,
 };
 use dfs_meta::FormatOptions;
 use dfs_proto::ROOT_INO;
@@ -471,7 +471,12 @@ async fn unlink_names_the_inode_it_expects(h: Handle) {
         .unlink_if(ROOT_INO, b"f", Some(new.ino), None, Origin::NONE)
         .await
         .unwrap();
-    assert_eq!(gone, new.ino);
+    assert_eq!(gone.done, new.ino);
+    assert_eq!(
+        gone.dir,
+        Some(s.getattr(ROOT_INO).await.unwrap()),
+        "the directory as the unlink left it"
+    );
     assert_eq!(
         errno(s.lookup(ROOT_INO, b"f").await.unwrap_err()),
         libc::ENOENT
@@ -501,6 +506,12 @@ async fn numbered_creates_keep_the_clients_number_and_time(h: Handle) {
         .create_numbered(file(ROOT_INO, "f"), first + 2, time, Origin::NONE)
         .await
         .unwrap();
+    assert_eq!(
+        made.dir,
+        Some(s.getattr(ROOT_INO).await.unwrap()),
+        "the directory as the create left it"
+    );
+    let made = made.done;
     assert_eq!((made.ino, made.mtime, made.ctime), (first + 2, time, time));
     assert_eq!(s.lookup(ROOT_INO, b"f").await.unwrap().ino, first + 2);
     assert_eq!(s.getattr(first + 2).await.unwrap().mtime, time);
@@ -511,7 +522,8 @@ async fn numbered_creates_keep_the_clients_number_and_time(h: Handle) {
         .create_numbered(file(ROOT_INO, "f"), first + 2, time, Origin::NONE)
         .await
         .unwrap();
-    assert_eq!(again.ino, first + 2);
+    assert_eq!(again.done.ino, first + 2);
+    assert_eq!(again.dir, None, "made before: the directory is not known");
     let taken = s
         .create_numbered(file(ROOT_INO, "g"), first + 2, time, Origin::NONE)
         .await
@@ -1844,12 +1856,14 @@ async fn unlinks_sent_at_once_commit_together_and_answer_alone(h: Handle) {
             };
             tokio::spawn(async move {
                 let got = s
-                    .unlink(parent, name.as_bytes(), None, from(sid, request))
+                    .unlink_if(parent, name.as_bytes(), None, None, from(sid, request))
                     .await;
                 (name, got)
             })
         })
         .collect();
+    // The latest state of each directory an answer carried.
+    let mut last_seen: std::collections::HashMap<u64, Inode> = Default::default();
     for t in tasks {
         let (name, got) = t.await.unwrap();
         match name.as_str() {
@@ -1857,9 +1871,24 @@ async fn unlinks_sent_at_once_commit_together_and_answer_alone(h: Handle) {
             "sub" => assert_eq!(errno(got.unwrap_err()), libc::EISDIR),
             f => {
                 let i: usize = f[1..].parse().unwrap();
-                assert_eq!(got.unwrap(), inos[i], "{f} answered with its inode");
+                let got = got.unwrap();
+                assert_eq!(got.done, inos[i], "{f} answered with its inode");
+                if let Some(dir) = got.dir {
+                    assert_eq!(dir.ino, dir_of(i), "{f}: its own directory");
+                    let seen = last_seen.entry(dir.ino).or_insert_with(|| dir.clone());
+                    if dir.ctime > seen.ctime {
+                        *seen = dir;
+                    }
+                }
             }
         }
+    }
+    for dir in [d.ino, other.ino] {
+        assert_eq!(
+            last_seen.get(&dir),
+            Some(&s.getattr(dir).await.unwrap()),
+            "the last unlink's answer shows the directory as it is now"
+        );
     }
     let (entries, _) = s.readdir(d.ino, b"", 200).await.unwrap();
     let names: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();

@@ -60,7 +60,7 @@ pub use fsck::{ChunkHealth, ChunkProblem, FsckReport};
 pub use leader::{LeaderLock, RepairCommand, JOIN_CHANNEL};
 pub use locks::{HeldLock, LockKind, LockOutcome, LockRange, LockSpec};
 pub use metrics::StoreMetrics;
-pub use namespace::{CreateArgs, DirEntry, Renamed, SetAttrArgs, MAX_XATTR_VALUE};
+pub use namespace::{CreateArgs, DirEntry, NameChange, Renamed, SetAttrArgs, MAX_XATTR_VALUE};
 pub use nodes::{ClusterCounts, ExtraReplicas, HeartbeatInfo, NodeInfo, RegisterArgs, RepairItem};
 pub use rows::{FileKind, Inode, OwnerChanges, Timespec};
 pub use sessions::{SessionArgs, SessionRecord};

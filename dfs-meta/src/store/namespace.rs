@@ -49,6 +49,16 @@ pub struct SetAttrArgs {
     pub flags: Option<u32>,
 }
 
+/// A change of a name, with its directory as the change left it: a reply
+/// carries the directory's attributes, and reading them again after the
+/// commit would cost a round trip (on PostgreSQL) per call. `dir` is None
+/// when the answer is the record of an earlier run (a retried request).
+#[derive(Debug, Clone)]
+pub struct NameChange<T> {
+    pub done: T,
+    pub dir: Option<Inode>,
+}
+
 #[derive(Debug, Clone)]
 pub struct DirEntry {
     pub name: Vec<u8>,
@@ -110,6 +120,15 @@ impl Store {
     }
 
     pub async fn create(&self, args: CreateArgs, origin: Origin) -> Result<Inode> {
+        Ok(self.create_named(args, origin).await?.done)
+    }
+
+    /// `create`, with the directory as the create left it.
+    pub async fn create_named(
+        &self,
+        args: CreateArgs,
+        origin: Origin,
+    ) -> Result<NameChange<Inode>> {
         validate_name(&args.name)?;
         if args.kind == FileKind::Symlink
             && (args.symlink_target.is_empty()
@@ -126,8 +145,8 @@ impl Store {
             self,
             origin,
             |tx| create_in(&mut tx, ino, &args, None, now).await,
-            replay | ino | require_inode(&mut tx, ino as u64).await,
-            made | inode | inode.ino as i64
+            replay | ino | replayed_create(&mut tx, ino).await,
+            made | made | made.done.ino as i64
         )
     }
 
@@ -142,7 +161,7 @@ impl Store {
         ino: u64,
         time: Timespec,
         origin: Origin,
-    ) -> Result<Inode> {
+    ) -> Result<NameChange<Inode>> {
         validate_name(&args.name)?;
         if args.kind != FileKind::Regular {
             return Err(StoreError::Invalid(
@@ -159,14 +178,17 @@ impl Store {
                     // is its own create, landed before (a retry whose request
                     // id went with an expired session).
                     if entry_ino(&mut tx, args.parent, &args.name).await? == Some(ino) {
-                        return Ok(made);
+                        return Ok(NameChange {
+                            done: made,
+                            dir: None,
+                        });
                     }
                     return Err(StoreError::Exists(format!("inode {ino}")));
                 }
                 create_in(&mut tx, key, &args, None, time).await
             },
-            replay | ino | require_inode(&mut tx, ino as u64).await,
-            made | inode | inode.ino as i64
+            replay | ino | replayed_create(&mut tx, ino).await,
+            made | made | made.done.ino as i64
         )
     }
 
@@ -184,7 +206,9 @@ impl Store {
         in_tx_once!(
             self,
             origin,
-            |tx| create_in(&mut tx, ino, &args, Some(origin.session), now).await,
+            |tx| Ok(create_in(&mut tx, ino, &args, Some(origin.session), now)
+                .await?
+                .done),
             replay | ino | require_inode(&mut tx, ino as u64).await,
             made | inode | inode.ino as i64
         )
@@ -200,7 +224,10 @@ impl Store {
         keep_open: Option<u64>,
         origin: Origin,
     ) -> Result<u64> {
-        self.unlink_if(parent, name, None, keep_open, origin).await
+        Ok(self
+            .unlink_if(parent, name, None, keep_open, origin)
+            .await?
+            .done)
     }
 
     /// `unlink`, done only if `name` names inode `expect` (when given): a name
@@ -213,7 +240,7 @@ impl Store {
         expect: Option<u64>,
         keep_open: Option<u64>,
         origin: Origin,
-    ) -> Result<u64> {
+    ) -> Result<NameChange<u64>> {
         validate_name(name)?;
         self.unlink_batched(super::unlinks::UnlinkCall {
             parent,
@@ -226,7 +253,10 @@ impl Store {
     }
 
     /// `unlink_if` in a transaction of its own.
-    pub(super) async fn unlink_alone(&self, c: &super::unlinks::UnlinkCall) -> Result<u64> {
+    pub(super) async fn unlink_alone(
+        &self,
+        c: &super::unlinks::UnlinkCall,
+    ) -> Result<NameChange<u64>> {
         in_tx_once!(
             self,
             c.origin,
@@ -234,8 +264,13 @@ impl Store {
                 let keep = self.keep_open(c.keep_open, c.origin);
                 unlink_in(&mut tx, c.parent, &c.name, c.expect, keep).await
             },
-            replay | prev | Ok(prev as u64),
-            made | ino | ino as i64
+            replay
+                | prev
+                | Ok(NameChange {
+                    done: prev as u64,
+                    dir: None
+                }),
+            made | unlinked | unlinked.done as i64
         )
     }
 
@@ -575,7 +610,7 @@ async fn create_in(
     args: &CreateArgs,
     unnamed_holder: Option<u64>,
     now: Timespec,
-) -> Result<Inode> {
+) -> Result<NameChange<Inode>> {
     let named = unnamed_holder.is_none();
     let (parent, existing) = if named {
         dir_and_entry(tx, args.parent, &args.name).await?
@@ -626,9 +661,12 @@ async fn create_in(
     .bind(target)
     .defer_row(&mut *tx, ino)
     .await?;
+    let mut dir = None;
     if named {
         insert_entry(tx, args.parent, &args.name, ino as u64).await?;
-        touch_dir(tx, args.parent, if is_dir { 1 } else { 0 }, now).await?;
+        let nlink_delta = if is_dir { 1 } else { 0 };
+        touch_dir(tx, args.parent, nlink_delta, now).await?;
+        dir = Some(touched(parent, nlink_delta, now));
     } else {
         db::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
             .bind(ino)
@@ -638,7 +676,7 @@ async fn create_in(
         sessions::hold_orphan(tx, ino as u64, unnamed_holder.unwrap_or(0)).await?;
     }
     // What the INSERT above wrote (no read back: it may still be deferred).
-    Ok(Inode {
+    let done = Inode {
         ino: ino as u64,
         kind: args.kind,
         mode,
@@ -653,6 +691,15 @@ async fn create_in(
         rdev: args.rdev,
         has_xattrs: false,
         flags: 0,
+    };
+    Ok(NameChange { done, dir })
+}
+
+/// The inode a create's earlier run made (a replay): its directory unread.
+async fn replayed_create(tx: &mut DbConn, ino: i64) -> Result<NameChange<Inode>> {
+    Ok(NameChange {
+        done: require_inode(tx, ino as u64).await?,
+        dir: None,
     })
 }
 
@@ -966,6 +1013,14 @@ async fn delete_entry(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<()>
 }
 
 /// A directory's contents changed: mtime and ctime move, nlink by `nlink_delta`.
+/// Directory `dir` (read in this transaction) as `touch_dir` leaves it.
+fn touched(mut dir: Inode, nlink_delta: i64, now: Timespec) -> Inode {
+    dir.nlink = (i64::from(dir.nlink) + nlink_delta).max(0) as u32;
+    dir.mtime = now;
+    dir.ctime = now;
+    dir
+}
+
 async fn touch_dir(conn: &mut DbConn, dir: u64, nlink_delta: i64, now: Timespec) -> Result<()> {
     db::query(
         "UPDATE inodes SET nlink = nlink + $2, mtime_s = $3, mtime_ns = $4, ctime_s = $3, ctime_ns = $4 WHERE ino = $1",
@@ -1023,7 +1078,7 @@ pub(super) async fn unlink_in(
     name: &[u8],
     expect: Option<u64>,
     keep: KeepOpen<'_>,
-) -> Result<u64> {
+) -> Result<NameChange<u64>> {
     let now = Timespec::now();
     let (dir, entry) = dir_and_entry(conn, parent, name).await?;
     dir.require_unpinned("unlink")?;
@@ -1038,7 +1093,10 @@ pub(super) async fn unlink_in(
     delete_entry(conn, parent, name).await?;
     touch_dir(conn, parent, 0, now).await?;
     drop_link(conn, &inode, now, keep).await?;
-    Ok(ino)
+    Ok(NameChange {
+        done: ino,
+        dir: Some(touched(dir, 0, now)),
+    })
 }
 
 /// One name of a non-directory is gone: drop its link count, and the inode

@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
+use super::namespace::NameChange;
 use super::tables::{self, Origin};
 use super::{Backend, Result, Store, StoreError};
 
@@ -37,7 +38,7 @@ pub(super) struct UnlinkCall {
 
 struct Waiting {
     call: UnlinkCall,
-    answer: oneshot::Sender<Result<u64>>,
+    answer: oneshot::Sender<Result<NameChange<u64>>>,
 }
 
 /// The unlinks waiting for the batch committing now; `None` while none is.
@@ -53,7 +54,7 @@ impl UnlinkQueue {
 
     /// Queues `call`; true if no batch is running, so the caller must start
     /// the runner.
-    fn enqueue(&self, call: UnlinkCall, answer: oneshot::Sender<Result<u64>>) -> bool {
+    fn enqueue(&self, call: UnlinkCall, answer: oneshot::Sender<Result<NameChange<u64>>>) -> bool {
         let mut waiting = self.lock();
         let w = Waiting { call, answer };
         match waiting.as_mut() {
@@ -87,7 +88,7 @@ impl UnlinkQueue {
 
 impl Store {
     /// Removes a name (see `unlink_if`) in the next batch.
-    pub(super) async fn unlink_batched(&self, call: UnlinkCall) -> Result<u64> {
+    pub(super) async fn unlink_batched(&self, call: UnlinkCall) -> Result<NameChange<u64>> {
         let (answer, answered) = oneshot::channel();
         if self.unlink_queue.enqueue(call, answer) {
             let store = self.clone();
@@ -117,10 +118,10 @@ impl Store {
     }
 
     /// `calls` in one transaction; each alone if that transaction fails.
-    async fn unlink_together(&self, calls: &[UnlinkCall]) -> Vec<Result<u64>> {
+    async fn unlink_together(&self, calls: &[UnlinkCall]) -> Vec<Result<NameChange<u64>>> {
         if calls.len() > 1 {
             let mut runs: u32 = 0;
-            let together: Result<Vec<Result<u64>>> = async {
+            let together: Result<Vec<Result<NameChange<u64>>>> = async {
                 super::in_tx!(self, |tx| {
                     runs += 1;
                     // As `in_tx_once`: on PostgreSQL a first run looks for a
@@ -158,27 +159,35 @@ impl Store {
         tx: &mut super::DbConn,
         c: &UnlinkCall,
         looked: bool,
-    ) -> Result<Result<u64>> {
+    ) -> Result<Result<NameChange<u64>>> {
         if looked {
             if let Some(prev) = tables::replayed(tx, c.origin).await? {
-                return Ok(Ok(prev as u64));
+                return Ok(Ok(replayed(prev)));
             }
         }
         let keep = self.keep_open(c.keep_open, c.origin);
         match super::namespace::unlink_in(tx, c.parent, &c.name, c.expect, keep).await {
-            Ok(ino) => {
-                tables::record(tx, c.origin, ino as i64).await?;
-                Ok(Ok(ino))
+            Ok(unlinked) => {
+                tables::record(tx, c.origin, unlinked.done as i64).await?;
+                Ok(Ok(unlinked))
             }
             Err(e @ StoreError::Db(_)) => Err(e),
             Err(refused) => {
                 if !looked {
                     if let Some(prev) = tables::replayed(tx, c.origin).await? {
-                        return Ok(Ok(prev as u64));
+                        return Ok(Ok(replayed(prev)));
                     }
                 }
                 Ok(Err(refused))
             }
         }
+    }
+}
+
+/// The answer of an unlink's earlier run (a retried request): its directory unread.
+fn replayed(prev: i64) -> NameChange<u64> {
+    NameChange {
+        done: prev as u64,
+        dir: None,
     }
 }
