@@ -78,6 +78,7 @@ pub async fn commit(
         mtime,
         return_chunks,
         attrs: None,
+        create: None,
     };
     Ok(meta.clone().commit_write(request).await?.into_inner())
 }

@@ -45,6 +45,14 @@
 //!   word), those fail with EIO and the name leaves this mount's cache, so
 //!   nothing written to the file is acknowledged by a close. An empty file
 //!   closed before meta answered is acknowledged without waiting.
+//! - **A create rides with the file's first commit:** it is held (`HeldCreate`)
+//!   until the file's first commit takes it along (create and commit are one
+//!   call and one transaction on meta, so a small file's close costs one),
+//!   or until anything else needs it on meta: a close with nothing to
+//!   commit, anything waiting for its landing, a settle (every call that
+//!   waits for the early ones), a full set of slots, or `HOLD_CREATE`. Then
+//!   it goes alone. If the carrying commit fails, the create goes alone and
+//!   decides the file's fate as above, and the commit follows it.
 //! - A mount that does not answer a recall (stopped, cut off) is waited out
 //!   by meta until its grant runs out; calls it still had in flight then may
 //!   land after the other client's (a create then fails as above). A crash
@@ -64,6 +72,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, OwnedRwLockReadGuard, RwLock};
 
+use dfs_proto::pb;
+
 use crate::error::{FsError, FsResult};
 
 /// Calls sent and not yet answered, at most; the next one waits for a slot.
@@ -73,6 +83,10 @@ pub const IN_FLIGHT: u32 = 64;
 pub const PRIVATE_FOR: Duration = dfs_proto::GRANT_FOR;
 /// Directories remembered as private.
 const PRIVATE_DIRS: usize = 4096;
+/// How long an early create waits for its file's first commit to carry it
+/// before it goes alone (a file written for longer than this, or kept
+/// open).
+pub const HOLD_CREATE: Duration = Duration::from_millis(100);
 
 /// What meta last said of a directory.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +121,8 @@ pub struct Deferred {
     gate: Arc<RwLock<()>>,
     /// Inodes and names with a call in flight, with how many.
     busy: Busy,
+    /// Bumped when a settle (or a wait for a slot) begins: held creates go.
+    kick: watch::Sender<u64>,
 }
 
 /// One call on its way to meta: its slot frees when this drops.
@@ -144,7 +160,18 @@ impl Deferred {
             )),
             gate: Arc::new(RwLock::with_max_readers((), IN_FLIGHT)),
             busy: Arc::default(),
+            kick: watch::channel(0).0,
         }
+    }
+
+    /// Sends every held create now (something waits for the calls in flight).
+    fn kick(&self) {
+        self.kick.send_modify(|k| *k = k.wrapping_add(1));
+    }
+
+    /// What tells a held create to go (`HeldCreate::wait`).
+    pub fn kicks(&self) -> watch::Receiver<u64> {
+        self.kick.subscribe()
     }
 
     fn private_now(&self, dir: u64) -> bool {
@@ -227,7 +254,14 @@ impl Deferred {
     /// A slot for a call about `ino` and `name` in `dir`, once one is free
     /// and no `settled` waits.
     pub async fn begin(&self, ino: u64, dir: u64, name: &[u8]) -> InFlight {
-        let slot = self.gate.clone().read_owned().await;
+        let slot = match self.gate.clone().try_read_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Held creates may hold the slots: they go now.
+                self.kick();
+                self.gate.clone().read_owned().await
+            }
+        };
         let subjects = [Subject::Ino(ino), Subject::Name(dir, name.to_vec())];
         {
             let mut busy = lock(&self.busy);
@@ -251,6 +285,7 @@ impl Deferred {
             drop(free);
             return;
         }
+        self.kick();
         drop(self.gate.write().await);
     }
 
@@ -269,6 +304,135 @@ impl Deferred {
             .filter(|(s, _)| matches!(s, Subject::Ino(_)))
             .map(|(_, n)| n)
             .sum()
+    }
+}
+
+/// What meta answered an early create: the grant of its directory (0: none)
+/// and inode numbers, if asked for.
+pub type CreateAnswer = FsResult<(u64, Option<pb::InoGrant>)>;
+
+/// What to do with meta's answer to an early create (the mount's
+/// bookkeeping: grants, inode numbers, the cache on a failure). Returns the
+/// file's fate: Err says why the create failed.
+pub type OnAnswer =
+    Box<dyn FnOnce(&pb::CreateRequest, Instant, CreateAnswer) -> Result<(), String> + Send>;
+
+/// An early create not sent yet, with what its answer goes to.
+pub struct PendingCreate {
+    pub request: pb::CreateRequest,
+    lander: Lander,
+    on_answer: OnAnswer,
+    _in_flight: InFlight,
+}
+
+impl PendingCreate {
+    /// Meta answered the create (alone or carried by a commit sent at
+    /// `sent`): the bookkeeping runs, the file's `Landing` hears, the slot frees.
+    pub fn answered(self, sent: Instant, answer: CreateAnswer) {
+        let outcome = (self.on_answer)(&self.request, sent, answer);
+        self.lander.landed(outcome);
+    }
+}
+
+/// An early create held for its file's first commit (see the module).
+pub struct HeldCreate {
+    state: Mutex<Held>,
+    go: tokio::sync::Notify,
+}
+
+enum Held {
+    /// Not sent: a commit may take it along.
+    Waiting(PendingCreate),
+    /// A commit took it along and is on its way.
+    Carried,
+    /// To go alone (the carrying commit failed).
+    Alone(PendingCreate),
+    /// Sent alone, or carried and answered.
+    Gone,
+}
+
+impl HeldCreate {
+    pub fn new(
+        request: pb::CreateRequest,
+        lander: Lander,
+        on_answer: OnAnswer,
+        in_flight: InFlight,
+    ) -> Arc<HeldCreate> {
+        Arc::new(HeldCreate {
+            state: Mutex::new(Held::Waiting(PendingCreate {
+                request,
+                lander,
+                on_answer,
+                _in_flight: in_flight,
+            })),
+            go: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The create, for a commit to carry; None if it went (or goes) alone.
+    pub fn carry(&self) -> Option<PendingCreate> {
+        let mut held = lock(&self.state);
+        match std::mem::replace(&mut *held, Held::Carried) {
+            Held::Waiting(create) => Some(create),
+            other => {
+                *held = other;
+                None
+            }
+        }
+    }
+
+    /// The carrying commit was answered (`PendingCreate::answered` told the rest).
+    pub fn carried(&self) {
+        *lock(&self.state) = Held::Gone;
+        self.go.notify_one();
+    }
+
+    /// The carrying commit failed: the create goes alone now.
+    pub fn carry_failed(&self, create: PendingCreate) {
+        *lock(&self.state) = Held::Alone(create);
+        self.go.notify_one();
+    }
+
+    /// Something needs the create on meta: it goes alone now, if still held.
+    pub fn go(&self) {
+        self.go.notify_one();
+    }
+
+    /// Waits until the create must go alone (`go`, a kick, or
+    /// `HOLD_CREATE`), then takes it; None once a commit carried it and
+    /// was answered.
+    pub async fn wait(&self, mut kicks: watch::Receiver<u64>) -> Option<PendingCreate> {
+        let hold = tokio::time::sleep(HOLD_CREATE);
+        tokio::pin!(hold);
+        let (mut held_out, mut kicks_live) = (false, true);
+        loop {
+            let waiting = {
+                let mut held = lock(&self.state);
+                match std::mem::replace(&mut *held, Held::Gone) {
+                    Held::Alone(create) => return Some(create),
+                    Held::Gone => return None,
+                    Held::Waiting(create) if held_out => return Some(create),
+                    other => {
+                        let waiting = matches!(other, Held::Waiting(_));
+                        *held = other;
+                        waiting
+                    }
+                }
+            };
+            if !waiting {
+                // Carried: only its failure (or its answer) wakes this.
+                self.go.notified().await;
+                continue;
+            }
+            tokio::select! {
+                _ = self.go.notified() => held_out = true,
+                changed = kicks.changed(), if kicks_live => match changed {
+                    Ok(()) => held_out = true,
+                    Err(_) => kicks_live = false,
+                },
+                _ = &mut hold, if !held_out => held_out = true,
+            }
+        }
     }
 }
 

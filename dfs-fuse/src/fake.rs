@@ -238,6 +238,7 @@ fn map_of(ino: u64, file: &FakeFile) -> pb::GetChunksReply {
         }),
         chunk_size: CHUNK_SIZE,
         chunks: file.chunks.values().cloned().collect(),
+        ..Default::default()
     }
 }
 
@@ -256,6 +257,11 @@ impl FakeCluster {
         req: &pb::CommitWriteRequest,
     ) -> Result<pb::GetChunksReply, ClientError> {
         self.with(|s| {
+            if req.create.as_ref().is_some_and(|c| c.ino == req.ino) {
+                // The file's create, carried: made with the commit.
+                *s.calls.entry("carried_create").or_default() += 1;
+                s.files.entry(req.ino).or_default();
+            }
             let file = s.files.get(&req.ino).cloned().ok_or_else(no_such_file)?;
             for c in &req.chunks {
                 let current = file.chunks.get(&c.index).map_or(0, |r| r.chunk_id);
@@ -324,7 +330,7 @@ impl FakeCluster {
             }],
             mtime: None,
             return_chunks: true,
-            attrs: None,
+            ..Default::default()
         };
         let _ = self.apply_commit(&request);
     }

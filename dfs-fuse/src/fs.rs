@@ -11,7 +11,7 @@ use dfs_proto::pb;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::coherence::Ticket;
-use crate::deferred::{landing, Deferred, InFlight, Lander};
+use crate::deferred::{landing, Deferred, HeldCreate, InFlight, OnAnswer};
 use crate::error::{FsError, FsResult};
 use crate::io::{Io, ReadData};
 use crate::metacache::Known;
@@ -958,14 +958,6 @@ impl DfsFs {
         c.mutated();
         self.note_attr(&attr);
         let (lander, landing) = landing();
-        let file = Arc::new(AsyncMutex::new(OpenFile::created(
-            &self.io,
-            &attr,
-            chunk_size,
-            Some(landing),
-        )));
-        lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
-        let fh = self.add_handle(file);
         let request = pb::CreateRequest {
             parent,
             name: name.to_vec(),
@@ -976,42 +968,60 @@ impl DfsFs {
             ino: numbered.ino,
             grant: Some(numbered.grant),
             time: Some(time),
+            want_inos: self.inos.want(),
             ..Default::default()
         };
-        self.create_later(request, lander, in_flight);
+        let held = HeldCreate::new(request, lander, self.on_create_answer(), in_flight);
+        let file = OpenFile::created(&self.io, &attr, chunk_size, Some(landing))
+            .with_held_create(held.clone());
+        let file = Arc::new(AsyncMutex::new(file));
+        lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
+        let fh = self.add_handle(file);
+        self.create_later(held);
         Some((attr, fh))
     }
 
-    /// Sends a create answered early; its file's `Landing` hears the outcome.
-    fn create_later(
-        self: &Arc<Self>,
-        mut request: pb::CreateRequest,
-        lander: Lander,
-        in_flight: InFlight,
-    ) {
-        request.want_inos = self.inos.want();
-        let (fs, mut meta) = (self.clone(), self.meta.clone());
+    /// Sends a create answered early once it must go alone (its file's
+    /// first commit did not carry it, see `deferred.rs`).
+    fn create_later(self: &Arc<Self>, held: Arc<HeldCreate>) {
+        let (kicks, mut meta) = (self.deferred.kicks(), self.meta.clone());
         tokio::spawn(async move {
-            let (parent, ino, want) = (request.parent, request.ino, request.want_inos);
-            let name = request.name.clone();
+            let Some(create) = held.wait(kicks).await else {
+                return;
+            };
             let sent = Instant::now();
-            let reply = meta.create(request).await;
-            if want > 0 {
+            let answer = meta
+                .create(create.request.clone())
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    (r.grant, r.inos)
+                })
+                .map_err(FsError::from);
+            create.answered(sent, answer);
+        });
+    }
+
+    /// The mount's part of meta's answer to an early create, alone or
+    /// carried by its file's first commit.
+    fn on_create_answer(self: &Arc<Self>) -> OnAnswer {
+        let fs = self.clone();
+        Box::new(move |request, sent, answer| {
+            let (parent, ino, name) = (request.parent, request.ino, &request.name);
+            if request.want_inos > 0 {
                 fs.inos
-                    .answered(reply.as_ref().ok().and_then(|r| r.get_ref().inos.clone()));
+                    .answered(answer.as_ref().ok().and_then(|(_, inos)| inos.clone()));
             }
-            let outcome = match reply {
-                Ok(r) => {
-                    let r = r.get_ref();
-                    fs.deferred.learned(parent, r.grant, sent);
+            let outcome = match answer {
+                Ok((grant, _)) => {
+                    fs.deferred.learned(parent, grant, sent);
                     Ok(())
                 }
-                Err(status) => {
-                    let e = FsError::from(status);
-                    tracing::warn!(parent, ino, name = %String::from_utf8_lossy(&name), error = %e,
+                Err(e) => {
+                    tracing::warn!(parent, ino, name = %String::from_utf8_lossy(name), error = %e,
                         "a create answered early failed on meta: the file is not there");
                     fs.deferred.learned(parent, 0, sent);
-                    fs.coherence().answered_wrongly(parent, &name, ino);
+                    fs.coherence().answered_wrongly(parent, name, ino);
                     Err(e.to_string())
                 }
             };
@@ -1021,9 +1031,8 @@ impl DfsFs {
                 .deferred_creates
                 .with_label_values(&[label])
                 .inc();
-            lander.landed(outcome);
-            drop(in_flight);
-        });
+            outcome
+        })
     }
 
     /// The file another mount created under `name` first, opened. The

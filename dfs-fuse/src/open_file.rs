@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use dfs_client::buffers;
 use dfs_client::chunk_io::UploadedChunk;
@@ -17,7 +18,7 @@ use dfs_proto::{pb, zero_runs};
 use prost::bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use crate::deferred::Landing;
+use crate::deferred::{HeldCreate, Landing};
 use crate::error::{FsError, FsResult};
 use crate::io::{Io, Part, PendingRead, Piece};
 use crate::memory::MemoryBudget;
@@ -131,6 +132,8 @@ pub struct OpenFile {
     /// A file created early: meta may not have it yet, so everything that
     /// asks meta about it waits for this first (`deferred.rs`).
     landing: Option<Landing>,
+    /// The early create, while its first commit may still carry it.
+    held_create: Option<Arc<HeldCreate>>,
 }
 
 /// Attribute changes answered by this mount and sent with the next commit.
@@ -190,13 +193,23 @@ impl OpenFile {
         file
     }
 
+    /// Its early create is held for its first commit to carry (`deferred.rs`).
+    pub fn with_held_create(mut self, held: Arc<HeldCreate>) -> OpenFile {
+        self.held_create = Some(held);
+        self
+    }
+
     /// Waits until meta has this file, if it was created early; fails (EIO)
     /// for good if meta refused the create.
     pub async fn landed(&mut self) -> FsResult<()> {
+        if let Some(held) = &self.held_create {
+            held.go();
+        }
         if let Some(landing) = self.landing.as_mut() {
             landing.wait().await?;
             self.landing = None;
         }
+        self.held_create = None;
         Ok(())
     }
 
@@ -226,6 +239,7 @@ impl OpenFile {
             append_lock_held: false,
             held_attrs: None,
             landing: None,
+            held_create: None,
         }
     }
 
@@ -543,10 +557,13 @@ impl OpenFile {
     /// otherwise only as far as committed data reaches, so a crash never leaves
     /// a size covering data that was not written.
     async fn commit(&mut self, io: &Io, final_size: bool) -> FsResult<()> {
+        if self.carry_create(io, final_size).await {
+            return Ok(());
+        }
         self.landed().await?;
         let mut attempt = 0;
         loop {
-            match self.try_commit(io, final_size).await {
+            match self.try_commit(io, final_size, None).await {
                 // Another mount committed over a chunk this one started from.
                 Err(e) if e.errno() == libc::ESTALE && attempt < 5 => {
                     attempt += 1;
@@ -562,7 +579,38 @@ impl OpenFile {
                 Err(e) if e.errno() == libc::EKEYEXPIRED => {
                     return Err(FsError::new(libc::EIO, e.to_string()))
                 }
-                other => return other,
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+
+    /// The file's first commit, carrying its early create if that is still
+    /// held: true if done. If that call fails, the create goes alone (and
+    /// decides the file's fate) and the commit is made after it as usual.
+    async fn carry_create(&mut self, io: &Io, final_size: bool) -> bool {
+        let Some(held) = self.held_create.clone() else {
+            return false;
+        };
+        let Some(create) = held.carry() else {
+            return false;
+        };
+        let sent = Instant::now();
+        match self
+            .try_commit(io, final_size, Some(create.request.clone()))
+            .await
+        {
+            Ok(answer) => {
+                create.answered(sent, Ok(answer));
+                held.carried();
+                self.landing = None;
+                self.held_create = None;
+                true
+            }
+            Err(e) => {
+                tracing::debug!(ino = self.ino, error = %e,
+                    "a commit carrying its file's create failed; the create goes alone");
+                held.carry_failed(create);
+                false
             }
         }
     }
@@ -627,7 +675,14 @@ impl OpenFile {
         Ok(())
     }
 
-    async fn try_commit(&mut self, io: &Io, final_size: bool) -> FsResult<()> {
+    /// One commit; `create`: the file's early create, carried. Returns
+    /// meta's answer to that (the directory's grant, inode numbers).
+    async fn try_commit(
+        &mut self,
+        io: &Io,
+        final_size: bool,
+        create: Option<pb::CreateRequest>,
+    ) -> FsResult<(u64, Option<pb::InoGrant>)> {
         // Meta never lets a commit shrink the file; a merged chunk may reach
         // past this mount's size (another mount appended).
         let written: Vec<Written<'_>> = self
@@ -654,6 +709,7 @@ impl OpenFile {
             mtime: Some(self.mtime),
             return_chunks: true,
             attrs: self.held_attrs.as_ref().map(|h| h.changes),
+            create,
         };
         let map = io.files.commit_write(request).await;
         match map.as_ref().ok().filter(|m| m.attr.is_some()) {
@@ -689,7 +745,7 @@ impl OpenFile {
             self.size = size;
         }
         self.committed_size = size;
-        Ok(())
+        Ok((map.grant, map.inos))
     }
 
     /// Uploads and commits everything pending. With `durable`, also has every
@@ -697,6 +753,12 @@ impl OpenFile {
     pub async fn flush(&mut self, io: &Io, durable: bool) -> FsResult<()> {
         if let Some(e) = self.pending_error.take() {
             return Err(e);
+        }
+        if !self.changed {
+            // Nothing to carry it: the create goes now.
+            if let Some(held) = &self.held_create {
+                held.go();
+            }
         }
         if durable && !self.changed {
             self.landed().await?;

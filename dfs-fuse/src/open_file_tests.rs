@@ -367,3 +367,149 @@ async fn a_file_created_early_uploads_before_meta_has_it_and_commits_after() {
     assert_eq!(cluster.calls("commit_write"), 0);
     assert!(cluster.content(INO).is_empty());
 }
+
+/// A file created early whose create is held for its first commit, with
+/// what meta's answer to the create was (through the mount's bookkeeping).
+async fn held_file(
+    io: &Io,
+    cluster: &FakeCluster,
+) -> (
+    OpenFile,
+    Arc<crate::deferred::HeldCreate>,
+    Arc<std::sync::Mutex<Vec<Result<u64, i32>>>>,
+) {
+    let deferred = crate::deferred::Deferred::new(true, true);
+    let in_flight = deferred.begin(INO, 1, b"new").await;
+    let (lander, landing) = crate::deferred::landing();
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let told = answers.clone();
+    let request = pb::CreateRequest {
+        parent: 1,
+        name: b"new".to_vec(),
+        ino: INO,
+        ..Default::default()
+    };
+    let on_answer: crate::deferred::OnAnswer = Box::new(move |_, _, answer| {
+        let answer = answer.map(|(grant, _)| grant).map_err(|e| e.errno());
+        told.lock().unwrap().push(answer);
+        answer.map(|_| ()).map_err(|e| format!("errno {e}"))
+    });
+    let held = crate::deferred::HeldCreate::new(request, lander, on_answer, in_flight);
+    let file = OpenFile::created(io, &cluster.attr(INO), CHUNK_SIZE, Some(landing))
+        .with_held_create(held.clone());
+    (file, held, answers)
+}
+
+#[tokio::test]
+async fn a_held_create_rides_with_the_files_first_commit() {
+    let cluster = FakeCluster::default();
+    let io = cluster.io();
+    let (mut file, held, answers) = held_file(&io, &cluster).await;
+    let (kicks_tx, kicks) = tokio::sync::watch::channel(0u64);
+    let alone = tokio::spawn({
+        let held = held.clone();
+        async move { held.wait(kicks).await.is_some() }
+    });
+    file.write(&io, 0, b"small").await.unwrap();
+    file.flush(&io, false).await.unwrap();
+    assert_eq!(cluster.calls("commit_write"), 1, "one call at close");
+    assert_eq!(cluster.calls("carried_create"), 1, "carrying the create");
+    assert_eq!(cluster.content(INO), b"small");
+    assert_eq!(
+        *answers.lock().unwrap(),
+        vec![Ok(0)],
+        "the create was answered once"
+    );
+    assert!(!alone.await.unwrap(), "nothing goes alone");
+    drop(kicks_tx);
+    // Later commits carry nothing.
+    file.write(&io, 5, b" more").await.unwrap();
+    file.flush(&io, false).await.unwrap();
+    assert_eq!(cluster.calls("carried_create"), 1);
+    assert_eq!(cluster.content(INO), b"small more");
+}
+
+#[tokio::test]
+async fn a_create_whose_carrying_commit_fails_goes_alone_and_decides_the_close() {
+    for create_lands in [true, false] {
+        let cluster = FakeCluster::default();
+        let io = cluster.io();
+        let (mut file, held, answers) = held_file(&io, &cluster).await;
+        let (_kicks_tx, kicks) = tokio::sync::watch::channel(0u64);
+        // The carrying commit gets no answer.
+        cluster.fail_next(Op::Commit, Fault::Timeout);
+        let sender = tokio::spawn({
+            let (held, cluster) = (held.clone(), cluster.clone());
+            async move {
+                // What `DfsFs::create_later` does, meta answering as told.
+                let create = held.wait(kicks).await.expect("the create goes alone");
+                let answer = if create_lands {
+                    cluster.create(INO);
+                    Ok((7, None))
+                } else {
+                    Err(crate::error::FsError::new(libc::EEXIST, "name taken"))
+                };
+                create.answered(std::time::Instant::now(), answer);
+            }
+        });
+        file.write(&io, 0, b"small").await.unwrap();
+        let closed = file.flush(&io, false).await.map_err(|e| e.errno());
+        sender.await.unwrap();
+        if create_lands {
+            assert_eq!(closed, Ok(()), "committed after the create landed");
+            assert_eq!(cluster.content(INO), b"small");
+            assert_eq!(*answers.lock().unwrap(), vec![Ok(7)]);
+            assert_eq!(cluster.calls("commit_write"), 2, "carried, then alone");
+        } else {
+            assert_eq!(
+                closed,
+                Err(libc::EIO),
+                "the create failed: so does the close"
+            );
+            assert_eq!(*answers.lock().unwrap(), vec![Err(libc::EEXIST)]);
+            assert_eq!(cluster.calls("commit_write"), 1, "nothing committed after");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_held_create_goes_alone_when_nothing_carries_it() {
+    // Closed with nothing written: it goes at the close.
+    let cluster = FakeCluster::default();
+    let io = cluster.io();
+    let (mut file, held, _) = held_file(&io, &cluster).await;
+    let (_kicks_tx, kicks) = tokio::sync::watch::channel(0u64);
+    let alone = tokio::spawn({
+        let held = held.clone();
+        async move { held.wait(kicks).await.is_some() }
+    });
+    file.flush(&io, false).await.unwrap();
+    let went = tokio::time::timeout(std::time::Duration::from_millis(50), alone)
+        .await
+        .expect("at once, not after the hold");
+    assert!(went.unwrap());
+
+    // A settle elsewhere kicks it.
+    let (_file, held, _) = held_file(&io, &cluster).await;
+    let (kicks_tx, kicks) = tokio::sync::watch::channel(0u64);
+    let alone = tokio::spawn({
+        let held = held.clone();
+        async move { held.wait(kicks).await.is_some() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    assert!(!alone.is_finished(), "held while its file is open");
+    kicks_tx.send_modify(|k| *k += 1);
+    let went = tokio::time::timeout(std::time::Duration::from_millis(50), alone)
+        .await
+        .expect("kicked");
+    assert!(went.unwrap());
+
+    // Left alone, it goes after the hold.
+    let (_file, held, _) = held_file(&io, &cluster).await;
+    let (_kicks_tx, kicks) = tokio::sync::watch::channel(0u64);
+    let went = tokio::time::timeout(crate::deferred::HOLD_CREATE * 10, held.wait(kicks))
+        .await
+        .expect("after the hold");
+    assert!(went.is_some());
+    assert!(held.carry().is_none(), "no commit carries it then");
+}

@@ -248,6 +248,98 @@ impl MetaService {
         }
     }
 
+    /// Refuses an early create (the client chose the inode number and made
+    /// the attributes) where the export maps owners, or whose number is not
+    /// from a grant of meta's to this caller.
+    fn check_early_create(
+        &self,
+        export: Option<&Rule>,
+        holder: &str,
+        n: &request::Numbered,
+    ) -> Result<(), Status> {
+        if !export.is_none_or(|e| e.keeps_owners()) {
+            return Err(dfs_proto::status_from_errno(
+                libc::EPERM,
+                "early creates are not allowed where the export maps owners",
+            ));
+        }
+        dfs_auth::token::verify_inos(self.store.token_key(), holder, n.first, n.count, &n.token)
+            .map_err(|e| Status::permission_denied(format!("inode grant: {e}")))?;
+        if self.failpoints.refuse_early_create() {
+            return Err(dfs_proto::status_from_errno(
+                libc::EEXIST,
+                "failpoint refuse_early_create",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Inode numbers for the caller's next early creates, if it asked and
+    /// early creates are allowed where it is.
+    async fn ino_grant(
+        &self,
+        export: Option<&Rule>,
+        holder: &str,
+        want: u32,
+    ) -> Result<Option<pb::InoGrant>, Status> {
+        if want == 0 || !export.is_none_or(|e| e.keeps_owners()) {
+            return Ok(None);
+        }
+        let (first, count) = self.store.take_inos(want).await?;
+        let token = dfs_auth::token::sign_inos(self.store.token_key(), holder, first, count);
+        Ok(Some(pb::InoGrant {
+            first,
+            count,
+            token,
+        }))
+    }
+
+    /// Tells the other watching clients of `changes`, and returns once
+    /// those of this meta confirmed them.
+    async fn published(&self, origin: Origin, changes: Vec<Change>) {
+        self.watchers
+            .publish(origin.session, changes)
+            .confirmed()
+            .await;
+    }
+
+    /// The create a commit carries (`CommitWriteRequest.create`): an early
+    /// create of the commit's own file, checked and its directory recalled
+    /// as a Create would be.
+    async fn carried_create(
+        &self,
+        c: pb::CreateRequest,
+        export: Option<&Rule>,
+        holder: &str,
+        view: &View<'_>,
+        origin: Origin,
+    ) -> Result<CarriedCreate, Status> {
+        let request::Create {
+            mut args,
+            unnamed,
+            numbered,
+            want_inos,
+        } = request::Create::try_from(c)?;
+        let Some(numbered) = numbered.filter(|_| !unnamed) else {
+            return Err(Status::invalid_argument(
+                "a commit carries only an early create (a numbered one)",
+            ));
+        };
+        self.check_early_create(export, holder, &numbered)?;
+        args.parent = view.ino(args.parent).await?;
+        self.recall(origin, &[args.parent]).await;
+        self.failpoints.slow_early_create().await;
+        if let Some(e) = export {
+            args.uid = e.uid(args.uid)?;
+            args.gid = e.gid(args.gid)?;
+        }
+        Ok(CarriedCreate {
+            args,
+            numbered,
+            want_inos,
+        })
+    }
+
     /// Heartbeats at or after this instant mean "up".
     fn live_cutoff(&self) -> i64 {
         store::now_ms() - self.config.dead_after.as_millis() as i64
@@ -275,6 +367,13 @@ impl MetaService {
             .observe(start.elapsed().as_secs_f64());
         result.map(Response::new)
     }
+}
+
+/// An early create a commit carries, checked (`MetaService::carried_create`).
+struct CarriedCreate {
+    args: store::CreateArgs,
+    numbered: request::Numbered,
+    want_inos: u32,
 }
 
 #[tonic::async_trait]
@@ -435,30 +534,8 @@ impl Meta for MetaService {
                     ));
                 }
             }
-            // Early creates (the client makes the attributes itself) only
-            // where the export maps no owner.
-            let early_ok = export.is_none_or(|e| e.keeps_owners());
             if let Some(n) = &numbered {
-                if !early_ok {
-                    return Err(dfs_proto::status_from_errno(
-                        libc::EPERM,
-                        "early creates are not allowed where the export maps owners",
-                    ));
-                }
-                dfs_auth::token::verify_inos(
-                    self.store.token_key(),
-                    &holder,
-                    n.first,
-                    n.count,
-                    &n.token,
-                )
-                .map_err(|e| Status::permission_denied(format!("inode grant: {e}")))?;
-                if self.failpoints.refuse_early_create() {
-                    return Err(dfs_proto::status_from_errno(
-                        libc::EEXIST,
-                        "failpoint refuse_early_create",
-                    ));
-                }
+                self.check_early_create(export, &holder, n)?;
             }
             args.parent = view.ino(args.parent).await?;
             self.recall(origin, &[args.parent]).await;
@@ -486,9 +563,7 @@ impl Meta for MetaService {
                     // Made by open(O_CREAT) (a mknod says closed at once).
                     self.opened(origin.session, inode.ino);
                 }
-                self.watchers
-                    .publish(origin.session, vec![Change::entry(parent, &name)])
-                    .confirmed()
+                self.published(origin, vec![Change::entry(parent, &name)])
                     .await;
                 let mut reply = attr_reply(&inode);
                 reply.parent = self.dir_after(parent, made.dir).await;
@@ -501,19 +576,7 @@ impl Meta for MetaService {
                 };
                 reply
             };
-            if want_inos > 0 && early_ok {
-                let (first, count) = self.store.take_inos(want_inos).await?;
-                reply.inos = Some(pb::InoGrant {
-                    first,
-                    count,
-                    token: dfs_auth::token::sign_inos(
-                        self.store.token_key(),
-                        &holder,
-                        first,
-                        count,
-                    ),
-                });
-            }
+            reply.inos = self.ino_grant(export, &holder, want_inos).await?;
             let ino = reply.attr.as_ref().map_or(0, |a| a.ino);
             self.watchers.note(origin.session, [parent, ino]);
             Ok(view.attr_reply(reply))
@@ -886,30 +949,56 @@ impl Meta for MetaService {
         let (view, origin) = self.view(&req, true).await?;
         let holder = auth::holder(&req);
         let export = view.rule;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        let create = r.create.take();
         self.observe_mutation("CommitWrite", origin, async {
             let mut r = request::Commit::try_from(r)?;
             r.ino = view.ino(r.ino).await?;
             (r.attrs.uid, r.attrs.gid) = exported_owner(export, r.attrs.uid, r.attrs.gid)?;
+            let carried = match create {
+                Some(c) => Some(
+                    self.carried_create(c, export, &holder, &view, origin)
+                        .await?,
+                ),
+                None => None,
+            };
             self.opened(origin.session, r.ino);
-            let inode = self
-                .store
-                .commit_write_with(r.ino, r.size, &r.chunks, r.mtime, r.attrs, origin)
-                .await?;
-            self.watchers
-                .publish(origin.session, vec![Change::data(r.ino)])
-                .confirmed()
-                .await;
+            let commit = store::CommitArgs {
+                ino: r.ino,
+                size: r.size,
+                chunks: &r.chunks,
+                mtime: r.mtime,
+                attrs: r.attrs,
+            };
+            let mut changes = vec![Change::data(r.ino)];
+            let inode = match &carried {
+                Some(c) => {
+                    let create = (c.args.clone(), c.numbered.ino, c.numbered.time);
+                    let made = self.store.create_and_commit(create, commit, origin).await?;
+                    changes.push(Change::entry(c.args.parent, &c.args.name));
+                    made.done
+                }
+                None => self.store.commit(commit, origin).await?,
+            };
+            self.published(origin, changes).await;
             self.watchers.note(origin.session, [r.ino]);
-            if r.return_chunks {
+            let mut reply = if r.return_chunks {
                 let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
-                return Ok(chunk_map_reply(&map, &self.tokens(&holder), &view));
+                chunk_map_reply(&map, &self.tokens(&holder), &view)
+            } else {
+                pb::GetChunksReply {
+                    attr: view.attr(Some(crate::convert::attr(&inode))),
+                    chunk_size: self.store.chunk_size(),
+                    ..Default::default()
+                }
+            };
+            if let Some(c) = carried {
+                let parent = c.args.parent;
+                reply.grant = self.watchers.grant(origin.session, parent);
+                reply.inos = self.ino_grant(export, &holder, c.want_inos).await?;
+                self.watchers.note(origin.session, [parent]);
             }
-            Ok(pb::GetChunksReply {
-                attr: view.attr(Some(crate::convert::attr(&inode))),
-                chunk_size: self.store.chunk_size(),
-                chunks: Vec::new(),
-            })
+            Ok(reply)
         })
         .await
     }
@@ -1510,5 +1599,6 @@ fn chunk_map_reply(
                 read_token: Some(tokens.read(c.chunk_id)),
             })
             .collect(),
+        ..Default::default()
     }
 }

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use dfs_meta::store::{
-    Backend, CommitChunk, CreateArgs, FileKind, HeartbeatInfo, Inode, LockKind, LockOutcome,
-    LockRange, LockSpec, Origin, OwnerChanges, RegisterArgs, SessionArgs, SetAttrArgs, Store,
-    StoreError, Timespec,
+    Backend, CommitArgs, CommitChunk, CreateArgs, FileKind, HeartbeatInfo, Inode, LockKind,
+    LockOutcome, LockRange, LockSpec, Origin, OwnerChanges, RegisterArgs, SessionArgs, SetAttrArgs,
+    Store, StoreError, Timespec,
 };
 use dfs_meta::FormatOptions;
 use dfs_proto::ROOT_INO;
@@ -125,6 +125,7 @@ conformance!(
     hard_links,
     unlink_names_the_inode_it_expects,
     numbered_creates_keep_the_clients_number_and_time,
+    a_create_and_its_first_commit_are_one_change,
     symlinks_and_special_files,
     readdir_pages_in_byte_order,
     xattrs,
@@ -486,6 +487,130 @@ async fn unlink_names_the_inode_it_expects(h: Handle) {
         .await
         .unwrap_err();
     assert_eq!(errno(missing), libc::ENOENT);
+}
+
+/// `create_and_commit`: the file and its data appear together, or neither.
+async fn a_create_and_its_first_commit_are_one_change(h: Handle) {
+    let s = &h.store;
+    three_nodes(s).await;
+    let sid = s
+        .open_session(&SessionArgs::default(), 60_000)
+        .await
+        .unwrap();
+    let (first, _) = s.take_inos(8).await.unwrap();
+    let time = Timespec {
+        sec: 1_700_000_000,
+        nsec: 7,
+    };
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
+    let written = [CommitChunk {
+        index: 0,
+        chunk_id: p.chunk_id,
+        stored_len: 5,
+        crc32c: 42,
+        valid_len: 5,
+        node_ids: p.targets.iter().map(|n| n.id).collect(),
+        base: None,
+    }];
+    let commit = |ino| CommitArgs {
+        ino,
+        size: 5,
+        chunks: &written,
+        mtime: Some(time),
+        attrs: OwnerChanges::NONE,
+    };
+    let made = s
+        .create_and_commit(
+            (file(ROOT_INO, "f"), first, time),
+            commit(first),
+            from(sid, 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!((made.done.ino, made.done.size), (first, 5));
+    assert_eq!(
+        made.dir,
+        Some(s.getattr(ROOT_INO).await.unwrap()),
+        "the directory as the create left it"
+    );
+    assert_eq!(s.lookup(ROOT_INO, b"f").await.unwrap(), made.done);
+    let map = s.get_chunks(first, 0).await.unwrap();
+    assert_eq!(map.chunks.len(), 1);
+    assert_eq!(map.chunks[0].chunk_id, p.chunk_id);
+    // Sent again under its request id: the same answer, nothing more.
+    let again = s
+        .create_and_commit(
+            (file(ROOT_INO, "f"), first, time),
+            commit(first),
+            from(sid, 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.done, made.done);
+
+    // The name taken: no file, and the chunk stays uncommitted.
+    let q = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
+    let other = [CommitChunk {
+        chunk_id: q.chunk_id,
+        node_ids: q.targets.iter().map(|n| n.id).collect(),
+        ..written[0].clone()
+    }];
+    let taken = s
+        .create_and_commit(
+            (file(ROOT_INO, "f"), first + 1, time),
+            CommitArgs {
+                chunks: &other,
+                ..commit(first + 1)
+            },
+            from(sid, 2),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(errno(taken), libc::EEXIST);
+    assert_eq!(errno(s.getattr(first + 1).await.unwrap_err()), libc::ENOENT);
+    // The commit refused (its chunk was never allocated): no file either.
+    let refused = s
+        .create_and_commit(
+            (file(ROOT_INO, "g"), first + 2, time),
+            CommitArgs {
+                chunks: &[CommitChunk {
+                    chunk_id: 999_999,
+                    ..written[0].clone()
+                }],
+                ..commit(first + 2)
+            },
+            from(sid, 3),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(errno(refused), libc::EKEYEXPIRED);
+    assert_eq!(
+        errno(s.lookup(ROOT_INO, b"g").await.unwrap_err()),
+        libc::ENOENT
+    );
+    assert_eq!(errno(s.getattr(first + 2).await.unwrap_err()), libc::ENOENT);
+    // Only its own file's create.
+    let mismatched = s
+        .create_and_commit(
+            (file(ROOT_INO, "h"), first + 3, time),
+            commit(first + 4),
+            from(sid, 4),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(errno(mismatched), libc::EINVAL);
+    // What was refused can be done afterwards (nothing was left behind).
+    s.create_and_commit(
+        (file(ROOT_INO, "g"), first + 2, time),
+        CommitArgs {
+            chunks: &other,
+            ..commit(first + 2)
+        },
+        from(sid, 5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_chunks(first + 2, 0).await.unwrap().inode.size, 5);
 }
 
 async fn numbered_creates_keep_the_clients_number_and_time(h: Handle) {

@@ -461,6 +461,72 @@ fn creates_in_a_private_directory_are_answered_while_meta_stalls_and_land_in_ord
     assert_eq!(std::fs::metadata(d.join(file(22))).unwrap().len(), 0);
 }
 
+/// `dfs_meta_rpc_requests_total{code="Ok", method}`.
+fn meta_calls(c: &Cluster, method: &str) -> f64 {
+    let page = http_get(c.meta_metrics.as_ref().unwrap(), "/metrics");
+    dfs_tests::metric_or_zero(
+        &page,
+        &format!("dfs_meta_rpc_requests_total{{code=\"Ok\",method=\"{method}\"}}"),
+    )
+}
+
+#[test]
+fn a_new_small_files_create_rides_with_its_first_commit() {
+    let c = cluster(None);
+    let m = c.mount("m");
+    c.wait_watch(&m, true);
+    let dir = m.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    create(&dir, 0..1);
+    let (creates, commits) = (meta_calls(&c, "Create"), meta_calls(&c, "CommitWrite"));
+    assert!(
+        creates >= 2.0,
+        "meta counted the mkdir and the first create"
+    );
+    for i in 1..31 {
+        std::fs::write(dir.join(file(i)), format!("file {i}")).unwrap();
+    }
+    // Written for longer than the hold (or kept open): it goes alone.
+    let mut slow = std::fs::File::create(dir.join("slow")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    slow.write_all(b"late").unwrap();
+    drop(slow);
+    fsync_dir(&dir);
+    let carried = 30.0 - (meta_calls(&c, "Create") - creates - 1.0);
+    assert!(
+        carried >= 25.0,
+        "most files' creates went with their commits: {carried} of 30"
+    );
+    assert_eq!(
+        meta_calls(&c, "CommitWrite") - commits,
+        31.0,
+        "one commit each"
+    );
+    assert_eq!(created(&m, "done"), 31.0, "every create answered");
+    assert_eq!(created(&m, "failed"), 0.0);
+
+    let other = c.mount("other");
+    let d = other.join("d");
+    let mut all: Vec<String> = (0..31).map(file).collect();
+    all.push("slow".into());
+    assert_eq!(names(&d), all, "another mount sees every name");
+    for i in 1..31 {
+        let there = std::fs::read_to_string(d.join(file(i))).unwrap();
+        assert_eq!(there, format!("file {i}"));
+        let (here, there) = (
+            std::fs::metadata(dir.join(file(i))).unwrap(),
+            std::fs::metadata(d.join(file(i))).unwrap(),
+        );
+        assert_eq!(
+            (here.ino(), here.mode(), here.mtime(), here.mtime_nsec()),
+            (there.ino(), there.mode(), there.mtime(), there.mtime_nsec()),
+            "{}",
+            file(i)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(d.join("slow")).unwrap(), "late");
+}
+
 #[test]
 fn a_create_meta_refuses_fails_the_files_close_and_its_name_goes() {
     let c = Cluster::start(Options {

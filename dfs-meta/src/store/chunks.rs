@@ -252,108 +252,24 @@ impl Store {
         attrs: OwnerChanges,
         origin: Origin,
     ) -> Result<Inode> {
-        if size > dfs_proto::MAX_FILE_SIZE {
-            return Err(StoreError::FileTooBig(size));
-        }
-        let cs = u64::from(self.chunk_size);
-        for c in chunks {
-            let end = c
-                .index
-                .checked_mul(cs)
-                .and_then(|s| s.checked_add(c.valid_len));
-            if c.stored_len > cs || c.valid_len > c.stored_len || end.is_none_or(|e| e > size) {
-                return Err(StoreError::Invalid(format!(
-                    "chunk {} at index {} does not fit the file",
-                    c.chunk_id, c.index
-                )));
-            }
-            let unique: HashSet<_> = c.node_ids.iter().collect();
-            if c.node_ids.is_empty() || unique.len() != c.node_ids.len() {
-                return Err(StoreError::Invalid(format!(
-                    "chunk {} replica list",
-                    c.chunk_id
-                )));
-            }
-        }
+        let commit = CommitArgs {
+            ino,
+            size,
+            chunks,
+            mtime,
+            attrs,
+        };
+        self.commit(commit, origin).await
+    }
+
+    /// `commit_write_with`, its arguments as one value.
+    pub async fn commit(&self, commit: CommitArgs<'_>, origin: Origin) -> Result<Inode> {
+        commit.validate(self.chunk_size)?;
         in_tx_once!(
             self,
             origin,
-            |tx| {
-                let now = Timespec::now();
-                // Everything the commit checks, read before anything is written.
-                let (mut inode, found) = commit_reads(&mut tx, ino, chunks).await?;
-                inode.require_mutable("write")?;
-                if !attrs.is_empty() {
-                    inode.require_unpinned("setattr")?;
-                }
-                // Another client committed over a chunk this writer started
-                // from: nothing changes, the writer merges and tries again.
-                for (c, f) in chunks.iter().zip(&found) {
-                    if c.base.is_some_and(|base| base != f.current) {
-                        return Err(StoreError::Conflict(format!(
-                            "chunk {} of inode {ino} changed since it was read",
-                            c.index
-                        )));
-                    }
-                }
-                // Only truncate makes a file smaller: a commit made from an
-                // older size keeps what other clients appended meanwhile.
-                let size = size.max(inode.size);
-                if inode.append_only() {
-                    // Only growth at the end: no shrinking, and no chunk below
-                    // the one the old end of file is in may be replaced.
-                    let first_open = inode.size / cs;
-                    if size < inode.size || chunks.iter().any(|c| c.index < first_open) {
-                        return Err(StoreError::NotPermitted(
-                            "write: the file is append-only".into(),
-                        ));
-                    }
-                }
-                for (c, f) in chunks.iter().zip(&found) {
-                    if !f.allocated {
-                        return Err(StoreError::AllocationGone(format!(
-                            "chunk {} was not allocated, is already committed, or its writer's session ended",
-                            c.chunk_id
-                        )));
-                    }
-                    if f.known_nodes != c.node_ids.len() {
-                        return Err(StoreError::Invalid(format!(
-                            "chunk {}: unknown node in {:?}",
-                            c.chunk_id, c.node_ids
-                        )));
-                    }
-                }
-                for (c, f) in chunks.iter().zip(&found) {
-                    commit_chunk_in(&mut tx, ino, c, f.current).await?;
-                }
-                // No chunk lies past `size`: the file's chunks lay within
-                // its old size, and each committed one ends within the new.
-                inode.size = size;
-                inode.version += 1;
-                inode.mtime = mtime.unwrap_or(now);
-                inode.ctime = now;
-                attrs.apply(&mut inode);
-                db::query(
-                    "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7,
-                     mode = $8, uid = $9, gid = $10, atime_s = $11, atime_ns = $12 WHERE ino = $1",
-                )
-                .bind(to_i64(ino, "inode")?)
-                .bind(size as i64)
-                .bind(inode.version as i64)
-                .bind(inode.mtime.sec)
-                .bind(i64::from(inode.mtime.nsec))
-                .bind(now.sec)
-                .bind(i64::from(now.nsec))
-                .bind(i64::from(inode.mode))
-                .bind(i64::from(inode.uid))
-                .bind(i64::from(inode.gid))
-                .bind(inode.atime.sec)
-                .bind(i64::from(inode.atime.nsec))
-                .defer_row(&mut tx, to_i64(ino, "inode")?)
-                .await?;
-                Ok(inode)
-            },
-            replay | _prev | require_inode(&mut tx, ino).await,
+            |tx| commit_in(&mut tx, &commit, self.chunk_size).await,
+            replay | _prev | require_inode(&mut tx, commit.ino).await,
             made | _out | 0
         )
     }
@@ -396,6 +312,135 @@ impl Store {
             made | _out | 0
         )
     }
+}
+
+/// A commit of written chunks to file `ino` (see `Store::commit_write_with`).
+pub struct CommitArgs<'a> {
+    pub ino: u64,
+    pub size: u64,
+    pub chunks: &'a [CommitChunk],
+    pub mtime: Option<Timespec>,
+    pub attrs: OwnerChanges,
+}
+
+impl CommitArgs<'_> {
+    /// Refuses a commit that cannot fit the file, before any transaction.
+    pub(super) fn validate(&self, chunk_size: u32) -> Result<()> {
+        if self.size > dfs_proto::MAX_FILE_SIZE {
+            return Err(StoreError::FileTooBig(self.size));
+        }
+        let cs = u64::from(chunk_size);
+        for c in self.chunks {
+            let end = c
+                .index
+                .checked_mul(cs)
+                .and_then(|s| s.checked_add(c.valid_len));
+            if c.stored_len > cs || c.valid_len > c.stored_len || end.is_none_or(|e| e > self.size)
+            {
+                return Err(StoreError::Invalid(format!(
+                    "chunk {} at index {} does not fit the file",
+                    c.chunk_id, c.index
+                )));
+            }
+            let unique: HashSet<_> = c.node_ids.iter().collect();
+            if c.node_ids.is_empty() || unique.len() != c.node_ids.len() {
+                return Err(StoreError::Invalid(format!(
+                    "chunk {} replica list",
+                    c.chunk_id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `commit` in transaction `tx`: the file as it leaves it.
+pub(super) async fn commit_in(
+    tx: &mut DbConn,
+    commit: &CommitArgs<'_>,
+    chunk_size: u32,
+) -> Result<Inode> {
+    let CommitArgs {
+        ino,
+        size,
+        chunks,
+        mtime,
+        attrs,
+    } = *commit;
+    let cs = u64::from(chunk_size);
+    let now = Timespec::now();
+    // Everything the commit checks, read before anything is written.
+    let (mut inode, found) = commit_reads(tx, ino, chunks).await?;
+    inode.require_mutable("write")?;
+    if !attrs.is_empty() {
+        inode.require_unpinned("setattr")?;
+    }
+    // Another client committed over a chunk this writer started
+    // from: nothing changes, the writer merges and tries again.
+    for (c, f) in chunks.iter().zip(&found) {
+        if c.base.is_some_and(|base| base != f.current) {
+            return Err(StoreError::Conflict(format!(
+                "chunk {} of inode {ino} changed since it was read",
+                c.index
+            )));
+        }
+    }
+    // Only truncate makes a file smaller: a commit made from an
+    // older size keeps what other clients appended meanwhile.
+    let size = size.max(inode.size);
+    if inode.append_only() {
+        // Only growth at the end: no shrinking, and no chunk below
+        // the one the old end of file is in may be replaced.
+        let first_open = inode.size / cs;
+        if size < inode.size || chunks.iter().any(|c| c.index < first_open) {
+            return Err(StoreError::NotPermitted(
+                "write: the file is append-only".into(),
+            ));
+        }
+    }
+    for (c, f) in chunks.iter().zip(&found) {
+        if !f.allocated {
+            return Err(StoreError::AllocationGone(format!(
+                "chunk {} was not allocated, is already committed, or its writer's session ended",
+                c.chunk_id
+            )));
+        }
+        if f.known_nodes != c.node_ids.len() {
+            return Err(StoreError::Invalid(format!(
+                "chunk {}: unknown node in {:?}",
+                c.chunk_id, c.node_ids
+            )));
+        }
+    }
+    for (c, f) in chunks.iter().zip(&found) {
+        commit_chunk_in(tx, ino, c, f.current).await?;
+    }
+    // No chunk lies past `size`: the file's chunks lay within
+    // its old size, and each committed one ends within the new.
+    inode.size = size;
+    inode.version += 1;
+    inode.mtime = mtime.unwrap_or(now);
+    inode.ctime = now;
+    attrs.apply(&mut inode);
+    db::query(
+        "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7,
+         mode = $8, uid = $9, gid = $10, atime_s = $11, atime_ns = $12 WHERE ino = $1",
+    )
+    .bind(to_i64(ino, "inode")?)
+    .bind(size as i64)
+    .bind(inode.version as i64)
+    .bind(inode.mtime.sec)
+    .bind(i64::from(inode.mtime.nsec))
+    .bind(now.sec)
+    .bind(i64::from(now.nsec))
+    .bind(i64::from(inode.mode))
+    .bind(i64::from(inode.uid))
+    .bind(i64::from(inode.gid))
+    .bind(inode.atime.sec)
+    .bind(i64::from(inode.atime.nsec))
+    .defer_row(tx, to_i64(ino, "inode")?)
+    .await?;
+    Ok(inode)
 }
 
 /// The inode of a regular file (data changes reach no other kind).

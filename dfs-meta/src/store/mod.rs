@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use db::{DbConn, Pool};
 
-pub use chunks::{ChunkEntry, ChunkMap, CommitChunk, Placement, MAX_PLACE_BATCH};
+pub use chunks::{ChunkEntry, ChunkMap, CommitArgs, CommitChunk, Placement, MAX_PLACE_BATCH};
 pub use drain::NodeUsage;
 pub use error::StoreError;
 pub use fsck::{ChunkHealth, ChunkProblem, FsckReport};

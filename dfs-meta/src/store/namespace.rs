@@ -162,33 +162,47 @@ impl Store {
         time: Timespec,
         origin: Origin,
     ) -> Result<NameChange<Inode>> {
-        validate_name(&args.name)?;
-        if args.kind != FileKind::Regular {
+        check_numbered(&args)?;
+        in_tx_once!(
+            self,
+            origin,
+            |tx| create_numbered_in(&mut tx, &args, ino, time).await,
+            replay | ino | replayed_create(&mut tx, ino).await,
+            made | made | made.done.ino as i64
+        )
+    }
+
+    /// `create_numbered` and then the file's first `commit_write`, in one
+    /// transaction: a new small file's close costs one. Returns the file as
+    /// the commit left it, and the directory as the create did. If either
+    /// fails, neither is done.
+    pub async fn create_and_commit(
+        &self,
+        create: (CreateArgs, u64, Timespec),
+        commit: chunks::CommitArgs<'_>,
+        origin: Origin,
+    ) -> Result<NameChange<Inode>> {
+        let (args, ino, time) = create;
+        check_numbered(&args)?;
+        if commit.ino != ino {
             return Err(StoreError::Invalid(
-                "only a regular file is created under a number of the client's".into(),
+                "a commit carries the create of its own file only".into(),
             ));
         }
-        let key = to_i64(ino, "inode")?;
+        commit.validate(self.chunk_size)?;
         in_tx_once!(
             self,
             origin,
             |tx| {
-                if let Some(made) = get_inode(&mut tx, ino).await? {
-                    // The number is the client's alone: under its name, this
-                    // is its own create, landed before (a retry whose request
-                    // id went with an expired session).
-                    if entry_ino(&mut tx, args.parent, &args.name).await? == Some(ino) {
-                        return Ok(NameChange {
-                            done: made,
-                            dir: None,
-                        });
-                    }
-                    return Err(StoreError::Exists(format!("inode {ino}")));
-                }
-                create_in(&mut tx, key, &args, None, time).await
+                let made = create_numbered_in(&mut tx, &args, ino, time).await?;
+                let done = chunks::commit_in(&mut tx, &commit, self.chunk_size).await?;
+                Ok(NameChange {
+                    done,
+                    dir: made.dir,
+                })
             },
-            replay | ino | replayed_create(&mut tx, ino).await,
-            made | made | made.done.ino as i64
+            replay | _prev | replayed_create(&mut tx, ino as i64).await,
+            made | _made | ino as i64
         )
     }
 
@@ -693,6 +707,40 @@ async fn create_in(
         flags: 0,
     };
     Ok(NameChange { done, dir })
+}
+
+/// Refuses what may not be created under a number of the client's.
+fn check_numbered(args: &CreateArgs) -> Result<()> {
+    validate_name(&args.name)?;
+    if args.kind != FileKind::Regular {
+        return Err(StoreError::Invalid(
+            "only a regular file is created under a number of the client's".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A create under the client's inode number `ino` (see `create_numbered`).
+async fn create_numbered_in(
+    tx: &mut DbConn,
+    args: &CreateArgs,
+    ino: u64,
+    time: Timespec,
+) -> Result<NameChange<Inode>> {
+    let key = to_i64(ino, "inode")?;
+    if let Some(made) = get_inode(tx, ino).await? {
+        // The number is the client's alone: under its name, this is its own
+        // create, landed before (a retry whose request id went with an
+        // expired session).
+        if entry_ino(tx, args.parent, &args.name).await? == Some(ino) {
+            return Ok(NameChange {
+                done: made,
+                dir: None,
+            });
+        }
+        return Err(StoreError::Exists(format!("inode {ino}")));
+    }
+    create_in(tx, key, args, None, time).await
 }
 
 /// The inode a create's earlier run made (a replay): its directory unread.
