@@ -251,6 +251,35 @@ impl MetaChannel {
     pub fn stats(&self) -> &MetaStats {
         &self.shared.stats
     }
+
+    /// `n` request ids for calls carried in one request's body (each of
+    /// UnlinkMany's unlinks), counted as sent and unanswered (so meta keeps
+    /// their records for a retry) until the returned ids are dropped.
+    pub fn request_ids(&self, n: usize) -> RequestIds {
+        let ids: Vec<u64> = (0..n)
+            .map(|_| self.shared.next_request.fetch_add(1, Ordering::Relaxed))
+            .collect();
+        lock(&self.shared.pending).extend(ids.iter().copied());
+        RequestIds {
+            shared: self.shared.clone(),
+            ids,
+        }
+    }
+}
+
+/// Request ids awaiting their replies (`MetaChannel::request_ids`).
+pub struct RequestIds {
+    shared: Arc<Shared>,
+    pub ids: Vec<u64>,
+}
+
+impl Drop for RequestIds {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.shared.pending);
+        for id in &self.ids {
+            pending.remove(id);
+        }
+    }
 }
 
 /// Renews the session's lease a few times per lease until the channel goes

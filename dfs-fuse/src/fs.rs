@@ -16,6 +16,7 @@ use crate::error::{FsError, FsResult};
 use crate::io::{Io, ReadData};
 use crate::metacache::Known;
 use crate::open_file::{now, AttrChange, ContentSignature, OpenFile};
+use crate::unlink_queue::{OnReply, Queued, UnlinkQueue};
 
 /// Directory entries fetched from meta per page.
 const DIR_PAGE: u32 = 1000;
@@ -99,6 +100,8 @@ pub struct DfsFs {
     refill: crate::refill::Refill,
     /// Unlinks and creates answered before meta has them (see `deferred.rs`).
     deferred: Deferred,
+    /// Early unlinks on their way to meta, sent together.
+    unlinks: Arc<UnlinkQueue>,
     /// Inode numbers meta granted for creates answered here.
     inos: crate::inos::InoPool,
     /// Closes (and, on a new watch stream, opens) told to meta.
@@ -186,6 +189,7 @@ impl DfsFs {
             locks: Default::default(),
             refill,
             deferred: Deferred::new(!sync_unlink, !sync_create),
+            unlinks: Arc::default(),
             inos: Default::default(),
             open_report,
         }
@@ -636,10 +640,9 @@ impl DfsFs {
             keep_open: false,
             expect_ino: ino,
         };
-        let (fs, name, mut meta) = (self.clone(), name.to_vec(), self.meta.clone());
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let reply = meta.unlink(request).await;
+        let (fs, name, sent) = (self.clone(), name.to_vec(), Instant::now());
+        let on_reply: OnReply = Box::new(move |reply| {
+            let reply = reply.map(tonic::Response::new);
             let removed = fs.name_removed(ticket, parent, &name, reply);
             let grant = removed.as_ref().map_or(0, |r| r.grant);
             fs.deferred.learned(parent, grant, sent);
@@ -660,6 +663,8 @@ impl DfsFs {
                 .inc();
             drop(in_flight);
         });
+        self.unlinks
+            .send(&self.meta, &self.meta_channel, Queued { request, on_reply });
     }
 
     /// After an unlink or rmdir: the name is gone, the directory changed.

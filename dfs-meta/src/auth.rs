@@ -20,8 +20,8 @@ pub fn policy(method: &str) -> &'static [Role] {
         "RegisterNode" | "Heartbeat" | "ReportFence" => NODES,
         "ReplicaAdded" | "ReportBadReplica" => REPORTERS,
         "NodeAdmin" | "ListSessions" => ADMIN,
-        "Lookup" | "GetAttr" | "ResolvePath" | "SetAttr" | "Create" | "Unlink" | "Rmdir"
-        | "Rename" | "ReleaseOrphan" | "Link" | "ReadLink" | "ReadDir" | "GetXattr"
+        "Lookup" | "GetAttr" | "ResolvePath" | "SetAttr" | "Create" | "Unlink" | "UnlinkMany"
+        | "Rmdir" | "Rename" | "ReleaseOrphan" | "Link" | "ReadLink" | "ReadDir" | "GetXattr"
         | "SetXattr" | "ListXattr" | "RemoveXattr" | "StatFs" | "Sync" | "GetChunks"
         | "PlaceChunk" | "CommitWrite" | "PunchHole" | "ClusterStatus" | "Fsck"
         | "ForgetReplica" | "OpenSession" | "RenewSession" | "CloseSession" | "Lock" | "Watch"

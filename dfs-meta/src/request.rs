@@ -307,6 +307,32 @@ impl TryFrom<pb::UnlinkRequest> for Unlink {
     }
 }
 
+/// UnlinkMany: at most `MAX_UNLINK_BATCH` unlinks, each with its own
+/// (nonzero) request id. Each unlink is validated as an Unlink when it runs,
+/// so a bad one fails alone.
+pub struct UnlinkMany {
+    pub unlinks: Vec<(pb::UnlinkRequest, u64)>,
+}
+
+impl TryFrom<pb::UnlinkManyRequest> for UnlinkMany {
+    type Error = Status;
+
+    fn try_from(r: pb::UnlinkManyRequest) -> Result<Self, Status> {
+        let max = dfs_proto::MAX_UNLINK_BATCH;
+        if r.unlinks.len() > max || r.unlinks.len() != r.request_ids.len() {
+            return Err(invalid(format!(
+                "at most {max} unlinks, each with its request id"
+            )));
+        }
+        if r.request_ids.contains(&0) {
+            return Err(invalid("request id 0 (each unlink needs its own)"));
+        }
+        Ok(UnlinkMany {
+            unlinks: r.unlinks.into_iter().zip(r.request_ids).collect(),
+        })
+    }
+}
+
 pub struct Rmdir {
     pub parent: u64,
     pub name: Name,
@@ -606,6 +632,7 @@ pub const VALIDATED: &[&str] = &[
     "SetAttr",
     "Create",
     "Unlink",
+    "UnlinkMany",
     "Rmdir",
     "Rename",
     "Link",
@@ -666,6 +693,7 @@ pub fn validate_wire(method: &str, bytes: &[u8]) -> Result<(), Status> {
         "SetAttr" => check::<pb::SetAttrRequest, SetAttr>(bytes),
         "Create" => check::<pb::CreateRequest, Create>(bytes),
         "Unlink" => check::<pb::UnlinkRequest, Unlink>(bytes),
+        "UnlinkMany" => check::<pb::UnlinkManyRequest, UnlinkMany>(bytes),
         "Rmdir" => check::<pb::RmdirRequest, Rmdir>(bytes),
         "Rename" => check::<pb::RenameRequest, Rename>(bytes),
         "Link" => check::<pb::LinkRequest, Link>(bytes),
@@ -849,6 +877,15 @@ mod tests {
                 parent: 1,
                 name,
                 ..Default::default()
+            }
+            .encode_to_vec(),
+            "UnlinkMany" => pb::UnlinkManyRequest {
+                unlinks: vec![pb::UnlinkRequest {
+                    parent: 1,
+                    name,
+                    ..Default::default()
+                }],
+                request_ids: vec![7],
             }
             .encode_to_vec(),
             "Rmdir" => pb::RmdirRequest { parent: 1, name }.encode_to_vec(),

@@ -189,11 +189,6 @@ impl MetaService {
         Ok(reply)
     }
 
-    /// A directory's attributes after a change in it, for the reply (a
-    /// failure here leaves them out: the client asks when it needs them).
-    /// Before a call of `origin` about names in `dirs` (or their
-    /// attributes) is served: other sessions' grants on them are taken
-    /// back, and what those answered early there is on meta (`grants.rs`).
     /// `session` has `ino` open (it asked for its chunk map, or commits).
     fn opened(&self, session: u64, ino: u64) {
         let open = self.store.open_files();
@@ -213,6 +208,9 @@ impl MetaService {
         }
     }
 
+    /// Before a call of `origin` about names in `dirs` (or their
+    /// attributes) is served: other sessions' grants on them are taken
+    /// back, and what those answered early there is on meta (`grants.rs`).
     async fn recall(&self, origin: Origin, dirs: &[u64]) {
         self.watchers.recall(origin.session, dirs).await;
     }
@@ -231,6 +229,8 @@ impl MetaService {
         }
     }
 
+    /// A directory's attributes after a change in it, for the reply (a
+    /// failure here leaves them out: the client asks when it needs them).
     async fn dir_attr(&self, ino: u64) -> Option<pb::Attr> {
         self.store
             .getattr(ino)
@@ -303,6 +303,41 @@ impl MetaService {
             .await;
     }
 
+    /// An unlink, as Unlink and each of UnlinkMany's do it.
+    async fn unlink_one(
+        &self,
+        view: &View<'_>,
+        origin: Origin,
+        r: pb::UnlinkRequest,
+    ) -> Result<pb::DirChangeReply, Status> {
+        let mut r = request::Unlink::try_from(r)?;
+        r.parent = view.ino(r.parent).await?;
+        self.recall(origin, &[r.parent]).await;
+        let keep_open = r.keep_open.then_some(origin.session);
+        let unlinked = self
+            .store
+            .unlink_if(r.parent, r.name.bytes(), r.expect_ino, keep_open, origin)
+            .await?;
+        let ino = unlinked.done;
+        self.settle_holds(ino).await;
+        self.roots.changed();
+        self.watchers
+            .publish(
+                origin.session,
+                vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
+            )
+            .confirmed()
+            .await;
+        let grant = self.watchers.grant(origin.session, r.parent);
+        Ok(view.dir_change(pb::DirChangeReply {
+            parent: self.dir_after(r.parent, unlinked.dir).await,
+            new_parent: None,
+            ino,
+            replaced_ino: 0,
+            grant,
+        }))
+    }
+
     /// The create a commit carries (`CommitWriteRequest.create`): an early
     /// create of the commit's own file, checked and its directory recalled
     /// as a Create would be.
@@ -367,6 +402,16 @@ impl MetaService {
             .observe(start.elapsed().as_secs_f64());
         result.map(Response::new)
     }
+}
+
+/// Whether a client retries a call that failed so (`UNAVAILABLE` without an
+/// errno: no meta could serve it now), as `dfs-client`'s transport does.
+fn retryable(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && status
+            .metadata()
+            .get(dfs_proto::ERRNO_METADATA_KEY)
+            .is_none()
 }
 
 /// An early create a commit carries, checked (`MetaService::carried_create`).
@@ -587,35 +632,46 @@ impl Meta for MetaService {
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::DirChangeReply> {
         let (view, origin) = self.view(&req, true).await?;
         let r = req.into_inner();
-        self.observe_mutation("Unlink", origin, async {
-            let mut r = request::Unlink::try_from(r)?;
-            r.parent = view.ino(r.parent).await?;
-            self.recall(origin, &[r.parent]).await;
-            let keep_open = r.keep_open.then_some(origin.session);
-            let unlinked = self
-                .store
-                .unlink_if(r.parent, r.name.bytes(), r.expect_ino, keep_open, origin)
-                .await?;
-            let ino = unlinked.done;
-            self.settle_holds(ino).await;
-            self.roots.changed();
-            self.watchers
-                .publish(
-                    origin.session,
-                    vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
-                )
-                .confirmed()
-                .await;
-            let grant = self.watchers.grant(origin.session, r.parent);
-            Ok(view.dir_change(pb::DirChangeReply {
-                parent: self.dir_after(r.parent, unlinked.dir).await,
-                new_parent: None,
-                ino,
-                replaced_ino: 0,
-                grant,
-            }))
-        })
-        .await
+        self.observe_mutation("Unlink", origin, self.unlink_one(&view, origin, r))
+            .await
+    }
+
+    async fn unlink_many(&self, req: Request<pb::UnlinkManyRequest>) -> Reply<pb::UnlinkManyReply> {
+        let (view, origin) = self.view(&req, true).await?;
+        let r = request::UnlinkMany::try_from(req.into_inner())?;
+        if origin.session == 0 {
+            return Err(Status::failed_precondition(
+                "unlinks sent together need a session (the dfs-session header)",
+            ));
+        }
+        let view = &view;
+        let calls = r.unlinks.into_iter().map(|(u, request)| {
+            let origin = Origin {
+                session: origin.session,
+                request,
+            };
+            // Each as an Unlink of its own (the store commits those in
+            // flight together, `store/unlinks.rs`).
+            self.observe_mutation("Unlink", origin, self.unlink_one(view, origin, u))
+        });
+        let mut outcomes = Vec::new();
+        for done in futures::future::join_all(calls).await {
+            match done {
+                Ok(reply) => outcomes.push(pb::UnlinkOutcome {
+                    reply: Some(reply.into_inner()),
+                    ..Default::default()
+                }),
+                // Worth a retry (a lost transaction, a failpoint's lost
+                // reply): the whole call is, and what was done replays.
+                Err(status) if retryable(&status) => return Err(status),
+                Err(status) => outcomes.push(pb::UnlinkOutcome {
+                    reply: None,
+                    errno: dfs_proto::errno_of(&status),
+                    message: status.message().to_string(),
+                }),
+            }
+        }
+        Ok(Response::new(pb::UnlinkManyReply { outcomes }))
     }
 
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Reply<pb::DirChangeReply> {

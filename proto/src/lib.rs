@@ -22,6 +22,8 @@ pub const ROOT_INO: u64 = 1;
 /// counted by the client from when it sent the call. Meta waits at most this
 /// long for a client it recalls a grant from to answer.
 pub const GRANT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// Unlinks one UnlinkMany call carries at most.
+pub const MAX_UNLINK_BATCH: usize = 64;
 /// The largest file dfs stores (8 PiB). Larger sizes and writes past it are
 /// EFBIG, as local file systems answer past their own limit.
 pub const MAX_FILE_SIZE: u64 = 1 << 53;

@@ -706,3 +706,119 @@ fn another_mount_cannot_remove_a_directory_whose_files_are_still_in_flight() {
     assert_eq!(created(&a, "done"), 2.0);
     assert_eq!(names(&b.join("d")), vec![file(1), file(2)]);
 }
+
+/// UnlinkMany (how a mount sends the unlinks it answered early), called as
+/// a client: each unlink is done and answered as its own Unlink, under its
+/// own request id, so the same call sent again replays it.
+#[test]
+fn unlinks_sent_in_one_call_are_each_answered_as_alone() {
+    use dfs_proto::pb::{self, meta_client::MetaClient};
+    let c = cluster(None);
+    let m = c.mount("m");
+    let dir = filled(&m, "d", 4);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let ino = |name: &str| std::fs::metadata(dir.join(name)).unwrap().ino();
+    let (d, f0, f1, f2) = (
+        std::fs::metadata(&dir).unwrap().ino(),
+        ino(&file(0)),
+        ino(&file(1)),
+        ino(&file(2)),
+    );
+    let unlink = |name: &str, expect_ino: u64| pb::UnlinkRequest {
+        parent: d,
+        name: name.as_bytes().to_vec(),
+        keep_open: false,
+        expect_ino,
+    };
+    let batch = pb::UnlinkManyRequest {
+        unlinks: vec![
+            unlink(&file(0), f0),
+            unlink("missing", 0),
+            unlink("sub", 0),
+            // Names another inode now: nothing is removed.
+            unlink(&file(1), f2),
+            unlink(&file(2), f2),
+        ],
+        request_ids: vec![11, 12, 13, 14, 15],
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (first, again, refused) = rt.block_on(async {
+        let channel = c
+            .grpc_channel(&c.meta_addr, dfs_auth::Role::Meta, Some("client"))
+            .await
+            .unwrap();
+        let mut meta = MetaClient::new(channel);
+        let session = meta
+            .open_session(pb::OpenSessionRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .session_id;
+        let in_session = |r: pb::UnlinkManyRequest| {
+            let mut r = tonic::Request::new(r);
+            let id = session.to_string().parse().unwrap();
+            r.metadata_mut()
+                .insert(dfs_proto::session::SESSION_HEADER, id);
+            r
+        };
+        let first = meta.unlink_many(in_session(batch.clone())).await.unwrap();
+        let again = meta.unlink_many(in_session(batch.clone())).await.unwrap();
+        let too_many = pb::UnlinkManyRequest {
+            unlinks: vec![unlink(&file(3), 0); dfs_proto::MAX_UNLINK_BATCH + 1],
+            request_ids: (1..=dfs_proto::MAX_UNLINK_BATCH as u64 + 1).collect(),
+        };
+        let unnumbered = pb::UnlinkManyRequest {
+            unlinks: vec![unlink(&file(3), 0)],
+            request_ids: vec![0],
+        };
+        let refused = [
+            meta.unlink_many(in_session(too_many))
+                .await
+                .unwrap_err()
+                .code(),
+            meta.unlink_many(in_session(unnumbered))
+                .await
+                .unwrap_err()
+                .code(),
+            meta.unlink_many(batch).await.unwrap_err().code(),
+        ];
+        (first.into_inner(), again.into_inner(), refused)
+    });
+    let summary = |r: &pb::UnlinkManyReply| -> Vec<(i32, u64)> {
+        r.outcomes
+            .iter()
+            .map(|o| (o.errno, o.reply.as_ref().map_or(0, |r| r.ino)))
+            .collect()
+    };
+    assert_eq!(
+        summary(&first),
+        vec![
+            (0, f0),
+            (libc::ENOENT, 0),
+            (libc::EISDIR, 0),
+            (libc::ENOENT, 0),
+            (0, f2)
+        ],
+        "each as its own Unlink"
+    );
+    let parent = first.outcomes[4].reply.as_ref().and_then(|r| r.parent);
+    assert_eq!(parent.map(|p| p.ino), Some(d), "with its directory");
+    assert_eq!(summary(&again), summary(&first), "sent again: replayed");
+    assert_eq!(
+        refused,
+        [
+            tonic::Code::InvalidArgument,
+            tonic::Code::InvalidArgument,
+            tonic::Code::FailedPrecondition
+        ],
+        "too many, an unlink without its request id, no session"
+    );
+    let other = c.mount("other");
+    assert_eq!(
+        names(&other.join("d")),
+        vec![file(1), file(3), "sub".to_string()],
+        "the two done, and nothing else"
+    );
+    let kept = std::fs::metadata(other.join("d").join(file(1))).unwrap();
+    assert_eq!(kept.ino(), f1, "the name that named another inode stays");
+}
