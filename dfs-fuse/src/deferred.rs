@@ -123,12 +123,15 @@ pub struct Deferred {
     busy: Busy,
     /// Bumped when a settle (or a wait for a slot) begins: held creates go.
     kick: watch::Sender<u64>,
+    /// Told whenever a call in flight is answered (`settled_ino`).
+    answered: Arc<tokio::sync::Notify>,
 }
 
 /// One call on its way to meta: its slot frees when this drops.
 pub struct InFlight {
     subjects: [Subject; 2],
     busy: Busy,
+    answered: Arc<tokio::sync::Notify>,
     _slot: OwnedRwLockReadGuard<()>,
 }
 
@@ -145,6 +148,8 @@ impl Drop for InFlight {
                 }
             }
         }
+        drop(busy);
+        self.answered.notify_waiters();
     }
 }
 
@@ -161,6 +166,7 @@ impl Deferred {
             gate: Arc::new(RwLock::with_max_readers((), IN_FLIGHT)),
             busy: Arc::default(),
             kick: watch::channel(0).0,
+            answered: Arc::default(),
         }
     }
 
@@ -272,6 +278,7 @@ impl Deferred {
         InFlight {
             subjects,
             busy: self.busy.clone(),
+            answered: self.answered.clone(),
             _slot: slot,
         }
     }
@@ -289,10 +296,20 @@ impl Deferred {
         drop(self.gate.write().await);
     }
 
-    /// `settled`, if a call about `ino` is in flight.
+    /// Returns once no call about `ino` is in flight. Unlike `settled`, it
+    /// lets other calls begin meanwhile (an open, or the report of a close,
+    /// of a file just created must not hold up the next creates).
     pub async fn settled_ino(&self, ino: u64) {
-        if lock(&self.busy).contains_key(&Subject::Ino(ino)) {
-            self.settled().await;
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if !lock(&self.busy).contains_key(&Subject::Ino(ino)) {
+                return;
+            }
+            // Its create may be held for a commit: it goes now.
+            self.kick();
+            answered.await;
         }
     }
 
@@ -635,6 +652,12 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "the unlink of 5 is in flight");
+        let other = tokio::time::timeout(Duration::from_millis(200), d.begin(7, 1, b"n7"))
+            .await
+            .expect("other calls begin while it waits");
+        drop(other);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "another call's answer is not 5's");
         drop(a);
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
