@@ -9,10 +9,9 @@
 //! lone unlink goes as a plain Unlink; so does each of a call a meta without
 //! UnlinkMany refused.
 
-use std::sync::Mutex;
-
 use dfs_client::meta::MetaChannel;
 use dfs_client::Meta;
+use dfs_common::batches::Batches;
 use dfs_proto::pb;
 use dfs_proto::MAX_UNLINK_BATCH;
 use tonic::Status;
@@ -26,33 +25,16 @@ pub struct Queued {
     pub on_reply: OnReply,
 }
 
-/// The unlinks waiting for the call that is out; `None` while none is.
+/// The unlinks waiting for the call that is out.
 #[derive(Default)]
 pub struct UnlinkQueue {
-    waiting: Mutex<Option<Vec<Queued>>>,
+    waiting: Batches<Queued>,
 }
 
 impl UnlinkQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Queued>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Sends `unlink` in the next call; its `on_reply` runs with meta's answer.
     pub fn send(self: &std::sync::Arc<Self>, meta: &Meta, channel: &MetaChannel, unlink: Queued) {
-        let start = {
-            let mut waiting = self.lock();
-            match waiting.as_mut() {
-                Some(queue) => {
-                    queue.push(unlink);
-                    false
-                }
-                None => {
-                    *waiting = Some(vec![unlink]);
-                    true
-                }
-            }
-        };
-        if start {
+        if self.waiting.push(unlink) {
             let (queue, meta, channel) = (self.clone(), meta.clone(), channel.clone());
             tokio::spawn(async move { queue.run(meta, channel).await });
         }
@@ -60,27 +42,11 @@ impl UnlinkQueue {
 
     async fn run(&self, meta: Meta, channel: MetaChannel) {
         loop {
-            let batch = self.next_batch();
+            let batch = self.waiting.next(MAX_UNLINK_BATCH);
             if batch.is_empty() {
                 return;
             }
             send_together(&meta, &channel, batch).await;
-        }
-    }
-
-    /// The next call's unlinks, or none: then the sender ends (the next
-    /// unlink starts another).
-    fn next_batch(&self) -> Vec<Queued> {
-        let mut waiting = self.lock();
-        match waiting.as_mut() {
-            Some(queue) if !queue.is_empty() => {
-                let n = queue.len().min(MAX_UNLINK_BATCH);
-                queue.drain(..n).collect()
-            }
-            _ => {
-                *waiting = None;
-                Vec::new()
-            }
         }
     }
 }
@@ -159,22 +125,5 @@ mod tests {
         let failed = failed.expect_err("failed");
         assert_eq!(dfs_proto::errno_of(&failed), libc::ENOENT);
         assert_eq!(failed.message(), "gone");
-    }
-
-    #[test]
-    fn a_batch_takes_at_most_the_limit_and_the_sender_ends_when_none_wait() {
-        let q = UnlinkQueue::default();
-        let noop = || Queued {
-            request: pb::UnlinkRequest::default(),
-            on_reply: Box::new(|_| {}),
-        };
-        *q.lock() = Some((0..MAX_UNLINK_BATCH + 3).map(|_| noop()).collect());
-        assert_eq!(q.next_batch().len(), MAX_UNLINK_BATCH);
-        assert_eq!(q.next_batch().len(), 3);
-        assert!(q.next_batch().is_empty());
-        assert!(
-            q.lock().is_none(),
-            "no sender runs: the next unlink starts one"
-        );
     }
 }

@@ -321,13 +321,8 @@ impl MetaService {
         let ino = unlinked.done;
         self.settle_holds(ino).await;
         self.roots.changed();
-        self.watchers
-            .publish(
-                origin.session,
-                vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)],
-            )
-            .confirmed()
-            .await;
+        let changes = vec![Change::entry(r.parent, r.name.bytes()), Change::attrs(ino)];
+        self.published(origin, changes).await;
         let grant = self.watchers.grant(origin.session, r.parent);
         Ok(view.dir_change(pb::DirChangeReply {
             parent: self.dir_after(r.parent, unlinked.dir).await,

@@ -16,8 +16,6 @@
 //! of its own: a caller that goes away (its client cancelled) does not take
 //! the other callers' unlinks with it.
 
-use std::sync::Mutex;
-
 use tokio::sync::oneshot;
 
 use super::namespace::NameChange;
@@ -36,61 +34,19 @@ pub(super) struct UnlinkCall {
     pub origin: Origin,
 }
 
-struct Waiting {
+pub(super) struct Waiting {
     call: UnlinkCall,
     answer: oneshot::Sender<Result<NameChange<u64>>>,
 }
 
-/// The unlinks waiting for the batch committing now; `None` while none is.
-#[derive(Default)]
-pub(super) struct UnlinkQueue {
-    waiting: Mutex<Option<Vec<Waiting>>>,
-}
-
-impl UnlinkQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Waiting>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues `call`; true if no batch is running, so the caller must start
-    /// the runner.
-    fn enqueue(&self, call: UnlinkCall, answer: oneshot::Sender<Result<NameChange<u64>>>) -> bool {
-        let mut waiting = self.lock();
-        let w = Waiting { call, answer };
-        match waiting.as_mut() {
-            Some(queue) => {
-                queue.push(w);
-                false
-            }
-            None => {
-                *waiting = Some(vec![w]);
-                true
-            }
-        }
-    }
-
-    /// The next batch, or none: then the runner ends (and the next unlink
-    /// starts another).
-    fn next_batch(&self) -> Vec<Waiting> {
-        let mut waiting = self.lock();
-        match waiting.as_mut() {
-            Some(queue) if !queue.is_empty() => {
-                let n = queue.len().min(MAX_BATCH);
-                queue.drain(..n).collect()
-            }
-            _ => {
-                *waiting = None;
-                Vec::new()
-            }
-        }
-    }
-}
+/// The unlinks waiting for the batch committing now.
+pub(super) type UnlinkQueue = dfs_common::batches::Batches<Waiting>;
 
 impl Store {
     /// Removes a name (see `unlink_if`) in the next batch.
     pub(super) async fn unlink_batched(&self, call: UnlinkCall) -> Result<NameChange<u64>> {
         let (answer, answered) = oneshot::channel();
-        if self.unlink_queue.enqueue(call, answer) {
+        if self.unlink_queue.push(Waiting { call, answer }) {
             let store = self.clone();
             tokio::spawn(async move { store.run_unlinks().await });
         }
@@ -103,7 +59,7 @@ impl Store {
 
     async fn run_unlinks(&self) {
         loop {
-            let batch = self.unlink_queue.next_batch();
+            let batch = self.unlink_queue.next(MAX_BATCH);
             if batch.is_empty() {
                 return;
             }
