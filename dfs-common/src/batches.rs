@@ -1,8 +1,8 @@
 //! Items that wait while a batch of earlier ones is being handled, then go
 //! together in the next batch: group commit without a timer. One runner at a
 //! time takes batches until none is left; the item that finds no runner
-//! starts one. Used for meta's unlink transactions and the mount's
-//! `UnlinkMany` calls.
+//! starts one. Used for meta's transactions of early unlinks and creates
+//! and the mount's `UnlinkMany` and `CreateMany` calls.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -54,6 +54,19 @@ impl<T> Batches<T> {
             }
         }
     }
+
+    /// What waits now (at most `max`, oldest first), possibly nothing; the
+    /// runner goes on either way (one that does not wait for its batch
+    /// before taking the next).
+    pub fn take(&self, max: usize) -> Vec<T> {
+        match self.lock().as_mut() {
+            Some(queue) => {
+                let n = queue.len().min(max.max(1));
+                queue.drain(..n).collect()
+            }
+            None => Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -73,5 +86,8 @@ mod tests {
         assert_eq!(b.next(64), (64..71).collect::<Vec<_>>());
         assert!(b.next(64).is_empty());
         assert!(b.push(71), "the runner ended: the next starts another");
+        assert_eq!(b.take(64), vec![71]);
+        assert!(b.take(64).is_empty(), "nothing waits");
+        assert!(!b.push(72), "but the runner goes on");
     }
 }

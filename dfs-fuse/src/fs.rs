@@ -16,7 +16,7 @@ use crate::error::{FsError, FsResult};
 use crate::io::{Io, ReadData};
 use crate::metacache::Known;
 use crate::open_file::{now, AttrChange, ContentSignature, OpenFile};
-use crate::unlink_queue::{OnReply, Queued, UnlinkQueue};
+use crate::together::{self, Queued, Together};
 
 /// Directory entries fetched from meta per page.
 const DIR_PAGE: u32 = 1000;
@@ -100,8 +100,9 @@ pub struct DfsFs {
     refill: crate::refill::Refill,
     /// Unlinks and creates answered before meta has them (see `deferred.rs`).
     deferred: Deferred,
-    /// Early unlinks on their way to meta, sent together.
-    unlinks: Arc<UnlinkQueue>,
+    /// Early unlinks and creates on their way to meta, sent together.
+    unlinks: Arc<Together<together::Unlinks>>,
+    creates: Arc<Together<together::Creates>>,
     /// Inode numbers meta granted for creates answered here.
     inos: crate::inos::InoPool,
     /// Closes (and, on a new watch stream, opens) told to meta.
@@ -190,6 +191,7 @@ impl DfsFs {
             refill,
             deferred: Deferred::new(!sync_unlink, !sync_create),
             unlinks: Arc::default(),
+            creates: Arc::default(),
             inos: Default::default(),
             open_report,
         }
@@ -272,6 +274,14 @@ impl DfsFs {
     /// of meta's counts any more.
     pub fn grants_lost(&self) {
         self.deferred.forget_grants();
+    }
+
+    /// How the calls sent together reach meta.
+    fn sender(&self) -> together::MetaSender {
+        together::MetaSender {
+            meta: self.meta.clone(),
+            channel: self.meta_channel.clone(),
+        }
     }
 
     /// The meta client for calls that do not depend on names (locks).
@@ -641,7 +651,7 @@ impl DfsFs {
             expect_ino: ino,
         };
         let (fs, name, sent) = (self.clone(), name.to_vec(), Instant::now());
-        let on_reply: OnReply = Box::new(move |reply| {
+        let on_reply: together::OnReply<together::Unlinks> = Box::new(move |reply| {
             let reply = reply.map(tonic::Response::new);
             let removed = fs.name_removed(ticket, parent, &name, reply);
             let grant = removed.as_ref().map_or(0, |r| r.grant);
@@ -664,7 +674,7 @@ impl DfsFs {
             drop(in_flight);
         });
         self.unlinks
-            .send(&self.meta, &self.meta_channel, Queued { request, on_reply });
+            .send(&self.sender(), Queued { request, on_reply });
     }
 
     /// After an unlink or rmdir: the name is gone, the directory changed.
@@ -989,21 +999,18 @@ impl DfsFs {
     /// Sends a create answered early once it must go alone (its file's
     /// first commit did not carry it, see `deferred.rs`).
     fn create_later(self: &Arc<Self>, held: Arc<HeldCreate>) {
-        let (kicks, mut meta) = (self.deferred.kicks(), self.meta.clone());
+        let fs = self.clone();
         tokio::spawn(async move {
-            let Some(create) = held.wait(kicks).await else {
+            let Some(create) = held.wait(fs.deferred.kicks()).await else {
                 return;
             };
-            let sent = Instant::now();
-            let answer = meta
-                .create(create.request.clone())
-                .await
-                .map(|r| {
-                    let r = r.into_inner();
-                    (r.grant, r.inos)
-                })
-                .map_err(FsError::from);
-            create.answered(sent, answer);
+            // (Queued now: a grant counts from here, no later than the call.)
+            let (request, sent) = (create.request.clone(), Instant::now());
+            let on_reply = Box::new(move |reply: Result<pb::AttrReply, tonic::Status>| {
+                let answer = reply.map(|r| (r.grant, r.inos)).map_err(FsError::from);
+                create.answered(sent, answer);
+            });
+            fs.creates.send(&fs.sender(), Queued { request, on_reply });
         });
     }
 

@@ -27,7 +27,7 @@ pub mod open_file;
 pub mod open_report;
 pub mod options;
 pub mod refill;
-pub mod unlink_queue;
+pub mod together;
 
 use std::sync::Arc;
 

@@ -20,10 +20,10 @@ pub fn policy(method: &str) -> &'static [Role] {
         "RegisterNode" | "Heartbeat" | "ReportFence" => NODES,
         "ReplicaAdded" | "ReportBadReplica" => REPORTERS,
         "NodeAdmin" | "ListSessions" => ADMIN,
-        "Lookup" | "GetAttr" | "ResolvePath" | "SetAttr" | "Create" | "Unlink" | "UnlinkMany"
-        | "Rmdir" | "Rename" | "ReleaseOrphan" | "Link" | "ReadLink" | "ReadDir" | "GetXattr"
-        | "SetXattr" | "ListXattr" | "RemoveXattr" | "StatFs" | "Sync" | "GetChunks"
-        | "PlaceChunk" | "CommitWrite" | "PunchHole" | "ClusterStatus" | "Fsck"
+        "Lookup" | "GetAttr" | "ResolvePath" | "SetAttr" | "Create" | "CreateMany" | "Unlink"
+        | "UnlinkMany" | "Rmdir" | "Rename" | "ReleaseOrphan" | "Link" | "ReadLink" | "ReadDir"
+        | "GetXattr" | "SetXattr" | "ListXattr" | "RemoveXattr" | "StatFs" | "Sync"
+        | "GetChunks" | "PlaceChunk" | "CommitWrite" | "PunchHole" | "ClusterStatus" | "Fsck"
         | "ForgetReplica" | "OpenSession" | "RenewSession" | "CloseSession" | "Lock" | "Watch"
         | "Recalled" | "Applied" | "OpenFiles" => FILES,
         _ => &[],

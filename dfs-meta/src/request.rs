@@ -307,9 +307,27 @@ impl TryFrom<pb::UnlinkRequest> for Unlink {
     }
 }
 
-/// UnlinkMany: at most `MAX_UNLINK_BATCH` unlinks, each with its own
-/// (nonzero) request id. Each unlink is validated as an Unlink when it runs,
-/// so a bad one fails alone.
+/// Requests sent in one call (UnlinkMany, CreateMany), each with its own
+/// (nonzero) request id, at most `max`. Each is validated as its own call
+/// when it runs, so a bad one fails alone.
+fn together<T>(
+    what: &str,
+    items: Vec<T>,
+    ids: Vec<u64>,
+    max: usize,
+) -> Result<Vec<(T, u64)>, Status> {
+    if items.len() > max || items.len() != ids.len() {
+        return Err(invalid(format!(
+            "at most {max} {what}s, each with its request id"
+        )));
+    }
+    if ids.contains(&0) {
+        return Err(invalid(format!("request id 0 (each {what} needs its own)")));
+    }
+    Ok(items.into_iter().zip(ids).collect())
+}
+
+/// UnlinkMany: at most `MAX_UNLINK_BATCH` unlinks (see `together`).
 pub struct UnlinkMany {
     pub unlinks: Vec<(pb::UnlinkRequest, u64)>,
 }
@@ -319,16 +337,24 @@ impl TryFrom<pb::UnlinkManyRequest> for UnlinkMany {
 
     fn try_from(r: pb::UnlinkManyRequest) -> Result<Self, Status> {
         let max = dfs_proto::MAX_UNLINK_BATCH;
-        if r.unlinks.len() > max || r.unlinks.len() != r.request_ids.len() {
-            return Err(invalid(format!(
-                "at most {max} unlinks, each with its request id"
-            )));
-        }
-        if r.request_ids.contains(&0) {
-            return Err(invalid("request id 0 (each unlink needs its own)"));
-        }
         Ok(UnlinkMany {
-            unlinks: r.unlinks.into_iter().zip(r.request_ids).collect(),
+            unlinks: together("unlink", r.unlinks, r.request_ids, max)?,
+        })
+    }
+}
+
+/// CreateMany: at most `MAX_CREATE_BATCH` creates (see `together`).
+pub struct CreateMany {
+    pub creates: Vec<(pb::CreateRequest, u64)>,
+}
+
+impl TryFrom<pb::CreateManyRequest> for CreateMany {
+    type Error = Status;
+
+    fn try_from(r: pb::CreateManyRequest) -> Result<Self, Status> {
+        let max = dfs_proto::MAX_CREATE_BATCH;
+        Ok(CreateMany {
+            creates: together("create", r.creates, r.request_ids, max)?,
         })
     }
 }
@@ -631,6 +657,7 @@ pub const VALIDATED: &[&str] = &[
     "ResolvePath",
     "SetAttr",
     "Create",
+    "CreateMany",
     "Unlink",
     "UnlinkMany",
     "Rmdir",
@@ -693,6 +720,7 @@ pub fn validate_wire(method: &str, bytes: &[u8]) -> Result<(), Status> {
         "SetAttr" => check::<pb::SetAttrRequest, SetAttr>(bytes),
         "Create" => check::<pb::CreateRequest, Create>(bytes),
         "Unlink" => check::<pb::UnlinkRequest, Unlink>(bytes),
+        "CreateMany" => check::<pb::CreateManyRequest, CreateMany>(bytes),
         "UnlinkMany" => check::<pb::UnlinkManyRequest, UnlinkMany>(bytes),
         "Rmdir" => check::<pb::RmdirRequest, Rmdir>(bytes),
         "Rename" => check::<pb::RenameRequest, Rename>(bytes),
@@ -877,6 +905,17 @@ mod tests {
                 parent: 1,
                 name,
                 ..Default::default()
+            }
+            .encode_to_vec(),
+            "CreateMany" => pb::CreateManyRequest {
+                creates: vec![pb::CreateRequest {
+                    parent: 1,
+                    name,
+                    kind: pb::FileKind::Regular as i32,
+                    mode: 0o644,
+                    ..Default::default()
+                }],
+                request_ids: vec![7],
             }
             .encode_to_vec(),
             "UnlinkMany" => pb::UnlinkManyRequest {

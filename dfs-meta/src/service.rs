@@ -303,6 +303,81 @@ impl MetaService {
             .await;
     }
 
+    /// A create, as Create and each of CreateMany's do it.
+    async fn create_one(
+        &self,
+        view: &View<'_>,
+        holder: &str,
+        origin: Origin,
+        r: pb::CreateRequest,
+    ) -> Result<pb::AttrReply, Status> {
+        let export = view.rule;
+        let request::Create {
+            mut args,
+            unnamed,
+            numbered,
+            want_inos,
+        } = request::Create::try_from(r)?;
+        if let Some(e) = export {
+            let device = matches!(
+                args.kind,
+                store::FileKind::CharDevice | store::FileKind::BlockDevice
+            );
+            if device && !e.may_create_devices() {
+                return Err(dfs_proto::status_from_errno(
+                    libc::EPERM,
+                    "a squashed export may not create device nodes",
+                ));
+            }
+        }
+        if let Some(n) = &numbered {
+            self.check_early_create(export, holder, n)?;
+        }
+        args.parent = view.ino(args.parent).await?;
+        self.recall(origin, &[args.parent]).await;
+        if numbered.is_some() {
+            self.failpoints.slow_early_create().await;
+        }
+        if let Some(e) = export {
+            args.uid = e.uid(args.uid)?;
+            args.gid = e.gid(args.gid)?;
+        }
+        let (parent, name) = (args.parent, args.name.clone());
+        let mut reply = if unnamed {
+            attr_reply(&self.store.create_unnamed(args, origin).await?)
+        } else {
+            let made = match numbered {
+                Some(n) => {
+                    self.store
+                        .create_numbered(args, n.ino, n.time, origin)
+                        .await?
+                }
+                None => self.store.create_named(args, origin).await?,
+            };
+            let inode = made.done;
+            if inode.kind == store::FileKind::Regular {
+                // Made by open(O_CREAT) (a mknod says closed at once).
+                self.opened(origin.session, inode.ino);
+            }
+            self.published(origin, vec![Change::entry(parent, &name)])
+                .await;
+            let mut reply = attr_reply(&inode);
+            reply.parent = self.dir_after(parent, made.dir).await;
+            // Grants where the client may answer early: creates of
+            // files in the parent, and everything in a new directory.
+            reply.grant = match inode.kind {
+                store::FileKind::Regular => self.watchers.grant(origin.session, parent),
+                store::FileKind::Directory => self.watchers.grant(origin.session, inode.ino),
+                _ => 0,
+            };
+            reply
+        };
+        reply.inos = self.ino_grant(export, holder, want_inos).await?;
+        let ino = reply.attr.as_ref().map_or(0, |a| a.ino);
+        self.watchers.note(origin.session, [parent, ino]);
+        Ok(view.attr_reply(reply))
+    }
+
     /// An unlink, as Unlink and each of UnlinkMany's do it.
     async fn unlink_one(
         &self,
@@ -407,6 +482,41 @@ fn retryable(status: &Status) -> bool {
             .metadata()
             .get(dfs_proto::ERRNO_METADATA_KEY)
             .is_none()
+}
+
+/// The origin of one request of a call that carries several (UnlinkMany,
+/// CreateMany): the call's session, the request's own id. Only a session's
+/// calls may carry several, so each can be replayed after a lost reply.
+fn together_origin(call: Origin, request: u64) -> Result<Origin, Status> {
+    if call.session == 0 {
+        return Err(Status::failed_precondition(
+            "requests sent together need a session (the dfs-session header)",
+        ));
+    }
+    Ok(Origin {
+        session: call.session,
+        request,
+    })
+}
+
+/// The outcomes of the requests of such a call, in order: each reply, or its
+/// errno and message. A failure worth a retry (a lost transaction, a
+/// failpoint's lost reply) fails the whole call instead: its client sends it
+/// again, and what was done replays.
+fn outcomes_of<T>(
+    done: Vec<Result<Response<T>, Status>>,
+) -> Result<Vec<(Option<T>, i32, String)>, Status> {
+    done.into_iter()
+        .map(|d| match d {
+            Ok(reply) => Ok((Some(reply.into_inner()), 0, String::new())),
+            Err(status) if retryable(&status) => Err(status),
+            Err(status) => Ok((
+                None,
+                dfs_proto::errno_of(&status),
+                status.message().to_string(),
+            )),
+        })
+        .collect()
 }
 
 /// An early create a commit carries, checked (`MetaService::carried_create`).
@@ -552,76 +662,32 @@ impl Meta for MetaService {
 
     async fn create(&self, req: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
         let (view, origin) = self.view(&req, true).await?;
-        let export = view.rule;
         let holder = auth::holder(&req);
         let r = req.into_inner();
-        self.observe_mutation("Create", origin, async {
-            let request::Create {
-                mut args,
-                unnamed,
-                numbered,
-                want_inos,
-            } = request::Create::try_from(r)?;
-            if let Some(e) = export {
-                let device = matches!(
-                    args.kind,
-                    store::FileKind::CharDevice | store::FileKind::BlockDevice
-                );
-                if device && !e.may_create_devices() {
-                    return Err(dfs_proto::status_from_errno(
-                        libc::EPERM,
-                        "a squashed export may not create device nodes",
-                    ));
-                }
-            }
-            if let Some(n) = &numbered {
-                self.check_early_create(export, &holder, n)?;
-            }
-            args.parent = view.ino(args.parent).await?;
-            self.recall(origin, &[args.parent]).await;
-            if numbered.is_some() {
-                self.failpoints.slow_early_create().await;
-            }
-            if let Some(e) = export {
-                args.uid = e.uid(args.uid)?;
-                args.gid = e.gid(args.gid)?;
-            }
-            let (parent, name) = (args.parent, args.name.clone());
-            let mut reply = if unnamed {
-                attr_reply(&self.store.create_unnamed(args, origin).await?)
-            } else {
-                let made = match numbered {
-                    Some(n) => {
-                        self.store
-                            .create_numbered(args, n.ino, n.time, origin)
-                            .await?
-                    }
-                    None => self.store.create_named(args, origin).await?,
-                };
-                let inode = made.done;
-                if inode.kind == store::FileKind::Regular {
-                    // Made by open(O_CREAT) (a mknod says closed at once).
-                    self.opened(origin.session, inode.ino);
-                }
-                self.published(origin, vec![Change::entry(parent, &name)])
-                    .await;
-                let mut reply = attr_reply(&inode);
-                reply.parent = self.dir_after(parent, made.dir).await;
-                // Grants where the client may answer early: creates of
-                // files in the parent, and everything in a new directory.
-                reply.grant = match inode.kind {
-                    store::FileKind::Regular => self.watchers.grant(origin.session, parent),
-                    store::FileKind::Directory => self.watchers.grant(origin.session, inode.ino),
-                    _ => 0,
-                };
-                reply
-            };
-            reply.inos = self.ino_grant(export, &holder, want_inos).await?;
-            let ino = reply.attr.as_ref().map_or(0, |a| a.ino);
-            self.watchers.note(origin.session, [parent, ino]);
-            Ok(view.attr_reply(reply))
-        })
-        .await
+        self.observe_mutation("Create", origin, self.create_one(&view, &holder, origin, r))
+            .await
+    }
+
+    async fn create_many(&self, req: Request<pb::CreateManyRequest>) -> Reply<pb::CreateManyReply> {
+        let (view, origin) = self.view(&req, true).await?;
+        let holder = auth::holder(&req);
+        let r = request::CreateMany::try_from(req.into_inner())?;
+        let (view, holder) = (&view, holder.as_str());
+        let calls = r.creates.into_iter().map(|(c, request)| {
+            let origin = together_origin(origin, request)?;
+            Ok(self.observe_mutation("Create", origin, self.create_one(view, holder, origin, c)))
+        });
+        let calls = calls.collect::<Result<Vec<_>, Status>>()?;
+        let outcomes = outcomes_of(futures::future::join_all(calls).await)?;
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(reply, errno, message)| pb::CreateOutcome {
+                reply,
+                errno,
+                message,
+            })
+            .collect();
+        Ok(Response::new(pb::CreateManyReply { outcomes }))
     }
 
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Reply<pb::DirChangeReply> {
@@ -634,38 +700,23 @@ impl Meta for MetaService {
     async fn unlink_many(&self, req: Request<pb::UnlinkManyRequest>) -> Reply<pb::UnlinkManyReply> {
         let (view, origin) = self.view(&req, true).await?;
         let r = request::UnlinkMany::try_from(req.into_inner())?;
-        if origin.session == 0 {
-            return Err(Status::failed_precondition(
-                "unlinks sent together need a session (the dfs-session header)",
-            ));
-        }
         let view = &view;
         let calls = r.unlinks.into_iter().map(|(u, request)| {
-            let origin = Origin {
-                session: origin.session,
-                request,
-            };
+            let origin = together_origin(origin, request)?;
             // Each as an Unlink of its own (the store commits those in
-            // flight together, `store/unlinks.rs`).
-            self.observe_mutation("Unlink", origin, self.unlink_one(view, origin, u))
+            // flight together, `store/together.rs`).
+            Ok(self.observe_mutation("Unlink", origin, self.unlink_one(view, origin, u)))
         });
-        let mut outcomes = Vec::new();
-        for done in futures::future::join_all(calls).await {
-            match done {
-                Ok(reply) => outcomes.push(pb::UnlinkOutcome {
-                    reply: Some(reply.into_inner()),
-                    ..Default::default()
-                }),
-                // Worth a retry (a lost transaction, a failpoint's lost
-                // reply): the whole call is, and what was done replays.
-                Err(status) if retryable(&status) => return Err(status),
-                Err(status) => outcomes.push(pb::UnlinkOutcome {
-                    reply: None,
-                    errno: dfs_proto::errno_of(&status),
-                    message: status.message().to_string(),
-                }),
-            }
-        }
+        let calls = calls.collect::<Result<Vec<_>, Status>>()?;
+        let outcomes = outcomes_of(futures::future::join_all(calls).await)?;
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(reply, errno, message)| pb::UnlinkOutcome {
+                reply,
+                errno,
+                message,
+            })
+            .collect();
         Ok(Response::new(pb::UnlinkManyReply { outcomes }))
     }
 

@@ -149,6 +149,7 @@ conformance!(
     reopen_keeps_everything,
     concurrent_creates_all_land,
     unlinks_sent_at_once_commit_together_and_answer_alone,
+    creates_and_unlinks_sent_at_once_commit_together,
     resolve_path,
     open_files_survive_unlink_as_orphans,
     retried_mutations_run_once,
@@ -1928,7 +1929,7 @@ async fn concurrent_creates_all_land(h: Handle) {
     assert_eq!(s.getattr(d.ino).await.unwrap().nlink, 2);
 }
 
-/// Unlinks sent at once commit in shared transactions (`unlinks.rs`), yet
+/// Unlinks sent at once commit in shared transactions (`together.rs`), yet
 /// each gets the answer it would get alone: a missing name or a directory
 /// fails only its own unlink, a replayed request is answered from its
 /// record, and each directory counts every name gone.
@@ -1962,8 +1963,8 @@ async fn unlinks_sent_at_once_commit_together_and_answer_alone(h: Handle) {
         let made = s.create(file(dir_of(i), &format!("f{i}")), Origin::NONE);
         inos.push(made.await.unwrap().ino);
     }
-    let batches = || s.metrics().unlink_batches.get_sample_count();
-    let names_before = s.metrics().unlink_batches.get_sample_sum();
+    let batches = || s.metrics().batches.get_sample_count();
+    let names_before = s.metrics().batches.get_sample_sum();
     let batches_before = batches();
     // Request 1000 + i removes f{i}; two callers send request 1005 (a retry
     // racing its original); "missing" and "sub" must fail alone.
@@ -2028,12 +2029,137 @@ async fn unlinks_sent_at_once_commit_together_and_answer_alone(h: Handle) {
     for ino in &inos {
         assert_eq!(errno(s.getattr(*ino).await.unwrap_err()), libc::ENOENT);
     }
-    let names = s.metrics().unlink_batches.get_sample_sum() - names_before;
+    let names = s.metrics().batches.get_sample_sum() - names_before;
     let transactions = batches() - batches_before;
     assert!(names >= 123.0, "every unlink went through a batch: {names}");
     assert!(
         (transactions as f64) < names,
         "some unlinks committed together: {transactions} transactions for {names}"
+    );
+}
+
+/// Numbered creates sent at once commit in shared transactions with the
+/// unlinks in flight (`together.rs`), each answered as alone: a name taken
+/// or a number taken fails only its own create, a replayed request is
+/// answered from its record with the same file.
+async fn creates_and_unlinks_sent_at_once_commit_together(h: Handle) {
+    let s = h.store.clone();
+    let sid = s
+        .open_session(&SessionArgs::default(), 60_000)
+        .await
+        .unwrap();
+    let d = s
+        .create(node(ROOT_INO, "c", FileKind::Directory), Origin::NONE)
+        .await
+        .unwrap();
+    let other = s
+        .create(node(ROOT_INO, "w", FileKind::Directory), Origin::NONE)
+        .await
+        .unwrap();
+    let dir_of = move |i: u64| {
+        if i.is_multiple_of(2) {
+            d.ino
+        } else {
+            other.ino
+        }
+    };
+    let mut old = Vec::new();
+    for i in 0..30 {
+        let made = s.create(file(dir_of(i), &format!("old{i}")), Origin::NONE);
+        old.push(made.await.unwrap().ino);
+    }
+    let (first, count) = s.take_inos(100).await.unwrap();
+    assert_eq!(count, 100);
+    let time = Timespec {
+        sec: 1_700_000_000,
+        nsec: 7,
+    };
+    let before = (
+        s.metrics().batches.get_sample_count(),
+        s.metrics().batches.get_sample_sum(),
+    );
+    enum Call {
+        Create(&'static str, u64, String, u64),
+        Unlink(u64),
+    }
+    // Request 3000 + i creates n{i} under first + i; request 3005 is sent
+    // twice; n7 under another number and "x" under n3's number are refused;
+    // request 5000 + i removes old{i}.
+    let mut calls: Vec<Call> = (0..60)
+        .map(|i| Call::Create("new", first + i, format!("n{i}"), 3000 + i))
+        .collect();
+    calls.insert(20, Call::Create("again", first + 5, "n5".into(), 3005));
+    calls.insert(
+        30,
+        Call::Create("name taken", first + 80, "n7".into(), 4000),
+    );
+    calls.insert(
+        40,
+        Call::Create("number taken", first + 3, "x".into(), 4001),
+    );
+    for i in 0..30 {
+        calls.insert(2 * i as usize + 1, Call::Unlink(i));
+    }
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|call| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                match call {
+                    Call::Create(what, ino, name, request) => {
+                        let i: u64 = name[1..].parse().unwrap_or(3);
+                        let made = s
+                            .create_numbered(file(dir_of(i), &name), ino, time, from(sid, request))
+                            .await;
+                        (what, ino, made.map(|m| m.done.ino))
+                    }
+                    Call::Unlink(i) => {
+                        let name = format!("old{i}");
+                        let gone = s
+                            .unlink_if(dir_of(i), name.as_bytes(), None, None, from(sid, 5000 + i))
+                            .await;
+                        ("unlink", i, gone.map(|g| g.done))
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        match t.await.unwrap() {
+            ("new" | "again", ino, made) => {
+                assert_eq!(made.unwrap(), ino, "created under its number")
+            }
+            ("name taken" | "number taken", _, made) => {
+                assert_eq!(errno(made.unwrap_err()), libc::EEXIST)
+            }
+            (_, i, gone) => assert_eq!(gone.unwrap(), old[i as usize], "old{i} removed"),
+        }
+    }
+    for i in 0..60 {
+        let found = s
+            .lookup(dir_of(i), format!("n{i}").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!((found.ino, found.mtime), (first + i, time));
+    }
+    assert_eq!(
+        errno(s.getattr(first + 80).await.unwrap_err()),
+        libc::ENOENT
+    );
+    for dir in [d.ino, other.ino] {
+        let (entries, _) = s.readdir(dir, b"", 200).await.unwrap();
+        assert_eq!(entries.len(), 30, "30 new files, no old one");
+        assert!(entries.iter().all(|e| e.name.starts_with(b"n")));
+    }
+    for ino in &old {
+        assert_eq!(errno(s.getattr(*ino).await.unwrap_err()), libc::ENOENT);
+    }
+    let calls = s.metrics().batches.get_sample_sum() - before.1;
+    let transactions = s.metrics().batches.get_sample_count() - before.0;
+    assert!(calls >= 93.0, "every call went through a batch: {calls}");
+    assert!(
+        (transactions as f64) < calls,
+        "some calls committed together: {transactions} transactions for {calls}"
     );
 }
 

@@ -24,6 +24,8 @@ pub const ROOT_INO: u64 = 1;
 pub const GRANT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// Unlinks one UnlinkMany call carries at most.
 pub const MAX_UNLINK_BATCH: usize = 64;
+/// Creates one CreateMany call carries at most.
+pub const MAX_CREATE_BATCH: usize = 64;
 /// The largest file dfs stores (8 PiB). Larger sizes and writes past it are
 /// EFBIG, as local file systems answer past their own limit.
 pub const MAX_FILE_SIZE: u64 = 1 << 53;

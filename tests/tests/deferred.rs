@@ -822,3 +822,149 @@ fn unlinks_sent_in_one_call_are_each_answered_as_alone() {
     let kept = std::fs::metadata(other.join("d").join(file(1))).unwrap();
     assert_eq!(kept.ino(), f1, "the name that named another inode stays");
 }
+
+/// CreateMany (how a mount sends the creates it answered early and that go
+/// without a commit), called as a client: each create is done and answered
+/// as its own Create, under its own request id, so the same call sent again
+/// replays it.
+#[test]
+fn creates_sent_in_one_call_are_each_answered_as_alone() {
+    use dfs_proto::pb::{self, meta_client::MetaClient};
+    let c = cluster(None);
+    let m = c.mount("m");
+    std::fs::create_dir(m.join("d")).unwrap();
+    let d = std::fs::metadata(m.join("d")).unwrap().ino();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (grant, first, again, refused) = rt.block_on(async {
+        let channel = c
+            .grpc_channel(&c.meta_addr, dfs_auth::Role::Meta, Some("client"))
+            .await
+            .unwrap();
+        let mut meta = MetaClient::new(channel);
+        let session = meta
+            .open_session(pb::OpenSessionRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .session_id;
+        let in_session = |r: pb::CreateManyRequest| {
+            let mut r = tonic::Request::new(r);
+            let id = session.to_string().parse().unwrap();
+            r.metadata_mut()
+                .insert(dfs_proto::session::SESSION_HEADER, id);
+            r
+        };
+        let create = |name: &str| pb::CreateRequest {
+            parent: d,
+            name: name.as_bytes().to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            mode: 0o640,
+            ..Default::default()
+        };
+        // A plain create that asks for inode numbers of the client's own.
+        let seed = pb::CreateRequest {
+            want_inos: 8,
+            ..create("seed")
+        };
+        let grant = meta.create(seed).await.unwrap().into_inner().inos.unwrap();
+        let time = pb::Timespec {
+            sec: 1_700_000_000,
+            nsec: 5,
+        };
+        let numbered = |name: &str, ino: u64, grant: &pb::InoGrant| pb::CreateRequest {
+            ino,
+            grant: Some(grant.clone()),
+            time: Some(time),
+            ..create(name)
+        };
+        let forged = pb::InoGrant {
+            token: vec![0; 32],
+            ..grant.clone()
+        };
+        let batch = pb::CreateManyRequest {
+            creates: vec![
+                numbered("a", grant.first, &grant),
+                numbered("b", grant.first + 1, &grant),
+                // The name is taken (by `a`, earlier in the same call).
+                numbered("a", grant.first + 2, &grant),
+                create("plain"),
+                numbered("forged", grant.first + 3, &forged),
+                create("bad/name"),
+            ],
+            request_ids: vec![21, 22, 23, 24, 25, 26],
+        };
+        let first = meta.create_many(in_session(batch.clone())).await.unwrap();
+        let again = meta.create_many(in_session(batch.clone())).await.unwrap();
+        let too_many = pb::CreateManyRequest {
+            creates: vec![create("x"); dfs_proto::MAX_CREATE_BATCH + 1],
+            request_ids: (1..=dfs_proto::MAX_CREATE_BATCH as u64 + 1).collect(),
+        };
+        let unnumbered = pb::CreateManyRequest {
+            creates: vec![create("x")],
+            request_ids: vec![0],
+        };
+        let refused = [
+            meta.create_many(in_session(too_many))
+                .await
+                .unwrap_err()
+                .code(),
+            meta.create_many(in_session(unnumbered))
+                .await
+                .unwrap_err()
+                .code(),
+            meta.create_many(batch).await.unwrap_err().code(),
+        ];
+        (grant, first.into_inner(), again.into_inner(), refused)
+    });
+    let summary = |r: &pb::CreateManyReply| -> Vec<(bool, u64)> {
+        r.outcomes
+            .iter()
+            .map(|o| {
+                let ino = o
+                    .reply
+                    .as_ref()
+                    .and_then(|r| r.attr.as_ref())
+                    .map_or(0, |a| a.ino);
+                (o.errno == 0, ino)
+            })
+            .collect()
+    };
+    let made = summary(&first);
+    assert_eq!(
+        made[..3],
+        [(true, grant.first), (true, grant.first + 1), (false, 0)],
+        "each as its own Create, under the client's numbers"
+    );
+    assert_eq!(first.outcomes[2].errno, libc::EEXIST, "a taken name");
+    assert!(made[3].0 && made[3].1 != 0, "a plain create: {made:?}");
+    assert_eq!(
+        made[4..],
+        [(false, 0), (false, 0)],
+        "a forged grant, a bad name"
+    );
+    assert_eq!(first.outcomes[5].errno, libc::EINVAL);
+    let parent = first.outcomes[1].reply.as_ref().and_then(|r| r.parent);
+    assert_eq!(parent.map(|p| p.ino), Some(d), "with its directory");
+    assert_eq!(summary(&again), made, "sent again: replayed");
+    assert_eq!(
+        refused,
+        [
+            tonic::Code::InvalidArgument,
+            tonic::Code::InvalidArgument,
+            tonic::Code::FailedPrecondition
+        ],
+        "too many, a create without its request id, no session"
+    );
+    let other = c.mount("other");
+    let dir = other.join("d");
+    assert_eq!(
+        names(&dir),
+        vec!["a", "b", "plain", "seed"],
+        "the three made, and nothing else"
+    );
+    let a = std::fs::metadata(dir.join("a")).unwrap();
+    assert_eq!(
+        (a.ino(), a.mode() & 0o7777, a.mtime()),
+        (grant.first, 0o640, 1_700_000_000)
+    );
+}

@@ -15,8 +15,8 @@ pub struct StoreMetrics {
     /// Statements sent to the database: a round trip each on PostgreSQL
     /// (deferred writes sent together count once).
     pub statements: IntCounter,
-    /// Unlinks committed per transaction (`unlinks.rs`).
-    pub unlink_batches: Histogram,
+    /// Early unlinks and creates committed per transaction (`together.rs`).
+    pub batches: Histogram,
 }
 
 impl StoreMetrics {
@@ -48,10 +48,10 @@ impl StoreMetrics {
                 "statements sent to the database (a round trip each on PostgreSQL)",
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-            unlink_batches: Histogram::with_opts(
+            batches: Histogram::with_opts(
                 HistogramOpts::new(
-                    "dfs_meta_store_unlink_batch_names",
-                    "unlinks committed in one transaction",
+                    "dfs_meta_store_batch_calls",
+                    "early unlinks and creates committed in one transaction",
                 )
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             )
@@ -72,7 +72,7 @@ impl StoreMetrics {
             Box::new(self.retries.clone()),
             Box::new(self.errors.clone()),
             Box::new(self.statements.clone()),
-            Box::new(self.unlink_batches.clone()),
+            Box::new(self.batches.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::warn!(error = %e, "metric registration failed");

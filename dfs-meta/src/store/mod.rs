@@ -47,7 +47,7 @@ mod statistics;
 mod strays;
 mod subtree;
 mod tables;
-mod unlinks;
+mod together;
 
 use std::time::Duration;
 
@@ -109,7 +109,7 @@ pub struct Store {
     /// Which sessions have which files open (`open_files`).
     open_files: std::sync::Arc<open_files::OpenFiles>,
     /// Unlinks waiting to commit in the next batch.
-    unlink_queue: std::sync::Arc<unlinks::UnlinkQueue>,
+    batch_queue: std::sync::Arc<together::Queue>,
 }
 
 impl Store {
@@ -160,7 +160,7 @@ impl Store {
             token_key: Default::default(),
             ids: Default::default(),
             open_files: Default::default(),
-            unlink_queue: Default::default(),
+            batch_queue: Default::default(),
         };
         store.token_key = std::sync::Arc::new(store.load_token_key().await?);
         if backend == Backend::Sqlite {

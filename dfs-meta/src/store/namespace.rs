@@ -163,10 +163,24 @@ impl Store {
         origin: Origin,
     ) -> Result<NameChange<Inode>> {
         check_numbered(&args)?;
+        self.create_batched(super::together::CreateCall {
+            args,
+            ino,
+            time,
+            origin,
+        })
+        .await
+    }
+
+    /// `create_numbered` in a transaction of its own.
+    pub(super) async fn create_numbered_alone(
+        &self,
+        c: &super::together::CreateCall,
+    ) -> Result<NameChange<Inode>> {
         in_tx_once!(
             self,
-            origin,
-            |tx| create_numbered_in(&mut tx, &args, ino, time).await,
+            c.origin,
+            |tx| create_numbered_in(&mut tx, &c.args, c.ino, c.time).await,
             replay | ino | replayed_create(&mut tx, ino).await,
             made | made | made.done.ino as i64
         )
@@ -246,7 +260,7 @@ impl Store {
 
     /// `unlink`, done only if `name` names inode `expect` (when given): a name
     /// that now names another inode is NotFound and nothing changes. Commits
-    /// with the other unlinks in flight (`unlinks.rs`).
+    /// with the other unlinks in flight (`together.rs`).
     pub async fn unlink_if(
         &self,
         parent: u64,
@@ -256,7 +270,7 @@ impl Store {
         origin: Origin,
     ) -> Result<NameChange<u64>> {
         validate_name(name)?;
-        self.unlink_batched(super::unlinks::UnlinkCall {
+        self.unlink_batched(super::together::UnlinkCall {
             parent,
             name: name.to_vec(),
             expect,
@@ -269,7 +283,7 @@ impl Store {
     /// `unlink_if` in a transaction of its own.
     pub(super) async fn unlink_alone(
         &self,
-        c: &super::unlinks::UnlinkCall,
+        c: &super::together::UnlinkCall,
     ) -> Result<NameChange<u64>> {
         in_tx_once!(
             self,
@@ -721,7 +735,7 @@ fn check_numbered(args: &CreateArgs) -> Result<()> {
 }
 
 /// A create under the client's inode number `ino` (see `create_numbered`).
-async fn create_numbered_in(
+pub(super) async fn create_numbered_in(
     tx: &mut DbConn,
     args: &CreateArgs,
     ino: u64,
@@ -744,7 +758,7 @@ async fn create_numbered_in(
 }
 
 /// The inode a create's earlier run made (a replay): its directory unread.
-async fn replayed_create(tx: &mut DbConn, ino: i64) -> Result<NameChange<Inode>> {
+pub(super) async fn replayed_create(tx: &mut DbConn, ino: i64) -> Result<NameChange<Inode>> {
     Ok(NameChange {
         done: require_inode(tx, ino as u64).await?,
         dir: None,
