@@ -70,6 +70,9 @@ pub struct Options {
     pub meta_args: Vec<String>,
     /// Environment for meta (e.g. DFS_META_FAILPOINTS).
     pub meta_env: Vec<(String, String)>,
+    /// More arguments for every node (by default a small pool of chunk
+    /// files made ahead: thousands per node per test would load the suite).
+    pub node_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             gc_grace_secs: None,
             meta_args: Vec::new(),
             meta_env: Vec::new(),
+            node_args: vec!["--spares-ahead".into(), "64".into()],
         }
     }
 }
@@ -247,6 +251,7 @@ impl Cluster {
     pub fn restart_node(&mut self, i: usize) {
         let data = self.node_data(i);
         let mut cmd = Command::new(bin_dir().join("dfs-node"));
+        cmd.args(&self.opts.node_args);
         cmd.args(self.node_args.get(&i).into_iter().flatten());
         cmd.args(self.tls_args(&format!("node{i}")));
         if let Some(m) = self.node_metrics.get(i) {

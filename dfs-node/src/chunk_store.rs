@@ -164,6 +164,13 @@ impl ChunkStore {
         self.chunk_count.load(Ordering::Relaxed)
     }
 
+    /// Makes up to `step` empty chunk files ahead of the writes that will
+    /// need them, until `ahead` wait (`recycle.rs`); how many it made (0:
+    /// enough are there).
+    pub fn make_spares(&self, ahead: usize, step: usize) -> Result<usize> {
+        Ok(self.spares.make_ahead(ahead, step)?)
+    }
+
     /// Emptied chunk files waiting in `spare/` for the next writes.
     pub fn spare_files(&self) -> usize {
         self.spares.len()

@@ -35,6 +35,48 @@ pub struct Config {
     pub tls: Option<dfs_auth::TlsFiles>,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Empty chunk files kept made ahead (`recycle.rs`; 0: none).
+    pub spares_ahead: usize,
+}
+
+/// Empty chunk files a node keeps made ahead unless told otherwise.
+pub const DEFAULT_SPARES_AHEAD: usize = 4096;
+
+/// Keeps empty chunk files made ahead (`recycle.rs`) on a thread of the
+/// lowest CPU priority, so the file system's inode allocation happens in
+/// idle time instead of on a write's path. A failure (no inodes left, a
+/// broken disk) pauses it; the writes then make their own files.
+fn make_spares(store: Arc<chunk_store::ChunkStore>, ahead: usize, shutdown: Shutdown) {
+    let made = std::thread::Builder::new()
+        .name("dfs-node-spares".into())
+        .spawn(move || {
+            lowest_priority();
+            while !shutdown.is_requested() {
+                let pause = match store.make_spares(ahead, 16) {
+                    Ok(0) => std::time::Duration::from_millis(200),
+                    Ok(_) => std::time::Duration::ZERO,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not make spare chunk files");
+                        std::time::Duration::from_secs(10)
+                    }
+                };
+                std::thread::sleep(pause);
+            }
+        });
+    if let Err(e) = made {
+        tracing::warn!(error = %e, "no thread to make spare chunk files");
+    }
+}
+
+/// Puts the calling thread at nice 19 (on Linux, PRIO_PROCESS 0 is the
+/// calling thread); where that fails it runs at the usual priority.
+#[allow(unsafe_code)]
+fn lowest_priority() {
+    // SAFETY: setpriority only reads its integer arguments.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a thread's priority");
+    }
 }
 
 /// Who this node is: a uuid kept in its data directory (so a restarted node is
@@ -146,6 +188,9 @@ pub async fn run(
                 source: std::io::Error::other(e),
             })??,
     );
+    if config.spares_ahead > 0 {
+        make_spares(store.clone(), config.spares_ahead, shutdown.clone());
+    }
     let metrics = Arc::new(metrics::NodeMetrics::new());
     if let Some(addr) = &config.metrics_addr {
         dfs_common::metrics_http::serve(addr, metrics.registry.clone(), shutdown.clone().wait())

@@ -36,6 +36,10 @@ struct Args {
     /// Connections served at once; more wait to be accepted until one closes.
     #[arg(long, default_value_t = dfs_common::incoming::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Empty chunk files kept made ahead of the writes that need them, so a
+    /// write does not wait for the file system to allocate an inode (0: off).
+    #[arg(long, default_value_t = dfs_node::DEFAULT_SPARES_AHEAD)]
+    spares_ahead: usize,
     #[command(flatten)]
     tls: dfs_auth::TlsArgs,
 }
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         },
         tls: args.tls.files("node"),
         max_connections: args.max_connections,
+        spares_ahead: args.spares_ahead,
     };
     let (trigger, shutdown) = dfs_common::shutdown::channel();
     tokio::spawn(dfs_common::shutdown::on_signals(trigger));

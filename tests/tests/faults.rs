@@ -148,6 +148,8 @@ fn a_reader_whose_chunks_were_deleted_reads_the_new_map() {
         chunk_size: 1 << 20,
         gc_grace_secs: Some(1),
         metrics: true,
+        // Only deleted chunks' files in the pool (none made ahead).
+        node_args: vec!["--spares-ahead".into(), "0".into()],
         ..Options::default()
     });
     let (a, b) = (c.mount("a"), c.mount("b"));
