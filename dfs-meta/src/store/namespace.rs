@@ -13,7 +13,7 @@ use super::rows::{
     Timespec, S_ISGID,
 };
 use super::sessions;
-use super::tables::{get_inode, is_orphan, require_inode, Origin};
+use super::tables::{is_orphan, require_inode, Origin};
 use super::{in_tx, in_tx_once, Result, Store, StoreError};
 
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
@@ -639,12 +639,24 @@ async fn create_in(
     unnamed_holder: Option<u64>,
     now: Timespec,
 ) -> Result<NameChange<Inode>> {
-    let named = unnamed_holder.is_none();
-    let (parent, existing) = if named {
+    let (parent, existing) = if unnamed_holder.is_none() {
         dir_and_entry(tx, args.parent, &args.name).await?
     } else {
         (require_dir(tx, args.parent).await?, None)
     };
+    write_created(tx, ino, args, unnamed_holder, now, (parent, existing)).await
+}
+
+/// `create_in` once the directory and what `args.name` names in it are read.
+async fn write_created(
+    tx: &mut DbConn,
+    ino: i64,
+    args: &CreateArgs,
+    unnamed_holder: Option<u64>,
+    now: Timespec,
+    (parent, existing): (Inode, Option<Inode>),
+) -> Result<NameChange<Inode>> {
+    let named = unnamed_holder.is_none();
     parent.require_mutable("create")?;
     if existing.is_some() {
         return Err(StoreError::Exists(
@@ -742,11 +754,12 @@ pub(super) async fn create_numbered_in(
     time: Timespec,
 ) -> Result<NameChange<Inode>> {
     let key = to_i64(ino, "inode")?;
-    if let Some(made) = get_inode(tx, ino).await? {
+    let (read, taken) = dir_entry_and_number(tx, args.parent, &args.name, Some(key)).await?;
+    if taken {
         // The number is the client's alone: under its name, this is its own
         // create, landed before (a retry whose request id went with an
         // expired session).
-        if entry_ino(tx, args.parent, &args.name).await? == Some(ino) {
+        if let Some(made) = read.1.filter(|e| e.ino == ino) {
             return Ok(NameChange {
                 done: made,
                 dir: None,
@@ -754,7 +767,7 @@ pub(super) async fn create_numbered_in(
         }
         return Err(StoreError::Exists(format!("inode {ino}")));
     }
-    create_in(tx, key, args, None, time).await
+    write_created(tx, key, args, None, time, read).await
 }
 
 /// The inode a create's earlier run made (a replay): its directory unread.
@@ -963,35 +976,52 @@ async fn dir_and_entry(
     parent: u64,
     name: &[u8],
 ) -> Result<(Inode, Option<Inode>)> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
+    Ok(dir_entry_and_number(conn, parent, name, None).await?.0)
+}
+
+/// `dir_and_entry`, and in the same query whether inode `number` exists
+/// (false when not asked): a numbered create's checks in one round trip.
+async fn dir_entry_and_number(
+    conn: &mut DbConn,
+    parent: u64,
+    name: &[u8],
+    number: Option<i64>,
+) -> Result<((Inode, Option<Inode>), bool)> {
+    fn sql(taken: &str) -> String {
         format!(
-            "SELECT d.ino AS found, {}, {} FROM inodes p
+            "SELECT d.ino AS found, {}, {}{taken} FROM inodes p
              LEFT JOIN dentries d ON d.parent = p.ino AND d.name = $2
              LEFT JOIN inodes i ON i.ino = d.ino
              WHERE p.ino = $1",
             inode_columns_as("p", "p_"),
             inode_columns_as("i", "c_")
         )
-    });
+    }
+    static PLAIN: LazyLock<String> = LazyLock::new(|| sql(""));
+    static NUMBERED: LazyLock<String> =
+        LazyLock::new(|| sql(", (SELECT COUNT(*) FROM inodes WHERE ino = $3) AS taken"));
     let no_dir = || StoreError::NotFound(format!("inode {parent}"));
     let key = i64::try_from(parent).map_err(|_| no_dir())?;
-    let row = db::query(&SQL)
-        .bind(key)
-        .bind(name.to_vec())
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(no_dir)?;
+    let q = match number {
+        Some(n) => db::query(&NUMBERED).bind(key).bind(name.to_vec()).bind(n),
+        None => db::query(&PLAIN).bind(key).bind(name.to_vec()),
+    };
+    let row = q.fetch_optional(&mut *conn).await?.ok_or_else(no_dir)?;
+    let taken = match number {
+        Some(_) => row.try_get::<i64, _>("taken")? > 0,
+        None => false,
+    };
     let dir = inode_from_prefixed(&row, "p_")?;
     if dir.kind != FileKind::Directory {
         return Err(StoreError::NotDir);
     }
     let Some(found) = row.try_get::<Option<i64>, _>("found")? else {
-        return Ok((dir, None));
+        return Ok(((dir, None), taken));
     };
     if row.try_get::<Option<i64>, _>("c_ino")?.is_none() {
         return Err(StoreError::NotFound(format!("inode {found}")));
     }
-    Ok((dir, Some(inode_from_prefixed(&row, "c_")?)))
+    Ok(((dir, Some(inode_from_prefixed(&row, "c_")?)), taken))
 }
 
 async fn entry_ino(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<Option<u64>> {
