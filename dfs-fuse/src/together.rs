@@ -4,11 +4,11 @@
 //! the change, and mass deletes, `rm -rf` and runs of empty files are
 //! CPU-bound. Here the requests queued while a call is out wait for it (at
 //! most `PATIENCE`) and then go in the next `UnlinkMany` or `CreateMany`
-//! call (at most `MAX`);
-//! each keeps its own request id (`MetaChannel::request_ids`), so meta does
-//! and answers each exactly as its own call, and a retried call replays
-//! what was done. A lone request goes as a plain call; so does each of a
-//! call a meta without the batched method refused.
+//! call (at most `MAX`); each keeps its own request id
+//! (`MetaChannel::request_ids`), so meta does and answers each exactly as
+//! its own call, and a retried call replays what was done. A lone request
+//! goes as a plain call; so does each of a call a meta without the batched
+//! method refused.
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,7 +27,7 @@ const PATIENCE: Duration = Duration::from_millis(20);
 
 /// A kind of request meta also takes several of in one call.
 pub trait Kind: Send + Sync + 'static {
-    /// What calls meta (`Meta` for the real kinds).
+    /// What calls meta (`MetaSender` for the real kinds).
     type Client: Clone + Send + Sync + 'static;
     type Request: Clone + Send + 'static;
     type Reply: Send + 'static;
