@@ -163,6 +163,20 @@ pub struct MetaSender {
     pub channel: MetaChannel,
 }
 
+impl MetaSender {
+    /// Runs `call` with `n` new request ids, counted pending until it ends.
+    async fn with_request_ids<T, F: Future<Output = T>>(
+        &self,
+        n: usize,
+        call: impl FnOnce(Meta, Vec<u64>) -> F,
+    ) -> T {
+        let ids = self.channel.request_ids(n);
+        let done = call(self.meta.clone(), ids.ids.clone()).await;
+        drop(ids);
+        done
+    }
+}
+
 /// Early unlinks: `UnlinkMany`.
 pub struct Unlinks;
 
@@ -184,18 +198,17 @@ impl Kind for Unlinks {
         s: MetaSender,
         unlinks: Vec<pb::UnlinkRequest>,
     ) -> Result<Vec<Result<pb::DirChangeReply, Status>>, Status> {
-        let ids = s.channel.request_ids(unlinks.len());
-        let request_ids = ids.ids.clone();
+        let n = unlinks.len();
         let reply = s
-            .meta
-            .clone()
-            .unlink_many(pb::UnlinkManyRequest {
-                unlinks,
-                request_ids,
+            .with_request_ids(n, |mut meta, request_ids| async move {
+                let request = pb::UnlinkManyRequest {
+                    unlinks,
+                    request_ids,
+                };
+                meta.unlink_many(request).await
             })
-            .await;
-        drop(ids);
-        let outcomes = reply?.into_inner().outcomes.into_iter();
+            .await?;
+        let outcomes = reply.into_inner().outcomes.into_iter();
         Ok(outcomes
             .map(|o| answer(o.reply, o.errno, o.message))
             .collect())
@@ -220,18 +233,17 @@ impl Kind for Creates {
         s: MetaSender,
         creates: Vec<pb::CreateRequest>,
     ) -> Result<Vec<Result<pb::AttrReply, Status>>, Status> {
-        let ids = s.channel.request_ids(creates.len());
-        let request_ids = ids.ids.clone();
+        let n = creates.len();
         let reply = s
-            .meta
-            .clone()
-            .create_many(pb::CreateManyRequest {
-                creates,
-                request_ids,
+            .with_request_ids(n, |mut meta, request_ids| async move {
+                let request = pb::CreateManyRequest {
+                    creates,
+                    request_ids,
+                };
+                meta.create_many(request).await
             })
-            .await;
-        drop(ids);
-        let outcomes = reply?.into_inner().outcomes.into_iter();
+            .await?;
+        let outcomes = reply.into_inner().outcomes.into_iter();
         Ok(outcomes
             .map(|o| answer(o.reply, o.errno, o.message))
             .collect())
