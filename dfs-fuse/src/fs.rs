@@ -107,6 +107,11 @@ pub struct DfsFs {
     inos: crate::inos::InoPool,
     /// Closes (and, on a new watch stream, opens) told to meta.
     open_report: Arc<crate::open_report::OpenReport>,
+    /// Every open file tells this its inode when it goes (`with_drop_notice`):
+    /// whoever held it last (a release, or a stat or drain that looked at
+    /// it meanwhile), its close is reported.
+    dropped: tokio::sync::mpsc::UnboundedSender<u64>,
+    dropped_files: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
 }
 
 /// An open file handle, and whether the kernel may keep its cached pages.
@@ -170,6 +175,7 @@ impl DfsFs {
         let meta = meta_channel.client();
         let refill = crate::refill::Refill::new(io.coherence.cache_timeout());
         let open_report = Arc::new(crate::open_report::OpenReport::default());
+        let (dropped, dropped_files) = tokio::sync::mpsc::unbounded_channel();
         DfsFs {
             io,
             meta: meta.clone(),
@@ -194,15 +200,26 @@ impl DfsFs {
             creates: Arc::default(),
             inos: Default::default(),
             open_report,
+            dropped,
+            dropped_files: Mutex::new(Some(dropped_files)),
         }
     }
 
     /// Sends this mount's closes to meta as they come (`open_report.rs`),
     /// until the mount stops.
     pub async fn report_closes(&self) {
-        self.open_report
-            .run(self.meta.clone(), &self.deferred)
-            .await
+        let dropped = lock(&self.dropped_files).take();
+        let released = async {
+            let Some(mut dropped) = dropped else { return };
+            while let Some(ino) = dropped.recv().await {
+                // Mostly done already by the file's release.
+                if let Err(e) = self.orphans.release_if_closed(ino).await {
+                    tracing::warn!(ino, error = %e, "cannot release an orphan");
+                }
+            }
+        };
+        let reported = self.open_report.run(self.meta.clone(), &self.deferred);
+        tokio::join!(released, reported);
     }
 
     /// A file meta counts as open here (every new regular file) is not.
@@ -830,18 +847,25 @@ impl DfsFs {
                     Some(f) => (f, true),
                     None => (OpenFile::load(&self.io, ino).await?, false),
                 };
+                let loaded = loaded.with_drop_notice(self.dropped.clone());
                 let source = if held_map { "cache" } else { "meta" };
                 self.io.metrics.open_maps.with_label_values(&[source]).inc();
                 let loaded = Arc::new(AsyncMutex::new(loaded));
                 let mut files = lock(&self.files);
-                match files.get(&ino).and_then(Weak::upgrade) {
+                match files.get(&ino).map(Weak::upgrade) {
                     // Another open of this inode finished first: share its state.
-                    Some(f) => (f, false),
+                    Some(Some(f)) => (f, false),
+                    // The last reference of an earlier open went, and its
+                    // close is not reported yet: it will find this open and
+                    // report nothing, so what meta counts carries over.
+                    Some(None) => {
+                        files.insert(ino, Arc::downgrade(&loaded));
+                        (loaded, false)
+                    }
                     None => {
                         files.insert(ino, Arc::downgrade(&loaded));
-                        if held_map && !meta_counts_it_open {
-                            self.open_report.opened(ino);
-                        }
+                        let meta_counted_it = !held_map || meta_counts_it_open;
+                        self.open_report.first_open(ino, meta_counted_it);
                         (loaded, false)
                     }
                 }
@@ -988,7 +1012,8 @@ impl DfsFs {
         };
         let held = HeldCreate::new(request, lander, self.on_create_answer(), in_flight);
         let file = OpenFile::created(&self.io, &attr, chunk_size, Some(landing))
-            .with_held_create(held.clone());
+            .with_held_create(held.clone())
+            .with_drop_notice(self.dropped.clone());
         let file = Arc::new(AsyncMutex::new(file));
         lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
         let fh = self.add_handle(file);
@@ -1128,9 +1153,9 @@ impl DfsFs {
         let fh = if chunk_size == 0 || self.open_file(attr.ino).is_some() {
             self.open(attr.ino, libc::O_RDWR).await?.fh
         } else {
-            let file = Arc::new(AsyncMutex::new(OpenFile::created(
-                &self.io, attr, chunk_size, None,
-            )));
+            let file = OpenFile::created(&self.io, attr, chunk_size, None)
+                .with_drop_notice(self.dropped.clone());
+            let file = Arc::new(AsyncMutex::new(file));
             lock(&self.files).insert(attr.ino, Arc::downgrade(&file));
             self.add_handle(file)
         };
@@ -1418,7 +1443,6 @@ impl DfsFs {
             result = result.and(unlocked);
             (guard.ino, result)
         };
-        drop(file);
         if result.is_err() {
             // The last close failed: its unsaved bytes go with the handle, and
             // the kernel must not keep pages holding them (the next open
@@ -1426,8 +1450,17 @@ impl DfsFs {
             // changes later by itself.
             lock(&self.page_cache_content).pop(&ino);
         }
-        // The last close of a file whose last name is gone releases it.
-        self.orphans.release_if_closed(ino).await?;
+        // The last close of a file whose last name is gone releases it. The
+        // handle goes under the lock of the open files, so the release the
+        // file's drop notice asks for finds this one done.
+        let orphan = {
+            let mut files = lock(&self.files);
+            drop(file);
+            self.orphans.closed_locked(&mut files, ino)
+        };
+        if orphan {
+            self.orphans.release_orphan(ino).await?;
+        }
         result
     }
 
@@ -1641,20 +1674,33 @@ impl OrphanKeeper {
     /// after every last close, every orphaning and every background task
     /// that held the file, so whichever comes last releases it, exactly once.
     async fn release_if_closed(&self, ino: u64) -> FsResult<()> {
-        let release = {
-            let mut files = lock(&self.files);
-            let open = files.get(&ino).is_some_and(|w| w.strong_count() > 0);
-            if !open && files.remove(&ino).is_some() {
-                self.report.closed(ino);
-            }
-            !open && lock(&self.orphans).remove(&ino)
-        };
-        if release {
-            self.meta
-                .clone()
-                .release_orphan(pb::ReleaseOrphanRequest { ino })
-                .await?;
+        let orphan = self.closed_locked(&mut lock(&self.files), ino);
+        if orphan {
+            self.release_orphan(ino).await?;
         }
+        Ok(())
+    }
+
+    /// With the open files locked: if nothing holds `ino` any more, it is
+    /// forgotten and its close reported (once). True: it was this mount's
+    /// orphan, which the caller must now release (`release_orphan`).
+    fn closed_locked(
+        &self,
+        files: &mut HashMap<u64, Weak<AsyncMutex<OpenFile>>>,
+        ino: u64,
+    ) -> bool {
+        let open = files.get(&ino).is_some_and(|w| w.strong_count() > 0);
+        if !open && files.remove(&ino).is_some() {
+            self.report.closed(ino);
+        }
+        !open && lock(&self.orphans).remove(&ino)
+    }
+
+    async fn release_orphan(&self, ino: u64) -> FsResult<()> {
+        self.meta
+            .clone()
+            .release_orphan(pb::ReleaseOrphanRequest { ino })
+            .await?;
         Ok(())
     }
 }

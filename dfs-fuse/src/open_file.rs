@@ -134,6 +134,9 @@ pub struct OpenFile {
     landing: Option<Landing>,
     /// The early create, while its first commit may still carry it.
     held_create: Option<Arc<HeldCreate>>,
+    /// Told this file's inode when the last reference to it goes
+    /// (`with_drop_notice`).
+    drop_notice: Option<tokio::sync::mpsc::UnboundedSender<u64>>,
 }
 
 /// Attribute changes answered by this mount and sent with the next commit.
@@ -199,6 +202,14 @@ impl OpenFile {
         self
     }
 
+    /// `notice` hears this file's inode when it is dropped: a close is
+    /// reported once nothing holds the file, whoever let go of it last (a
+    /// handle's release, or a task that looked at it meanwhile).
+    pub fn with_drop_notice(mut self, notice: tokio::sync::mpsc::UnboundedSender<u64>) -> OpenFile {
+        self.drop_notice = Some(notice);
+        self
+    }
+
     /// Waits until meta has this file, if it was created early; fails (EIO)
     /// for good if meta refused the create.
     pub async fn landed(&mut self) -> FsResult<()> {
@@ -240,6 +251,7 @@ impl OpenFile {
             held_attrs: None,
             landing: None,
             held_create: None,
+            drop_notice: None,
         }
     }
 
@@ -1011,6 +1023,10 @@ impl Drop for OpenFile {
     fn drop(&mut self) {
         self.metrics.dirty_bytes.sub(self.reported_dirty);
         self.memory.adjust_buffered(-self.reported_dirty);
+        if let Some(notice) = &self.drop_notice {
+            // The receiver is gone only when the mount is.
+            let _ = notice.send(self.ino);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Tells meta which files this mount opened for reading without asking it
-//! (from a chunk map it held: `OpenFile::cached`) and which its last handle
-//! closed, and, once a new watch stream is live (meta may have restarted and
+//! (from a chunk map it held: `OpenFile::cached`) and which it closed (the
+//! last reference went: the last handle's release, or a stat or drain that
+//! held the file meanwhile; `OpenFile::with_drop_notice`), and, once a new watch stream is live (meta may have restarted and
 //! forgotten), which files it has open. Meta keeps a file another client removes while
 //! this mount has it open, held by this mount's session, until it hears the
 //! file closed here (meta's `open_files.rs`); meta learns of the other opens
@@ -62,10 +63,21 @@ impl OpenReport {
         }
     }
 
-    /// `ino` was opened here without meta hearing of it.
-    pub fn opened(&self, ino: u64) {
-        self.state().opened.insert(ino);
-        self.wake.notify_one();
+    /// `ino` is open here again, its earlier opens' closes all reported
+    /// (`reopening` came before): `meta_counted_it` says whether meta counts
+    /// it open already (it was asked, or a close was taken back). A close
+    /// that came meanwhile is taken back too (meta still counts the file
+    /// open); one on its way may reach meta after meta counted this open, so
+    /// the open is told again after it.
+    pub fn first_open(&self, ino: u64, meta_counted_it: bool) {
+        let mut state = self.state();
+        if state.pending.remove(&ino) {
+            return;
+        }
+        if !meta_counted_it || state.in_flight.contains(&ino) {
+            state.opened.insert(ino);
+            self.wake.notify_one();
+        }
     }
 
     /// Before `ino` is opened here again (its first handle): a close not
@@ -149,8 +161,8 @@ mod tests {
     #[tokio::test]
     async fn an_open_closed_before_its_batch_went_is_never_told() {
         let r = OpenReport::default();
-        r.opened(7);
-        r.opened(9);
+        r.first_open(7, false);
+        r.first_open(9, false);
         r.closed(7);
         let s = r.state();
         assert_eq!(s.opened, HashSet::from([9]), "9 goes in the batch");
@@ -188,5 +200,44 @@ mod tests {
             .expect("the batch flew")
             .expect("no panic");
         r.reopening(9).await;
+    }
+
+    #[test]
+    fn a_first_open_is_told_unless_meta_counts_it_already() {
+        let r = OpenReport::default();
+        r.first_open(7, true);
+        assert!(r.state().opened.is_empty(), "meta was asked: it counts 7");
+        r.first_open(8, false);
+        assert_eq!(
+            r.state().opened,
+            HashSet::from([8]),
+            "from a held map: told"
+        );
+    }
+
+    #[test]
+    fn a_first_open_takes_back_a_close_that_came_meanwhile() {
+        let r = OpenReport::default();
+        // The earlier open's close was reported after the reopen looked.
+        r.closed(7);
+        r.first_open(7, false);
+        let s = r.state();
+        assert!(s.pending.is_empty(), "the close is taken back");
+        assert!(
+            s.opened.is_empty(),
+            "meta still counts 7 open: nothing to tell"
+        );
+    }
+
+    #[test]
+    fn a_first_open_is_told_again_after_a_close_on_its_way() {
+        let r = OpenReport::default();
+        r.state().in_flight.insert(7);
+        r.first_open(7, true);
+        assert_eq!(
+            r.state().opened,
+            HashSet::from([7]),
+            "the close may reach meta after meta counted this open"
+        );
     }
 }

@@ -28,6 +28,40 @@ fn open_on_meta(c: &Cluster) -> f64 {
     dfs_tests::metric_value(&page, "dfs_meta_open_files")
 }
 
+/// Whoever lets go of a file last — its release (which the kernel sends
+/// after close returns), a stat that waited on the file meanwhile, or a
+/// read that opened it again before that release ran — its close reaches
+/// meta.
+#[test]
+fn a_close_reaches_meta_whoever_lets_go_of_the_file_last() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = cluster_with(true);
+    let b = c.mount("b");
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let statter = {
+        let (dir, done) = (b.path.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                for i in 0..100 {
+                    let _ = std::fs::metadata(dir.join(format!("f{i}")));
+                }
+            }
+        })
+    };
+    for i in 0..100 {
+        let p = b.join(&format!("f{i}"));
+        std::fs::write(&p, b"x").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"x");
+    }
+    done.store(true, Ordering::Relaxed);
+    statter.join().unwrap();
+    c.wait_until(
+        "every close reached meta",
+        std::time::Duration::from_secs(10),
+        |c| open_on_meta(c) == 0.0,
+    );
+}
+
 #[test]
 fn a_commit_keeps_what_another_mount_appended() {
     let c = cluster();
