@@ -169,6 +169,23 @@ impl Coherence {
         self.cache().attr(ino)
     }
 
+    /// Every entry of `dir`, if the mount knows them all (`MetaCache::listing`).
+    pub fn known_listing(&self, dir: u64) -> Option<Vec<pb::DirEntry>> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        let listed = self.cache().listing(dir)?;
+        Some(
+            listed
+                .into_iter()
+                .map(|(name, attr)| pb::DirEntry {
+                    name,
+                    attr: Some(attr),
+                })
+                .collect(),
+        )
+    }
+
     pub fn known_ino(&self, parent: u64, name: &[u8]) -> Option<u64> {
         if !self.live.load(Ordering::SeqCst) {
             return None;

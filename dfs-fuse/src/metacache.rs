@@ -192,6 +192,25 @@ impl MetaCache {
         }
     }
 
+    /// Every name in `dir` with its attributes, ordered by name as meta
+    /// lists them, if the cache knows them all (a directory made here or
+    /// listed whole, and each of its names' inode and attributes).
+    pub fn listing(&mut self, dir: u64) -> Option<Vec<(Vec<u8>, pb::Attr)>> {
+        let max_age = self.max_age;
+        let mut names: Vec<Vec<u8>> = match self.complete.get(&dir) {
+            Some((names, t)) if t.elapsed() < max_age => names.iter().cloned().collect(),
+            _ => return None,
+        };
+        names.sort_unstable();
+        let mut listed = Vec::with_capacity(names.len());
+        for name in names {
+            let ino = self.ino_of(dir, &name)?;
+            let attr = self.attr(ino)?;
+            listed.push((name, attr));
+        }
+        Some(listed)
+    }
+
     /// What `name` in `parent` names is not known any more (and so not
     /// every name of `parent`).
     pub fn forget_entry(&mut self, parent: u64, name: &[u8]) {
@@ -269,6 +288,32 @@ mod tests {
         // An entry whose attributes went answers nothing.
         c.forget_attr(5);
         assert_eq!(c.lookup(1, b"a"), None);
+    }
+
+    #[test]
+    fn a_complete_directory_lists_its_names_in_order_while_each_is_known() {
+        let mut c = MetaCache::new(Duration::from_secs(30));
+        assert_eq!(c.listing(7), None, "never listed");
+        c.put_complete(7, HashSet::new());
+        assert_eq!(c.listing(7), Some(vec![]), "made here: empty");
+        c.put_entry(7, b"b", Some(&attr(9)));
+        c.put_entry(7, b"a", Some(&attr(8)));
+        c.put_entry(7, b"c", Some(&attr(10)));
+        c.put_entry(7, b"c", None);
+        assert_eq!(
+            c.listing(7),
+            Some(vec![(b"a".to_vec(), attr(8)), (b"b".to_vec(), attr(9))]),
+            "by name, as meta lists; the removed name gone"
+        );
+        c.forget_attr(9);
+        assert_eq!(c.listing(7), None, "an entry's attributes went: ask meta");
+        c.put_attr(&attr(9));
+        c.put_unknown_entry(7, b"d");
+        assert_eq!(c.listing(7), None, "a name whose inode is not known");
+        let mut aging = MetaCache::new(Duration::from_millis(1));
+        aging.put_complete(7, HashSet::new());
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(aging.listing(7), None, "older than cache_timeout");
     }
 
     #[test]

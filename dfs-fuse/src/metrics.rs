@@ -30,6 +30,7 @@ pub struct FuseMetrics {
     pub deferred_unlinks: IntCounterVec,
     pub deferred_creates: IntCounterVec,
     pub open_maps: IntCounterVec,
+    pub listings: IntCounterVec,
 }
 
 impl FuseMetrics {
@@ -148,6 +149,14 @@ impl FuseMetrics {
                 &["source"],
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            listings: IntCounterVec::new(
+                Opts::new(
+                    "dfs_fuse_listings_total",
+                    "directory listings (opendir and read), by where their entries came from (cache, meta)",
+                ),
+                &["source"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.cache_hits.clone()),
@@ -172,6 +181,7 @@ impl FuseMetrics {
             Box::new(m.deferred_unlinks.clone()),
             Box::new(m.deferred_creates.clone()),
             Box::new(m.open_maps.clone()),
+            Box::new(m.listings.clone()),
         ];
         register_all(&m.registry, all);
         m

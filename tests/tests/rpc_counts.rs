@@ -131,3 +131,63 @@ fn stats_after_the_cache_expired_list_the_directory_once() {
     );
     assert!(total < 0.3, "stat: {total:.2} calls per file: {stat:?}");
 }
+
+/// Names in a directory, sorted, as a listing shows them.
+fn listed(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A directory whose every name the mount knows (made here, or listed whole)
+/// is listed from the mount's cache: `rm -rf` lists each directory twice,
+/// `cp -r` out lists what `cp -r` in made. What this mount changes there
+/// shows at once; what another mount changes, once meta's invalidation
+/// came, from meta.
+#[test]
+fn a_directory_the_mount_knows_whole_is_listed_without_meta() {
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let (m, other) = (c.mount("m"), c.mount("other"));
+    c.wait_watch(&m, true);
+    let dir = m.join("made");
+    std::fs::create_dir(&dir).unwrap();
+    let mut names: Vec<String> = (0..FILES).map(|i| format!("f{i:02}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(dir.join(n), vec![3u8; i]).unwrap();
+    }
+    let t0 = calls(&m);
+    assert_eq!(listed(&dir), names);
+    std::fs::remove_file(dir.join("f00")).unwrap();
+    names.remove(0);
+    assert_eq!(listed(&dir), names, "this mount's unlink shows at once");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        let i: u64 = e.file_name().to_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(e.metadata().unwrap().len(), i, "the listing's attributes");
+    }
+    let t1 = calls(&m);
+    let (listing, _) = per_file(&t0, &t1);
+    assert!(
+        !listing.contains_key("ReadDir"),
+        "listed from the cache: {listing:?}"
+    );
+
+    std::fs::write(other.join("made/new"), b"from elsewhere").unwrap();
+    c.wait_until(
+        "the other mount's file is listed",
+        Duration::from_secs(10),
+        |_| listed(&dir).contains(&"new".to_string()),
+    );
+    let t2 = calls(&m);
+    let (listing, _) = per_file(&t1, &t2);
+    assert!(
+        listing.contains_key("ReadDir"),
+        "listed from meta: {listing:?}"
+    );
+}
