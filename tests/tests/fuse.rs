@@ -1326,3 +1326,45 @@ fn owner_only_operations_are_eperm_for_others() {
         "trusted xattrs"
     );
 }
+
+/// dfs keeps no SELinux labels: a file without one answers EOPNOTSUPP (not
+/// ENODATA), so `ls -l`, which asks every file, stops asking on this mount;
+/// one stored is returned. Other missing attributes stay ENODATA.
+#[test]
+fn a_missing_selinux_label_is_unsupported_and_ls_stops_asking() {
+    let c = Cluster::start(Options {
+        metrics: true,
+        ..Options::default()
+    });
+    let m = c.mount("mnt");
+    let out = sh(
+        &m.path,
+        "mkdir d && for i in $(seq 1 40); do : > d/f$i; done && python3 -c \"
+import errno, os
+def err(name):
+    try:
+        os.getxattr('d/f1', name)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return 'none'
+print(err('security.selinux'), err('user.absent'), err('system.posix_acl_access'))
+os.setxattr('d/f2', 'security.selinux', b'label')
+print(os.getxattr('d/f2', 'security.selinux').decode())
+\"",
+    );
+    // (Python names EOPNOTSUPP, the same number on Linux, ENOTSUP.)
+    assert_eq!(out.trim(), "ENOTSUP ENODATA ENODATA\nlabel");
+    let getxattrs = || {
+        let page = dfs_tests::http_get(m.metrics.as_ref().unwrap(), "/metrics");
+        dfs_tests::metric_or_zero(&page, "dfs_fuse_requests_total{op=\"getxattr\"}")
+    };
+    dfs_tests::drop_kernel_caches();
+    let before = getxattrs();
+    let listed = sh(&m.path, "ls -l d | wc -l");
+    assert_eq!(listed.trim(), "41");
+    let asked = getxattrs() - before;
+    assert!(
+        asked <= 40.0 + 3.0,
+        "ls -l asked {asked} xattrs of 40 files: the label once, then only ACLs"
+    );
+}
