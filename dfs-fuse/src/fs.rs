@@ -1462,6 +1462,14 @@ impl DfsFs {
         // file's drop notice asks for finds this one done.
         let orphan = {
             let mut files = lock(&self.files);
+            // The last reference (others are taken under this lock, or by a
+            // task that checks again when it lets go): what its drop notice
+            // would ask for is done just below, without waking the reporter.
+            if Arc::strong_count(&file) == 1 {
+                if let Ok(mut f) = file.try_lock() {
+                    f.forget_drop_notice();
+                }
+            }
             drop(file);
             self.orphans.closed_locked(&mut files, ino)
         };

@@ -210,6 +210,11 @@ impl OpenFile {
         self
     }
 
+    /// Its drop tells nothing: the caller reports the close itself.
+    pub fn forget_drop_notice(&mut self) {
+        self.drop_notice = None;
+    }
+
     /// Waits until meta has this file, if it was created early; fails (EIO)
     /// for good if meta refused the create.
     pub async fn landed(&mut self) -> FsResult<()> {
