@@ -846,6 +846,19 @@ pub fn try_http_get(addr: &str, path_and_query: &str) -> Result<String, String> 
     }
 }
 
+/// The names in `dir`, sorted, as a listing shows them.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| {
+            let name = e.unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+            name.file_name().to_string_lossy().into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// Drops the kernel's page, dentry and inode caches (root): what a mount
 /// answers next comes from its own caches or from meta.
 pub fn drop_kernel_caches() {

@@ -219,7 +219,8 @@ impl DfsFs {
         let released = async {
             let Some(mut dropped) = dropped else { return };
             while let Some(ino) = dropped.recv().await {
-                // Mostly done already by the file's release.
+                // A file something other than its last handle let go of
+                // last (a release that drops it reports itself).
                 if let Err(e) = self.orphans.release_if_closed(ino).await {
                     tracing::warn!(ino, error = %e, "cannot release an orphan");
                 }
@@ -862,17 +863,16 @@ impl DfsFs {
                 match files.get(&ino).map(Weak::upgrade) {
                     // Another open of this inode finished first: share its state.
                     Some(Some(f)) => (f, false),
-                    // The last reference of an earlier open went, and its
-                    // close is not reported yet: it will find this open and
-                    // report nothing, so what meta counts carries over.
-                    Some(None) => {
+                    earlier => {
+                        // An entry whose last reference went is an earlier
+                        // open whose close is not reported yet: it will find
+                        // this open and report nothing, so what meta counts
+                        // carries over. Without one, this is a first open.
+                        if earlier.is_none() {
+                            let meta_counted_it = !held_map || meta_counts_it_open;
+                            self.open_report.first_open(ino, meta_counted_it);
+                        }
                         files.insert(ino, Arc::downgrade(&loaded));
-                        (loaded, false)
-                    }
-                    None => {
-                        files.insert(ino, Arc::downgrade(&loaded));
-                        let meta_counted_it = !held_map || meta_counts_it_open;
-                        self.open_report.first_open(ino, meta_counted_it);
                         (loaded, false)
                     }
                 }

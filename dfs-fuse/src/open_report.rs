@@ -1,8 +1,9 @@
 //! Tells meta which files this mount opened for reading without asking it
 //! (from a chunk map it held: `OpenFile::cached`) and which it closed (the
 //! last reference went: the last handle's release, or a stat or drain that
-//! held the file meanwhile; `OpenFile::with_drop_notice`), and, once a new watch stream is live (meta may have restarted and
-//! forgotten), which files it has open. Meta keeps a file another client removes while
+//! held the file meanwhile; `OpenFile::with_drop_notice`), and, once a new
+//! watch stream is live (meta may have restarted and forgotten), which
+//! files it has open. Meta keeps a file another client removes while
 //! this mount has it open, held by this mount's session, until it hears the
 //! file closed here (meta's `open_files.rs`); meta learns of the other opens
 //! itself (GetChunks, CommitWrite, Create).

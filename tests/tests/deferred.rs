@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use dfs_tests::{http_get, Cluster, Mount, Options};
+use dfs_tests::{http_get, names, Cluster, Mount, Options};
 
 /// A cluster with metrics, meta on `store` (None: SQLite).
 fn cluster(store: Option<String>) -> Cluster {
@@ -90,15 +90,6 @@ fn while_meta_stops(c: &Cluster, what: &str, calls: impl FnOnce() + Send + 'stat
 /// fsync(2) of a directory: the calls in it answered early are on meta.
 fn fsync_dir(dir: &Path) {
     std::fs::File::open(dir).unwrap().sync_all().unwrap();
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut n: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    n.sort();
-    n
 }
 
 #[test]

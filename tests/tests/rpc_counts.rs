@@ -132,16 +132,6 @@ fn stats_after_the_cache_expired_list_the_directory_once() {
     assert!(total < 0.3, "stat: {total:.2} calls per file: {stat:?}");
 }
 
-/// Names in a directory, sorted, as a listing shows them.
-fn listed(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 /// A directory whose every name the mount knows (made here, or listed whole)
 /// is listed from the mount's cache: `rm -rf` lists each directory twice,
 /// `cp -r` out lists what `cp -r` in made. What this mount changes there
@@ -162,10 +152,14 @@ fn a_directory_the_mount_knows_whole_is_listed_without_meta() {
         std::fs::write(dir.join(n), vec![3u8; i]).unwrap();
     }
     let t0 = calls(&m);
-    assert_eq!(listed(&dir), names);
+    assert_eq!(dfs_tests::names(&dir), names);
     std::fs::remove_file(dir.join("f00")).unwrap();
     names.remove(0);
-    assert_eq!(listed(&dir), names, "this mount's unlink shows at once");
+    assert_eq!(
+        dfs_tests::names(&dir),
+        names,
+        "this mount's unlink shows at once"
+    );
     for e in std::fs::read_dir(&dir).unwrap() {
         let e = e.unwrap();
         let i: u64 = e.file_name().to_str().unwrap()[1..].parse().unwrap();
@@ -182,7 +176,7 @@ fn a_directory_the_mount_knows_whole_is_listed_without_meta() {
     c.wait_until(
         "the other mount's file is listed",
         Duration::from_secs(10),
-        |_| listed(&dir).contains(&"new".to_string()),
+        |_| dfs_tests::names(&dir).contains(&"new".to_string()),
     );
     let t2 = calls(&m);
     let (listing, _) = per_file(&t1, &t2);
