@@ -1073,7 +1073,7 @@ impl Meta for MetaService {
                 attrs: r.attrs,
             };
             let mut changes = vec![Change::data(r.ino)];
-            let inode = match &carried {
+            let committed = match &carried {
                 Some(c) => {
                     let create = (c.args.clone(), c.numbered.ino, c.numbered.time);
                     let made = self.store.create_and_commit(create, commit, origin).await?;
@@ -1084,15 +1084,26 @@ impl Meta for MetaService {
             };
             self.published(origin, changes).await;
             self.watchers.note(origin.session, [r.ino]);
-            let mut reply = if r.return_chunks {
-                let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
-                chunk_map_reply(&map, &self.tokens(&holder), &view)
-            } else {
-                pb::GetChunksReply {
-                    attr: view.attr(Some(crate::convert::attr(&inode))),
-                    chunk_size: self.store.chunk_size(),
-                    ..Default::default()
+            let chunk_size = self.store.chunk_size();
+            let mut reply = match (r.return_chunks, committed.chunks) {
+                // The commit wrote the whole map: no read after it.
+                (true, Some(chunks)) => {
+                    let map = store::ChunkMap {
+                        inode: committed.inode,
+                        chunk_size,
+                        chunks,
+                    };
+                    chunk_map_reply(&map, &self.tokens(&holder), &view)
                 }
+                (true, None) => {
+                    let map = self.store.get_chunks(r.ino, self.live_cutoff()).await?;
+                    chunk_map_reply(&map, &self.tokens(&holder), &view)
+                }
+                (false, _) => pb::GetChunksReply {
+                    attr: view.attr(Some(crate::convert::attr(&committed.inode))),
+                    chunk_size,
+                    ..Default::default()
+                },
             };
             if let Some(c) = carried {
                 let parent = c.args.parent;

@@ -528,16 +528,21 @@ async fn a_create_and_its_first_commit_are_one_change(h: Handle) {
         )
         .await
         .unwrap();
-    assert_eq!((made.done.ino, made.done.size), (first, 5));
+    assert_eq!((made.done.inode.ino, made.done.inode.size), (first, 5));
     assert_eq!(
         made.dir,
         Some(s.getattr(ROOT_INO).await.unwrap()),
         "the directory as the create left it"
     );
-    assert_eq!(s.lookup(ROOT_INO, b"f").await.unwrap(), made.done);
+    assert_eq!(s.lookup(ROOT_INO, b"f").await.unwrap(), made.done.inode);
     let map = s.get_chunks(first, 0).await.unwrap();
     assert_eq!(map.chunks.len(), 1);
     assert_eq!(map.chunks[0].chunk_id, p.chunk_id);
+    assert_eq!(
+        made.done.chunks.as_ref(),
+        Some(&map.chunks),
+        "the map the commit made, as a read finds it"
+    );
     // Sent again under its request id: the same answer, nothing more.
     let again = s
         .create_and_commit(
@@ -547,7 +552,7 @@ async fn a_create_and_its_first_commit_are_one_change(h: Handle) {
         )
         .await
         .unwrap();
-    assert_eq!(again.done, made.done);
+    assert_eq!(again.done.inode, made.done.inode);
 
     // The name taken: no file, and the chunk stays uncommitted.
     let q = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
@@ -2623,16 +2628,25 @@ async fn one_commit_of_several_chunks(h: Handle) {
         });
     }
     let stale = chunks.clone();
-    let after = s
-        .commit_write(f.ino, size, &chunks, None, Origin::NONE)
-        .await
-        .unwrap();
-    assert_eq!(after.size, size);
+    let commit = |chunks| CommitArgs {
+        ino: f.ino,
+        size,
+        chunks,
+        mtime: None,
+        attrs: OwnerChanges::NONE,
+    };
+    let after = s.commit(commit(&chunks), Origin::NONE).await.unwrap();
+    assert_eq!(after.inode.size, size);
     let map = s.get_chunks(f.ino, 0).await.unwrap();
     let ids: Vec<u64> = map.chunks.iter().map(|c| c.chunk_id).collect();
     let want: Vec<u64> = chunks.iter().map(|c| c.chunk_id).collect();
     assert_eq!(ids, want, "every chunk in place, the old one replaced");
     assert!(map.chunks.iter().all(|c| c.replicas.len() == 3));
+    assert_eq!(
+        after.chunks.as_ref(),
+        Some(&map.chunks),
+        "the commit wrote the whole map, and answers it as a read would"
+    );
     // The same commit again: its base for index 1 is gone (and its ids are
     // committed): refused, and the map stays.
     assert!(s
@@ -2644,6 +2658,16 @@ async fn one_commit_of_several_chunks(h: Handle) {
         again.chunks.iter().map(|c| c.chunk_id).collect::<Vec<_>>(),
         want
     );
+    // A commit of one chunk of three: the map is not all its own.
+    let p = s.place_chunk(0, 3, &[], 0, 0).await.unwrap();
+    let one = [CommitChunk {
+        chunk_id: p.chunk_id,
+        node_ids: p.targets.iter().map(|n| n.id).collect(),
+        base: Some(Some(chunks[2].chunk_id)),
+        ..chunks[2].clone()
+    }];
+    let partial = s.commit(commit(&one), Origin::NONE).await.unwrap();
+    assert!(partial.chunks.is_none(), "two chunks it did not write");
 }
 
 /// The statements (round trips on PostgreSQL) a small file's calls send: a
@@ -2701,6 +2725,36 @@ async fn small_file_calls_take_few_statements(h: Handle) {
     took("lookup", 1);
     s.unlink(ROOT_INO, b"f", None, from(sid, 4)).await.unwrap();
     took("unlink", 4);
+    // A new small file's close: its create and first commit together.
+    let (ino, _) = s.take_inos(8).await.unwrap();
+    let p = s.place_chunk(0, 3, &[], 0, sid).await.unwrap();
+    took("numbers and a place", 20);
+    let chunk = CommitChunk {
+        index: 0,
+        chunk_id: p.chunk_id,
+        stored_len: 4096,
+        crc32c: 42,
+        valid_len: 4096,
+        node_ids: p.targets.iter().map(|n| n.id).collect(),
+        base: Some(None),
+    };
+    let made = s
+        .create_and_commit(
+            (file(ROOT_INO, "g"), ino, Timespec::now()),
+            CommitArgs {
+                ino,
+                size: 4096,
+                chunks: &[chunk],
+                mtime: None,
+                attrs: OwnerChanges::NONE,
+            },
+            from(sid, 5),
+        )
+        .await
+        .unwrap();
+    // One read, the writes together, and the commit itself.
+    took("create and commit", 4);
+    assert!(made.done.chunks.is_some(), "no read of the map after it");
 }
 
 async fn stale_statistics_are_refreshed(h: Handle) {

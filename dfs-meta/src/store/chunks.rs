@@ -259,17 +259,23 @@ impl Store {
             mtime,
             attrs,
         };
-        self.commit(commit, origin).await
+        Ok(self.commit(commit, origin).await?.inode)
     }
 
-    /// `commit_write_with`, its arguments as one value.
-    pub async fn commit(&self, commit: CommitArgs<'_>, origin: Origin) -> Result<Inode> {
+    /// `commit_write_with`, its arguments as one value; also returns the
+    /// file's chunk map when the commit made all of it.
+    pub async fn commit(&self, commit: CommitArgs<'_>, origin: Origin) -> Result<Committed> {
         commit.validate(self.chunk_size)?;
         in_tx_once!(
             self,
             origin,
             |tx| commit_in(&mut tx, &commit, self.chunk_size).await,
-            replay | _prev | require_inode(&mut tx, commit.ino).await,
+            replay
+                | _prev
+                | Ok(Committed {
+                    inode: require_inode(&mut tx, commit.ino).await?,
+                    chunks: None
+                }),
             made | _out | 0
         )
     }
@@ -354,9 +360,33 @@ impl CommitArgs<'_> {
     }
 }
 
+/// What a commit left: the file, and its whole chunk map when the commit's
+/// chunks are all the file has (then no read after the commit is needed).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub inode: Inode,
+    pub chunks: Option<Vec<ChunkEntry>>,
+}
+
 /// `commit` in transaction `tx`: the file as it leaves it.
 pub(super) async fn commit_in(
     tx: &mut DbConn,
+    commit: &CommitArgs<'_>,
+    chunk_size: u32,
+) -> Result<Committed> {
+    let (inode, found, others) = commit_reads(tx, commit.ino, commit.chunks).await?;
+    let inode = committed_inode(inode, &found, commit, chunk_size)?;
+    write_commit(tx, commit, &found).await?;
+    update_committed(tx, &inode).await?;
+    let chunks = (others == Some(0)).then(|| committed_map(commit.chunks, &found));
+    Ok(Committed { inode, chunks })
+}
+
+/// Checks commit `commit` against what its reads `found` and returns the
+/// file `inode` as the commit leaves it. Writes nothing.
+pub(super) fn committed_inode(
+    mut inode: Inode,
+    found: &[CommitFound],
     commit: &CommitArgs<'_>,
     chunk_size: u32,
 ) -> Result<Inode> {
@@ -369,15 +399,13 @@ pub(super) async fn commit_in(
     } = *commit;
     let cs = u64::from(chunk_size);
     let now = Timespec::now();
-    // Everything the commit checks, read before anything is written.
-    let (mut inode, found) = commit_reads(tx, ino, chunks).await?;
     inode.require_mutable("write")?;
     if !attrs.is_empty() {
         inode.require_unpinned("setattr")?;
     }
     // Another client committed over a chunk this writer started
     // from: nothing changes, the writer merges and tries again.
-    for (c, f) in chunks.iter().zip(&found) {
+    for (c, f) in chunks.iter().zip(found) {
         if c.base.is_some_and(|base| base != f.current) {
             return Err(StoreError::Conflict(format!(
                 "chunk {} of inode {ino} changed since it was read",
@@ -398,22 +426,19 @@ pub(super) async fn commit_in(
             ));
         }
     }
-    for (c, f) in chunks.iter().zip(&found) {
+    for (c, f) in chunks.iter().zip(found) {
         if !f.allocated {
             return Err(StoreError::AllocationGone(format!(
                 "chunk {} was not allocated, is already committed, or its writer's session ended",
                 c.chunk_id
             )));
         }
-        if f.known_nodes != c.node_ids.len() {
+        if f.known_nodes() != c.node_ids.len() {
             return Err(StoreError::Invalid(format!(
                 "chunk {}: unknown node in {:?}",
                 c.chunk_id, c.node_ids
             )));
         }
-    }
-    for (c, f) in chunks.iter().zip(&found) {
-        commit_chunk_in(tx, ino, c, f.current).await?;
     }
     // No chunk lies past `size`: the file's chunks lay within
     // its old size, and each committed one ends within the new.
@@ -422,25 +447,71 @@ pub(super) async fn commit_in(
     inode.mtime = mtime.unwrap_or(now);
     inode.ctime = now;
     attrs.apply(&mut inode);
+    Ok(inode)
+}
+
+/// The chunk writes of a checked commit (deferred writes only).
+pub(super) async fn write_commit(
+    tx: &mut DbConn,
+    commit: &CommitArgs<'_>,
+    found: &[CommitFound],
+) -> Result<()> {
+    for (c, f) in commit.chunks.iter().zip(found) {
+        commit_chunk_in(tx, commit.ino, c, f.current).await?;
+    }
+    Ok(())
+}
+
+/// Stores `inode`'s attributes as a commit left them.
+async fn update_committed(tx: &mut DbConn, inode: &Inode) -> Result<()> {
     db::query(
         "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7,
          mode = $8, uid = $9, gid = $10, atime_s = $11, atime_ns = $12 WHERE ino = $1",
     )
-    .bind(to_i64(ino, "inode")?)
-    .bind(size as i64)
+    .bind(to_i64(inode.ino, "inode")?)
+    .bind(inode.size as i64)
     .bind(inode.version as i64)
     .bind(inode.mtime.sec)
     .bind(i64::from(inode.mtime.nsec))
-    .bind(now.sec)
-    .bind(i64::from(now.nsec))
+    .bind(inode.ctime.sec)
+    .bind(i64::from(inode.ctime.nsec))
     .bind(i64::from(inode.mode))
     .bind(i64::from(inode.uid))
     .bind(i64::from(inode.gid))
     .bind(inode.atime.sec)
     .bind(i64::from(inode.atime.nsec))
-    .defer_row(tx, to_i64(ino, "inode")?)
+    .defer_row(tx, to_i64(inode.ino, "inode")?)
     .await?;
-    Ok(inode)
+    Ok(())
+}
+
+/// The map of a file whose chunks are exactly `chunks` (committed, their
+/// nodes as `found` read them): what `get_chunks` would read back. The
+/// nodes just took the chunk's write, so they count as up.
+pub(super) fn committed_map(chunks: &[CommitChunk], found: &[CommitFound]) -> Vec<ChunkEntry> {
+    let mut map: Vec<ChunkEntry> = chunks
+        .iter()
+        .zip(found)
+        .map(|(c, f)| {
+            let mut replicas: Vec<(u64, String, bool)> = c
+                .node_ids
+                .iter()
+                .zip(&f.addrs)
+                .map(|(id, addr)| (*id, addr.clone().unwrap_or_default(), true))
+                .collect();
+            reading_order(c.chunk_id, &mut replicas);
+            ChunkEntry {
+                index: c.index,
+                chunk_id: c.chunk_id,
+                stored_len: c.stored_len,
+                crc32c: c.crc32c,
+                valid_len: c.valid_len,
+                replicas,
+            }
+        })
+        .collect();
+    map.sort_by_key(|c| c.index);
+    map
 }
 
 /// The inode of a regular file (data changes reach no other kind).
@@ -458,77 +529,128 @@ fn regular(inode: Inode) -> Result<Inode> {
 }
 
 /// What a commit of chunk `c` finds in the store.
-struct CommitFound {
+pub(super) struct CommitFound {
     /// The chunk at its index now.
     current: Option<u64>,
     /// Its id is allocated and not yet committed.
     allocated: bool,
-    /// How many of its nodes are registered.
-    known_nodes: usize,
+    /// The address of each of its nodes, in its order (None: no such node).
+    addrs: Vec<Option<String>>,
 }
 
-/// The file a commit goes to (a regular file) and what `commit_chunk_in`
-/// needs to know about each chunk: the inode and the first chunk in one
-/// query, each further chunk in one more.
+impl CommitFound {
+    /// How many of its nodes are registered.
+    fn known_nodes(&self) -> usize {
+        self.addrs.iter().flatten().count()
+    }
+}
+
+/// The file a commit goes to (a regular file), what `commit_chunk_in`
+/// needs to know about each chunk, and how many chunks the file has at
+/// other indices (known when the commit has chunks): the inode and the first
+/// chunk in one query, each further chunk in one more.
 async fn commit_reads(
     tx: &mut DbConn,
     ino: u64,
     chunks: &[CommitChunk],
-) -> Result<(Inode, Vec<CommitFound>)> {
+) -> Result<(Inode, Vec<CommitFound>, Option<i64>)> {
     let Some((first, more)) = chunks.split_first() else {
-        return Ok((require_regular(tx, ino).await?, Vec::new()));
+        return Ok((require_regular(tx, ino).await?, Vec::new(), None));
     };
-    static INODE: LazyLock<String> = LazyLock::new(|| inode_columns_as("inodes", "i_"));
-    let Some(row) = commit_check(tx, ino, first, Some(&INODE)).await? else {
+    let key = to_i64(ino, "inode")?;
+    // Chunks of the file at indices this commit does not write.
+    let written = db::placeholders(2, chunks.len());
+    let sql = format!(
+        "SELECT {}, {}, (SELECT COUNT(*) FROM file_chunks WHERE ino = $1 AND idx NOT IN ({written})) AS others
+         FROM inodes WHERE ino = $1",
+        inode_columns_as("inodes", "i_"),
+        check_columns(0, 2 + chunks.len(), first, true),
+    );
+    let mut q = db::query(&sql).bind(key);
+    for c in chunks {
+        q = q.bind(to_i64(c.index, "chunk index")?);
+    }
+    let Some(row) = bind_checks(q, first, true)?
+        .fetch_optional(&mut *tx)
+        .await?
+    else {
         return Err(StoreError::NotFound(format!("inode {ino}")));
     };
     let inode = regular(inode_from_prefixed(&row, "i_")?)?;
-    let mut found = vec![commit_found(&row)?];
+    let others = row.try_get::<i64, _>("others")?;
+    let mut found = vec![checked(&row, 0, first, true)?];
     for c in more {
         // (A SELECT without FROM always returns its one row.)
-        let row = commit_check(tx, ino, c, None)
+        let sql = format!("SELECT {}", check_columns(0, 2, c, true));
+        let q = bind_checks(db::query(&sql).bind(key), c, true)?;
+        let row = q
+            .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::Corrupt("a commit check returned no row".into()))?;
-        found.push(commit_found(&row)?);
+        found.push(checked(&row, 0, c, true)?);
     }
-    Ok((inode, found))
+    Ok((inode, found, Some(others)))
 }
 
-/// Reads what `commit_chunk_in` needs to know about `c`, in one query;
-/// with `inode_columns`, from the file's row (no row: no such inode).
-async fn commit_check(
-    tx: &mut DbConn,
-    ino: u64,
+/// The columns reading what a commit checks of chunk `c`, the `k`th of the
+/// query, its parameters numbered from `$first` (bound by `bind_checks`):
+/// whether its id is allocated, the address of each of its nodes, and with
+/// `current` the chunk at its index of the file `$1` now.
+pub(super) fn check_columns(k: usize, first: usize, c: &CommitChunk, current: bool) -> String {
+    let mut columns =
+        format!("(SELECT COUNT(*) FROM chunk_allocations WHERE id = ${first}) AS k{k}_allocated");
+    for j in 0..c.node_ids.len() {
+        let n = first + 1 + j;
+        columns.push_str(&format!(
+            ", (SELECT addr FROM nodes WHERE id = ${n}) AS k{k}_node{j}"
+        ));
+    }
+    if current {
+        let n = first + 1 + c.node_ids.len();
+        columns.push_str(&format!(
+            ", (SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = ${n}) AS k{k}_current"
+        ));
+    }
+    columns
+}
+
+/// Binds the parameters of `check_columns` for `c`, in order.
+pub(super) fn bind_checks<'q>(
+    mut q: db::Query<'q>,
     c: &CommitChunk,
-    inode_columns: Option<&str>,
-) -> Result<Option<db::Row>> {
-    let nodes = db::placeholders(4, c.node_ids.len());
-    let checks = format!(
-        "(SELECT chunk_id FROM file_chunks WHERE ino = $1 AND idx = $2) AS c_current,
-         (SELECT COUNT(*) FROM chunk_allocations WHERE id = $3) AS c_allocated,
-         (SELECT COUNT(*) FROM nodes WHERE id IN ({nodes})) AS c_known"
-    );
-    let sql = match inode_columns {
-        Some(columns) => format!("SELECT {columns}, {checks} FROM inodes WHERE ino = $1"),
-        None => format!("SELECT {checks}"),
-    };
-    let mut q = db::query(&sql)
-        .bind(to_i64(ino, "inode")?)
-        .bind(to_i64(c.index, "chunk index")?)
-        .bind(to_i64(c.chunk_id, "chunk id")?);
+    current: bool,
+) -> Result<db::Query<'q>> {
+    q = q.bind(to_i64(c.chunk_id, "chunk id")?);
     for node in &c.node_ids {
         q = q.bind(to_i64(*node, "node id")?);
     }
-    Ok(q.fetch_optional(&mut *tx).await?)
+    if current {
+        q = q.bind(to_i64(c.index, "chunk index")?);
+    }
+    Ok(q)
 }
 
-fn commit_found(row: &db::Row) -> Result<CommitFound> {
-    Ok(CommitFound {
-        current: row
-            .try_get::<Option<i64>, _>("c_current")?
+/// What `check_columns` read of chunk `c` (the `k`th); without
+/// `current`, no chunk is at its index (a file made in this transaction).
+pub(super) fn checked(
+    row: &db::Row,
+    k: usize,
+    c: &CommitChunk,
+    current: bool,
+) -> Result<CommitFound> {
+    let current = match current {
+        true => row
+            .try_get::<Option<i64>, _>(format!("k{k}_current").as_str())?
             .map(|id| id as u64),
-        allocated: row.try_get::<i64, _>("c_allocated")? > 0,
-        known_nodes: row.try_get::<i64, _>("c_known")? as usize,
+        false => None,
+    };
+    let addrs = (0..c.node_ids.len())
+        .map(|j| row.try_get::<Option<String>, _>(format!("k{k}_node{j}").as_str()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(CommitFound {
+        current,
+        allocated: row.try_get::<i64, _>(format!("k{k}_allocated").as_str())? > 0,
+        addrs,
     })
 }
 

@@ -195,7 +195,7 @@ impl Store {
         create: (CreateArgs, u64, Timespec),
         commit: chunks::CommitArgs<'_>,
         origin: Origin,
-    ) -> Result<NameChange<Inode>> {
+    ) -> Result<NameChange<chunks::Committed>> {
         let (args, ino, time) = create;
         check_numbered(&args)?;
         if commit.ino != ino {
@@ -207,15 +207,17 @@ impl Store {
         in_tx_once!(
             self,
             origin,
-            |tx| {
-                let made = create_numbered_in(&mut tx, &args, ino, time).await?;
-                let done = chunks::commit_in(&mut tx, &commit, self.chunk_size).await?;
+            |tx| create_committed_in(&mut tx, &args, ino, time, &commit, self.chunk_size).await,
+            replay | _prev | {
+                let made = replayed_create(&mut tx, ino as i64).await?;
                 Ok(NameChange {
-                    done,
+                    done: chunks::Committed {
+                        inode: made.done,
+                        chunks: None,
+                    },
                     dir: made.dir,
                 })
             },
-            replay | _prev | replayed_create(&mut tx, ino as i64).await,
             made | _made | ino as i64
         )
     }
@@ -654,9 +656,23 @@ async fn write_created(
     args: &CreateArgs,
     unnamed_holder: Option<u64>,
     now: Timespec,
-    (parent, existing): (Inode, Option<Inode>),
+    read: (Inode, Option<Inode>),
 ) -> Result<NameChange<Inode>> {
-    let named = unnamed_holder.is_none();
+    let (done, parent) = new_inode(ino, args, unnamed_holder.is_none(), now, read)?;
+    let dir = insert_created(tx, &done, args, unnamed_holder, (parent, now)).await?;
+    Ok(NameChange { done, dir })
+}
+
+/// The inode a create makes in directory `parent` (read with what
+/// `args.name` names there), refused if it may not: no write. Returns it
+/// with the directory.
+fn new_inode(
+    ino: i64,
+    args: &CreateArgs,
+    named: bool,
+    now: Timespec,
+    (parent, existing): (Inode, Option<Inode>),
+) -> Result<(Inode, Inode)> {
     parent.require_mutable("create")?;
     if existing.is_some() {
         return Err(StoreError::Exists(
@@ -672,58 +688,24 @@ async fn write_created(
             mode |= S_ISGID;
         }
     }
-    let is_dir = args.kind == FileKind::Directory;
     let size = if args.kind == FileKind::Symlink {
-        args.symlink_target.len() as i64
+        args.symlink_target.len() as u64
     } else {
         0
     };
-    let target = (args.kind == FileKind::Symlink).then(|| args.symlink_target.clone());
-    let nlink: i64 = match (named, is_dir) {
+    let nlink = match (named, args.kind == FileKind::Directory) {
         (false, _) => 0,
         (true, true) => 2,
         (true, false) => 1,
     };
-    db::query(
-        "INSERT INTO inodes (ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev, target)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $9, $8, $9, 0, $10, $11)",
-    )
-    .bind(ino)
-    .bind(args.kind as i64)
-    .bind(i64::from(mode))
-    .bind(i64::from(args.uid))
-    .bind(i64::from(gid))
-    .bind(size)
-    .bind(nlink)
-    .bind(now.sec)
-    .bind(i64::from(now.nsec))
-    .bind(i64::from(args.rdev))
-    .bind(target)
-    .defer_row(&mut *tx, ino)
-    .await?;
-    let mut dir = None;
-    if named {
-        insert_entry(tx, args.parent, &args.name, ino as u64).await?;
-        let nlink_delta = if is_dir { 1 } else { 0 };
-        touch_dir(tx, args.parent, nlink_delta, now).await?;
-        dir = Some(touched(parent, nlink_delta, now));
-    } else {
-        db::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
-            .bind(ino)
-            .bind(super::now_ms())
-            .execute(&mut *tx)
-            .await?;
-        sessions::hold_orphan(tx, ino as u64, unnamed_holder.unwrap_or(0)).await?;
-    }
-    // What the INSERT above wrote (no read back: it may still be deferred).
-    let done = Inode {
+    let inode = Inode {
         ino: ino as u64,
         kind: args.kind,
         mode,
         uid: args.uid,
         gid,
-        size: size as u64,
-        nlink: nlink as u32,
+        size,
+        nlink,
         atime: now,
         mtime: now,
         ctime: now,
@@ -732,7 +714,62 @@ async fn write_created(
         has_xattrs: false,
         flags: 0,
     };
-    Ok(NameChange { done, dir })
+    Ok((inode, parent))
+}
+
+/// Writes inode `inode` (from `new_inode`, perhaps changed since: a
+/// commit's size and times) and its name in `parent`, or with
+/// `unnamed_holder` keeps it as that session's orphan. Returns the
+/// directory as the create at time `now` leaves it (None for an unnamed
+/// file).
+async fn insert_created(
+    tx: &mut DbConn,
+    inode: &Inode,
+    args: &CreateArgs,
+    unnamed_holder: Option<u64>,
+    (parent, now): (Inode, Timespec),
+) -> Result<Option<Inode>> {
+    let ino = to_i64(inode.ino, "inode")?;
+    let target = (args.kind == FileKind::Symlink).then(|| args.symlink_target.clone());
+    db::query(
+        "INSERT INTO inodes (ino, kind, mode, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, version, rdev, target)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(ino)
+    .bind(inode.kind as i64)
+    .bind(i64::from(inode.mode))
+    .bind(i64::from(inode.uid))
+    .bind(i64::from(inode.gid))
+    .bind(inode.size as i64)
+    .bind(i64::from(inode.nlink))
+    .bind(inode.atime.sec)
+    .bind(i64::from(inode.atime.nsec))
+    .bind(inode.mtime.sec)
+    .bind(i64::from(inode.mtime.nsec))
+    .bind(inode.ctime.sec)
+    .bind(i64::from(inode.ctime.nsec))
+    .bind(inode.version as i64)
+    .bind(i64::from(inode.rdev))
+    .bind(target)
+    .defer_row(&mut *tx, ino)
+    .await?;
+    let Some(holder) = unnamed_holder else {
+        insert_entry(tx, args.parent, &args.name, inode.ino).await?;
+        let nlink_delta = if args.kind == FileKind::Directory {
+            1
+        } else {
+            0
+        };
+        touch_dir(tx, args.parent, nlink_delta, now).await?;
+        return Ok(Some(touched(parent, nlink_delta, now)));
+    };
+    db::query("INSERT INTO orphans (ino, since_ms) VALUES ($1, $2)")
+        .bind(ino)
+        .bind(super::now_ms())
+        .execute(&mut *tx)
+        .await?;
+    sessions::hold_orphan(tx, inode.ino, holder).await?;
+    Ok(None)
 }
 
 /// Refuses what may not be created under a number of the client's.
@@ -768,6 +805,44 @@ pub(super) async fn create_numbered_in(
         return Err(StoreError::Exists(format!("inode {ino}")));
     }
     write_created(tx, key, args, None, time, read).await
+}
+
+/// `create_numbered_in` and then `chunks::commit_in` of the new file, in
+/// one read and one batch of writes: a new file has no chunks, so the
+/// commit's checks need nothing the create writes, and the file's row is
+/// written once, as the commit leaves it.
+async fn create_committed_in(
+    tx: &mut DbConn,
+    args: &CreateArgs,
+    ino: u64,
+    time: Timespec,
+    commit: &chunks::CommitArgs<'_>,
+    chunk_size: u32,
+) -> Result<NameChange<chunks::Committed>> {
+    let key = to_i64(ino, "inode")?;
+    let (read, taken, found) =
+        dir_read(tx, args.parent, &args.name, Some(key), commit.chunks).await?;
+    if taken {
+        // Made before (or the number is taken): each step as alone.
+        let made = create_numbered_in(tx, args, ino, time).await?;
+        let done = chunks::commit_in(tx, commit, chunk_size).await?;
+        return Ok(NameChange {
+            done,
+            dir: made.dir,
+        });
+    }
+    let (created, parent) = new_inode(key, args, true, time, read)?;
+    let inode = chunks::committed_inode(created, &found, commit, chunk_size)?;
+    let dir = insert_created(tx, &inode, args, None, (parent, time)).await?;
+    chunks::write_commit(tx, commit, &found).await?;
+    let map = chunks::committed_map(commit.chunks, &found);
+    Ok(NameChange {
+        done: chunks::Committed {
+            inode,
+            chunks: Some(map),
+        },
+        dir,
+    })
 }
 
 /// The inode a create's earlier run made (a replay): its directory unread.
@@ -987,6 +1062,19 @@ async fn dir_entry_and_number(
     name: &[u8],
     number: Option<i64>,
 ) -> Result<((Inode, Option<Inode>), bool)> {
+    let (read, taken, _) = dir_read(conn, parent, name, number, &[]).await?;
+    Ok((read, taken))
+}
+
+/// `dir_entry_and_number`, and in the same query what a commit of `chunks`
+/// to the new inode `number` checks (`chunks::check_columns`).
+async fn dir_read(
+    conn: &mut DbConn,
+    parent: u64,
+    name: &[u8],
+    number: Option<i64>,
+    chunks: &[chunks::CommitChunk],
+) -> Result<((Inode, Option<Inode>), bool, Vec<chunks::CommitFound>)> {
     fn sql(taken: &str) -> String {
         format!(
             "SELECT d.ino AS found, {}, {}{taken} FROM inodes p
@@ -997,31 +1085,58 @@ async fn dir_entry_and_number(
             inode_columns_as("i", "c_")
         )
     }
+    const TAKEN: &str = ", (SELECT COUNT(*) FROM inodes WHERE ino = $3) AS taken";
     static PLAIN: LazyLock<String> = LazyLock::new(|| sql(""));
-    static NUMBERED: LazyLock<String> =
-        LazyLock::new(|| sql(", (SELECT COUNT(*) FROM inodes WHERE ino = $3) AS taken"));
+    static NUMBERED: LazyLock<String> = LazyLock::new(|| sql(TAKEN));
     let no_dir = || StoreError::NotFound(format!("inode {parent}"));
     let key = i64::try_from(parent).map_err(|_| no_dir())?;
-    let q = match number {
-        Some(n) => db::query(&NUMBERED).bind(key).bind(name.to_vec()).bind(n),
-        None => db::query(&PLAIN).bind(key).bind(name.to_vec()),
+    let checked;
+    let text: &str = match (number, chunks.is_empty()) {
+        (None, _) => &PLAIN,
+        (Some(_), true) => &NUMBERED,
+        (Some(_), false) => {
+            let mut columns = String::from(TAKEN);
+            let mut first = 4;
+            for (k, c) in chunks.iter().enumerate() {
+                columns.push_str(", ");
+                columns.push_str(&chunks::check_columns(k, first, c, false));
+                first += 1 + c.node_ids.len();
+            }
+            checked = sql(&columns);
+            &checked
+        }
     };
+    let mut q = db::query(text).bind(key).bind(name.to_vec());
+    if let Some(n) = number {
+        q = q.bind(n);
+        for c in chunks {
+            q = chunks::bind_checks(q, c, false)?;
+        }
+    }
     let row = q.fetch_optional(&mut *conn).await?.ok_or_else(no_dir)?;
     let taken = match number {
         Some(_) => row.try_get::<i64, _>("taken")? > 0,
         None => false,
     };
+    let found = match number {
+        Some(_) => chunks
+            .iter()
+            .enumerate()
+            .map(|(k, c)| chunks::checked(&row, k, c, false))
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     let dir = inode_from_prefixed(&row, "p_")?;
     if dir.kind != FileKind::Directory {
         return Err(StoreError::NotDir);
     }
-    let Some(found) = row.try_get::<Option<i64>, _>("found")? else {
-        return Ok(((dir, None), taken));
+    let Some(found_ino) = row.try_get::<Option<i64>, _>("found")? else {
+        return Ok(((dir, None), taken, found));
     };
     if row.try_get::<Option<i64>, _>("c_ino")?.is_none() {
-        return Err(StoreError::NotFound(format!("inode {found}")));
+        return Err(StoreError::NotFound(format!("inode {found_ino}")));
     }
-    Ok(((dir, Some(inode_from_prefixed(&row, "c_")?)), taken))
+    Ok(((dir, Some(inode_from_prefixed(&row, "c_")?)), taken, found))
 }
 
 async fn entry_ino(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<Option<u64>> {
