@@ -1971,6 +1971,7 @@ async fn unlinks_sent_at_once_commit_together_and_answer_alone(h: Handle) {
     let batches = || s.metrics().batches.get_sample_count();
     let names_before = s.metrics().batches.get_sample_sum();
     let batches_before = batches();
+    let statements_before = s.metrics().statements.get();
     // Request 1000 + i removes f{i}; two callers send request 1005 (a retry
     // racing its original); "missing" and "sub" must fail alone.
     let mut calls: Vec<(String, u64)> = (0..120).map(|i| (format!("f{i}"), 1000 + i)).collect();
@@ -2014,6 +2015,7 @@ async fn unlinks_sent_at_once_commit_together_and_answer_alone(h: Handle) {
             }
         }
     }
+    let statements = s.metrics().statements.get() - statements_before;
     for dir in [d.ino, other.ino] {
         assert_eq!(
             last_seen.get(&dir),
@@ -2041,6 +2043,14 @@ async fn unlinks_sent_at_once_commit_together_and_answer_alone(h: Handle) {
         (transactions as f64) < names,
         "some unlinks committed together: {transactions} transactions for {names}"
     );
+    if s.backend() == Backend::Postgres {
+        // A run of unlinks reads once and writes once (`unlink_run.rs`);
+        // one by one, each took a read and a write.
+        assert!(
+            (statements as f64) < names / 4.0,
+            "{statements} statements for {names} unlinks in {transactions} transactions"
+        );
+    }
 }
 
 /// Numbered creates sent at once commit in shared transactions with the

@@ -716,7 +716,7 @@ pub(crate) async fn truncate_map(
         .bind(to_i64(ino, "inode")?)
         .bind(last as i64)
         .bind((size - last * cs) as i64)
-        .defer(&mut *tx)
+        .defer_row(&mut *tx, to_i64(ino, "inode")?)
         .await?;
     }
     Ok(())
@@ -727,13 +727,27 @@ pub(crate) async fn truncate_map(
 /// sent with the caller's next ones).
 async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result<()> {
     let ino = to_i64(ino, "inode")?;
-    release_where(tx, "ino = $1 AND idx >= $2 AND idx < $3", &[ino, from, to]).await
+    let filter = "ino = $1 AND idx >= $2 AND idx < $3";
+    release_where(tx, filter, &[ino, from, to], Some(ino)).await
 }
 
 /// Drops the chunks of the `file_chunks` rows matching `filter` (a condition
 /// on its columns with parameters `$1..` bound to `args`), their replicas
-/// queued for deletion on the nodes.
-async fn release_where(tx: &mut DbConn, filter: &str, args: &[i64]) -> Result<()> {
+/// queued for deletion on the nodes. `file`: the rows are all of that one
+/// file (whose chunks are its own), so the writes go with other files'.
+async fn release_where(
+    tx: &mut DbConn,
+    filter: &str,
+    args: &[i64],
+    file: Option<i64>,
+) -> Result<()> {
+    async fn defer(tx: &mut DbConn, q: db::Query<'_>, file: Option<i64>) -> Result<()> {
+        match file {
+            Some(key) => q.defer_row(tx, key).await?,
+            None => q.defer(tx).await?,
+        }
+        Ok(())
+    }
     let selected = format!("SELECT chunk_id FROM file_chunks WHERE {filter}");
     let now = args.len() + 1;
     let queue = format!(
@@ -742,17 +756,14 @@ async fn release_where(tx: &mut DbConn, filter: &str, args: &[i64]) -> Result<()
          UNION SELECT chunk_id, node_id, CAST(${now} AS BIGINT) FROM quarantined_replicas WHERE chunk_id IN ({selected})
          ON CONFLICT DO NOTHING"
     );
-    with_args(&queue, args)
-        .bind(super::now_ms())
-        .defer(&mut *tx)
-        .await?;
+    defer(tx, with_args(&queue, args).bind(super::now_ms()), file).await?;
     for statement in [
         format!("DELETE FROM replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM quarantined_replicas WHERE chunk_id IN ({selected})"),
         format!("DELETE FROM chunks WHERE id IN ({selected})"),
         format!("DELETE FROM file_chunks WHERE {filter}"),
     ] {
-        with_args(&statement, args).defer(&mut *tx).await?;
+        defer(tx, with_args(&statement, args), file).await?;
     }
     Ok(())
 }
@@ -833,7 +844,7 @@ pub(crate) async fn purge_deleted(conn: &mut DbConn, limit: i64) -> Result<usize
         // or the commit runs again and finds no inode.
         let sql = format!("DELETE FROM inodes WHERE ino IN ({list})");
         with_args(&sql, &dead).execute(&mut *conn).await?;
-        release_where(conn, &format!("ino IN ({list})"), &dead).await?;
+        release_where(conn, &format!("ino IN ({list})"), &dead, None).await?;
         for table in INODE_PARTS {
             let sql = format!("DELETE FROM {table} WHERE ino IN ({list})");
             with_args(&sql, &dead).defer(&mut *conn).await?;

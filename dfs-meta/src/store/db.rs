@@ -266,29 +266,26 @@ pub struct DbConn {
 #[derive(Default)]
 struct Deferred {
     statements: Vec<(String, Vec<Value>)>,
-    /// The table each statement writes, and the one row of it, when the
-    /// statement touches only that row there (`Query::defer_row`).
+    /// The table each statement writes, and its key when the statement
+    /// touches only the rows of that key in every table it names
+    /// (`Query::defer_row`).
     written: Vec<(String, Option<i64>)>,
 }
 
 impl Deferred {
     /// Whether `sql` names a table a pending statement writes: then it must
     /// wait until they ran, since statements sent together do not see each
-    /// other's changes. `row`: `sql` touches only that row of its own table
-    /// `table`, so there it waits only for a pending write of the whole
-    /// table or of the same row.
-    fn touches(&self, sql: &str, row: Option<(&str, i64)>) -> bool {
+    /// other's changes. `key`: `sql` touches only the rows of that key in
+    /// every table it names, so it waits only for a pending write of all
+    /// rows or of the same key.
+    fn touches(&self, sql: &str, key: Option<i64>) -> bool {
         words(sql).any(|w| {
-            self.written.iter().any(|(t, key)| {
-                if !t.eq_ignore_ascii_case(w) {
-                    return false;
-                }
-                match (row, key) {
-                    (Some((table, k)), Some(pending)) if table.eq_ignore_ascii_case(t) => {
-                        k == *pending
+            self.written.iter().any(|(t, pending)| {
+                t.eq_ignore_ascii_case(w)
+                    && match (key, pending) {
+                        (Some(k), Some(p)) => k == *p,
+                        _ => true,
                     }
-                    _ => true,
-                }
             })
         })
     }
@@ -315,6 +312,18 @@ impl Deferred {
         sql.push_str(" SELECT 1");
         Some((sql, args))
     }
+}
+
+/// A `Query::defer_row` key for a row its table names by more than one
+/// column (an entry by directory and name, a request record by session and
+/// number). Rows that differ get different keys but for a hash collision,
+/// which only sends two writes apart that could have gone together. Every
+/// keyed write of such a table keys its row this way.
+pub fn row_key(parts: &impl std::hash::Hash) -> i64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish() as i64
 }
 
 /// `$from, $from+1, ...`: `n` numbered placeholders.
@@ -737,10 +746,12 @@ impl<'q> Query<'q> {
         self.defer_as(conn, None).await
     }
 
-    /// `defer` for a write that touches only the rows keyed `key` of the
-    /// table it writes (`WHERE ino = $1`, or an INSERT of such a row) and
-    /// reads no other row of it: it goes with waiting writes of other keys'
-    /// rows of that table.
+    /// `defer` for a write that touches only the rows of key `key` in
+    /// every table it names, reads included (`WHERE ino = $1`, an INSERT of
+    /// such a row, the chunks of file `ino`): it goes with waiting writes of
+    /// other keys' rows. Each table's rows have one kind of key: an inode
+    /// number for the rows of that inode (its row, its chunks, their
+    /// replicas...), `row_key` for entries and request records.
     pub async fn defer_row(self, conn: &mut DbConn, key: i64) -> Result<(), DbError> {
         self.defer_as(conn, Some(key)).await
     }
@@ -750,8 +761,7 @@ impl<'q> Query<'q> {
         let Some(table) = in_pg_tx.then(|| written_table(self.sql)).flatten() else {
             return self.execute(conn).await.map(|_| ());
         };
-        let row = key.map(|k| (table.as_str(), k));
-        if conn.pending.touches(self.sql, row) {
+        if conn.pending.touches(self.sql, key) {
             conn.flush().await?;
         }
         conn.pending
@@ -820,20 +830,22 @@ mod tests {
         // A longer name that contains it is another table.
         assert!(!d.touches("DELETE FROM gc_replicas WHERE chunk_id = $1", None));
         assert!(!Deferred::default().touches("DELETE FROM replicas", None));
-        // A write of one row waits for the whole table's, not for other rows'.
-        assert!(d.touches(
-            "DELETE FROM replicas WHERE chunk_id = $1",
-            Some(("replicas", 7))
-        ));
+        // A write of one key's rows waits for the whole table's, not for
+        // other keys'.
+        assert!(d.touches("DELETE FROM replicas WHERE chunk_id = $1", Some(7)));
         let rows = Deferred {
             statements: vec![("UPDATE inodes SET nlink = 1 WHERE ino = $1".into(), vec![])],
             written: vec![("inodes".into(), Some(1))],
         };
         let delete = "DELETE FROM inodes WHERE ino = $1";
-        assert!(!rows.touches(delete, Some(("inodes", 2))));
-        assert!(rows.touches(delete, Some(("inodes", 1))), "the same row");
+        assert!(!rows.touches(delete, Some(2)));
+        assert!(rows.touches(delete, Some(1)), "the same row");
         assert!(rows.touches(delete, None), "a write of any row");
-        assert!(rows.touches("INSERT INTO x SELECT ino FROM inodes", Some(("x", 2))));
+        // The key holds in every table a statement names, read or written.
+        let read = "INSERT INTO x SELECT ino FROM inodes WHERE ino = $1";
+        assert!(!rows.touches(read, Some(2)));
+        assert!(rows.touches(read, Some(1)));
+        assert!(rows.touches("INSERT INTO x SELECT ino FROM inodes", None));
     }
 
     #[tokio::test]

@@ -48,6 +48,7 @@ mod strays;
 mod subtree;
 mod tables;
 mod together;
+mod unlink_run;
 
 use std::time::Duration;
 

@@ -1126,17 +1126,70 @@ async fn dir_read(
             .collect::<Result<Vec<_>>>()?,
         None => Vec::new(),
     };
-    let dir = inode_from_prefixed(&row, "p_")?;
+    Ok((dir_and_entry_of(&row)?, taken, found))
+}
+
+/// The directory and the inode its entry names (None: no such entry) as
+/// `dir_read`'s columns hold them (`p_`, `found`, `c_`).
+fn dir_and_entry_of(row: &db::Row) -> Result<(Inode, Option<Inode>)> {
+    let dir = inode_from_prefixed(row, "p_")?;
     if dir.kind != FileKind::Directory {
         return Err(StoreError::NotDir);
     }
-    let Some(found_ino) = row.try_get::<Option<i64>, _>("found")? else {
-        return Ok(((dir, None), taken, found));
+    let Some(found) = row.try_get::<Option<i64>, _>("found")? else {
+        return Ok((dir, None));
     };
     if row.try_get::<Option<i64>, _>("c_ino")?.is_none() {
-        return Err(StoreError::NotFound(format!("inode {found_ino}")));
+        return Err(StoreError::NotFound(format!("inode {found}")));
     }
-    Ok(((dir, Some(inode_from_prefixed(&row, "c_")?)), taken, found))
+    Ok((dir, Some(inode_from_prefixed(row, "c_")?)))
+}
+
+/// `dir_and_entry` of each `(parent, name)`, in one query: `Err` in the
+/// outer result when the database failed, in an inner one when that call's
+/// directory is missing or not a directory.
+pub(super) async fn dirs_and_entries(
+    conn: &mut DbConn,
+    names: &[(u64, &[u8])],
+) -> Result<Vec<Result<(Inode, Option<Inode>)>>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Padded to a power of two with the last name again: a few statements
+    // to prepare, not one per batch size.
+    let rows = names.len().next_power_of_two();
+    let values = (0..rows)
+        .map(|k| format!("({})", db::placeholders(3 * k + 1, 3)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "WITH q(k, parent, name) AS (VALUES {values})
+         SELECT q.k AS k, d.ino AS found, {}, {} FROM q
+         JOIN inodes p ON p.ino = q.parent
+         LEFT JOIN dentries d ON d.parent = q.parent AND d.name = q.name
+         LEFT JOIN inodes i ON i.ino = d.ino",
+        inode_columns_as("p", "p_"),
+        inode_columns_as("i", "c_")
+    );
+    let mut q = db::query(&sql);
+    let last = names.len().saturating_sub(1);
+    for k in 0..rows {
+        let (parent, name) = names[k.min(last)];
+        // A number past i64 names no directory: no row comes back for it.
+        let parent = i64::try_from(parent).unwrap_or(-1);
+        q = q.bind(k.min(last) as i64).bind(parent).bind(name.to_vec());
+    }
+    let mut read: Vec<Result<(Inode, Option<Inode>)>> = names
+        .iter()
+        .map(|(parent, _)| Err(StoreError::NotFound(format!("inode {parent}"))))
+        .collect();
+    for row in q.fetch_all(&mut *conn).await? {
+        let k = row.try_get::<i64, _>("k")?;
+        if let Some(slot) = usize::try_from(k).ok().and_then(|k| read.get_mut(k)) {
+            *slot = dir_and_entry_of(&row);
+        }
+    }
+    Ok(read)
 }
 
 async fn entry_ino(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<Option<u64>> {
@@ -1195,7 +1248,7 @@ async fn insert_entry(conn: &mut DbConn, parent: u64, name: &[u8], ino: u64) -> 
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
         .bind(to_i64(ino, "inode")?)
-        .defer(&mut *conn)
+        .defer_row(&mut *conn, entry_key(parent, name))
         .await?;
     Ok(())
 }
@@ -1205,30 +1258,40 @@ async fn set_entry(conn: &mut DbConn, parent: u64, name: &[u8], ino: u64) -> Res
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
         .bind(to_i64(ino, "inode")?)
-        .defer(&mut *conn)
+        .defer_row(&mut *conn, entry_key(parent, name))
         .await?;
     Ok(())
 }
 
-async fn delete_entry(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<()> {
+/// The `defer_row` key of entry `name` in `parent` (`db::row_key`).
+fn entry_key(parent: u64, name: &[u8]) -> i64 {
+    db::row_key(&(parent, name))
+}
+
+pub(super) async fn delete_entry(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<()> {
     db::query("DELETE FROM dentries WHERE parent = $1 AND name = $2")
         .bind(to_i64(parent, "inode")?)
         .bind(name.to_vec())
-        .defer(&mut *conn)
+        .defer_row(&mut *conn, entry_key(parent, name))
         .await?;
     Ok(())
 }
 
 /// A directory's contents changed: mtime and ctime move, nlink by `nlink_delta`.
 /// Directory `dir` (read in this transaction) as `touch_dir` leaves it.
-fn touched(mut dir: Inode, nlink_delta: i64, now: Timespec) -> Inode {
+pub(super) fn touched(mut dir: Inode, nlink_delta: i64, now: Timespec) -> Inode {
     dir.nlink = (i64::from(dir.nlink) + nlink_delta).max(0) as u32;
     dir.mtime = now;
     dir.ctime = now;
     dir
 }
 
-async fn touch_dir(conn: &mut DbConn, dir: u64, nlink_delta: i64, now: Timespec) -> Result<()> {
+pub(super) async fn touch_dir(
+    conn: &mut DbConn,
+    dir: u64,
+    nlink_delta: i64,
+    now: Timespec,
+) -> Result<()> {
     db::query(
         "UPDATE inodes SET nlink = nlink + $2, mtime_s = $3, mtime_ns = $4, ctime_s = $3, ctime_ns = $4 WHERE ino = $1",
     )
@@ -1310,7 +1373,7 @@ pub(super) async fn unlink_in(
 /// with its data once no name is left, unless a client holds it open
 /// (`keep`): then it stays as an orphan until every holder releases it or
 /// ends.
-async fn drop_link(
+pub(super) async fn drop_link(
     conn: &mut DbConn,
     inode: &Inode,
     now: Timespec,

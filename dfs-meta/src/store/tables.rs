@@ -153,7 +153,7 @@ pub(crate) async fn record(conn: &mut DbConn, origin: Origin, result: i64) -> Re
         .bind(session)
         .bind(request)
         .bind(result)
-        .defer(&mut *conn)
+        .defer_row(&mut *conn, db::row_key(&(session, request)))
         .await?;
     Ok(())
 }

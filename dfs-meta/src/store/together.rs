@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use super::namespace::{CreateArgs, NameChange};
 use super::tables::{self, Origin};
+use super::unlink_run::{unlink_run, RunCall};
 use super::{Backend, Inode, Result, Store, StoreError, Timespec};
 
 /// Calls committed in one transaction, at most.
@@ -144,8 +145,11 @@ impl Store {
                     // request's record only when the request fails.
                     let looked = runs > 1 || self.backend == Backend::Sqlite;
                     let mut answers = Vec::with_capacity(calls.len());
-                    for c in calls {
-                        answers.push(self.run_one(&mut tx, c, looked).await?);
+                    for run in runs_of_unlinks(calls) {
+                        match run {
+                            [c] => answers.push(self.run_one(&mut tx, c, looked).await?),
+                            run => answers.extend(self.run_unlinks(&mut tx, run, looked).await?),
+                        }
                     }
                     Ok(answers)
                 })
@@ -168,6 +172,71 @@ impl Store {
             });
         }
         answers
+    }
+
+    /// A run of unlinks of a batch (`unlink_run.rs`), each answered as by
+    /// `run_one`.
+    async fn run_unlinks(
+        &self,
+        tx: &mut super::DbConn,
+        run: &[Waiting],
+        looked: bool,
+    ) -> Result<Vec<Result<Done>>> {
+        // Answers from records of earlier runs of a call's request.
+        let mut answers: Vec<Option<Result<Done>>> = Vec::with_capacity(run.len());
+        for c in run {
+            let replay = match looked {
+                true => tables::replayed(tx, c.origin()).await?,
+                false => None,
+            };
+            answers.push(match replay {
+                Some(prev) => Some(replayed(tx, c, prev).await?),
+                None => None,
+            });
+        }
+        let todo: Vec<&UnlinkCall> = run
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.is_none())
+            .filter_map(|(c, _)| match c {
+                Waiting::Unlink(u, _) => Some(u),
+                Waiting::Create(..) => None,
+            })
+            .collect();
+        let calls: Vec<RunCall<'_>> = todo
+            .iter()
+            .map(|u| RunCall {
+                parent: u.parent,
+                name: &u.name,
+                expect: u.expect,
+                keep: self.keep_open(u.keep_open, u.origin),
+            })
+            .collect();
+        let mut done = unlink_run(tx, &calls).await?.into_iter();
+        let mut out = Vec::with_capacity(run.len());
+        for (c, answer) in run.iter().zip(answers) {
+            if let Some(answer) = answer {
+                out.push(answer);
+                continue;
+            }
+            let done = done
+                .next()
+                .ok_or_else(|| StoreError::Interrupted("a run answered too few unlinks".into()))?;
+            out.push(match done {
+                Ok(d) => {
+                    let d = Done::Unlinked(d);
+                    tables::record(tx, c.origin(), d.record()).await?;
+                    Ok(d)
+                }
+                // A refused call may be a retry of one done: before this
+                // run, or by a call of it recorded just now.
+                Err(refused) => match tables::replayed(tx, c.origin()).await? {
+                    Some(prev) => replayed(tx, c, prev).await?,
+                    None => Err(refused),
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// One call of a batch: `Ok` with its own answer (a refused call wrote
@@ -215,6 +284,12 @@ impl Store {
             }
         }
     }
+}
+
+/// `calls` cut into runs of consecutive unlinks, every other call a run of
+/// its own.
+fn runs_of_unlinks(calls: &[Waiting]) -> impl Iterator<Item = &[Waiting]> {
+    calls.chunk_by(|a, b| matches!((a, b), (Waiting::Unlink(..), Waiting::Unlink(..))))
 }
 
 fn unanswered() -> StoreError {
