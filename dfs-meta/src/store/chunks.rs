@@ -9,7 +9,7 @@ use super::ids::Counter;
 use super::rows::{
     inode_columns_as, inode_from_prefixed, to_i64, FileKind, Inode, OwnerChanges, Timespec,
 };
-use super::tables::{live_nodes, require_inode, NodeRecord, Origin};
+use super::tables::{live_nodes, require_inode, store_attrs, NodeRecord, Origin};
 use super::{in_tx, in_tx_once, now_ms, Result, Store, StoreError};
 use crate::placement::{self, Candidate};
 
@@ -377,7 +377,8 @@ pub(super) async fn commit_in(
     let (inode, found, others) = commit_reads(tx, commit.ino, commit.chunks).await?;
     let inode = committed_inode(inode, &found, commit, chunk_size)?;
     write_commit(tx, commit, &found).await?;
-    update_committed(tx, &inode).await?;
+    let key = to_i64(inode.ino, "inode")?;
+    store_attrs(&inode)?.defer_row(tx, key).await?;
     let chunks = (others == Some(0)).then(|| committed_map(commit.chunks, &found));
     Ok(Committed { inode, chunks })
 }
@@ -459,29 +460,6 @@ pub(super) async fn write_commit(
     for (c, f) in commit.chunks.iter().zip(found) {
         commit_chunk_in(tx, commit.ino, c, f.current).await?;
     }
-    Ok(())
-}
-
-/// Stores `inode`'s attributes as a commit left them.
-async fn update_committed(tx: &mut DbConn, inode: &Inode) -> Result<()> {
-    db::query(
-        "UPDATE inodes SET size = $2, version = $3, mtime_s = $4, mtime_ns = $5, ctime_s = $6, ctime_ns = $7,
-         mode = $8, uid = $9, gid = $10, atime_s = $11, atime_ns = $12 WHERE ino = $1",
-    )
-    .bind(to_i64(inode.ino, "inode")?)
-    .bind(inode.size as i64)
-    .bind(inode.version as i64)
-    .bind(inode.mtime.sec)
-    .bind(i64::from(inode.mtime.nsec))
-    .bind(inode.ctime.sec)
-    .bind(i64::from(inode.ctime.nsec))
-    .bind(i64::from(inode.mode))
-    .bind(i64::from(inode.uid))
-    .bind(i64::from(inode.gid))
-    .bind(inode.atime.sec)
-    .bind(i64::from(inode.atime.nsec))
-    .defer_row(tx, to_i64(inode.ino, "inode")?)
-    .await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use super::rows::{
     Timespec, S_ISGID,
 };
 use super::sessions;
-use super::tables::{is_orphan, require_inode, Origin};
+use super::tables::{is_orphan, require_inode, store_attrs, Origin};
 use super::{in_tx, in_tx_once, Result, Store, StoreError};
 
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
@@ -1012,25 +1012,7 @@ async fn setattr_in(
         inode.mtime = t;
     }
     inode.ctime = now;
-    db::query(
-        "UPDATE inodes SET mode = $2, uid = $3, gid = $4, size = $5, atime_s = $6, atime_ns = $7,
-         mtime_s = $8, mtime_ns = $9, ctime_s = $10, ctime_ns = $11, version = $12, flags = $13 WHERE ino = $1",
-    )
-    .bind(to_i64(ino, "inode")?)
-    .bind(i64::from(inode.mode))
-    .bind(i64::from(inode.uid))
-    .bind(i64::from(inode.gid))
-    .bind(inode.size as i64)
-    .bind(inode.atime.sec)
-    .bind(i64::from(inode.atime.nsec))
-    .bind(inode.mtime.sec)
-    .bind(i64::from(inode.mtime.nsec))
-    .bind(inode.ctime.sec)
-    .bind(i64::from(inode.ctime.nsec))
-    .bind(inode.version as i64)
-    .bind(i64::from(inode.flags))
-    .execute(&mut *tx)
-    .await?;
+    store_attrs(&inode)?.execute(&mut *tx).await?;
     Ok(inode)
 }
 

@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 
 use super::db::{self, DbConn};
-use super::rows::{inode_columns_as, inode_from_row, Inode};
+use super::rows::{inode_columns_as, inode_from_row, to_i64, Inode};
 use super::{Result, StoreError};
 
 pub(crate) async fn get_inode(conn: &mut DbConn, ino: u64) -> Result<Option<Inode>> {
@@ -25,6 +25,29 @@ pub(crate) async fn get_inode(conn: &mut DbConn, ino: u64) -> Result<Option<Inod
         .await?
         .map(|row| inode_from_row(&row))
         .transpose()
+}
+
+/// The UPDATE that stores `inode`'s changeable attributes (mode, owner,
+/// size, times, content version, flags) in its row: a setattr's, a
+/// commit's. The caller runs or defers it.
+pub(crate) fn store_attrs(inode: &Inode) -> Result<db::Query<'static>> {
+    Ok(db::query(
+        "UPDATE inodes SET mode = $2, uid = $3, gid = $4, size = $5, atime_s = $6, atime_ns = $7,
+         mtime_s = $8, mtime_ns = $9, ctime_s = $10, ctime_ns = $11, version = $12, flags = $13 WHERE ino = $1",
+    )
+    .bind(to_i64(inode.ino, "inode")?)
+    .bind(i64::from(inode.mode))
+    .bind(i64::from(inode.uid))
+    .bind(i64::from(inode.gid))
+    .bind(inode.size as i64)
+    .bind(inode.atime.sec)
+    .bind(i64::from(inode.atime.nsec))
+    .bind(inode.mtime.sec)
+    .bind(i64::from(inode.mtime.nsec))
+    .bind(inode.ctime.sec)
+    .bind(i64::from(inode.ctime.nsec))
+    .bind(inode.version as i64)
+    .bind(i64::from(inode.flags)))
 }
 
 pub(crate) async fn require_inode(conn: &mut DbConn, ino: u64) -> Result<Inode> {

@@ -194,22 +194,17 @@ impl Store {
                 None => None,
             });
         }
-        let todo: Vec<&UnlinkCall> = run
+        let calls: Vec<RunCall<'_>> = run
             .iter()
             .zip(&answers)
-            .filter(|(_, a)| a.is_none())
-            .filter_map(|(c, _)| match c {
-                Waiting::Unlink(u, _) => Some(u),
-                Waiting::Create(..) => None,
-            })
-            .collect();
-        let calls: Vec<RunCall<'_>> = todo
-            .iter()
-            .map(|u| RunCall {
-                parent: u.parent,
-                name: &u.name,
-                expect: u.expect,
-                keep: self.keep_open(u.keep_open, u.origin),
+            .filter_map(|(c, answer)| match (c, answer) {
+                (Waiting::Unlink(u, _), None) => Some(RunCall {
+                    parent: u.parent,
+                    name: &u.name,
+                    expect: u.expect,
+                    keep: self.keep_open(u.keep_open, u.origin),
+                }),
+                _ => None,
             })
             .collect();
         let mut done = unlink_run(tx, &calls).await?.into_iter();
