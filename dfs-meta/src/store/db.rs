@@ -19,6 +19,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::checkpoint::Checkpointer;
 
+mod merge;
+
 /// One SQL value, as both engines store the store's columns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -29,6 +31,10 @@ pub enum Value {
     Int(i64),
     Text(String),
     Blob(Vec<u8>),
+    /// Arrays, PostgreSQL only: a merge of deferred writes (`merge.rs`).
+    Ints(Vec<Option<i64>>),
+    Texts(Vec<Option<String>>),
+    Blobs(Vec<Option<Vec<u8>>>),
 }
 
 /// The NULL of a parameter's type.
@@ -294,7 +300,7 @@ impl Deferred {
     /// writing, each with its parameters renumbered after the ones before.
     fn combined(&mut self) -> Option<(String, Vec<Value>)> {
         self.written.clear();
-        let mut statements = std::mem::take(&mut self.statements);
+        let mut statements = merge::merged(std::mem::take(&mut self.statements));
         if statements.len() <= 1 {
             return statements.pop();
         }
@@ -353,6 +359,21 @@ fn written_table(sql: &str) -> Option<String> {
 
 /// `$n` parameters outside quotes shifted to `$(n + by)`.
 fn renumber(sql: &str, by: usize) -> String {
+    map_params(sql, |n| format!("${}", n + by))
+}
+
+/// The highest `$n` parameter outside quotes (0 if none).
+fn max_param(sql: &str) -> usize {
+    let mut max = 0;
+    map_params(sql, |n| {
+        max = max.max(n);
+        String::new()
+    });
+    max
+}
+
+/// `sql` with each `$n` parameter outside quotes replaced by `to(n)`.
+fn map_params(sql: &str, mut to: impl FnMut(usize) -> String) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut chars = sql.chars().peekable();
     let mut quoted = false;
@@ -360,15 +381,16 @@ fn renumber(sql: &str, by: usize) -> String {
         if c == '\'' {
             quoted = !quoted;
         }
-        out.push(c);
         if c == '$' && !quoted && chars.peek().is_some_and(char::is_ascii_digit) {
             let mut n = 0usize;
             while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
                 n = n * 10 + d as usize;
                 chars.next();
             }
-            out.push_str(&(n + by).to_string());
+            out.push_str(&to(n));
+            continue;
         }
+        out.push(c);
     }
     out
 }
@@ -571,6 +593,11 @@ impl rusqlite::ToSql for Value {
             Value::Int(i) => ValueRef::Integer(*i),
             Value::Text(s) => ValueRef::Text(s.as_bytes()),
             Value::Blob(b) => ValueRef::Blob(b),
+            Value::Ints(_) | Value::Texts(_) | Value::Blobs(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "SQLite takes no arrays".into(),
+                ))
+            }
         }))
     }
 }
@@ -633,6 +660,9 @@ impl<'q> Query<'q> {
                 Value::Int(i) => q.bind(i),
                 Value::Text(s) => q.bind(s),
                 Value::Blob(b) => q.bind(b),
+                Value::Ints(v) => q.bind(v),
+                Value::Texts(v) => q.bind(v),
+                Value::Blobs(v) => q.bind(v),
             };
         }
         q
@@ -846,6 +876,95 @@ mod tests {
         assert!(!rows.touches(read, Some(2)));
         assert!(rows.touches(read, Some(1)));
         assert!(rows.touches("INSERT INTO x SELECT ino FROM inodes", None));
+    }
+
+    /// Deferred writes merged over arrays (`merge.rs`) run on a real
+    /// PostgreSQL as they would one by one: NULLs, bytes and text, a
+    /// parameter used twice, an INSERT, an UPDATE and a DELETE.
+    #[tokio::test]
+    async fn merged_writes_do_on_postgresql_what_each_would() {
+        let Ok(url) = std::env::var("DFS_TEST_POSTGRES_URL") else {
+            let required = std::env::var_os("CI").is_some()
+                || std::env::var_os("DFS_REQUIRE_POSTGRES").is_some();
+            assert!(!required, "DFS_TEST_POSTGRES_URL is not set");
+            eprintln!("SKIP: DFS_TEST_POSTGRES_URL not set");
+            return;
+        };
+        let pg = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        let counted = IntCounter::new("t", "t").unwrap();
+        let pool = Pool::pg(pg, counted.clone());
+        let mut tx = pool.begin().await.unwrap();
+        tx.execute_batch("CREATE TEMP TABLE t (k BIGINT PRIMARY KEY, n BIGINT, b BYTEA, s TEXT)")
+            .await
+            .unwrap();
+        let insert = "INSERT INTO t (k, n, b, s) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+        let rows: [(i64, Option<i64>, Option<&[u8]>, Option<&str>); 3] = [
+            (1, Some(10), Some(b"one"), Some("x")),
+            (2, None, None, Some("y")),
+            (3, Some(30), Some(b"\0\xff"), None),
+        ];
+        for (k, n, b, s) in rows {
+            query(insert)
+                .bind(k)
+                .bind(n)
+                .bind(b)
+                .bind(s)
+                .defer_row(&mut tx, k)
+                .await
+                .unwrap();
+        }
+        let before = counted.get();
+        let n = query("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut tx)
+            .await
+            .unwrap();
+        assert_eq!(n.try_get::<i64, _>(0).unwrap(), 3);
+        assert_eq!(counted.get() - before, 2, "three inserts sent as one");
+        let update = "UPDATE t SET n = COALESCE(n, 0) + $2, s = $3 || $3 WHERE k = $1";
+        for (k, by) in [(1i64, 1i64), (2, 2)] {
+            query(update)
+                .bind(k)
+                .bind(by)
+                .bind(format!("v{k}"))
+                .defer_row(&mut tx, k)
+                .await
+                .unwrap();
+        }
+        let delete = "DELETE FROM t WHERE k = $1 AND b = $2";
+        for (k, b) in [(3i64, b"\0\xff".as_slice()), (4, b"none")] {
+            query(delete)
+                .bind(k)
+                .bind(b)
+                .defer_row(&mut tx, k)
+                .await
+                .unwrap();
+        }
+        let got: Vec<(i64, Option<i64>, Option<Vec<u8>>, Option<String>)> =
+            query("SELECT k, n, b, s FROM t ORDER BY k")
+                .fetch_all(&mut tx)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r.try_get(0).unwrap(),
+                        r.try_get(1).unwrap(),
+                        r.try_get(2).unwrap(),
+                        r.try_get(3).unwrap(),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Some(11), Some(b"one".to_vec()), Some("v1v1".into())),
+                (2, Some(2), None, Some("v2v2".into())),
+            ]
+        );
     }
 
     #[tokio::test]
