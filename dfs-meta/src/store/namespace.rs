@@ -1137,8 +1137,28 @@ pub(super) async fn dirs_and_entries(
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    // Padded to a power of two with the last name again: a few statements
-    // to prepare, not one per batch size.
+    let (sql, args) = match conn.sqlite() {
+        Some(_) => entries_by_values(names),
+        None => entries_by_arrays(names),
+    };
+    let q = args.into_iter().fold(db::query(&sql), db::Query::bind);
+    let mut read: Vec<Result<(Inode, Option<Inode>)>> = names
+        .iter()
+        .map(|(parent, _)| Err(StoreError::NotFound(format!("inode {parent}"))))
+        .collect();
+    for row in q.fetch_all(&mut *conn).await? {
+        let k = row.try_get::<i64, _>("k")?;
+        if let Some(slot) = usize::try_from(k).ok().and_then(|k| read.get_mut(k)) {
+            *slot = dir_and_entry_of(&row);
+        }
+    }
+    Ok(read)
+}
+
+/// `dirs_and_entries`' query on SQLite: a VALUES list, padded to a power
+/// of two with the last name again (a few statements to prepare, not one
+/// per batch size). SQLite probes the indexes row by row anyway.
+fn entries_by_values(names: &[(u64, &[u8])]) -> (String, Vec<db::Value>) {
     let rows = names.len().next_power_of_two();
     let values = (0..rows)
         .map(|k| format!("({})", db::placeholders(3 * k + 1, 3)))
@@ -1153,25 +1173,51 @@ pub(super) async fn dirs_and_entries(
         inode_columns_as("p", "p_"),
         inode_columns_as("i", "c_")
     );
-    let mut q = db::query(&sql);
     let last = names.len().saturating_sub(1);
+    let mut args = Vec::with_capacity(3 * rows);
     for k in 0..rows {
         let (parent, name) = names[k.min(last)];
         // A number past i64 names no directory: no row comes back for it.
         let parent = i64::try_from(parent).unwrap_or(-1);
-        q = q.bind(k.min(last) as i64).bind(parent).bind(name.to_vec());
+        args.extend([
+            db::Value::Int(k.min(last) as i64),
+            db::Value::Int(parent),
+            db::Value::Blob(name.to_vec()),
+        ]);
     }
-    let mut read: Vec<Result<(Inode, Option<Inode>)>> = names
+    (sql, args)
+}
+
+/// `dirs_and_entries`' query on PostgreSQL: one text for any number of
+/// names (arrays), prepared once and planned once. Each name is probed
+/// through the indexes (LATERAL ... LIMIT 1): joined as sets, PostgreSQL
+/// hashes whole tables of a few thousand rows, which costs more than the
+/// probes and, at SERIALIZABLE, locks the whole table against every other
+/// writer.
+fn entries_by_arrays(names: &[(u64, &[u8])]) -> (String, Vec<db::Value>) {
+    let sql = format!(
+        "SELECT q.k AS k, d.ino AS found, {}, {}
+         FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS q(k, parent, name)
+         JOIN LATERAL (SELECT * FROM inodes WHERE ino = q.parent LIMIT 1) p ON true
+         LEFT JOIN LATERAL (SELECT ino FROM dentries
+                            WHERE parent = q.parent AND name = q.name LIMIT 1) d ON true
+         LEFT JOIN LATERAL (SELECT * FROM inodes WHERE ino = d.ino LIMIT 1) i ON true",
+        inode_columns_as("p", "p_"),
+        inode_columns_as("i", "c_")
+    );
+    let keys = (0..names.len()).map(|k| Some(k as i64)).collect();
+    // A number past i64 names no directory: no row comes back for it.
+    let parents = names
         .iter()
-        .map(|(parent, _)| Err(StoreError::NotFound(format!("inode {parent}"))))
+        .map(|(p, _)| Some(i64::try_from(*p).unwrap_or(-1)))
         .collect();
-    for row in q.fetch_all(&mut *conn).await? {
-        let k = row.try_get::<i64, _>("k")?;
-        if let Some(slot) = usize::try_from(k).ok().and_then(|k| read.get_mut(k)) {
-            *slot = dir_and_entry_of(&row);
-        }
-    }
-    Ok(read)
+    let names = names.iter().map(|(_, n)| Some(n.to_vec())).collect();
+    let args = vec![
+        db::Value::Ints(keys),
+        db::Value::Ints(parents),
+        db::Value::Blobs(names),
+    ];
+    (sql, args)
 }
 
 async fn entry_ino(conn: &mut DbConn, parent: u64, name: &[u8]) -> Result<Option<u64>> {
