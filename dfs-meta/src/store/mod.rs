@@ -443,3 +443,15 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn meta_plans_for_index_probes_unless_the_url_says_otherwise() {
+        let ours = super::pg_options("postgres://u@h/db").unwrap();
+        assert_eq!(ours.get_options(), Some("-c random_page_cost=1.1"));
+        let theirs =
+            super::pg_options("postgres://u@h/db?options=-c%20random_page_cost%3D4").unwrap();
+        assert_eq!(theirs.get_options(), Some("-c random_page_cost=4"));
+    }
+}
