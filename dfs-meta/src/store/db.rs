@@ -902,10 +902,12 @@ mod tests {
             .await
             .unwrap();
         let insert = "INSERT INTO t (k, n, b, s) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
-        let rows: [(i64, Option<i64>, Option<&[u8]>, Option<&str>); 3] = [
-            (1, Some(10), Some(b"one"), Some("x")),
-            (2, None, None, Some("y")),
-            (3, Some(30), Some(b"\0\xff"), None),
+        /// A row of `t`: k, n, b, s.
+        type TRow = (i64, Option<i64>, Option<Vec<u8>>, Option<String>);
+        let rows: [TRow; 3] = [
+            (1, Some(10), Some(b"one".to_vec()), Some("x".into())),
+            (2, None, None, Some("y".into())),
+            (3, Some(30), Some(b"\0\xff".to_vec()), None),
         ];
         for (k, n, b, s) in rows {
             query(insert)
@@ -943,21 +945,20 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let got: Vec<(i64, Option<i64>, Option<Vec<u8>>, Option<String>)> =
-            query("SELECT k, n, b, s FROM t ORDER BY k")
-                .fetch_all(&mut tx)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    (
-                        r.try_get(0).unwrap(),
-                        r.try_get(1).unwrap(),
-                        r.try_get(2).unwrap(),
-                        r.try_get(3).unwrap(),
-                    )
-                })
-                .collect();
+        let got: Vec<TRow> = query("SELECT k, n, b, s FROM t ORDER BY k")
+            .fetch_all(&mut tx)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get(0).unwrap(),
+                    r.try_get(1).unwrap(),
+                    r.try_get(2).unwrap(),
+                    r.try_get(3).unwrap(),
+                )
+            })
+            .collect();
         assert_eq!(
             got,
             vec![
