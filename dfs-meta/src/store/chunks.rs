@@ -706,7 +706,8 @@ pub(crate) async fn truncate_map(
 async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result<()> {
     let ino = to_i64(ino, "inode")?;
     let filter = "ino = $1 AND idx >= $2 AND idx < $3";
-    release_where(tx, filter, &[ino, from, to], Some(ino)).await
+    let args = [ino, from, to].map(db::Value::Int);
+    release_where(tx, filter, &args, Some(ino)).await
 }
 
 /// Drops the chunks of the `file_chunks` rows matching `filter` (a condition
@@ -716,7 +717,7 @@ async fn release_chunks(tx: &mut DbConn, ino: u64, from: i64, to: i64) -> Result
 async fn release_where(
     tx: &mut DbConn,
     filter: &str,
-    args: &[i64],
+    args: &[db::Value],
     file: Option<i64>,
 ) -> Result<()> {
     async fn defer(tx: &mut DbConn, q: db::Query<'_>, file: Option<i64>) -> Result<()> {
@@ -816,39 +817,29 @@ pub(crate) async fn purge_deleted(conn: &mut DbConn, limit: i64) -> Result<usize
         }
     }
     if !dead.is_empty() {
-        let list = placeholders(dead.len());
+        let (dead_ones, args) = db::one_of(conn, "ino", &dead);
         // The inodes first: a commit to one of them in flight on PostgreSQL
         // conflicts here, so either the purge runs again and sees its chunks,
         // or the commit runs again and finds no inode.
-        let sql = format!("DELETE FROM inodes WHERE ino IN ({list})");
-        with_args(&sql, &dead).execute(&mut *conn).await?;
-        release_where(conn, &format!("ino IN ({list})"), &dead, None).await?;
+        let sql = format!("DELETE FROM inodes WHERE {dead_ones}");
+        with_args(&sql, &args).execute(&mut *conn).await?;
+        release_where(conn, &dead_ones, &args, None).await?;
         for table in INODE_PARTS {
-            let sql = format!("DELETE FROM {table} WHERE ino IN ({list})");
-            with_args(&sql, &dead).defer(&mut *conn).await?;
+            let sql = format!("DELETE FROM {table} WHERE {dead_ones}");
+            with_args(&sql, &args).defer(&mut *conn).await?;
         }
     }
     if !all.is_empty() {
-        let sql = format!(
-            "DELETE FROM deleted_inodes WHERE ino IN ({})",
-            placeholders(all.len())
-        );
-        with_args(&sql, &all).execute(&mut *conn).await?;
+        let (queued, args) = db::one_of(conn, "ino", &all);
+        let sql = format!("DELETE FROM deleted_inodes WHERE {queued}");
+        with_args(&sql, &args).execute(&mut *conn).await?;
     }
     Ok(all.len())
 }
 
 /// `sql` with `args` bound to `$1..`.
-fn with_args<'q>(sql: &'q str, args: &[i64]) -> db::Query<'q> {
-    args.iter().fold(db::query(sql), |q, a| q.bind(*a))
-}
-
-/// `$1, $2, .., $n`.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+fn with_args<'q>(sql: &'q str, args: &[db::Value]) -> db::Query<'q> {
+    args.iter().fold(db::query(sql), |q, a| q.bind(a.clone()))
 }
 
 #[cfg(test)]

@@ -340,6 +340,23 @@ pub fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// The condition "`column` is one of `ids`" with its parameters numbered
+/// from `$1`, for `conn`'s engine: on PostgreSQL one array (one statement
+/// text, prepared and planned once, for any number of ids), on SQLite a
+/// list of numbered parameters.
+pub fn one_of(conn: &DbConn, column: &str, ids: &[i64]) -> (String, Vec<Value>) {
+    match conn.sqlite() {
+        Some(_) => (
+            format!("{column} IN ({})", placeholders(1, ids.len())),
+            ids.iter().map(|&i| Value::Int(i)).collect(),
+        ),
+        None => (
+            format!("{column} = ANY($1::bigint[])"),
+            vec![Value::Ints(ids.iter().map(|&i| Some(i)).collect())],
+        ),
+    }
+}
+
 /// The identifier words of an SQL text.
 fn words(sql: &str) -> impl Iterator<Item = &str> {
     sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
