@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::checkpoint::Checkpointer;
 
+mod ahead;
 mod merge;
 
 /// One SQL value, as both engines store the store's columns.
@@ -244,7 +245,8 @@ enum Engine {
     /// The one SQLite connection (one writer anyway, and never SQLITE_BUSY),
     /// and the checkpoints beside it.
     Sqlite(Arc<Mutex<rusqlite::Connection>>, Arc<Checkpointer>),
-    Pg(PgPool),
+    /// The pool, and a transaction begun ahead (`ahead.rs`).
+    Pg(PgPool, Arc<ahead::Ahead>),
 }
 
 enum Inner {
@@ -266,6 +268,9 @@ pub struct DbConn {
     statements: IntCounter,
     /// Told of each SQLite commit.
     checkpointer: Option<Arc<Checkpointer>>,
+    /// A PostgreSQL transaction's pool: once it commits, the next
+    /// transaction is begun ahead (`ahead.rs`).
+    begins_next: Option<(Arc<ahead::Ahead>, PgPool)>,
 }
 
 /// Writes waiting to go to PostgreSQL in one round trip.
@@ -430,21 +435,20 @@ impl Pool {
     pub fn checkpointer(&self) -> Option<&Checkpointer> {
         match &self.engine {
             Engine::Sqlite(_, c) => Some(c),
-            Engine::Pg(_) => None,
+            Engine::Pg(..) => None,
         }
     }
 
     /// A PostgreSQL pool; statements counted in `statements`.
     pub fn pg(pool: PgPool, statements: IntCounter) -> Pool {
         Pool {
-            engine: Engine::Pg(pool),
+            engine: Engine::Pg(pool, Default::default()),
             statements,
         }
     }
 
     fn conn(&self, inner: Inner, sqlite_tx: bool) -> DbConn {
         DbConn {
-            inner: Some(inner),
             sqlite_tx,
             pending: Deferred::default(),
             statements: self.statements.clone(),
@@ -452,13 +456,18 @@ impl Pool {
                 Engine::Sqlite(_, c) if sqlite_tx => Some(c.clone()),
                 _ => None,
             },
+            begins_next: match (&self.engine, &inner) {
+                (Engine::Pg(p, ahead), Inner::PgTx(_)) => Some((ahead.clone(), p.clone())),
+                _ => None,
+            },
+            inner: Some(inner),
         }
     }
 
     pub async fn acquire(&self) -> Result<DbConn, DbError> {
         let inner = match &self.engine {
             Engine::Sqlite(c, _) => Inner::Sqlite(c.clone().lock_owned().await),
-            Engine::Pg(p) => Inner::Pg(p.acquire().await?),
+            Engine::Pg(p, _) => Inner::Pg(p.acquire().await?),
         };
         Ok(self.conn(inner, false))
     }
@@ -472,8 +481,8 @@ impl Pool {
                 guard.execute_batch("BEGIN IMMEDIATE")?;
                 Ok(self.conn(Inner::Sqlite(guard), true))
             }
-            Engine::Pg(p) => {
-                let tx = p.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?;
+            Engine::Pg(p, ahead) => {
+                let tx = ahead.begin(p).await?;
                 Ok(self.conn(Inner::PgTx(tx), false))
             }
         }
@@ -483,7 +492,7 @@ impl Pool {
     pub async fn detached(&self) -> Result<Option<DbConn>, DbError> {
         match &self.engine {
             Engine::Sqlite(..) => Ok(None),
-            Engine::Pg(p) => {
+            Engine::Pg(p, _) => {
                 let conn = p.acquire().await?.detach();
                 Ok(Some(self.conn(Inner::PgOwn(Box::new(conn)), false)))
             }
@@ -491,7 +500,8 @@ impl Pool {
     }
 
     pub async fn close(&self) {
-        if let Engine::Pg(p) = &self.engine {
+        if let Engine::Pg(p, ahead) = &self.engine {
+            ahead.close();
             p.close().await;
         }
     }
@@ -528,7 +538,14 @@ impl DbConn {
                     c.committed();
                 }
             }
-            Some(Inner::PgTx(tx)) => tx.commit().await?,
+            Some(Inner::PgTx(tx)) => {
+                tx.commit().await?;
+                // Begun now, off this call's path (its reply goes out
+                // meanwhile), not at the next call's begin.
+                if let Some((ahead, pool)) = &self.begins_next {
+                    ahead.begin_next(pool);
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -826,6 +843,7 @@ impl<'q> Query<'q> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn deferred_writes_combine_in_order_with_renumbered_parameters() {
@@ -983,6 +1001,64 @@ mod tests {
                 (2, Some(2), None, Some("v2v2".into())),
             ]
         );
+    }
+
+    /// A transaction begun ahead (`ahead.rs`) sees what others committed
+    /// after its BEGIN and before its first statement, as one begun then
+    /// would; closing the pool with one waiting does not hang.
+    #[tokio::test]
+    async fn a_transaction_begun_ahead_reads_as_of_its_first_statement() {
+        let Ok(url) = std::env::var("DFS_TEST_POSTGRES_URL") else {
+            let required = std::env::var_os("CI").is_some()
+                || std::env::var_os("DFS_REQUIRE_POSTGRES").is_some();
+            assert!(!required, "DFS_TEST_POSTGRES_URL is not set");
+            eprintln!("SKIP: DFS_TEST_POSTGRES_URL not set");
+            return;
+        };
+        let pg = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(3)
+            .connect(&url)
+            .await
+            .unwrap();
+        let pool = Pool::pg(pg, IntCounter::new("t", "t").unwrap());
+        let table = format!("ahead_{}", rand::random::<u32>());
+        let mut conn = pool.acquire().await.unwrap();
+        conn.execute_batch(&format!("CREATE TABLE {table} (k BIGINT)"))
+            .await
+            .unwrap();
+        // The first transaction begins the next one ahead.
+        pool.begin().await.unwrap().commit().await.unwrap();
+        let Engine::Pg(_, ahead) = &pool.engine else {
+            unreachable!("a PostgreSQL pool")
+        };
+        let waited = Instant::now();
+        while !ahead.is_ready() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "none begun ahead"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Committed by another connection after that BEGIN.
+        conn.execute_batch(&format!("INSERT INTO {table} VALUES (1)"))
+            .await
+            .unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        let seen = query(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&mut tx)
+            .await
+            .unwrap();
+        assert_eq!(seen.try_get::<i64, _>(0).unwrap(), 1);
+        tx.commit().await.unwrap();
+        conn.execute_batch(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
+        drop(conn);
+        pool.begin().await.unwrap().commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::timeout(Duration::from_secs(10), pool.close())
+            .await
+            .expect("the pool closes with a transaction begun ahead");
     }
 
     #[tokio::test]
