@@ -236,7 +236,8 @@ impl Done {
 pub struct Pool {
     engine: Engine,
     /// Statements sent to the database (a round trip each on PostgreSQL;
-    /// deferred writes sent together count once).
+    /// deferred writes sent together count once; a BEGIN sent ahead counts
+    /// when its transaction is used, though not on that call's path).
     statements: IntCounter,
 }
 
