@@ -190,8 +190,9 @@ fn top_level_word(sql: &str, word: &str) -> Option<usize> {
             b')' => depth -= 1,
             _ if depth == 0
                 && (i == 0 || !is_ident(bytes[i - 1]))
-                && sql.len() >= i + word.len()
-                && sql[i..i + word.len()].eq_ignore_ascii_case(word)
+                && bytes
+                    .get(i..i + word.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
                 && bytes.get(i + word.len()).is_none_or(|&c| !is_ident(c)) =>
             {
                 return Some(i)
@@ -362,5 +363,8 @@ mod tests {
             2
         );
         assert_eq!(twice("DELETE FROM t WHERE a = $1", int(1), int(2)), 1);
+        // Found by bytes: text that is not ASCII does not trip it.
+        assert_eq!(top_level_word("SET a = 'é' WHERE b", "WHERE"), Some(13));
+        assert_eq!(top_level_word("(WHERE) é", "WHERE"), None);
     }
 }
