@@ -914,25 +914,33 @@ mod tests {
         assert!(rows.touches("INSERT INTO x SELECT ino FROM inodes", None));
     }
 
-    /// Deferred writes merged over arrays (`merge.rs`) run on a real
-    /// PostgreSQL as they would one by one: NULLs, bytes and text, a
-    /// parameter used twice, an INSERT, an UPDATE and a DELETE.
-    #[tokio::test]
-    async fn merged_writes_do_on_postgresql_what_each_would() {
+    /// A pool of `connections` on the server DFS_TEST_POSTGRES_URL names;
+    /// None (the test skipped) where it is unset, except in CI.
+    async fn pg_pool(connections: u32, statements: IntCounter) -> Option<Pool> {
         let Ok(url) = std::env::var("DFS_TEST_POSTGRES_URL") else {
             let required = std::env::var_os("CI").is_some()
                 || std::env::var_os("DFS_REQUIRE_POSTGRES").is_some();
             assert!(!required, "DFS_TEST_POSTGRES_URL is not set");
             eprintln!("SKIP: DFS_TEST_POSTGRES_URL not set");
-            return;
+            return None;
         };
         let pg = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(connections)
             .connect(&url)
             .await
             .unwrap();
+        Some(Pool::pg(pg, statements))
+    }
+
+    /// Deferred writes merged over arrays (`merge.rs`) run on a real
+    /// PostgreSQL as they would one by one: NULLs, bytes and text, a
+    /// parameter used twice, an INSERT, an UPDATE and a DELETE.
+    #[tokio::test]
+    async fn merged_writes_do_on_postgresql_what_each_would() {
         let counted = IntCounter::new("t", "t").unwrap();
-        let pool = Pool::pg(pg, counted.clone());
+        let Some(pool) = pg_pool(1, counted.clone()).await else {
+            return;
+        };
         let mut tx = pool.begin().await.unwrap();
         tx.execute_batch("CREATE TEMP TABLE t (k BIGINT PRIMARY KEY, n BIGINT, b BYTEA, s TEXT)")
             .await
@@ -1009,19 +1017,9 @@ mod tests {
     /// would; closing the pool with one waiting does not hang.
     #[tokio::test]
     async fn a_transaction_begun_ahead_reads_as_of_its_first_statement() {
-        let Ok(url) = std::env::var("DFS_TEST_POSTGRES_URL") else {
-            let required = std::env::var_os("CI").is_some()
-                || std::env::var_os("DFS_REQUIRE_POSTGRES").is_some();
-            assert!(!required, "DFS_TEST_POSTGRES_URL is not set");
-            eprintln!("SKIP: DFS_TEST_POSTGRES_URL not set");
+        let Some(pool) = pg_pool(3, IntCounter::new("t", "t").unwrap()).await else {
             return;
         };
-        let pg = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(3)
-            .connect(&url)
-            .await
-            .unwrap();
-        let pool = Pool::pg(pg, IntCounter::new("t", "t").unwrap());
         let table = format!("ahead_{}", rand::random::<u32>());
         let mut conn = pool.acquire().await.unwrap();
         conn.execute_batch(&format!("CREATE TABLE {table} (k BIGINT)"))

@@ -65,32 +65,22 @@ impl Kind {
 
     /// Position `at` of every row, as one array.
     fn column(self, rows: &[Vec<Value>], at: usize) -> Value {
-        let cells = rows.iter().map(|r| &r[at]);
+        fn cells<T>(rows: &[Vec<Value>], at: usize, of: fn(&Value) -> Option<T>) -> Vec<Option<T>> {
+            rows.iter().map(|r| of(&r[at])).collect()
+        }
         match self {
-            Kind::Int => Value::Ints(
-                cells
-                    .map(|v| match v {
-                        Value::Int(i) => Some(*i),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            Kind::Text => Value::Texts(
-                cells
-                    .map(|v| match v {
-                        Value::Text(s) => Some(s.clone()),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            Kind::Blob => Value::Blobs(
-                cells
-                    .map(|v| match v {
-                        Value::Blob(b) => Some(b.clone()),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
+            Kind::Int => Value::Ints(cells(rows, at, |v| match v {
+                Value::Int(i) => Some(*i),
+                _ => None,
+            })),
+            Kind::Text => Value::Texts(cells(rows, at, |v| match v {
+                Value::Text(t) => Some(t.clone()),
+                _ => None,
+            })),
+            Kind::Blob => Value::Blobs(cells(rows, at, |v| match v {
+                Value::Blob(b) => Some(b.clone()),
+                _ => None,
+            })),
         }
     }
 }
